@@ -1,0 +1,156 @@
+// The composition root: the only place that knows which adapter is live.
+// It picks storage, queue, gateway and identity from the configuration and
+// starts the roles this process plays (ROLE=all | api | worker).
+import type { Logger } from 'pino';
+import { catalogRoutes } from './catalog/routes.ts';
+import { ConfigError, redactUrl, type Config } from './config.ts';
+import { operationsRoutes } from './http/operations.ts';
+import { buildServer, type Server } from './http/server.ts';
+import { DEV_AUDIENCE, DEV_ISSUER, openDevIssuer, type DevIssuer } from './identity/dev-issuer.ts';
+import { localVerifier, remoteVerifier } from './identity/verifier.ts';
+import { DatabaseQueue, type DatabaseQueueOptions } from './messaging/database-queue.ts';
+import { createLogger } from './observability/logger.ts';
+import { createMetrics, type Metrics } from './observability/metrics.ts';
+import { orderRoutes } from './orders/routes.ts';
+import type { PaymentGateway } from './payments/gateway.ts';
+import { HttpGateway } from './payments/http-gateway.ts';
+import { registerPayWorker } from './payments/pay-worker.ts';
+import { ResilientGateway, type ResilienceOptions } from './payments/resilient-gateway.ts';
+import { SimulatedGateway } from './payments/simulated-gateway.ts';
+import { startSweeper, type Sweeper } from './payments/sweeper.ts';
+import type { Database } from './storage/database.ts';
+import { loadMigrations, migrate } from './storage/migrate.ts';
+import { openPGlite } from './storage/pglite.ts';
+import { openPostgres } from './storage/postgres.ts';
+
+export interface AppOptions {
+  config: Config;
+  log?: Logger;
+  /** The gateway to call instead of the one the configuration names (tests keep one across restarts). */
+  gateway?: PaymentGateway;
+  /** Keep the embedded database in memory instead of DATA_DIR (tests). */
+  inMemory?: boolean;
+  queue?: DatabaseQueueOptions;
+  resilience?: ResilienceOptions;
+  workerConcurrency?: number;
+}
+
+export interface App {
+  readonly config: Config;
+  readonly server: Server;
+  readonly db: Database;
+  readonly queue: DatabaseQueue;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** The development issuer, when no outside identity provider is configured. */
+  readonly devIssuer: DevIssuer | undefined;
+  readonly sweeper: Sweeper | undefined;
+  /** Starts the job consumers and the sweeper (worker roles); no-op for ROLE=api. */
+  startWorkers(): void;
+  /** Starts the workers and listens on config.port; returns the URL. */
+  start(): Promise<string>;
+  /** Graceful shutdown: stop accepting, finish in-flight requests and jobs, close the database. */
+  close(): Promise<void>;
+}
+
+export async function openDatabase(config: Config, options: { inMemory?: boolean } = {}): Promise<Database> {
+  if (config.databaseUrl === undefined) return openPGlite(options.inMemory ? undefined : config.dataDir);
+  const db = openPostgres(config.databaseUrl, config.databasePoolSize);
+  // Retry budget: a server that is still starting gets ~15 s to answer.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await db.query('SELECT 1');
+      return db;
+    } catch (error) {
+      if (attempt >= 8) {
+        await db.close();
+        throw new ConfigError('DATABASE_URL', `cannot reach ${redactUrl(config.databaseUrl)}: ${(error as Error).message}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** Math.min(attempt, 4)));
+    }
+  }
+}
+
+function checkSupported(config: Config): void {
+  // Distributed adapters arrive with the distributed shape; until then a set
+  // variable must not be silently ignored.
+  if (config.brokerUrl !== undefined) throw new ConfigError('BROKER_URL', 'broker adapters are not part of this build yet; unset it to use the database queue');
+  if (config.redisUrl !== undefined) throw new ConfigError('REDIS_URL', 'the Redis cache is not part of this build yet; unset it to use the in-process cache');
+  if (config.role === 'relay') throw new ConfigError('ROLE', 'the relay role needs a broker, which is not part of this build yet');
+}
+
+export async function createApp(options: AppOptions): Promise<App> {
+  const { config } = options;
+  checkSupported(config);
+  const log = options.log ?? createLogger(config.logLevel);
+  const metrics = createMetrics();
+  const db = await openDatabase(config, options);
+  try {
+    await migrate(db);
+  } catch (error) {
+    await db.close();
+    throw error;
+  }
+  const latestMigration = (await loadMigrations()).at(-1)?.version ?? 0;
+
+  const devIssuer = config.auth === undefined ? await openDevIssuer(options.inMemory ? undefined : config.dataDir) : undefined;
+  const verifyToken = config.auth
+    ? remoteVerifier(config.auth)
+    : localVerifier(devIssuer!.publicJwk, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE });
+
+  const queue = new DatabaseQueue(db, log.child({ component: 'queue' }), metrics, options.queue);
+  const runsApi = config.role === 'all' || config.role === 'api';
+  const runsWorker = config.role === 'all' || config.role === 'worker';
+
+  const server = buildServer({ log, metrics, verifyToken });
+  await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));
+  if (runsApi) {
+    await server.register(catalogRoutes(db));
+    await server.register(orderRoutes({ db, queue, metrics }));
+  }
+
+  let sweeper: Sweeper | undefined;
+  let httpGateway: HttpGateway | undefined;
+  if (runsWorker) {
+    const inner =
+      options.gateway ??
+      (config.paymentGatewayUrl
+        ? (httpGateway = new HttpGateway(config.paymentGatewayUrl))
+        : new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }));
+    const gateway = new ResilientGateway(inner, metrics, options.resilience);
+    registerPayWorker({ db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) }, options.workerConcurrency ?? 16);
+  }
+
+  let closed = false;
+  const startWorkers = () => {
+    if (!runsWorker || sweeper) return;
+    queue.start();
+    sweeper = startSweeper({ db, queue, log: log.child({ component: 'sweeper' }) }, config.pendingDeadlineMs);
+  };
+  return {
+    config,
+    server,
+    db,
+    queue,
+    metrics,
+    log,
+    devIssuer,
+    get sweeper() {
+      return sweeper;
+    },
+    startWorkers,
+    async start() {
+      startWorkers();
+      return server.listen({ port: config.port, host: config.host });
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await server.close();
+      await sweeper?.stop();
+      await queue.stop();
+      await httpGateway?.close();
+      await db.close();
+    },
+  };
+}

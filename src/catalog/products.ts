@@ -1,0 +1,106 @@
+// The catalog: what each SKU is called and what it costs. Stock lives in the
+// inventory module; a product as clients see it joins the two.
+import { AppError } from '../errors.ts';
+import { adjustStock, createStock, stockLevels, type StockLevel } from '../inventory/stock.ts';
+import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
+
+export interface NewProduct {
+  sku: string;
+  name: string;
+  priceCents: number;
+  currency: string;
+  stock: number;
+}
+
+export interface Product {
+  sku: string;
+  name: string;
+  priceCents: number;
+  currency: string;
+  stock: number;
+  available: number;
+}
+
+export interface Price {
+  sku: string;
+  priceCents: number;
+  currency: string;
+}
+
+interface ProductRow {
+  sku: string;
+  name: string;
+  price_cents: number;
+  currency: string;
+  [column: string]: unknown;
+}
+
+function toProduct(row: ProductRow, stock: StockLevel | undefined): Product {
+  return {
+    sku: row.sku,
+    name: row.name,
+    priceCents: row.price_cents,
+    currency: row.currency,
+    stock: stock?.onHand ?? 0,
+    available: stock?.available ?? 0,
+  };
+}
+
+export async function createProduct(db: Database, input: NewProduct): Promise<Product> {
+  try {
+    await db.transaction(async (tx) => {
+      await tx.query('INSERT INTO catalog.products (sku, name, price_cents, currency) VALUES ($1, $2, $3, $4)', [
+        input.sku,
+        input.name,
+        input.priceCents,
+        input.currency,
+      ]);
+      await createStock(tx, input.sku, input.stock);
+    });
+  } catch (error) {
+    if (isUniqueViolation(error)) throw new AppError('sku_exists', `a product with SKU "${input.sku}" already exists`);
+    throw error;
+  }
+  return { ...input, available: input.stock };
+}
+
+export async function getProduct(db: Queryable, sku: string): Promise<Product> {
+  const rows = await db.query<ProductRow>('SELECT sku, name, price_cents, currency FROM catalog.products WHERE sku = $1', [sku]);
+  const row = rows[0];
+  if (!row) throw new AppError('not_found', `no product with SKU "${sku}"`);
+  const stock = await stockLevels(db, [sku]);
+  return toProduct(row, stock.get(sku));
+}
+
+export async function listProducts(db: Queryable, limit: number, afterSku: string | undefined): Promise<{ items: Product[]; last: string | undefined; more: boolean }> {
+  const rows = await db.query<ProductRow>(
+    'SELECT sku, name, price_cents, currency FROM catalog.products WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2',
+    [afterSku ?? null, limit + 1],
+  );
+  const page = rows.slice(0, limit);
+  const stock = await stockLevels(
+    db,
+    page.map((r) => r.sku),
+  );
+  return { items: page.map((r) => toProduct(r, stock.get(r.sku))), last: page.at(-1)?.sku, more: rows.length > limit };
+}
+
+export async function changeStock(db: Database, sku: string, delta: number): Promise<Product> {
+  return db.transaction(async (tx) => {
+    const product = await getProduct(tx, sku);
+    const level = await adjustStock(tx, sku, delta);
+    if (!level) {
+      throw new AppError(
+        'insufficient_stock',
+        `a delta of ${delta} would take available stock of "${sku}" below zero (available: ${product.available})`,
+      );
+    }
+    return { ...product, stock: level.onHand, available: level.available };
+  });
+}
+
+/** Prices of the SKUs that exist; callers decide what a missing SKU means. */
+export async function pricesOf(db: Queryable, skus: readonly string[]): Promise<Map<string, Price>> {
+  const rows = await db.query<ProductRow>('SELECT sku, price_cents, currency FROM catalog.products WHERE sku = ANY($1::text[])', [skus]);
+  return new Map(rows.map((r) => [r.sku, { sku: r.sku, priceCents: r.price_cents, currency: r.currency }]));
+}

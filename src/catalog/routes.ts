@@ -1,0 +1,72 @@
+// Catalog HTTP routes: products and stock adjustments.
+import { Type } from 'typebox';
+import type { Routes } from '../http/server.ts';
+import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
+import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
+import type { Database } from '../storage/database.ts';
+import { changeStock, createProduct, getProduct, listProducts } from './products.ts';
+
+const Product = Type.Object({
+  sku: Type.String(),
+  name: Type.String(),
+  priceCents: Type.Integer(),
+  currency: Type.String(),
+  stock: Type.Integer(),
+  available: Type.Integer(),
+});
+
+const NewProduct = Type.Object(
+  {
+    sku: Sku,
+    name: Type.String({ minLength: 1, maxLength: 200 }),
+    priceCents: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),
+    currency: Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code' }),
+    stock: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),
+  },
+  { additionalProperties: false },
+);
+
+const SkuParams = Type.Object({ sku: Type.String() });
+const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
+
+export function catalogRoutes(db: Database): Routes {
+  return async (app) => {
+    app.post('/v1/products', {
+      config: { scopes: ['catalog:write'] },
+      schema: { tags: ['catalog'], summary: 'Create a product', body: NewProduct, response: { 201: Product, 409: Problem, ...errors } },
+      handler: async (request, reply) => reply.code(201).send(await createProduct(db, request.body)),
+    });
+
+    app.get('/v1/products/:sku', {
+      config: { scopes: [] },
+      schema: { tags: ['catalog'], summary: 'Read a product and its available stock', params: SkuParams, response: { 200: Product, ...errors } },
+      handler: async (request) => getProduct(db, request.params.sku),
+    });
+
+    app.get('/v1/products', {
+      config: { scopes: [] },
+      schema: {
+        tags: ['catalog'],
+        summary: 'List products by SKU',
+        querystring: LimitQuery,
+        response: { 200: Type.Object({ items: Type.Array(Product), nextCursor: Type.Union([Type.String(), Type.Null()]) }), ...errors },
+      },
+      handler: async (request) => {
+        const page = await listProducts(db, parseLimit(request.query.limit), decodeCursor<string>(request.query.cursor, 'string'));
+        return { items: page.items, nextCursor: page.more && page.last !== undefined ? encodeCursor(page.last) : null };
+      },
+    });
+
+    app.post('/v1/products/:sku/stock', {
+      config: { scopes: ['catalog:write'] },
+      schema: {
+        tags: ['catalog'],
+        summary: 'Add (positive delta) or remove (negative delta) stock',
+        params: SkuParams,
+        body: Type.Object({ delta: Type.Integer({ minimum: -1_000_000_000, maximum: 1_000_000_000 }) }, { additionalProperties: false }),
+        response: { 200: Product, 409: Problem, ...errors },
+      },
+      handler: async (request) => changeStock(db, request.params.sku, request.body.delta),
+    });
+  };
+}

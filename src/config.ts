@@ -1,0 +1,112 @@
+// Every environment variable Orderflow reads, parsed and checked once at start.
+// A bad value becomes a ConfigError whose message names the variable, so the
+// CLI can exit with one line the operator can act on.
+import path from 'node:path';
+
+export const ROLES = ['all', 'api', 'worker', 'relay'] as const;
+export type Role = (typeof ROLES)[number];
+
+export interface Config {
+  port: number;
+  host: string;
+  dataDir: string;
+  /** postgres:// URL, or undefined for the embedded PGlite database in dataDir. */
+  databaseUrl: string | undefined;
+  databasePoolSize: number;
+  redisUrl: string | undefined;
+  brokerUrl: string | undefined;
+  paymentGatewayUrl: string | undefined;
+  /** External identity provider; undefined means the built-in development issuer. */
+  auth: { jwksUrl: string; issuer: string; audience: string } | undefined;
+  role: Role;
+  logLevel: string;
+  /** How long an order may stay pending before the sweeper re-drives its payment. */
+  pendingDeadlineMs: number;
+  /** Artificial latency of the simulated gateway, to make the embedded shape behave like a real one. */
+  simulatedGatewayLatencyMs: number;
+}
+
+export class ConfigError extends Error {
+  readonly variable: string;
+  constructor(variable: string, message: string) {
+    super(`${variable}: ${message}`);
+    this.name = 'ConfigError';
+    this.variable = variable;
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+function optional(env: Env, name: string): string | undefined {
+  const value = env[name]?.trim();
+  return value === '' ? undefined : value;
+}
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = optional(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw)) throw new ConfigError(name, `expected an integer, got "${raw}"`);
+  const value = Number(raw);
+  if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${value}`);
+  return value;
+}
+
+function url(env: Env, name: string, protocols: readonly string[]): string | undefined {
+  const raw = optional(env, name);
+  if (raw === undefined) return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    throw new ConfigError(name, `not a valid URL: "${redactUrl(raw)}"`);
+  }
+  if (!protocols.includes(parsed.protocol)) {
+    throw new ConfigError(name, `expected a ${protocols.map((p) => p + '//').join(' or ')} URL, got "${parsed.protocol}//…"`);
+  }
+  return raw;
+}
+
+/** Hides the password of a URL so it can be logged or printed. */
+export function redactUrl(raw: string): string {
+  try {
+    const parsed = new URL(raw);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return raw.replace(/\/\/[^@/]*@/, '//***@');
+  }
+}
+
+export function loadConfig(env: Env = process.env): Config {
+  const role = optional(env, 'ROLE') ?? 'all';
+  if (!(ROLES as readonly string[]).includes(role)) {
+    throw new ConfigError('ROLE', `expected one of ${ROLES.join(', ')}, got "${role}"`);
+  }
+  const jwksUrl = url(env, 'AUTH_JWKS_URL', ['http:', 'https:']);
+  const issuer = optional(env, 'AUTH_ISSUER');
+  const audience = optional(env, 'AUTH_AUDIENCE');
+  const authParts = [jwksUrl, issuer, audience].filter((v) => v !== undefined).length;
+  if (authParts !== 0 && authParts !== 3) {
+    const missing = jwksUrl === undefined ? 'AUTH_JWKS_URL' : issuer === undefined ? 'AUTH_ISSUER' : 'AUTH_AUDIENCE';
+    throw new ConfigError(missing, 'AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE must be set together');
+  }
+  const logLevel = optional(env, 'LOG_LEVEL') ?? 'info';
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
+    throw new ConfigError('LOG_LEVEL', `expected fatal, error, warn, info, debug, trace or silent, got "${logLevel}"`);
+  }
+  return {
+    port: integer(env, 'PORT', 8080, 0, 65535),
+    host: optional(env, 'HOST') ?? '0.0.0.0',
+    dataDir: path.resolve(optional(env, 'DATA_DIR') ?? './data'),
+    databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
+    databasePoolSize: integer(env, 'DATABASE_POOL_SIZE', 10, 1, 1000),
+    redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
+    brokerUrl: url(env, 'BROKER_URL', ['nats:', 'amqp:', 'amqps:']),
+    paymentGatewayUrl: url(env, 'PAYMENT_GATEWAY_URL', ['http:', 'https:']),
+    auth: jwksUrl && issuer && audience ? { jwksUrl, issuer, audience } : undefined,
+    role: role as Role,
+    logLevel,
+    pendingDeadlineMs: integer(env, 'PENDING_DEADLINE_MS', 60_000, 1_000, 86_400_000),
+    simulatedGatewayLatencyMs: integer(env, 'SIMULATED_GATEWAY_LATENCY_MS', 20, 0, 60_000),
+  };
+}

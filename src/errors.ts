@@ -1,0 +1,44 @@
+// The error catalogue: every error a client can see, declared once with its
+// HTTP status and title. Modules throw AppError with a code from this table;
+// the HTTP layer turns it into RFC 9457 problem+json (src/http/problems.ts).
+
+export const ERRORS = {
+  validation_failed: { status: 400, title: 'The request is not valid' },
+  malformed_json: { status: 400, title: 'The request body is not valid JSON' },
+  unauthorized: { status: 401, title: 'A valid bearer token is required' },
+  forbidden: { status: 403, title: 'The token lacks the scope this operation needs' },
+  not_found: { status: 404, title: 'Not found' },
+  method_not_allowed: { status: 405, title: 'Method not allowed' },
+  sku_exists: { status: 409, title: 'A product with this SKU already exists' },
+  insufficient_stock: { status: 409, title: 'Not enough available stock' },
+  order_not_cancellable: { status: 409, title: 'The order can no longer be cancelled' },
+  idempotency_key_reused: { status: 422, title: 'Idempotency-Key was already used with a different request' },
+  unknown_sku: { status: 422, title: 'The order names a SKU that does not exist' },
+  mixed_currencies: { status: 422, title: 'All items of an order must share one currency' },
+  payload_too_large: { status: 413, title: 'The request body is larger than 64 KiB' },
+  unsupported_media_type: { status: 415, title: 'The request body must be application/json' },
+  rate_limited: { status: 429, title: 'Too many requests' },
+  internal: { status: 500, title: 'Internal server error' },
+  unavailable: { status: 503, title: 'A dependency is unavailable; retry later' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export interface FieldError {
+  path: string;
+  message: string;
+}
+
+export class AppError extends Error {
+  readonly code: ErrorCode;
+  readonly errors: FieldError[] | undefined;
+  constructor(code: ErrorCode, detail: string, errors?: FieldError[]) {
+    super(detail);
+    this.name = 'AppError';
+    this.code = code;
+    this.errors = errors;
+  }
+  get status(): number {
+    return ERRORS[this.code].status;
+  }
+}

@@ -1,0 +1,59 @@
+// The development token issuer used when no outside identity provider is
+// configured. Its Ed25519 key lives in DATA_DIR so tokens survive restarts
+// and `orderflow token` can mint them for the running server.
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
+
+export const DEV_ISSUER = 'orderflow-dev';
+export const DEV_AUDIENCE = 'orderflow';
+const KEY_FILE = 'dev-issuer-key.json';
+const ALGORITHM = 'EdDSA';
+
+export interface DevIssuer {
+  readonly publicJwk: JWK;
+  issue(claims: { sub: string; scope: string; ttlSeconds?: number }): Promise<string>;
+}
+
+export async function openDevIssuer(dataDir: string | undefined): Promise<DevIssuer> {
+  const privateJwk = dataDir === undefined ? await newKey() : await loadOrCreateKey(dataDir);
+  const privateKey = await importJWK(privateJwk, ALGORITHM);
+  const { d: _private, ...publicJwk } = privateJwk;
+  return {
+    publicJwk,
+    issue: ({ sub, scope, ttlSeconds = 3600 }) =>
+      new SignJWT({ scope })
+        .setProtectedHeader({ alg: ALGORITHM, kid: privateJwk.kid })
+        .setSubject(sub)
+        .setIssuer(DEV_ISSUER)
+        .setAudience(DEV_AUDIENCE)
+        .setIssuedAt()
+        .setExpirationTime(`${ttlSeconds}s`)
+        .sign(privateKey),
+  };
+}
+
+async function newKey(): Promise<JWK> {
+  const { privateKey } = await generateKeyPair(ALGORITHM, { crv: 'Ed25519', extractable: true });
+  const jwk = await exportJWK(privateKey);
+  return { ...jwk, alg: ALGORITHM, use: 'sig', kid: `dev-${Date.now().toString(36)}` };
+}
+
+async function loadOrCreateKey(dataDir: string): Promise<JWK> {
+  const file = path.join(dataDir, KEY_FILE);
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as JWK;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  await mkdir(dataDir, { recursive: true });
+  const jwk = await newKey();
+  try {
+    // 'wx': if another process created the key first, use theirs.
+    await writeFile(file, JSON.stringify(jwk), { flag: 'wx', mode: 0o600 });
+    return jwk;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    return JSON.parse(await readFile(file, 'utf8')) as JWK;
+  }
+}

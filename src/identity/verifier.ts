@@ -1,0 +1,47 @@
+// Bearer token verification: signature against a JWKS (RS256, PS256, ES256
+// or EdDSA), issuer, audience and expiry. The token's `sub` is the customer
+// id; `scope` (space-separated, or the `scp` array some providers use)
+// carries the permissions.
+import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, type JWK, type JWTVerifyGetKey } from 'jose';
+import { AppError } from '../errors.ts';
+
+export const SCOPES = ['orders:write', 'orders:read', 'orders:admin', 'catalog:write'] as const;
+export type Scope = (typeof SCOPES)[number];
+
+export interface Principal {
+  customerId: string;
+  scopes: ReadonlySet<string>;
+}
+
+export type VerifyToken = (token: string) => Promise<Principal>;
+
+const ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
+
+export function remoteVerifier(options: { jwksUrl: string; issuer: string; audience: string }): VerifyToken {
+  return verifierFor(createRemoteJWKSet(new URL(options.jwksUrl), { timeoutDuration: 5_000, cooldownDuration: 30_000 }), options);
+}
+
+export function localVerifier(publicJwk: JWK, options: { issuer: string; audience: string }): VerifyToken {
+  return verifierFor(createLocalJWKSet({ keys: [publicJwk] }), options);
+}
+
+function verifierFor(keys: JWTVerifyGetKey, options: { issuer: string; audience: string }): VerifyToken {
+  return async (token) => {
+    let payload;
+    try {
+      ({ payload } = await jwtVerify(token, keys, {
+        issuer: options.issuer,
+        audience: options.audience,
+        algorithms: ALGORITHMS,
+        requiredClaims: ['exp', 'sub'],
+      }));
+    } catch (error) {
+      if (error instanceof errors.JOSEError && !(error instanceof errors.JWKSTimeout)) {
+        throw new AppError('unauthorized', `bearer token rejected: ${error.message}`);
+      }
+      throw error;
+    }
+    const scopes = typeof payload.scope === 'string' ? payload.scope.split(' ') : Array.isArray(payload.scp) ? payload.scp.map(String) : [];
+    return { customerId: payload.sub!, scopes: new Set(scopes.filter((s) => s.length > 0)) };
+  };
+}

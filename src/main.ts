@@ -1,0 +1,101 @@
+#!/usr/bin/env node
+// The command line: `orderflow serve | migrate | token`.
+import { parseArgs } from 'node:util';
+import { createApp, openDatabase } from './app.ts';
+import { ConfigError, loadConfig, type Config } from './config.ts';
+import { openDevIssuer } from './identity/dev-issuer.ts';
+import { SCOPES } from './identity/verifier.ts';
+import { migrate } from './storage/migrate.ts';
+
+const USAGE = `usage: orderflow <command>
+
+  serve     run the roles named by ROLE (default: all) and listen on PORT
+  migrate   apply database migrations and exit
+  token     print a development bearer token:
+              orderflow token --sub alice --scope "orders:write orders:read" [--ttl 3600]
+
+Configuration comes from environment variables; see the README.`;
+
+/** Graceful shutdown gets this long before the process exits anyway. */
+const SHUTDOWN_GRACE_MS = 25_000;
+
+async function serve(config: Config): Promise<void> {
+  const app = await createApp({ config });
+  const url = await app.start();
+  const local = url.replace('://0.0.0.0', '://localhost').replace('://[::]', '://localhost');
+  app.log.info({ url: local, role: config.role, database: app.db.kind }, 'orderflow listening');
+  if (app.devIssuer) {
+    process.stdout.write(
+      `\nOrderflow is listening on ${local} (role ${config.role}, ${config.databaseUrl ? 'PostgreSQL' : `embedded database in ${config.dataDir}`}).\n` +
+        `Get a development token with:\n  npm run token -- --sub alice --scope "orders:write orders:read catalog:write"\n` +
+        `then call, e.g.:\n  curl -H "Authorization: Bearer $TOKEN" ${local}/v1/products\n\n`,
+    );
+  }
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    app.log.info({ signal }, 'shutting down: draining requests and jobs');
+    const force = setTimeout(() => {
+      app.log.error('shutdown took too long; exiting (unfinished jobs are retried after their lease)');
+      process.exit(1);
+    }, SHUTDOWN_GRACE_MS);
+    force.unref();
+    app.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        app.log.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+async function runMigrate(config: Config): Promise<void> {
+  const db = await openDatabase(config);
+  try {
+    const applied = await migrate(db);
+    process.stdout.write(applied.length === 0 ? 'database is up to date\n' : `applied ${applied.join(', ')}\n`);
+  } finally {
+    await db.close();
+  }
+}
+
+async function token(config: Config, args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' } } });
+  if (!values.sub) throw new UsageError('token needs --sub <customer id>');
+  const scope = values.scope ?? 'orders:write orders:read';
+  const unknown = scope.split(' ').filter((s) => s && !(SCOPES as readonly string[]).includes(s));
+  if (unknown.length > 0) throw new UsageError(`unknown scope ${unknown.join(', ')}; known: ${SCOPES.join(', ')}`);
+  const ttlSeconds = values.ttl === undefined ? 3600 : Number(values.ttl);
+  if (!Number.isInteger(ttlSeconds) || ttlSeconds <= 0) throw new UsageError('--ttl must be a positive number of seconds');
+  if (config.auth) throw new UsageError('tokens come from your identity provider when AUTH_JWKS_URL is set');
+  const issuer = await openDevIssuer(config.dataDir);
+  process.stdout.write(`${await issuer.issue({ sub: values.sub, scope, ttlSeconds })}\n`);
+}
+
+class UsageError extends Error {}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  const config = loadConfig();
+  switch (command) {
+    case 'serve':
+      return serve(config);
+    case 'migrate':
+      return runMigrate(config);
+    case 'token':
+      return token(config, rest);
+    default:
+      throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`);
+  }
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  if (error instanceof ConfigError) process.stderr.write(`orderflow: configuration error: ${error.message}\n`);
+  else if (error instanceof UsageError) process.stderr.write(`orderflow: ${error.message}\n\n${USAGE}\n`);
+  else process.stderr.write(`orderflow: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exit(error instanceof UsageError ? 2 : 1);
+});

@@ -1,0 +1,207 @@
+// The database-backed job queue: jobs are rows in messaging.jobs, claimed
+// with FOR UPDATE SKIP LOCKED and leased, so any number of workers (threads of
+// one process or many processes) share them without handing one out twice
+// while its lease holds. A job whose handler fails is retried with jittered
+// exponential backoff; after max_attempts it moves to messaging.dead_jobs.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import type { Database, Queryable } from '../storage/database.ts';
+import type { Metrics } from '../observability/metrics.ts';
+import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, WorkerOptions } from './queue.ts';
+
+export interface DatabaseQueueOptions {
+  /** Idle polling interval; a local enqueue wakes the workers sooner. */
+  pollIntervalMs?: number;
+  /** A claimed job not finished within the lease is handed to another worker. */
+  leaseMs?: number;
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  defaultMaxAttempts?: number;
+}
+
+interface ClaimedRow {
+  id: string;
+  queue: string;
+  payload: JsonObject;
+  attempts: number;
+  max_attempts: number;
+  [column: string]: unknown;
+}
+
+interface Consumer {
+  queue: string;
+  handler: JobHandler<JsonObject>;
+  concurrency: number;
+  running: number;
+}
+
+export class DatabaseQueue implements JobQueue {
+  readonly #db: Database;
+  readonly #log: Logger;
+  readonly #metrics: Metrics;
+  readonly #pollIntervalMs: number;
+  readonly #leaseMs: number;
+  readonly #retryBaseMs: number;
+  readonly #retryMaxMs: number;
+  readonly #defaultMaxAttempts: number;
+  readonly #consumers = new Map<string, Consumer>();
+  readonly #inFlight = new Set<Promise<void>>();
+  #running = false;
+  #loop: Promise<void> | undefined;
+  #wake: (() => void) | undefined;
+
+  constructor(db: Database, log: Logger, metrics: Metrics, options: DatabaseQueueOptions = {}) {
+    this.#db = db;
+    this.#log = log;
+    this.#metrics = metrics;
+    this.#pollIntervalMs = options.pollIntervalMs ?? 50;
+    this.#leaseMs = options.leaseMs ?? 60_000;
+    this.#retryBaseMs = options.retryBaseMs ?? 1_000;
+    this.#retryMaxMs = options.retryMaxMs ?? 60_000;
+    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
+  }
+
+  async enqueue(tx: Queryable, queue: string, payload: JsonObject, options: EnqueueOptions = {}): Promise<void> {
+    await tx.query(
+      `INSERT INTO messaging.jobs (queue, payload, key, run_at, max_attempts)
+       VALUES ($1, $2::jsonb, $3, now() + make_interval(secs => $4::float8), $5)
+       ON CONFLICT (key) DO NOTHING`,
+      [queue, JSON.stringify(payload), options.key ?? null, (options.delayMs ?? 0) / 1000, options.maxAttempts ?? this.#defaultMaxAttempts],
+    );
+    // The job is visible only after the caller commits; waking early is
+    // harmless (an empty poll), and saves a full polling interval.
+    setImmediate(() => this.#wake?.());
+  }
+
+  handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options: WorkerOptions = { concurrency: 4 }): void {
+    this.#consumers.set(queue, { queue, handler: handler as JobHandler<JsonObject>, concurrency: options.concurrency, running: 0 });
+  }
+
+  start(): void {
+    if (this.#running || this.#consumers.size === 0) return;
+    this.#running = true;
+    this.#loop = this.#pollLoop();
+  }
+
+  async stop(): Promise<void> {
+    this.#running = false;
+    this.#wake?.();
+    await this.#loop;
+    await Promise.allSettled([...this.#inFlight]);
+  }
+
+  async backlog(): Promise<Record<string, number>> {
+    const rows = await this.#db.query<{ queue: string; count: number }>(
+      'SELECT queue, count(*)::int AS count FROM messaging.jobs GROUP BY queue',
+    );
+    return Object.fromEntries(rows.map((r) => [r.queue, r.count]));
+  }
+
+  async #pollLoop(): Promise<void> {
+    while (this.#running) {
+      let claimed = 0;
+      try {
+        for (const consumer of this.#consumers.values()) claimed += await this.#claim(consumer);
+      } catch (error) {
+        this.#log.error({ err: error }, 'job queue: claiming jobs failed; retrying after the polling interval');
+      }
+      if (claimed === 0 && this.#running) await this.#idle();
+      else if (this.#inFlight.size > 0 && this.#allBusy()) await Promise.race(this.#inFlight);
+    }
+  }
+
+  #allBusy(): boolean {
+    for (const consumer of this.#consumers.values()) if (consumer.running < consumer.concurrency) return false;
+    return true;
+  }
+
+  async #idle(): Promise<void> {
+    const controller = new AbortController();
+    this.#wake = () => controller.abort();
+    await sleep(this.#pollIntervalMs, undefined, { signal: controller.signal }).catch(() => undefined);
+    this.#wake = undefined;
+  }
+
+  async #claim(consumer: Consumer): Promise<number> {
+    const free = consumer.concurrency - consumer.running;
+    if (free <= 0) return 0;
+    const rows = await this.#db.query<ClaimedRow>(
+      `UPDATE messaging.jobs
+          SET attempts = attempts + 1, locked_until = now() + make_interval(secs => $3::float8)
+        WHERE id IN (SELECT id FROM messaging.jobs
+                      WHERE queue = $1 AND run_at <= now() AND (locked_until IS NULL OR locked_until < now())
+                      ORDER BY run_at, id LIMIT $2
+                      FOR UPDATE SKIP LOCKED)
+       RETURNING id::text AS id, queue, payload, attempts, max_attempts`,
+      [consumer.queue, free, this.#leaseMs / 1000],
+    );
+    for (const row of rows) {
+      consumer.running++;
+      const run = this.#run(consumer, row).finally(() => {
+        consumer.running--;
+        this.#inFlight.delete(run);
+      });
+      this.#inFlight.add(run);
+    }
+    return rows.length;
+  }
+
+  async #run(consumer: Consumer, row: ClaimedRow): Promise<void> {
+    let done = false;
+    const job: Job = {
+      id: row.id,
+      queue: row.queue,
+      payload: row.payload,
+      attempt: row.attempts,
+      maxAttempts: row.max_attempts,
+      markDone: async (tx) => {
+        await tx.query('DELETE FROM messaging.jobs WHERE id = $1', [row.id]);
+        done = true;
+      },
+    };
+    const started = performance.now();
+    try {
+      await consumer.handler(job);
+      if (!done) await this.#db.query('DELETE FROM messaging.jobs WHERE id = $1', [row.id]);
+      this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'done' });
+    } catch (error) {
+      // We MUST release the job once we have attempted it, success or error,
+      // or it stays leased until the lease runs out.
+      await this.#fail(row, error, performance.now() - started);
+    }
+  }
+
+  async #fail(row: ClaimedRow, error: unknown, durationMs: number): Promise<void> {
+    const message = error instanceof Error ? error.message : String(error);
+    const context = { jobId: row.id, queue: row.queue, attempt: row.attempts, maxAttempts: row.max_attempts, durationMs: Math.round(durationMs), err: error };
+    try {
+      if (row.attempts >= row.max_attempts) {
+        await this.#db.query(
+          `WITH dead AS (DELETE FROM messaging.jobs WHERE id = $1 RETURNING *)
+           INSERT INTO messaging.dead_jobs (id, queue, payload, key, attempts, last_error, created_at)
+           SELECT id, queue, payload, key, attempts, $2, created_at FROM dead`,
+          [row.id, message],
+        );
+        this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'dead' });
+        this.#log.error(context, 'job failed for the last time; moved to messaging.dead_jobs');
+        return;
+      }
+      const delayMs = this.retryDelayMs(row.attempts);
+      await this.#db.query(
+        `UPDATE messaging.jobs SET run_at = now() + make_interval(secs => $2::float8), locked_until = NULL, last_error = $3 WHERE id = $1`,
+        [row.id, delayMs / 1000, message],
+      );
+      this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'retry' });
+      this.#log.warn({ ...context, retryInMs: Math.round(delayMs) }, 'job failed; will retry');
+    } catch (releaseError) {
+      // The lease will expire and another worker will take the job again.
+      this.#log.error({ ...context, releaseError }, 'job failed and could not be released; it is retried when its lease expires');
+    }
+  }
+
+  /** Exponential backoff with full jitter between half and the whole step. */
+  retryDelayMs(attempt: number): number {
+    const step = Math.min(this.#retryMaxMs, this.#retryBaseMs * 2 ** (attempt - 1));
+    return step / 2 + Math.random() * (step / 2);
+  }
+}

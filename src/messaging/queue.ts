@@ -1,0 +1,43 @@
+// The job queue port. Producers enqueue inside their own database transaction
+// (so a job exists exactly when the change that caused it was committed);
+// consumers get at-least-once delivery and make their effects idempotent by
+// calling markDone(tx) in the transaction that applies them.
+import type { Queryable } from '../storage/database.ts';
+
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+export type JsonObject = { [key: string]: JsonValue };
+
+export interface EnqueueOptions {
+  /** At most one live job per key; enqueueing a key that is already queued is a no-op. */
+  key?: string;
+  delayMs?: number;
+  maxAttempts?: number;
+}
+
+export interface Job<P extends JsonObject = JsonObject> {
+  id: string;
+  queue: string;
+  payload: P;
+  /** 1 on the first delivery. */
+  attempt: number;
+  maxAttempts: number;
+  /** Records, in the handler's own transaction, that this job's effect has been applied. */
+  markDone(tx: Queryable): Promise<void>;
+}
+
+export type JobHandler<P extends JsonObject = JsonObject> = (job: Job<P>) => Promise<void>;
+
+export interface WorkerOptions {
+  concurrency: number;
+}
+
+export interface JobQueue {
+  enqueue(tx: Queryable, queue: string, payload: JsonObject, options?: EnqueueOptions): Promise<void>;
+  /** Registers the handler of a queue; deliveries start with start(). */
+  handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options?: WorkerOptions): void;
+  start(): void;
+  /** Stops claiming new jobs and waits for the ones in flight. */
+  stop(): Promise<void>;
+  /** Jobs waiting or running, per queue (a metric). */
+  backlog(): Promise<Record<string, number>>;
+}

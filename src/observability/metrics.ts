@@ -1,0 +1,56 @@
+// Prometheus metrics. Each app instance owns its registry, so several
+// instances (tests, one process per role) never share counters by accident.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  return {
+    registry,
+    httpRequests: new Counter({
+      name: 'orderflow_http_requests_total',
+      help: 'HTTP requests by method, route pattern and status code',
+      labelNames: ['method', 'route', 'status'] as const,
+      registers: [registry],
+    }),
+    httpDuration: new Histogram({
+      name: 'orderflow_http_request_duration_seconds',
+      help: 'HTTP request duration by method and route pattern',
+      labelNames: ['method', 'route'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+    orderTransitions: new Counter({
+      name: 'orderflow_orders_total',
+      help: 'Orders entering each status (pending on accept, then confirmed, rejected or cancelled)',
+      labelNames: ['status', 'reason'] as const,
+      registers: [registry],
+    }),
+    jobsProcessed: new Counter({
+      name: 'orderflow_jobs_processed_total',
+      help: 'Jobs handled by outcome: done, retry (failed, will run again), dead (moved to the dead-letter table)',
+      labelNames: ['queue', 'outcome'] as const,
+      registers: [registry],
+    }),
+    jobBacklog: new Gauge({
+      name: 'orderflow_job_backlog',
+      help: 'Jobs waiting or running in the database queue, per queue',
+      labelNames: ['queue'] as const,
+      registers: [registry],
+    }),
+    gatewayDuration: new Histogram({
+      name: 'orderflow_payment_gateway_duration_seconds',
+      help: 'Payment gateway calls by operation and outcome, each attempt counted',
+      labelNames: ['operation', 'outcome'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
+      registers: [registry],
+    }),
+    gatewayCircuitOpen: new Gauge({
+      name: 'orderflow_payment_gateway_circuit_open',
+      help: '1 while the circuit breaker around the payment gateway is open or half-open, else 0',
+      registers: [registry],
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

@@ -1,0 +1,56 @@
+// Moves orders through the state machine after they were accepted. Each
+// function runs inside the caller's transaction and locks the order row
+// first, so the lock order is always order → stock → payment and concurrent
+// cancels and payment results cannot deadlock or both win.
+import { AppError } from '../errors.ts';
+import { release } from '../inventory/stock.ts';
+import type { JobQueue } from '../messaging/queue.ts';
+import { refundIfCharged } from '../payments/payments.ts';
+import type { Database, Queryable } from '../storage/database.ts';
+import { transition, type OrderStatus, type RejectReason } from './state-machine.ts';
+import { findOrder, getOrder, setStatus, type Order } from './store.ts';
+
+export type Outcome = { changed: true; order: Order } | { changed: false; status: OrderStatus | 'missing' };
+
+async function lockOrder(tx: Queryable, orderId: string, customerId?: string): Promise<Order | undefined> {
+  return findOrder(tx, orderId, customerId, { lock: true });
+}
+
+/** Payment succeeded: a pending order becomes confirmed (its held stock is now sold). */
+export async function confirmOrder(tx: Queryable, orderId: string): Promise<Outcome> {
+  const order = await lockOrder(tx, orderId);
+  if (!order) return { changed: false, status: 'missing' };
+  const next = transition(order.status, 'confirm');
+  if (!next.ok) return { changed: false, status: order.status };
+  await setStatus(tx, orderId, next.to);
+  return { changed: true, order: { ...order, status: next.to } };
+}
+
+/** Payment failed for good: a pending order is rejected and its stock released. */
+export async function rejectOrder(tx: Queryable, orderId: string, reason: RejectReason): Promise<Outcome> {
+  const order = await lockOrder(tx, orderId);
+  if (!order) return { changed: false, status: 'missing' };
+  const next = transition(order.status, 'reject');
+  if (!next.ok) return { changed: false, status: order.status };
+  await setStatus(tx, orderId, next.to, reason);
+  await release(tx, order.items);
+  return { changed: true, order: { ...order, status: next.to, rejectReason: reason } };
+}
+
+/**
+ * Cancels a pending or confirmed order: its stock returns, and any payment
+ * that may have reached the gateway is refunded, also one still in flight
+ * (the pay worker sees the cancellation when it records its result).
+ */
+export async function cancelOrder(deps: { db: Database; queue: JobQueue }, orderId: string, customerId: string | undefined): Promise<Order> {
+  await deps.db.transaction(async (tx) => {
+    const order = await lockOrder(tx, orderId, customerId);
+    if (!order) throw new AppError('not_found', `no order with id "${orderId}"`);
+    const next = transition(order.status, 'cancel');
+    if (!next.ok) throw new AppError('order_not_cancellable', `the order is ${order.status}: only pending or confirmed orders can be cancelled`);
+    await setStatus(tx, orderId, next.to, null);
+    await release(tx, order.items);
+    await refundIfCharged(tx, deps.queue, orderId);
+  });
+  return getOrder(deps.db, orderId);
+}

@@ -1,0 +1,118 @@
+// Orders HTTP routes: place (with Idempotency-Key), read, list, cancel.
+import { Type } from 'typebox';
+import type { JobQueue } from '../messaging/queue.ts';
+import type { Metrics } from '../observability/metrics.ts';
+import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
+import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
+import { principalOf, type Routes } from '../http/server.ts';
+import type { Database } from '../storage/database.ts';
+import { acceptOrder } from './accept.ts';
+import { cancelOrder } from './lifecycle.ts';
+import { ORDER_STATUSES, REJECT_REASONS } from './state-machine.ts';
+import { getOrder, listOrders } from './store.ts';
+
+export const MAX_ORDER_LINES = 100;
+
+const Order = Type.Object({
+  id: Type.String(),
+  customerId: Type.String(),
+  status: Type.Enum(ORDER_STATUSES),
+  items: Type.Array(Type.Object({ sku: Type.String(), quantity: Type.Integer(), priceCents: Type.Integer() })),
+  totalCents: Type.Integer(),
+  currency: Type.String(),
+  rejectReason: Type.Union([Type.Enum(REJECT_REASONS), Type.Null()]),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
+});
+
+const PlaceOrder = Type.Object(
+  {
+    items: Type.Array(
+      Type.Object({ sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: 1_000_000 }) }, { additionalProperties: false }),
+      { minItems: 1, maxItems: MAX_ORDER_LINES },
+    ),
+    payment: Type.Object({ token: Type.String({ minLength: 1, maxLength: 255 }) }, { additionalProperties: false }),
+  },
+  { additionalProperties: false },
+);
+
+const IdempotencyHeaders = Type.Object({
+  'idempotency-key': Type.String({ minLength: 1, maxLength: 255, description: 'Chosen by the client, one per order it means to place' }),
+});
+
+const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
+const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
+
+export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metrics }): Routes {
+  const { db, metrics } = deps;
+  return async (app) => {
+    app.post('/v1/orders', {
+      config: { scopes: ['orders:write'] },
+      schema: {
+        tags: ['orders'],
+        summary: 'Place an order; payment happens asynchronously',
+        headers: IdempotencyHeaders,
+        body: PlaceOrder,
+        response: { 200: Order, 202: Order, 422: Problem, ...errors },
+      },
+      handler: async (request, reply) => {
+        const { customerId } = principalOf(request);
+        const { order, replayed } = await acceptOrder(deps, customerId, request.headers['idempotency-key'], request.body);
+        if (!replayed) metrics.orderTransitions.inc({ status: order.status, reason: order.rejectReason ?? '' });
+        return reply
+          .code(replayed ? 200 : 202)
+          .header('location', `/v1/orders/${order.id}`)
+          .send(order);
+      },
+    });
+
+    app.get('/v1/orders/:id', {
+      config: { scopes: ['orders:read', 'orders:admin'] },
+      schema: { tags: ['orders'], summary: 'Read an order', params: IdParams, response: { 200: Order, ...errors } },
+      handler: async (request) => getOrder(db, request.params.id, ownerFilter(principalOf(request))),
+    });
+
+    app.get('/v1/orders', {
+      config: { scopes: ['orders:read', 'orders:admin'] },
+      schema: {
+        tags: ['orders'],
+        summary: "List one's orders (all orders with orders:admin), newest first",
+        querystring: Type.Object(
+          { ...LimitQuery.properties, status: Type.Optional(Type.Enum(ORDER_STATUSES)) },
+          { additionalProperties: false },
+        ),
+        response: { 200: Type.Object({ items: Type.Array(Order), nextCursor: Type.Union([Type.String(), Type.Null()]) }), ...errors },
+      },
+      handler: async (request) => {
+        const page = await listOrders(db, {
+          customerId: ownerFilter(principalOf(request)),
+          status: request.query.status,
+          limit: parseLimit(request.query.limit),
+          beforeSeq: decodeCursor<number>(request.query.cursor, 'number'),
+        });
+        return { items: page.items, nextCursor: page.more && page.lastSeq !== undefined ? encodeCursor(page.lastSeq) : null };
+      },
+    });
+
+    app.post('/v1/orders/:id/cancel', {
+      config: { scopes: ['orders:write', 'orders:admin'] },
+      schema: {
+        tags: ['orders'],
+        summary: 'Cancel a pending or confirmed order; its stock returns and any payment is refunded',
+        params: IdParams,
+        body: Type.Optional(Type.Object({}, { additionalProperties: false })),
+        response: { 200: Order, 409: Problem, ...errors },
+      },
+      handler: async (request) => {
+        const order = await cancelOrder(deps, request.params.id, ownerFilter(principalOf(request)));
+        metrics.orderTransitions.inc({ status: 'cancelled', reason: '' });
+        return order;
+      },
+    });
+  };
+}
+
+/** Admins see every order; everyone else only their own (others' are "not found"). */
+function ownerFilter(principal: { customerId: string; scopes: ReadonlySet<string> }): string | undefined {
+  return principal.scopes.has('orders:admin') ? undefined : principal.customerId;
+}

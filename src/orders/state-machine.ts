@@ -1,0 +1,38 @@
+// The order state machine. Pure: callers ask whether an event may happen and
+// get the next status or a reason why not; they never throw for a forbidden
+// transition, because "already confirmed" is an expected answer to a
+// redelivered message, not a failure.
+//
+//   pending ──confirm──▶ confirmed ──cancel──▶ cancelled
+//      │ └──reject──▶ rejected
+//      └────cancel──▶ cancelled
+
+export const ORDER_STATUSES = ['pending', 'confirmed', 'rejected', 'cancelled'] as const;
+export type OrderStatus = (typeof ORDER_STATUSES)[number];
+export type OrderEvent = 'confirm' | 'reject' | 'cancel';
+export const REJECT_REASONS = ['out_of_stock', 'payment_declined', 'payment_failed'] as const;
+export type RejectReason = (typeof REJECT_REASONS)[number];
+
+const TRANSITIONS: Record<OrderStatus, Partial<Record<OrderEvent, OrderStatus>>> = {
+  pending: { confirm: 'confirmed', reject: 'rejected', cancel: 'cancelled' },
+  confirmed: { cancel: 'cancelled' },
+  rejected: {},
+  cancelled: {},
+};
+
+export type Transition = { ok: true; to: OrderStatus } | { ok: false; reason: `cannot ${OrderEvent} an order that is ${OrderStatus}` };
+
+export function transition(from: OrderStatus, event: OrderEvent): Transition {
+  const to = TRANSITIONS[from][event];
+  return to === undefined ? { ok: false, reason: `cannot ${event} an order that is ${from}` } : { ok: true, to };
+}
+
+/** True once the pipeline will do nothing more with the order on its own. */
+export function isTerminal(status: OrderStatus): boolean {
+  return status !== 'pending';
+}
+
+/** Whether the order holds stock: pending orders reserve it, confirmed orders have sold it. */
+export function holdsStock(status: OrderStatus): boolean {
+  return status === 'pending' || status === 'confirmed';
+}

@@ -1,0 +1,136 @@
+// Where a payment is charged, retried and refunded. Each handler is safe to
+// run any number of times for the same message (at-least-once delivery):
+// gateway calls reuse one idempotency key per order and operation, and the
+// result is recorded with the state machine's guards in one transaction that
+// also marks the message done.
+import type { Logger } from 'pino';
+import type { Job, JobQueue } from '../messaging/queue.ts';
+import type { Metrics } from '../observability/metrics.ts';
+import { confirmOrder, rejectOrder } from '../orders/lifecycle.ts';
+import { findOrder } from '../orders/store.ts';
+import type { Database } from '../storage/database.ts';
+import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
+import {
+  CHARGE_QUEUE,
+  REFUND_QUEUE,
+  chargeKey,
+  findPayment,
+  markCharging,
+  markDeclined,
+  markRefunded,
+  markSucceeded,
+  refundIfCharged,
+  refundKey,
+  type Payment,
+} from './payments.ts';
+
+export interface PayWorkerDeps {
+  db: Database;
+  queue: JobQueue;
+  gateway: PaymentGateway;
+  metrics: Metrics;
+  log: Logger;
+}
+
+type OrderJob = Job<{ orderId: string }>;
+
+export function registerPayWorker(deps: PayWorkerDeps, concurrency: number): void {
+  deps.queue.handle<{ orderId: string }>(CHARGE_QUEUE, (job) => chargeOrder(deps, job), { concurrency });
+  deps.queue.handle<{ orderId: string }>(REFUND_QUEUE, (job) => refundOrder(deps, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)) });
+}
+
+function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult> {
+  return gateway.charge({
+    idempotencyKey: chargeKey(payment.orderId),
+    amountCents: payment.amountCents,
+    currency: payment.currency,
+    token: payment.cardToken,
+    reference: payment.orderId,
+  });
+}
+
+export async function chargeOrder(deps: PayWorkerDeps, job: OrderJob): Promise<void> {
+  const { db, queue, gateway, metrics, log } = deps;
+  const { orderId } = job.payload;
+
+  // Before calling out, record that a charge may now exist ("charging"), so a
+  // cancel arriving while the call is in flight knows to refund.
+  const payment = await db.transaction(async (tx) => {
+    const order = await findOrder(tx, orderId, undefined, { lock: true });
+    const found = await findPayment(tx, orderId, { lock: true });
+    if (!order || !found || order.status !== 'pending') {
+      if (order?.status === 'cancelled') await refundIfCharged(tx, queue, orderId);
+      await job.markDone(tx);
+      return undefined;
+    }
+    await markCharging(tx, orderId);
+    return found;
+  });
+  if (!payment) return;
+
+  let result: ChargeResult;
+  try {
+    result = await charge(gateway, payment);
+  } catch (error) {
+    const permanent = error instanceof GatewayRequestError;
+    const lastAttempt = job.attempt >= job.maxAttempts;
+    if (!(error instanceof TransientGatewayError) && !permanent) throw error;
+    if (!permanent && !lastAttempt) throw error; // the queue retries later with backoff
+    // Giving up: the order must not stay pending forever. A charge may still
+    // have gone through unseen, so settle it with a refund.
+    log.error({ orderId, attempt: job.attempt, err: error }, 'payment failed for good; rejecting the order');
+    const rejected = await db.transaction(async (tx) => {
+      const outcome = await rejectOrder(tx, orderId, 'payment_failed');
+      await refundIfCharged(tx, queue, orderId);
+      await job.markDone(tx);
+      return outcome.changed;
+    });
+    if (rejected) metrics.orderTransitions.inc({ status: 'rejected', reason: 'payment_failed' });
+    return;
+  }
+
+  const outcome = await db.transaction(async (tx) => {
+    if (result.status === 'declined') {
+      const rejected = await rejectOrder(tx, orderId, 'payment_declined');
+      await markDeclined(tx, orderId);
+      await job.markDone(tx);
+      return rejected.changed ? ('rejected' as const) : undefined;
+    }
+    const confirmed = await confirmOrder(tx, orderId);
+    await markSucceeded(tx, orderId, result.chargeId);
+    // Cancelled (or given up on) while the charge was in flight: give the money back.
+    if (!confirmed.changed) await refundIfCharged(tx, queue, orderId);
+    await job.markDone(tx);
+    return confirmed.changed ? ('confirmed' as const) : undefined;
+  });
+  if (outcome === 'confirmed') metrics.orderTransitions.inc({ status: 'confirmed', reason: '' });
+  if (outcome === 'rejected') metrics.orderTransitions.inc({ status: 'rejected', reason: 'payment_declined' });
+}
+
+export async function refundOrder(deps: PayWorkerDeps, job: OrderJob): Promise<void> {
+  const { db, gateway } = deps;
+  const { orderId } = job.payload;
+  const payment = await findPayment(db, orderId);
+  if (!payment || (payment.status !== 'charging' && payment.status !== 'succeeded')) return;
+
+  let chargeId = payment.chargeId;
+  if (payment.status === 'charging' || chargeId === null) {
+    // We never learned the charge's answer: replaying its key returns the
+    // gateway's first answer (or makes the charge now, which we then refund:
+    // either way the order nets zero).
+    const replay = await charge(gateway, payment);
+    if (replay.status === 'declined') {
+      await db.transaction(async (tx) => {
+        await markDeclined(tx, orderId);
+        await job.markDone(tx);
+      });
+      return;
+    }
+    chargeId = replay.chargeId;
+  }
+  const { refundId } = await gateway.refund({ idempotencyKey: refundKey(orderId), chargeId, amountCents: payment.amountCents });
+  await db.transaction(async (tx) => {
+    await markRefunded(tx, orderId, chargeId, refundId);
+    await job.markDone(tx);
+  });
+}

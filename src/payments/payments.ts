@@ -1,0 +1,86 @@
+// The payments module's table (payments.payments) and public functions. A
+// payment row remembers what we know of the gateway for one order, so a
+// crash at any point leaves enough behind to finish the job safely:
+//   pending  → never sent: nothing to undo;
+//   charging → sent at least once: a charge may exist, only a replay tells;
+//   succeeded / declined / refunded → the gateway's answer, recorded.
+import type { JobQueue } from '../messaging/queue.ts';
+import type { Queryable } from '../storage/database.ts';
+
+export const CHARGE_QUEUE = 'payments.charge';
+export const REFUND_QUEUE = 'payments.refund';
+
+export type PaymentStatus = 'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded';
+
+export interface Payment {
+  orderId: string;
+  amountCents: number;
+  currency: string;
+  cardToken: string;
+  status: PaymentStatus;
+  chargeId: string | null;
+}
+
+/** One key per order and operation, stable across every retry: the gateway charges or refunds once. */
+export const chargeKey = (orderId: string) => `orderflow-charge-${orderId}`;
+export const refundKey = (orderId: string) => `orderflow-refund-${orderId}`;
+
+export async function requestPayment(
+  tx: Queryable,
+  queue: JobQueue,
+  payment: { orderId: string; amountCents: number; currency: string; token: string },
+): Promise<void> {
+  await tx.query(
+    `INSERT INTO payments.payments (order_id, amount_cents, currency, card_token, status) VALUES ($1, $2, $3, $4, 'pending')`,
+    [payment.orderId, payment.amountCents, payment.currency, payment.token],
+  );
+  await queue.enqueue(tx, CHARGE_QUEUE, { orderId: payment.orderId }, { key: `charge:${payment.orderId}` });
+}
+
+/** Queues the charge again (the sweeper's re-drive); a no-op while the charge job is still queued. */
+export async function redriveCharge(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
+  await queue.enqueue(tx, CHARGE_QUEUE, { orderId }, { key: `charge:${orderId}` });
+}
+
+/** The order will not be paid for: queue a refund if money may have moved. */
+export async function refundIfCharged(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
+  const payment = await findPayment(tx, orderId, { lock: true });
+  if (payment && (payment.status === 'charging' || payment.status === 'succeeded')) {
+    await queue.enqueue(tx, REFUND_QUEUE, { orderId }, { key: `refund:${orderId}` });
+  }
+}
+
+export async function findPayment(db: Queryable, orderId: string, options: { lock?: boolean } = {}): Promise<Payment | undefined> {
+  const rows = await db.query<{ order_id: string; amount_cents: number; currency: string; card_token: string; status: PaymentStatus; charge_id: string | null }>(
+    `SELECT order_id, amount_cents, currency, card_token, status, charge_id FROM payments.payments WHERE order_id = $1${options.lock ? ' FOR UPDATE' : ''}`,
+    [orderId],
+  );
+  const row = rows[0];
+  return row
+    ? { orderId: row.order_id, amountCents: row.amount_cents, currency: row.currency, cardToken: row.card_token, status: row.status, chargeId: row.charge_id }
+    : undefined;
+}
+
+export async function markCharging(tx: Queryable, orderId: string): Promise<void> {
+  await tx.query(`UPDATE payments.payments SET status = 'charging', updated_at = now() WHERE order_id = $1 AND status = 'pending'`, [orderId]);
+}
+
+/** Records a successful charge unless a refund already settled the payment. */
+export async function markSucceeded(tx: Queryable, orderId: string, chargeId: string): Promise<void> {
+  await tx.query(
+    `UPDATE payments.payments SET status = 'succeeded', charge_id = $2, updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging')`,
+    [orderId, chargeId],
+  );
+}
+
+export async function markDeclined(tx: Queryable, orderId: string): Promise<void> {
+  await tx.query(`UPDATE payments.payments SET status = 'declined', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging')`, [orderId]);
+}
+
+export async function markRefunded(tx: Queryable, orderId: string, chargeId: string, refundId: string): Promise<void> {
+  await tx.query(`UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1`, [
+    orderId,
+    chargeId,
+    refundId,
+  ]);
+}

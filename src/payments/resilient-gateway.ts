@@ -1,0 +1,86 @@
+// Every gateway call goes through one policy: a timeout per attempt, retries
+// with jittered exponential backoff (same idempotency key, so a retry can
+// never charge twice), and a circuit breaker shared by all calls that stops
+// hammering a gateway that is down. Declines and request errors are answers,
+// not failures: they are neither retried nor counted by the breaker.
+import {
+  BrokenCircuitError,
+  CircuitState,
+  ConsecutiveBreaker,
+  ExponentialBackoff,
+  TaskCancelledError,
+  TimeoutStrategy,
+  circuitBreaker,
+  handleWhen,
+  retry,
+  timeout,
+  wrap,
+} from 'cockatiel';
+import type { Metrics } from '../observability/metrics.ts';
+import { TransientGatewayError, type ChargeRequest, type ChargeResult, type PaymentGateway, type RefundRequest } from './gateway.ts';
+
+export interface ResilienceOptions {
+  attemptTimeoutMs?: number;
+  maxAttempts?: number;
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** Consecutive failed calls that open the circuit. */
+  breakAfter?: number;
+  halfOpenAfterMs?: number;
+}
+
+const isTransient = (error: unknown) => error instanceof TransientGatewayError || error instanceof TaskCancelledError;
+
+export class ResilientGateway implements PaymentGateway {
+  readonly #inner: PaymentGateway;
+  readonly #metrics: Metrics;
+  readonly #policy;
+
+  constructor(inner: PaymentGateway, metrics: Metrics, options: ResilienceOptions = {}) {
+    this.#inner = inner;
+    this.#metrics = metrics;
+    const attemptTimeout = timeout(options.attemptTimeoutMs ?? 3_000, TimeoutStrategy.Aggressive);
+    const breaker = circuitBreaker(handleWhen(isTransient), {
+      halfOpenAfter: options.halfOpenAfterMs ?? 5_000,
+      breaker: new ConsecutiveBreaker(options.breakAfter ?? 5),
+    });
+    breaker.onStateChange((state) => metrics.gatewayCircuitOpen.set(state === CircuitState.Closed ? 0 : 1));
+    const retries = retry(handleWhen(isTransient), {
+      maxAttempts: options.maxAttempts ?? 3,
+      backoff: new ExponentialBackoff({ initialDelay: options.initialBackoffMs ?? 100, maxDelay: options.maxBackoffMs ?? 2_000 }),
+    });
+    this.#policy = wrap(retries, breaker, attemptTimeout);
+  }
+
+  charge(request: ChargeRequest): Promise<ChargeResult> {
+    return this.#call('charge', (signal) => this.#inner.charge(request, signal));
+  }
+
+  refund(request: RefundRequest): Promise<{ refundId: string }> {
+    return this.#call('refund', (signal) => this.#inner.refund(request, signal));
+  }
+
+  async #call<T>(operation: string, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    try {
+      return await this.#policy.execute(async ({ signal }) => {
+        const stop = this.#metrics.gatewayDuration.startTimer({ operation });
+        try {
+          const result = await attempt(signal);
+          stop({ outcome: 'ok' });
+          return result;
+        } catch (error) {
+          stop({ outcome: isTransient(error) ? 'transient' : 'error' });
+          throw error;
+        }
+      });
+    } catch (error) {
+      if (error instanceof BrokenCircuitError) {
+        throw new TransientGatewayError('payment gateway circuit is open: too many recent failures', { cause: error });
+      }
+      if (error instanceof TaskCancelledError) {
+        throw new TransientGatewayError('payment gateway timed out', { cause: error });
+      }
+      throw error;
+    }
+  }
+}

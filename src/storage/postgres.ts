@@ -1,0 +1,55 @@
+// PostgreSQL server through the `postgres` driver: a pool of connections,
+// prepared statements for every parameterised query.
+import postgres from 'postgres';
+import { DatabaseUnavailableError, type Database, type Queryable, type Row } from './database.ts';
+
+const CONNECTION_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT', '57P01', '57P03']);
+
+function translate(error: unknown): unknown {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && CONNECTION_ERRORS.has(code)) {
+    return new DatabaseUnavailableError(`PostgreSQL is unavailable (${code})`, { cause: error });
+  }
+  return error;
+}
+
+export function openPostgres(url: string, poolSize: number): Database {
+  const sql = postgres(url, {
+    max: poolSize,
+    connect_timeout: 5,
+    idle_timeout: 30,
+    onnotice: () => {},
+    // int8 (money in minor units, counts) as a JavaScript number, as PGlite
+    // returns it: exact up to 2^53, far beyond any order total.
+    types: { int8: { to: 20, from: [20], serialize: (v: number) => String(v), parse: (v: string) => Number(v) } },
+  });
+  const scoped = (target: postgres.Sql | postgres.TransactionSql): Queryable => ({
+    query: async <T extends Row>(text: string, params?: readonly unknown[]) => {
+      try {
+        return (await target.unsafe(text, (params ?? []) as postgres.ParameterOrJSON<never>[], { prepare: true })) as unknown as T[];
+      } catch (error) {
+        throw translate(error);
+      }
+    },
+  });
+  const root = scoped(sql);
+  return {
+    kind: 'postgres',
+    query: (text, params) => root.query(text, params),
+    transaction: async (fn) => {
+      try {
+        return (await sql.begin((tx) => fn(scoped(tx)))) as Awaited<ReturnType<typeof fn>>;
+      } catch (error) {
+        throw translate(error);
+      }
+    },
+    exec: async (script) => {
+      try {
+        await sql.unsafe(script);
+      } catch (error) {
+        throw translate(error);
+      }
+    },
+    close: () => sql.end({ timeout: 5 }),
+  };
+}
