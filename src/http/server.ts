@@ -46,7 +46,8 @@ export function buildServer(options: ServerOptions): Server {
 
   // An empty body is how clients say "no options" (cancel); a route whose
   // schema requires a body still rejects it.
-  app.removeContentTypeParser('application/json');
+  // JSON is the only body this API reads; anything else is a 415.
+  app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
     const text = body as string;
     if (text.trim() === '') return done(null, undefined);

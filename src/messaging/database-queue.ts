@@ -64,7 +64,7 @@ export class DatabaseQueue implements JobQueue {
   async enqueue(tx: Queryable, queue: string, payload: JsonObject, options: EnqueueOptions = {}): Promise<void> {
     await tx.query(
       `INSERT INTO messaging.jobs (queue, payload, key, run_at, max_attempts)
-       VALUES ($1, $2::jsonb, $3, now() + make_interval(secs => $4::float8), $5)
+       VALUES ($1, $2::text::jsonb, $3, now() + make_interval(secs => $4::float8), $5)
        ON CONFLICT (key) DO NOTHING`,
       [queue, JSON.stringify(payload), options.key ?? null, (options.delayMs ?? 0) / 1000, options.maxAttempts ?? this.#defaultMaxAttempts],
     );

@@ -100,8 +100,12 @@ export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metr
         tags: ['orders'],
         summary: 'Cancel a pending or confirmed order; its stock returns and any payment is refunded',
         params: IdParams,
-        body: Type.Optional(Type.Object({}, { additionalProperties: false })),
+        body: Type.Object({}, { additionalProperties: false, description: 'empty, or {}' }),
         response: { 200: Order, 409: Problem, ...errors },
+      },
+      // No body at all means "no options", like {}.
+      preValidation: async (request) => {
+        request.body ??= {};
       },
       handler: async (request) => {
         const order = await cancelOrder(deps, request.params.id, ownerFilter(principalOf(request)));

@@ -1,0 +1,41 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ConfigError, loadConfig } from './config.ts';
+
+describe('loadConfig', () => {
+  it('defaults to the embedded shape', () => {
+    const config = loadConfig({});
+    assert.equal(config.port, 8080);
+    assert.equal(config.role, 'all');
+    assert.equal(config.databaseUrl, undefined);
+    assert.equal(config.auth, undefined);
+    assert.match(config.dataDir, /data$/);
+  });
+
+  const bad: [Record<string, string>, string][] = [
+    [{ PORT: 'eighty' }, 'PORT'],
+    [{ PORT: '70000' }, 'PORT'],
+    [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
+    [{ DATABASE_URL: 'not a url' }, 'DATABASE_URL'],
+    [{ BROKER_URL: 'kafka://x' }, 'BROKER_URL'],
+    [{ REDIS_URL: 'http://x' }, 'REDIS_URL'],
+    [{ PAYMENT_GATEWAY_URL: 'ftp://x' }, 'PAYMENT_GATEWAY_URL'],
+    [{ ROLE: 'boss' }, 'ROLE'],
+    [{ AUTH_JWKS_URL: 'https://idp.example/jwks' }, 'AUTH_ISSUER'],
+  ];
+  for (const [env, variable] of bad) {
+    it(`names ${variable} when ${JSON.stringify(env)}`, () => {
+      assert.throws(
+        () => loadConfig(env),
+        (error: unknown) => error instanceof ConfigError && error.variable === variable && error.message.startsWith(`${variable}: `),
+      );
+    });
+  }
+
+  it('hides a database password in its error', () => {
+    assert.throws(
+      () => loadConfig({ DATABASE_URL: 'mysql://user:secret@host/db' }),
+      (error: unknown) => error instanceof ConfigError && !error.message.includes('secret'),
+    );
+  });
+});

@@ -1,0 +1,37 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { holdsStock, isTerminal, ORDER_STATUSES, transition, type OrderEvent, type OrderStatus } from './state-machine.ts';
+
+describe('order state machine', () => {
+  const allowed: [OrderStatus, OrderEvent, OrderStatus][] = [
+    ['pending', 'confirm', 'confirmed'],
+    ['pending', 'reject', 'rejected'],
+    ['pending', 'cancel', 'cancelled'],
+    ['confirmed', 'cancel', 'cancelled'],
+  ];
+
+  it('allows exactly the transitions of the contract', () => {
+    for (const from of ORDER_STATUSES) {
+      for (const event of ['confirm', 'reject', 'cancel'] as const) {
+        const expected = allowed.find(([f, e]) => f === from && e === event)?.[2];
+        const result = transition(from, event);
+        if (expected) assert.deepEqual(result, { ok: true, to: expected }, `${from} --${event}-->`);
+        else assert.deepEqual(result, { ok: false, reason: `cannot ${event} an order that is ${from}` });
+      }
+    }
+  });
+
+  it('treats every status but pending as terminal for the pipeline', () => {
+    assert.deepEqual(
+      ORDER_STATUSES.filter((s) => isTerminal(s)),
+      ['confirmed', 'rejected', 'cancelled'],
+    );
+  });
+
+  it('holds stock only while pending or confirmed', () => {
+    assert.deepEqual(
+      ORDER_STATUSES.filter((s) => holdsStock(s)),
+      ['pending', 'confirmed'],
+    );
+  });
+});

@@ -1,0 +1,356 @@
+// The HTTP contract (docs/api-contract.md), route by route and rule by rule,
+// in every mode this run covers. Every rejected request is proven to change
+// nothing: the whole database is snapshotted before and after.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { ALL_SCOPES, client, createProduct, modes, newKey, placeOrder, quiesce, snapshot, startTestApp, type Client, type TestApp } from './support/harness.ts';
+
+for (const mode of modes()) {
+  describe(`HTTP contract (${mode})`, () => {
+    let t: TestApp;
+    let admin: Client;
+    let alice: Client;
+    let bob: Client;
+
+    before(async () => {
+      t = await startTestApp(mode);
+      admin = client(t.app, await t.token('admin', ALL_SCOPES));
+      alice = client(t.app, await t.token('alice', 'orders:write orders:read'));
+      bob = client(t.app, await t.token('bob', 'orders:write orders:read'));
+      await createProduct(admin, { sku: 'MUG-1', stock: 100, priceCents: 1299 });
+      await createProduct(admin, { sku: 'TEA.2', stock: 5, priceCents: 450 });
+      await createProduct(admin, { sku: 'USD-1', stock: 10, priceCents: 999, currency: 'USD' });
+    });
+    after(() => t.close());
+
+    /** Sends the request and asserts it was refused with the status, as problem+json, writing nothing. */
+    async function refused(c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) {
+      await quiesce(t.app);
+      const before = await snapshot(t.app.db);
+      const response = await c.request(method, url, options);
+      assert.equal(response.status, status, `${method} ${url}: ${JSON.stringify(response.body)}`);
+      assert.match(String(response.headers['content-type']), /^application\/problem\+json/);
+      assert.equal(response.body.status, status);
+      for (const field of ['type', 'title', 'detail']) assert.equal(typeof response.body[field], 'string', `problem.${field}`);
+      await quiesce(t.app);
+      assert.deepEqual(await snapshot(t.app.db), before, 'a refused request changed the database');
+      return response.body;
+    }
+
+    describe('operations', () => {
+      it('GET /healthz answers 200 without auth', async () => {
+        assert.equal((await client(t.app).request('GET', '/healthz')).status, 200);
+      });
+      it('GET /readyz answers 200 when the database is migrated', async () => {
+        const response = await client(t.app).request('GET', '/readyz');
+        assert.equal(response.status, 200);
+      });
+      it('GET /metrics serves Prometheus text with the request counters', async () => {
+        const response = await client(t.app).request('GET', '/metrics');
+        assert.equal(response.status, 200);
+        assert.match(String(response.headers['content-type']), /^text\/plain/);
+        assert.match(response.body, /orderflow_http_requests_total\{method="GET",route="\/readyz",status="200"\}/);
+      });
+      it('an unknown route is a 404 problem', async () => {
+        await refused(admin, 'GET', '/v1/nothing-here', 404);
+      });
+    });
+
+    describe('authentication and authorization', () => {
+      it('no token: 401', async () => {
+        await refused(client(t.app), 'GET', '/v1/products', 401);
+        await refused(client(t.app), 'POST', '/v1/orders', 401, { headers: { 'idempotency-key': newKey() }, body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } } });
+      });
+      it('a malformed or forged token: 401', async () => {
+        await refused(client(t.app, 'not-a-jwt'), 'GET', '/v1/products', 401);
+        const [header, payload] = (await t.token('alice', 'orders:read')).split('.');
+        await refused(client(t.app, `${header}.${payload}.AAAA`), 'GET', '/v1/products', 401);
+        await refused(client(t.app), 'GET', '/v1/products', 401, { headers: { authorization: 'Basic YWxpY2U6cHc=' } });
+      });
+      it('an expired token: 401', async () => {
+        const expired = await t.app.devIssuer!.issue({ sub: 'alice', scope: 'orders:read', ttlSeconds: -10 });
+        await refused(client(t.app, expired), 'GET', '/v1/orders', 401);
+      });
+      it('a valid token without the scope: 403', async () => {
+        await refused(alice, 'POST', '/v1/products', 403, { body: { sku: 'X-1', name: 'x', priceCents: 1, currency: 'EUR', stock: 1 } });
+        await refused(alice, 'POST', '/v1/products/MUG-1/stock', 403, { body: { delta: 5 } });
+        const readOnly = client(t.app, await t.token('alice', 'orders:read'));
+        await refused(readOnly, 'POST', '/v1/orders', 403, { headers: { 'idempotency-key': newKey() }, body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } } });
+        const writeOnly = client(t.app, await t.token('alice', 'orders:write'));
+        await refused(writeOnly, 'GET', '/v1/orders', 403);
+      });
+    });
+
+    describe('catalog', () => {
+      it('creates a product (201) and reads it back with available stock', async () => {
+        const created = await admin.request('POST', '/v1/products', { body: { sku: 'NEW_1', name: 'Kettle', priceCents: 4999, currency: 'EUR', stock: 7 } });
+        assert.equal(created.status, 201);
+        assert.deepEqual(created.body, { sku: 'NEW_1', name: 'Kettle', priceCents: 4999, currency: 'EUR', stock: 7, available: 7 });
+        const read = await alice.request('GET', '/v1/products/NEW_1');
+        assert.equal(read.status, 200);
+        assert.deepEqual(read.body, created.body);
+      });
+      it('an existing SKU: 409', async () => {
+        await refused(admin, 'POST', '/v1/products', 409, { body: { sku: 'MUG-1', name: 'Again', priceCents: 1, currency: 'EUR', stock: 1 } });
+      });
+      it('bad product bodies: 400 with the offending paths, nothing written', async () => {
+        const cases: [unknown, string][] = [
+          [{ sku: 'has space', name: 'x', priceCents: 1, currency: 'EUR', stock: 1 }, '/sku'],
+          [{ sku: 'x'.repeat(65), name: 'x', priceCents: 1, currency: 'EUR', stock: 1 }, '/sku'],
+          [{ sku: '', name: 'x', priceCents: 1, currency: 'EUR', stock: 1 }, '/sku'],
+          [{ sku: 'OK-1', name: 'x', priceCents: -1, currency: 'EUR', stock: 1 }, '/priceCents'],
+          [{ sku: 'OK-1', name: 'x', priceCents: 1.5, currency: 'EUR', stock: 1 }, '/priceCents'],
+          [{ sku: 'OK-1', name: 'x', priceCents: '100', currency: 'EUR', stock: 1 }, '/priceCents'],
+          [{ sku: 'OK-1', name: 'x', priceCents: 1, currency: 'euro', stock: 1 }, '/currency'],
+          [{ sku: 'OK-1', name: 'x', priceCents: 1, currency: 'EUR', stock: -3 }, '/stock'],
+          [{ sku: 'OK-1', name: 'x', priceCents: 1, currency: 'EUR', stock: 1, color: 'red' }, '/color'],
+          [{ sku: 'OK-1', priceCents: 1, currency: 'EUR', stock: 1 }, '/name'],
+        ];
+        for (const [body, path] of cases) {
+          const problem = await refused(admin, 'POST', '/v1/products', 400, { body });
+          assert.ok(
+            problem.errors.some((e: { path: string }) => e.path === path),
+            `expected an error at ${path} for ${JSON.stringify(body)}: ${JSON.stringify(problem.errors)}`,
+          );
+        }
+      });
+      it('unknown product: 404', async () => {
+        await refused(alice, 'GET', '/v1/products/NOPE', 404);
+      });
+      it('lists products page by page with a cursor', async () => {
+        const seen: string[] = [];
+        let cursor: string | null = null;
+        do {
+          const page: any = await alice.request('GET', `/v1/products?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+          assert.equal(page.status, 200);
+          assert.ok(page.body.items.length <= 2);
+          seen.push(...page.body.items.map((p: { sku: string }) => p.sku));
+          cursor = page.body.nextCursor;
+        } while (cursor);
+        assert.deepEqual(seen, [...seen].sort());
+        for (const sku of ['MUG-1', 'TEA.2', 'USD-1']) assert.ok(seen.includes(sku), sku);
+        assert.equal(new Set(seen).size, seen.length, 'no product twice');
+      });
+      it('bad list parameters: 400', async () => {
+        await refused(alice, 'GET', '/v1/products?limit=0', 400);
+        await refused(alice, 'GET', '/v1/products?limit=101', 400);
+        await refused(alice, 'GET', '/v1/products?limit=abc', 400);
+        await refused(alice, 'GET', '/v1/products?cursor=garbage', 400);
+        await refused(alice, 'GET', '/v1/products?bogus=1', 400);
+      });
+      it('changes stock by a delta (200), refusing to go below what orders hold (409)', async () => {
+        await createProduct(admin, { sku: 'STK-1', stock: 10 });
+        assert.equal((await placeOrder(alice, [{ sku: 'STK-1', quantity: 4 }])).status, 202);
+        const up = await admin.request('POST', '/v1/products/STK-1/stock', { body: { delta: 5 } });
+        assert.equal(up.status, 200);
+        assert.equal(up.body.stock, 15);
+        assert.equal(up.body.available, 11);
+        await refused(admin, 'POST', '/v1/products/STK-1/stock', 409, { body: { delta: -12 } });
+        const down = await admin.request('POST', '/v1/products/STK-1/stock', { body: { delta: -11 } });
+        assert.equal(down.status, 200);
+        assert.equal(down.body.available, 0);
+        await refused(admin, 'POST', '/v1/products/STK-1/stock', 400, { body: { delta: 1.5 } });
+        await refused(admin, 'POST', '/v1/products/STK-1/stock', 400, { body: { delta: '3' } });
+        await refused(admin, 'POST', '/v1/products/STK-1/stock', 400, { body: { delta: 1, note: 'x' } });
+        await refused(admin, 'POST', '/v1/products/NOPE/stock', 404, { body: { delta: 1 } });
+      });
+    });
+
+    describe('placing orders', () => {
+      it('accepts an order: 202, Location, the order as the contract shapes it', async () => {
+        const response = await placeOrder(alice, [
+          { sku: 'MUG-1', quantity: 2 },
+          { sku: 'TEA.2', quantity: 1 },
+        ]);
+        assert.equal(response.status, 202);
+        const order = response.body;
+        assert.equal(response.headers.location, `/v1/orders/${order.id}`);
+        assert.deepEqual(Object.keys(order).sort(), ['createdAt', 'currency', 'customerId', 'id', 'items', 'rejectReason', 'status', 'totalCents', 'updatedAt']);
+        assert.equal(order.customerId, 'alice');
+        assert.equal(order.status, 'pending');
+        assert.equal(order.totalCents, 2 * 1299 + 450);
+        assert.equal(order.currency, 'EUR');
+        assert.equal(order.rejectReason, null);
+        assert.deepEqual(order.items, [
+          { sku: 'MUG-1', quantity: 2, priceCents: 1299 },
+          { sku: 'TEA.2', quantity: 1, priceCents: 450 },
+        ]);
+        assert.ok(!Number.isNaN(Date.parse(order.createdAt)));
+        const read = await alice.request('GET', response.headers.location);
+        assert.equal(read.status, 200);
+        assert.equal(read.body.id, order.id);
+      });
+
+      it('an order that cannot be reserved is rejected at once as out_of_stock', async () => {
+        await createProduct(admin, { sku: 'RARE-1', stock: 1 });
+        const response = await placeOrder(alice, [{ sku: 'RARE-1', quantity: 2 }]);
+        assert.equal(response.status, 202);
+        assert.equal(response.body.status, 'rejected');
+        assert.equal(response.body.rejectReason, 'out_of_stock');
+        assert.equal((await alice.request('GET', '/v1/products/RARE-1')).body.available, 1);
+      });
+
+      it('a multi-line order that cannot reserve every line holds none of them', async () => {
+        await createProduct(admin, { sku: 'PAIR-A', stock: 5 });
+        await createProduct(admin, { sku: 'PAIR-B', stock: 1 });
+        const response = await placeOrder(alice, [
+          { sku: 'PAIR-A', quantity: 3 },
+          { sku: 'PAIR-B', quantity: 2 },
+        ]);
+        assert.equal(response.body.rejectReason, 'out_of_stock');
+        assert.equal((await alice.request('GET', '/v1/products/PAIR-A')).body.available, 5);
+        assert.equal((await alice.request('GET', '/v1/products/PAIR-B')).body.available, 1);
+      });
+
+      it('bad order bodies: 400 or 422 with the offending paths, nothing written', async () => {
+        const line = { sku: 'MUG-1', quantity: 1 };
+        const pay = { token: 'tok_visa' };
+        const cases: [unknown, number, string][] = [
+          [{ items: [{ sku: 'MUG-1', quantity: 0 }], payment: pay }, 400, '/items/0/quantity'],
+          [{ items: [{ sku: 'MUG-1', quantity: -1 }], payment: pay }, 400, '/items/0/quantity'],
+          [{ items: [{ sku: 'MUG-1', quantity: 1.5 }], payment: pay }, 400, '/items/0/quantity'],
+          [{ items: [{ sku: 'MUG-1', quantity: '1' }], payment: pay }, 400, '/items/0/quantity'],
+          [{ items: [{ sku: 'MUG-1', quantity: null }], payment: pay }, 400, '/items/0/quantity'],
+          [{ items: [{ sku: 'MUG-1' }], payment: pay }, 400, '/items/0/quantity'],
+          [{ items: [{ ...line, gift: true }], payment: pay }, 400, '/items/0/gift'],
+          [{ items: [line], payment: pay, coupon: 'FREE' }, 400, '/coupon'],
+          [{ items: [line], payment: { token: 'tok_visa', cvc: '123' } }, 400, '/payment/cvc'],
+          [{ items: [], payment: pay }, 400, '/items'],
+          [{ items: Array.from({ length: 101 }, () => line), payment: pay }, 400, '/items'],
+          [{ items: 'MUG-1', payment: pay }, 400, '/items'],
+          [{ items: [line] }, 400, '/payment'],
+          [{ items: [{ sku: 'bad sku!', quantity: 1 }], payment: pay }, 400, '/items/0/sku'],
+          [{ items: [line, { sku: 'NOPE', quantity: 1 }], payment: pay }, 422, '/items/1/sku'],
+        ];
+        for (const [body, status, path] of cases) {
+          const problem = await refused(alice, 'POST', '/v1/orders', status, { headers: { 'idempotency-key': newKey() }, body });
+          assert.ok(
+            problem.errors?.some((e: { path: string }) => e.path === path),
+            `expected an error at ${path} for ${JSON.stringify(body).slice(0, 120)}: ${JSON.stringify(problem.errors)}`,
+          );
+        }
+      });
+
+      it('items in two currencies: 422, nothing written', async () => {
+        await refused(alice, 'POST', '/v1/orders', 422, {
+          headers: { 'idempotency-key': newKey() },
+          body: { items: [{ sku: 'MUG-1', quantity: 1 }, { sku: 'USD-1', quantity: 1 }], payment: { token: 'tok_visa' } },
+        });
+      });
+
+      it('malformed JSON: 400; not JSON: 415; over 64 KiB: 413 — nothing written', async () => {
+        const headers = { 'idempotency-key': newKey() };
+        await refused(alice, 'POST', '/v1/orders', 400, { headers, rawBody: '{"items": [' });
+        await refused(alice, 'POST', '/v1/orders', 400, { headers, rawBody: '' });
+        await refused(alice, 'POST', '/v1/orders', 415, { headers: { ...headers, 'content-type': 'text/plain' }, rawBody: 'hello' });
+        const huge = JSON.stringify({ items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'x'.repeat(70 * 1024) } });
+        await refused(alice, 'POST', '/v1/orders', 413, { headers, rawBody: huge });
+      });
+
+      it('Idempotency-Key is required and 1–255 characters', async () => {
+        const body = { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } };
+        await refused(alice, 'POST', '/v1/orders', 400, { body });
+        await refused(alice, 'POST', '/v1/orders', 400, { body, headers: { 'idempotency-key': '' } });
+        await refused(alice, 'POST', '/v1/orders', 400, { body, headers: { 'idempotency-key': 'k'.repeat(256) } });
+      });
+
+      it('the same key and body returns the same order; a different body is 422; keys are per customer', async () => {
+        const key = newKey();
+        const first = await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }], 'tok_visa', key);
+        assert.equal(first.status, 202);
+        const replay = await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }], 'tok_visa', key);
+        assert.ok([200, 202].includes(replay.status));
+        assert.equal(replay.body.id, first.body.id);
+        await refused(alice, 'POST', '/v1/orders', 422, {
+          headers: { 'idempotency-key': key },
+          body: { items: [{ sku: 'MUG-1', quantity: 2 }], payment: { token: 'tok_visa' } },
+        });
+        const bobs = await placeOrder(bob, [{ sku: 'MUG-1', quantity: 1 }], 'tok_visa', key);
+        assert.equal(bobs.status, 202);
+        assert.notEqual(bobs.body.id, first.body.id);
+        assert.equal(bobs.body.customerId, 'bob');
+      });
+    });
+
+    describe('reading and listing orders', () => {
+      it("another customer's order is 404; an admin sees it", async () => {
+        const order = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }])).body;
+        await refused(bob, 'GET', `/v1/orders/${order.id}`, 404);
+        await refused(bob, 'POST', `/v1/orders/${order.id}/cancel`, 404);
+        const asAdmin = await admin.request('GET', `/v1/orders/${order.id}`);
+        assert.equal(asAdmin.status, 200);
+        assert.equal(asAdmin.body.customerId, 'alice');
+        await refused(alice, 'GET', '/v1/orders/ord_does_not_exist', 404);
+      });
+
+      it("lists one's own orders newest first, by status, across pages; admins list everyone's", async () => {
+        const carol = client(t.app, await t.token('carol', 'orders:write orders:read'));
+        const placed: string[] = [];
+        for (let i = 0; i < 5; i++) placed.push((await placeOrder(carol, [{ sku: 'MUG-1', quantity: 1 }])).body.id);
+        placed.push((await placeOrder(carol, [{ sku: 'MUG-1', quantity: 1000 }])).body.id); // rejected: out of stock
+        const seen: string[] = [];
+        let cursor: string | null = null;
+        do {
+          const page: any = await carol.request('GET', `/v1/orders?limit=4${cursor ? `&cursor=${cursor}` : ''}`);
+          assert.equal(page.status, 200);
+          for (const order of page.body.items) assert.equal(order.customerId, 'carol');
+          seen.push(...page.body.items.map((o: { id: string }) => o.id));
+          cursor = page.body.nextCursor;
+        } while (cursor);
+        assert.deepEqual(seen, [...placed].reverse());
+        const rejected = await carol.request('GET', '/v1/orders?status=rejected');
+        assert.deepEqual(
+          rejected.body.items.map((o: { id: string }) => o.id),
+          [placed[5]],
+        );
+        const everyone = await admin.request('GET', '/v1/orders?limit=100');
+        const customers = new Set(everyone.body.items.map((o: { customerId: string }) => o.customerId));
+        assert.ok(customers.has('carol') && customers.has('alice'), [...customers].join());
+        await refused(carol, 'GET', '/v1/orders?status=lost', 400);
+        await refused(carol, 'GET', '/v1/orders?cursor=%22abc%22', 400);
+      });
+    });
+
+    describe('cancelling orders', () => {
+      it('cancels a confirmed order: stock returns, payment refunded; cancelling again is 409', async () => {
+        await createProduct(admin, { sku: 'CAN-1', stock: 3, priceCents: 700 });
+        const order = (await placeOrder(alice, [{ sku: 'CAN-1', quantity: 2 }])).body;
+        await quiesce(t.app);
+        assert.equal((await alice.request('GET', `/v1/orders/${order.id}`)).body.status, 'confirmed');
+        assert.equal((await alice.request('GET', '/v1/products/CAN-1')).body.available, 1);
+        const cancelled = await alice.request('POST', `/v1/orders/${order.id}/cancel`);
+        assert.equal(cancelled.status, 200);
+        assert.equal(cancelled.body.status, 'cancelled');
+        assert.equal((await alice.request('GET', '/v1/products/CAN-1')).body.available, 3);
+        await quiesce(t.app);
+        assert.deepEqual(t.gateway.netCharged(order.id), { charges: 1, netCents: 0 });
+        await refused(alice, 'POST', `/v1/orders/${order.id}/cancel`, 409);
+      });
+
+      it('accepts an empty body or {} and nothing else', async () => {
+        const one = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }])).body;
+        const two = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }])).body;
+        assert.equal((await alice.request('POST', `/v1/orders/${one.id}/cancel`, { body: {} })).status, 200);
+        await refused(alice, 'POST', `/v1/orders/${two.id}/cancel`, 400, { body: { reason: 'changed my mind' } });
+        assert.equal((await alice.request('POST', `/v1/orders/${two.id}/cancel`, { rawBody: '', headers: { 'content-type': 'application/json' } })).status, 200);
+      });
+
+      it('a rejected order cannot be cancelled: 409', async () => {
+        const order = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }], 'tok_declined')).body;
+        await quiesce(t.app);
+        const read = await alice.request('GET', `/v1/orders/${order.id}`);
+        assert.equal(read.body.status, 'rejected');
+        assert.equal(read.body.rejectReason, 'payment_declined');
+        await refused(alice, 'POST', `/v1/orders/${order.id}/cancel`, 409);
+      });
+
+      it('needs orders:write (or orders:admin)', async () => {
+        const order = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }])).body;
+        const readOnly = client(t.app, await t.token('alice', 'orders:read'));
+        await refused(readOnly, 'POST', `/v1/orders/${order.id}/cancel`, 403);
+        const byAdmin = await admin.request('POST', `/v1/orders/${order.id}/cancel`);
+        assert.equal(byAdmin.status, 200);
+      });
+    });
+  });
+}

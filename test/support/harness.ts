@@ -1,0 +1,203 @@
+// Test harness: a real Orderflow app per test, on a fresh database — embedded
+// PGlite in memory, or a brand-new PostgreSQL database when DATABASE_URL is
+// set — with the simulated gateway kept outside the app so it outlives
+// restarts and counts money the way an outside gateway would.
+import { randomBytes } from 'node:crypto';
+import assert from 'node:assert/strict';
+import type { OutgoingHttpHeaders } from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
+import postgres from 'postgres';
+import { pino } from 'pino';
+import { createApp, type App } from '../../src/app.ts';
+import { loadConfig, type Config } from '../../src/config.ts';
+import { SimulatedGateway } from '../../src/payments/simulated-gateway.ts';
+import type { Queryable } from '../../src/storage/database.ts';
+
+export type Mode = 'embedded' | 'postgres';
+
+/** The modes this run covers: embedded always; PostgreSQL when DATABASE_URL is set. */
+export function modes(): Mode[] {
+  return process.env.DATABASE_URL ? ['embedded', 'postgres'] : ['embedded'];
+}
+
+/**
+ * The PostgreSQL URL for service tests. Undefined means "skip" — unless
+ * REQUIRE_SERVICES=1, where a missing server is a failure, not a skip.
+ */
+export function requiredServiceUrl(variable: 'DATABASE_URL'): string | undefined {
+  const value = process.env[variable];
+  if (!value && process.env.REQUIRE_SERVICES === '1') {
+    throw new Error(`${variable} must be set when REQUIRE_SERVICES=1`);
+  }
+  return value;
+}
+
+/** Creates an empty database on the PostgreSQL server and returns its URL and a dropper. */
+export async function freshPostgresDatabase(baseUrl: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `orderflow_test_${randomBytes(6).toString('hex')}`;
+  const admin = postgres(baseUrl, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`CREATE DATABASE ${name}`);
+  await admin.end();
+  const url = new URL(baseUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    drop: async () => {
+      const sql = postgres(baseUrl, { max: 1, onnotice: () => {} });
+      await sql.unsafe(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await sql.end();
+    },
+  };
+}
+
+export interface TestAppOptions {
+  gateway?: SimulatedGateway;
+  /** Reopen an existing database: a PostgreSQL URL or a PGlite data directory. */
+  databaseUrl?: string;
+  dataDir?: string;
+  startWorkers?: boolean;
+  env?: Record<string, string>;
+  maxAttempts?: number;
+}
+
+export interface TestApp {
+  app: App;
+  gateway: SimulatedGateway;
+  token(sub: string, scope: string): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Promise<TestApp> {
+  let dropDatabase: (() => Promise<void>) | undefined;
+  let databaseUrl = options.databaseUrl;
+  if (mode === 'postgres' && databaseUrl === undefined) {
+    const fresh = await freshPostgresDatabase(requiredServiceUrl('DATABASE_URL')!);
+    databaseUrl = fresh.url;
+    dropDatabase = fresh.drop;
+  }
+  const config: Config = loadConfig({
+    PORT: '0',
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'silent',
+    ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+    ...(options.dataDir ? { DATA_DIR: options.dataDir } : {}),
+    ...options.env,
+  });
+  const gateway = options.gateway ?? new SimulatedGateway({ latencyMs: 0 });
+  const app = await createApp({
+    config,
+    log: pino({ level: 'silent' }),
+    gateway,
+    inMemory: mode === 'embedded' && options.dataDir === undefined,
+    queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50, defaultMaxAttempts: options.maxAttempts ?? 25 },
+    resilience: { initialBackoffMs: 1, maxBackoffMs: 5, halfOpenAfterMs: 20, attemptTimeoutMs: 2_000 },
+  });
+  await app.server.ready();
+  if (options.startWorkers !== false) app.startWorkers();
+  return {
+    app,
+    gateway,
+    token: (sub, scope) => app.devIssuer!.issue({ sub, scope }),
+    close: async () => {
+      await app.close();
+      await dropDatabase?.();
+    },
+  };
+}
+
+export const ALL_SCOPES = 'orders:write orders:read orders:admin catalog:write';
+
+export interface Client {
+  request(method: string, url: string, options?: { body?: unknown; rawBody?: string; headers?: Record<string, string> }): Promise<{
+    status: number;
+    headers: OutgoingHttpHeaders;
+    // Tests inspect arbitrary JSON answers.
+    body: any;
+  }>;
+}
+
+/** An HTTP client speaking to the app through fastify.inject (full HTTP semantics, no socket). */
+export function client(app: App, token?: string): Client {
+  return {
+    async request(method, url, options = {}) {
+      const headers: Record<string, string> = { ...(token ? { authorization: `Bearer ${token}` } : {}), ...options.headers };
+      let payload: string | undefined;
+      if (options.rawBody !== undefined) payload = options.rawBody;
+      else if (options.body !== undefined) payload = JSON.stringify(options.body);
+      if (payload !== undefined && !Object.keys(headers).some((h) => h.toLowerCase() === 'content-type')) headers['content-type'] = 'application/json';
+      const response = await app.server.inject({ method: method as 'GET', url, headers, ...(payload !== undefined ? { payload } : {}) });
+      const text = response.body;
+      let body: unknown = text;
+      try {
+        body = text ? JSON.parse(text) : undefined;
+      } catch {
+        // not JSON (e.g. /metrics): keep the text
+      }
+      return { status: response.statusCode, headers: response.headers, body };
+    },
+  };
+}
+
+const MODULE_TABLES = [
+  'catalog.products',
+  'inventory.stock',
+  'orders.orders',
+  'orders.order_lines',
+  'orders.idempotency_keys',
+  'payments.payments',
+  'messaging.jobs',
+  'messaging.dead_jobs',
+];
+
+/** Every row of every module table, in a stable order: two equal snapshots mean nothing was written. */
+export async function snapshot(db: Queryable): Promise<Record<string, unknown[]>> {
+  const result: Record<string, unknown[]> = {};
+  for (const table of MODULE_TABLES) {
+    const rows = await db.query(`SELECT to_jsonb(t)::text AS row FROM ${table} t`);
+    result[table] = rows.map((r) => r.row as string).sort();
+  }
+  return result;
+}
+
+/** Polls until check() returns a value other than undefined, or fails after timeoutMs. */
+export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** Waits until no order is pending and no job is queued. */
+export async function quiesce(app: App, timeoutMs = 30_000): Promise<void> {
+  await eventually(
+    'every order to reach a terminal status and every job to finish',
+    async () => {
+      const rows = await app.db.query<{ pending: number; jobs: number }>(
+        `SELECT (SELECT count(*)::int FROM orders.orders WHERE status = 'pending') AS pending,
+                (SELECT count(*)::int FROM messaging.jobs) AS jobs`,
+      );
+      return rows[0]!.pending === 0 && rows[0]!.jobs === 0 ? true : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+export async function createProduct(c: Client, product: { sku: string; stock: number; priceCents?: number; currency?: string; name?: string }) {
+  const response = await c.request('POST', '/v1/products', {
+    body: { name: product.name ?? `Product ${product.sku}`, priceCents: product.priceCents ?? 1000, currency: product.currency ?? 'EUR', sku: product.sku, stock: product.stock },
+  });
+  assert.equal(response.status, 201, JSON.stringify(response.body));
+  return response.body;
+}
+
+let keyCounter = 0;
+export function newKey(): string {
+  return `key-${process.pid}-${Date.now()}-${keyCounter++}`;
+}
+
+export async function placeOrder(c: Client, items: { sku: string; quantity: number }[], token = 'tok_visa', key = newKey()) {
+  return c.request('POST', '/v1/orders', { headers: { 'idempotency-key': key }, body: { items, payment: { token } } });
+}
