@@ -90,6 +90,11 @@ export function loadConfig(env: Env = process.env): Config {
     const missing = jwksUrl === undefined ? 'AUTH_JWKS_URL' : issuer === undefined ? 'AUTH_ISSUER' : 'AUTH_AUDIENCE';
     throw new ConfigError(missing, 'AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE must be set together');
   }
+  if (role !== 'all' && optional(env, 'DATABASE_URL') === undefined) {
+    // The embedded database lives inside one process; roles split across
+    // processes only when they share a PostgreSQL server.
+    throw new ConfigError('ROLE', `ROLE=${role} runs one part of a distributed deployment and needs DATABASE_URL; use ROLE=all for the embedded shape`);
+  }
   const logLevel = optional(env, 'LOG_LEVEL') ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
     throw new ConfigError('LOG_LEVEL', `expected fatal, error, warn, info, debug, trace or silent, got "${logLevel}"`);

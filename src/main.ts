@@ -24,7 +24,7 @@ async function serve(config: Config): Promise<void> {
   const url = await app.start();
   const local = url.replace('://0.0.0.0', '://localhost').replace('://[::]', '://localhost');
   app.log.info({ url: local, role: config.role, database: app.db.kind }, 'orderflow listening');
-  if (app.devIssuer) {
+  if (app.devIssuer && (config.role === 'all' || config.role === 'api')) {
     process.stdout.write(
       `\nOrderflow is listening on ${local} (role ${config.role}, ${config.databaseUrl ? 'PostgreSQL' : `embedded database in ${config.dataDir}`}).\n` +
         `Get a development token with:\n  npm run token -- --sub alice --scope "orders:write orders:read catalog:write"\n` +

@@ -39,7 +39,8 @@ export function buildServer(options: ServerOptions): Server {
     // the error handler and every request is counted in the metrics.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT_BYTES,
-    return503OnClosing: true,
+    // Fastify's own closing answer is not problem+json; the hook below is.
+    return503OnClosing: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true, useDefaults: false } },
     requestIdHeader: 'x-request-id',
   }).withTypeProvider<TypeBoxTypeProvider>();
@@ -56,6 +57,18 @@ export function buildServer(options: ServerOptions): Server {
     } catch (error) {
       done(new AppError('malformed_json', `the request body is not valid JSON: ${(error as Error).message}`), undefined);
     }
+  });
+
+  // During graceful shutdown in-flight requests finish, while new ones are
+  // told to go elsewhere: the load balancer retries them on another process.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onRequest', async (_request, reply) => {
+    if (!closing) return;
+    reply.header('connection', 'close');
+    return sendProblem(reply, 'unavailable', 'this process is shutting down; retry on another one');
   });
 
   app.decorateRequest('principal', null);

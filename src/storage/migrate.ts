@@ -46,16 +46,6 @@ export async function migrate(db: Database): Promise<string[]> {
   return applied;
 }
 
-/** True when every known migration has been applied (readiness). */
-export async function isMigrated(db: Database): Promise<boolean> {
-  const migrations = await loadMigrations();
-  const latest = migrations.at(-1)?.version ?? 0;
-  const rows = await db.query<{ version: number }>(
-    `SELECT coalesce(max(version), 0)::int AS version FROM public.schema_migrations`,
-  );
-  return (rows[0]?.version ?? 0) >= latest;
-}
-
 // Migrations hold plain DDL: statements end with a semicolon at the end of a
 // line, and no statement body contains one (no functions, no DO blocks).
 function splitStatements(sql: string): string[] {
