@@ -5,6 +5,8 @@ import { createApp, openDatabase } from './app.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { openDevIssuer } from './identity/dev-issuer.ts';
 import { SCOPES } from './identity/verifier.ts';
+import { startGatewayServer } from './payments/gateway-server.ts';
+import { SimulatedGateway } from './payments/simulated-gateway.ts';
 import { migrate } from './storage/migrate.ts';
 
 const USAGE = `usage: orderflow <command>
@@ -13,6 +15,9 @@ const USAGE = `usage: orderflow <command>
   migrate   apply database migrations and exit
   token     print a development bearer token:
               orderflow token --sub alice --scope "orders:write orders:read" [--ttl 3600]
+  gateway   run the simulated payment gateway over HTTP for a distributed
+            deployment on one machine (point PAYMENT_GATEWAY_URL at it):
+              orderflow gateway [--port 9090] [--host 127.0.0.1]
 
 Configuration comes from environment variables; see the README.`;
 
@@ -76,6 +81,17 @@ async function token(config: Config, args: string[]): Promise<void> {
   process.stdout.write(`${await issuer.issue({ sub: values.sub, scope, ttlSeconds })}\n`);
 }
 
+async function gateway(config: Config, args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { port: { type: 'string' }, host: { type: 'string' } } });
+  const port = values.port === undefined ? 9090 : Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError('--port must be a port number');
+  const server = await startGatewayServer({ port, host: values.host, gateway: new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }) });
+  process.stdout.write(`simulated payment gateway listening on ${server.url} (ledger: GET ${server.url}/v1/ledger)\n`);
+  const stop = () => void server.close().then(() => process.exit(0));
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
 class UsageError extends Error {}
 
 async function main(argv: string[]): Promise<void> {
@@ -88,6 +104,8 @@ async function main(argv: string[]): Promise<void> {
       return runMigrate(config);
     case 'token':
       return token(config, rest);
+    case 'gateway':
+      return gateway(config, rest);
     default:
       throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`);
   }

@@ -1,0 +1,252 @@
+// The distributed shape on one machine: a simulated payment gateway over
+// HTTP, N api processes behind HAProxy, M workers and a relay, all on the
+// PostgreSQL (and broker, and Redis) named by the environment. `npm run
+// cluster` runs it until Ctrl-C; the cluster test drives the same code and
+// kills processes in it.
+//
+//   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//   BROKER_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379 npm run cluster
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
+import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const MAIN = path.join(ROOT, 'src', 'main.ts');
+const HAPROXY_CONFIG = path.join(ROOT, 'deploy', 'haproxy', 'haproxy.cfg');
+
+export interface ClusterOptions {
+  databaseUrl: string;
+  brokerUrl?: string;
+  redisUrl?: string;
+  apis?: number;
+  workers?: number;
+  relays?: number;
+  /** First port; the load balancer takes it, each process the next ones. */
+  basePort?: number;
+  /** Extra environment for every Orderflow process (e.g. LOG_LEVEL). */
+  env?: Record<string, string>;
+  gatewayLatencyMs?: number;
+  /** Called with each line a process prints (default: prefixed to this process' stderr). */
+  onOutput?: (process: string, line: string) => void;
+}
+
+export interface ClusterProcess {
+  readonly name: string;
+  readonly role: 'api' | 'worker' | 'relay' | 'lb';
+  readonly port: number;
+  readonly child: ChildProcess;
+  /** SIGKILL: no graceful shutdown, as when a machine dies. */
+  kill(): Promise<void>;
+  /** Starts the process again with the same role and port; resolves when it is ready. */
+  restart(): Promise<void>;
+}
+
+export interface Cluster {
+  /** The load balancer's URL: where clients connect. */
+  readonly url: string;
+  readonly gateway: GatewayServer;
+  readonly processes: ClusterProcess[];
+  process(name: string): ClusterProcess;
+  stop(): Promise<void>;
+}
+
+export async function startCluster(options: ClusterOptions): Promise<Cluster> {
+  const basePort = options.basePort ?? 8080;
+  const output = options.onOutput ?? ((name, line) => process.stderr.write(`[${name}] ${line}\n`));
+  const gateway = await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: options.gatewayLatencyMs ?? 20 }) });
+  const env: Record<string, string> = {
+    ...inheritedEnv(),
+    HOST: '127.0.0.1',
+    DATABASE_URL: options.databaseUrl,
+    PAYMENT_GATEWAY_URL: gateway.url,
+    LOG_LEVEL: 'warn',
+    ...(options.brokerUrl ? { BROKER_URL: options.brokerUrl } : {}),
+    ...(options.redisUrl ? { REDIS_URL: options.redisUrl } : {}),
+    ...options.env,
+  };
+
+  // Migrate once up front so the roles do not race for the advisory lock at start.
+  await run(process.execPath, [MAIN, 'migrate'], env, 'migrate', output);
+
+  const processes: ClusterProcess[] = [];
+  let port = basePort + 1;
+  const plan: { role: 'api' | 'worker' | 'relay'; count: number }[] = [
+    { role: 'api', count: options.apis ?? 2 },
+    { role: 'worker', count: options.workers ?? 2 },
+    { role: 'relay', count: options.brokerUrl ? (options.relays ?? 1) : 0 },
+  ];
+  try {
+    for (const { role, count } of plan) {
+      for (let i = 1; i <= count; i++) {
+        const name = `${role}${i}`;
+        const processEnv = { ...env, ROLE: role, PORT: String(port) };
+        processes.push(managedProcess(name, role, port, () => spawn(process.execPath, [MAIN, 'serve'], { env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output));
+        port++;
+      }
+    }
+    await Promise.all(processes.map((p) => waitReady(p)));
+
+    const apiPorts = processes.filter((p) => p.role === 'api').map((p) => p.port);
+    if (apiPorts.length !== 2) throw new Error('deploy/haproxy/haproxy.cfg balances exactly two api processes (ORDERFLOW_API_1/2)');
+    const lbEnv = {
+      ...inheritedEnv(),
+      ORDERFLOW_LB_BIND: `127.0.0.1:${basePort}`,
+      ORDERFLOW_API_1: `127.0.0.1:${apiPorts[0]}`,
+      ORDERFLOW_API_2: `127.0.0.1:${apiPorts[1]}`,
+      ORDERFLOW_LB_STATS: `127.0.0.1:${port}`,
+    };
+    const lb = managedProcess('haproxy', 'lb', basePort, () => spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG], { env: lbEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output);
+    processes.push(lb);
+    await waitReady(lb);
+  } catch (error) {
+    await Promise.all(processes.map((p) => p.kill()));
+    await gateway.close();
+    throw error;
+  }
+
+  return {
+    url: `http://127.0.0.1:${basePort}`,
+    gateway,
+    processes,
+    process(name) {
+      const found = processes.find((p) => p.name === name);
+      if (!found) throw new Error(`no cluster process named ${name}`);
+      return found;
+    },
+    async stop() {
+      // Graceful: the load balancer first, then the api processes, then the
+      // workers and relays, so nothing accepted is left without a consumer.
+      for (const role of ['lb', 'api', 'relay', 'worker'] as const) {
+        await Promise.all(processes.filter((p) => p.role === role).map((p) => terminate(p.child)));
+      }
+      await gateway.close();
+    },
+  };
+}
+
+function managedProcess(
+  name: string,
+  role: ClusterProcess['role'],
+  port: number,
+  launch: () => ChildProcess,
+  output: (process: string, line: string) => void,
+): ClusterProcess {
+  let child = launch();
+  const attach = (c: ChildProcess) => {
+    for (const stream of [c.stdout, c.stderr]) {
+      let partial = '';
+      stream?.setEncoding('utf8');
+      stream?.on('data', (chunk: string) => {
+        const lines = (partial + chunk).split('\n');
+        partial = lines.pop() ?? '';
+        for (const line of lines) if (line.trim() !== '') output(name, line);
+      });
+    }
+  };
+  attach(child);
+  const handle: ClusterProcess = {
+    name,
+    role,
+    port,
+    get child() {
+      return child;
+    },
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+    },
+    async restart() {
+      await handle.kill();
+      child = launch();
+      attach(child);
+      await waitReady(handle);
+    },
+  };
+  return handle;
+}
+
+async function waitReady(p: ClusterProcess, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  // Through the load balancer, /readyz proves it reaches a ready api process.
+  const url = `http://127.0.0.1:${p.port}/readyz`;
+  for (;;) {
+    if (p.child.exitCode !== null) throw new Error(`${p.name} exited with code ${p.child.exitCode} while starting`);
+    try {
+      const response = await fetch(url);
+      if (response.status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`${p.name} was not ready on ${url} after ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
+
+async function terminate(child: ChildProcess, graceMs = 20_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+function run(command: string, args: string[], env: Record<string, string>, name: string, output: (process: string, line: string) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      for (const line of text.split('\n')) if (line.trim() !== '') output(name, line);
+      if (code === 0) resolve();
+      else reject(new Error(`${name} exited with code ${code}`));
+    });
+  });
+}
+
+/** PATH and friends, without any Orderflow variable of the caller's shell. */
+function inheritedEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (value === undefined) continue;
+    if (['DATABASE_URL', 'BROKER_URL', 'REDIS_URL', 'PAYMENT_GATEWAY_URL', 'ROLE', 'PORT', 'HOST', 'AUTH_JWKS_URL', 'AUTH_ISSUER', 'AUTH_AUDIENCE'].includes(key)) continue;
+    env[key] = value;
+  }
+  return env;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const { values } = parseArgs({
+    options: { apis: { type: 'string', default: '2' }, workers: { type: 'string', default: '2' }, port: { type: 'string', default: '8080' } },
+  });
+  const databaseUrl = process.env.DATABASE_URL;
+  if (!databaseUrl) {
+    process.stderr.write('cluster: set DATABASE_URL (and optionally BROKER_URL, REDIS_URL); see the README\n');
+    process.exit(2);
+  }
+  const cluster = await startCluster({
+    databaseUrl,
+    brokerUrl: process.env.BROKER_URL,
+    redisUrl: process.env.REDIS_URL,
+    apis: Number(values.apis),
+    workers: Number(values.workers),
+    basePort: Number(values.port),
+    env: { LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' },
+  });
+  process.stdout.write(
+    `\nOrderflow cluster ready behind HAProxy on ${cluster.url}\n` +
+      cluster.processes.map((p) => `  ${p.name.padEnd(8)} http://127.0.0.1:${p.port}`).join('\n') +
+      `\n  gateway  ${cluster.gateway.url} (ledger: ${cluster.gateway.url}/v1/ledger)\nCtrl-C stops every process.\n`,
+  );
+  const stop = () => void cluster.stop().then(() => process.exit(0));
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
