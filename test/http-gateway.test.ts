@@ -1,0 +1,263 @@
+// The HTTP payment gateway adapter against a fake Stripe-like gateway served
+// by this test (the gateway is the outside world, so a fake server is the
+// real thing here). It checks the wire format of the contract, how answers
+// map to outcomes, and the resilience policy around it: retries with the same
+// idempotency key, a timeout per attempt, and a circuit breaker.
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, afterEach, before, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { createApp } from '../src/app.ts';
+import { loadConfig } from '../src/config.ts';
+import { createMetrics } from '../src/observability/metrics.ts';
+import { GatewayRequestError, TransientGatewayError, type ChargeRequest } from '../src/payments/gateway.ts';
+import { HttpGateway } from '../src/payments/http-gateway.ts';
+import { ResilientGateway } from '../src/payments/resilient-gateway.ts';
+import { ALL_SCOPES, client, createProduct, placeOrder, quiesce } from './support/harness.ts';
+
+interface Received {
+  method: string;
+  path: string;
+  idempotencyKey: string | undefined;
+  contentType: string | undefined;
+  body: any;
+}
+
+type Answer = { status: number; body?: unknown } | 'hang';
+
+/**
+ * A fake payment gateway. Every request is recorded; script() decides the
+ * answer to each one. A key that once got a 201 gets the same answer again,
+ * as the contract's gateway does, and only then is a charge booked.
+ */
+class FakeGateway {
+  readonly received: Received[] = [];
+  readonly charges = new Map<string, { id: string; amountCents: number; reference: string }>();
+  readonly #answers = new Map<string, { status: number; body: unknown }>();
+  readonly #hanging = new Set<ServerResponse>();
+  script: (request: Received, attempt: number) => Answer = () => ({ status: 201 });
+  closedWhileHanging = 0;
+  #server!: Server;
+  url = '';
+
+  async start(): Promise<void> {
+    this.#server = createServer((request, response) => void this.#handle(request, response));
+    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+    this.url = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
+  }
+
+  reset(): void {
+    this.received.length = 0;
+    this.charges.clear();
+    this.#answers.clear();
+    this.script = () => ({ status: 201 });
+    this.closedWhileHanging = 0;
+  }
+
+  async stop(): Promise<void> {
+    for (const response of this.#hanging) response.destroy();
+    this.#server.closeAllConnections();
+    await new Promise((resolve) => this.#server.close(resolve));
+  }
+
+  async #handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    let text = '';
+    for await (const chunk of request) text += String(chunk);
+    const received: Received = {
+      method: request.method ?? '',
+      path: request.url ?? '',
+      idempotencyKey: request.headers['idempotency-key'] as string | undefined,
+      contentType: request.headers['content-type'],
+      body: text ? JSON.parse(text) : undefined,
+    };
+    this.received.push(received);
+    const replayKey = `${received.path} ${received.idempotencyKey}`;
+    const replay = this.#answers.get(replayKey);
+    if (replay) return this.#send(response, replay.status, replay.body);
+    const attempt = this.received.filter((r) => r.idempotencyKey === received.idempotencyKey && r.path === received.path).length;
+    const answer = this.script(received, attempt);
+    if (answer === 'hang') {
+      this.#hanging.add(response);
+      response.on('close', () => {
+        if (this.#hanging.delete(response)) this.closedWhileHanging++;
+      });
+      return;
+    }
+    let body = answer.body;
+    if (answer.status === 201 && body === undefined) {
+      if (received.path.endsWith('/v1/charges')) {
+        const id = `ch_${this.charges.size + 1}`;
+        this.charges.set(id, { id, amountCents: received.body.amountCents, reference: received.body.reference });
+        body = { id, status: 'succeeded' };
+      } else {
+        body = { id: `re_${received.idempotencyKey}` };
+      }
+    }
+    if (answer.status === 201 || answer.status === 402) this.#answers.set(replayKey, { status: answer.status, body });
+    this.#send(response, answer.status, body);
+  }
+
+  #send(response: ServerResponse, status: number, body: unknown): void {
+    response.writeHead(status, { 'content-type': 'application/json' }).end(body === undefined ? '' : JSON.stringify(body));
+  }
+}
+
+const charge = (orderId: string, token = 'tok_visa'): ChargeRequest => ({
+  idempotencyKey: `orderflow-charge-${orderId}`,
+  amountCents: 2598,
+  currency: 'EUR',
+  token,
+  reference: orderId,
+});
+
+describe('HTTP payment gateway', () => {
+  const fake = new FakeGateway();
+  const opened: HttpGateway[] = [];
+  const http = (options: { timeoutMs?: number; baseUrl?: string } = {}) => {
+    const gateway = new HttpGateway(options.baseUrl ?? fake.url, { timeoutMs: options.timeoutMs ?? 5_000 });
+    opened.push(gateway);
+    return gateway;
+  };
+  const resilient = (inner: HttpGateway, options: ConstructorParameters<typeof ResilientGateway>[2] = {}) =>
+    new ResilientGateway(inner, createMetrics(), { initialBackoffMs: 1, maxBackoffMs: 2, halfOpenAfterMs: 60_000, ...options });
+
+  before(() => fake.start());
+  afterEach(async () => {
+    await Promise.all(opened.splice(0).map((g) => g.close()));
+    fake.reset();
+  });
+  after(() => fake.stop());
+
+  it('speaks the contract: POST /v1/charges with Idempotency-Key and the JSON body; 201 is a success', async () => {
+    const result = await http().charge(charge('ord_1'));
+    assert.deepEqual(result, { status: 'succeeded', chargeId: 'ch_1' });
+    assert.equal(fake.received.length, 1);
+    const [request] = fake.received;
+    assert.equal(request!.method, 'POST');
+    assert.equal(request!.path, '/v1/charges');
+    assert.equal(request!.idempotencyKey, 'orderflow-charge-ord_1');
+    assert.match(request!.contentType ?? '', /^application\/json/);
+    assert.deepEqual(request!.body, { amountCents: 2598, currency: 'EUR', token: 'tok_visa', reference: 'ord_1' });
+  });
+
+  it('refunds with POST /v1/refunds { chargeId, amountCents } and returns the refund id', async () => {
+    const result = await http().refund({ idempotencyKey: 'orderflow-refund-ord_2', chargeId: 'ch_9', amountCents: 2598 });
+    assert.deepEqual(result, { refundId: 're_orderflow-refund-ord_2' });
+    assert.deepEqual(
+      fake.received.map((r) => [r.path, r.idempotencyKey, r.body]),
+      [['/v1/refunds', 'orderflow-refund-ord_2', { chargeId: 'ch_9', amountCents: 2598 }]],
+    );
+  });
+
+  it('keeps a path prefix of PAYMENT_GATEWAY_URL, with or without a trailing slash', async () => {
+    await http({ baseUrl: `${fake.url}/gw/` }).charge(charge('ord_3'));
+    await http({ baseUrl: `${fake.url}/gw` }).charge(charge('ord_4'));
+    assert.deepEqual(
+      fake.received.map((r) => r.path),
+      ['/gw/v1/charges', '/gw/v1/charges'],
+    );
+  });
+
+  it('a 503 is transient; the resilient gateway retries with the same key and the gateway books one charge', async () => {
+    fake.script = (_request, attempt) => (attempt <= 2 ? { status: 503, body: { error: 'busy' } } : { status: 201 });
+    await assert.rejects(http().charge(charge('ord_5')), TransientGatewayError, 'a bare 503 is a transient failure');
+    fake.reset();
+    fake.script = (_request, attempt) => (attempt <= 2 ? { status: 503, body: { error: 'busy' } } : { status: 201 });
+    const result = await resilient(http()).charge(charge('ord_5'));
+    assert.deepEqual(result, { status: 'succeeded', chargeId: 'ch_1' });
+    assert.equal(fake.received.length, 3);
+    assert.deepEqual(new Set(fake.received.map((r) => r.idempotencyKey)), new Set(['orderflow-charge-ord_5']));
+    assert.deepEqual(new Set(fake.received.map((r) => JSON.stringify(r.body))).size, 1, 'every attempt sends the same body');
+    assert.equal(fake.charges.size, 1);
+  });
+
+  it('402 card_declined is a final decline: reported as declined, never retried', async () => {
+    fake.script = () => ({ status: 402, body: { code: 'card_declined' } });
+    assert.deepEqual(await resilient(http()).charge(charge('ord_6', 'tok_declined')), { status: 'declined', code: 'card_declined' });
+    assert.equal(fake.received.length, 1);
+    fake.reset();
+    fake.script = () => ({ status: 402 });
+    assert.deepEqual(await http().charge(charge('ord_7', 'tok_declined')), { status: 'declined', code: 'card_declined' }, 'a 402 without a body');
+  });
+
+  it('another 4xx is a request error: not retried, not transient', async () => {
+    fake.script = () => ({ status: 400, body: { error: 'bad amount' } });
+    const error = await resilient(http())
+      .charge(charge('ord_8'))
+      .then(
+        () => assert.fail('a 400 must not succeed'),
+        (e: unknown) => e,
+      );
+    assert.ok(error instanceof GatewayRequestError, String(error));
+    assert.equal(error.status, 400);
+    assert.equal(fake.received.length, 1);
+  });
+
+  it('a gateway that does not answer hits the adapter timeout: a transient failure', async () => {
+    fake.script = () => 'hang';
+    await assert.rejects(http({ timeoutMs: 100 }).charge(charge('ord_9')), TransientGatewayError);
+    assert.equal(fake.received.length, 1);
+  });
+
+  it('the resilient gateway abandons a hanging attempt at its timeout, retries with the same key, then gives up as transient', async () => {
+    fake.script = () => 'hang';
+    await assert.rejects(resilient(http(), { attemptTimeoutMs: 50, maxAttempts: 2 }).charge(charge('ord_10')), TransientGatewayError);
+    assert.equal(fake.received.length, 3, 'the first attempt and two retries');
+    assert.deepEqual(new Set(fake.received.map((r) => r.idempotencyKey)), new Set(['orderflow-charge-ord_10']));
+  });
+
+  it('an unreachable gateway is transient', async () => {
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    const { port } = probe.address() as AddressInfo;
+    await new Promise((resolve) => probe.close(resolve));
+    await assert.rejects(http({ baseUrl: `http://127.0.0.1:${port}` }).charge(charge('ord_11')), TransientGatewayError);
+  });
+
+  it('the circuit opens after consecutive failures and then fails fast without calling the gateway', async () => {
+    fake.script = () => ({ status: 503 });
+    const gateway = resilient(http(), { maxAttempts: 0, breakAfter: 3 });
+    for (let i = 0; i < 3; i++) await assert.rejects(gateway.charge(charge(`ord_b${i}`)), TransientGatewayError);
+    assert.equal(fake.received.length, 3);
+    fake.script = () => ({ status: 201 });
+    await assert.rejects(gateway.charge(charge('ord_b3')), /circuit is open/);
+    assert.equal(fake.received.length, 3, 'an open circuit does not call the gateway');
+  });
+
+  it('a declined charge does not count towards opening the circuit', async () => {
+    fake.script = () => ({ status: 402, body: { code: 'card_declined' } });
+    const gateway = resilient(http(), { maxAttempts: 0, breakAfter: 2 });
+    for (let i = 0; i < 4; i++) assert.equal((await gateway.charge(charge(`ord_d${i}`))).status, 'declined');
+    fake.script = () => ({ status: 201 });
+    assert.equal((await gateway.charge(charge('ord_d4'))).status, 'succeeded');
+  });
+
+  it('an app configured with PAYMENT_GATEWAY_URL pays through it: one charge per order, same key on every retry', async () => {
+    fake.script = (request, attempt) => (request.path === '/v1/charges' && attempt === 1 ? { status: 503 } : { status: 201 });
+    const app = await createApp({
+      config: loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', PAYMENT_GATEWAY_URL: fake.url }),
+      log: pino({ level: 'silent' }),
+      inMemory: true,
+      queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50 },
+      resilience: { initialBackoffMs: 1, maxBackoffMs: 5, halfOpenAfterMs: 20, attemptTimeoutMs: 2_000 },
+    });
+    try {
+      await app.server.ready();
+      app.startWorkers();
+      const admin = client(app, await app.devIssuer!.issue({ sub: 'admin', scope: ALL_SCOPES }));
+      await createProduct(admin, { sku: 'WIRE-1', stock: 5, priceCents: 1299 });
+      const placed = await placeOrder(admin, [{ sku: 'WIRE-1', quantity: 2 }]);
+      assert.equal(placed.status, 202);
+      await quiesce(app);
+      assert.equal((await admin.request('GET', `/v1/orders/${placed.body.id}`)).body.status, 'confirmed');
+      const charges = fake.received.filter((r) => r.path === '/v1/charges');
+      assert.ok(charges.length >= 2, 'the 503 was retried');
+      assert.deepEqual(new Set(charges.map((r) => r.idempotencyKey)).size, 1);
+      assert.deepEqual(charges[0]!.body, { amountCents: 2598, currency: 'EUR', token: 'tok_visa', reference: placed.body.id });
+      assert.deepEqual([...fake.charges.values()], [{ id: 'ch_1', amountCents: 2598, reference: placed.body.id }]);
+    } finally {
+      await app.close();
+    }
+  });
+});
