@@ -2,9 +2,14 @@
 // It picks storage, queue, gateway and identity from the configuration and
 // starts the roles this process plays (ROLE=all | api | worker).
 import type { Logger } from 'pino';
+import type { Cache } from './cache/cache.ts';
+import { MemoryCache } from './cache/memory-cache.ts';
+import { RedisCache } from './cache/redis-cache.ts';
+import { connectRedis } from './cache/redis.ts';
 import { catalogRoutes } from './catalog/routes.ts';
 import { ConfigError, redactUrl, type Config } from './config.ts';
 import { operationsRoutes } from './http/operations.ts';
+import { registerRateLimits } from './http/rate-limit.ts';
 import { buildServer, type Server } from './http/server.ts';
 import { DEV_AUDIENCE, DEV_ISSUER, openDevIssuer, type DevIssuer } from './identity/dev-issuer.ts';
 import { localVerifier, remoteVerifier } from './identity/verifier.ts';
@@ -33,6 +38,8 @@ export interface AppOptions {
   queue?: DatabaseQueueOptions;
   resilience?: ResilienceOptions;
   workerConcurrency?: number;
+  /** How long this process may serve a cached product without asking Redis (tests lengthen it to prove invalidations arrive). */
+  cacheLocalTtlMs?: number;
 }
 
 export interface App {
@@ -75,7 +82,6 @@ function checkSupported(config: Config): void {
   // Distributed adapters arrive with the distributed shape; until then a set
   // variable must not be silently ignored.
   if (config.brokerUrl !== undefined) throw new ConfigError('BROKER_URL', 'broker adapters are not part of this build yet; unset it to use the database queue');
-  if (config.redisUrl !== undefined) throw new ConfigError('REDIS_URL', 'the Redis cache is not part of this build yet; unset it to use the in-process cache');
   if (config.role === 'relay') throw new ConfigError('ROLE', 'the relay role needs a broker, which is not part of this build yet');
 }
 
@@ -102,11 +108,20 @@ export async function createApp(options: AppOptions): Promise<App> {
   const runsApi = config.role === 'all' || config.role === 'api';
   const runsWorker = config.role === 'all' || config.role === 'worker';
 
+  // Only the API reads through the cache and rate-limits; workers need no Redis.
+  const redis = runsApi && config.redisUrl ? connectRedis(config.redisUrl, { log: log.child({ component: 'redis' }), metrics }) : undefined;
+  const cache: Cache | undefined = !runsApi
+    ? undefined
+    : redis
+      ? new RedisCache(redis, { metrics, log: log.child({ component: 'cache' }) }, { prefix: config.redisKeyPrefix, localTtlMs: options.cacheLocalTtlMs })
+      : new MemoryCache(metrics);
+
   const server = buildServer({ log, metrics, verifyToken });
   await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));
   if (runsApi) {
-    await server.register(catalogRoutes(db));
-    await server.register(orderRoutes({ db, queue, metrics }));
+    await registerRateLimits(server, { redis: redis?.commands, keyPrefix: config.redisKeyPrefix });
+    await server.register(catalogRoutes(db, cache));
+    await server.register(orderRoutes({ db, queue, metrics, ordersPerMinute: config.rateLimitOrdersPerMinute }));
   }
 
   let sweeper: Sweeper | undefined;
@@ -150,6 +165,8 @@ export async function createApp(options: AppOptions): Promise<App> {
       await sweeper?.stop();
       await queue.stop();
       await httpGateway?.close();
+      await cache?.close();
+      await redis?.close();
       await db.close();
     },
   };

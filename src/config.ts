@@ -14,6 +14,10 @@ export interface Config {
   databaseUrl: string | undefined;
   databasePoolSize: number;
   redisUrl: string | undefined;
+  /** Prepended to every Redis key and channel, so several deployments (or test runs) can share one Redis. */
+  redisKeyPrefix: string;
+  /** Orders one customer may place per minute; 0 turns the limit off. */
+  rateLimitOrdersPerMinute: number;
   brokerUrl: string | undefined;
   paymentGatewayUrl: string | undefined;
   /** External identity provider; undefined means the built-in development issuer. */
@@ -66,6 +70,13 @@ function url(env: Env, name: string, protocols: readonly string[]): string | und
   return raw;
 }
 
+function keyPrefix(env: Env, name: string, fallback: string): string {
+  const raw = optional(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^[A-Za-z0-9:._{}-]{1,100}$/.test(raw)) throw new ConfigError(name, `expected 1–100 characters of A-Z a-z 0-9 : . _ - { }, got "${raw}"`);
+  return raw;
+}
+
 /** Hides the password of a URL so it can be logged or printed. */
 export function redactUrl(raw: string): string {
   try {
@@ -106,6 +117,10 @@ export function loadConfig(env: Env = process.env): Config {
     databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
     databasePoolSize: integer(env, 'DATABASE_POOL_SIZE', 10, 1, 1000),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
+    redisKeyPrefix: keyPrefix(env, 'REDIS_KEY_PREFIX', 'orderflow:'),
+    // Generous by default: it is there to stop a runaway client, not to
+    // shape normal traffic, and benchmarks place many orders per customer.
+    rateLimitOrdersPerMinute: integer(env, 'RATE_LIMIT_ORDERS_PER_MINUTE', 600_000, 0, 100_000_000),
     brokerUrl: url(env, 'BROKER_URL', ['nats:', 'amqp:', 'amqps:']),
     paymentGatewayUrl: url(env, 'PAYMENT_GATEWAY_URL', ['http:', 'https:']),
     auth: jwksUrl && issuer && audience ? { jwksUrl, issuer, audience } : undefined,

@@ -1,5 +1,11 @@
 // The catalog: what each SKU is called and what it costs. Stock lives in the
 // inventory module; a product as clients see it joins the two.
+//
+// Only the catalog half is cached. A product's name, price and currency never
+// change once created, so a cached copy cannot go stale; stock and
+// `available` change with every order, so they are always read from the
+// database (see docs/architecture.md, "Cache and rate limits").
+import type { Cache } from '../cache/cache.ts';
 import { AppError } from '../errors.ts';
 import { adjustStock, createStock, stockLevels, type StockLevel } from '../inventory/stock.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
@@ -35,18 +41,34 @@ interface ProductRow {
   [column: string]: unknown;
 }
 
-function toProduct(row: ProductRow, stock: StockLevel | undefined): Product {
+/** The part of a product that never changes after it is created, and so may be cached. */
+interface ProductDetails {
+  sku: string;
+  name: string;
+  priceCents: number;
+  currency: string;
+}
+
+export function productCacheKey(sku: string): string {
+  return `catalog:product:${sku}`;
+}
+
+function toDetails(row: ProductRow): ProductDetails {
+  return { sku: row.sku, name: row.name, priceCents: row.price_cents, currency: row.currency };
+}
+
+function toProduct(details: ProductDetails, stock: StockLevel | undefined): Product {
   return {
-    sku: row.sku,
-    name: row.name,
-    priceCents: row.price_cents,
-    currency: row.currency,
+    sku: details.sku,
+    name: details.name,
+    priceCents: details.priceCents,
+    currency: details.currency,
     stock: stock?.onHand ?? 0,
     available: stock?.available ?? 0,
   };
 }
 
-export async function createProduct(db: Database, input: NewProduct): Promise<Product> {
+export async function createProduct(db: Database, input: NewProduct, cache?: Cache): Promise<Product> {
   try {
     await db.transaction(async (tx) => {
       await tx.query('INSERT INTO catalog.products (sku, name, price_cents, currency) VALUES ($1, $2, $3, $4)', [
@@ -61,15 +83,26 @@ export async function createProduct(db: Database, input: NewProduct): Promise<Pr
     if (isUniqueViolation(error)) throw new AppError('sku_exists', `a product with SKU "${input.sku}" already exists`);
     throw error;
   }
+  // Nothing should be cached under a SKU that did not exist, unless the
+  // database was restored or reset while the cache kept its entries: then the
+  // old product's name and price must not outlive it.
+  await cache?.invalidate([productCacheKey(input.sku)]);
   return { ...input, available: input.stock };
 }
 
-export async function getProduct(db: Queryable, sku: string): Promise<Product> {
+async function loadDetails(db: Queryable, sku: string): Promise<ProductDetails | undefined> {
   const rows = await db.query<ProductRow>('SELECT sku, name, price_cents, currency FROM catalog.products WHERE sku = $1', [sku]);
-  const row = rows[0];
-  if (!row) throw new AppError('not_found', `no product with SKU "${sku}"`);
-  const stock = await stockLevels(db, [sku]);
-  return toProduct(row, stock.get(sku));
+  return rows[0] ? toDetails(rows[0]) : undefined;
+}
+
+/** Inside a transaction, pass no cache: the transaction must see its own rows. */
+export async function getProduct(db: Queryable, sku: string, cache?: Cache): Promise<Product> {
+  const details = cache ? await cache.getOrLoad(productCacheKey(sku), () => loadDetails(db, sku)) : await loadDetails(db, sku);
+  const level = details && (await stockLevels(db, [sku])).get(sku);
+  // Every product has its stock row from the transaction that created it, so
+  // the fresh stock read also proves that a cached product still exists.
+  if (!details || !level) throw new AppError('not_found', `no product with SKU "${sku}"`);
+  return toProduct(details, level);
 }
 
 export async function listProducts(db: Queryable, limit: number, afterSku: string | undefined): Promise<{ items: Product[]; last: string | undefined; more: boolean }> {
@@ -82,7 +115,7 @@ export async function listProducts(db: Queryable, limit: number, afterSku: strin
     db,
     page.map((r) => r.sku),
   );
-  return { items: page.map((r) => toProduct(r, stock.get(r.sku))), last: page.at(-1)?.sku, more: rows.length > limit };
+  return { items: page.map((r) => toProduct(toDetails(r), stock.get(r.sku))), last: page.at(-1)?.sku, more: rows.length > limit };
 }
 
 export async function changeStock(db: Database, sku: string, delta: number): Promise<Product> {

@@ -1,5 +1,6 @@
 // Catalog HTTP routes: products and stock adjustments.
 import { Type } from 'typebox';
+import type { Cache } from '../cache/cache.ts';
 import type { Routes } from '../http/server.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
 import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
@@ -29,18 +30,18 @@ const NewProduct = Type.Object(
 const SkuParams = Type.Object({ sku: Type.String() });
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
-export function catalogRoutes(db: Database): Routes {
+export function catalogRoutes(db: Database, cache?: Cache): Routes {
   return async (app) => {
     app.post('/v1/products', {
       config: { scopes: ['catalog:write'] },
       schema: { tags: ['catalog'], summary: 'Create a product', body: NewProduct, response: { 201: Product, 409: Problem, ...errors } },
-      handler: async (request, reply) => reply.code(201).send(await createProduct(db, request.body)),
+      handler: async (request, reply) => reply.code(201).send(await createProduct(db, request.body, cache)),
     });
 
     app.get('/v1/products/:sku', {
       config: { scopes: [] },
       schema: { tags: ['catalog'], summary: 'Read a product and its available stock', params: SkuParams, response: { 200: Product, ...errors } },
-      handler: async (request) => getProduct(db, request.params.sku),
+      handler: async (request) => getProduct(db, request.params.sku, cache),
     });
 
     app.get('/v1/products', {

@@ -50,6 +50,23 @@ export function createMetrics() {
       help: '1 while the circuit breaker around the payment gateway is open or half-open, else 0',
       registers: [registry],
     }),
+    cacheLookups: new Counter({
+      name: 'orderflow_cache_lookups_total',
+      help: 'Cache reads by result: local_hit (process LRU), redis_hit, miss (loaded from the database)',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    }),
+    cacheErrors: new Counter({
+      name: 'orderflow_cache_errors_total',
+      help: 'Cache operations that failed or were skipped because Redis is unreachable; the request was served from the database',
+      labelNames: ['operation'] as const,
+      registers: [registry],
+    }),
+    redisUp: new Gauge({
+      name: 'orderflow_redis_up',
+      help: '1 while connected to Redis at REDIS_URL; 0 while disconnected (rate limits are then not enforced) or when REDIS_URL is unset',
+      registers: [registry],
+    }),
   };
 }
 

@@ -5,6 +5,7 @@ import type { Metrics } from '../observability/metrics.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
 import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
 import { principalOf, type Routes } from '../http/server.ts';
+import { perCustomerLimit } from '../http/rate-limit.ts';
 import type { Database } from '../storage/database.ts';
 import { acceptOrder } from './accept.ts';
 import { cancelOrder } from './lifecycle.ts';
@@ -43,17 +44,17 @@ const IdempotencyHeaders = Type.Object({
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
-export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metrics }): Routes {
+export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metrics; ordersPerMinute?: number }): Routes {
   const { db, metrics } = deps;
   return async (app) => {
     app.post('/v1/orders', {
-      config: { scopes: ['orders:write'] },
+      config: { scopes: ['orders:write'], ...perCustomerLimit(deps.ordersPerMinute ?? 0) },
       schema: {
         tags: ['orders'],
         summary: 'Place an order; payment happens asynchronously',
         headers: IdempotencyHeaders,
         body: PlaceOrder,
-        response: { 200: Order, 202: Order, 422: Problem, ...errors },
+        response: { 200: Order, 202: Order, 422: Problem, 429: Problem, ...errors },
       },
       handler: async (request, reply) => {
         const { customerId } = principalOf(request);

@@ -24,7 +24,7 @@ export function modes(): Mode[] {
  * The PostgreSQL URL for service tests. Undefined means "skip" — unless
  * REQUIRE_SERVICES=1, where a missing server is a failure, not a skip.
  */
-export function requiredServiceUrl(variable: 'DATABASE_URL'): string | undefined {
+export function requiredServiceUrl(variable: 'DATABASE_URL' | 'REDIS_URL'): string | undefined {
   const value = process.env[variable];
   if (!value && process.env.REQUIRE_SERVICES === '1') {
     throw new Error(`${variable} must be set when REQUIRE_SERVICES=1`);
@@ -58,6 +58,7 @@ export interface TestAppOptions {
   startWorkers?: boolean;
   env?: Record<string, string>;
   maxAttempts?: number;
+  cacheLocalTtlMs?: number;
 }
 
 export interface TestApp {
@@ -91,6 +92,7 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
     inMemory: mode === 'embedded' && options.dataDir === undefined,
     queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50, defaultMaxAttempts: options.maxAttempts ?? 25 },
     resilience: { initialBackoffMs: 1, maxBackoffMs: 5, halfOpenAfterMs: 20, attemptTimeoutMs: 2_000 },
+    ...(options.cacheLocalTtlMs !== undefined ? { cacheLocalTtlMs: options.cacheLocalTtlMs } : {}),
   });
   await app.server.ready();
   if (options.startWorkers !== false) app.startWorkers();
