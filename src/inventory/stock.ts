@@ -1,6 +1,6 @@
 // Inventory: how much of each SKU exists (on_hand) and how much of it orders
-// hold. Every change is one conditional UPDATE, so two requests can never
-// both take the last unit: the database row lock decides, not a prior read.
+// hold. Every change happens under the SKU's row lock, so two requests can
+// never both take the last unit: the database decides, not a prior read.
 import type { Queryable } from '../storage/database.ts';
 
 export interface StockLevel {
@@ -28,25 +28,44 @@ export async function stockLevels(db: Queryable, skus: readonly string[]): Promi
 }
 
 /**
- * Holds stock for every line or for none. SKUs are taken in sorted order so
- * two multi-line orders lock rows in the same order and cannot deadlock.
+ * Holds stock for a batch of orders: each order gets every line or none, in
+ * the order given (first come, first served). Whatever the batch size, this
+ * is two statements: the SKUs' rows are locked in sorted order (so
+ * concurrent batches, in this process or another, cannot deadlock) and their
+ * availability read; the allocation is decided here under those locks; then
+ * one UPDATE holds the summed quantity per SKU. A hot SKU thus costs one row
+ * lock per batch, not per order, and an order only loses to the orders ahead
+ * of it for the SKU that runs out.
  */
-export async function reserve(tx: Queryable, lines: readonly StockLine[]): Promise<boolean> {
-  const merged = mergeLines(lines);
-  const taken: StockLine[] = [];
-  for (const line of merged) {
-    const rows = await tx.query(
-      'UPDATE inventory.stock SET held = held + $2 WHERE sku = $1 AND on_hand - held >= $2 RETURNING sku',
-      [line.sku, line.quantity],
+export async function reserveEach(tx: Queryable, orders: readonly (readonly StockLine[])[]): Promise<boolean[]> {
+  const skus = [...new Set(orders.flatMap((lines) => lines.map((line) => line.sku)))];
+  if (skus.length === 0) return orders.map(() => true);
+  const rows = await tx.query<{ sku: string; available: number }>(
+    'SELECT sku, on_hand - held AS available FROM inventory.stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE',
+    [skus],
+  );
+  const available = new Map(rows.map((r) => [r.sku, Number(r.available)]));
+  const held = new Map<string, number>();
+  const reserved = orders.map((lines) => {
+    const wanted = mergeLines(lines);
+    const fits = wanted.every((line) => (available.get(line.sku) ?? 0) - (held.get(line.sku) ?? 0) >= line.quantity);
+    if (fits) for (const line of wanted) held.set(line.sku, (held.get(line.sku) ?? 0) + line.quantity);
+    return fits;
+  });
+  if (held.size > 0) {
+    const totals = [...held];
+    // The guard can only fail if the rows were not locked as they should be;
+    // then the whole batch rolls back rather than oversell.
+    const updated = await tx.query(
+      `UPDATE inventory.stock s SET held = s.held + v.quantity
+         FROM unnest($1::text[], $2::int[]) AS v(sku, quantity)
+        WHERE s.sku = v.sku AND s.on_hand - s.held >= v.quantity
+        RETURNING s.sku`,
+      [totals.map(([sku]) => sku), totals.map(([, quantity]) => quantity)],
     );
-    if (rows.length === 0) {
-      // Undo the lines already held, inside the same transaction.
-      await release(tx, taken);
-      return false;
-    }
-    taken.push(line);
+    if (updated.length !== totals.length) throw new Error(`stock changed under a row lock: held ${updated.length} of ${totals.length} SKUs`);
   }
-  return true;
+  return reserved;
 }
 
 export async function release(tx: Queryable, lines: readonly StockLine[]): Promise<void> {

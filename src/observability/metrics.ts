@@ -20,6 +20,12 @@ export function createMetrics() {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [registry],
     }),
+    acceptBatchSize: new Histogram({
+      name: 'orderflow_accept_batch_size',
+      help: 'Orders committed together by one accept transaction (group commit)',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128],
+      registers: [registry],
+    }),
     orderTransitions: new Counter({
       name: 'orderflow_orders_total',
       help: 'Orders entering each status (pending on accept, then confirmed, rejected or cancelled)',

@@ -59,17 +59,50 @@ export interface NewOrder {
   currency: string;
 }
 
-export async function insertOrder(tx: Queryable, order: NewOrder): Promise<void> {
-  await tx.query(
-    `INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, reject_reason) VALUES ($1, $2, $3, $4, $5, $6)`,
-    [order.id, order.customerId, order.status, order.totalCents, order.currency, order.rejectReason],
+/** Stores new orders and their lines: two statements for any number of orders. */
+export async function insertOrders(tx: Queryable, orders: readonly NewOrder[]): Promise<Order[]> {
+  if (orders.length === 0) return [];
+  const stamps = await tx.query<{ id: string; created_at: Date; updated_at: Date }>(
+    `INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, reject_reason)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+     RETURNING id, created_at, updated_at`,
+    [
+      orders.map((o) => o.id),
+      orders.map((o) => o.customerId),
+      orders.map((o) => o.status),
+      orders.map((o) => o.totalCents),
+      orders.map((o) => o.currency),
+      orders.map((o) => o.rejectReason),
+    ],
   );
+  const lines = orders.flatMap((o) => o.lines.map((line, index) => ({ orderId: o.id, lineNo: index + 1, ...line })));
   await tx.query(
     `INSERT INTO orders.order_lines (order_id, line_no, sku, quantity, price_cents)
-     SELECT $1, n, sku, quantity, price_cents
-       FROM unnest($2::text[], $3::int[], $4::bigint[]) WITH ORDINALITY AS l(sku, quantity, price_cents, n)`,
-    [order.id, order.lines.map((l) => l.sku), order.lines.map((l) => l.quantity), order.lines.map((l) => l.priceCents)],
+     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[])`,
+    [lines.map((l) => l.orderId), lines.map((l) => l.lineNo), lines.map((l) => l.sku), lines.map((l) => l.quantity), lines.map((l) => l.priceCents)],
   );
+  const stampOf = new Map(stamps.map((row) => [row.id, row]));
+  return orders.map((o) => {
+    const stamp = stampOf.get(o.id)!;
+    return {
+      id: o.id,
+      customerId: o.customerId,
+      status: o.status,
+      items: o.lines.map((l) => ({ sku: l.sku, quantity: l.quantity, priceCents: l.priceCents })),
+      totalCents: o.totalCents,
+      currency: o.currency,
+      rejectReason: o.rejectReason,
+      createdAt: stamp.created_at.toISOString(),
+      updatedAt: stamp.updated_at.toISOString(),
+    };
+  });
+}
+
+/** Reads several orders at once, by id. */
+export async function findOrders(db: Queryable, ids: readonly string[]): Promise<Map<string, Order>> {
+  if (ids.length === 0) return new Map();
+  const rows = await db.query<OrderRow>(`SELECT ${ORDER_COLUMNS} FROM orders.orders o WHERE o.id = ANY($1::text[])`, [ids]);
+  return new Map(rows.map((row) => [row.id, toOrder(row)]));
 }
 
 /** Reads an order; with a customer id, another customer's order is "not found". */
@@ -117,22 +150,48 @@ export async function stalePendingOrders(db: Queryable, olderThanMs: number, lim
 
 // --- idempotency keys -------------------------------------------------------
 
-/** Claims (customer, key) for a new order; returns the existing claim when the key was used before. */
-export async function claimIdempotencyKey(
-  tx: Queryable,
-  claim: { customerId: string; key: string; requestHash: string; orderId: string },
-): Promise<{ claimed: true } | { claimed: false; orderId: string; requestHash: string }> {
-  const inserted = await tx.query(
-    `INSERT INTO orders.idempotency_keys (customer_id, key, request_hash, order_id) VALUES ($1, $2, $3, $4)
+export interface KeyClaim {
+  customerId: string;
+  key: string;
+  requestHash: string;
+  orderId: string;
+}
+
+/**
+ * Claims (customer, key) pairs for new orders. Returns, per claim, null when
+ * it was claimed now, or the earlier claim of that pair. The pairs must be
+ * distinct; they are inserted in sorted order so two batches racing for the
+ * same keys wait on each other instead of deadlocking.
+ */
+export async function claimIdempotencyKeys(tx: Queryable, claims: readonly KeyClaim[]): Promise<({ orderId: string; requestHash: string } | null)[]> {
+  if (claims.length === 0) return [];
+  const sorted = [...claims].sort((a, b) => compare(a.customerId, b.customerId) || compare(a.key, b.key));
+  const inserted = await tx.query<{ order_id: string }>(
+    `INSERT INTO orders.idempotency_keys (customer_id, key, request_hash, order_id)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
      ON CONFLICT (customer_id, key) DO NOTHING RETURNING order_id`,
-    [claim.customerId, claim.key, claim.requestHash, claim.orderId],
+    [sorted.map((c) => c.customerId), sorted.map((c) => c.key), sorted.map((c) => c.requestHash), sorted.map((c) => c.orderId)],
   );
-  if (inserted.length > 0) return { claimed: true };
-  const rows = await tx.query<{ order_id: string; request_hash: string }>(
-    'SELECT order_id, request_hash FROM orders.idempotency_keys WHERE customer_id = $1 AND key = $2',
-    [claim.customerId, claim.key],
-  );
-  const existing = rows[0];
-  if (!existing) throw new Error('idempotency key vanished between conflict and read');
-  return { claimed: false, orderId: existing.order_id, requestHash: existing.request_hash };
+  const claimedNow = new Set(inserted.map((row) => row.order_id));
+  const earlier = claims.filter((c) => !claimedNow.has(c.orderId));
+  const existing = new Map<string, { orderId: string; requestHash: string }>();
+  if (earlier.length > 0) {
+    const rows = await tx.query<{ customer_id: string; key: string; order_id: string; request_hash: string }>(
+      `SELECT k.customer_id, k.key, k.order_id, k.request_hash
+         FROM orders.idempotency_keys k
+         JOIN unnest($1::text[], $2::text[]) AS c(customer_id, key) ON k.customer_id = c.customer_id AND k.key = c.key`,
+      [earlier.map((c) => c.customerId), earlier.map((c) => c.key)],
+    );
+    for (const row of rows) existing.set(`${row.customer_id}\u0000${row.key}`, { orderId: row.order_id, requestHash: row.request_hash });
+  }
+  return claims.map((c) => {
+    if (claimedNow.has(c.orderId)) return null;
+    const found = existing.get(`${c.customerId}\u0000${c.key}`);
+    if (!found) throw new Error('idempotency key vanished between conflict and read');
+    return found;
+  });
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -25,16 +25,25 @@ export interface Payment {
 export const chargeKey = (orderId: string) => `orderflow-charge-${orderId}`;
 export const refundKey = (orderId: string) => `orderflow-refund-${orderId}`;
 
-export async function requestPayment(
-  tx: Queryable,
-  queue: JobQueue,
-  payment: { orderId: string; amountCents: number; currency: string; token: string },
-): Promise<void> {
+export interface PaymentRequest {
+  orderId: string;
+  amountCents: number;
+  currency: string;
+  token: string;
+}
+
+/** Records the payments of newly accepted orders and queues their charges, in the caller's transaction. */
+export async function requestPayments(tx: Queryable, queue: JobQueue, payments: readonly PaymentRequest[]): Promise<void> {
+  if (payments.length === 0) return;
   await tx.query(
-    `INSERT INTO payments.payments (order_id, amount_cents, currency, card_token, status) VALUES ($1, $2, $3, $4, 'pending')`,
-    [payment.orderId, payment.amountCents, payment.currency, payment.token],
+    `INSERT INTO payments.payments (order_id, amount_cents, currency, card_token, status)
+     SELECT order_id, amount_cents, currency, card_token, 'pending'
+       FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS p(order_id, amount_cents, currency, card_token)`,
+    [payments.map((p) => p.orderId), payments.map((p) => p.amountCents), payments.map((p) => p.currency), payments.map((p) => p.token)],
   );
-  await queue.enqueue(tx, CHARGE_QUEUE, { orderId: payment.orderId }, { key: `charge:${payment.orderId}` });
+  for (const payment of payments) {
+    await queue.enqueue(tx, CHARGE_QUEUE, { orderId: payment.orderId }, { key: `charge:${payment.orderId}` });
+  }
 }
 
 /** Queues the charge again (the sweeper's re-drive); a no-op while the charge job is still queued. */

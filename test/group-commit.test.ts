@@ -1,0 +1,108 @@
+// Group commit must not change any answer: a batch that mixes good orders,
+// bad input, replays, reused keys and a SKU that runs out gives each order
+// exactly the answer it would get alone, first come first served.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { AppError } from '../src/errors.ts';
+import { acceptBatch, OrderAcceptor, type AcceptRequest } from '../src/orders/accept.ts';
+import { ALL_SCOPES, client, createProduct, modes, snapshot, startTestApp } from './support/harness.ts';
+
+const order = (customerId: string, idempotencyKey: string, items: { sku: string; quantity: number }[], token = 'tok_visa'): AcceptRequest => ({
+  customerId,
+  idempotencyKey,
+  order: { items, payment: { token } },
+});
+
+for (const mode of modes()) {
+  describe(`group commit (${mode})`, () => {
+    it('answers every order of a mixed batch as if it were alone', async () => {
+      const t = await startTestApp(mode, { startWorkers: false });
+      try {
+        const admin = client(t.app, await t.token('admin', ALL_SCOPES));
+        await createProduct(admin, { sku: 'HOT', stock: 3 });
+        await createProduct(admin, { sku: 'COLD', stock: 100 });
+        const first = await t.app.db.transaction((tx) => acceptBatch(tx, t.app.queue, [order('ann', 'k1', [{ sku: 'COLD', quantity: 1 }])]));
+        assert.ok(first[0]!.ok);
+
+        const outcomes = await t.app.db.transaction((tx) =>
+          acceptBatch(tx, t.app.queue, [
+            order('bob', 'a', [{ sku: 'HOT', quantity: 2 }]), // takes 2 of 3
+            order('bob', 'b', [{ sku: 'NOPE', quantity: 1 }]), // unknown SKU
+            order('ann', 'k1', [{ sku: 'COLD', quantity: 1 }]), // replay of the first order
+            order('ann', 'k1x', [{ sku: 'COLD', quantity: 1 }]),
+            order('cat', 'c', [
+              { sku: 'COLD', quantity: 5 },
+              { sku: 'HOT', quantity: 2 },
+            ]), // HOT has 1 left: rejected, and its COLD is not held
+            order('dan', 'd', [{ sku: 'HOT', quantity: 1 }]), // the last HOT
+            order('eve', 'e', [{ sku: 'HOT', quantity: 1 }]), // sold out
+          ]),
+        );
+        const [a, b, replay, other, c, d, e] = outcomes;
+        assert.ok(a?.ok && a.result.order.status === 'pending');
+        assert.ok(b && !b.ok && b.error instanceof AppError && b.error.code === 'unknown_sku');
+        assert.ok(replay?.ok && replay.result.replayed && first[0]?.ok && replay.result.order.id === first[0].result.order.id);
+        assert.ok(other?.ok && other.result.order.status === 'pending' && !other.result.replayed);
+        assert.ok(c?.ok && c.result.order.status === 'rejected' && c.result.order.rejectReason === 'out_of_stock');
+        assert.ok(d?.ok && d.result.order.status === 'pending');
+        assert.ok(e?.ok && e.result.order.status === 'rejected' && e.result.order.rejectReason === 'out_of_stock');
+
+        const hot = await admin.request('GET', '/v1/products/HOT');
+        const cold = await admin.request('GET', '/v1/products/COLD');
+        assert.equal(hot.body.available, 0);
+        assert.equal(cold.body.available, 98, 'only the two accepted COLD orders hold stock');
+      } finally {
+        await t.close();
+      }
+    });
+
+    it('a reused key with a different body is refused and writes nothing', async () => {
+      const t = await startTestApp(mode, { startWorkers: false });
+      try {
+        const admin = client(t.app, await t.token('admin', ALL_SCOPES));
+        await createProduct(admin, { sku: 'S', stock: 10 });
+        await t.app.db.transaction((tx) => acceptBatch(tx, t.app.queue, [order('ann', 'k', [{ sku: 'S', quantity: 1 }])]));
+        const before = await snapshot(t.app.db);
+        const [reused] = await t.app.db.transaction((tx) => acceptBatch(tx, t.app.queue, [order('ann', 'k', [{ sku: 'S', quantity: 2 }])]));
+        assert.ok(reused && !reused.ok && reused.error.code === 'idempotency_key_reused');
+        assert.deepEqual(await snapshot(t.app.db), before);
+      } finally {
+        await t.close();
+      }
+    });
+
+    it('commits concurrent accepts together, and a repeated key waits for the next batch', async () => {
+      const t = await startTestApp(mode, { startWorkers: false });
+      try {
+        const admin = client(t.app, await t.token('admin', ALL_SCOPES));
+        await createProduct(admin, { sku: 'S', stock: 1_000 });
+        const acceptor = new OrderAcceptor({ db: t.app.db, queue: t.app.queue, metrics: t.app.metrics }, { maxInFlight: 1, maxBatch: 64 });
+        const before = await batchCount(t.app.metrics);
+        // Submitted in one turn of the event loop: one batch of 40 (+1 for the repeated key).
+        const results = await Promise.all([
+          ...Array.from({ length: 40 }, (_, i) => acceptor.accept(`c${i % 4}`, `k${i}`, { items: [{ sku: 'S', quantity: 1 }], payment: { token: 'tok_visa' } })),
+          acceptor.accept('c0', 'k0', { items: [{ sku: 'S', quantity: 1 }], payment: { token: 'tok_visa' } }),
+        ]);
+        assert.equal(new Set(results.map((r) => r.order.id)).size, 40, 'the repeated key returns the same order');
+        assert.equal(results[40]!.replayed, true);
+        assert.equal(results[40]!.order.id, results[0].order.id);
+        const after = await batchCount(t.app.metrics);
+        assert.equal(after.count - before.count, 2, 'two transactions: the batch, then the repeated key');
+        assert.equal(after.sum - before.sum, 41);
+        const product = await admin.request('GET', '/v1/products/S');
+        assert.equal(product.body.available, 960);
+      } finally {
+        await t.close();
+      }
+    });
+  });
+}
+
+async function batchCount(metrics: { registry: { getSingleMetric(name: string): unknown } }) {
+  const metric = metrics.registry.getSingleMetric('orderflow_accept_batch_size') as { get(): Promise<{ values: { metricName?: string; value: number }[] }> };
+  const { values } = await metric.get();
+  return {
+    count: values.find((v) => v.metricName === 'orderflow_accept_batch_size_count')?.value ?? 0,
+    sum: values.find((v) => v.metricName === 'orderflow_accept_batch_size_sum')?.value ?? 0,
+  };
+}
