@@ -26,6 +26,12 @@ export function createMetrics() {
       buckets: [1, 2, 4, 8, 16, 32, 64, 128],
       registers: [registry],
     }),
+    workerBatchSize: new Histogram({
+      name: 'orderflow_worker_batch_size',
+      help: 'Pay-worker transactions committed together (group commit)',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128],
+      registers: [registry],
+    }),
     orderTransitions: new Counter({
       name: 'orderflow_orders_total',
       help: 'Orders entering each status (pending on accept, then confirmed, rejected or cancelled)',

@@ -7,13 +7,12 @@
 //   5. for a pending order, record its payment and queue the charge.
 // Only after COMMIT does the client get 202, so every 202 can be read back.
 //
-// Group commit: the OrderAcceptor gathers the accepts that arrive while a
-// transaction is in flight and runs them as one batch through the same
-// steps, each a multi-row statement. A commit (one WAL flush) is the price of
-// a transaction, so a batch of 50 orders costs about what one did. Each order
-// still gets its own answer: a batch mixes accepted, rejected, replayed and
-// invalid orders, and a batch that fails as a whole is retried one order at
-// a time, so no order pays for another's problem.
+// Group commit (src/storage/group-commit.ts): the OrderAcceptor gathers the
+// accepts that arrive while a transaction is in flight and runs them as one
+// batch through the same steps, each a multi-row statement. A commit (one
+// WAL flush) is the price of a transaction, so a batch of 50 orders costs
+// about what one did. Each order still gets its own answer: a batch mixes
+// accepted, rejected, replayed and invalid orders.
 import { createHash } from 'node:crypto';
 import { pricesOf } from '../catalog/products.ts';
 import { AppError } from '../errors.ts';
@@ -21,7 +20,8 @@ import { reserveEach } from '../inventory/stock.ts';
 import type { JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { requestPayments } from '../payments/payments.ts';
-import { DatabaseUnavailableError, type Database, type Queryable } from '../storage/database.ts';
+import type { Database, Queryable } from '../storage/database.ts';
+import { GroupCommit, type GroupCommitOptions } from '../storage/group-commit.ts';
 import { newOrderId } from './ids.ts';
 import { priceOrder, type PricedOrder, type RequestedLine } from './pricing.ts';
 import { claimIdempotencyKeys, findOrders, insertOrders, type NewOrder, type Order } from './store.ts';
@@ -124,104 +124,25 @@ export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: read
   });
 }
 
-export interface AcceptorOptions {
-  /** How long a batch waits for company while another one is being committed. */
-  windowMs?: number;
-  maxBatch?: number;
-  /** Batches committed at the same time (each holds a database connection). */
-  maxInFlight?: number;
-}
-
-interface Waiting extends AcceptRequest {
-  resolve(result: AcceptResult): void;
-  reject(error: unknown): void;
-}
-
 /** Accepts orders with application-level group commit (see the top of this file). */
 export class OrderAcceptor {
-  readonly #db: Database;
-  readonly #queue: JobQueue;
-  readonly #metrics: Metrics;
-  readonly #windowMs: number;
-  readonly #maxBatch: number;
-  readonly #maxInFlight: number;
-  #waiting: Waiting[] = [];
-  #inFlight = 0;
-  #timer: NodeJS.Timeout | undefined;
-  #scheduled = false;
+  readonly #group: GroupCommit<AcceptRequest, AcceptResult>;
 
-  constructor(deps: { db: Database; queue: JobQueue; metrics: Metrics }, options: AcceptorOptions = {}) {
-    this.#db = deps.db;
-    this.#queue = deps.queue;
-    this.#metrics = deps.metrics;
-    this.#windowMs = options.windowMs ?? 1;
-    this.#maxBatch = options.maxBatch ?? 64;
-    this.#maxInFlight = options.maxInFlight ?? 2;
+  constructor(deps: { db: Database; queue: JobQueue; metrics: Metrics }, options: GroupCommitOptions<AcceptRequest> = {}) {
+    this.#group = new GroupCommit<AcceptRequest, AcceptResult>(
+      deps.db,
+      async (tx, requests) => (await acceptBatch(tx, deps.queue, requests)).map((o) => (o.ok ? { ok: true, value: o.result } : o)),
+      {
+        ...options,
+        // A repeated key waits for the next batch, where it finds the claim committed and replays.
+        keyOf: (request) => `${request.customerId}\u0000${request.idempotencyKey}`,
+        onBatch: (size) => deps.metrics.acceptBatchSize.observe(size),
+      },
+    );
   }
 
   accept(customerId: string, idempotencyKey: string, order: PlaceOrder): Promise<AcceptResult> {
-    return new Promise((resolve, reject) => {
-      this.#waiting.push({ customerId, idempotencyKey, order, resolve, reject });
-      this.#schedule();
-    });
-  }
-
-  #schedule(): void {
-    if (this.#inFlight >= this.#maxInFlight || this.#scheduled) return;
-    if (this.#waiting.length >= this.#maxBatch || this.#inFlight === 0) {
-      // Nothing is committing: go now, after the requests already parsed in
-      // this turn of the event loop have joined.
-      this.#scheduled = true;
-      setImmediate(() => this.#flush());
-    } else if (this.#timer === undefined) {
-      this.#timer = setTimeout(() => this.#flush(), this.#windowMs);
-    }
-  }
-
-  #flush(): void {
-    this.#scheduled = false;
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-    while (this.#waiting.length > 0 && this.#inFlight < this.#maxInFlight) {
-      void this.#run(this.#takeBatch());
-    }
-  }
-
-  /** Up to maxBatch requests, leaving a repeated (customer, key) for the next batch. */
-  #takeBatch(): Waiting[] {
-    const batch: Waiting[] = [];
-    const later: Waiting[] = [];
-    const keys = new Set<string>();
-    for (const request of this.#waiting) {
-      const pair = `${request.customerId}\u0000${request.idempotencyKey}`;
-      if (batch.length >= this.#maxBatch || keys.has(pair)) later.push(request);
-      else {
-        keys.add(pair);
-        batch.push(request);
-      }
-    }
-    this.#waiting = later;
-    return batch;
-  }
-
-  async #run(batch: Waiting[]): Promise<void> {
-    this.#inFlight++;
-    this.#metrics.acceptBatchSize.observe(batch.length);
-    try {
-      const outcomes = await this.#db.transaction((tx) => acceptBatch(tx, this.#queue, batch));
-      outcomes.forEach((outcome, i) => (outcome.ok ? batch[i]!.resolve(outcome.result) : batch[i]!.reject(outcome.error)));
-    } catch (error) {
-      if (batch.length === 1 || error instanceof DatabaseUnavailableError) {
-        for (const request of batch) request.reject(error);
-      } else {
-        // Something in the batch broke the transaction (a deadlock with
-        // another process, a constraint): give each order its own.
-        for (const request of batch) void this.#run([request]);
-      }
-    } finally {
-      this.#inFlight--;
-      if (this.#waiting.length > 0) this.#schedule();
-    }
+    return this.#group.submit({ customerId, idempotencyKey, order });
   }
 }
 

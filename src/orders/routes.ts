@@ -7,7 +7,7 @@ import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
 import { principalOf, type Routes } from '../http/server.ts';
 import { perCustomerLimit } from '../http/rate-limit.ts';
 import type { Database } from '../storage/database.ts';
-import { OrderAcceptor, type AcceptorOptions } from './accept.ts';
+import { OrderAcceptor } from './accept.ts';
 import { cancelOrder } from './lifecycle.ts';
 import { ORDER_STATUSES, REJECT_REASONS } from './state-machine.ts';
 import { getOrder, listOrders } from './store.ts';
@@ -44,9 +44,9 @@ const IdempotencyHeaders = Type.Object({
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
-export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metrics; ordersPerMinute?: number; groupCommit?: AcceptorOptions }): Routes {
+export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metrics; ordersPerMinute?: number; acceptBatchesInFlight?: number }): Routes {
   const { db, metrics } = deps;
-  const acceptor = new OrderAcceptor(deps, deps.groupCommit);
+  const acceptor = new OrderAcceptor(deps, { maxInFlight: deps.acceptBatchesInFlight });
   return async (app) => {
     app.post('/v1/orders', {
       config: { scopes: ['orders:write'], ...perCustomerLimit(deps.ordersPerMinute ?? 0) },

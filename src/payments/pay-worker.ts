@@ -3,12 +3,20 @@
 // gateway calls reuse one idempotency key per order and operation, and the
 // result is recorded with the state machine's guards in one transaction that
 // also marks the message done.
+//
+// The two transactions on the success path (mark charging, confirm) touch
+// only the order's and payment's rows, so concurrent jobs share commits
+// through group commit. Paths that release stock (decline, give up) keep
+// their own transactions: stock rows are locked in sorted order by accepts,
+// and mixing several orders' releases in one transaction could deadlock
+// with them.
 import type { Logger } from 'pino';
 import type { Job, JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { confirmOrder, rejectOrder } from '../orders/lifecycle.ts';
 import { findOrder } from '../orders/store.ts';
-import type { Database } from '../storage/database.ts';
+import type { Database, Queryable } from '../storage/database.ts';
+import { transactionGroup } from '../storage/group-commit.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
 import {
   CHARGE_QUEUE,
@@ -34,9 +42,16 @@ export interface PayWorkerDeps {
 
 type OrderJob = Job<{ orderId: string }>;
 
+interface WorkerContext extends PayWorkerDeps {
+  /** Commits small transactions of concurrent jobs together. */
+  grouped<T>(work: (tx: Queryable) => Promise<T>): Promise<T>;
+}
+
 export function registerPayWorker(deps: PayWorkerDeps, concurrency: number): void {
-  deps.queue.handle<{ orderId: string }>(CHARGE_QUEUE, (job) => chargeOrder(deps, job), { concurrency });
-  deps.queue.handle<{ orderId: string }>(REFUND_QUEUE, (job) => refundOrder(deps, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)) });
+  const group = transactionGroup(deps.db, { onBatch: (size) => deps.metrics.workerBatchSize.observe(size) });
+  const context: WorkerContext = { ...deps, grouped: group.transaction };
+  deps.queue.handle<{ orderId: string }>(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency });
+  deps.queue.handle<{ orderId: string }>(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)) });
 }
 
 function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult> {
@@ -49,13 +64,13 @@ function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult
   });
 }
 
-export async function chargeOrder(deps: PayWorkerDeps, job: OrderJob): Promise<void> {
+async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { db, queue, gateway, metrics, log } = deps;
   const { orderId } = job.payload;
 
   // Before calling out, record that a charge may now exist ("charging"), so a
   // cancel arriving while the call is in flight knows to refund.
-  const payment = await db.transaction(async (tx) => {
+  const payment = await deps.grouped(async (tx) => {
     const order = await findOrder(tx, orderId, undefined, { lock: true });
     const found = await findPayment(tx, orderId, { lock: true });
     if (!order || !found || order.status !== 'pending') {
@@ -89,25 +104,29 @@ export async function chargeOrder(deps: PayWorkerDeps, job: OrderJob): Promise<v
     return;
   }
 
-  const outcome = await db.transaction(async (tx) => {
-    if (result.status === 'declined') {
-      const rejected = await rejectOrder(tx, orderId, 'payment_declined');
+  if (result.status === 'declined') {
+    const rejected = await db.transaction(async (tx) => {
+      const outcome = await rejectOrder(tx, orderId, 'payment_declined');
       await markDeclined(tx, orderId);
       await job.markDone(tx);
-      return rejected.changed ? ('rejected' as const) : undefined;
-    }
+      return outcome.changed;
+    });
+    if (rejected) metrics.orderTransitions.inc({ status: 'rejected', reason: 'payment_declined' });
+    return;
+  }
+  const chargeId = result.chargeId;
+  const confirmed = await deps.grouped(async (tx) => {
     const confirmed = await confirmOrder(tx, orderId);
-    await markSucceeded(tx, orderId, result.chargeId);
+    await markSucceeded(tx, orderId, chargeId);
     // Cancelled (or given up on) while the charge was in flight: give the money back.
     if (!confirmed.changed) await refundIfCharged(tx, queue, orderId);
     await job.markDone(tx);
-    return confirmed.changed ? ('confirmed' as const) : undefined;
+    return confirmed.changed;
   });
-  if (outcome === 'confirmed') metrics.orderTransitions.inc({ status: 'confirmed', reason: '' });
-  if (outcome === 'rejected') metrics.orderTransitions.inc({ status: 'rejected', reason: 'payment_declined' });
+  if (confirmed) metrics.orderTransitions.inc({ status: 'confirmed', reason: '' });
 }
 
-export async function refundOrder(deps: PayWorkerDeps, job: OrderJob): Promise<void> {
+async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { db, gateway } = deps;
   const { orderId } = job.payload;
   const payment = await findPayment(db, orderId);
