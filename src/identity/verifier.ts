@@ -18,7 +18,18 @@ export type VerifyToken = (token: string) => Promise<Principal>;
 const ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
 
 export function remoteVerifier(options: { jwksUrl: string; issuer: string; audience: string }): VerifyToken {
-  return verifierFor(createRemoteJWKSet(new URL(options.jwksUrl), { timeoutDuration: 5_000, cooldownDuration: 30_000 }), options);
+  const remote = createRemoteJWKSet(new URL(options.jwksUrl), { timeoutDuration: 5_000, cooldownDuration: 30_000 });
+  // A key set we cannot fetch says nothing about the token: the client should
+  // retry (503), not be told its token is bad (401).
+  const keys: JWTVerifyGetKey = async (header, token) => {
+    try {
+      return await remote(header, token);
+    } catch (error) {
+      if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys) throw error;
+      throw new AppError('unavailable', `the identity provider's key set cannot be fetched: ${(error as Error).message}`);
+    }
+  };
+  return verifierFor(keys, options);
 }
 
 export function localVerifier(publicJwk: JWK, options: { issuer: string; audience: string }): VerifyToken {
@@ -36,7 +47,7 @@ function verifierFor(keys: JWTVerifyGetKey, options: { issuer: string; audience:
         requiredClaims: ['exp', 'sub'],
       }));
     } catch (error) {
-      if (error instanceof errors.JOSEError && !(error instanceof errors.JWKSTimeout)) {
+      if (error instanceof errors.JOSEError) {
         throw new AppError('unauthorized', `bearer token rejected: ${error.message}`);
       }
       throw error;

@@ -29,8 +29,13 @@ export async function loadMigrations(): Promise<Migration[]> {
 /** Applies every migration not yet applied; returns the names it applied. */
 export async function migrate(db: Database): Promise<string[]> {
   const migrations = await loadMigrations();
-  await db.exec(`CREATE TABLE IF NOT EXISTS public.schema_migrations (
-    version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+  // Under the lock too: two processes running CREATE TABLE IF NOT EXISTS at
+  // the same moment can both try to create it, and one fails.
+  await db.transaction(async (tx) => {
+    await tx.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+    await tx.query(`CREATE TABLE IF NOT EXISTS public.schema_migrations (
+      version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+  });
   const applied: string[] = [];
   for (const migration of migrations) {
     const done = await db.transaction(async (tx) => {
