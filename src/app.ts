@@ -1,6 +1,6 @@
 // The composition root: the only place that knows which adapter is live.
 // It picks storage, queue, gateway and identity from the configuration and
-// starts the roles this process plays (ROLE=all | api | worker).
+// starts the roles this process plays (ROLE=all | api | worker | relay).
 import type { Logger } from 'pino';
 import type { Cache } from './cache/cache.ts';
 import { MemoryCache } from './cache/memory-cache.ts';
@@ -13,7 +13,13 @@ import { registerRateLimits } from './http/rate-limit.ts';
 import { buildServer, type Server } from './http/server.ts';
 import { DEV_AUDIENCE, DEV_ISSUER, openDevIssuer, type DevIssuer } from './identity/dev-issuer.ts';
 import { localVerifier, remoteVerifier } from './identity/verifier.ts';
+import type { Broker } from './messaging/broker.ts';
+import { BrokerQueue } from './messaging/broker-queue.ts';
 import { DatabaseQueue, type DatabaseQueueOptions } from './messaging/database-queue.ts';
+import { NatsBroker } from './messaging/nats-broker.ts';
+import type { JobQueue } from './messaging/queue.ts';
+import { RabbitMqBroker } from './messaging/rabbitmq-broker.ts';
+import { Relay, type RelayOptions } from './messaging/relay.ts';
 import { createLogger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { orderRoutes } from './orders/routes.ts';
@@ -35,7 +41,11 @@ export interface AppOptions {
   gateway?: PaymentGateway;
   /** Keep the embedded database in memory instead of DATA_DIR (tests). */
   inMemory?: boolean;
+  /** Retry and polling settings of the job queue (broker mode uses the retry settings; pollIntervalMs becomes the relay's idle poll). */
   queue?: DatabaseQueueOptions;
+  /** Broker mode: the prefix of every stream, subject, exchange and queue name (tests give each app its own). */
+  brokerPrefix?: string;
+  relay?: RelayOptions;
   resilience?: ResilienceOptions;
   workerConcurrency?: number;
   /** How long this process may serve a cached product without asking Redis (tests lengthen it to prove invalidations arrive). */
@@ -46,13 +56,17 @@ export interface App {
   readonly config: Config;
   readonly server: Server;
   readonly db: Database;
-  readonly queue: DatabaseQueue;
+  readonly queue: JobQueue;
+  /** The broker adapter when BROKER_URL is set. */
+  readonly broker: Broker | undefined;
+  /** The outbox relay, in broker mode for ROLE=all and ROLE=relay. */
+  readonly relay: Relay | undefined;
   readonly metrics: Metrics;
   readonly log: Logger;
   /** The development issuer, when no outside identity provider is configured. */
   readonly devIssuer: DevIssuer | undefined;
   readonly sweeper: Sweeper | undefined;
-  /** Starts the job consumers and the sweeper (worker roles); no-op for ROLE=api. */
+  /** Starts the background work of the role: job consumers and sweeper (all, worker), outbox relay (all, relay, in broker mode); no-op for ROLE=api. */
   startWorkers(): void;
   /** Starts the workers and listens on config.port; returns the URL. */
   start(): Promise<string>;
@@ -79,10 +93,15 @@ export async function openDatabase(config: Config, options: { inMemory?: boolean
 }
 
 function checkSupported(config: Config): void {
-  // Distributed adapters arrive with the distributed shape; until then a set
-  // variable must not be silently ignored.
-  if (config.brokerUrl !== undefined) throw new ConfigError('BROKER_URL', 'broker adapters are not part of this build yet; unset it to use the database queue');
-  if (config.role === 'relay') throw new ConfigError('ROLE', 'the relay role needs a broker, which is not part of this build yet');
+  // Without a broker the jobs table is the queue and there is nothing to relay.
+  if (config.role === 'relay' && config.brokerUrl === undefined) {
+    throw new ConfigError('ROLE', 'ROLE=relay publishes the outbox to a broker and needs BROKER_URL');
+  }
+}
+
+function openBroker(url: string, log: Logger, options: AppOptions): Broker {
+  const settings = { prefix: options.brokerPrefix, defaultMaxAttempts: options.queue?.defaultMaxAttempts };
+  return new URL(url).protocol === 'nats:' ? new NatsBroker(url, log, settings) : new RabbitMqBroker(url, log, settings);
 }
 
 export async function createApp(options: AppOptions): Promise<App> {
@@ -104,9 +123,19 @@ export async function createApp(options: AppOptions): Promise<App> {
     ? remoteVerifier(config.auth)
     : localVerifier(devIssuer!.publicJwk, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE });
 
-  const queue = new DatabaseQueue(db, log.child({ component: 'queue' }), metrics, options.queue);
+  // The broker adapters connect on first use and reconnect by themselves, so
+  // a process starts (and accepts orders) while the broker is down.
+  const broker = config.brokerUrl ? openBroker(config.brokerUrl, log.child({ component: 'broker' }), options) : undefined;
+  const queue: JobQueue = broker
+    ? new BrokerQueue(db, broker, log.child({ component: 'queue' }), metrics, options.queue)
+    : new DatabaseQueue(db, log.child({ component: 'queue' }), metrics, options.queue);
   const runsApi = config.role === 'all' || config.role === 'api';
   const runsWorker = config.role === 'all' || config.role === 'worker';
+  const relay =
+    broker && (config.role === 'all' || config.role === 'relay')
+      ? new Relay(db, broker, log.child({ component: 'relay' }), metrics, { idlePollMs: options.queue?.pollIntervalMs, ...options.relay })
+      : undefined;
+  if (relay && queue instanceof BrokerQueue) queue.onEnqueue(() => relay.wake());
 
   // Only the API reads through the cache and rate-limits; workers need no Redis.
   const redis = runsApi && config.redisUrl ? connectRedis(config.redisUrl, { log: log.child({ component: 'redis' }), metrics }) : undefined;
@@ -138,6 +167,7 @@ export async function createApp(options: AppOptions): Promise<App> {
 
   let closed = false;
   const startWorkers = () => {
+    relay?.start();
     if (!runsWorker || sweeper) return;
     queue.start();
     sweeper = startSweeper({ db, queue, log: log.child({ component: 'sweeper' }) }, config.pendingDeadlineMs);
@@ -147,6 +177,8 @@ export async function createApp(options: AppOptions): Promise<App> {
     server,
     db,
     queue,
+    broker,
+    relay,
     metrics,
     log,
     devIssuer,
@@ -162,8 +194,13 @@ export async function createApp(options: AppOptions): Promise<App> {
       if (closed) return;
       closed = true;
       await server.close();
+      // The relay first: its last pass either publishes and deletes its rows
+      // or leaves them for the next relay. Then the consumers finish and ack
+      // what is in flight, and only then does the broker connection close.
+      await relay?.stop();
       await sweeper?.stop();
       await queue.stop();
+      await broker?.close();
       await httpGateway?.close();
       await cache?.close();
       await redis?.close();

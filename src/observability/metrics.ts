@@ -40,13 +40,42 @@ export function createMetrics() {
     }),
     jobsProcessed: new Counter({
       name: 'orderflow_jobs_processed_total',
-      help: 'Jobs handled by outcome: done, retry (failed, will run again), dead (moved to the dead-letter table)',
+      help: 'Jobs handled by outcome: done, retry (failed, will run again), dead (dead-lettered), duplicate (broker mode: already in the inbox, acknowledged unhandled)',
       labelNames: ['queue', 'outcome'] as const,
       registers: [registry],
     }),
     jobBacklog: new Gauge({
       name: 'orderflow_job_backlog',
       help: 'Jobs waiting or running in the database queue, per queue',
+      labelNames: ['queue'] as const,
+      registers: [registry],
+    }),
+    outboxBacklog: new Gauge({
+      name: 'orderflow_outbox_backlog',
+      help: 'Broker mode: outbox messages committed and not yet published, per queue (read at scrape time)',
+      labelNames: ['queue'] as const,
+      registers: [registry],
+    }),
+    relayPublished: new Counter({
+      name: 'orderflow_relay_published_total',
+      help: 'Outbox messages the relay published and the broker confirmed, per queue',
+      labelNames: ['queue'] as const,
+      registers: [registry],
+    }),
+    relayFailures: new Counter({
+      name: 'orderflow_relay_failed_passes_total',
+      help: 'Relay passes that failed (broker or database unavailable); each is retried with backoff',
+      registers: [registry],
+    }),
+    consumerRedeliveries: new Counter({
+      name: 'orderflow_consumer_redeliveries_total',
+      help: 'Broker mode: deliveries after the first of a message (retries and redeliveries after a lost ack), per queue',
+      labelNames: ['queue'] as const,
+      registers: [registry],
+    }),
+    deadLettered: new Counter({
+      name: 'orderflow_dead_lettered_total',
+      help: 'Broker mode: messages dead-lettered after their last attempt, per queue',
       labelNames: ['queue'] as const,
       registers: [registry],
     }),

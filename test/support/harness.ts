@@ -10,21 +10,42 @@ import postgres from 'postgres';
 import { pino } from 'pino';
 import { createApp, type App } from '../../src/app.ts';
 import { loadConfig, type Config } from '../../src/config.ts';
+import { NatsBroker } from '../../src/messaging/nats-broker.ts';
+import { RabbitMqBroker } from '../../src/messaging/rabbitmq-broker.ts';
+import { CHARGE_QUEUE, REFUND_QUEUE } from '../../src/payments/payments.ts';
 import { SimulatedGateway } from '../../src/payments/simulated-gateway.ts';
 import type { Queryable } from '../../src/storage/database.ts';
 
-export type Mode = 'embedded' | 'postgres';
+export type Mode = 'embedded' | 'postgres' | 'nats' | 'rabbitmq';
+export type BrokerMode = 'nats' | 'rabbitmq';
 
-/** The modes this run covers: embedded always; PostgreSQL when DATABASE_URL is set. */
+/** The variable naming each broker's test server. */
+export const BROKER_URL_VARIABLE = { nats: 'NATS_URL', rabbitmq: 'RABBITMQ_URL' } as const;
+
+export function isBrokerMode(mode: Mode): mode is BrokerMode {
+  return mode === 'nats' || mode === 'rabbitmq';
+}
+
+/**
+ * The modes this run covers: embedded always; PostgreSQL when DATABASE_URL is
+ * set; each broker (on PostgreSQL) when its URL is set too. With
+ * REQUIRE_SERVICES=1 every mode runs, so a missing server fails its tests.
+ */
 export function modes(): Mode[] {
-  return process.env.DATABASE_URL ? ['embedded', 'postgres'] : ['embedded'];
+  const all = process.env.REQUIRE_SERVICES === '1';
+  const result: Mode[] = ['embedded'];
+  if (all || process.env.DATABASE_URL) result.push('postgres');
+  for (const mode of ['nats', 'rabbitmq'] as const) {
+    if (all || (process.env.DATABASE_URL && process.env[BROKER_URL_VARIABLE[mode]])) result.push(mode);
+  }
+  return result;
 }
 
 /**
  * The PostgreSQL URL for service tests. Undefined means "skip" — unless
  * REQUIRE_SERVICES=1, where a missing server is a failure, not a skip.
  */
-export function requiredServiceUrl(variable: 'DATABASE_URL' | 'REDIS_URL'): string | undefined {
+export function requiredServiceUrl(variable: 'DATABASE_URL' | 'REDIS_URL' | 'NATS_URL' | 'RABBITMQ_URL'): string | undefined {
   const value = process.env[variable];
   if (!value && process.env.REQUIRE_SERVICES === '1') {
     throw new Error(`${variable} must be set when REQUIRE_SERVICES=1`);
@@ -50,6 +71,29 @@ export async function freshPostgresDatabase(baseUrl: string): Promise<{ url: str
   };
 }
 
+/** A broker name prefix of its own, so a test never sees another test's messages. */
+export function freshBrokerPrefix(): string {
+  return `t${randomBytes(5).toString('hex')}`;
+}
+
+/** A broker adapter for a test server (broker modes). */
+export function testBroker(mode: BrokerMode, prefix: string, url = requiredServiceUrl(BROKER_URL_VARIABLE[mode])!): NatsBroker | RabbitMqBroker {
+  const log = pino({ level: 'silent' });
+  return mode === 'nats' ? new NatsBroker(url, log, { prefix }) : new RabbitMqBroker(url, log, { prefix });
+}
+
+/** Deletes what a test created on the broker under its prefix (best effort: a test must not fail on cleanup). */
+export async function deleteBrokerTopology(mode: BrokerMode, prefix: string, queues: readonly string[] = [CHARGE_QUEUE, REFUND_QUEUE]): Promise<void> {
+  const broker = testBroker(mode, prefix);
+  try {
+    await (broker instanceof NatsBroker ? broker.deleteTopology() : broker.deleteTopology(queues));
+  } catch {
+    // left behind: harmless, every test uses a fresh prefix
+  } finally {
+    await broker.close();
+  }
+}
+
 export interface TestAppOptions {
   gateway?: SimulatedGateway;
   /** Reopen an existing database: a PostgreSQL URL or a PGlite data directory. */
@@ -58,6 +102,10 @@ export interface TestAppOptions {
   startWorkers?: boolean;
   env?: Record<string, string>;
   maxAttempts?: number;
+  /** Broker modes: use this broker URL instead of the test server's (e.g. a closed port). */
+  brokerUrl?: string;
+  /** Broker modes: share this prefix with another app (the caller then deletes its topology). */
+  brokerPrefix?: string;
   cacheLocalTtlMs?: number;
 }
 
@@ -71,7 +119,9 @@ export interface TestApp {
 export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Promise<TestApp> {
   let dropDatabase: (() => Promise<void>) | undefined;
   let databaseUrl = options.databaseUrl;
-  if (mode === 'postgres' && databaseUrl === undefined) {
+  const brokerPrefix = isBrokerMode(mode) ? (options.brokerPrefix ?? freshBrokerPrefix()) : undefined;
+  const brokerUrl = isBrokerMode(mode) ? (options.brokerUrl ?? requiredServiceUrl(BROKER_URL_VARIABLE[mode])) : undefined;
+  if (mode !== 'embedded' && databaseUrl === undefined) {
     const fresh = await freshPostgresDatabase(requiredServiceUrl('DATABASE_URL')!);
     databaseUrl = fresh.url;
     dropDatabase = fresh.drop;
@@ -81,6 +131,7 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
     HOST: '127.0.0.1',
     LOG_LEVEL: 'silent',
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+    ...(brokerUrl ? { BROKER_URL: brokerUrl } : {}),
     ...(options.dataDir ? { DATA_DIR: options.dataDir } : {}),
     ...options.env,
   });
@@ -92,6 +143,7 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
     inMemory: mode === 'embedded' && options.dataDir === undefined,
     queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50, defaultMaxAttempts: options.maxAttempts ?? 25 },
     resilience: { initialBackoffMs: 1, maxBackoffMs: 5, halfOpenAfterMs: 20, attemptTimeoutMs: 2_000 },
+    ...(brokerPrefix ? { brokerPrefix, relay: { retryBaseMs: 20, retryMaxMs: 200 } } : {}),
     ...(options.cacheLocalTtlMs !== undefined ? { cacheLocalTtlMs: options.cacheLocalTtlMs } : {}),
   });
   await app.server.ready();
@@ -102,6 +154,7 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
     token: (sub, scope) => app.devIssuer!.issue({ sub, scope }),
     close: async () => {
       await app.close();
+      if (isBrokerMode(mode) && brokerPrefix && options.brokerPrefix === undefined) await deleteBrokerTopology(mode, brokerPrefix);
       await dropDatabase?.();
     },
   };
@@ -149,6 +202,8 @@ const MODULE_TABLES = [
   'payments.payments',
   'messaging.jobs',
   'messaging.dead_jobs',
+  'messaging.outbox',
+  'messaging.inbox',
 ];
 
 /** Every row of every module table, in a stable order: two equal snapshots mean nothing was written. */
@@ -172,16 +227,25 @@ export async function eventually<T>(what: string, check: () => Promise<T | undef
   }
 }
 
-/** Waits until no order is pending and no job is queued. */
+/** Waits until no order is pending, no job is queued, the outbox is drained and the broker holds nothing for this app. */
 export async function quiesce(app: App, timeoutMs = 30_000): Promise<void> {
+  // A message the broker has handed out and the consumer has not yet taken
+  // up is counted nowhere for a moment: in broker mode quiet must hold for
+  // two reads in a row.
+  const readsNeeded = app.broker ? 2 : 1;
+  let quietReads = 0;
   await eventually(
-    'every order to reach a terminal status and every job to finish',
+    'every order to reach a terminal status and every job or message to finish',
     async () => {
-      const rows = await app.db.query<{ pending: number; jobs: number }>(
+      const rows = await app.db.query<{ pending: number; jobs: number; outbox: number }>(
         `SELECT (SELECT count(*)::int FROM orders.orders WHERE status = 'pending') AS pending,
-                (SELECT count(*)::int FROM messaging.jobs) AS jobs`,
+                (SELECT count(*)::int FROM messaging.jobs) AS jobs,
+                (SELECT count(*)::int FROM messaging.outbox) AS outbox`,
       );
-      return rows[0]!.pending === 0 && rows[0]!.jobs === 0 ? true : undefined;
+      const backlog = Object.values(await app.queue.backlog()).reduce((sum, n) => sum + n, 0);
+      const quiet = rows[0]!.pending === 0 && rows[0]!.jobs === 0 && rows[0]!.outbox === 0 && backlog === 0;
+      quietReads = quiet ? quietReads + 1 : 0;
+      return quietReads >= readsNeeded ? true : undefined;
     },
     timeoutMs,
   );

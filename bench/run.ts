@@ -1,0 +1,392 @@
+// npm run bench -- <throughput|flashsale|ceiling> [--mode embedded|distributed]
+//   [--connections N] [--duration S] [--stock N] [--buyers N]
+// See bench/README.md for what each scenario does and what its figures mean.
+import { parseArgs } from 'node:util';
+import { Pool } from 'undici';
+import { runCeilingIsolated, versionOf, type CeilingResult } from './ceiling.ts';
+import { checkInvariants, drain, statusCounts, type Check } from './checks.ts';
+import { runLoad, type LoadResult } from './load.ts';
+import { describeMachine, type Machine } from './machine.ts';
+import { Progress, say } from './progress.ts';
+import { printTable, writeResult, type BenchResult, type MemorySample } from './report.ts';
+import { round, type SecondSample } from './stats.ts';
+import { postgresBaseUrl, resolveBrokerUrl, startTarget, type Mode, type Target } from './targets.ts';
+
+const SCENARIOS = ['throughput', 'flashsale', 'ceiling'] as const;
+type Scenario = (typeof SCENARIOS)[number];
+
+const STARTED_AT = new Date().toISOString();
+const THROUGHPUT_SKUS = 1000;
+const DRAIN_TIMEOUT_MS = 120_000;
+const ORDER_SCOPES = 'orders:write orders:read';
+
+interface Options {
+  scenario: Scenario;
+  mode: Mode;
+  connections: number;
+  durationS: number;
+  stock: number;
+  buyers: number;
+}
+
+function parseOptions(): Options {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      mode: { type: 'string', default: 'embedded' },
+      connections: { type: 'string', default: '64' },
+      duration: { type: 'string' },
+      stock: { type: 'string', default: '100' },
+      buyers: { type: 'string', default: '2000' },
+    },
+  });
+  const scenario = positionals[0] as Scenario | undefined;
+  if (!scenario || !SCENARIOS.includes(scenario)) usage(`name a scenario: ${SCENARIOS.join(', ')}`);
+  if (values.mode !== 'embedded' && values.mode !== 'distributed') usage('--mode is embedded or distributed');
+  const int = (name: string, raw: string | undefined, min: number) => {
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < min) usage(`--${name} must be an integer ≥ ${min}, got ${raw}`);
+    return n;
+  };
+  return {
+    scenario,
+    mode: values.mode,
+    connections: int('connections', values.connections, 1),
+    // A flash sale ends when the stock is gone; its duration is only a deadline.
+    durationS: int('duration', values.duration ?? (scenario === 'flashsale' ? '120' : '20'), 1),
+    stock: int('stock', values.stock, 1),
+    buyers: int('buyers', values.buyers, 1),
+  };
+}
+
+function usage(problem: string): never {
+  process.stderr.write(
+    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling> [--mode embedded|distributed] [--connections N] [--duration S] [--stock N] [--buyers N]\n`,
+  );
+  process.exit(2);
+}
+
+// --- helpers ---------------------------------------------------------------------
+
+async function seedProducts(target: Target, products: { sku: string; stock: number }[]): Promise<void> {
+  const token = await target.issue('bench-merchant', 'catalog:write');
+  const origin = new URL(target.url).origin;
+  const pool = new Pool(origin, { connections: 8 });
+  let next = 0;
+  try {
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next < products.length) {
+          const product = products[next++]!;
+          const response = await pool.request({
+            origin,
+            path: '/v1/products',
+            method: 'POST',
+            headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+            body: JSON.stringify({ sku: product.sku, name: `Bench ${product.sku}`, priceCents: 1000, currency: 'EUR', stock: product.stock }),
+          });
+          const text = await response.body.text();
+          if (response.statusCode !== 201) throw new Error(`creating ${product.sku} answered ${response.statusCode}: ${text}`);
+        }
+      }),
+    );
+  } finally {
+    await pool.close();
+  }
+}
+
+async function tokens(target: Target, count: number): Promise<string[]> {
+  return Promise.all(Array.from({ length: count }, (_, i) => target.issue(`bench-customer-${i}`, ORDER_SCOPES)));
+}
+
+/** Samples the server processes' RSS once a second until stopped. */
+function sampleMemory(target: Target, startEpochMs: () => number): { samples: MemorySample[]; stop: () => void } {
+  const samples: MemorySample[] = [];
+  const timer = setInterval(() => {
+    void target.memory().then((processes) =>
+      samples.push({
+        t: round((Date.now() - startEpochMs()) / 1000, 1),
+        processes: processes.map((p) => ({ name: p.name, rssMiB: round(p.rssBytes / 2 ** 20, 1) })),
+      }),
+    );
+  }, 1000);
+  return { samples, stop: () => clearInterval(timer) };
+}
+
+/** Confirmations per second since load start, from the orders' updated_at. */
+async function confirmedPerSecond(target: Target, startEpochMs: number): Promise<Map<number, number>> {
+  const rows = await target.db.query<{ t: number; n: number }>(
+    `SELECT floor((extract(epoch FROM updated_at) * 1000 - $1::float8) / 1000)::int + 1 AS t, count(*)::int AS n
+       FROM orders.orders WHERE status = 'confirmed' GROUP BY 1 ORDER BY 1`,
+    [startEpochMs],
+  );
+  return new Map(rows.map((r) => [Number(r.t), Number(r.n)]));
+}
+
+function seriesOf(load: LoadResult, confirmed: Map<number, number>, memory: MemorySample[]): SecondSample[] {
+  const last = Math.max(load.ticks.at(-1)?.t ?? 0, ...confirmed.keys());
+  const series: SecondSample[] = [];
+  for (let t = 1; t <= last; t++) {
+    const tick = load.ticks.find((x) => x.t === t);
+    const mem = memory.filter((m) => m.t <= t).at(-1);
+    series.push({
+      t,
+      accepted: tick?.accepted ?? 0,
+      confirmed: confirmed.get(t) ?? 0,
+      ...(tick && tick.accepted + tick.rejected > 0 ? { p50Ms: tick.p50Ms, p95Ms: tick.p95Ms, p99Ms: tick.p99Ms } : {}),
+      ...(mem ? { rssMiB: round(mem.processes.reduce((sum, p) => sum + p.rssMiB, 0), 1) } : {}),
+    });
+  }
+  return series;
+}
+
+function peakRss(memory: MemorySample[]): number | null {
+  if (memory.length === 0) return null;
+  return Math.max(...memory.map((m) => round(m.processes.reduce((sum, p) => sum + p.rssMiB, 0), 1)));
+}
+
+async function ceilingStep(options: Options, durationS: number, brokerUrl: string | undefined): Promise<CeilingResult> {
+  const progress = new Progress('ceiling', durationS);
+  say(
+    options.mode === 'embedded'
+      ? `ceiling: the accept transaction on PGlite in-process, ${options.connections} loops, ${durationS} s`
+      : `ceiling: the accept transaction through pgbench on a fresh database, ${options.connections} clients, ${durationS} s`,
+  );
+  try {
+    return await runCeilingIsolated({
+      mode: options.mode,
+      connections: options.connections,
+      durationS,
+      broker: brokerUrl !== undefined,
+      onProgress: (t, perSecond) => progress.update(t, perSecond),
+    });
+  } finally {
+    progress.done();
+  }
+}
+
+async function runWithLoad(target: Target, spec: Parameters<typeof runLoad>[0], label: string, totalS: number) {
+  let loadStart = Date.now();
+  const memory = sampleMemory(target, () => loadStart);
+  const progress = new Progress(label, totalS);
+  let load: LoadResult;
+  try {
+    loadStart = Date.now();
+    load = await runLoad(spec, (tick) => progress.update(tick.t, tick.accepted, `p99 ${tick.p99Ms} ms${tick.failed ? `, ${tick.failed} failed` : ''}`));
+  } finally {
+    progress.done();
+  }
+  say('load stopped; waiting until no order is pending…');
+  const drainMs = await drain(target.db, DRAIN_TIMEOUT_MS);
+  memory.stop();
+  return { load, drainMs, memory: memory.samples };
+}
+
+// --- scenarios -------------------------------------------------------------------
+
+async function throughput(options: Options, machine: Machine): Promise<BenchResult> {
+  const brokerUrl = options.mode === 'distributed' ? await resolveBrokerUrl() : undefined;
+  const ceilingS = Math.max(5, Math.min(10, Math.round(options.durationS / 2)));
+  const ceiling = await ceilingStep(options, ceilingS, brokerUrl);
+  say(`starting the ${options.mode} system…`);
+  const target = await startTarget(options.mode);
+  try {
+    const skus = Array.from({ length: THROUGHPUT_SKUS }, (_, i) => `SKU-${String(i + 1).padStart(4, '0')}`);
+    await seedProducts(target, skus.map((sku) => ({ sku, stock: 1_000_000 })));
+    const { load, drainMs, memory } = await runWithLoad(
+      target,
+      {
+        url: target.url,
+        connections: options.connections,
+        tokens: await tokens(target, options.connections),
+        durationMs: options.durationS * 1000,
+        workload: { kind: 'throughput', skus },
+        keyPrefix: `bench-${Date.now().toString(36)}`,
+      },
+      'throughput',
+      options.durationS,
+    );
+    const confirmed = await confirmedPerSecond(target, load.startedAtEpochMs);
+    const [span] = await target.db.query<{ n: number; last_ms: number | null }>(
+      `SELECT count(*)::int AS n, extract(epoch FROM max(updated_at)) * 1000 AS last_ms FROM orders.orders WHERE status = 'confirmed'`,
+    );
+    const confirmedCount = Number(span?.n ?? 0);
+    const confirmedSpanS = span?.last_ms ? (Number(span.last_ms) - load.startedAtEpochMs) / 1000 : null;
+    const checks = await finalChecks(target, load, drainMs);
+    const acceptedPerS = round(load.accepted / (load.elapsedMs / 1000), 1);
+    return {
+      ...base(options, machine, target.shape),
+      figures: [
+        { label: 'accepted orders/s', value: acceptedPerS },
+        { label: 'ceiling transactions/s', value: ceiling.perSecond },
+        { label: 'accepted / ceiling', value: ceiling.perSecond > 0 ? round(acceptedPerS / ceiling.perSecond, 3) : null },
+        { label: 'accept latency p50 ms', value: load.latency.p50Ms },
+        { label: 'accept latency p95 ms', value: load.latency.p95Ms },
+        { label: 'accept latency p99 ms', value: load.latency.p99Ms },
+        { label: 'accept latency max ms', value: load.latency.maxMs },
+        { label: 'confirmed orders/s (end to end)', value: confirmedSpanS ? round(confirmedCount / confirmedSpanS, 1) : null },
+        { label: 'drain time after load ms', value: drainMs === undefined ? `not drained in ${DRAIN_TIMEOUT_MS / 1000} s` : Math.round(drainMs) },
+        { label: 'orders accepted / rejected / failed', value: `${load.accepted} / ${load.rejected} / ${load.failed} (retries ${load.retries})` },
+        { label: 'ceiling latency p50 / p99 ms', value: `${ceiling.latency.p50Ms} / ${ceiling.latency.p99Ms} (${ceiling.engine})` },
+        { label: 'peak server RSS MiB', value: peakRss(memory) },
+      ],
+      latency: load.latency,
+      ceiling,
+      series: seriesOf(load, confirmed, memory),
+      memory,
+      errors: load.errors,
+      checks,
+      notes: [...ceiling.notes.map((n) => `ceiling: ${n}`), ...modeNotes(options.mode)],
+    };
+  } catch (error) {
+    dumpLogs(target);
+    throw error;
+  } finally {
+    await target.stop();
+  }
+}
+
+async function flashsale(options: Options, machine: Machine): Promise<BenchResult> {
+  say(`starting the ${options.mode} system…`);
+  const target = await startTarget(options.mode);
+  try {
+    machine.postgres ??= `PGlite (PostgreSQL ${await versionOf(target.db)})`;
+    const sku = 'FLASH-1';
+    await seedProducts(target, [{ sku, stock: options.stock }]);
+    say(`${options.buyers} buyers, ${options.connections} connections, ${options.stock} in stock`);
+    const { load, drainMs, memory } = await runWithLoad(
+      target,
+      {
+        url: target.url,
+        connections: options.connections,
+        tokens: await tokens(target, options.buyers),
+        durationMs: options.durationS * 1000,
+        workload: { kind: 'flashsale', sku },
+        keyPrefix: `bench-${Date.now().toString(36)}`,
+      },
+      'flashsale',
+      options.durationS,
+    );
+    const confirmed = await confirmedPerSecond(target, load.startedAtEpochMs);
+    const checks = await finalChecks(target, load, drainMs);
+    const [stock] = await target.db.query<{ on_hand: number; held: number }>('SELECT on_hand, held FROM inventory.stock WHERE sku = $1', [sku]);
+    const counts = await statusCounts(target.db);
+    const sold = counts.confirmed + counts.pending;
+    const available = Number(stock?.on_hand) - Number(stock?.held);
+    const soldOut = load.firstOutOfStockAtMs !== undefined;
+    checks.push({
+      name: soldOut ? 'sold exactly the stock (confirmed+pending = stock, available = 0)' : 'sold no more than the stock (deadline came first)',
+      ok: soldOut ? sold === options.stock && available === 0 && load.accepted === options.stock : sold <= options.stock && sold + available === options.stock,
+      detail: `sold ${sold} (confirmed ${counts.confirmed}, pending ${counts.pending}), available ${available}, stock ${options.stock}, 202-pending answers ${load.accepted}`,
+    });
+    return {
+      ...base(options, machine, target.shape),
+      figures: [
+        { label: 'time to sell out ms', value: soldOut && load.lastReservedAtMs !== undefined ? Math.round(load.lastReservedAtMs) : `not sold out in ${options.durationS} s` },
+        { label: 'units sold', value: sold },
+        { label: 'orders placed (reserved / out of stock / failed)', value: `${load.accepted} / ${load.rejected} / ${load.failed}` },
+        { label: 'latency p50 ms', value: load.latency.p50Ms },
+        { label: 'latency p99 ms', value: load.latency.p99Ms },
+        { label: 'latency max ms', value: load.latency.maxMs },
+        { label: 'answers/s while selling', value: load.lastReservedAtMs ? round((load.accepted + load.rejected) / (load.elapsedMs / 1000), 1) : null },
+        { label: 'drain time after load ms', value: drainMs === undefined ? `not drained in ${DRAIN_TIMEOUT_MS / 1000} s` : Math.round(drainMs) },
+        { label: 'peak server RSS MiB', value: peakRss(memory) },
+      ],
+      latency: load.latency,
+      ceiling: undefined,
+      series: seriesOf(load, confirmed, memory),
+      memory,
+      errors: load.errors,
+      checks,
+      notes: modeNotes(options.mode),
+    };
+  } catch (error) {
+    dumpLogs(target);
+    throw error;
+  } finally {
+    await target.stop();
+  }
+}
+
+async function ceilingOnly(options: Options, machine: Machine): Promise<BenchResult> {
+  const brokerUrl = options.mode === 'distributed' ? await resolveBrokerUrl() : undefined;
+  const ceiling = await ceilingStep(options, options.durationS, brokerUrl);
+  const checks: Check[] = [
+    {
+      name: 'every transaction committed',
+      ok: ceiling.failed === 0 && ceiling.transactions > 0,
+      detail: `${ceiling.transactions} committed, ${ceiling.failed} failed`,
+    },
+  ];
+  return {
+    ...base(options, machine, `${ceiling.engine}; queue row in ${brokerUrl ? 'messaging.outbox (broker mode)' : 'messaging.jobs'}`),
+    figures: [
+      { label: 'transactions/s', value: ceiling.perSecond },
+      { label: 'latency p50 ms', value: ceiling.latency.p50Ms },
+      { label: 'latency p95 ms', value: ceiling.latency.p95Ms },
+      { label: 'latency p99 ms', value: ceiling.latency.p99Ms },
+      { label: 'latency max ms', value: ceiling.latency.maxMs },
+      { label: 'clients', value: ceiling.clients },
+      { label: 'transactions', value: ceiling.transactions },
+    ],
+    latency: ceiling.latency,
+    ceiling,
+    series: ceiling.series,
+    memory: [],
+    errors: {},
+    checks,
+    notes: ceiling.notes,
+  };
+}
+
+async function finalChecks(target: Target, load: LoadResult, drainMs: number | undefined): Promise<Check[]> {
+  const checks = await checkInvariants(target.db, await target.ledger(), load.acceptedIds);
+  if (drainMs === undefined) checks[0]!.detail += ` — still pending ${DRAIN_TIMEOUT_MS / 1000} s after load stopped`;
+  return checks;
+}
+
+function base(options: Options, machine: Machine, shape: string) {
+  const scenarioOptions: Record<string, number | string> = { connections: options.connections, duration: options.durationS };
+  if (options.scenario === 'flashsale') Object.assign(scenarioOptions, { stock: options.stock, buyers: options.buyers });
+  return { scenario: options.scenario, mode: options.mode, startedAt: STARTED_AT, options: scenarioOptions, machine, shape };
+}
+
+function modeNotes(mode: Mode): string[] {
+  return mode === 'embedded'
+    ? ['RSS is the bench process, which hosts the app; the load generator is a separate process and is not counted.']
+    : ['RSS sums the api, worker, relay and HAProxy processes; the simulated gateway runs in the bench process and is not counted.'];
+}
+
+function dumpLogs(target: Target): void {
+  const lines = target.logTail();
+  if (lines.length > 0) say(`last lines the system logged:\n${lines.slice(-30).join('\n')}`);
+}
+
+// --- main --------------------------------------------------------------------
+
+const options = parseOptions();
+const machine = await describeMachine(options.mode === 'distributed' ? postgresBaseUrl() : undefined);
+let result: BenchResult;
+try {
+  result =
+    options.scenario === 'throughput'
+      ? await throughput(options, machine)
+      : options.scenario === 'flashsale'
+        ? await flashsale(options, machine)
+        : await ceilingOnly(options, machine);
+} catch (error) {
+  process.stderr.write(`\nbench: the run failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exit(1);
+}
+if (machine.postgres === undefined) machine.postgres = result.ceiling?.serverVersion ?? 'PGlite (embedded)';
+const files = await writeResult(result);
+printTable(result);
+process.stdout.write(`results: ${files.json}\nchart:   ${files.svg}\n`);
+const broken = result.checks.filter((c) => !c.ok);
+if (broken.length > 0) {
+  process.stderr.write(
+    `\n${'!'.repeat(72)}\nINVARIANT BROKEN — these figures are not valid:\n${broken.map((c) => `  ✘ ${c.name}: ${c.detail}`).join('\n')}\n${'!'.repeat(72)}\n`,
+  );
+  process.exit(1);
+}
+process.exit(0);

@@ -1,0 +1,236 @@
+// The system under test, in either shape, behind one interface: where to send
+// HTTP, how to mint tokens, a direct database handle for the end-of-run
+// checks, the gateway's ledger, and the server processes' memory.
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import postgres from 'postgres';
+import { pino } from 'pino';
+import { startCluster } from '../scripts/cluster.ts';
+import { createApp } from '../src/app.ts';
+import { loadConfig } from '../src/config.ts';
+import { openDevIssuer } from '../src/identity/dev-issuer.ts';
+import type { LedgerCharge, LedgerRefund } from '../src/payments/simulated-gateway.ts';
+import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
+import type { Database } from '../src/storage/database.ts';
+import { openPostgres } from '../src/storage/postgres.ts';
+
+export type Mode = 'embedded' | 'distributed';
+
+export const GATEWAY_LATENCY_MS = 20;
+export const DEFAULT_POSTGRES_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
+const DEFAULT_BROKER_URL = 'nats://127.0.0.1:4222';
+
+export interface Ledger {
+  charges: LedgerCharge[];
+  refunds: LedgerRefund[];
+}
+
+export interface ProcessMemory {
+  name: string;
+  rssBytes: number;
+}
+
+export interface Target {
+  readonly mode: Mode;
+  readonly url: string;
+  /** Where accept writes the payment job: the jobs table, or the outbox in broker mode. */
+  readonly brokerUrl: string | undefined;
+  /** A short description for the report (processes, database, broker). */
+  readonly shape: string;
+  /** A direct connection to the system's database, for counts and invariant checks. */
+  readonly db: Database;
+  issue(sub: string, scope: string): Promise<string>;
+  ledger(): Promise<Ledger>;
+  memory(): Promise<ProcessMemory[]>;
+  /** The last lines the server processes logged (shown when something breaks). */
+  logTail(): string[];
+  stop(): Promise<void>;
+}
+
+/** The PostgreSQL server benchmarks run on: DATABASE_URL if set, else the local default. */
+export function postgresBaseUrl(): string {
+  return process.env.DATABASE_URL ?? DEFAULT_POSTGRES_URL;
+}
+
+/** BROKER_URL if set; else a local NATS if one answers; else none (the database queue). */
+export async function resolveBrokerUrl(): Promise<string | undefined> {
+  if (process.env.BROKER_URL !== undefined) return process.env.BROKER_URL || undefined;
+  const url = new URL(DEFAULT_BROKER_URL);
+  return (await reachable(url.hostname, Number(url.port))) ? DEFAULT_BROKER_URL : undefined;
+}
+
+function reachable(host: string, port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = new Socket();
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('error', () => done(false));
+    socket.connect(port, host, () => done(true));
+  });
+}
+
+/** A brand-new database on the server (the way the test harness makes one), and its dropper. */
+export async function freshDatabase(baseUrl: string): Promise<{ url: string; name: string; drop: () => Promise<void> }> {
+  const name = `orderflow_bench_${randomBytes(6).toString('hex')}`;
+  const admin = postgres(baseUrl, { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(baseUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    name,
+    drop: async () => {
+      const sql = postgres(baseUrl, { max: 1, onnotice: () => {} });
+      try {
+        await sql.unsafe(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } finally {
+        await sql.end();
+      }
+    },
+  };
+}
+
+export async function startTarget(mode: Mode): Promise<Target> {
+  return mode === 'embedded' ? startEmbedded() : startDistributed();
+}
+
+async function startEmbedded(): Promise<Target> {
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-bench-'));
+  const gateway = new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS });
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'warn' });
+  const lines: string[] = [];
+  const log = pino({ level: 'warn' }, { write: (line: string) => void pushLine(lines, 'app', line.trimEnd()) });
+  const app = await createApp({ config, log, gateway });
+  let url: string;
+  try {
+    url = await app.start();
+  } catch (error) {
+    await app.close();
+    throw error;
+  }
+  return {
+    mode: 'embedded',
+    url,
+    brokerUrl: undefined,
+    shape: `one process (API + workers), PGlite in a temporary DATA_DIR, in-process simulated gateway (${GATEWAY_LATENCY_MS} ms)`,
+    db: app.db,
+    issue: (sub, scope) => app.devIssuer!.issue({ sub, scope }),
+    ledger: async () => ({ charges: [...gateway.charges.values()], refunds: [...gateway.refunds.values()] }),
+    memory: async () => [{ name: 'app', rssBytes: process.memoryUsage().rss }],
+    logTail: () => lines.slice(),
+    stop: async () => {
+      await app.close();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function startDistributed(): Promise<Target> {
+  const fresh = await freshDatabase(postgresBaseUrl());
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-bench-'));
+  const brokerUrl = await resolveBrokerUrl();
+  // The key exists before any process starts, so they all verify with it.
+  const issuer = await openDevIssuer(dataDir);
+  const lines: string[] = [];
+  let cluster;
+  try {
+    cluster = await startCluster({
+      databaseUrl: fresh.url,
+      brokerUrl,
+      basePort: await freePortRange(8),
+      gatewayLatencyMs: GATEWAY_LATENCY_MS,
+      env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn' },
+      onOutput: (name, line) => pushLine(lines, name, line),
+    });
+  } catch (error) {
+    await fresh.drop();
+    await rm(dataDir, { recursive: true, force: true });
+    throw error;
+  }
+  const started = cluster;
+  const db = openPostgres(fresh.url, 4);
+  const counts = started.processes.reduce<Record<string, number>>((acc, p) => ({ ...acc, [p.role]: (acc[p.role] ?? 0) + 1 }), {});
+  return {
+    mode: 'distributed',
+    url: started.url,
+    brokerUrl,
+    shape:
+      `HAProxy → ${counts.api ?? 0} api, ${counts.worker ?? 0} worker` +
+      (counts.relay ? `, ${counts.relay} relay` : '') +
+      ` processes; PostgreSQL database ${fresh.name}; ${brokerUrl ? `broker ${new URL(brokerUrl).protocol.replace(':', '')}` : 'database queue'}; HTTP simulated gateway (${GATEWAY_LATENCY_MS} ms)`,
+    db,
+    issue: (sub, scope) => issuer.issue({ sub, scope }),
+    ledger: async () => {
+      const response = await fetch(`${started.gateway.url}/v1/ledger`);
+      if (!response.ok) throw new Error(`gateway ledger answered ${response.status}`);
+      return (await response.json()) as Ledger;
+    },
+    memory: async () => {
+      const result: ProcessMemory[] = [];
+      for (const p of started.processes) {
+        const pid = p.child.pid;
+        if (pid === undefined) continue;
+        const rss = await vmRss(pid);
+        if (rss !== undefined) result.push({ name: p.name, rssBytes: rss });
+      }
+      return result;
+    },
+    logTail: () => lines.slice(),
+    stop: async () => {
+      try {
+        await started.stop();
+      } finally {
+        await db.close();
+        await fresh.drop();
+        await rm(dataDir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+async function vmRss(pid: number): Promise<number | undefined> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+    return match ? Number(match[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function pushLine(lines: string[], name: string, line: string): void {
+  lines.push(`[${name}] ${line}`);
+  if (lines.length > 200) lines.splice(0, lines.length - 200);
+}
+
+/**
+ * The cluster takes consecutive ports from its base; other runs (tests, other
+ * benchmarks) may hold the usual ones, so find a free block.
+ */
+async function freePortRange(size: number): Promise<number> {
+  for (let tries = 0; tries < 50; tries++) {
+    const base = 20_000 + Math.floor(Math.random() * 20_000);
+    let free = true;
+    for (let port = base; port < base + size && free; port++) free = await portFree(port);
+    if (free) return base;
+  }
+  throw new Error('found no block of free ports for the cluster');
+}
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}

@@ -1,0 +1,182 @@
+// The job queue port in broker mode (BROKER_URL set). A producer's enqueue
+// only writes a messaging.outbox row in its own transaction: nothing leaves
+// the request path, and the message exists exactly when the change that
+// caused it commits. The relay (relay.ts) later publishes the row. Consumers
+// take deliveries from the broker; a delivery whose id is already in
+// messaging.inbox was applied before and is acknowledged unhandled, and a
+// handler's markDone(tx) writes that inbox row in the transaction that
+// applies its effect. A failing handler is retried with jittered exponential
+// backoff and dead-lettered by the broker after its last attempt.
+import type { Logger } from 'pino';
+import type { Metrics } from '../observability/metrics.ts';
+import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
+import type { Broker, Delivery, Subscription } from './broker.ts';
+import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, WorkerOptions } from './queue.ts';
+
+export interface BrokerQueueOptions {
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  defaultMaxAttempts?: number;
+}
+
+interface Consumer {
+  queue: string;
+  handler: JobHandler<JsonObject>;
+  concurrency: number;
+}
+
+export class BrokerQueue implements JobQueue {
+  readonly #db: Database;
+  readonly #broker: Broker;
+  readonly #log: Logger;
+  readonly #metrics: Metrics;
+  readonly #retryBaseMs: number;
+  readonly #retryMaxMs: number;
+  readonly #defaultMaxAttempts: number;
+  readonly #consumers = new Map<string, Consumer>();
+  readonly #subscriptions: Subscription[] = [];
+  readonly #enqueueListeners = new Set<() => void>();
+  /** Deliveries being handled in this process, per queue (the broker cannot always count them). */
+  readonly #inFlight = new Map<string, number>();
+
+  constructor(db: Database, broker: Broker, log: Logger, metrics: Metrics, options: BrokerQueueOptions = {}) {
+    this.#db = db;
+    this.#broker = broker;
+    this.#log = log;
+    this.#metrics = metrics;
+    this.#retryBaseMs = options.retryBaseMs ?? 1_000;
+    this.#retryMaxMs = options.retryMaxMs ?? 60_000;
+    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
+  }
+
+  get broker(): Broker {
+    return this.#broker;
+  }
+
+  async enqueue(tx: Queryable, queue: string, payload: JsonObject, options: EnqueueOptions = {}): Promise<void> {
+    await tx.query(
+      `INSERT INTO messaging.outbox (queue, payload, key, max_attempts, available_at)
+       VALUES ($1, $2::text::jsonb, $3, $4, now() + make_interval(secs => $5::float8))
+       ON CONFLICT (key) DO NOTHING`,
+      [queue, JSON.stringify(payload), options.key ?? null, options.maxAttempts ?? this.#defaultMaxAttempts, (options.delayMs ?? 0) / 1000],
+    );
+    // The row is visible only after the caller commits; an early wake of a
+    // relay in this process costs one empty pass and saves a polling interval.
+    if (this.#enqueueListeners.size > 0) setImmediate(() => this.#enqueueListeners.forEach((listener) => listener()));
+  }
+
+  /** Called soon after each local enqueue (the in-process relay wakes on it). */
+  onEnqueue(listener: () => void): () => void {
+    this.#enqueueListeners.add(listener);
+    return () => this.#enqueueListeners.delete(listener);
+  }
+
+  handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options: WorkerOptions = { concurrency: 4 }): void {
+    this.#consumers.set(queue, { queue, handler: handler as JobHandler<JsonObject>, concurrency: options.concurrency });
+  }
+
+  start(): void {
+    if (this.#subscriptions.length > 0) return;
+    for (const consumer of this.#consumers.values()) {
+      this.#subscriptions.push(this.#broker.consume(consumer.queue, (delivery) => this.#deliver(consumer, delivery), { concurrency: consumer.concurrency }));
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.allSettled(this.#subscriptions.splice(0).map((s) => s.stop()));
+  }
+
+  /** Unsent outbox rows per queue, plus, for the queues this process consumes, what the broker holds and what is being handled here. */
+  async backlog(): Promise<Record<string, number>> {
+    const rows = await this.#db.query<{ queue: string; count: number }>('SELECT queue, count(*)::int AS count FROM messaging.outbox GROUP BY queue');
+    const result: Record<string, number> = {};
+    this.#metrics.outboxBacklog.reset();
+    for (const row of rows) {
+      result[row.queue] = row.count;
+      this.#metrics.outboxBacklog.set({ queue: row.queue }, row.count);
+    }
+    for (const queue of this.#consumers.keys()) {
+      const pending = await this.#broker.pending(queue);
+      result[queue] = (result[queue] ?? 0) + pending + (this.#inFlight.get(queue) ?? 0);
+    }
+    return result;
+  }
+
+  async #deliver(consumer: Consumer, delivery: Delivery): Promise<void> {
+    const { queue } = consumer;
+    this.#inFlight.set(queue, (this.#inFlight.get(queue) ?? 0) + 1);
+    try {
+      await this.#process(consumer, delivery);
+    } finally {
+      this.#inFlight.set(queue, (this.#inFlight.get(queue) ?? 1) - 1);
+    }
+  }
+
+  async #seen(queue: string, id: string): Promise<boolean> {
+    const rows = await this.#db.query('SELECT 1 FROM messaging.inbox WHERE queue = $1 AND message_id = $2', [queue, id]);
+    return rows.length > 0;
+  }
+
+  async #process(consumer: Consumer, delivery: Delivery): Promise<void> {
+    const { queue } = consumer;
+    const context = { messageId: delivery.id, queue, attempt: delivery.attempt, maxAttempts: delivery.maxAttempts };
+    if (delivery.attempt > 1) this.#metrics.consumerRedeliveries.inc({ queue });
+    let started = performance.now();
+    try {
+      if (await this.#seen(queue, delivery.id)) {
+        // Applied before (a re-publish, or an ack lost in a crash).
+        await delivery.ack();
+        this.#metrics.jobsProcessed.inc({ queue, outcome: 'duplicate' });
+        return;
+      }
+      let done = false;
+      const job: Job = {
+        id: delivery.id,
+        queue,
+        payload: delivery.payload,
+        attempt: delivery.attempt,
+        maxAttempts: delivery.maxAttempts,
+        markDone: async (tx) => {
+          // A plain INSERT: if a concurrent delivery of the same message
+          // committed first, this transaction fails and its effect is undone.
+          await tx.query('INSERT INTO messaging.inbox (queue, message_id) VALUES ($1, $2)', [queue, delivery.id]);
+          done = true;
+        },
+      };
+      started = performance.now();
+      await consumer.handler(job);
+      if (!done) await this.#db.query('INSERT INTO messaging.inbox (queue, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [queue, delivery.id]);
+      await delivery.ack();
+      this.#metrics.jobsProcessed.inc({ queue, outcome: 'done' });
+    } catch (error) {
+      if (isUniqueViolation(error) && (await this.#seen(queue, delivery.id).catch(() => false))) {
+        await delivery.ack();
+        this.#metrics.jobsProcessed.inc({ queue, outcome: 'duplicate' });
+        return;
+      }
+      await this.#fail(delivery, error, { ...context, durationMs: Math.round(performance.now() - started) });
+    }
+  }
+
+  async #fail(delivery: Delivery, error: unknown, context: Record<string, unknown>): Promise<void> {
+    const { queue } = delivery;
+    const message = error instanceof Error ? error.message : String(error);
+    if (delivery.attempt >= delivery.maxAttempts) {
+      await delivery.deadLetter(message);
+      this.#metrics.jobsProcessed.inc({ queue, outcome: 'dead' });
+      this.#metrics.deadLettered.inc({ queue });
+      this.#log.error({ ...context, err: error }, 'message failed for the last time; dead-lettered in the broker');
+      return;
+    }
+    const delayMs = this.retryDelayMs(delivery.attempt);
+    await delivery.retry(delayMs);
+    this.#metrics.jobsProcessed.inc({ queue, outcome: 'retry' });
+    this.#log.warn({ ...context, err: error, retryInMs: Math.round(delayMs) }, 'message failed; will retry');
+  }
+
+  /** Exponential backoff with full jitter between half and the whole step. */
+  retryDelayMs(attempt: number): number {
+    const step = Math.min(this.#retryMaxMs, this.#retryBaseMs * 2 ** (attempt - 1));
+    return step / 2 + Math.random() * (step / 2);
+  }
+}

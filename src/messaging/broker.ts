@@ -1,0 +1,67 @@
+// The message broker port (NATS JetStream or RabbitMQ). The relay publishes
+// outbox rows through it; BrokerQueue consumes through it. Delivery is at
+// least once: a message can arrive again after a crash, a lost ack or a
+// re-publish, and the consumer side (the inbox) absorbs the repeats.
+import type { JsonObject } from './queue.ts';
+
+export interface OutgoingMessage {
+  /** Stable across re-publishes (the outbox id): the broker's dedupe key and the inbox key. */
+  id: string;
+  queue: string;
+  payload: JsonObject;
+  maxAttempts: number;
+}
+
+export interface Delivery {
+  id: string;
+  queue: string;
+  payload: JsonObject;
+  /** 1 on the first delivery; counts broker redeliveries and scheduled retries. */
+  attempt: number;
+  maxAttempts: number;
+  /** Done: the broker forgets the message. */
+  ack(): Promise<void>;
+  /** Deliver again after delayMs, as attempt + 1. */
+  retry(delayMs: number): Promise<void>;
+  /** Give up: park the message where an operator can inspect it, and forget it here. */
+  deadLetter(reason: string): Promise<void>;
+}
+
+export type DeliveryHandler = (delivery: Delivery) => Promise<void>;
+
+export interface Subscription {
+  /** Stops taking messages, hands back the ones not started, and waits for those in flight. */
+  stop(): Promise<void>;
+}
+
+export interface Broker {
+  readonly kind: 'nats' | 'rabbitmq';
+  /** Publishes the batch and resolves once the broker has confirmed every message (rejects otherwise). */
+  publish(messages: readonly OutgoingMessage[]): Promise<void>;
+  /**
+   * Delivers the queue's messages to handler, at most `concurrency` at a time.
+   * Connection loss is survived: the subscription reconnects with backoff.
+   */
+  consume(queue: string, handler: DeliveryHandler, options: { concurrency: number }): Subscription;
+  /** Messages waiting in the broker for the queue (ready, delayed or unacknowledged, as far as the broker tells cheaply). */
+  pending(queue: string): Promise<number>;
+  /** Messages parked in the queue's dead letters. */
+  deadLettered(queue: string): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** Names derived from one prefix, so several deployments (or tests) share a broker without seeing each other's messages. */
+export const DEFAULT_BROKER_PREFIX = 'orderflow';
+
+/** Gives up on a broker call that hangs (a broker that accepts connections but never answers). */
+export async function withTimeout<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,287 @@
+// The broker port on NATS JetStream. One stream (work-queue retention, so an
+// acknowledged message is removed) captures `<prefix>.>`; each queue is the
+// subject `<prefix>.q.<queue>` with one durable pull consumer, and its dead
+// letters go to `<prefix>.dead.<queue>` in the same stream, kept until an
+// operator reads them. The outbox id travels as Nats-Msg-Id, so a message the
+// relay re-publishes inside the stream's duplicate window is stored once.
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  AckPolicy,
+  DeliverPolicy,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from '@nats-io/jetstream';
+import { connect, headers, nanos, type NatsConnection } from '@nats-io/transport-node';
+import type { Logger } from 'pino';
+import { DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
+import type { JsonObject } from './queue.ts';
+
+export interface NatsBrokerOptions {
+  /** Names the stream, the subjects and the consumers; distinct prefixes never see each other's messages. */
+  prefix?: string;
+  /** How long a publish may wait for the stream's acknowledgement. */
+  publishTimeoutMs?: number;
+  /** A delivery not acknowledged within this time is delivered again (a consumer that died mid-message). */
+  ackWaitMs?: number;
+  /** How long the stream remembers message ids to drop re-published duplicates. */
+  duplicateWindowMs?: number;
+  /** Attempts a message gets when it carries no count of its own (published by something else than the relay). */
+  defaultMaxAttempts?: number;
+}
+
+const MAX_ATTEMPTS_HEADER = 'Orderflow-Max-Attempts';
+const DEAD_REASON_HEADER = 'Orderflow-Dead-Reason';
+const MSG_ID_HEADER = 'Nats-Msg-Id';
+
+interface Connected {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+}
+
+/** Stream and consumer names allow neither dots nor wildcards. */
+function token(name: string): string {
+  return name.replace(/[^A-Za-z0-9_-]/g, '_');
+}
+
+export class NatsBroker implements Broker {
+  readonly kind = 'nats';
+  readonly #url: URL;
+  readonly #log: Logger;
+  readonly #prefix: string;
+  readonly #stream: string;
+  readonly #publishTimeoutMs: number;
+  readonly #ackWaitMs: number;
+  readonly #duplicateWindowMs: number;
+  readonly #defaultMaxAttempts: number;
+  #connection: Promise<Connected> | undefined;
+  readonly #consumers = new Map<string, Promise<void>>();
+  readonly #subscriptions = new Set<Subscription>();
+  #closed = false;
+
+  constructor(url: string, log: Logger, options: NatsBrokerOptions = {}) {
+    this.#url = new URL(url);
+    this.#log = log;
+    this.#prefix = options.prefix ?? DEFAULT_BROKER_PREFIX;
+    this.#stream = token(this.#prefix).toUpperCase();
+    this.#publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
+    this.#ackWaitMs = options.ackWaitMs ?? 30_000;
+    this.#duplicateWindowMs = options.duplicateWindowMs ?? 120_000;
+    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
+  }
+
+  subject(queue: string): string {
+    return `${this.#prefix}.q.${queue}`;
+  }
+
+  deadSubject(queue: string): string {
+    return `${this.#prefix}.dead.${queue}`;
+  }
+
+  // Connected lazily and again after a failed attempt, so a process starts
+  // while the broker is down and picks it up when it returns. Once connected,
+  // the client reconnects by itself for as long as the process runs.
+  #connect(): Promise<Connected> {
+    if (this.#closed) return Promise.reject(new Error('the NATS broker adapter is closed'));
+    if (this.#connection) return this.#connection;
+    const attempt = (async () => {
+      const nc = await connect({
+        servers: `${this.#url.hostname}:${this.#url.port || '4222'}`,
+        ...(this.#url.username ? { user: decodeURIComponent(this.#url.username), pass: decodeURIComponent(this.#url.password) } : {}),
+        name: `orderflow-${this.#prefix}`,
+        timeout: 3_000,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 500,
+      });
+      try {
+        const jsm = await jetstreamManager(nc);
+        await this.#ensureStream(jsm);
+        return { nc, js: jetstream(nc), jsm };
+      } catch (error) {
+        await nc.close();
+        throw error;
+      }
+    })();
+    this.#connection = attempt;
+    attempt.catch(() => {
+      if (this.#connection === attempt) this.#connection = undefined;
+    });
+    return attempt;
+  }
+
+  async #ensureStream(jsm: JetStreamManager): Promise<void> {
+    try {
+      await jsm.streams.add({
+        name: this.#stream,
+        subjects: [`${this.#prefix}.>`],
+        retention: RetentionPolicy.Workqueue,
+        storage: StorageType.File,
+        duplicate_window: nanos(this.#duplicateWindowMs),
+      });
+    } catch (error) {
+      // Created earlier with other settings (an operator's choice): use it as it is.
+      await jsm.streams.info(this.#stream).catch(() => {
+        throw error;
+      });
+    }
+  }
+
+  #ensureConsumer(jsm: JetStreamManager, queue: string): Promise<void> {
+    let ready = this.#consumers.get(queue);
+    if (!ready) {
+      ready = (async () => {
+        try {
+          await jsm.consumers.add(this.#stream, {
+            durable_name: token(queue),
+            filter_subject: this.subject(queue),
+            ack_policy: AckPolicy.Explicit,
+            deliver_policy: DeliverPolicy.All,
+            ack_wait: nanos(this.#ackWaitMs),
+            // Attempts are counted and dead-lettered by the consumer side.
+            max_deliver: -1,
+          });
+        } catch (error) {
+          await jsm.consumers.info(this.#stream, token(queue)).catch(() => {
+            throw error;
+          });
+        }
+      })();
+      this.#consumers.set(queue, ready);
+      ready.catch(() => this.#consumers.delete(queue));
+    }
+    return ready;
+  }
+
+  async publish(messages: readonly OutgoingMessage[]): Promise<void> {
+    if (messages.length === 0) return;
+    const { js } = await this.#connect();
+    // One connection writes in call order, so the stream stores the batch in
+    // the relay's (id) order; all acknowledgements are awaited together.
+    await withTimeout(
+      'NATS publish',
+      this.#publishTimeoutMs,
+      Promise.all(
+        messages.map((message) => {
+          const h = headers();
+          h.set(MAX_ATTEMPTS_HEADER, String(message.maxAttempts));
+          return js.publish(this.subject(message.queue), JSON.stringify(message.payload), { msgID: message.id, headers: h, timeout: this.#publishTimeoutMs });
+        }),
+      ),
+    );
+  }
+
+  consume(queue: string, handler: DeliveryHandler, options: { concurrency: number }): Subscription {
+    const concurrency = Math.max(1, options.concurrency);
+    const inFlight = new Set<Promise<void>>();
+    let stopping = false;
+    let current: ConsumerMessages | undefined;
+    const wakeup = new AbortController();
+
+    const run = (msg: JsMsg) => {
+      const task = handler(this.#delivery(queue, msg))
+        .catch((error: unknown) => this.#log.error({ err: error, queue, seq: msg.seq }, 'NATS delivery failed unacknowledged; it is delivered again after the ack wait'))
+        .finally(() => inFlight.delete(task));
+      inFlight.add(task);
+    };
+
+    const loop = async () => {
+      for (let failures = 0; !stopping; ) {
+        try {
+          const { js, jsm } = await this.#connect();
+          await this.#ensureConsumer(jsm, queue);
+          const consumer = await js.consumers.get(this.#stream, token(queue));
+          current = await consumer.consume({ max_messages: concurrency });
+          if (stopping) current.stop();
+          failures = 0;
+          for await (const msg of current) {
+            while (!stopping && inFlight.size >= concurrency) await Promise.race(inFlight);
+            // Handed back at once instead of waiting out the ack wait.
+            if (stopping) msg.nak();
+            else run(msg);
+          }
+        } catch (error) {
+          if (stopping) break;
+          failures++;
+          const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
+          this.#log.error({ err: error, queue, retryInMs: delay }, 'NATS consumer failed; resubscribing');
+          await sleep(delay, undefined, { signal: wakeup.signal }).catch(() => undefined);
+        }
+      }
+    };
+    const running = loop();
+    const subscription: Subscription = {
+      stop: async () => {
+        stopping = true;
+        current?.stop();
+        wakeup.abort();
+        await running;
+        await Promise.allSettled([...inFlight]);
+        this.#subscriptions.delete(subscription);
+      },
+    };
+    this.#subscriptions.add(subscription);
+    return subscription;
+  }
+
+  #delivery(queue: string, msg: JsMsg): Delivery {
+    const maxAttempts = Number(msg.headers?.get(MAX_ATTEMPTS_HEADER)) || this.#defaultMaxAttempts;
+    return {
+      id: msg.headers?.get(MSG_ID_HEADER) || `nats-${msg.seq}`,
+      queue,
+      payload: msg.json<JsonObject>(),
+      attempt: msg.info.deliveryCount,
+      maxAttempts,
+      ack: async () => msg.ack(),
+      retry: async (delayMs) => msg.nak(Math.max(0, Math.round(delayMs))),
+      deadLetter: async (reason) => {
+        const { js } = await this.#connect();
+        const h = headers();
+        h.set(MAX_ATTEMPTS_HEADER, String(maxAttempts));
+        // Header values are single lines.
+        h.set(DEAD_REASON_HEADER, reason.replace(/[\r\n]+/g, ' ').slice(0, 500));
+        h.set('Orderflow-Message-Id', msg.headers?.get(MSG_ID_HEADER) ?? '');
+        // Parked first, then forgotten: a crash in between parks it twice, never loses it.
+        await js.publish(this.deadSubject(queue), msg.data, { headers: h, timeout: this.#publishTimeoutMs });
+        msg.term();
+      },
+    };
+  }
+
+  async #subjectCount(subject: string): Promise<number> {
+    const { jsm } = await this.#connect();
+    // In a work-queue stream a message stays stored until it is acknowledged,
+    // so this counts waiting, delayed and in-flight messages alike.
+    const info = await withTimeout('NATS stream info', this.#publishTimeoutMs, jsm.streams.info(this.#stream, { subjects_filter: subject }));
+    return info.state.subjects?.[subject] ?? 0;
+  }
+
+  pending(queue: string): Promise<number> {
+    return this.#subjectCount(this.subject(queue));
+  }
+
+  deadLettered(queue: string): Promise<number> {
+    return this.#subjectCount(this.deadSubject(queue));
+  }
+
+  /** Deletes the stream with its consumers and messages (tests and teardown). */
+  async deleteTopology(): Promise<void> {
+    const { jsm } = await this.#connect();
+    await jsm.streams.delete(this.#stream).catch(() => false);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await Promise.allSettled([...this.#subscriptions].map((s) => s.stop()));
+    this.#closed = true;
+    const connection = this.#connection;
+    this.#connection = undefined;
+    const connected = await connection?.catch(() => undefined);
+    await connected?.nc.close();
+  }
+}

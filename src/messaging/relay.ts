@@ -1,0 +1,169 @@
+// Where a message is published: the outbox relay. Each pass takes a batch of
+// ready messaging.outbox rows in id order, publishes it, waits for the
+// broker's confirmation of every message, then deletes the rows. On
+// PostgreSQL the pass is one transaction holding a transaction-scoped
+// advisory lock, so any number of relays may run and only one publishes at a
+// time. A crash after the publish and before the commit leaves the rows in
+// place and the next pass publishes them again: the broker's dedupe (NATS)
+// and the consumers' inbox absorb the repeat. While the broker is down,
+// passes fail and are retried with backoff; producers keep committing rows,
+// and the backlog drains when the broker returns.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import type { Metrics } from '../observability/metrics.ts';
+import type { Database, Queryable } from '../storage/database.ts';
+import type { Broker, OutgoingMessage } from './broker.ts';
+import type { JsonObject } from './queue.ts';
+
+export interface RelayOptions {
+  batchSize?: number;
+  /** Polling interval while the outbox is empty; a local enqueue wakes the relay sooner. */
+  idlePollMs?: number;
+  /** Backoff after a failed pass, doubling up to retryMaxMs. */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  /** How long inbox rows are kept: longer than any message can still be redelivered. */
+  inboxRetentionMs?: number;
+}
+
+// Any constant works; it only has to be the same in every Orderflow process
+// (the migrator uses 727_001).
+const RELAY_LOCK = 727_002;
+const PRUNE_EVERY_MS = 3_600_000;
+
+interface OutboxRow {
+  id: string;
+  queue: string;
+  payload: JsonObject;
+  max_attempts: number;
+  [column: string]: unknown;
+}
+
+export class Relay {
+  readonly #db: Database;
+  readonly #broker: Broker;
+  readonly #log: Logger;
+  readonly #metrics: Metrics;
+  readonly #batchSize: number;
+  readonly #idlePollMs: number;
+  readonly #retryBaseMs: number;
+  readonly #retryMaxMs: number;
+  readonly #inboxRetentionMs: number;
+  #running = false;
+  #loop: Promise<void> | undefined;
+  #wake: (() => void) | undefined;
+  #wakeRequested = false;
+  #lastPrune = Date.now();
+
+  constructor(db: Database, broker: Broker, log: Logger, metrics: Metrics, options: RelayOptions = {}) {
+    this.#db = db;
+    this.#broker = broker;
+    this.#log = log;
+    this.#metrics = metrics;
+    this.#batchSize = options.batchSize ?? 500;
+    this.#idlePollMs = options.idlePollMs ?? 10;
+    this.#retryBaseMs = options.retryBaseMs ?? 100;
+    this.#retryMaxMs = options.retryMaxMs ?? 5_000;
+    this.#inboxRetentionMs = options.inboxRetentionMs ?? 7 * 86_400_000;
+  }
+
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    this.#loop = this.#run();
+  }
+
+  /** Finishes the pass in progress (its rows are published and deleted, or left for the next relay) and stops. */
+  async stop(): Promise<void> {
+    this.#running = false;
+    this.#wake?.();
+    await this.#loop;
+  }
+
+  /** Ends the idle wait early: rows were probably just committed. */
+  wake(): void {
+    this.#wakeRequested = true;
+    this.#wake?.();
+  }
+
+  /** One pass: publishes up to one batch; returns how many rows it published (0 when idle or another relay holds the lock). */
+  async pass(): Promise<number> {
+    // Checked outside any transaction, so an idle relay costs one cheap read per poll.
+    const ready = await this.#db.query('SELECT 1 FROM messaging.outbox WHERE available_at <= now() LIMIT 1');
+    if (ready.length === 0) return 0;
+    if (this.#db.kind === 'pglite') {
+      // The embedded database belongs to this one process, and an open
+      // transaction there would hold the whole database while the broker
+      // answers: no lock, no transaction.
+      return this.#publishBatch(this.#db);
+    }
+    return this.#db.transaction(async (tx) => {
+      const [lock] = await tx.query<{ locked: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS locked', [RELAY_LOCK]);
+      return lock?.locked ? this.#publishBatch(tx) : 0;
+    });
+  }
+
+  async #publishBatch(tx: Queryable): Promise<number> {
+    const rows = await tx.query<OutboxRow>(
+      `SELECT id::text AS id, queue, payload, max_attempts FROM messaging.outbox
+        WHERE available_at <= now() ORDER BY id LIMIT $1`,
+      [this.#batchSize],
+    );
+    if (rows.length === 0) return 0;
+    const messages: OutgoingMessage[] = rows.map((row) => ({ id: row.id, queue: row.queue, payload: row.payload, maxAttempts: row.max_attempts }));
+    await this.#broker.publish(messages);
+    // Exactly the rows published: a row committed meanwhile with a lower id
+    // stays for the next pass.
+    await tx.query('DELETE FROM messaging.outbox WHERE id = ANY($1::text::bigint[])', [`{${rows.map((r) => r.id).join(',')}}`]);
+    for (const row of rows) this.#metrics.relayPublished.inc({ queue: row.queue });
+    return rows.length;
+  }
+
+  async #run(): Promise<void> {
+    let failures = 0;
+    while (this.#running) {
+      let published: number;
+      try {
+        published = await this.pass();
+        if (failures > 0) this.#log.info({ failedPasses: failures }, 'relay: the broker takes messages again');
+        failures = 0;
+        await this.#pruneInbox();
+      } catch (error) {
+        failures++;
+        this.#metrics.relayFailures.inc();
+        const delay = Math.min(this.#retryMaxMs, this.#retryBaseMs * 2 ** Math.min(failures - 1, 16));
+        const retryInMs = Math.round(delay / 2 + (Math.random() * delay) / 2);
+        this.#log.error({ err: error, failedPasses: failures, retryInMs }, 'relay pass failed; the outbox keeps the messages and the pass is retried');
+        await this.#idle(retryInMs, false);
+        continue;
+      }
+      // A full batch means more is probably waiting: go again at once.
+      if (published < this.#batchSize && this.#running) await this.#idle(this.#idlePollMs, true);
+    }
+  }
+
+  async #idle(ms: number, wakeable: boolean): Promise<void> {
+    if (wakeable && this.#wakeRequested) {
+      this.#wakeRequested = false;
+      return;
+    }
+    const controller = new AbortController();
+    this.#wake = () => {
+      if (wakeable || !this.#running) controller.abort();
+    };
+    await sleep(ms, undefined, { signal: controller.signal }).catch(() => undefined);
+    this.#wake = undefined;
+    this.#wakeRequested = false;
+  }
+
+  async #pruneInbox(): Promise<void> {
+    if (Date.now() - this.#lastPrune < PRUNE_EVERY_MS) return;
+    this.#lastPrune = Date.now();
+    const [removed] = await this.#db.query<{ rows: number }>(
+      `WITH pruned AS (DELETE FROM messaging.inbox WHERE processed_at < now() - make_interval(secs => $1::float8) RETURNING 1)
+       SELECT count(*)::int AS rows FROM pruned`,
+      [this.#inboxRetentionMs / 1000],
+    );
+    if (removed && removed.rows > 0) this.#log.info({ rows: removed.rows }, 'relay: pruned old inbox rows');
+  }
+}
