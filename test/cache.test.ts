@@ -4,7 +4,9 @@
 // Redis being down costs nothing but the cache. Each test uses its own key
 // prefix, so concurrent runs on one Redis never see each other's keys.
 import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { ALL_SCOPES, client, createProduct, eventually, placeOrder, requiredServiceUrl, startTestApp, type Client, type TestApp } from './support/harness.ts';
@@ -210,6 +212,95 @@ describe('rate limits without Redis', () => {
       assert.equal((await placeOrder(client(t.app, await t.token('dave', 'orders:write')), line)).status, 202);
     } finally {
       await t.close();
+    }
+  });
+});
+
+function redisServerInstalled(): boolean {
+  try {
+    execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** A Redis of this test's own, so it can be killed and started again. */
+async function startRedisServer(port: number): Promise<ChildProcess> {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  probe.on('error', () => {});
+  try {
+    await eventually(`redis-server on port ${port}`, async () => {
+      try {
+        await probe.connect();
+        return (await probe.ping()) === 'PONG' ? true : undefined;
+      } catch {
+        probe.disconnect();
+        return undefined;
+      }
+    });
+  } finally {
+    probe.disconnect();
+  }
+  return child;
+}
+
+async function stopRedisServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+const noRedisServer = redisServerInstalled() ? undefined : 'redis-server is not installed';
+if (noRedisServer && process.env.REQUIRE_SERVICES === '1') throw new Error('the Redis outage test needs redis-server (REQUIRE_SERVICES=1)');
+
+describe('Redis goes down and comes back', { skip: noRedisServer }, () => {
+  it('serves from the database during the outage and uses Redis again without a restart', async () => {
+    const port = await freePort();
+    let server = await startRedisServer(port);
+    const prefix = uniquePrefix();
+    const t = await startTestApp('embedded', { env: { REDIS_URL: `redis://127.0.0.1:${port}`, REDIS_KEY_PREFIX: prefix, RATE_LIMIT_ORDERS_PER_MINUTE: '1000' } });
+    const probe = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: 0, enableOfflineQueue: false, retryStrategy: () => 50 });
+    probe.on('error', () => {});
+    try {
+      const admin = client(t.app, await t.token('admin', ALL_SCOPES));
+      await eventually('the app to connect', async () => ((await metric(t, 'orderflow_redis_up')) === 1 ? true : undefined));
+      await createProduct(admin, { sku: 'OUTAGE-1', stock: 10 });
+      assert.equal((await admin.request('GET', '/v1/products/OUTAGE-1')).status, 200);
+      await eventually('the product in Redis', async () => ((await probe.exists(`${prefix}catalog:product:OUTAGE-1`)) === 1 ? true : undefined));
+
+      await stopRedisServer(server);
+      await eventually('the app to notice', async () => ((await metric(t, 'orderflow_redis_up')) === 0 ? true : undefined));
+      const errorsBefore = await metric(t, 'orderflow_cache_errors_total');
+      const started = Date.now();
+      await createProduct(admin, { sku: 'OUTAGE-2', stock: 5 });
+      for (const sku of ['OUTAGE-1', 'OUTAGE-2']) assert.equal((await admin.request('GET', `/v1/products/${sku}`)).status, 200);
+      assert.equal((await placeOrder(admin, [{ sku: 'OUTAGE-2', quantity: 1 }])).status, 202);
+      assert.equal((await admin.request('GET', '/v1/products/OUTAGE-2')).body.available, 4);
+      assert.ok(Date.now() - started < 2_000, `requests took ${Date.now() - started} ms during the outage`);
+      assert.ok((await metric(t, 'orderflow_cache_errors_total')) > errorsBefore, 'the failed cache operations are counted');
+
+      server = await startRedisServer(port);
+      await eventually('the app to reconnect', async () => ((await metric(t, 'orderflow_redis_up')) === 1 ? true : undefined), 10_000);
+      // The new server is empty: the next reads fill it again.
+      await eventually('the cache to be used again', async () => {
+        assert.equal((await admin.request('GET', '/v1/products/OUTAGE-2')).status, 200);
+        return (await probe.exists(`${prefix}catalog:product:OUTAGE-2`).catch(() => 0)) === 1 ? true : undefined;
+      }, 10_000);
+    } finally {
+      probe.disconnect();
+      await t.close();
+      await stopRedisServer(server);
     }
   });
 });
