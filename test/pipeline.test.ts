@@ -8,12 +8,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { chargeKey } from '../src/payments/payments.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
-import { GatedGateway, LostReplyGateway } from './support/gateways.ts';
+import { GatedGateway, LostReplyGateway, OutageGateway } from './support/gateways.ts';
 import {
   ALL_SCOPES,
   client,
   createProduct,
   eventually,
+  isBrokerMode,
   modes,
   newKey,
   placeOrder,
@@ -25,6 +26,9 @@ import {
 } from './support/harness.ts';
 
 const SHOPPER_SCOPES = 'orders:write orders:read';
+
+/** Where a queued job waits before a worker takes it: the jobs table, or the outbox in broker mode. */
+const queueTable = (mode: Mode) => (isBrokerMode(mode) ? 'messaging.outbox' : 'messaging.jobs');
 
 /** Reads an order as an admin. */
 async function readOrder(admin: Client, id: string) {
@@ -281,7 +285,8 @@ for (const mode of modes()) {
           await createProduct(a, { sku: 'STUCK-1', stock: 5, priceCents: 650 });
           const placed = await placeOrder(shopper, [{ sku: 'STUCK-1', quantity: 1 }]);
           assert.equal(placed.body.status, 'pending');
-          const deleted = await g.app.db.query("DELETE FROM messaging.jobs WHERE queue = 'payments.charge' RETURNING id");
+          // Workers (and the relay) are off, so the charge is still in this mode's queue table.
+          const deleted = await g.app.db.query(`DELETE FROM ${queueTable(mode)} WHERE queue = 'payments.charge' RETURNING id`);
           assert.equal(deleted.length, 1, 'the charge job existed');
           g.app.startWorkers();
           const sweeper = g.app.sweeper;
@@ -298,6 +303,38 @@ for (const mode of modes()) {
         });
       });
 
+      it('re-drives a refund that died while the gateway was down, so the order nets zero', async () => {
+        const gateway = new OutageGateway();
+        await withApp(mode, { gateway, maxAttempts: 2 }, async ({ t: g, admin: a, shopper }) => {
+          await createProduct(a, { sku: 'OUT-1', stock: 1, priceCents: 900 });
+          const placed = await placeOrder(shopper, [{ sku: 'OUT-1', quantity: 1 }]);
+          const id = placed.body.id as string;
+          // The charge gives up (payment_failed); its refund cannot learn
+          // whether money moved while the gateway is down, and dies too.
+          await quiesce(g.app);
+          assert.equal((await readOrder(a, id)).rejectReason, 'payment_failed');
+          const paymentStatus = async () => (await g.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [id]))[0]!.status;
+          assert.equal(await paymentStatus(), 'charging', 'the refund never happened');
+          if (!isBrokerMode(mode)) {
+            // A broker keeps its dead letters itself.
+            const dead = await g.app.db.query<{ queue: string }>('SELECT queue FROM messaging.dead_jobs');
+            assert.deepEqual(
+              dead.map((d) => d.queue),
+              ['payments.refund'],
+            );
+          }
+
+          gateway.down = false;
+          assert.equal(await g.app.sweeper!.sweep(), 0, 'a payment younger than the deadline is left alone');
+          await g.app.db.query("UPDATE payments.payments SET updated_at = now() - interval '1 day' WHERE order_id = $1", [id]);
+          assert.equal(await g.app.sweeper!.sweep(), 1);
+          await quiesce(g.app);
+          assert.equal(await paymentStatus(), 'refunded');
+          assert.equal(gateway.netCharged(id).netCents, 0);
+          assert.equal(await g.app.sweeper!.sweep(), 0, 'a settled payment is not re-driven');
+        });
+      });
+
       it('re-drives an order whose worker died mid-charge, charging it once', async () => {
         const gateway = new SimulatedGateway();
         await withApp(mode, { gateway, startWorkers: false }, async ({ t: g, admin: a, shopper }) => {
@@ -308,7 +345,7 @@ for (const mode of modes()) {
           // recording the answer; its job is gone.
           await g.app.db.query("UPDATE payments.payments SET status = 'charging' WHERE order_id = $1", [id]);
           await gateway.charge({ idempotencyKey: chargeKey(id), amountCents: 1440, currency: 'EUR', token: 'tok_visa', reference: id });
-          await g.app.db.query('DELETE FROM messaging.jobs');
+          await g.app.db.query(`DELETE FROM ${queueTable(mode)}`);
           await g.app.db.query("UPDATE orders.orders SET updated_at = now() - interval '1 day' WHERE id = $1", [id]);
           g.app.startWorkers();
           assert.equal(await g.app.sweeper!.sweep(), 1);

@@ -70,6 +70,20 @@ export async function findPayment(db: Queryable, orderId: string, options: { loc
     : undefined;
 }
 
+/**
+ * Payments that may hold money (charging or succeeded) and have not changed
+ * for olderThanMs: the sweeper refunds those whose order will not be paid for.
+ */
+export async function unsettledPayments(db: Queryable, olderThanMs: number, limit: number): Promise<string[]> {
+  const rows = await db.query<{ order_id: string }>(
+    `SELECT order_id FROM payments.payments
+      WHERE status IN ('charging', 'succeeded') AND updated_at < now() - make_interval(secs => $1::float8)
+      ORDER BY updated_at LIMIT $2`,
+    [olderThanMs / 1000, limit],
+  );
+  return rows.map((r) => r.order_id);
+}
+
 export async function markCharging(tx: Queryable, orderId: string): Promise<void> {
   await tx.query(`UPDATE payments.payments SET status = 'charging', updated_at = now() WHERE order_id = $1 AND status = 'pending'`, [orderId]);
 }

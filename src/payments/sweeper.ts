@@ -1,11 +1,14 @@
-// The sweeper: no accepted order stays pending forever. Orders pending past
-// the deadline get their charge queued again; while the original job is
-// still queued (retrying with backoff) the re-drive is a no-op.
+// The sweeper: no accepted order stays pending forever, and no money stays
+// with an order that will not be paid for. Orders pending past the deadline
+// get their charge queued again; rejected or cancelled orders whose payment
+// may still hold money (a refund that died while the gateway was down) get
+// their refund queued again. While the original job is still queued the
+// re-drive is a no-op.
 import type { Logger } from 'pino';
 import type { JobQueue } from '../messaging/queue.ts';
-import { stalePendingOrders } from '../orders/store.ts';
+import { findOrders, stalePendingOrders } from '../orders/store.ts';
 import type { Database } from '../storage/database.ts';
-import { redriveCharge } from './payments.ts';
+import { redriveCharge, refundIfCharged, unsettledPayments } from './payments.ts';
 
 export interface Sweeper {
   sweep(): Promise<number>;
@@ -14,13 +17,17 @@ export interface Sweeper {
 
 export function startSweeper(deps: { db: Database; queue: JobQueue; log: Logger }, deadlineMs: number): Sweeper {
   const sweep = async () => {
-    const ids = await stalePendingOrders(deps.db, deadlineMs, 500);
-    if (ids.length === 0) return 0;
+    const pending = await stalePendingOrders(deps.db, deadlineMs, 500);
+    const unsettled = await unsettledPayments(deps.db, deadlineMs, 500);
+    const orders = await findOrders(deps.db, unsettled);
+    const toRefund = unsettled.filter((id) => ['rejected', 'cancelled'].includes(orders.get(id)?.status ?? ''));
+    if (pending.length === 0 && toRefund.length === 0) return 0;
     await deps.db.transaction(async (tx) => {
-      for (const id of ids) await redriveCharge(tx, deps.queue, id);
+      for (const id of pending) await redriveCharge(tx, deps.queue, id);
+      for (const id of toRefund) await refundIfCharged(tx, deps.queue, id);
     });
-    deps.log.info({ orders: ids.length }, 'sweeper re-drove pending orders past their deadline');
-    return ids.length;
+    deps.log.info({ charges: pending.length, refunds: toRefund.length }, 'sweeper re-drove work past its deadline');
+    return pending.length + toRefund.length;
   };
   let running: Promise<unknown> = Promise.resolve();
   const timer = setInterval(

@@ -2,7 +2,7 @@
 // payment gateway to misbehave at an exact moment rather than at random. They
 // keep the simulated gateway's ledger and idempotency semantics; only the
 // timing or the delivery of an answer changes.
-import { TransientGatewayError, type ChargeRequest, type ChargeResult } from '../../src/payments/gateway.ts';
+import { TransientGatewayError, type ChargeRequest, type ChargeResult, type RefundRequest } from '../../src/payments/gateway.ts';
 import { SimulatedGateway, type SimulatedGatewayOptions } from '../../src/payments/simulated-gateway.ts';
 
 /**
@@ -44,5 +44,20 @@ export class LostReplyGateway extends SimulatedGateway {
     const result = await super.charge(request);
     if (await this.loseAnswer(request)) throw new TransientGatewayError('simulated gateway: the answer was lost on the way back');
     return result;
+  }
+}
+
+/** Fails every call with a transient error while `down` is true: an outage the test switches off. */
+export class OutageGateway extends SimulatedGateway {
+  down = true;
+
+  override async charge(request: ChargeRequest): Promise<ChargeResult> {
+    if (this.down) throw new TransientGatewayError('simulated gateway: 503 Service Unavailable (outage)');
+    return super.charge(request);
+  }
+
+  override async refund(request: RefundRequest): Promise<{ refundId: string }> {
+    if (this.down) throw new TransientGatewayError('simulated gateway: 503 Service Unavailable (outage)');
+    return super.refund(request);
   }
 }
