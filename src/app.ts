@@ -150,7 +150,16 @@ export async function createApp(options: AppOptions): Promise<App> {
   if (runsApi) {
     await registerRateLimits(server, { redis: redis?.commands, keyPrefix: config.redisKeyPrefix });
     await server.register(catalogRoutes(db, cache));
-    await server.register(orderRoutes({ db, queue, metrics, ordersPerMinute: config.rateLimitOrdersPerMinute }));
+    await server.register(
+      orderRoutes({
+        db,
+        queue,
+        metrics,
+        ordersPerMinute: config.rateLimitOrdersPerMinute,
+        // Half the pool commits accepts; reads and workers keep the rest.
+        acceptBatchesInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)),
+      }),
+    );
   }
 
   let sweeper: Sweeper | undefined;
