@@ -235,6 +235,31 @@ for (const mode of modes()) {
       });
     });
 
+    describe('duplicate deliveries', () => {
+      it('two deliveries of one charge racing through the gateway confirm once and refund nothing', async () => {
+        const gateway = new GatedGateway();
+        await withApp(mode, { gateway, startWorkers: false }, async ({ t: g, admin: a, shopper }) => {
+          await createProduct(a, { sku: 'DUP-1', stock: 5, priceCents: 1200 });
+          const placed = await placeOrder(shopper, [{ sku: 'DUP-1', quantity: 1 }]);
+          const id = placed.body.id as string;
+          // A second copy of the charge message, as a broker redelivery or a
+          // sweeper re-drive produces while the first is still in flight.
+          await g.app.db.query(`INSERT INTO ${queueTable(mode)} (queue, payload, max_attempts) VALUES ('payments.charge', $1::text::jsonb, 5)`, [
+            JSON.stringify({ orderId: id }),
+          ]);
+          g.app.startWorkers();
+          await eventually('both deliveries to reach the gateway', async () => (gateway.arrived >= 2 ? true : undefined));
+          gateway.release();
+          await quiesce(g.app);
+          const order = await readOrder(a, id);
+          assert.equal(order.status, 'confirmed');
+          assertLedger(gateway, order);
+          const payment = await g.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [id]);
+          assert.equal(payment[0]!.status, 'succeeded');
+        });
+      });
+    });
+
     describe('a gateway that keeps failing', () => {
       it('a charge failing transiently past maxAttempts ends rejected as payment_failed, nets zero, releases the stock', async () => {
         const gateway = new SimulatedGateway({ flakyFailureRate: 1 });

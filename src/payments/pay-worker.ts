@@ -13,7 +13,7 @@
 import type { Logger } from 'pino';
 import type { Job, JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { confirmOrder, rejectOrder } from '../orders/lifecycle.ts';
+import { confirmOrder, rejectOrder, type Outcome } from '../orders/lifecycle.ts';
 import { findOrder } from '../orders/store.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { transactionGroup } from '../storage/group-commit.ts';
@@ -64,6 +64,10 @@ function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult
   });
 }
 
+function isConfirmed(outcome: Outcome): boolean {
+  return outcome.changed ? outcome.order.status === 'confirmed' : outcome.status === 'confirmed';
+}
+
 async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { db, queue, gateway, metrics, log } = deps;
   const { orderId } = job.payload;
@@ -96,7 +100,9 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     log.error({ orderId, attempt: job.attempt, err: error }, 'payment failed for good; rejecting the order');
     const rejected = await db.transaction(async (tx) => {
       const outcome = await rejectOrder(tx, orderId, 'payment_failed');
-      await refundIfCharged(tx, queue, orderId);
+      // A duplicate delivery of this message may have confirmed the order
+      // meanwhile (same charge, same key): that money stays.
+      if (!isConfirmed(outcome)) await refundIfCharged(tx, queue, orderId);
       await job.markDone(tx);
       return outcome.changed;
     });
@@ -118,8 +124,10 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const confirmed = await deps.grouped(async (tx) => {
     const confirmed = await confirmOrder(tx, orderId);
     await markSucceeded(tx, orderId, chargeId);
-    // Cancelled (or given up on) while the charge was in flight: give the money back.
-    if (!confirmed.changed) await refundIfCharged(tx, queue, orderId);
+    // Cancelled (or given up on) while the charge was in flight: give the
+    // money back. Already confirmed means a duplicate delivery got there
+    // first with this very charge (one idempotency key): keep it.
+    if (!confirmed.changed && !isConfirmed(confirmed)) await refundIfCharged(tx, queue, orderId);
     await job.markDone(tx);
     return confirmed.changed;
   });
@@ -131,6 +139,14 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { orderId } = job.payload;
   const payment = await findPayment(db, orderId);
   if (!payment || (payment.status !== 'charging' && payment.status !== 'succeeded')) return;
+  // The last line of defence for "a confirmed order keeps exactly one
+  // charge": whatever queued this refund, a confirmed order is not refunded
+  // (cancelling it first makes it cancelled, and then it is).
+  const order = await findOrder(db, orderId);
+  if (order?.status === 'confirmed') {
+    deps.log.error({ orderId }, 'refund requested for a confirmed order; refusing it');
+    return;
+  }
 
   let chargeId = payment.chargeId;
   if (payment.status === 'charging' || chargeId === null) {

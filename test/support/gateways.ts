@@ -21,7 +21,11 @@ export class GatedGateway extends SimulatedGateway {
     this.#gate = new Promise((resolve) => (this.#open = resolve));
   }
 
+  /** Charge calls waiting at the gate or past it. */
+  arrived = 0;
+
   override async charge(request: ChargeRequest): Promise<ChargeResult> {
+    this.arrived++;
     this.#markStarted();
     await this.#gate;
     return super.charge(request);
