@@ -22,6 +22,9 @@ import type { Logger } from 'pino';
 import { DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 import type { JsonObject } from './queue.ts';
 
+/** How long one pull request waits for messages before the consumer asks again. */
+const FETCH_EXPIRES_MS = 1_000;
+
 export interface NatsBrokerOptions {
   /** Names the stream, the subjects and the consumers; distinct prefixes never see each other's messages. */
   prefix?: string;
@@ -190,20 +193,31 @@ export class NatsBroker implements Broker {
       inFlight.add(task);
     };
 
+    // Pull exactly as many messages as there are free handler slots, and
+    // never block the iterator: a consume() iterator held back while the
+    // handlers are busy stops refilling its pull requests, and deliveries
+    // stall until they expire. A fetch ends when it has its batch or after
+    // fetchExpiresMs, so an idle queue costs one cheap request per interval.
     const loop = async () => {
       for (let failures = 0; !stopping; ) {
         try {
           const { js, jsm } = await this.#connect();
           await this.#ensureConsumer(jsm, queue);
           const consumer = await js.consumers.get(this.#stream, token(queue));
-          current = await consumer.consume({ max_messages: concurrency });
-          if (stopping) current.stop();
           failures = 0;
-          for await (const msg of current) {
-            while (!stopping && inFlight.size >= concurrency) await Promise.race(inFlight);
-            // Handed back at once instead of waiting out the ack wait.
-            if (stopping) msg.nak();
-            else run(msg);
+          while (!stopping) {
+            const free = concurrency - inFlight.size;
+            if (free <= 0) {
+              await Promise.race(inFlight);
+              continue;
+            }
+            current = await consumer.fetch({ max_messages: free, expires: FETCH_EXPIRES_MS });
+            if (stopping) current.stop();
+            for await (const msg of current) {
+              // Handed back at once instead of waiting out the ack wait.
+              if (stopping) msg.nak();
+              else run(msg);
+            }
           }
         } catch (error) {
           if (stopping) break;
