@@ -3,6 +3,7 @@
 // id; `scope` (space-separated, or the `scp` array some providers use)
 // carries the permissions.
 import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, type JWK, type JWTVerifyGetKey } from 'jose';
+import { LRUCache } from 'lru-cache';
 import { AppError } from '../errors.ts';
 
 export const SCOPES = ['orders:write', 'orders:read', 'orders:admin', 'catalog:write'] as const;
@@ -36,8 +37,17 @@ export function localVerifier(publicJwk: JWK, options: { issuer: string; audienc
   return verifierFor(createLocalJWKSet({ keys: [publicJwk] }), options);
 }
 
+/** Verified tokens remembered per process; a client sends the same token with every request. */
+const VERIFIED_TOKENS = 10_000;
+
 function verifierFor(keys: JWTVerifyGetKey, options: { issuer: string; audience: string }): VerifyToken {
+  // A signature check is the most expensive step of a request after the
+  // database. A token's verdict cannot change before it expires (JWTs are not
+  // revocable), so a verified token is remembered until its exp, never longer.
+  const verified = new LRUCache<string, Principal>({ max: VERIFIED_TOKENS, ttlAutopurge: false });
   return async (token) => {
+    const known = verified.get(token);
+    if (known) return known;
     let payload;
     try {
       ({ payload } = await jwtVerify(token, keys, {
@@ -53,6 +63,9 @@ function verifierFor(keys: JWTVerifyGetKey, options: { issuer: string; audience:
       throw error;
     }
     const scopes = typeof payload.scope === 'string' ? payload.scope.split(' ') : Array.isArray(payload.scp) ? payload.scp.map(String) : [];
-    return { customerId: payload.sub!, scopes: new Set(scopes.filter((s) => s.length > 0)) };
+    const principal: Principal = { customerId: payload.sub!, scopes: new Set(scopes.filter((s) => s.length > 0)) };
+    const ttl = payload.exp! * 1000 - Date.now();
+    if (ttl > 0) verified.set(token, principal, { ttl });
+    return principal;
   };
 }
