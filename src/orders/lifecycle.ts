@@ -8,9 +8,13 @@ import type { JobQueue } from '../messaging/queue.ts';
 import { refundIfCharged } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { transition, type OrderStatus, type RejectReason } from './state-machine.ts';
-import { findOrder, getOrder, setStatus, type Order } from './store.ts';
+import { findOrder, getOrder, lockOrderStatus, setStatus, type Order } from './store.ts';
 
-export type Outcome = { changed: true; order: Order } | { changed: false; status: OrderStatus | 'missing' };
+/** Whether a transition happened, and the order's status after it. */
+export interface Outcome {
+  changed: boolean;
+  status: OrderStatus | 'missing';
+}
 
 async function lockOrder(tx: Queryable, orderId: string, customerId?: string): Promise<Order | undefined> {
   return findOrder(tx, orderId, customerId, { lock: true });
@@ -18,12 +22,12 @@ async function lockOrder(tx: Queryable, orderId: string, customerId?: string): P
 
 /** Payment succeeded: a pending order becomes confirmed (its held stock is now sold). */
 export async function confirmOrder(tx: Queryable, orderId: string): Promise<Outcome> {
-  const order = await lockOrder(tx, orderId);
-  if (!order) return { changed: false, status: 'missing' };
-  const next = transition(order.status, 'confirm');
-  if (!next.ok) return { changed: false, status: order.status };
+  const status = await lockOrderStatus(tx, orderId);
+  if (!status) return { changed: false, status: 'missing' };
+  const next = transition(status, 'confirm');
+  if (!next.ok) return { changed: false, status };
   await setStatus(tx, orderId, next.to);
-  return { changed: true, order: { ...order, status: next.to } };
+  return { changed: true, status: next.to };
 }
 
 /** Payment failed for good: a pending order is rejected and its stock released. */
@@ -34,7 +38,7 @@ export async function rejectOrder(tx: Queryable, orderId: string, reason: Reject
   if (!next.ok) return { changed: false, status: order.status };
   await setStatus(tx, orderId, next.to, reason);
   await release(tx, order.items);
-  return { changed: true, order: { ...order, status: next.to, rejectReason: reason } };
+  return { changed: true, status: next.to };
 }
 
 /**

@@ -114,6 +114,12 @@ export async function findOrder(db: Queryable, id: string, customerId?: string, 
   return rows[0] ? toOrder(rows[0]) : undefined;
 }
 
+/** Locks an order's row and returns only its status: the cheap lock for transitions that need nothing else. */
+export async function lockOrderStatus(tx: Queryable, id: string): Promise<OrderStatus | undefined> {
+  const rows = await tx.query<{ status: OrderStatus }>('SELECT status FROM orders.orders WHERE id = $1 FOR UPDATE', [id]);
+  return rows[0]?.status;
+}
+
 export async function getOrder(db: Queryable, id: string, customerId?: string): Promise<Order> {
   const order = await findOrder(db, id, customerId);
   if (!order) throw new AppError('not_found', `no order with id "${id}"`);

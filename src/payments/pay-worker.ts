@@ -13,8 +13,8 @@
 import type { Logger } from 'pino';
 import type { Job, JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { confirmOrder, rejectOrder, type Outcome } from '../orders/lifecycle.ts';
-import { findOrder } from '../orders/store.ts';
+import { confirmOrder, rejectOrder } from '../orders/lifecycle.ts';
+import { findOrder, lockOrderStatus } from '../orders/store.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { transactionGroup } from '../storage/group-commit.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
@@ -64,10 +64,6 @@ function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult
   });
 }
 
-function isConfirmed(outcome: Outcome): boolean {
-  return outcome.changed ? outcome.order.status === 'confirmed' : outcome.status === 'confirmed';
-}
-
 async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { db, queue, gateway, metrics, log } = deps;
   const { orderId } = job.payload;
@@ -75,10 +71,10 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   // Before calling out, record that a charge may now exist ("charging"), so a
   // cancel arriving while the call is in flight knows to refund.
   const payment = await deps.grouped(async (tx) => {
-    const order = await findOrder(tx, orderId, undefined, { lock: true });
+    const status = await lockOrderStatus(tx, orderId);
     const found = await findPayment(tx, orderId, { lock: true });
-    if (!order || !found || order.status !== 'pending') {
-      if (order?.status === 'cancelled') await refundIfCharged(tx, queue, orderId);
+    if (!status || !found || status !== 'pending') {
+      if (status === 'cancelled') await refundIfCharged(tx, queue, orderId);
       await job.markDone(tx);
       return undefined;
     }
@@ -102,7 +98,7 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
       const outcome = await rejectOrder(tx, orderId, 'payment_failed');
       // A duplicate delivery of this message may have confirmed the order
       // meanwhile (same charge, same key): that money stays.
-      if (!isConfirmed(outcome)) await refundIfCharged(tx, queue, orderId);
+      if (outcome.status !== 'confirmed') await refundIfCharged(tx, queue, orderId);
       await job.markDone(tx);
       return outcome.changed;
     });
@@ -127,7 +123,7 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     // Cancelled (or given up on) while the charge was in flight: give the
     // money back. Already confirmed means a duplicate delivery got there
     // first with this very charge (one idempotency key): keep it.
-    if (!confirmed.changed && !isConfirmed(confirmed)) await refundIfCharged(tx, queue, orderId);
+    if (confirmed.status !== 'confirmed') await refundIfCharged(tx, queue, orderId);
     await job.markDone(tx);
     return confirmed.changed;
   });
