@@ -1,39 +1,58 @@
 // Liveness, readiness and metrics: no auth (production restricts /metrics at
 // the network level).
+import { Type } from 'typebox';
 import type { Metrics } from '../observability/metrics.ts';
 import type { JobQueue } from '../messaging/queue.ts';
 import type { Database } from '../storage/database.ts';
 import type { Routes } from './server.ts';
 import { sendProblem } from './problems.ts';
+import { Problem } from './schemas.ts';
 
 export function operationsRoutes(deps: { db: Database; metrics: Metrics; queue: JobQueue; latestMigration: number }): Routes {
   return async (app) => {
-    app.get('/healthz', async () => ({ status: 'ok' }));
-
-    app.get('/readyz', async (request, reply) => {
-      try {
-        const rows = await deps.db.query<{ version: number }>('SELECT coalesce(max(version), 0)::int AS version FROM public.schema_migrations');
-        const version = rows[0]?.version ?? 0;
-        if (version < deps.latestMigration) {
-          return sendProblem(reply, 'unavailable', `database schema is at version ${version}, this build needs ${deps.latestMigration}`);
-        }
-        return { status: 'ready' };
-      } catch (error) {
-        request.log.warn({ err: error }, 'readiness check failed');
-        return sendProblem(reply, 'unavailable', 'the database is not reachable');
-      }
+    app.get('/healthz', {
+      schema: { tags: ['operations'], summary: 'Liveness: 200 while the process is alive', response: { 200: Type.Object({ status: Type.Literal('ok') }) } },
+      handler: async () => ({ status: 'ok' as const }),
     });
 
-    app.get('/metrics', async (request, reply) => {
-      try {
-        const backlog = await deps.queue.backlog();
-        deps.metrics.jobBacklog.reset();
-        for (const [queue, count] of Object.entries(backlog)) deps.metrics.jobBacklog.set({ queue }, count);
-      } catch (error) {
-        // Still serve every other metric; the backlog gauge keeps its last value.
-        request.log.warn({ err: error }, 'could not read the job backlog for /metrics');
-      }
-      return reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
+    app.get('/readyz', {
+      schema: {
+        tags: ['operations'],
+        summary: 'Readiness: 200 only when the database is reachable and migrated',
+        response: { 200: Type.Object({ status: Type.Literal('ready') }), 503: Problem },
+      },
+      handler: async (request, reply) => {
+        try {
+          const rows = await deps.db.query<{ version: number }>('SELECT coalesce(max(version), 0)::int AS version FROM public.schema_migrations');
+          const version = rows[0]?.version ?? 0;
+          if (version < deps.latestMigration) {
+            return sendProblem(reply, 'unavailable', `database schema is at version ${version}, this build needs ${deps.latestMigration}`);
+          }
+          return { status: 'ready' as const };
+        } catch (error) {
+          request.log.warn({ err: error }, 'readiness check failed');
+          return sendProblem(reply, 'unavailable', 'the database is not reachable');
+        }
+      },
+    });
+
+    app.get('/metrics', {
+      schema: {
+        tags: ['operations'],
+        summary: 'Prometheus metrics (production restricts this route at the network level)',
+        response: { 200: { description: 'Prometheus text exposition format', content: { [deps.metrics.registry.contentType]: { schema: Type.String() } } } },
+      },
+      handler: async (request, reply) => {
+        try {
+          const backlog = await deps.queue.backlog();
+          deps.metrics.jobBacklog.reset();
+          for (const [queue, count] of Object.entries(backlog)) deps.metrics.jobBacklog.set({ queue }, count);
+        } catch (error) {
+          // Still serve every other metric; the backlog gauge keeps its last value.
+          request.log.warn({ err: error }, 'could not read the job backlog for /metrics');
+        }
+        return reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
+      },
     });
   };
 }

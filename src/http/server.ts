@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { AppError } from '../errors.ts';
 import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { openApi } from './openapi.ts';
 import { errorHandler, sendProblem } from './problems.ts';
 
 declare module 'fastify' {
@@ -91,6 +92,9 @@ export function buildServer(options: ServerOptions): Server {
     options.metrics.httpRequests.inc({ ...labels, status: String(reply.statusCode) });
     options.metrics.httpDuration.observe(labels, reply.elapsedTime / 1000);
   });
+
+  // First, so that the document sees every route the modules add after it.
+  void app.register(openApi);
 
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((request, reply) => sendProblem(reply, 'not_found', `no route for ${request.method} ${request.url.split('?')[0]}`));

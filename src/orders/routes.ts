@@ -41,6 +41,9 @@ const IdempotencyHeaders = Type.Object({
   'idempotency-key': Type.String({ minLength: 1, maxLength: 255, description: 'Chosen by the client, one per order it means to place' }),
 });
 
+// Response headers as @fastify/swagger reads them, for the OpenAPI document.
+const OrderLocation = { location: { type: 'string', description: 'The order: /v1/orders/{id}' } };
+
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
@@ -55,7 +58,13 @@ export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metr
         summary: 'Place an order; payment happens asynchronously',
         headers: IdempotencyHeaders,
         body: PlaceOrder,
-        response: { 200: Order, 202: Order, 422: Problem, 429: Problem, ...errors },
+        response: {
+          200: { ...Order, description: 'A replay (same key, same body): the order the key placed, as it is now', headers: OrderLocation },
+          202: { ...Order, description: 'The new order; already rejected with out_of_stock when the stock cannot cover it', headers: OrderLocation },
+          422: Problem,
+          429: Problem,
+          ...errors,
+        },
       },
       handler: async (request, reply) => {
         const { customerId } = principalOf(request);
