@@ -33,6 +33,7 @@ const PRUNE_EVERY_MS = 3_600_000;
 
 interface OutboxRow {
   id: string;
+  message_id: string;
   queue: string;
   payload: JsonObject;
   max_attempts: number;
@@ -105,12 +106,13 @@ export class Relay {
 
   async #publishBatch(tx: Queryable): Promise<number> {
     const rows = await tx.query<OutboxRow>(
-      `SELECT id::text AS id, queue, payload, max_attempts FROM messaging.outbox
-        WHERE available_at <= now() ORDER BY id LIMIT $1`,
+      // Ordered by the bigint column, not the text alias (text order puts 10 before 9).
+      `SELECT o.id::text AS id, o.message_id, o.queue, o.payload, o.max_attempts FROM messaging.outbox o
+        WHERE o.available_at <= now() ORDER BY o.id LIMIT $1`,
       [this.#batchSize],
     );
     if (rows.length === 0) return 0;
-    const messages: OutgoingMessage[] = rows.map((row) => ({ id: row.id, queue: row.queue, payload: row.payload, maxAttempts: row.max_attempts }));
+    const messages: OutgoingMessage[] = rows.map((row) => ({ id: row.message_id, queue: row.queue, payload: row.payload, maxAttempts: row.max_attempts }));
     await this.#broker.publish(messages);
     // Exactly the rows published: a row committed meanwhile with a lower id
     // stays for the next pass.
