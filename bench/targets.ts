@@ -149,6 +149,7 @@ async function startDistributed(): Promise<Target> {
       brokerUrl,
       basePort: await freePortRange(8),
       gatewayLatencyMs: GATEWAY_LATENCY_MS,
+      isolatedBroker: true,
       env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn' },
       onOutput: (name, line) => pushLine(lines, name, line),
     });

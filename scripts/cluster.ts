@@ -7,10 +7,12 @@
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //   BROKER_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379 npm run cluster
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { deleteBrokerTopology } from '../src/messaging/topology.ts';
 import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
 
@@ -30,6 +32,11 @@ export interface ClusterOptions {
   /** Extra environment for every Orderflow process (e.g. LOG_LEVEL). */
   env?: Record<string, string>;
   gatewayLatencyMs?: number;
+  /**
+   * Give this cluster its own broker names (BROKER_PREFIX) and delete them
+   * on stop, so runs sharing a broker never see each other's messages.
+   */
+  isolatedBroker?: boolean;
   /** Called with each line a process prints (default: prefixed to this process' stderr). */
   onOutput?: (process: string, line: string) => void;
 }
@@ -57,6 +64,7 @@ export interface Cluster {
 export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const basePort = options.basePort ?? 8080;
   const output = options.onOutput ?? ((name, line) => process.stderr.write(`[${name}] ${line}\n`));
+  const brokerPrefix = options.isolatedBroker && options.brokerUrl ? `c${randomBytes(5).toString('hex')}` : undefined;
   const gateway = await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: options.gatewayLatencyMs ?? 20 }) });
   const env: Record<string, string> = {
     ...inheritedEnv(),
@@ -66,6 +74,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     LOG_LEVEL: 'warn',
     ...(options.brokerUrl ? { BROKER_URL: options.brokerUrl } : {}),
     ...(options.redisUrl ? { REDIS_URL: options.redisUrl } : {}),
+    ...(brokerPrefix ? { BROKER_PREFIX: brokerPrefix } : {}),
     ...options.env,
   };
 
@@ -105,6 +114,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   } catch (error) {
     await Promise.all(processes.map((p) => p.kill()));
     await gateway.close();
+    if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
     throw error;
   }
 
@@ -124,6 +134,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         await Promise.all(processes.filter((p) => p.role === role).map((p) => terminate(p.child)));
       }
       await gateway.close();
+      if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
     },
   };
 }
@@ -217,7 +228,7 @@ function inheritedEnv(): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     if (value === undefined) continue;
-    if (['DATABASE_URL', 'BROKER_URL', 'REDIS_URL', 'PAYMENT_GATEWAY_URL', 'ROLE', 'PORT', 'HOST', 'AUTH_JWKS_URL', 'AUTH_ISSUER', 'AUTH_AUDIENCE'].includes(key)) continue;
+    if (['DATABASE_URL', 'BROKER_URL', 'BROKER_PREFIX', 'REDIS_URL', 'PAYMENT_GATEWAY_URL', 'ROLE', 'PORT', 'HOST', 'AUTH_JWKS_URL', 'AUTH_ISSUER', 'AUTH_AUDIENCE'].includes(key)) continue;
     env[key] = value;
   }
   return env;

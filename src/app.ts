@@ -100,7 +100,7 @@ function checkSupported(config: Config): void {
 }
 
 function openBroker(url: string, log: Logger, options: AppOptions): Broker {
-  const settings = { prefix: options.brokerPrefix, defaultMaxAttempts: options.queue?.defaultMaxAttempts };
+  const settings = { prefix: options.brokerPrefix ?? options.config.brokerPrefix, defaultMaxAttempts: options.queue?.defaultMaxAttempts };
   return new URL(url).protocol === 'nats:' ? new NatsBroker(url, log, settings) : new RabbitMqBroker(url, log, settings);
 }
 

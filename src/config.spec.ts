@@ -20,6 +20,7 @@ describe('loadConfig', () => {
     [{ BROKER_URL: 'kafka://x' }, 'BROKER_URL'],
     [{ REDIS_URL: 'http://x' }, 'REDIS_URL'],
     [{ REDIS_KEY_PREFIX: 'has space' }, 'REDIS_KEY_PREFIX'],
+    [{ BROKER_PREFIX: 'orders.v1' }, 'BROKER_PREFIX'],
     [{ RATE_LIMIT_ORDERS_PER_MINUTE: '-1' }, 'RATE_LIMIT_ORDERS_PER_MINUTE'],
     [{ RATE_LIMIT_ORDERS_PER_MINUTE: 'lots' }, 'RATE_LIMIT_ORDERS_PER_MINUTE'],
     [{ PAYMENT_GATEWAY_URL: 'ftp://x' }, 'PAYMENT_GATEWAY_URL'],

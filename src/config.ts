@@ -16,6 +16,8 @@ export interface Config {
   redisUrl: string | undefined;
   /** Prepended to every Redis key and channel, so several deployments (or test runs) can share one Redis. */
   redisKeyPrefix: string;
+  /** Names the broker's stream, subjects, exchanges and queues: one per deployment sharing a broker. */
+  brokerPrefix: string;
   /** Orders one customer may place per minute; 0 turns the limit off. */
   rateLimitOrdersPerMinute: number;
   brokerUrl: string | undefined;
@@ -77,6 +79,15 @@ function keyPrefix(env: Env, name: string, fallback: string): string {
   return raw;
 }
 
+function brokerPrefix(env: Env): string {
+  const raw = optional(env, 'BROKER_PREFIX');
+  if (raw === undefined) return 'orderflow';
+  // Letters, digits, - and _ are valid in NATS stream names and subject
+  // tokens and in RabbitMQ names alike.
+  if (!/^[A-Za-z0-9_-]{1,32}$/.test(raw)) throw new ConfigError('BROKER_PREFIX', `expected 1–32 characters of A-Z a-z 0-9 _ -, got "${raw}"`);
+  return raw;
+}
+
 /** Hides the password of a URL so it can be logged or printed. */
 export function redactUrl(raw: string): string {
   try {
@@ -118,6 +129,7 @@ export function loadConfig(env: Env = process.env): Config {
     databasePoolSize: integer(env, 'DATABASE_POOL_SIZE', 10, 1, 1000),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
     redisKeyPrefix: keyPrefix(env, 'REDIS_KEY_PREFIX', 'orderflow:'),
+    brokerPrefix: brokerPrefix(env),
     // Generous by default: it is there to stop a runaway client, not to
     // shape normal traffic, and benchmarks place many orders per customer.
     rateLimitOrdersPerMinute: integer(env, 'RATE_LIMIT_ORDERS_PER_MINUTE', 600_000, 0, 100_000_000),

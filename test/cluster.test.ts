@@ -55,6 +55,8 @@ describe('cluster: 2 api + 2 workers + relay behind HAProxy', { skip: skipReason
         databaseUrl: database.url,
         brokerUrl,
         basePort: 20_000 + Math.floor(Math.random() * 20_000),
+        // Its own stream and consumers: nothing another run left on the broker reaches this cluster.
+        isolatedBroker: true,
         env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn', PENDING_DEADLINE_MS: '5000' },
         gatewayLatencyMs: 5,
         onOutput: (name, line) => {

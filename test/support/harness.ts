@@ -9,10 +9,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import postgres from 'postgres';
 import { pino } from 'pino';
 import { createApp, type App } from '../../src/app.ts';
+import { deleteBrokerTopology as deleteTopology } from '../../src/messaging/topology.ts';
 import { loadConfig, type Config } from '../../src/config.ts';
 import { NatsBroker } from '../../src/messaging/nats-broker.ts';
 import { RabbitMqBroker } from '../../src/messaging/rabbitmq-broker.ts';
-import { CHARGE_QUEUE, REFUND_QUEUE } from '../../src/payments/payments.ts';
 import { SimulatedGateway } from '../../src/payments/simulated-gateway.ts';
 import type { Queryable } from '../../src/storage/database.ts';
 
@@ -83,14 +83,11 @@ export function testBroker(mode: BrokerMode, prefix: string, url = requiredServi
 }
 
 /** Deletes what a test created on the broker under its prefix (best effort: a test must not fail on cleanup). */
-export async function deleteBrokerTopology(mode: BrokerMode, prefix: string, queues: readonly string[] = [CHARGE_QUEUE, REFUND_QUEUE]): Promise<void> {
-  const broker = testBroker(mode, prefix);
+export async function deleteBrokerTopology(mode: BrokerMode, prefix: string, queues?: readonly string[]): Promise<void> {
   try {
-    await (broker instanceof NatsBroker ? broker.deleteTopology() : broker.deleteTopology(queues));
+    await deleteTopology(requiredServiceUrl(BROKER_URL_VARIABLE[mode])!, prefix, queues);
   } catch {
     // left behind: harmless, every test uses a fresh prefix
-  } finally {
-    await broker.close();
   }
 }
 

@@ -1,0 +1,18 @@
+// Removes everything a deployment created on its broker under its prefix:
+// the NATS stream (with its consumers), or RabbitMQ's exchanges and queues.
+// For short-lived deployments on a shared broker (tests, benchmarks); a
+// production deployment keeps its topology.
+import { pino } from 'pino';
+import { CHARGE_QUEUE, REFUND_QUEUE } from '../payments/payments.ts';
+import { NatsBroker } from './nats-broker.ts';
+import { RabbitMqBroker } from './rabbitmq-broker.ts';
+
+export async function deleteBrokerTopology(brokerUrl: string, prefix: string, queues: readonly string[] = [CHARGE_QUEUE, REFUND_QUEUE]): Promise<void> {
+  const log = pino({ level: 'silent' });
+  const broker = new URL(brokerUrl).protocol === 'nats:' ? new NatsBroker(brokerUrl, log, { prefix }) : new RabbitMqBroker(brokerUrl, log, { prefix });
+  try {
+    await (broker instanceof NatsBroker ? broker.deleteTopology() : broker.deleteTopology(queues));
+  } finally {
+    await broker.close();
+  }
+}
