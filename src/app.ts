@@ -156,8 +156,8 @@ export async function createApp(options: AppOptions): Promise<App> {
         queue,
         metrics,
         ordersPerMinute: config.rateLimitOrdersPerMinute,
-        // Half the pool commits accepts; reads and workers keep the rest.
-        acceptBatchesInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)),
+        // Half the pool commits accepts; reads keep the rest.
+        groupCommit: { maxBatch: config.groupCommitMaxBatch, maxInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)) },
       }),
     );
   }
@@ -171,7 +171,7 @@ export async function createApp(options: AppOptions): Promise<App> {
         ? (httpGateway = new HttpGateway(config.paymentGatewayUrl))
         : new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }));
     const gateway = new ResilientGateway(inner, metrics, options.resilience);
-    registerPayWorker({ db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) }, options.workerConcurrency ?? 16);
+    registerPayWorker({ db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) }, options.workerConcurrency ?? 16, config.groupCommitMaxBatch);
   }
 
   let closed = false;

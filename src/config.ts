@@ -30,6 +30,10 @@ export interface Config {
   pendingDeadlineMs: number;
   /** Artificial latency of the simulated gateway, to make the embedded shape behave like a real one. */
   simulatedGatewayLatencyMs: number;
+  /** Most transactions committed together by group commit; 1 turns it off (one commit per order). */
+  groupCommitMaxBatch: number;
+  /** Processes `serve` runs on one port (node:cluster); more than 1 needs DATABASE_URL. */
+  webConcurrency: number;
 }
 
 export class ConfigError extends Error {
@@ -117,6 +121,10 @@ export function loadConfig(env: Env = process.env): Config {
     // processes only when they share a PostgreSQL server.
     throw new ConfigError('ROLE', `ROLE=${role} runs one part of a distributed deployment and needs DATABASE_URL; use ROLE=all for the embedded shape`);
   }
+  const webConcurrency = integer(env, 'WEB_CONCURRENCY', 1, 1, 64);
+  if (webConcurrency > 1 && optional(env, 'DATABASE_URL') === undefined) {
+    throw new ConfigError('WEB_CONCURRENCY', 'several processes need a shared PostgreSQL server (DATABASE_URL); the embedded database belongs to one process');
+  }
   const logLevel = optional(env, 'LOG_LEVEL') ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
     throw new ConfigError('LOG_LEVEL', `expected fatal, error, warn, info, debug, trace or silent, got "${logLevel}"`);
@@ -140,5 +148,7 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     pendingDeadlineMs: integer(env, 'PENDING_DEADLINE_MS', 60_000, 1_000, 86_400_000),
     simulatedGatewayLatencyMs: integer(env, 'SIMULATED_GATEWAY_LATENCY_MS', 20, 0, 60_000),
+    groupCommitMaxBatch: integer(env, 'GROUP_COMMIT_MAX_BATCH', 64, 1, 1_000),
+    webConcurrency,
   };
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // The command line: `orderflow serve | migrate | token`.
+import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { createApp, openDatabase } from './app.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
@@ -24,12 +25,52 @@ Configuration comes from environment variables; see the README.`;
 /** Graceful shutdown gets this long before the process exits anyway. */
 const SHUTDOWN_GRACE_MS = 25_000;
 
+/**
+ * WEB_CONCURRENCY > 1: this process forks that many copies of itself that
+ * share the listening port (node:cluster hands connections out in turn), so
+ * one role uses every core without a load balancer in front. A copy that
+ * dies is started again; SIGTERM is passed on and waited for.
+ */
+function superviseCopies(config: Config): void {
+  let stopping = false;
+  let quickExits = 0;
+  const fork = () => {
+    const started = Date.now();
+    cluster.fork().on('exit', (code, signal) => {
+      if (stopping) return;
+      // A copy that cannot even start (database gone, port taken) would be
+      // restarted forever; after a few quick deaths in a row, give up loudly.
+      quickExits = Date.now() - started < 5_000 ? quickExits + 1 : 0;
+      if (quickExits >= 5) {
+        process.stderr.write('orderflow: serving processes keep exiting right after they start; giving up (see their errors above)\n');
+        process.exit(1);
+      }
+      process.stderr.write(`orderflow: a serving process exited (${signal ?? `code ${code}`}); starting another\n`);
+      fork();
+    });
+  };
+  for (let i = 0; i < config.webConcurrency; i++) fork();
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    const copies = Object.values(cluster.workers ?? {});
+    for (const copy of copies) copy?.process.kill('SIGTERM');
+    let remaining = copies.length;
+    if (remaining === 0) process.exit(0);
+    for (const copy of copies) copy?.on('exit', () => --remaining === 0 && process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
 async function serve(config: Config): Promise<void> {
+  if (config.webConcurrency > 1 && cluster.isPrimary) return superviseCopies(config);
   const app = await createApp({ config });
   const url = await app.start();
   const local = url.replace('://0.0.0.0', '://localhost').replace('://[::]', '://localhost');
   app.log.info({ url: local, role: config.role, database: app.db.kind }, 'orderflow listening');
-  if (app.devIssuer && (config.role === 'all' || config.role === 'api')) {
+  const firstCopy = cluster.isPrimary || cluster.worker?.id === 1;
+  if (app.devIssuer && firstCopy && (config.role === 'all' || config.role === 'api')) {
     process.stdout.write(
       `\nOrderflow is listening on ${local} (role ${config.role}, ${config.databaseUrl ? 'PostgreSQL' : `embedded database in ${config.dataDir}`}).\n` +
         `Get a development token with:\n  npm run token -- --sub alice --scope "orders:write orders:read catalog:write"\n` +

@@ -4,12 +4,13 @@
 // mints a usable JWT; `migrate` is idempotent; `serve` listens, answers
 // /healthz and shuts down cleanly on SIGTERM.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -142,3 +143,58 @@ describe('command line', () => {
     assert.equal(code, 0, stderr);
   });
 });
+
+describe('serve with WEB_CONCURRENCY', () => {
+  const baseUrl = requiredServiceUrl('DATABASE_URL');
+
+  it('runs that many serving processes on one port, replaces one that dies, and stops them all on SIGTERM', { skip: baseUrl === undefined ? 'DATABASE_URL is not set' : undefined }, async (t) => {
+    const database = await freshPostgresDatabase(baseUrl!);
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-'));
+    t.after(async () => {
+      await database.drop();
+      await rm(dataDir, { recursive: true, force: true });
+    });
+    const child = start(['serve'], cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn', WEB_CONCURRENCY: '2', DATABASE_URL: database.url }));
+    const exited = new Promise<[number | null, string | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
+    t.after(async () => {
+      for (const pid of copiesOf(child.pid!)) process.kill(pid, 'SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    });
+    let stderr = '';
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const url = await new Promise<string>((resolve, reject) => {
+      let stdout = '';
+      child.stdout!.on('data', (chunk: Buffer) => {
+        stdout += chunk.toString();
+        const match = /listening on (https?:\/\/\S+?)[\s,]/.exec(stdout);
+        if (match) resolve(match[1]!);
+      });
+      void exited.then(([code]) => reject(new Error(`serve exited (${code}) before listening:\n${stdout}\n${stderr}`)));
+    });
+    const copies = await eventually('two serving processes', async () => (copiesOf(child.pid!).length === 2 ? copiesOf(child.pid!) : undefined));
+    assert.equal((await fetch(new URL('/readyz', url))).status, 200);
+
+    process.kill(copies[0]!, 'SIGKILL');
+    const replaced = await eventually('the killed copy to be replaced', async () => {
+      const now = copiesOf(child.pid!);
+      return now.length === 2 && !now.includes(copies[0]!) ? now : undefined;
+    });
+    assert.ok(replaced.includes(copies[1]!), 'the other copy kept running');
+    await eventually('the port to answer again', async () => ((await fetch(new URL('/readyz', url)).catch(() => undefined))?.status === 200 ? true : undefined));
+
+    child.kill('SIGTERM');
+    const [code] = await exited;
+    assert.equal(code, 0, stderr);
+    assert.deepEqual(copiesOf(child.pid!), [], 'no serving process outlives the supervisor');
+  });
+});
+
+/** The process ids of a process's children. */
+function copiesOf(pid: number): number[] {
+  const result = spawnSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' });
+  return result.stdout
+    .split('\n')
+    .map((line) => Number(line.trim()))
+    .filter((n) => n > 0);
+}

@@ -47,9 +47,9 @@ const OrderLocation = { location: { type: 'string', description: 'The order: /v1
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
-export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metrics; ordersPerMinute?: number; acceptBatchesInFlight?: number }): Routes {
+export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metrics; ordersPerMinute?: number; groupCommit?: { maxBatch: number; maxInFlight: number } }): Routes {
   const { db, metrics } = deps;
-  const acceptor = new OrderAcceptor(deps, { maxInFlight: deps.acceptBatchesInFlight });
+  const acceptor = new OrderAcceptor(deps, deps.groupCommit);
   return async (app) => {
     app.post('/v1/orders', {
       config: { scopes: ['orders:write'], ...perCustomerLimit(deps.ordersPerMinute ?? 0) },

@@ -47,8 +47,8 @@ interface WorkerContext extends PayWorkerDeps {
   grouped<T>(work: (tx: Queryable) => Promise<T>): Promise<T>;
 }
 
-export function registerPayWorker(deps: PayWorkerDeps, concurrency: number): void {
-  const group = transactionGroup(deps.db, { onBatch: (size) => deps.metrics.workerBatchSize.observe(size) });
+export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxBatch = 64): void {
+  const group = transactionGroup(deps.db, { maxBatch, onBatch: (size) => deps.metrics.workerBatchSize.observe(size) });
   const context: WorkerContext = { ...deps, grouped: group.transaction };
   deps.queue.handle<{ orderId: string }>(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency });
   deps.queue.handle<{ orderId: string }>(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)) });
