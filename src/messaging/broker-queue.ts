@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
-import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, WorkerOptions } from './queue.ts';
+import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, WorkerOptions, NewJob } from './queue.ts';
 
 export interface BrokerQueueOptions {
   retryBaseMs?: number;
@@ -53,14 +53,20 @@ export class BrokerQueue implements JobQueue {
     return this.#broker;
   }
 
-  async enqueue(tx: Queryable, queue: string, payload: JsonObject, options: EnqueueOptions = {}): Promise<void> {
+  enqueue(tx: Queryable, queue: string, payload: JsonObject, options: EnqueueOptions = {}): Promise<void> {
+    return this.enqueueMany(tx, queue, [{ payload, key: options.key }], options);
+  }
+
+  async enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options: Omit<EnqueueOptions, 'key'> = {}): Promise<void> {
+    if (jobs.length === 0) return;
     await tx.query(
       `INSERT INTO messaging.outbox (queue, payload, key, max_attempts, available_at)
-       VALUES ($1, $2::text::jsonb, $3, $4, now() + make_interval(secs => $5::float8))
+       SELECT $1, j.payload::jsonb, j.key, $4, now() + make_interval(secs => $5::float8)
+         FROM unnest($2::text[], $3::text[]) AS j(payload, key)
        ON CONFLICT (key) DO NOTHING`,
-      [queue, JSON.stringify(payload), options.key ?? null, options.maxAttempts ?? this.#defaultMaxAttempts, (options.delayMs ?? 0) / 1000],
+      [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key ?? null), options.maxAttempts ?? this.#defaultMaxAttempts, (options.delayMs ?? 0) / 1000],
     );
-    // The row is visible only after the caller commits; an early wake of a
+    // The rows are visible only after the caller commits; an early wake of a
     // relay in this process costs one empty pass and saves a polling interval.
     if (this.#enqueueListeners.size > 0) setImmediate(() => this.#enqueueListeners.forEach((listener) => listener()));
   }

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Database, Queryable } from '../storage/database.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, WorkerOptions } from './queue.ts';
+import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, NewJob, WorkerOptions } from './queue.ts';
 
 export interface DatabaseQueueOptions {
   /** Idle polling interval; a local enqueue wakes the workers sooner. */
@@ -61,14 +61,20 @@ export class DatabaseQueue implements JobQueue {
     this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
   }
 
-  async enqueue(tx: Queryable, queue: string, payload: JsonObject, options: EnqueueOptions = {}): Promise<void> {
+  enqueue(tx: Queryable, queue: string, payload: JsonObject, options: EnqueueOptions = {}): Promise<void> {
+    return this.enqueueMany(tx, queue, [{ payload, key: options.key }], options);
+  }
+
+  async enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options: Omit<EnqueueOptions, 'key'> = {}): Promise<void> {
+    if (jobs.length === 0) return;
     await tx.query(
       `INSERT INTO messaging.jobs (queue, payload, key, run_at, max_attempts)
-       VALUES ($1, $2::text::jsonb, $3, now() + make_interval(secs => $4::float8), $5)
+       SELECT $1, j.payload::jsonb, j.key, now() + make_interval(secs => $4::float8), $5
+         FROM unnest($2::text[], $3::text[]) AS j(payload, key)
        ON CONFLICT (key) DO NOTHING`,
-      [queue, JSON.stringify(payload), options.key ?? null, (options.delayMs ?? 0) / 1000, options.maxAttempts ?? this.#defaultMaxAttempts],
+      [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key ?? null), (options.delayMs ?? 0) / 1000, options.maxAttempts ?? this.#defaultMaxAttempts],
     );
-    // The job is visible only after the caller commits; waking early is
+    // The jobs are visible only after the caller commits; waking early is
     // harmless (an empty poll), and saves a full polling interval.
     setImmediate(() => this.#wake?.());
   }

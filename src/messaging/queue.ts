@@ -31,8 +31,16 @@ export interface WorkerOptions {
   concurrency: number;
 }
 
+export interface NewJob {
+  payload: JsonObject;
+  /** At most one live job per key (see EnqueueOptions.key). */
+  key?: string;
+}
+
 export interface JobQueue {
   enqueue(tx: Queryable, queue: string, payload: JsonObject, options?: EnqueueOptions): Promise<void>;
+  /** Several jobs in one statement (a batch of accepted orders queues all its charges at once). */
+  enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options?: Omit<EnqueueOptions, 'key'>): Promise<void>;
   /** Registers the handler of a queue; deliveries start with start(). */
   handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options?: WorkerOptions): void;
   start(): void;

@@ -41,9 +41,11 @@ export async function requestPayments(tx: Queryable, queue: JobQueue, payments: 
        FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS p(order_id, amount_cents, currency, card_token)`,
     [payments.map((p) => p.orderId), payments.map((p) => p.amountCents), payments.map((p) => p.currency), payments.map((p) => p.token)],
   );
-  for (const payment of payments) {
-    await queue.enqueue(tx, CHARGE_QUEUE, { orderId: payment.orderId }, { key: `charge:${payment.orderId}` });
-  }
+  await queue.enqueueMany(
+    tx,
+    CHARGE_QUEUE,
+    payments.map((p) => ({ payload: { orderId: p.orderId }, key: `charge:${p.orderId}` })),
+  );
 }
 
 /** Queues the charge again (the sweeper's re-drive); a no-op while the charge job is still queued. */
