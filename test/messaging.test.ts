@@ -139,7 +139,7 @@ for (const mode of ['nats', 'rabbitmq'] as const satisfies readonly BrokerMode[]
         assert.deepEqual(received, [10, 11, 12, 13, 14, 20, 21, 22, 23, 24]);
       }));
 
-    it('a redelivered message whose id is in the inbox is acknowledged without calling the handler', { skip }, () =>
+    it('a message whose id is already in the inbox is acknowledged and its effect not applied again', { skip }, () =>
       withPrefix(async () => {
         const b = broker();
         const metrics = createMetrics();

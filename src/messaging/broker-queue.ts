@@ -129,8 +129,12 @@ export class BrokerQueue implements JobQueue {
     if (delivery.attempt > 1) this.#metrics.consumerRedeliveries.inc({ queue });
     let started = performance.now();
     try {
-      if (await this.#seen(queue, delivery.id)) {
-        // Applied before (a re-publish, or an ack lost in a crash).
+      // Redeliveries are checked up front. A first delivery almost never is
+      // a duplicate (a re-publish after a relay crash); when it is, the
+      // handler's inbox INSERT fails on the primary key below and the
+      // message is acknowledged then, so the common case saves a query.
+      if (delivery.attempt > 1 && (await this.#seen(queue, delivery.id))) {
+        // Applied before (an ack lost in a crash).
         await delivery.ack();
         this.#metrics.jobsProcessed.inc({ queue, outcome: 'duplicate' });
         return;
