@@ -104,10 +104,24 @@ export async function startTarget(mode: Mode): Promise<Target> {
   return mode === 'embedded' ? startEmbedded() : startDistributed();
 }
 
+/**
+ * The performance settings of the caller's environment (to compare, e.g.,
+ * GROUP_COMMIT_MAX_BATCH=1 with the default), without its service URLs: the
+ * embedded target must not pick up a DATABASE_URL meant for the distributed one.
+ */
+function tuningFromEnvironment(): Record<string, string> {
+  const tuning: Record<string, string> = {};
+  for (const name of ['GROUP_COMMIT_MAX_BATCH', 'WORKER_CONCURRENCY']) {
+    const value = process.env[name];
+    if (value !== undefined) tuning[name] = value;
+  }
+  return tuning;
+}
+
 async function startEmbedded(): Promise<Target> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-bench-'));
   const gateway = new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS });
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'warn' });
+  const config = loadConfig({ ...tuningFromEnvironment(), PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'warn' });
   const lines: string[] = [];
   const log = pino({ level: 'warn' }, { write: (line: string) => void pushLine(lines, 'app', line.trimEnd()) });
   const app = await createApp({ config, log, gateway });

@@ -47,7 +47,6 @@ export interface AppOptions {
   brokerPrefix?: string;
   relay?: RelayOptions;
   resilience?: ResilienceOptions;
-  workerConcurrency?: number;
   /** How long this process may serve a cached product without asking Redis (tests lengthen it to prove invalidations arrive). */
   cacheLocalTtlMs?: number;
 }
@@ -171,7 +170,7 @@ export async function createApp(options: AppOptions): Promise<App> {
         ? (httpGateway = new HttpGateway(config.paymentGatewayUrl))
         : new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }));
     const gateway = new ResilientGateway(inner, metrics, options.resilience);
-    registerPayWorker({ db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) }, options.workerConcurrency ?? 16, config.groupCommitMaxBatch);
+    registerPayWorker({ db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) }, config.workerConcurrency, config.groupCommitMaxBatch);
   }
 
   let closed = false;

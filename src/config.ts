@@ -34,6 +34,8 @@ export interface Config {
   groupCommitMaxBatch: number;
   /** Processes `serve` runs on one port (node:cluster); more than 1 needs DATABASE_URL. */
   webConcurrency: number;
+  /** Charge jobs one worker process runs at once (most of their time is spent waiting for the gateway). */
+  workerConcurrency: number;
 }
 
 export class ConfigError extends Error {
@@ -150,5 +152,6 @@ export function loadConfig(env: Env = process.env): Config {
     simulatedGatewayLatencyMs: integer(env, 'SIMULATED_GATEWAY_LATENCY_MS', 20, 0, 60_000),
     groupCommitMaxBatch: integer(env, 'GROUP_COMMIT_MAX_BATCH', 64, 1, 1_000),
     webConcurrency,
+    workerConcurrency: integer(env, 'WORKER_CONCURRENCY', 64, 1, 1_000),
   };
 }

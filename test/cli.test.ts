@@ -40,6 +40,31 @@ async function run(args: string[], env: Record<string, string>): Promise<{ code:
   return { code, signal, stdout, stderr };
 }
 
+/**
+ * Starts `serve` and resolves once it prints where it listens. The process is
+ * killed after the test if it is still running.
+ */
+async function serve(env: Record<string, string>, t: { after(fn: () => Promise<void> | void): void }) {
+  const child = start(['serve'], env);
+  const exited = new Promise<[number | null, string | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await exited;
+  });
+  let stderrText = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderrText += chunk.toString()));
+  const url = await new Promise<string>((resolve, reject) => {
+    let stdout = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      const match = /listening on (https?:\/\/\S+?)[\s,]/.exec(stdout);
+      if (match) resolve(match[1]!);
+    });
+    void exited.then(([code]) => reject(new Error(`serve exited (${code}) before listening:\n${stdout}\n${stderrText}`)));
+  });
+  return { child, exited, url, stderr: () => stderrText };
+}
+
 function lines(text: string): string[] {
   return text.split('\n').filter((line) => line.trim() !== '');
 }
@@ -106,23 +131,7 @@ describe('command line', () => {
   it('serve with PORT=0 prints where it listens, answers /healthz, takes `token` tokens, and exits 0 on SIGTERM', async (t) => {
     const minted = await run(['token', '--sub', 'alice', '--scope', 'orders:read'], cleanEnv(dataDir));
     assert.equal(minted.code, 0, minted.stderr);
-    const child = start(['serve'], cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' }));
-    const exited = new Promise<[number | null, string | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
-    t.after(async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await exited;
-    });
-    let stderr = '';
-    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const url = await new Promise<string>((resolve, reject) => {
-      let stdout = '';
-      child.stdout!.on('data', (chunk: Buffer) => {
-        stdout += chunk.toString();
-        const match = /listening on (https?:\/\/\S+?)[\s,]/.exec(stdout);
-        if (match) resolve(match[1]!);
-      });
-      void exited.then(([code]) => reject(new Error(`serve exited (${code}) before listening:\n${stdout}\n${stderr}`)));
-    });
+    const { child, exited, url, stderr } = await serve(cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' }), t);
     const port = Number(new URL(url).port);
     assert.ok(port > 0, `a real port, not 0: ${url}`);
     const health = await fetch(new URL('/healthz', url));
@@ -140,7 +149,7 @@ describe('command line', () => {
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error('serve did not exit within 10 s of SIGTERM')), 10_000).unref()),
     ]);
     assert.equal(signal, null);
-    assert.equal(code, 0, stderr);
+    assert.equal(code, 0, stderr());
   });
 });
 
@@ -154,23 +163,9 @@ describe('serve with WEB_CONCURRENCY', () => {
       await database.drop();
       await rm(dataDir, { recursive: true, force: true });
     });
-    const child = start(['serve'], cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn', WEB_CONCURRENCY: '2', DATABASE_URL: database.url }));
-    const exited = new Promise<[number | null, string | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
-    t.after(async () => {
+    const { child, exited, url, stderr } = await serve(cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn', WEB_CONCURRENCY: '2', DATABASE_URL: database.url }), t);
+    t.after(() => {
       for (const pid of copiesOf(child.pid!)) process.kill(pid, 'SIGKILL');
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await exited;
-    });
-    let stderr = '';
-    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const url = await new Promise<string>((resolve, reject) => {
-      let stdout = '';
-      child.stdout!.on('data', (chunk: Buffer) => {
-        stdout += chunk.toString();
-        const match = /listening on (https?:\/\/\S+?)[\s,]/.exec(stdout);
-        if (match) resolve(match[1]!);
-      });
-      void exited.then(([code]) => reject(new Error(`serve exited (${code}) before listening:\n${stdout}\n${stderr}`)));
     });
     const copies = await eventually('two serving processes', async () => (copiesOf(child.pid!).length === 2 ? copiesOf(child.pid!) : undefined));
     assert.equal((await fetch(new URL('/readyz', url))).status, 200);
@@ -185,7 +180,7 @@ describe('serve with WEB_CONCURRENCY', () => {
 
     child.kill('SIGTERM');
     const [code] = await exited;
-    assert.equal(code, 0, stderr);
+    assert.equal(code, 0, stderr());
     assert.deepEqual(copiesOf(child.pid!), [], 'no serving process outlives the supervisor');
   });
 });

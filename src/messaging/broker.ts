@@ -53,6 +53,16 @@ export interface Broker {
 /** Names derived from one prefix, so several deployments (or tests) share a broker without seeing each other's messages. */
 export const DEFAULT_BROKER_PREFIX = 'orderflow';
 
+/** Settings every broker adapter takes. */
+export interface BrokerOptions {
+  /** Names the broker's topology; distinct prefixes never see each other's messages. */
+  prefix?: string;
+  /** How long a publish may wait for the broker's confirmation. */
+  publishTimeoutMs?: number;
+  /** Attempts a message gets when it carries no count of its own (published by something else than the relay). */
+  defaultMaxAttempts?: number;
+}
+
 /** Gives up on a broker call that hangs (a broker that accepts connections but never answers). */
 export async function withTimeout<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

@@ -19,23 +19,17 @@ import {
 } from '@nats-io/jetstream';
 import { connect, headers, nanos, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
-import { DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
+import { DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 import type { JsonObject } from './queue.ts';
 
 /** How long one pull request waits for messages before the consumer asks again. */
 const FETCH_EXPIRES_MS = 1_000;
 
-export interface NatsBrokerOptions {
-  /** Names the stream, the subjects and the consumers; distinct prefixes never see each other's messages. */
-  prefix?: string;
-  /** How long a publish may wait for the stream's acknowledgement. */
-  publishTimeoutMs?: number;
+export interface NatsBrokerOptions extends BrokerOptions {
   /** A delivery not acknowledged within this time is delivered again (a consumer that died mid-message). */
   ackWaitMs?: number;
   /** How long the stream remembers message ids to drop re-published duplicates. */
   duplicateWindowMs?: number;
-  /** Attempts a message gets when it carries no count of its own (published by something else than the relay). */
-  defaultMaxAttempts?: number;
 }
 
 const MAX_ATTEMPTS_HEADER = 'Orderflow-Max-Attempts';

@@ -15,17 +15,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Options } from 'amqplib';
 import type { Logger } from 'pino';
-import { DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
+import { DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 import type { JsonObject } from './queue.ts';
 
-export interface RabbitMqBrokerOptions {
-  /** Names the exchange and queues; distinct prefixes never see each other's messages. */
-  prefix?: string;
-  /** How long a publish may wait for the broker's confirmation. */
-  publishTimeoutMs?: number;
-  /** Attempts a message gets when it carries no count of its own. */
-  defaultMaxAttempts?: number;
-}
+export type RabbitMqBrokerOptions = BrokerOptions;
 
 const ATTEMPT_HEADER = 'x-orderflow-attempt';
 const MAX_ATTEMPTS_HEADER = 'x-orderflow-max-attempts';
