@@ -11,7 +11,7 @@ describe('token verifier', () => {
   it('accepts a token again from memory, and rejects it once it has expired', async () => {
     const issuer = await openDevIssuer(undefined);
     const verify = localVerifier(issuer.publicJwk, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE });
-    const token = await issuer.issue({ sub: 'ann', scope: 'orders:read', ttlSeconds: 1 });
+    const token = await issuer.issue({ sub: 'ann', scope: 'orders:read', ttlSeconds: 2 });
     const first = await verify(token);
     assert.equal(first.customerId, 'ann');
     assert.deepEqual(await verify(token), first);

@@ -3,12 +3,38 @@
 import postgres from 'postgres';
 import { DatabaseUnavailableError, type Database, type Queryable, type Row } from './database.ts';
 
-const CONNECTION_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT', '57P01', '57P03']);
+// Errors that say "the server cannot be reached or is going away", whatever
+// the statement: socket errors while connecting, writing or reading, the
+// driver's own connection states, SQLSTATE class 08 (connection exception),
+// 57P01-57P03 (shutting down, crashed, starting up) and 53300 (no free
+// connection slot). All of them are worth a retry later: 503, not 500.
+const CONNECTION_ERRORS = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'CONNECTION_CLOSED',
+  'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED',
+  'CONNECT_TIMEOUT',
+  '57P01',
+  '57P02',
+  '57P03',
+  '53300',
+]);
+
+function isConnectionError(code: unknown): boolean {
+  return typeof code === 'string' && (CONNECTION_ERRORS.has(code) || code.startsWith('08'));
+}
 
 function translate(error: unknown): unknown {
   const code = (error as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && CONNECTION_ERRORS.has(code)) {
-    return new DatabaseUnavailableError(`PostgreSQL is unavailable (${code})`, { cause: error });
+  if (isConnectionError(code)) {
+    return new DatabaseUnavailableError(`PostgreSQL is unavailable (${String(code)})`, { cause: error });
   }
   return error;
 }
