@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -168,7 +169,10 @@ describe('serve with WEB_CONCURRENCY', () => {
       for (const pid of copiesOf(child.pid!)) process.kill(pid, 'SIGKILL');
     });
     const copies = await eventually('two serving processes', async () => (copiesOf(child.pid!).length === 2 ? copiesOf(child.pid!) : undefined));
-    assert.equal((await fetch(new URL('/readyz', url))).status, 200);
+    // node:cluster hands new connections to the copies in turn, so six ready
+    // answers on fresh connections in a row mean both copies are serving.
+    let readyInARow = 0;
+    await eventually('both copies to serve', async () => ((readyInARow = (await readyOnFreshConnection(url)) ? readyInARow + 1 : 0) >= 6 ? true : undefined), 60_000);
 
     process.kill(copies[0]!, 'SIGKILL');
     const replaced = await eventually('the killed copy to be replaced', async () => {
@@ -176,7 +180,7 @@ describe('serve with WEB_CONCURRENCY', () => {
       return now.length === 2 && !now.includes(copies[0]!) ? now : undefined;
     });
     assert.ok(replaced.includes(copies[1]!), 'the other copy kept running');
-    await eventually('the port to answer again', async () => ((await fetch(new URL('/readyz', url)).catch(() => undefined))?.status === 200 ? true : undefined));
+    await eventually('the port to answer again', async () => ((await readyOnFreshConnection(url)) ? true : undefined), 60_000);
 
     child.kill('SIGTERM');
     const [code] = await exited;
@@ -184,6 +188,18 @@ describe('serve with WEB_CONCURRENCY', () => {
     assert.deepEqual(copiesOf(child.pid!), [], 'no serving process outlives the supervisor');
   });
 });
+
+/** GET /readyz on a new connection (no keep-alive), with a deadline: true when it answers 200. */
+function readyOnFreshConnection(url: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const request = http.get(new URL('/readyz', url), { agent: false, timeout: 2_000 }, (response) => {
+      response.resume();
+      resolve(response.statusCode === 200);
+    });
+    request.on('timeout', () => request.destroy());
+    request.on('error', () => resolve(false));
+  });
+}
 
 /** The process ids of a process's children. */
 function copiesOf(pid: number): number[] {
