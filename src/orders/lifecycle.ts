@@ -7,8 +7,8 @@ import { release } from '../inventory/stock.ts';
 import type { JobQueue } from '../messaging/queue.ts';
 import { refundIfCharged } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
-import { transition, type OrderStatus, type RejectReason } from './state-machine.ts';
-import { findOrder, getOrder, lockOrderStatus, setStatus, type Order } from './store.ts';
+import { transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
+import { findOrder, getOrder, lockOrderStatus, moveStatus, setStatus, type Order } from './store.ts';
 
 /** Whether a transition happened, and the order's status after it. */
 export interface Outcome {
@@ -22,12 +22,11 @@ async function lockOrder(tx: Queryable, orderId: string, customerId?: string): P
 
 /** Payment succeeded: a pending order becomes confirmed (its held stock is now sold). */
 export async function confirmOrder(tx: Queryable, orderId: string): Promise<Outcome> {
-  const status = await lockOrderStatus(tx, orderId);
-  if (!status) return { changed: false, status: 'missing' };
-  const next = transition(status, 'confirm');
-  if (!next.ok) return { changed: false, status };
-  await setStatus(tx, orderId, next.to);
-  return { changed: true, status: next.to };
+  // The hot path of every paid order: one conditional UPDATE takes the row
+  // lock and applies the rule; only a miss pays a read to say why.
+  const { from, to } = transitionsOf('confirm');
+  if (await moveStatus(tx, orderId, from, to)) return { changed: true, status: to };
+  return { changed: false, status: (await lockOrderStatus(tx, orderId)) ?? 'missing' };
 }
 
 /** Payment failed for good: a pending order is rejected and its stock released. */

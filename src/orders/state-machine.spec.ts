@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { holdsStock, isTerminal, ORDER_STATUSES, transition, type OrderEvent, type OrderStatus } from './state-machine.ts';
+import { holdsStock, isTerminal, ORDER_STATUSES, transition, transitionsOf, type OrderEvent, type OrderStatus } from './state-machine.ts';
 
 describe('order state machine', () => {
   const allowed: [OrderStatus, OrderEvent, OrderStatus][] = [
@@ -33,5 +33,13 @@ describe('order state machine', () => {
       ORDER_STATUSES.filter((s) => holdsStock(s)),
       ['pending', 'confirmed'],
     );
+  });
+});
+
+describe('transitionsOf', () => {
+  it('lists the statuses an event starts from and where it leads', () => {
+    assert.deepEqual(transitionsOf('confirm'), { from: ['pending'], to: 'confirmed' });
+    assert.deepEqual(transitionsOf('cancel'), { from: ['pending', 'confirmed'], to: 'cancelled' });
+    assert.deepEqual(transitionsOf('reject'), { from: ['pending'], to: 'rejected' });
   });
 });

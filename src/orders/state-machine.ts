@@ -27,6 +27,17 @@ export function transition(from: OrderStatus, event: OrderEvent): Transition {
   return to === undefined ? { ok: false, reason: `cannot ${event} an order that is ${from}` } : { ok: true, to };
 }
 
+/**
+ * The statuses an event may start from and the one it leads to, for callers
+ * that apply it with one conditional UPDATE instead of read-then-write.
+ */
+export function transitionsOf(event: OrderEvent): { from: OrderStatus[]; to: OrderStatus } {
+  const from = ORDER_STATUSES.filter((status) => TRANSITIONS[status][event] !== undefined);
+  const targets = new Set(from.map((status) => TRANSITIONS[status][event]!));
+  if (targets.size !== 1) throw new Error(`"${event}" does not lead to a single status`);
+  return { from, to: [...targets][0]! };
+}
+
 /** True once the pipeline will do nothing more with the order on its own. */
 export function isTerminal(status: OrderStatus): boolean {
   return status !== 'pending';

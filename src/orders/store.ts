@@ -144,6 +144,12 @@ export async function setStatus(tx: Queryable, id: string, status: OrderStatus, 
   await tx.query('UPDATE orders.orders SET status = $2, reject_reason = $3, updated_at = now() WHERE id = $1', [id, status, rejectReason]);
 }
 
+/** Moves an order to `to` if its status is one of `from`, in one statement; false when it was not. */
+export async function moveStatus(tx: Queryable, id: string, from: readonly OrderStatus[], to: OrderStatus): Promise<boolean> {
+  const rows = await tx.query('UPDATE orders.orders SET status = $3, updated_at = now() WHERE id = $1 AND status = ANY($2::text[]) RETURNING id', [id, from, to]);
+  return rows.length > 0;
+}
+
 /** Pending orders untouched for longer than olderThanMs: candidates for the sweeper. */
 export async function stalePendingOrders(db: Queryable, olderThanMs: number, limit: number): Promise<string[]> {
   const rows = await db.query<{ id: string }>(

@@ -23,7 +23,7 @@ import {
   REFUND_QUEUE,
   chargeKey,
   findPayment,
-  markCharging,
+  startCharging,
   markDeclined,
   markRefunded,
   markSucceeded,
@@ -72,14 +72,12 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   // cancel arriving while the call is in flight knows to refund.
   const payment = await deps.grouped(async (tx) => {
     const status = await lockOrderStatus(tx, orderId);
-    const found = await findPayment(tx, orderId, { lock: true });
-    if (!status || !found || status !== 'pending') {
+    const charging = status === 'pending' ? await startCharging(tx, orderId) : undefined;
+    if (!charging) {
       if (status === 'cancelled') await refundIfCharged(tx, queue, orderId);
       await job.markDone(tx);
-      return undefined;
     }
-    await markCharging(tx, orderId);
-    return found;
+    return charging;
   });
   if (!payment) return;
 

@@ -61,15 +61,25 @@ export async function refundIfCharged(tx: Queryable, queue: JobQueue, orderId: s
   }
 }
 
+interface PaymentRow {
+  order_id: string;
+  amount_cents: number;
+  currency: string;
+  card_token: string;
+  status: PaymentStatus;
+  charge_id: string | null;
+  [column: string]: unknown;
+}
+
+const PAYMENT_COLUMNS = 'order_id, amount_cents, currency, card_token, status, charge_id';
+
+function toPayment(row: PaymentRow): Payment {
+  return { orderId: row.order_id, amountCents: row.amount_cents, currency: row.currency, cardToken: row.card_token, status: row.status, chargeId: row.charge_id };
+}
+
 export async function findPayment(db: Queryable, orderId: string, options: { lock?: boolean } = {}): Promise<Payment | undefined> {
-  const rows = await db.query<{ order_id: string; amount_cents: number; currency: string; card_token: string; status: PaymentStatus; charge_id: string | null }>(
-    `SELECT order_id, amount_cents, currency, card_token, status, charge_id FROM payments.payments WHERE order_id = $1${options.lock ? ' FOR UPDATE' : ''}`,
-    [orderId],
-  );
-  const row = rows[0];
-  return row
-    ? { orderId: row.order_id, amountCents: row.amount_cents, currency: row.currency, cardToken: row.card_token, status: row.status, chargeId: row.charge_id }
-    : undefined;
+  const rows = await db.query<PaymentRow>(`SELECT ${PAYMENT_COLUMNS} FROM payments.payments WHERE order_id = $1${options.lock ? ' FOR UPDATE' : ''}`, [orderId]);
+  return rows[0] ? toPayment(rows[0]) : undefined;
 }
 
 /**
@@ -86,8 +96,18 @@ export async function unsettledPayments(db: Queryable, olderThanMs: number, limi
   return rows.map((r) => r.order_id);
 }
 
-export async function markCharging(tx: Queryable, orderId: string): Promise<void> {
-  await tx.query(`UPDATE payments.payments SET status = 'charging', updated_at = now() WHERE order_id = $1 AND status = 'pending'`, [orderId]);
+/**
+ * Records that a charge may now exist and returns the payment to charge, in
+ * one statement that also locks the row; undefined when the payment is
+ * missing or already settled (succeeded, declined, refunded).
+ */
+export async function startCharging(tx: Queryable, orderId: string): Promise<Payment | undefined> {
+  const rows = await tx.query<PaymentRow>(
+    `UPDATE payments.payments SET status = 'charging', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging')
+     RETURNING ${PAYMENT_COLUMNS}`,
+    [orderId],
+  );
+  return rows[0] ? toPayment(rows[0]) : undefined;
 }
 
 /** Records a successful charge unless a refund already settled the payment. */
