@@ -19,6 +19,9 @@ import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = path.join(ROOT, 'src', 'main.ts');
 const HAPROXY_CONFIG = path.join(ROOT, 'deploy', 'haproxy', 'haproxy.cfg');
+// The same V8 flags as `npm start` (see package.json and docs/performance.md):
+// small young-generation semi-spaces keep each process near 200 MB under load.
+const SERVE_FLAGS = ['--max-semi-space-size=4'];
 
 export interface ClusterOptions {
   databaseUrl: string;
@@ -93,7 +96,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       for (let i = 1; i <= count; i++) {
         const name = `${role}${i}`;
         const processEnv = { ...env, ROLE: role, PORT: String(port) };
-        processes.push(managedProcess(name, role, port, () => spawn(process.execPath, [MAIN, 'serve'], { env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output));
+        processes.push(managedProcess(name, role, port, () => spawn(process.execPath, [...SERVE_FLAGS, MAIN, 'serve'], { env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output));
         port++;
       }
     }
