@@ -350,12 +350,20 @@ for (const mode of modes()) {
           }
 
           gateway.down = false;
-          assert.equal(await g.app.sweeper!.sweep(), 0, 'a payment younger than the deadline is left alone');
-          await g.app.db.query("UPDATE payments.payments SET updated_at = now() - interval '1 day' WHERE order_id = $1", [id]);
-          assert.equal(await g.app.sweeper!.sweep(), 1);
+          // A confirmed order's payment holds money too, and must be left alone however old.
+          await createProduct(a, { sku: 'OUT-2', stock: 1, priceCents: 400 });
+          const kept = await placeOrder(shopper, [{ sku: 'OUT-2', quantity: 1 }]);
+          await quiesce(g.app);
+          assert.equal((await readOrder(a, kept.body.id)).status, 'confirmed');
+          assert.equal(await g.app.sweeper!.sweep(), 0, 'a refund asked for within the deadline is left alone');
+          await g.app.db.query(
+            "UPDATE payments.payments SET updated_at = updated_at - interval '1 day', refund_requested_at = refund_requested_at - interval '1 day'",
+          );
+          assert.equal(await g.app.sweeper!.sweep(), 1, 'only the overdue refund is re-driven, not the confirmed order');
           await quiesce(g.app);
           assert.equal(await paymentStatus(), 'refunded');
           assert.equal(gateway.netCharged(id).netCents, 0);
+          assert.deepEqual(gateway.netCharged(kept.body.id), { charges: 1, netCents: 400 });
           assert.equal(await g.app.sweeper!.sweep(), 0, 'a settled payment is not re-driven');
         });
       });

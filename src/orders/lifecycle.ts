@@ -5,7 +5,7 @@
 import { AppError } from '../errors.ts';
 import { release } from '../inventory/stock.ts';
 import type { JobQueue } from '../messaging/queue.ts';
-import { refundIfCharged } from '../payments/payments.ts';
+import { refundUnlessKept } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
 import { findOrder, getOrder, lockOrderStatus, moveStatus, setStatus, type Order } from './store.ts';
@@ -53,7 +53,7 @@ export async function cancelOrder(deps: { db: Database; queue: JobQueue }, order
     if (!next.ok) throw new AppError('order_not_cancellable', `the order is ${order.status}: only pending or confirmed orders can be cancelled`);
     await setStatus(tx, orderId, next.to, null);
     await release(tx, order.items);
-    await refundIfCharged(tx, deps.queue, orderId);
+    await refundUnlessKept(tx, deps.queue, orderId, next.to);
   });
   return getOrder(deps.db, orderId);
 }

@@ -105,6 +105,13 @@ export async function findOrders(db: Queryable, ids: readonly string[]): Promise
   return new Map(rows.map((row) => [row.id, toOrder(row)]));
 }
 
+/** The statuses of several orders, without their lines (for decisions that need nothing else). */
+export async function statusesOf(db: Queryable, ids: readonly string[]): Promise<Map<string, OrderStatus>> {
+  if (ids.length === 0) return new Map();
+  const rows = await db.query<{ id: string; status: OrderStatus }>('SELECT id, status FROM orders.orders WHERE id = ANY($1::text[])', [ids]);
+  return new Map(rows.map((row) => [row.id, row.status]));
+}
+
 /** Reads an order; with a customer id, another customer's order is "not found". */
 export async function findOrder(db: Queryable, id: string, customerId?: string, options: { lock?: boolean } = {}): Promise<Order | undefined> {
   const rows = await db.query<OrderRow>(

@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import type { Job, JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { confirmOrder, rejectOrder } from '../orders/lifecycle.ts';
-import { findOrder, lockOrderStatus } from '../orders/store.ts';
+import { lockOrderStatus, statusesOf } from '../orders/store.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { transactionGroup } from '../storage/group-commit.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
@@ -27,7 +27,7 @@ import {
   markDeclined,
   markRefunded,
   markSucceeded,
-  refundIfCharged,
+  refundUnlessKept,
   refundKey,
   type Payment,
 } from './payments.ts';
@@ -74,7 +74,7 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     const status = await lockOrderStatus(tx, orderId);
     const charging = status === 'pending' ? await startCharging(tx, orderId) : undefined;
     if (!charging) {
-      if (status === 'cancelled') await refundIfCharged(tx, queue, orderId);
+      await refundUnlessKept(tx, queue, orderId, status ?? 'missing');
       await job.markDone(tx);
     }
     return charging;
@@ -95,8 +95,8 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     const rejected = await db.transaction(async (tx) => {
       const outcome = await rejectOrder(tx, orderId, 'payment_failed');
       // A duplicate delivery of this message may have confirmed the order
-      // meanwhile (same charge, same key): that money stays.
-      if (outcome.status !== 'confirmed') await refundIfCharged(tx, queue, orderId);
+      // meanwhile (same charge, same key): refundUnlessKept leaves that money.
+      await refundUnlessKept(tx, queue, orderId, outcome.status);
       await job.markDone(tx);
       return outcome.changed;
     });
@@ -120,8 +120,8 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     await markSucceeded(tx, orderId, chargeId);
     // Cancelled (or given up on) while the charge was in flight: give the
     // money back. Already confirmed means a duplicate delivery got there
-    // first with this very charge (one idempotency key): keep it.
-    if (confirmed.status !== 'confirmed') await refundIfCharged(tx, queue, orderId);
+    // first with this very charge (one idempotency key): it is kept.
+    await refundUnlessKept(tx, queue, orderId, confirmed.status);
     await job.markDone(tx);
     return confirmed.changed;
   });
@@ -136,8 +136,7 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   // The last line of defence for "a confirmed order keeps exactly one
   // charge": whatever queued this refund, a confirmed order is not refunded
   // (cancelling it first makes it cancelled, and then it is).
-  const order = await findOrder(db, orderId);
-  if (order?.status === 'confirmed') {
+  if ((await statusesOf(db, [orderId])).get(orderId) === 'confirmed') {
     deps.log.error({ orderId }, 'refund requested for a confirmed order; refusing it');
     return;
   }

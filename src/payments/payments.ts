@@ -5,6 +5,7 @@
 //   charging → sent at least once: a charge may exist, only a replay tells;
 //   succeeded / declined / refunded → the gateway's answer, recorded.
 import type { JobQueue } from '../messaging/queue.ts';
+import { holdsStock, type OrderStatus } from '../orders/state-machine.ts';
 import type { Queryable } from '../storage/database.ts';
 
 export const CHARGE_QUEUE = 'payments.charge';
@@ -53,12 +54,26 @@ export async function redriveCharge(tx: Queryable, queue: JobQueue, orderId: str
   await queue.enqueue(tx, CHARGE_QUEUE, { orderId }, { key: `charge:${orderId}` });
 }
 
-/** The order will not be paid for: queue a refund if money may have moved. */
-export async function refundIfCharged(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
-  const payment = await findPayment(tx, orderId, { lock: true });
-  if (payment && (payment.status === 'charging' || payment.status === 'succeeded')) {
-    await queue.enqueue(tx, REFUND_QUEUE, { orderId }, { key: `refund:${orderId}` });
-  }
+/**
+ * Settles the money of an order given its status: an order keeps its charge
+ * exactly when it holds stock (pending: being paid for; confirmed: paid), so
+ * those are left alone, and any other (rejected, cancelled, missing) gets a
+ * refund queued if money may have moved. Every path that may refund goes
+ * through here, so "a confirmed order is never refunded" holds in one place.
+ */
+export async function refundUnlessKept(tx: Queryable, queue: JobQueue, orderId: string, orderStatus: OrderStatus | 'missing'): Promise<void> {
+  if (orderStatus !== 'missing' && holdsStock(orderStatus)) return;
+  const owed = await tx.query(
+    `UPDATE payments.payments SET refund_requested_at = coalesce(refund_requested_at, now())
+      WHERE order_id = $1 AND status IN ('charging', 'succeeded') RETURNING order_id`,
+    [orderId],
+  );
+  if (owed.length > 0) await redriveRefund(tx, queue, orderId);
+}
+
+/** Queues the refund again (the sweeper's re-drive); a no-op while the refund job is still queued. */
+export async function redriveRefund(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
+  await queue.enqueue(tx, REFUND_QUEUE, { orderId }, { key: `refund:${orderId}` });
 }
 
 interface PaymentRow {
@@ -82,15 +97,12 @@ export async function findPayment(db: Queryable, orderId: string, options: { loc
   return rows[0] ? toPayment(rows[0]) : undefined;
 }
 
-/**
- * Payments that may hold money (charging or succeeded) and have not changed
- * for olderThanMs: the sweeper refunds those whose order will not be paid for.
- */
-export async function unsettledPayments(db: Queryable, olderThanMs: number, limit: number): Promise<string[]> {
+/** Refunds asked for more than olderThanMs ago whose payment still holds money: the sweeper re-drives them. */
+export async function overdueRefunds(db: Queryable, olderThanMs: number, limit: number): Promise<string[]> {
   const rows = await db.query<{ order_id: string }>(
     `SELECT order_id FROM payments.payments
-      WHERE status IN ('charging', 'succeeded') AND updated_at < now() - make_interval(secs => $1::float8)
-      ORDER BY updated_at LIMIT $2`,
+      WHERE refund_requested_at < now() - make_interval(secs => $1::float8) AND status IN ('charging', 'succeeded')
+      ORDER BY refund_requested_at LIMIT $2`,
     [olderThanMs / 1000, limit],
   );
   return rows.map((r) => r.order_id);

@@ -6,9 +6,9 @@
 // re-drive is a no-op.
 import type { Logger } from 'pino';
 import type { JobQueue } from '../messaging/queue.ts';
-import { findOrders, stalePendingOrders } from '../orders/store.ts';
+import { stalePendingOrders } from '../orders/store.ts';
 import type { Database } from '../storage/database.ts';
-import { redriveCharge, refundIfCharged, unsettledPayments } from './payments.ts';
+import { overdueRefunds, redriveCharge, redriveRefund } from './payments.ts';
 
 export interface Sweeper {
   sweep(): Promise<number>;
@@ -18,13 +18,11 @@ export interface Sweeper {
 export function startSweeper(deps: { db: Database; queue: JobQueue; log: Logger }, deadlineMs: number): Sweeper {
   const sweep = async () => {
     const pending = await stalePendingOrders(deps.db, deadlineMs, 500);
-    const unsettled = await unsettledPayments(deps.db, deadlineMs, 500);
-    const orders = await findOrders(deps.db, unsettled);
-    const toRefund = unsettled.filter((id) => ['rejected', 'cancelled'].includes(orders.get(id)?.status ?? ''));
+    const toRefund = await overdueRefunds(deps.db, deadlineMs, 500);
     if (pending.length === 0 && toRefund.length === 0) return 0;
     await deps.db.transaction(async (tx) => {
       for (const id of pending) await redriveCharge(tx, deps.queue, id);
-      for (const id of toRefund) await refundIfCharged(tx, deps.queue, id);
+      for (const id of toRefund) await redriveRefund(tx, deps.queue, id);
     });
     deps.log.info({ charges: pending.length, refunds: toRefund.length }, 'sweeper re-drove work past its deadline');
     return pending.length + toRefund.length;
