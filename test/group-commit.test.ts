@@ -39,13 +39,13 @@ for (const mode of modes()) {
           ]),
         );
         const [a, b, replay, other, c, d, e] = outcomes;
-        assert.ok(a?.ok && a.result.order.status === 'pending');
+        assert.ok(a?.ok && a.value.order.status === 'pending');
         assert.ok(b && !b.ok && b.error instanceof AppError && b.error.code === 'unknown_sku');
-        assert.ok(replay?.ok && replay.result.replayed && first[0]?.ok && replay.result.order.id === first[0].result.order.id);
-        assert.ok(other?.ok && other.result.order.status === 'pending' && !other.result.replayed);
-        assert.ok(c?.ok && c.result.order.status === 'rejected' && c.result.order.rejectReason === 'out_of_stock');
-        assert.ok(d?.ok && d.result.order.status === 'pending');
-        assert.ok(e?.ok && e.result.order.status === 'rejected' && e.result.order.rejectReason === 'out_of_stock');
+        assert.ok(replay?.ok && replay.value.replayed && first[0]?.ok && replay.value.order.id === first[0].value.order.id);
+        assert.ok(other?.ok && other.value.order.status === 'pending' && !other.value.replayed);
+        assert.ok(c?.ok && c.value.order.status === 'rejected' && c.value.order.rejectReason === 'out_of_stock');
+        assert.ok(d?.ok && d.value.order.status === 'pending');
+        assert.ok(e?.ok && e.value.order.status === 'rejected' && e.value.order.rejectReason === 'out_of_stock');
 
         const hot = await admin.request('GET', '/v1/products/HOT');
         const cold = await admin.request('GET', '/v1/products/COLD');
@@ -64,7 +64,7 @@ for (const mode of modes()) {
         await t.app.db.transaction((tx) => acceptBatch(tx, t.app.queue, [order('ann', 'k', [{ sku: 'S', quantity: 1 }])]));
         const before = await snapshot(t.app.db);
         const [reused] = await t.app.db.transaction((tx) => acceptBatch(tx, t.app.queue, [order('ann', 'k', [{ sku: 'S', quantity: 2 }])]));
-        assert.ok(reused && !reused.ok && reused.error.code === 'idempotency_key_reused');
+        assert.ok(reused && !reused.ok && reused.error instanceof AppError && reused.error.code === 'idempotency_key_reused');
         assert.deepEqual(await snapshot(t.app.db), before);
       } finally {
         await t.close();

@@ -21,10 +21,10 @@ import type { JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { requestPayments } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
-import { GroupCommit, type GroupCommitOptions } from '../storage/group-commit.ts';
+import { GroupCommit, type GroupCommitOptions, type UnitOutcome } from '../storage/group-commit.ts';
 import { newOrderId } from './ids.ts';
 import { priceOrder, type PricedOrder, type RequestedLine } from './pricing.ts';
-import { claimIdempotencyKeys, findOrders, insertOrders, type NewOrder, type Order } from './store.ts';
+import { claimIdempotencyKeys, customerKey, findOrders, insertOrders, type NewOrder, type Order } from './store.ts';
 
 export interface PlaceOrder {
   items: RequestedLine[];
@@ -43,16 +43,14 @@ export interface AcceptResult {
   replayed: boolean;
 }
 
-export type AcceptOutcome = { ok: true; result: AcceptResult } | { ok: false; error: AppError };
-
 /**
  * Accepts a batch of orders in the caller's transaction. The (customer, key)
  * pairs must be distinct within the batch. Refusals that concern one order
  * (unknown SKU, reused key) are outcomes, not exceptions, so they roll back
  * nothing of the others; an exception means the whole batch failed.
  */
-export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: readonly AcceptRequest[]): Promise<AcceptOutcome[]> {
-  const outcomes: (AcceptOutcome | undefined)[] = requests.map(() => undefined);
+export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: readonly AcceptRequest[]): Promise<UnitOutcome<AcceptResult>[]> {
+  const outcomes: (UnitOutcome<AcceptResult> | undefined)[] = requests.map(() => undefined);
 
   // 1. Price every order from one read of the catalog.
   const prices = await pricesOf(tx, [...new Set(requests.flatMap((r) => r.order.items.map((i) => i.sku)))]);
@@ -107,7 +105,7 @@ export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: read
       .filter((_, i) => held[i])
       .map((c) => ({ orderId: c.orderId, amountCents: c.priced.totalCents, currency: c.priced.currency, token: requests[c.index]!.order.payment.token })),
   );
-  fresh.forEach((c, i) => (outcomes[c.index] = { ok: true, result: { order: stored[i]!, replayed: false } }));
+  fresh.forEach((c, i) => (outcomes[c.index] = { ok: true, value: { order: stored[i]!, replayed: false } }));
 
   const replayed = await findOrders(
     tx,
@@ -116,7 +114,7 @@ export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: read
   for (const { index, orderId } of replays) {
     const order = replayed.get(orderId);
     if (!order) throw new Error(`idempotency key points at missing order ${orderId}`);
-    outcomes[index] = { ok: true, result: { order, replayed: true } };
+    outcomes[index] = { ok: true, value: { order, replayed: true } };
   }
   return outcomes.map((outcome) => {
     if (!outcome) throw new Error('acceptBatch left a request without an outcome');
@@ -131,11 +129,11 @@ export class OrderAcceptor {
   constructor(deps: { db: Database; queue: JobQueue; metrics: Metrics }, options: GroupCommitOptions<AcceptRequest> = {}) {
     this.#group = new GroupCommit<AcceptRequest, AcceptResult>(
       deps.db,
-      async (tx, requests) => (await acceptBatch(tx, deps.queue, requests)).map((o) => (o.ok ? { ok: true, value: o.result } : o)),
+      (tx, requests) => acceptBatch(tx, deps.queue, requests),
       {
         ...options,
         // A repeated key waits for the next batch, where it finds the claim committed and replays.
-        keyOf: (request) => `${request.customerId}\u0000${request.idempotencyKey}`,
+        keyOf: (request) => customerKey(request.customerId, request.idempotencyKey),
         onBatch: (size) => deps.metrics.acceptBatchSize.observe(size),
       },
     );

@@ -201,14 +201,19 @@ export async function claimIdempotencyKeys(tx: Queryable, claims: readonly KeyCl
          JOIN unnest($1::text[], $2::text[]) AS c(customer_id, key) ON k.customer_id = c.customer_id AND k.key = c.key`,
       [earlier.map((c) => c.customerId), earlier.map((c) => c.key)],
     );
-    for (const row of rows) existing.set(`${row.customer_id}\u0000${row.key}`, { orderId: row.order_id, requestHash: row.request_hash });
+    for (const row of rows) existing.set(customerKey(row.customer_id, row.key), { orderId: row.order_id, requestHash: row.request_hash });
   }
   return claims.map((c) => {
     if (claimedNow.has(c.orderId)) return null;
-    const found = existing.get(`${c.customerId}\u0000${c.key}`);
+    const found = existing.get(customerKey(c.customerId, c.key));
     if (!found) throw new Error('idempotency key vanished between conflict and read');
     return found;
   });
+}
+
+/** One string per (customer, Idempotency-Key) pair: keys are scoped to their customer. */
+export function customerKey(customerId: string, key: string): string {
+  return `${customerId}\u0000${key}`;
 }
 
 function compare(a: string, b: string): number {
