@@ -92,8 +92,8 @@ function toPayment(row: PaymentRow): Payment {
   return { orderId: row.order_id, amountCents: row.amount_cents, currency: row.currency, cardToken: row.card_token, status: row.status, chargeId: row.charge_id };
 }
 
-export async function findPayment(db: Queryable, orderId: string, options: { lock?: boolean } = {}): Promise<Payment | undefined> {
-  const rows = await db.query<PaymentRow>(`SELECT ${PAYMENT_COLUMNS} FROM payments.payments WHERE order_id = $1${options.lock ? ' FOR UPDATE' : ''}`, [orderId]);
+export async function findPayment(db: Queryable, orderId: string): Promise<Payment | undefined> {
+  const rows = await db.query<PaymentRow>(`SELECT ${PAYMENT_COLUMNS} FROM payments.payments WHERE order_id = $1`, [orderId]);
   return rows[0] ? toPayment(rows[0]) : undefined;
 }
 
