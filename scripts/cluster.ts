@@ -1,6 +1,12 @@
 // The distributed shape on one machine: a simulated payment gateway over
-// HTTP, N api processes behind HAProxy, M workers and a relay, all on the
-// PostgreSQL (and broker, and Redis) named by the environment. `npm run
+// HTTP and, on the PostgreSQL (and broker, and Redis) named by the
+// environment, either
+//   - split (default): N api processes behind HAProxy, M workers and a relay,
+//     each role in its own processes, as a multi-machine deployment runs; or
+//   - combined: one `serve` with ROLE=all and WEB_CONCURRENCY=N, so N
+//     processes each run every role and share the port through node:cluster,
+//     with no load balancer hop. Fewer processes on few cores: the fastest
+//     shape for one machine (docs/performance.md). `npm run
 // cluster` runs it until Ctrl-C; the cluster test drives the same code and
 // kills processes in it.
 //
@@ -30,6 +36,10 @@ export interface ClusterOptions {
   apis?: number;
   workers?: number;
   relays?: number;
+  /** split (default) or combined; see the top of this file. */
+  shape?: ClusterShape;
+  /** combined: how many processes (WEB_CONCURRENCY); default 2. */
+  copies?: number;
   /** First port; the load balancer takes it, each process the next ones. */
   basePort?: number;
   /** Extra environment for every Orderflow process (e.g. LOG_LEVEL). */
@@ -44,9 +54,11 @@ export interface ClusterOptions {
   onOutput?: (process: string, line: string) => void;
 }
 
+export type ClusterShape = 'split' | 'combined';
+
 export interface ClusterProcess {
   readonly name: string;
-  readonly role: 'api' | 'worker' | 'relay' | 'lb';
+  readonly role: 'api' | 'worker' | 'relay' | 'lb' | 'all';
   readonly port: number;
   readonly child: ChildProcess;
   /** SIGKILL: no graceful shutdown, as when a machine dies. */
@@ -85,6 +97,20 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   await run(process.execPath, [MAIN, 'migrate'], env, 'migrate', output);
 
   const processes: ClusterProcess[] = [];
+  if (options.shape === 'combined') {
+    const processEnv = { ...env, ROLE: 'all', PORT: String(basePort), WEB_CONCURRENCY: String(options.copies ?? 2) };
+    const all = managedProcess('all', 'all', basePort, () => spawn(process.execPath, [...SERVE_FLAGS, MAIN, 'serve'], { env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output);
+    processes.push(all);
+    try {
+      await waitReady(all);
+    } catch (error) {
+      await all.kill();
+      await gateway.close();
+      if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
+      throw error;
+    }
+    return clusterOf(basePort, gateway, processes, brokerPrefix, options.brokerUrl);
+  }
   let port = basePort + 1;
   const plan: { role: 'api' | 'worker' | 'relay'; count: number }[] = [
     { role: 'api', count: options.apis ?? 2 },
@@ -121,6 +147,10 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     throw error;
   }
 
+  return clusterOf(basePort, gateway, processes, brokerPrefix, options.brokerUrl);
+}
+
+function clusterOf(basePort: number, gateway: GatewayServer, processes: ClusterProcess[], brokerPrefix: string | undefined, brokerUrl: string | undefined): Cluster {
   return {
     url: `http://127.0.0.1:${basePort}`,
     gateway,
@@ -133,11 +163,11 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     async stop() {
       // Graceful: the load balancer first, then the api processes, then the
       // workers and relays, so nothing accepted is left without a consumer.
-      for (const role of ['lb', 'api', 'relay', 'worker'] as const) {
+      for (const role of ['lb', 'api', 'relay', 'worker', 'all'] as const) {
         await Promise.all(processes.filter((p) => p.role === role).map((p) => terminate(p.child)));
       }
       await gateway.close();
-      if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
+      if (brokerPrefix) await deleteBrokerTopology(brokerUrl!, brokerPrefix);
     },
   };
 }
@@ -151,6 +181,9 @@ function managedProcess(
 ): ClusterProcess {
   let child = launch();
   const attach = (c: ChildProcess) => {
+    // A program that cannot start (haproxy not installed) is reported here;
+    // waitReady then fails, and startCluster stops the processes it started.
+    c.on('error', (error) => output(name, `could not start: ${error.message}`));
     for (const stream of [c.stdout, c.stderr]) {
       let partial = '';
       stream?.setEncoding('utf8');
