@@ -38,6 +38,8 @@ export class BrokerQueue implements JobQueue {
   readonly #enqueueListeners = new Set<() => void>();
   /** Deliveries being handled in this process, per queue (the broker cannot always count them). */
   readonly #inFlight = new Map<string, number>();
+  /** Jobs whose handler recorded them done in its own transaction (markDone). */
+  readonly #done = new WeakSet<Job>();
 
   constructor(db: Database, broker: Broker, log: Logger, metrics: Metrics, options: BrokerQueueOptions = {}) {
     this.#db = db;
@@ -69,6 +71,17 @@ export class BrokerQueue implements JobQueue {
     // The rows are visible only after the caller commits; an early wake of a
     // relay in this process costs one empty pass and saves a polling interval.
     if (this.#enqueueListeners.size > 0) setImmediate(() => this.#enqueueListeners.forEach((listener) => listener()));
+  }
+
+  async markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void> {
+    if (jobs.length === 0) return;
+    // A plain INSERT: if a concurrent delivery of the same message committed
+    // first, this transaction fails and its effect is undone.
+    await tx.query('INSERT INTO messaging.inbox (queue, message_id) SELECT * FROM unnest($1::text[], $2::text[])', [
+      jobs.map((job) => job.queue),
+      jobs.map((job) => job.id),
+    ]);
+    for (const job of jobs) this.#done.add(job);
   }
 
   /** Called soon after each local enqueue (the in-process relay wakes on it). */
@@ -139,23 +152,17 @@ export class BrokerQueue implements JobQueue {
         this.#metrics.jobsProcessed.inc({ queue, outcome: 'duplicate' });
         return;
       }
-      let done = false;
       const job: Job = {
         id: delivery.id,
         queue,
         payload: delivery.payload,
         attempt: delivery.attempt,
         maxAttempts: delivery.maxAttempts,
-        markDone: async (tx) => {
-          // A plain INSERT: if a concurrent delivery of the same message
-          // committed first, this transaction fails and its effect is undone.
-          await tx.query('INSERT INTO messaging.inbox (queue, message_id) VALUES ($1, $2)', [queue, delivery.id]);
-          done = true;
-        },
+        markDone: (tx) => this.markDoneMany(tx, [job]),
       };
       started = performance.now();
       await consumer.handler(job);
-      if (!done) await this.#db.query('INSERT INTO messaging.inbox (queue, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [queue, delivery.id]);
+      if (!this.#done.has(job)) await this.#db.query('INSERT INTO messaging.inbox (queue, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [queue, delivery.id]);
       await delivery.ack();
       this.#metrics.jobsProcessed.inc({ queue, outcome: 'done' });
     } catch (error) {

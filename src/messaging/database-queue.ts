@@ -46,6 +46,8 @@ export class DatabaseQueue implements JobQueue {
   readonly #defaultMaxAttempts: number;
   readonly #consumers = new Map<string, Consumer>();
   readonly #inFlight = new Set<Promise<void>>();
+  /** Jobs whose handler recorded them done in its own transaction (markDone). */
+  readonly #done = new WeakSet<Job>();
   #running = false;
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
@@ -152,23 +154,25 @@ export class DatabaseQueue implements JobQueue {
     return rows.length;
   }
 
+  async markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void> {
+    if (jobs.length === 0) return;
+    await tx.query('DELETE FROM messaging.jobs WHERE id = ANY($1::text::bigint[])', [`{${jobs.map((job) => job.id).join(',')}}`]);
+    for (const job of jobs) this.#done.add(job);
+  }
+
   async #run(consumer: Consumer, row: ClaimedRow): Promise<void> {
-    let done = false;
     const job: Job = {
       id: row.id,
       queue: row.queue,
       payload: row.payload,
       attempt: row.attempts,
       maxAttempts: row.max_attempts,
-      markDone: async (tx) => {
-        await tx.query('DELETE FROM messaging.jobs WHERE id = $1', [row.id]);
-        done = true;
-      },
+      markDone: (tx) => this.markDoneMany(tx, [job]),
     };
     const started = performance.now();
     try {
       await consumer.handler(job);
-      if (!done) await this.#db.query('DELETE FROM messaging.jobs WHERE id = $1', [row.id]);
+      if (!this.#done.has(job)) await this.markDoneMany(this.#db, [job]);
       this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'done' });
     } catch (error) {
       // We MUST release the job once we have attempted it, success or error,

@@ -41,6 +41,8 @@ export interface JobQueue {
   enqueue(tx: Queryable, queue: string, payload: JsonObject, options?: EnqueueOptions): Promise<void>;
   /** Several jobs in one statement (a batch of accepted orders queues all its charges at once). */
   enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options?: Omit<EnqueueOptions, 'key'>): Promise<void>;
+  /** job.markDone(tx) for several of this queue's jobs in one statement (handlers whose transactions are group-committed). */
+  markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void>;
   /** Registers the handler of a queue; deliveries start with start(). */
   handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options?: WorkerOptions): void;
   start(): void;

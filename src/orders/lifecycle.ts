@@ -8,7 +8,7 @@ import type { JobQueue } from '../messaging/queue.ts';
 import { refundUnlessKept } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
-import { findOrder, getOrder, lockOrderStatus, moveStatus, setStatus, type Order } from './store.ts';
+import { findOrder, getOrder, lockOrderStatuses, moveStatuses, setStatus, type Order } from './store.ts';
 
 /** Whether a transition happened, and the order's status after it. */
 export interface Outcome {
@@ -20,13 +20,15 @@ async function lockOrder(tx: Queryable, orderId: string, customerId?: string): P
   return findOrder(tx, orderId, customerId, { lock: true });
 }
 
-/** Payment succeeded: a pending order becomes confirmed (its held stock is now sold). */
-export async function confirmOrder(tx: Queryable, orderId: string): Promise<Outcome> {
-  // The hot path of every paid order: one conditional UPDATE takes the row
-  // lock and applies the rule; only a miss pays a read to say why.
+/**
+ * Payment succeeded: each pending order becomes confirmed (its held stock is
+ * now sold). For a batch of paid orders, in two statements: lock, then move.
+ */
+export async function confirmOrders(tx: Queryable, orderIds: readonly string[]): Promise<Map<string, Outcome>> {
+  const before = await lockOrderStatuses(tx, orderIds);
   const { from, to } = transitionsOf('confirm');
-  if (await moveStatus(tx, orderId, from, to)) return { changed: true, status: to };
-  return { changed: false, status: (await lockOrderStatus(tx, orderId)) ?? 'missing' };
+  const moved = await moveStatuses(tx, orderIds, from, to);
+  return new Map(orderIds.map((id) => [id, moved.has(id) ? { changed: true, status: to } : { changed: false, status: before.get(id) ?? 'missing' }]));
 }
 
 /** Payment failed for good: a pending order is rejected and its stock released. */

@@ -121,10 +121,15 @@ export async function findOrder(db: Queryable, id: string, customerId?: string, 
   return rows[0] ? toOrder(rows[0]) : undefined;
 }
 
-/** Locks an order's row and returns only its status: the cheap lock for transitions that need nothing else. */
-export async function lockOrderStatus(tx: Queryable, id: string): Promise<OrderStatus | undefined> {
-  const rows = await tx.query<{ status: OrderStatus }>('SELECT status FROM orders.orders WHERE id = $1 FOR UPDATE', [id]);
-  return rows[0]?.status;
+/**
+ * Locks orders' rows and returns only their statuses: the cheap lock for
+ * transitions that need nothing else. Rows are locked in id order, so two
+ * transactions locking overlapping sets of orders cannot deadlock.
+ */
+export async function lockOrderStatuses(tx: Queryable, ids: readonly string[]): Promise<Map<string, OrderStatus>> {
+  if (ids.length === 0) return new Map();
+  const rows = await tx.query<{ id: string; status: OrderStatus }>('SELECT id, status FROM orders.orders WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE', [ids]);
+  return new Map(rows.map((row) => [row.id, row.status]));
 }
 
 export async function getOrder(db: Queryable, id: string, customerId?: string): Promise<Order> {
@@ -151,10 +156,14 @@ export async function setStatus(tx: Queryable, id: string, status: OrderStatus, 
   await tx.query('UPDATE orders.orders SET status = $2, reject_reason = $3, updated_at = now() WHERE id = $1', [id, status, rejectReason]);
 }
 
-/** Moves an order to `to` if its status is one of `from`, in one statement; false when it was not. */
-export async function moveStatus(tx: Queryable, id: string, from: readonly OrderStatus[], to: OrderStatus): Promise<boolean> {
-  const rows = await tx.query('UPDATE orders.orders SET status = $3, updated_at = now() WHERE id = $1 AND status = ANY($2::text[]) RETURNING id', [id, from, to]);
-  return rows.length > 0;
+/** Moves each of the orders whose status is one of `from` to `to`, in one statement; returns the ids moved. Lock them first (lockOrderStatuses). */
+export async function moveStatuses(tx: Queryable, ids: readonly string[], from: readonly OrderStatus[], to: OrderStatus): Promise<Set<string>> {
+  if (ids.length === 0) return new Set();
+  const rows = await tx.query<{ id: string }>(
+    'UPDATE orders.orders SET status = $3, updated_at = now() WHERE id = ANY($1::text[]) AND status = ANY($2::text[]) RETURNING id',
+    [ids, from, to],
+  );
+  return new Set(rows.map((row) => row.id));
 }
 
 /** Pending orders untouched for longer than olderThanMs: candidates for the sweeper. */

@@ -4,19 +4,21 @@
 // result is recorded with the state machine's guards in one transaction that
 // also marks the message done.
 //
-// The two transactions on the success path (mark charging, confirm) touch
-// only the order's and payment's rows, so concurrent jobs share commits
-// through group commit. Paths that release stock (decline, give up) keep
-// their own transactions: stock rows are locked in sorted order by accepts,
-// and mixing several orders' releases in one transaction could deadlock
-// with them.
+// The two transactions on the success path (mark charging, record the
+// charge) touch only the orders' and payments' rows, so concurrent jobs
+// share them through group commit (src/storage/group-commit.ts): each step
+// is a batch function of a few multi-row statements, like accepting orders,
+// so a batch of 50 paid orders costs about what one did. Paths that release
+// stock (decline, give up) keep their own transactions: stock rows are
+// locked in sorted order by accepts, and mixing several orders' releases in
+// one transaction could deadlock with them.
 import type { Logger } from 'pino';
 import type { Job, JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { confirmOrder, rejectOrder } from '../orders/lifecycle.ts';
-import { lockOrderStatus, statusesOf } from '../orders/store.ts';
+import { confirmOrders, rejectOrder } from '../orders/lifecycle.ts';
+import { lockOrderStatuses, statusesOf } from '../orders/store.ts';
 import type { Database, Queryable } from '../storage/database.ts';
-import { transactionGroup } from '../storage/group-commit.ts';
+import { GroupCommit, type UnitOutcome } from '../storage/group-commit.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
 import {
   CHARGE_QUEUE,
@@ -42,14 +44,26 @@ export interface PayWorkerDeps {
 
 type OrderJob = Job<{ orderId: string }>;
 
+interface PaidJob {
+  job: OrderJob;
+  chargeId: string;
+}
+
 interface WorkerContext extends PayWorkerDeps {
-  /** Commits small transactions of concurrent jobs together. */
-  grouped<T>(work: (tx: Queryable) => Promise<T>): Promise<T>;
+  /** Before calling the gateway: the payments to charge (undefined: nothing to charge, and the job is done). */
+  startCharges: GroupCommit<OrderJob, Payment | undefined>;
+  /** After a successful charge: whether the order was confirmed by this job. */
+  recordCharges: GroupCommit<PaidJob, boolean>;
 }
 
 export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxBatch = 64): void {
-  const group = transactionGroup(deps.db, { maxBatch, onBatch: (size) => deps.metrics.workerBatchSize.observe(size) });
-  const context: WorkerContext = { ...deps, grouped: group.transaction };
+  const onBatch = (size: number) => deps.metrics.workerBatchSize.observe(size);
+  const context: WorkerContext = {
+    ...deps,
+    // Two deliveries for one order never share a batch: the second sees what the first committed.
+    startCharges: new GroupCommit(deps.db, (tx, jobs) => startChargeBatch(tx, deps.queue, jobs), { maxBatch, onBatch, keyOf: (job) => job.payload.orderId }),
+    recordCharges: new GroupCommit(deps.db, (tx, paid) => recordChargeBatch(tx, deps.queue, paid), { maxBatch, onBatch, keyOf: (p) => p.job.payload.orderId }),
+  };
   deps.queue.handle<{ orderId: string }>(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency });
   deps.queue.handle<{ orderId: string }>(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)) });
 }
@@ -64,21 +78,50 @@ function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult
   });
 }
 
+/**
+ * Before calling out, record that a charge may now exist ("charging"), so a
+ * cancel arriving while the call is in flight knows to refund. A job with
+ * nothing to charge (cancelled before its turn, or settled by an earlier
+ * delivery) settles any money the order owes back and is done.
+ */
+async function startChargeBatch(tx: Queryable, queue: JobQueue, jobs: readonly OrderJob[]): Promise<UnitOutcome<Payment | undefined>[]> {
+  const orderIds = jobs.map((job) => job.payload.orderId);
+  const statuses = await lockOrderStatuses(tx, orderIds);
+  const payments = await startCharging(
+    tx,
+    orderIds.filter((id) => statuses.get(id) === 'pending'),
+  );
+  const settled = jobs.filter((job) => !payments.has(job.payload.orderId));
+  for (const job of settled) await refundUnlessKept(tx, queue, job.payload.orderId, statuses.get(job.payload.orderId) ?? 'missing');
+  await queue.markDoneMany(tx, settled);
+  return orderIds.map((id) => ({ ok: true, value: payments.get(id) }));
+}
+
+/**
+ * Confirms the paid orders and records their charges. An order cancelled (or
+ * given up on) while its charge was in flight gets its money back; one
+ * already confirmed was confirmed by a duplicate delivery with this very
+ * charge (one idempotency key), and keeps it.
+ */
+async function recordChargeBatch(tx: Queryable, queue: JobQueue, paid: readonly PaidJob[]): Promise<UnitOutcome<boolean>[]> {
+  const orderIds = paid.map((p) => p.job.payload.orderId);
+  const outcomes = await confirmOrders(tx, orderIds);
+  await markSucceeded(
+    tx,
+    paid.map((p) => ({ orderId: p.job.payload.orderId, chargeId: p.chargeId })),
+  );
+  for (const id of orderIds) await refundUnlessKept(tx, queue, id, outcomes.get(id)!.status);
+  await queue.markDoneMany(
+    tx,
+    paid.map((p) => p.job),
+  );
+  return orderIds.map((id) => ({ ok: true, value: outcomes.get(id)!.changed }));
+}
+
 async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { db, queue, gateway, metrics, log } = deps;
   const { orderId } = job.payload;
-
-  // Before calling out, record that a charge may now exist ("charging"), so a
-  // cancel arriving while the call is in flight knows to refund.
-  const payment = await deps.grouped(async (tx) => {
-    const status = await lockOrderStatus(tx, orderId);
-    const charging = status === 'pending' ? await startCharging(tx, orderId) : undefined;
-    if (!charging) {
-      await refundUnlessKept(tx, queue, orderId, status ?? 'missing');
-      await job.markDone(tx);
-    }
-    return charging;
-  });
+  const payment = await deps.startCharges.submit(job);
   if (!payment) return;
 
   let result: ChargeResult;
@@ -114,17 +157,7 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     if (rejected) metrics.orderTransitions.inc({ status: 'rejected', reason: 'payment_declined' });
     return;
   }
-  const chargeId = result.chargeId;
-  const confirmed = await deps.grouped(async (tx) => {
-    const confirmed = await confirmOrder(tx, orderId);
-    await markSucceeded(tx, orderId, chargeId);
-    // Cancelled (or given up on) while the charge was in flight: give the
-    // money back. Already confirmed means a duplicate delivery got there
-    // first with this very charge (one idempotency key): it is kept.
-    await refundUnlessKept(tx, queue, orderId, confirmed.status);
-    await job.markDone(tx);
-    return confirmed.changed;
-  });
+  const confirmed = await deps.recordCharges.submit({ job, chargeId: result.chargeId });
   if (confirmed) metrics.orderTransitions.inc({ status: 'confirmed', reason: '' });
 }
 

@@ -109,24 +109,28 @@ export async function overdueRefunds(db: Queryable, olderThanMs: number, limit: 
 }
 
 /**
- * Records that a charge may now exist and returns the payment to charge, in
- * one statement that also locks the row; undefined when the payment is
- * missing or already settled (succeeded, declined, refunded).
+ * Records that a charge may now exist and returns the payments to charge, in
+ * one statement that also locks the rows; a payment missing from the answer
+ * is missing or already settled (succeeded, declined, refunded).
  */
-export async function startCharging(tx: Queryable, orderId: string): Promise<Payment | undefined> {
+export async function startCharging(tx: Queryable, orderIds: readonly string[]): Promise<Map<string, Payment>> {
+  if (orderIds.length === 0) return new Map();
   const rows = await tx.query<PaymentRow>(
-    `UPDATE payments.payments SET status = 'charging', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging')
+    `UPDATE payments.payments SET status = 'charging', updated_at = now() WHERE order_id = ANY($1::text[]) AND status IN ('pending', 'charging')
      RETURNING ${PAYMENT_COLUMNS}`,
-    [orderId],
+    [orderIds],
   );
-  return rows[0] ? toPayment(rows[0]) : undefined;
+  return new Map(rows.map((row) => [row.order_id, toPayment(row)]));
 }
 
-/** Records a successful charge unless a refund already settled the payment. */
-export async function markSucceeded(tx: Queryable, orderId: string, chargeId: string): Promise<void> {
+/** Records successful charges, except where a refund already settled the payment. */
+export async function markSucceeded(tx: Queryable, charges: readonly { orderId: string; chargeId: string }[]): Promise<void> {
+  if (charges.length === 0) return;
   await tx.query(
-    `UPDATE payments.payments SET status = 'succeeded', charge_id = $2, updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging')`,
-    [orderId, chargeId],
+    `UPDATE payments.payments p SET status = 'succeeded', charge_id = c.charge_id, updated_at = now()
+       FROM unnest($1::text[], $2::text[]) AS c(order_id, charge_id)
+      WHERE p.order_id = c.order_id AND p.status IN ('pending', 'charging')`,
+    [charges.map((c) => c.orderId), charges.map((c) => c.chargeId)],
   );
 }
 

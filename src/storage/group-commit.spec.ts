@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Database } from './database.ts';
-import { transactionGroup } from './group-commit.ts';
+import { GroupCommit, type UnitOutcome } from './group-commit.ts';
 import { openPGlite } from './pglite.ts';
 
 describe('group commit', () => {
@@ -14,25 +14,31 @@ describe('group commit', () => {
   });
   after(() => db.close());
 
+  /** Inserts each unit's note in one statement; the unit 11 is broken and throws. */
+  function notes(onBatch: (size: number) => void) {
+    return new GroupCommit<number, number>(
+      db,
+      async (tx, ids): Promise<UnitOutcome<number>[]> => {
+        const rows = await tx.query<{ id: number }>('INSERT INTO notes SELECT unnest($1::int[]) RETURNING id', [ids]);
+        if (ids.includes(11)) throw new Error('this unit is broken');
+        return rows.map((row) => ({ ok: true, value: row.id }));
+      },
+      { onBatch },
+    );
+  }
+
   it('commits units submitted together in one transaction', async () => {
     const batches: number[] = [];
-    const group = transactionGroup(db, { onBatch: (size) => batches.push(size) });
-    const ids = await Promise.all([1, 2, 3].map((id) => group.transaction(async (tx) => (await tx.query('INSERT INTO notes VALUES ($1) RETURNING id', [id]))[0]!.id)));
+    const group = notes((size) => batches.push(size));
+    const ids = await Promise.all([1, 2, 3].map((id) => group.submit(id)));
     assert.deepEqual(ids, [1, 2, 3]);
     assert.deepEqual(batches, [3]);
   });
 
   it('retries every unit alone when one breaks the batch: the others commit, the broken one fails alone and writes nothing', async () => {
     const batches: number[] = [];
-    const group = transactionGroup(db, { onBatch: (size) => batches.push(size) });
-    const results = await Promise.allSettled([
-      group.transaction((tx) => tx.query('INSERT INTO notes VALUES (10)')),
-      group.transaction(async (tx) => {
-        await tx.query('INSERT INTO notes VALUES (11)');
-        throw new Error('this unit is broken');
-      }),
-      group.transaction((tx) => tx.query('INSERT INTO notes VALUES (12)')),
-    ]);
+    const group = notes((size) => batches.push(size));
+    const results = await Promise.allSettled([10, 11, 12].map((id) => group.submit(id)));
     assert.deepEqual(
       results.map((r) => r.status),
       ['fulfilled', 'rejected', 'fulfilled'],

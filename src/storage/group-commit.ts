@@ -116,22 +116,3 @@ export class GroupCommit<I, R> {
     }
   }
 }
-
-/**
- * Group commit for independent transactions: each unit is a function of the
- * transaction, run one after another inside the batch's transaction.
- */
-export function transactionGroup(db: Database, options: GroupCommitOptions<unknown> = {}) {
-  const group = new GroupCommit<(tx: Queryable) => Promise<unknown>, unknown>(
-    db,
-    async (tx, units) => {
-      const outcomes: UnitOutcome<unknown>[] = [];
-      for (const unit of units) outcomes.push({ ok: true, value: await unit(tx) });
-      return outcomes;
-    },
-    options,
-  );
-  return {
-    transaction: <T>(work: (tx: Queryable) => Promise<T>): Promise<T> => group.submit(work) as Promise<T>,
-  };
-}
