@@ -45,6 +45,13 @@ export function openPostgres(url: string, poolSize: number): Database {
     connect_timeout: 5,
     idle_timeout: 30,
     onnotice: () => {},
+    // Plan every execution for the tables as they are now. A prepared
+    // statement's cached generic plan is made on its sixth run: on a fresh
+    // or small table that is a sequential scan, kept for the connection's
+    // life (until an autoanalyze invalidates it) while the table grows to
+    // millions of rows. Planning these short statements costs far less than
+    // one such scan (docs/performance.md).
+    connection: { plan_cache_mode: 'force_custom_plan' },
     // int8 (money in minor units, counts) as a JavaScript number, as PGlite
     // returns it: exact up to 2^53, far beyond any order total.
     types: { int8: { to: 20, from: [20], serialize: (v: number) => String(v), parse: (v: string) => Number(v) } },
