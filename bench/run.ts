@@ -1,5 +1,5 @@
 // npm run bench -- <throughput|flashsale|ceiling> [--mode embedded|distributed]
-//   [--connections N] [--duration S] [--stock N] [--buyers N]
+//   [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]
 // See bench/README.md for what each scenario does and what its figures mean.
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
@@ -11,6 +11,7 @@ import { Progress, say } from './progress.ts';
 import { printTable, writeResult, type BenchResult, type MemorySample } from './report.ts';
 import { round, type SecondSample } from './stats.ts';
 import { postgresBaseUrl, resolveBrokerUrl, startTarget, type Mode, type Target } from './targets.ts';
+import type { ClusterShape } from '../scripts/cluster.ts';
 
 const SCENARIOS = ['throughput', 'flashsale', 'ceiling'] as const;
 type Scenario = (typeof SCENARIOS)[number];
@@ -23,6 +24,8 @@ const ORDER_SCOPES = 'orders:write orders:read';
 interface Options {
   scenario: Scenario;
   mode: Mode;
+  /** Distributed mode: every role in each of two processes, or one role per process behind HAProxy. */
+  shape: ClusterShape;
   connections: number;
   durationS: number;
   stock: number;
@@ -34,6 +37,7 @@ function parseOptions(): Options {
     allowPositionals: true,
     options: {
       mode: { type: 'string', default: 'embedded' },
+      shape: { type: 'string', default: 'combined' },
       connections: { type: 'string', default: '64' },
       duration: { type: 'string' },
       stock: { type: 'string', default: '100' },
@@ -43,6 +47,7 @@ function parseOptions(): Options {
   const scenario = positionals[0] as Scenario | undefined;
   if (!scenario || !SCENARIOS.includes(scenario)) usage(`name a scenario: ${SCENARIOS.join(', ')}`);
   if (values.mode !== 'embedded' && values.mode !== 'distributed') usage('--mode is embedded or distributed');
+  if (values.shape !== 'combined' && values.shape !== 'split') usage('--shape is combined or split');
   const int = (name: string, raw: string | undefined, min: number) => {
     const n = Number(raw);
     if (!Number.isInteger(n) || n < min) usage(`--${name} must be an integer ≥ ${min}, got ${raw}`);
@@ -51,6 +56,7 @@ function parseOptions(): Options {
   return {
     scenario,
     mode: values.mode,
+    shape: values.shape,
     connections: int('connections', values.connections, 1),
     // A flash sale ends when the stock is gone; its duration is only a deadline.
     durationS: int('duration', values.duration ?? (scenario === 'flashsale' ? '120' : '20'), 1),
@@ -61,7 +67,7 @@ function parseOptions(): Options {
 
 function usage(problem: string): never {
   process.stderr.write(
-    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling> [--mode embedded|distributed] [--connections N] [--duration S] [--stock N] [--buyers N]\n`,
+    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]\n`,
   );
   process.exit(2);
 }
@@ -189,7 +195,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
   const ceilingS = Math.max(5, Math.min(10, Math.round(options.durationS / 2)));
   const ceiling = await ceilingStep(options, ceilingS, brokerUrl);
   say(`starting the ${options.mode} system…`);
-  const target = await startTarget(options.mode);
+  const target = await startTarget(options.mode, options.shape);
   try {
     const skus = Array.from({ length: THROUGHPUT_SKUS }, (_, i) => `SKU-${String(i + 1).padStart(4, '0')}`);
     await seedProducts(target, skus.map((sku) => ({ sku, stock: 1_000_000 })));
@@ -248,7 +254,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
 
 async function flashsale(options: Options, machine: Machine): Promise<BenchResult> {
   say(`starting the ${options.mode} system…`);
-  const target = await startTarget(options.mode);
+  const target = await startTarget(options.mode, options.shape);
   try {
     machine.postgres ??= `PGlite (PostgreSQL ${await versionOf(target.db)})`;
     const sku = 'FLASH-1';

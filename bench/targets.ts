@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import postgres from 'postgres';
 import { pino } from 'pino';
-import { startCluster } from '../scripts/cluster.ts';
+import { startCluster, type ClusterShape } from '../scripts/cluster.ts';
 import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
@@ -100,8 +100,8 @@ export async function freshDatabase(baseUrl: string): Promise<{ url: string; nam
   };
 }
 
-export async function startTarget(mode: Mode): Promise<Target> {
-  return mode === 'embedded' ? startEmbedded() : startDistributed();
+export async function startTarget(mode: Mode, shape: ClusterShape = 'combined'): Promise<Target> {
+  return mode === 'embedded' ? startEmbedded() : startDistributed(shape);
 }
 
 /**
@@ -149,7 +149,7 @@ async function startEmbedded(): Promise<Target> {
   };
 }
 
-async function startDistributed(): Promise<Target> {
+async function startDistributed(shape: ClusterShape): Promise<Target> {
   const fresh = await freshDatabase(postgresBaseUrl());
   const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-bench-'));
   const brokerUrl = await resolveBrokerUrl();
@@ -161,6 +161,7 @@ async function startDistributed(): Promise<Target> {
     cluster = await startCluster({
       databaseUrl: fresh.url,
       brokerUrl,
+      shape,
       basePort: await freePortRange(8),
       gatewayLatencyMs: GATEWAY_LATENCY_MS,
       isolatedBroker: true,
@@ -180,9 +181,10 @@ async function startDistributed(): Promise<Target> {
     url: started.url,
     brokerUrl,
     shape:
-      `HAProxy → ${counts.api ?? 0} api, ${counts.worker ?? 0} worker` +
-      (counts.relay ? `, ${counts.relay} relay` : '') +
-      ` processes; PostgreSQL database ${fresh.name}; ${brokerUrl ? `broker ${new URL(brokerUrl).protocol.replace(':', '')}` : 'database queue'}; HTTP simulated gateway (${GATEWAY_LATENCY_MS} ms)`,
+      (shape === 'combined'
+        ? `2 processes (node:cluster, WEB_CONCURRENCY=2), each api + worker${counts.all && brokerUrl ? ' + relay' : ''}, no load balancer`
+        : `HAProxy → ${counts.api ?? 0} api, ${counts.worker ?? 0} worker` + (counts.relay ? `, ${counts.relay} relay` : '') + ' processes') +
+      `; PostgreSQL database ${fresh.name}; ${brokerUrl ? `broker ${new URL(brokerUrl).protocol.replace(':', '')}` : 'database queue'}; HTTP simulated gateway (${GATEWAY_LATENCY_MS} ms)`,
     db,
     issue: (sub, scope) => issuer.issue({ sub, scope }),
     ledger: async () => {
@@ -197,6 +199,12 @@ async function startDistributed(): Promise<Target> {
         if (pid === undefined) continue;
         const rss = await vmRss(pid);
         if (rss !== undefined) result.push({ name: p.name, rssBytes: rss });
+        // The serving copies node:cluster forked (combined shape).
+        let copy = 1;
+        for (const child of await childPids(pid)) {
+          const childRss = await vmRss(child);
+          if (childRss !== undefined) result.push({ name: `${p.name}${copy++}`, rssBytes: childRss });
+        }
       }
       return result;
     },
@@ -211,6 +219,15 @@ async function startDistributed(): Promise<Target> {
       }
     },
   };
+}
+
+async function childPids(pid: number): Promise<number[]> {
+  try {
+    const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8');
+    return text.split(' ').filter((t) => t.trim() !== '').map(Number);
+  } catch {
+    return [];
+  }
 }
 
 async function vmRss(pid: number): Promise<number | undefined> {
