@@ -70,10 +70,30 @@ export function openPostgres(url: string, poolSize: number): Database {
     kind: 'postgres',
     query: (text, params) => root.query(text, params),
     transaction: async (fn) => {
+      let connection: postgres.ReservedSql;
       try {
-        return (await sql.begin((tx) => fn(scoped(tx)))) as Awaited<ReturnType<typeof fn>>;
+        connection = await sql.reserve();
       } catch (error) {
         throw translate(error);
+      }
+      const tx = scoped(connection);
+      try {
+        // BEGIN is not awaited on its own: it goes out with the first
+        // statement (pipelined), which saves a round trip per transaction.
+        // If it fails, so does every statement after it.
+        const begun = tx.query('BEGIN');
+        begun.catch(() => undefined); // awaited below; this only keeps an early failure from counting as unhandled
+        const result = await fn(tx);
+        await begun;
+        await tx.query('COMMIT');
+        return result;
+      } catch (error) {
+        // The original error is what the caller must see; a failed ROLLBACK
+        // means the connection is gone, and the server rolls back by itself.
+        await connection.unsafe('ROLLBACK').catch(() => undefined);
+        throw error;
+      } finally {
+        connection.release();
       }
     },
     exec: async (script) => {
