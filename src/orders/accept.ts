@@ -97,14 +97,17 @@ export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: read
     rejectReason: held[i] ? null : 'out_of_stock',
     ...c.priced,
   }));
-  const stored = await insertOrders(tx, newOrders);
-  await requestPayments(
-    tx,
-    queue,
-    fresh
-      .filter((_, i) => held[i])
-      .map((c) => ({ orderId: c.orderId, amountCents: c.priced.totalCents, currency: c.priced.currency, token: requests[c.index]!.order.payment.token })),
-  );
+  // The orders, their lines, payments and queued charges: pipelined, one round trip (see Queryable).
+  const [stored] = await Promise.all([
+    insertOrders(tx, newOrders),
+    requestPayments(
+      tx,
+      queue,
+      fresh
+        .filter((_, i) => held[i])
+        .map((c) => ({ orderId: c.orderId, amountCents: c.priced.totalCents, currency: c.priced.currency, token: requests[c.index]!.order.payment.token })),
+    ),
+  ]);
   fresh.forEach((c, i) => (outcomes[c.index] = { ok: true, value: { order: stored[i]!, replayed: false } }));
 
   const replayed = await findOrders(

@@ -62,7 +62,10 @@ export interface NewOrder {
 /** Stores new orders and their lines: two statements for any number of orders. */
 export async function insertOrders(tx: Queryable, orders: readonly NewOrder[]): Promise<Order[]> {
   if (orders.length === 0) return [];
-  const stamps = await tx.query<{ id: string; created_at: Date; updated_at: Date }>(
+  const lines = orders.flatMap((o) => o.lines.map((line, index) => ({ orderId: o.id, lineNo: index + 1, ...line })));
+  // Both statements go in one round trip (pipelined; see Queryable); the lines follow their orders.
+  const [stamps] = await Promise.all([
+    tx.query<{ id: string; created_at: Date; updated_at: Date }>(
     `INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, reject_reason)
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
      RETURNING id, created_at, updated_at`,
@@ -74,13 +77,13 @@ export async function insertOrders(tx: Queryable, orders: readonly NewOrder[]): 
       orders.map((o) => o.currency),
       orders.map((o) => o.rejectReason),
     ],
-  );
-  const lines = orders.flatMap((o) => o.lines.map((line, index) => ({ orderId: o.id, lineNo: index + 1, ...line })));
-  await tx.query(
-    `INSERT INTO orders.order_lines (order_id, line_no, sku, quantity, price_cents)
-     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[])`,
-    [lines.map((l) => l.orderId), lines.map((l) => l.lineNo), lines.map((l) => l.sku), lines.map((l) => l.quantity), lines.map((l) => l.priceCents)],
-  );
+    ),
+    tx.query(
+      `INSERT INTO orders.order_lines (order_id, line_no, sku, quantity, price_cents)
+       SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[])`,
+      [lines.map((l) => l.orderId), lines.map((l) => l.lineNo), lines.map((l) => l.sku), lines.map((l) => l.quantity), lines.map((l) => l.priceCents)],
+    ),
+  ]);
   const stampOf = new Map(stamps.map((row) => [row.id, row]));
   return orders.map((o) => {
     const stamp = stampOf.get(o.id)!;

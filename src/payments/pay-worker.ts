@@ -105,16 +105,19 @@ async function startChargeBatch(tx: Queryable, queue: JobQueue, jobs: readonly O
  */
 async function recordChargeBatch(tx: Queryable, queue: JobQueue, paid: readonly PaidJob[]): Promise<UnitOutcome<boolean>[]> {
   const orderIds = paid.map((p) => p.job.payload.orderId);
-  const outcomes = await confirmOrders(tx, orderIds);
-  await markSucceeded(
-    tx,
-    paid.map((p) => ({ orderId: p.job.payload.orderId, chargeId: p.chargeId })),
-  );
+  // Pipelined: the orders are locked before their payments are touched, in one round trip (see Queryable).
+  const [outcomes] = await Promise.all([
+    confirmOrders(tx, orderIds),
+    markSucceeded(
+      tx,
+      paid.map((p) => ({ orderId: p.job.payload.orderId, chargeId: p.chargeId })),
+    ),
+    queue.markDoneMany(
+      tx,
+      paid.map((p) => p.job),
+    ),
+  ]);
   for (const id of orderIds) await refundUnlessKept(tx, queue, id, outcomes.get(id)!.status);
-  await queue.markDoneMany(
-    tx,
-    paid.map((p) => p.job),
-  );
   return orderIds.map((id) => ({ ok: true, value: outcomes.get(id)!.changed }));
 }
 

@@ -36,17 +36,20 @@ export interface PaymentRequest {
 /** Records the payments of newly accepted orders and queues their charges, in the caller's transaction. */
 export async function requestPayments(tx: Queryable, queue: JobQueue, payments: readonly PaymentRequest[]): Promise<void> {
   if (payments.length === 0) return;
-  await tx.query(
-    `INSERT INTO payments.payments (order_id, amount_cents, currency, card_token, status)
-     SELECT order_id, amount_cents, currency, card_token, 'pending'
-       FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS p(order_id, amount_cents, currency, card_token)`,
-    [payments.map((p) => p.orderId), payments.map((p) => p.amountCents), payments.map((p) => p.currency), payments.map((p) => p.token)],
-  );
-  await queue.enqueueMany(
-    tx,
-    CHARGE_QUEUE,
-    payments.map((p) => ({ payload: { orderId: p.orderId }, key: `charge:${p.orderId}` })),
-  );
+  // Pipelined: one round trip (see Queryable).
+  await Promise.all([
+    tx.query(
+      `INSERT INTO payments.payments (order_id, amount_cents, currency, card_token, status)
+       SELECT order_id, amount_cents, currency, card_token, 'pending'
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS p(order_id, amount_cents, currency, card_token)`,
+      [payments.map((p) => p.orderId), payments.map((p) => p.amountCents), payments.map((p) => p.currency), payments.map((p) => p.token)],
+    ),
+    queue.enqueueMany(
+      tx,
+      CHARGE_QUEUE,
+      payments.map((p) => ({ payload: { orderId: p.orderId }, key: `charge:${p.orderId}` })),
+    ),
+  ]);
 }
 
 /** Queues the charge again (the sweeper's re-drive); a no-op while the charge job is still queued. */

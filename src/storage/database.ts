@@ -4,7 +4,13 @@
 
 export type Row = Record<string, unknown>;
 
-/** Something that runs statements: the database itself or an open transaction. */
+/**
+ * Something that runs statements: the database itself or an open transaction.
+ * In a transaction, statements issued before the previous one has answered
+ * run in the order issued, and on PostgreSQL they are pipelined: several
+ * independent statements awaited together cost one round trip, not one each.
+ * If one fails, the transaction fails with it.
+ */
 export interface Queryable {
   query<T extends Row = Row>(text: string, params?: readonly unknown[]): Promise<T[]>;
 }
