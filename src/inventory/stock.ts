@@ -30,21 +30,24 @@ export async function stockLevels(db: Queryable, skus: readonly string[]): Promi
 /**
  * Holds stock for a batch of orders: each order gets every line or none, in
  * the order given (first come, first served). Whatever the batch size, this
- * is two statements: the SKUs' rows are locked in sorted order (so
- * concurrent batches, in this process or another, cannot deadlock) and their
- * availability read; the allocation is decided here under those locks; then
- * one UPDATE holds the summed quantity per SKU. A hot SKU thus costs one row
+ * is two statements: lockStock locks the SKUs' rows in sorted order (so
+ * concurrent batches, in this process or another, cannot deadlock) and reads
+ * their availability; allocate decides under those locks; holdStock applies
+ * the summed quantity per SKU in one UPDATE. A hot SKU thus costs one row
  * lock per batch, not per order, and an order only loses to the orders ahead
  * of it for the SKU that runs out.
  */
-export async function reserveEach(tx: Queryable, orders: readonly (readonly StockLine[])[]): Promise<boolean[]> {
-  const skus = [...new Set(orders.flatMap((lines) => lines.map((line) => line.sku)))];
-  if (skus.length === 0) return orders.map(() => true);
+export async function lockStock(tx: Queryable, skus: readonly string[]): Promise<Map<string, number>> {
+  if (skus.length === 0) return new Map();
   const rows = await tx.query<{ sku: string; available: number }>(
     'SELECT sku, on_hand - held AS available FROM inventory.stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE',
     [skus],
   );
-  const available = new Map(rows.map((r) => [r.sku, Number(r.available)]));
+  return new Map(rows.map((r) => [r.sku, Number(r.available)]));
+}
+
+/** Which orders fit in what lockStock found, in order, and the quantity to hold per SKU for them. */
+export function allocate(available: ReadonlyMap<string, number>, orders: readonly (readonly StockLine[])[]): { reserved: boolean[]; holds: StockLine[] } {
   const held = new Map<string, number>();
   const reserved = orders.map((lines) => {
     const wanted = mergeLines(lines);
@@ -52,20 +55,22 @@ export async function reserveEach(tx: Queryable, orders: readonly (readonly Stoc
     if (fits) for (const line of wanted) held.set(line.sku, (held.get(line.sku) ?? 0) + line.quantity);
     return fits;
   });
-  if (held.size > 0) {
-    const totals = [...held];
-    // The guard can only fail if the rows were not locked as they should be;
-    // then the whole batch rolls back rather than oversell.
-    const updated = await tx.query(
-      `UPDATE inventory.stock s SET held = s.held + v.quantity
-         FROM unnest($1::text[], $2::int[]) AS v(sku, quantity)
-        WHERE s.sku = v.sku AND s.on_hand - s.held >= v.quantity
-        RETURNING s.sku`,
-      [totals.map(([sku]) => sku), totals.map(([, quantity]) => quantity)],
-    );
-    if (updated.length !== totals.length) throw new Error(`stock changed under a row lock: held ${updated.length} of ${totals.length} SKUs`);
-  }
-  return reserved;
+  return { reserved, holds: [...held].map(([sku, quantity]) => ({ sku, quantity })) };
+}
+
+/** Holds what allocate decided, under lockStock's locks. */
+export async function holdStock(tx: Queryable, holds: readonly StockLine[]): Promise<void> {
+  if (holds.length === 0) return;
+  // The guard can only fail if the rows were not locked as they should be;
+  // then the whole batch rolls back rather than oversell.
+  const updated = await tx.query(
+    `UPDATE inventory.stock s SET held = s.held + v.quantity
+       FROM unnest($1::text[], $2::int[]) AS v(sku, quantity)
+      WHERE s.sku = v.sku AND s.on_hand - s.held >= v.quantity
+      RETURNING s.sku`,
+    [holds.map((h) => h.sku), holds.map((h) => h.quantity)],
+  );
+  if (updated.length !== holds.length) throw new Error(`stock changed under a row lock: held ${updated.length} of ${holds.length} SKUs`);
 }
 
 export async function release(tx: Queryable, lines: readonly StockLine[]): Promise<void> {

@@ -1,6 +1,7 @@
 // Where an order is accepted. One transaction does everything the promise
 // "never oversell, never lose an accepted order, never charge twice" needs:
-//   1. price the lines from the catalog (bad input fails here, writing nothing);
+//   1. price the lines from the catalog (bad input fails here, writing nothing)
+//      and lock the stock rows of the SKUs asked for;
 //   2. claim the (customer, Idempotency-Key) pair, remembering a body hash;
 //   3. hold the stock (all lines or none, first come first served);
 //   4. store the order: pending, or rejected/out_of_stock at once;
@@ -16,7 +17,7 @@
 import { createHash } from 'node:crypto';
 import { pricesOf } from '../catalog/products.ts';
 import { AppError } from '../errors.ts';
-import { reserveEach } from '../inventory/stock.ts';
+import { allocate, holdStock, lockStock } from '../inventory/stock.ts';
 import type { JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { requestPayments } from '../payments/payments.ts';
@@ -52,8 +53,11 @@ export interface AcceptResult {
 export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: readonly AcceptRequest[]): Promise<UnitOutcome<AcceptResult>[]> {
   const outcomes: (UnitOutcome<AcceptResult> | undefined)[] = requests.map(() => undefined);
 
-  // 1. Price every order from one read of the catalog.
-  const prices = await pricesOf(tx, [...new Set(requests.flatMap((r) => r.order.items.map((i) => i.sku)))]);
+  // 1. Price every order from one read of the catalog, and lock the stock
+  // rows in the same round trip (pipelined; see Queryable): the locks are
+  // needed in step 3 whatever step 2 finds.
+  const skus = [...new Set(requests.flatMap((r) => r.order.items.map((i) => i.sku)))];
+  const [prices, available] = await Promise.all([pricesOf(tx, skus), lockStock(tx, skus)]);
   const candidates: { index: number; priced: PricedOrder; hash: string; orderId: string }[] = [];
   requests.forEach((request, index) => {
     try {
@@ -86,8 +90,8 @@ export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: read
   });
 
   // 3.–5. Hold stock, store the orders, queue the payments of the held ones.
-  const held = await reserveEach(
-    tx,
+  const { reserved: held, holds } = allocate(
+    available,
     fresh.map((c) => c.priced.lines),
   );
   const newOrders: NewOrder[] = fresh.map((c, i) => ({
@@ -97,9 +101,10 @@ export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: read
     rejectReason: held[i] ? null : 'out_of_stock',
     ...c.priced,
   }));
-  // The orders, their lines, payments and queued charges: pipelined, one round trip (see Queryable).
+  // The holds, orders, lines, payments and queued charges: pipelined, one round trip (see Queryable).
   const [stored] = await Promise.all([
     insertOrders(tx, newOrders),
+    holdStock(tx, holds),
     requestPayments(
       tx,
       queue,
