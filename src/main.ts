@@ -2,13 +2,10 @@
 // The command line: `orderflow serve | migrate | token`.
 import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
-import { createApp, openDatabase } from './app.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { openDevIssuer } from './identity/dev-issuer.ts';
-import { SCOPES } from './identity/verifier.ts';
-import { startGatewayServer } from './payments/gateway-server.ts';
-import { SimulatedGateway } from './payments/simulated-gateway.ts';
-import { migrate } from './storage/migrate.ts';
+// Each command loads only what it runs (await import below): the process
+// that supervises WEB_CONCURRENCY copies never loads the application and
+// stays small.
 
 const USAGE = `usage: orderflow <command>
 
@@ -65,6 +62,7 @@ function superviseCopies(config: Config): void {
 
 async function serve(config: Config): Promise<void> {
   if (config.webConcurrency > 1 && cluster.isPrimary) return superviseCopies(config);
+  const { createApp } = await import('./app.ts');
   const app = await createApp({ config });
   const url = await app.start();
   const local = url.replace('://0.0.0.0', '://localhost').replace('://[::]', '://localhost');
@@ -100,6 +98,8 @@ async function serve(config: Config): Promise<void> {
 }
 
 async function runMigrate(config: Config): Promise<void> {
+  const { openDatabase } = await import('./app.ts');
+  const { migrate } = await import('./storage/migrate.ts');
   const db = await openDatabase(config);
   try {
     const applied = await migrate(db);
@@ -113,11 +113,13 @@ async function token(config: Config, args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' } } });
   if (!values.sub) throw new UsageError('token needs --sub <customer id>');
   const scope = values.scope ?? 'orders:write orders:read';
+  const { SCOPES } = await import('./identity/verifier.ts');
   const unknown = scope.split(' ').filter((s) => s && !(SCOPES as readonly string[]).includes(s));
   if (unknown.length > 0) throw new UsageError(`unknown scope ${unknown.join(', ')}; known: ${SCOPES.join(', ')}`);
   const ttlSeconds = values.ttl === undefined ? 3600 : Number(values.ttl);
   if (!Number.isInteger(ttlSeconds) || ttlSeconds <= 0) throw new UsageError('--ttl must be a positive number of seconds');
   if (config.auth) throw new UsageError('tokens come from your identity provider when AUTH_JWKS_URL is set');
+  const { openDevIssuer } = await import('./identity/dev-issuer.ts');
   const issuer = await openDevIssuer(config.dataDir);
   process.stdout.write(`${await issuer.issue({ sub: values.sub, scope, ttlSeconds })}\n`);
 }
@@ -126,6 +128,8 @@ async function gateway(config: Config, args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { port: { type: 'string' }, host: { type: 'string' } } });
   const port = values.port === undefined ? 9090 : Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError('--port must be a port number');
+  const { startGatewayServer } = await import('./payments/gateway-server.ts');
+  const { SimulatedGateway } = await import('./payments/simulated-gateway.ts');
   const server = await startGatewayServer({ port, host: values.host, gateway: new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }) });
   process.stdout.write(`simulated payment gateway listening on ${server.url} (ledger: GET ${server.url}/v1/ledger)\n`);
   const stop = () => void server.close().then(() => process.exit(0));
