@@ -26,8 +26,10 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = path.join(ROOT, 'src', 'main.ts');
 const HAPROXY_CONFIG = path.join(ROOT, 'deploy', 'haproxy', 'haproxy.cfg');
 // The same V8 flags as `npm start` (see package.json and docs/performance.md):
-// small young-generation semi-spaces keep each process near 200 MB under load.
-const SERVE_FLAGS = ['--max-semi-space-size=4'];
+// small young-generation semi-spaces, and an old generation capped at 160 MB
+// so that V8 collects it before RSS passes 200 MB instead of growing the
+// heap it has no need for on a machine with plenty of RAM.
+const SERVE_FLAGS = ['--max-semi-space-size=4', '--max-old-space-size=160'];
 
 export interface ClusterOptions {
   databaseUrl: string;
