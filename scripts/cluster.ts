@@ -274,8 +274,17 @@ function inheritedEnv(): Record<string, string> {
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const { values } = parseArgs({
-    options: { apis: { type: 'string', default: '2' }, workers: { type: 'string', default: '2' }, port: { type: 'string', default: '8080' } },
+    options: {
+      shape: { type: 'string', default: 'split' },
+      apis: { type: 'string', default: '2' },
+      workers: { type: 'string', default: '2' },
+      port: { type: 'string', default: '8080' },
+    },
   });
+  if (values.shape !== 'split' && values.shape !== 'combined') {
+    process.stderr.write('cluster: --shape is split or combined\n');
+    process.exit(2);
+  }
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) {
     process.stderr.write('cluster: set DATABASE_URL (and optionally BROKER_URL, REDIS_URL); see the README\n');
@@ -285,13 +294,14 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     databaseUrl,
     brokerUrl: process.env.BROKER_URL,
     redisUrl: process.env.REDIS_URL,
+    shape: values.shape,
     apis: Number(values.apis),
     workers: Number(values.workers),
     basePort: Number(values.port),
     env: { LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' },
   });
   process.stdout.write(
-    `\nOrderflow cluster ready behind HAProxy on ${cluster.url}\n` +
+    `\nOrderflow cluster ready on ${cluster.url}${values.shape === 'split' ? ' (HAProxy)' : ' (node:cluster)'}\n` +
       cluster.processes.map((p) => `  ${p.name.padEnd(8)} http://127.0.0.1:${p.port}`).join('\n') +
       `\n  gateway  ${cluster.gateway.url} (ledger: ${cluster.gateway.url}/v1/ledger)\nCtrl-C stops every process.\n`,
   );
