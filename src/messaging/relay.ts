@@ -99,7 +99,11 @@ export class Relay {
     // per poll; under load (the last pass published) more rows are likely,
     // and the check would only cost a round trip.
     if (this.#lastPassPublished === 0) {
-      const ready = await this.#db.query('SELECT 1 FROM messaging.outbox WHERE available_at <= now() LIMIT 1');
+      // Through the primary key, like the pass itself: the table churns (a
+      // row per message, deleted once sent), and a sequential scan would
+      // read every dead row autovacuum has not yet removed, while an index
+      // scan learns to skip them.
+      const ready = await this.#db.query('SELECT 1 FROM messaging.outbox WHERE available_at <= now() ORDER BY id LIMIT 1');
       if (ready.length === 0) return 0;
     }
     if (this.#db.kind === 'pglite') {

@@ -8,7 +8,7 @@ import type { JobQueue } from '../messaging/queue.ts';
 import { refundUnlessKept } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
-import { findOrder, getOrder, lockOrderStatuses, moveStatuses, setStatus, type Order } from './store.ts';
+import { findOrder, getOrder, lockOrderStatuses, setStatuses, type Order } from './store.ts';
 
 /** Whether a transition happened, and the order's status after it. */
 export interface Outcome {
@@ -22,12 +22,15 @@ async function lockOrder(tx: Queryable, orderId: string, customerId?: string): P
 
 /**
  * Payment succeeded: each pending order becomes confirmed (its held stock is
- * now sold). For a batch of paid orders, two statements in one round trip
- * (pipelined; see Queryable): lock in id order, then move.
+ * now sold). For a batch of paid orders: lock them in id order, let the
+ * state machine decide, move the ones it allows.
  */
 export async function confirmOrders(tx: Queryable, orderIds: readonly string[]): Promise<Map<string, Outcome>> {
+  const before = await lockOrderStatuses(tx, orderIds);
   const { from, to } = transitionsOf('confirm');
-  const [before, moved] = await Promise.all([lockOrderStatuses(tx, orderIds), moveStatuses(tx, orderIds, from, to)]);
+  const moving = orderIds.filter((id) => from.includes(before.get(id)!));
+  await setStatuses(tx, moving, to);
+  const moved = new Set(moving);
   return new Map(orderIds.map((id) => [id, moved.has(id) ? { changed: true, status: to } : { changed: false, status: before.get(id) ?? 'missing' }]));
 }
 
@@ -37,7 +40,7 @@ export async function rejectOrder(tx: Queryable, orderId: string, reason: Reject
   if (!order) return { changed: false, status: 'missing' };
   const next = transition(order.status, 'reject');
   if (!next.ok) return { changed: false, status: order.status };
-  await setStatus(tx, orderId, next.to, reason);
+  await setStatuses(tx, [orderId], next.to, reason);
   await release(tx, order.items);
   return { changed: true, status: next.to };
 }
@@ -53,7 +56,7 @@ export async function cancelOrder(deps: { db: Database; queue: JobQueue }, order
     if (!order) throw new AppError('not_found', `no order with id "${orderId}"`);
     const next = transition(order.status, 'cancel');
     if (!next.ok) throw new AppError('order_not_cancellable', `the order is ${order.status}: only pending or confirmed orders can be cancelled`);
-    await setStatus(tx, orderId, next.to, null);
+    await setStatuses(tx, [orderId], next.to);
     await release(tx, order.items);
     await refundUnlessKept(tx, deps.queue, orderId, next.to);
   });

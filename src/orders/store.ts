@@ -155,18 +155,13 @@ export async function listOrders(
   return { items: page.map(toOrder), lastSeq: page.at(-1)?.seq, more: rows.length > filter.limit };
 }
 
-export async function setStatus(tx: Queryable, id: string, status: OrderStatus, rejectReason: RejectReason | null = null): Promise<void> {
-  await tx.query('UPDATE orders.orders SET status = $2, reject_reason = $3, updated_at = now() WHERE id = $1', [id, status, rejectReason]);
-}
-
-/** Moves each of the orders whose status is one of `from` to `to`, in one statement; returns the ids moved. Lock them first (lockOrderStatuses). */
-export async function moveStatuses(tx: Queryable, ids: readonly string[], from: readonly OrderStatus[], to: OrderStatus): Promise<Set<string>> {
-  if (ids.length === 0) return new Set();
-  const rows = await tx.query<{ id: string }>(
-    'UPDATE orders.orders SET status = $3, updated_at = now() WHERE id = ANY($1::text[]) AND status = ANY($2::text[]) RETURNING id',
-    [ids, from, to],
-  );
-  return new Set(rows.map((row) => row.id));
+/** Sets the status of orders the caller has locked and checked against the state machine. */
+export async function setStatuses(tx: Queryable, ids: readonly string[], status: OrderStatus, rejectReason: RejectReason | null = null): Promise<void> {
+  if (ids.length === 0) return;
+  // By primary key only: a condition on status here would let the planner
+  // pick the status indexes, whose entries for every order that was ever
+  // pending stay until vacuum (a 14-row update took 24 ms that way).
+  await tx.query('UPDATE orders.orders SET status = $2, reject_reason = $3, updated_at = now() WHERE id = ANY($1::text[])', [ids, status, rejectReason]);
 }
 
 /** Pending orders untouched for longer than olderThanMs: candidates for the sweeper. */

@@ -105,7 +105,7 @@ async function startChargeBatch(tx: Queryable, queue: JobQueue, jobs: readonly O
  */
 async function recordChargeBatch(tx: Queryable, queue: JobQueue, paid: readonly PaidJob[]): Promise<UnitOutcome<boolean>[]> {
   const orderIds = paid.map((p) => p.job.payload.orderId);
-  // Pipelined: the orders are locked before their payments are touched, in one round trip (see Queryable).
+  // Pipelined, one round trip (see Queryable): confirmOrders has locked the orders before their payments are touched.
   const [outcomes] = await Promise.all([
     confirmOrders(tx, orderIds),
     markSucceeded(
