@@ -151,6 +151,13 @@ function peakRss(memory: MemorySample[]): number | null {
   return Math.max(...memory.map((m) => round(m.processes.reduce((sum, p) => sum + p.rssMiB, 0), 1)));
 }
 
+/** The largest RSS any one server process reached, and which (the 200 MB-per-process target). */
+function peakProcessRss(memory: MemorySample[]): string | null {
+  let peak: { name: string; rssMiB: number } | undefined;
+  for (const sample of memory) for (const p of sample.processes) if (!peak || p.rssMiB > peak.rssMiB) peak = p;
+  return peak ? `${peak.rssMiB} (${peak.name})` : null;
+}
+
 async function ceilingStep(options: Options, durationS: number, brokerUrl: string | undefined): Promise<CeilingResult> {
   const progress = new Progress('ceiling', durationS);
   say(
@@ -235,6 +242,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
         { label: 'orders accepted / rejected / failed', value: `${load.accepted} / ${load.rejected} / ${load.failed} (retries ${load.retries})` },
         { label: 'ceiling latency p50 / p99 ms', value: `${ceiling.latency.p50Ms} / ${ceiling.latency.p99Ms} (${ceiling.engine})` },
         { label: 'peak server RSS MiB', value: peakRss(memory) },
+        { label: 'peak RSS of one process MiB', value: peakProcessRss(memory) },
       ],
       latency: load.latency,
       ceiling,
@@ -297,6 +305,7 @@ async function flashsale(options: Options, machine: Machine): Promise<BenchResul
         { label: 'answers/s (reserved + out of stock)', value: round((load.accepted + load.rejected) / (load.elapsedMs / 1000), 1) },
         { label: 'drain time after load ms', value: drainMs === undefined ? `not drained in ${DRAIN_TIMEOUT_MS / 1000} s` : Math.round(drainMs) },
         { label: 'peak server RSS MiB', value: peakRss(memory) },
+        { label: 'peak RSS of one process MiB', value: peakProcessRss(memory) },
       ],
       latency: load.latency,
       ceiling: undefined,
@@ -360,7 +369,7 @@ function base(options: Options, machine: Machine, shape: string) {
 function modeNotes(mode: Mode): string[] {
   return mode === 'embedded'
     ? ['RSS is the bench process, which hosts the app; the load generator is a separate process and is not counted.']
-    : ['RSS sums the api, worker, relay and HAProxy processes; the simulated gateway runs in the bench process and is not counted.'];
+    : ['server RSS sums the server processes (api, worker, relay and HAProxy, or the node:cluster copies and their supervisor); the simulated gateway runs in the bench process and is not counted.'];
 }
 
 function dumpLogs(target: Target): void {
