@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import postgres from 'postgres';
 import { pino } from 'pino';
-import { startCluster, type ClusterShape } from '../scripts/cluster.ts';
+import { childPids, startCluster, type ClusterShape } from '../scripts/cluster.ts';
 import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
@@ -219,15 +219,6 @@ async function startDistributed(shape: ClusterShape): Promise<Target> {
       }
     },
   };
-}
-
-async function childPids(pid: number): Promise<number[]> {
-  try {
-    const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8');
-    return text.split(' ').filter((t) => t.trim() !== '').map(Number);
-  } catch {
-    return [];
-  }
 }
 
 async function vmRss(pid: number): Promise<number | undefined> {

@@ -13,6 +13,7 @@
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //   BROKER_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379 npm run cluster
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -172,6 +173,16 @@ function clusterOf(basePort: number, gateway: GatewayServer, processes: ClusterP
       if (brokerPrefix) await deleteBrokerTopology(brokerUrl!, brokerPrefix);
     },
   };
+}
+
+/** The processes a process started (Linux): the serving copies of a combined shape's supervisor. */
+export async function childPids(pid: number): Promise<number[]> {
+  try {
+    const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8');
+    return text.split(' ').filter((t) => t.trim() !== '').map(Number);
+  } catch {
+    return [];
+  }
 }
 
 function managedProcess(
