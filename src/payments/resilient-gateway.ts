@@ -39,7 +39,10 @@ export class ResilientGateway implements PaymentGateway {
   constructor(inner: PaymentGateway, metrics: Metrics, options: ResilienceOptions = {}) {
     this.#inner = inner;
     this.#metrics = metrics;
-    const attemptTimeout = timeout(options.attemptTimeoutMs ?? 3_000, TimeoutStrategy.Aggressive);
+    // abortOnReturn off: an attempt returns only once it has read the whole
+    // answer, so there is nothing left to cancel, and aborting the finished
+    // attempt's signal built an AbortError (with its stack) on every call.
+    const attemptTimeout = timeout(options.attemptTimeoutMs ?? 3_000, { strategy: TimeoutStrategy.Aggressive, abortOnReturn: false });
     const breaker = circuitBreaker(handleWhen(isTransient), {
       halfOpenAfter: options.halfOpenAfterMs ?? 5_000,
       breaker: new ConsecutiveBreaker(options.breakAfter ?? 5),
