@@ -1,11 +1,13 @@
 // Group commit must not change any answer: a batch that mixes good orders,
 // bad input, replays, reused keys and a SKU that runs out gives each order
-// exactly the answer it would get alone, first come first served.
+// exactly the answer it would get alone, first come first served; a batch of
+// paid orders that mixes a cancelled one confirms the others and refunds it.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { AppError } from '../src/errors.ts';
 import { acceptBatch, OrderAcceptor, type AcceptRequest } from '../src/orders/accept.ts';
-import { ALL_SCOPES, client, createProduct, modes, snapshot, startTestApp } from './support/harness.ts';
+import { GatedGateway } from './support/gateways.ts';
+import { ALL_SCOPES, client, createProduct, eventually, modes, placeOrder, quiesce, snapshot, startTestApp } from './support/harness.ts';
 
 const order = (customerId: string, idempotencyKey: string, items: { sku: string; quantity: number }[], token = 'tok_visa'): AcceptRequest => ({
   customerId,
@@ -77,7 +79,7 @@ for (const mode of modes()) {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
         await createProduct(admin, { sku: 'S', stock: 1_000 });
         const acceptor = new OrderAcceptor({ db: t.app.db, queue: t.app.queue, metrics: t.app.metrics }, { maxInFlight: 1, maxBatch: 64 });
-        const before = await batchCount(t.app.metrics);
+        const before = await batchCount(t.app.metrics, 'orderflow_accept_batch_size');
         // Submitted in one turn of the event loop: one batch of 40 (+1 for the repeated key).
         const results = await Promise.all([
           ...Array.from({ length: 40 }, (_, i) => acceptor.accept(`c${i % 4}`, `k${i}`, { items: [{ sku: 'S', quantity: 1 }], payment: { token: 'tok_visa' } })),
@@ -86,7 +88,7 @@ for (const mode of modes()) {
         assert.equal(new Set(results.map((r) => r.order.id)).size, 40, 'the repeated key returns the same order');
         assert.equal(results[40]!.replayed, true);
         assert.equal(results[40]!.order.id, results[0].order.id);
-        const after = await batchCount(t.app.metrics);
+        const after = await batchCount(t.app.metrics, 'orderflow_accept_batch_size');
         assert.equal(after.count - before.count, 2, 'two transactions: the batch, then the repeated key');
         assert.equal(after.sum - before.sum, 41);
         const product = await admin.request('GET', '/v1/products/S');
@@ -95,14 +97,50 @@ for (const mode of modes()) {
         await t.close();
       }
     });
+
+    it('a batch of paid orders confirms each one, and refunds only the one cancelled while its charge was in flight', async () => {
+      const gateway = new GatedGateway();
+      const t = await startTestApp(mode, { gateway, startWorkers: false });
+      try {
+        const admin = client(t.app, await t.token('admin', ALL_SCOPES));
+        const shopper = client(t.app, await t.token('dora', 'orders:write orders:read'));
+        await createProduct(admin, { sku: 'B', stock: 10, priceCents: 700 });
+        const ids: string[] = [];
+        for (let i = 0; i < 4; i++) ids.push((await placeOrder(shopper, [{ sku: 'B', quantity: 1 }])).body.id as string);
+        const [paid1, paid2, cancelledInFlight, cancelledEarly] = ids as [string, string, string, string];
+        // Cancelled before the workers run: its start-charging step settles it without a charge.
+        assert.equal((await shopper.request('POST', `/v1/orders/${cancelledEarly}/cancel`)).status, 200);
+        const before = await batchCount(t.app.metrics, 'orderflow_worker_batch_size');
+
+        t.app.startWorkers();
+        await eventually('the three pending charges to reach the gateway', async () => (gateway.arrived >= 3 ? true : undefined));
+        assert.equal((await shopper.request('POST', `/v1/orders/${cancelledInFlight}/cancel`)).status, 200);
+        gateway.release(); // all three answers come back together: their results are recorded as one batch
+        await quiesce(t.app);
+
+        const after = await batchCount(t.app.metrics, 'orderflow_worker_batch_size');
+        assert.ok(after.sum - before.sum > after.count - before.count, 'at least one worker batch held several jobs');
+        const statusOf = async (id: string) => (await admin.request('GET', `/v1/orders/${id}`)).body.status as string;
+        assert.deepEqual(await Promise.all(ids.map(statusOf)), ['confirmed', 'confirmed', 'cancelled', 'cancelled']);
+        assert.deepEqual(gateway.netCharged(paid1), { charges: 1, netCents: 700 });
+        assert.deepEqual(gateway.netCharged(paid2), { charges: 1, netCents: 700 });
+        assert.deepEqual(gateway.netCharged(cancelledInFlight), { charges: 1, netCents: 0 });
+        assert.deepEqual(gateway.netCharged(cancelledEarly), { charges: 0, netCents: 0 });
+        assert.equal(gateway.refunds.size, 1, 'only the order cancelled in flight is refunded');
+        assert.equal((await admin.request('GET', '/v1/products/B')).body.available, 8);
+      } finally {
+        await t.close();
+      }
+    });
   });
 }
 
-async function batchCount(metrics: { registry: { getSingleMetric(name: string): unknown } }) {
-  const metric = metrics.registry.getSingleMetric('orderflow_accept_batch_size') as { get(): Promise<{ values: { metricName?: string; value: number }[] }> };
+/** How many batches a group-commit histogram has seen, and how many units they held. */
+async function batchCount(metrics: { registry: { getSingleMetric(name: string): unknown } }, name: string) {
+  const metric = metrics.registry.getSingleMetric(name) as { get(): Promise<{ values: { metricName?: string; value: number }[] }> };
   const { values } = await metric.get();
   return {
-    count: values.find((v) => v.metricName === 'orderflow_accept_batch_size_count')?.value ?? 0,
-    sum: values.find((v) => v.metricName === 'orderflow_accept_batch_size_sum')?.value ?? 0,
+    count: values.find((v) => v.metricName === `${name}_count`)?.value ?? 0,
+    sum: values.find((v) => v.metricName === `${name}_sum`)?.value ?? 0,
   };
 }
