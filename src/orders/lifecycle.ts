@@ -28,7 +28,10 @@ async function lockOrder(tx: Queryable, orderId: string, customerId?: string): P
 export async function confirmOrders(tx: Queryable, orderIds: readonly string[]): Promise<Map<string, Outcome>> {
   const before = await lockOrderStatuses(tx, orderIds);
   const { from, to } = transitionsOf('confirm');
-  const moving = orderIds.filter((id) => from.includes(before.get(id)!));
+  const moving = orderIds.filter((id) => {
+    const status = before.get(id);
+    return status !== undefined && from.includes(status);
+  });
   await setStatuses(tx, moving, to);
   const moved = new Set(moving);
   return new Map(orderIds.map((id) => [id, moved.has(id) ? { changed: true, status: to } : { changed: false, status: before.get(id) ?? 'missing' }]));

@@ -29,7 +29,7 @@ export function transition(from: OrderStatus, event: OrderEvent): Transition {
 
 /**
  * The statuses an event may start from and the one it leads to, for callers
- * that apply it with one conditional UPDATE instead of read-then-write.
+ * that apply it to a batch of orders at once (confirmOrders).
  */
 export function transitionsOf(event: OrderEvent): { from: OrderStatus[]; to: OrderStatus } {
   const from = ORDER_STATUSES.filter((status) => TRANSITIONS[status][event] !== undefined);
