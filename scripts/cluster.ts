@@ -5,8 +5,8 @@
 //     each role in its own processes, as a multi-machine deployment runs; or
 //   - combined: one `serve` with ROLE=all and WEB_CONCURRENCY=N, so N
 //     processes each run every role and share the port through node:cluster,
-//     with no load balancer hop. Fewer processes on few cores: the fastest
-//     shape for one machine (docs/performance.md). `npm run
+//     with no load balancer hop: fewer processes for a machine with few
+//     cores (both shapes measure alike on 2; docs/performance.md). `npm run
 // cluster` runs it until Ctrl-C; the cluster test drives the same code and
 // kills processes in it.
 //
@@ -96,53 +96,41 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     ...options.env,
   };
 
-  // Migrate once up front so the roles do not race for the advisory lock at start.
-  await run(process.execPath, [MAIN, 'migrate'], env, 'migrate', output);
-
   const processes: ClusterProcess[] = [];
-  if (options.shape === 'combined') {
-    const processEnv = { ...env, ROLE: 'all', PORT: String(basePort), WEB_CONCURRENCY: String(options.copies ?? 2) };
-    const all = managedProcess('all', 'all', basePort, () => spawn(process.execPath, [...SERVE_FLAGS, MAIN, 'serve'], { env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output);
-    processes.push(all);
-    try {
-      await waitReady(all);
-    } catch (error) {
-      await all.kill();
-      await gateway.close();
-      if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
-      throw error;
-    }
-    return clusterOf(basePort, gateway, processes, brokerPrefix, options.brokerUrl);
-  }
-  let port = basePort + 1;
-  const plan: { role: 'api' | 'worker' | 'relay'; count: number }[] = [
-    { role: 'api', count: options.apis ?? 2 },
-    { role: 'worker', count: options.workers ?? 2 },
-    { role: 'relay', count: options.brokerUrl ? (options.relays ?? 1) : 0 },
-  ];
+  const serving = (name: string, role: ClusterProcess['role'], port: number, roleEnv: Record<string, string>) =>
+    managedProcess(name, role, port, () => spawn(process.execPath, [...SERVE_FLAGS, MAIN, 'serve'], { env: { ...env, ...roleEnv, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] }), output);
   try {
-    for (const { role, count } of plan) {
-      for (let i = 1; i <= count; i++) {
-        const name = `${role}${i}`;
-        const processEnv = { ...env, ROLE: role, PORT: String(port) };
-        processes.push(managedProcess(name, role, port, () => spawn(process.execPath, [...SERVE_FLAGS, MAIN, 'serve'], { env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output));
-        port++;
-      }
-    }
-    await Promise.all(processes.map((p) => waitReady(p)));
+    // Migrate once up front so the roles do not race for the advisory lock at start.
+    await run(process.execPath, [MAIN, 'migrate'], env, 'migrate', output);
 
-    const apiPorts = processes.filter((p) => p.role === 'api').map((p) => p.port);
-    if (apiPorts.length !== 2) throw new Error('deploy/haproxy/haproxy.cfg balances exactly two api processes (ORDERFLOW_API_1/2)');
-    const lbEnv = {
-      ...inheritedEnv(),
-      ORDERFLOW_LB_BIND: `127.0.0.1:${basePort}`,
-      ORDERFLOW_API_1: `127.0.0.1:${apiPorts[0]}`,
-      ORDERFLOW_API_2: `127.0.0.1:${apiPorts[1]}`,
-      ORDERFLOW_LB_STATS: `127.0.0.1:${port}`,
-    };
-    const lb = managedProcess('haproxy', 'lb', basePort, () => spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG], { env: lbEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output);
-    processes.push(lb);
-    await waitReady(lb);
+    if (options.shape === 'combined') {
+      processes.push(serving('all', 'all', basePort, { ROLE: 'all', WEB_CONCURRENCY: String(options.copies ?? 2) }));
+      await waitReady(processes[0]!);
+    } else {
+      let port = basePort + 1;
+      const plan: { role: 'api' | 'worker' | 'relay'; count: number }[] = [
+        { role: 'api', count: options.apis ?? 2 },
+        { role: 'worker', count: options.workers ?? 2 },
+        { role: 'relay', count: options.brokerUrl ? (options.relays ?? 1) : 0 },
+      ];
+      for (const { role, count } of plan) {
+        for (let i = 1; i <= count; i++) processes.push(serving(`${role}${i}`, role, port++, { ROLE: role }));
+      }
+      await Promise.all(processes.map((p) => waitReady(p)));
+
+      const apiPorts = processes.filter((p) => p.role === 'api').map((p) => p.port);
+      if (apiPorts.length !== 2) throw new Error('deploy/haproxy/haproxy.cfg balances exactly two api processes (ORDERFLOW_API_1/2)');
+      const lbEnv = {
+        ...inheritedEnv(),
+        ORDERFLOW_LB_BIND: `127.0.0.1:${basePort}`,
+        ORDERFLOW_API_1: `127.0.0.1:${apiPorts[0]}`,
+        ORDERFLOW_API_2: `127.0.0.1:${apiPorts[1]}`,
+        ORDERFLOW_LB_STATS: `127.0.0.1:${port}`,
+      };
+      const lb = managedProcess('haproxy', 'lb', basePort, () => spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG], { env: lbEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output);
+      processes.push(lb);
+      await waitReady(lb);
+    }
   } catch (error) {
     await Promise.all(processes.map((p) => p.kill()));
     await gateway.close();
@@ -150,10 +138,6 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     throw error;
   }
 
-  return clusterOf(basePort, gateway, processes, brokerPrefix, options.brokerUrl);
-}
-
-function clusterOf(basePort: number, gateway: GatewayServer, processes: ClusterProcess[], brokerPrefix: string | undefined, brokerUrl: string | undefined): Cluster {
   return {
     url: `http://127.0.0.1:${basePort}`,
     gateway,
@@ -170,7 +154,7 @@ function clusterOf(basePort: number, gateway: GatewayServer, processes: ClusterP
         await Promise.all(processes.filter((p) => p.role === role).map((p) => terminate(p.child)));
       }
       await gateway.close();
-      if (brokerPrefix) await deleteBrokerTopology(brokerUrl!, brokerPrefix);
+      if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
     },
   };
 }
