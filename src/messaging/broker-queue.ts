@@ -73,14 +73,18 @@ export class BrokerQueue implements JobQueue {
     if (this.#enqueueListeners.size > 0) setImmediate(() => this.#enqueueListeners.forEach((listener) => listener()));
   }
 
-  async markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void> {
-    if (jobs.length === 0) return;
+  markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void> {
     // A plain INSERT: if a concurrent delivery of the same message committed
     // first, this transaction fails and its effect is undone.
-    await tx.query('INSERT INTO messaging.inbox (queue, message_id) SELECT * FROM unnest($1::text[], $2::text[])', [
-      jobs.map((job) => job.queue),
-      jobs.map((job) => job.id),
-    ]);
+    return this.#recordApplied(tx, jobs, 'fail');
+  }
+
+  async #recordApplied(tx: Queryable, jobs: readonly Job[], onDuplicate: 'fail' | 'ignore'): Promise<void> {
+    if (jobs.length === 0) return;
+    await tx.query(
+      `INSERT INTO messaging.inbox (queue, message_id) SELECT * FROM unnest($1::text[], $2::text[])${onDuplicate === 'ignore' ? ' ON CONFLICT DO NOTHING' : ''}`,
+      [jobs.map((job) => job.queue), jobs.map((job) => job.id)],
+    );
     for (const job of jobs) this.#done.add(job);
   }
 
@@ -162,7 +166,9 @@ export class BrokerQueue implements JobQueue {
       };
       started = performance.now();
       await consumer.handler(job);
-      if (!this.#done.has(job)) await this.#db.query('INSERT INTO messaging.inbox (queue, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [queue, delivery.id]);
+      // A handler that did not record the job itself (nothing to apply) is
+      // recorded now, so a redelivery skips it.
+      if (!this.#done.has(job)) await this.#recordApplied(this.#db, [job], 'ignore');
       await delivery.ack();
       this.#metrics.jobsProcessed.inc({ queue, outcome: 'done' });
     } catch (error) {
