@@ -13,7 +13,8 @@
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //   BROKER_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379 npm run cluster
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -25,7 +26,8 @@ import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = path.join(ROOT, 'src', 'main.ts');
-const HAPROXY_CONFIG = path.join(ROOT, 'deploy', 'haproxy', 'haproxy.cfg');
+/** HAProxy's policy; the api servers come from a second file (haproxyServers). */
+export const HAPROXY_CONFIG = path.join(ROOT, 'deploy', 'haproxy', 'haproxy.cfg');
 // The same V8 flags as `npm start` (see package.json and docs/performance.md):
 // small young-generation semi-spaces, and an old generation capped at 160 MB
 // so that V8 collects it before RSS passes 200 MB instead of growing the
@@ -97,6 +99,8 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   };
 
   const processes: ClusterProcess[] = [];
+  /** The HAProxy servers file of the split shape. */
+  let lbDir: string | undefined;
   const serving = (name: string, role: ClusterProcess['role'], port: number, roleEnv: Record<string, string>) =>
     managedProcess(name, role, port, () => spawn(process.execPath, [...SERVE_FLAGS, MAIN, 'serve'], { env: { ...env, ...roleEnv, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] }), output);
   try {
@@ -118,22 +122,18 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       }
       await Promise.all(processes.map((p) => waitReady(p)));
 
-      const apiPorts = processes.filter((p) => p.role === 'api').map((p) => p.port);
-      if (apiPorts.length !== 2) throw new Error('deploy/haproxy/haproxy.cfg balances exactly two api processes (ORDERFLOW_API_1/2)');
-      const lbEnv = {
-        ...inheritedEnv(),
-        ORDERFLOW_LB_BIND: `127.0.0.1:${basePort}`,
-        ORDERFLOW_API_1: `127.0.0.1:${apiPorts[0]}`,
-        ORDERFLOW_API_2: `127.0.0.1:${apiPorts[1]}`,
-        ORDERFLOW_LB_STATS: `127.0.0.1:${port}`,
-      };
-      const lb = managedProcess('haproxy', 'lb', basePort, () => spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG], { env: lbEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output);
+      lbDir = await mkdtemp(path.join(tmpdir(), 'orderflow-haproxy-'));
+      const servers = path.join(lbDir, 'servers.cfg');
+      await writeFile(servers, haproxyServers(processes.filter((p) => p.role === 'api').map((p) => `127.0.0.1:${p.port}`)));
+      const lbEnv = { ...inheritedEnv(), ORDERFLOW_LB_BIND: `127.0.0.1:${basePort}`, ORDERFLOW_LB_STATS: `127.0.0.1:${port}` };
+      const lb = managedProcess('haproxy', 'lb', basePort, () => spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG, '-f', servers], { env: lbEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output);
       processes.push(lb);
       await waitReady(lb);
     }
   } catch (error) {
     await Promise.all(processes.map((p) => p.kill()));
     await gateway.close();
+    if (lbDir) await rm(lbDir, { recursive: true, force: true });
     if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
     throw error;
   }
@@ -154,9 +154,22 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         await Promise.all(processes.filter((p) => p.role === role).map((p) => terminate(p.child)));
       }
       await gateway.close();
+      if (lbDir) await rm(lbDir, { recursive: true, force: true });
       if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
     },
   };
+}
+
+/**
+ * The second HAProxy configuration file for a fixed set of api processes
+ * (host:port each): `backend api` with the policy of deploy/haproxy/haproxy.cfg
+ * (`defaults api-policy`) and one server per process. Load it after that file:
+ * `haproxy -f deploy/haproxy/haproxy.cfg -f servers.cfg`. Where DNS finds the
+ * processes, deploy/haproxy/servers-dns.cfg takes its place.
+ */
+export function haproxyServers(addresses: readonly string[]): string {
+  if (addresses.length === 0) throw new Error('HAProxy needs at least one api process');
+  return ['backend api from api-policy', ...addresses.map((address, i) => `  server api${i + 1} ${address} check`), ''].join('\n');
 }
 
 /** The processes a process started (Linux): the serving copies of a combined shape's supervisor. */

@@ -1,6 +1,6 @@
 // The distributed shape under fire, on PostgreSQL and NATS with an HTTP
 // payment gateway outside Orderflow, in both of its cuts: HAProxy in front of
-// two api processes, two workers and a relay (split), and two node:cluster
+// three api processes, two workers and a relay (split), and two node:cluster
 // copies that each run every role (combined). Thousands of orders from
 // concurrent clients while processes are SIGKILLed; then every promise of the
 // contract is checked at quiescence.
@@ -43,7 +43,7 @@ if (skipReason === 'HAProxy is not installed' && process.env.REQUIRE_SERVICES ==
   throw new Error('the cluster test needs HAProxy (REQUIRE_SERVICES=1): install the haproxy package');
 }
 
-describe('cluster: 2 api + 2 workers + relay behind HAProxy', { skip: skipReason }, () => {
+describe('cluster: 3 api + 2 workers + relay behind HAProxy', { skip: skipReason }, () => {
   it('keeps every promise while an api process and a worker are SIGKILLed', { timeout: 300_000 }, () =>
     keepsEveryPromise('split', async (cluster) => {
       await cluster.process('api1').kill();
@@ -90,6 +90,8 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
       // Its own stream and consumers: nothing another run left on the broker reaches this cluster.
       isolatedBroker: true,
       shape,
+      // Three: HAProxy's server list is generated, not fixed at two.
+      apis: 3,
       env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn', PENDING_DEADLINE_MS: '5000' },
       gatewayLatencyMs: 5,
       onOutput: (name, line) => {

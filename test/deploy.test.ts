@@ -1,43 +1,79 @@
 // The load balancer configurations are checked by the tools that run them,
-// so a typo fails CI instead of a deployment.
+// so a typo fails CI instead of a deployment: HAProxy with each way of
+// listing the api servers (DNS discovery, a generated list) and with TLS on,
+// nginx plain and terminating TLS. test/tls.test.ts runs them.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
+import { HAPROXY_CONFIG, haproxyServers } from '../scripts/cluster.ts';
+import { makeTestCertificates, type TestCertificates } from './support/tls.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 
-function installed(binary: string): boolean {
+function installed(binary: string, versionFlag = '-v'): boolean {
   try {
-    execFileSync(binary, ['-v'], { stdio: 'ignore' });
+    execFileSync(binary, [versionFlag], { stdio: 'ignore' });
     return true;
   } catch {
     return false;
   }
 }
 
-function skipUnless(binary: string): string | undefined {
-  if (installed(binary)) return undefined;
-  if (process.env.REQUIRE_SERVICES === '1') throw new Error(`${binary} must be installed when REQUIRE_SERVICES=1`);
-  return `${binary} is not installed`;
+function skipUnless(...binaries: [string, string?][]): string | undefined {
+  const missing = binaries.filter(([binary, flag]) => !installed(binary, flag)).map(([binary]) => binary);
+  if (missing.length === 0) return undefined;
+  if (process.env.REQUIRE_SERVICES === '1') throw new Error(`${missing.join(' and ')} must be installed when REQUIRE_SERVICES=1`);
+  return `${missing.join(' and ')} not installed`;
 }
 
 describe('load balancer configuration', () => {
-  it('HAProxy accepts deploy/haproxy/haproxy.cfg', { skip: skipUnless('haproxy') }, () => {
-    const result = spawnSync('haproxy', ['-c', '-f', path.join(root, 'deploy/haproxy/haproxy.cfg')], { encoding: 'utf8' });
+  let dir: string;
+  let certificates: TestCertificates | undefined;
+  let servers: string;
+  before(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'orderflow-deploy-'));
+    servers = path.join(dir, 'servers.cfg');
+    await writeFile(servers, haproxyServers(['127.0.0.1:8081', '127.0.0.1:8082', '127.0.0.1:8083']));
+    if (installed('openssl', 'version')) certificates = await makeTestCertificates(dir);
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  const haproxyCheck = (files: string[], env: Record<string, string> = {}) => {
+    const result = spawnSync('haproxy', ['-c', ...files.flatMap((f) => ['-f', f])], { encoding: 'utf8', env: { ...process.env, ...env } });
     assert.equal(result.status, 0, result.stdout + result.stderr);
+  };
+
+  it('HAProxy accepts haproxy.cfg with servers found through DNS', { skip: skipUnless(['haproxy']) }, () => {
+    haproxyCheck([HAPROXY_CONFIG, path.join(root, 'deploy/haproxy/servers-dns.cfg')], { ORDERFLOW_API_DNS: 'localhost:8081' });
   });
 
-  it('nginx accepts deploy/nginx/nginx.conf', { skip: skipUnless('nginx') }, async () => {
-    const prefix = await mkdtemp(path.join(tmpdir(), 'orderflow-nginx-'));
-    try {
-      await mkdir(path.join(prefix, 'tmp'));
-      const result = spawnSync('nginx', ['-t', '-p', prefix, '-c', path.join(root, 'deploy/nginx/nginx.conf')], { encoding: 'utf8' });
-      assert.equal(result.status, 0, result.stdout + result.stderr);
-    } finally {
-      await rm(prefix, { recursive: true, force: true });
-    }
+  it('HAProxy accepts haproxy.cfg with a generated list of any number of servers', { skip: skipUnless(['haproxy']) }, () => {
+    haproxyCheck([HAPROXY_CONFIG, servers]);
   });
+
+  it('HAProxy accepts haproxy.cfg with TLS on', { skip: skipUnless(['haproxy'], ['openssl', 'version']) }, () => {
+    haproxyCheck([HAPROXY_CONFIG, servers], { ORDERFLOW_TLS_CERT: certificates!.pemFile });
+  });
+
+  it('haproxyServers refuses an empty list', () => {
+    assert.throws(() => haproxyServers([]), /at least one api process/);
+  });
+
+  for (const config of ['nginx.conf', 'nginx-tls.conf']) {
+    it(`nginx accepts deploy/nginx/${config}`, { skip: skipUnless(['nginx'], ['openssl', 'version']) }, async () => {
+      // A copy of deploy/nginx, with the TLS files nginx-tls.conf expects next to it.
+      const conf = path.join(dir, `conf-${config}`);
+      await cp(path.join(root, 'deploy/nginx'), conf, { recursive: true, filter: (source) => !source.includes(`${path.sep}tls`) });
+      await mkdir(path.join(conf, 'tls'));
+      await cp(certificates!.certFile, path.join(conf, 'tls/orderflow.crt'));
+      await cp(certificates!.keyFile, path.join(conf, 'tls/orderflow.key'));
+      const prefix = path.join(dir, `prefix-${config}`);
+      await mkdir(path.join(prefix, 'tmp'), { recursive: true });
+      const result = spawnSync('nginx', ['-t', '-p', prefix, '-c', path.join(conf, config)], { encoding: 'utf8' });
+      assert.equal(result.status, 0, result.stdout + result.stderr);
+    });
+  }
 });
