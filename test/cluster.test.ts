@@ -5,7 +5,6 @@
 // concurrent clients while processes are SIGKILLed; then every promise of the
 // contract is checked at quiescence.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -15,6 +14,7 @@ import postgres from 'postgres';
 import { childPids, startCluster, type Cluster, type ClusterShape } from '../scripts/cluster.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
+import { skipUnlessInstalled } from './support/programs.ts';
 
 const ORDERS = 3_000;
 const CLIENTS = 32;
@@ -22,26 +22,12 @@ const SKUS = 200;
 /** Scarce stock on some SKUs so out_of_stock happens under the kills too. */
 const stockOf = (i: number) => (i % 10 === 0 ? 5 : 1_000);
 
-function haproxyInstalled(): boolean {
-  try {
-    execFileSync('haproxy', ['-v'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 const databaseUrl = requiredServiceUrl('DATABASE_URL');
 const brokerUrl = requiredServiceUrl('NATS_URL');
 const skipReason =
   databaseUrl === undefined || brokerUrl === undefined
     ? 'set DATABASE_URL and NATS_URL to run the cluster test'
-    : haproxyInstalled()
-      ? undefined
-      : 'HAProxy is not installed';
-if (skipReason === 'HAProxy is not installed' && process.env.REQUIRE_SERVICES === '1') {
-  throw new Error('the cluster test needs HAProxy (REQUIRE_SERVICES=1): install the haproxy package');
-}
+    : skipUnlessInstalled('the cluster test', { haproxy: ['-v'] });
 
 describe('cluster: 3 api + 2 workers + relay behind HAProxy', { skip: skipReason }, () => {
   it('keeps every promise while an api process and a worker are SIGKILLed', { timeout: 300_000 }, () =>

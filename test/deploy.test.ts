@@ -3,31 +3,20 @@
 // listing the api servers (DNS discovery, a generated list) and with TLS on,
 // nginx plain and terminating TLS. test/tls.test.ts runs them.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HAPROXY_CONFIG, haproxyServers } from '../scripts/cluster.ts';
+import { installed, skipUnlessInstalled } from './support/programs.ts';
 import { makeTestCertificates, type TestCertificates } from './support/tls.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 
-function installed(binary: string, versionFlag = '-v'): boolean {
-  try {
-    execFileSync(binary, [versionFlag], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function skipUnless(...binaries: [string, string?][]): string | undefined {
-  const missing = binaries.filter(([binary, flag]) => !installed(binary, flag)).map(([binary]) => binary);
-  if (missing.length === 0) return undefined;
-  if (process.env.REQUIRE_SERVICES === '1') throw new Error(`${missing.join(' and ')} must be installed when REQUIRE_SERVICES=1`);
-  return `${missing.join(' and ')} not installed`;
-}
+const haproxy = { haproxy: ['-v'] };
+const openssl = { openssl: ['version'] };
+const nginx = { nginx: ['-v'] };
 
 describe('load balancer configuration', () => {
   let dir: string;
@@ -37,7 +26,7 @@ describe('load balancer configuration', () => {
     dir = await mkdtemp(path.join(tmpdir(), 'orderflow-deploy-'));
     servers = path.join(dir, 'servers.cfg');
     await writeFile(servers, haproxyServers(['127.0.0.1:8081', '127.0.0.1:8082', '127.0.0.1:8083']));
-    if (installed('openssl', 'version')) certificates = await makeTestCertificates(dir);
+    if (installed('openssl', ['version'])) certificates = await makeTestCertificates(dir);
   });
   after(() => rm(dir, { recursive: true, force: true }));
 
@@ -46,15 +35,15 @@ describe('load balancer configuration', () => {
     assert.equal(result.status, 0, result.stdout + result.stderr);
   };
 
-  it('HAProxy accepts haproxy.cfg with servers found through DNS', { skip: skipUnless(['haproxy']) }, () => {
+  it('HAProxy accepts haproxy.cfg with servers found through DNS', { skip: skipUnlessInstalled('the HAProxy check', haproxy) }, () => {
     haproxyCheck([HAPROXY_CONFIG, path.join(root, 'deploy/haproxy/servers-dns.cfg')], { ORDERFLOW_API_DNS: 'localhost:8081' });
   });
 
-  it('HAProxy accepts haproxy.cfg with a generated list of any number of servers', { skip: skipUnless(['haproxy']) }, () => {
+  it('HAProxy accepts haproxy.cfg with a generated list of any number of servers', { skip: skipUnlessInstalled('the HAProxy check', haproxy) }, () => {
     haproxyCheck([HAPROXY_CONFIG, servers]);
   });
 
-  it('HAProxy accepts haproxy.cfg with TLS on', { skip: skipUnless(['haproxy'], ['openssl', 'version']) }, () => {
+  it('HAProxy accepts haproxy.cfg with TLS on', { skip: skipUnlessInstalled('the HAProxy TLS check', { ...haproxy, ...openssl }) }, () => {
     haproxyCheck([HAPROXY_CONFIG, servers], { ORDERFLOW_TLS_CERT: certificates!.pemFile });
   });
 
@@ -63,7 +52,7 @@ describe('load balancer configuration', () => {
   });
 
   for (const config of ['nginx.conf', 'nginx-tls.conf']) {
-    it(`nginx accepts deploy/nginx/${config}`, { skip: skipUnless(['nginx'], ['openssl', 'version']) }, async () => {
+    it(`nginx accepts deploy/nginx/${config}`, { skip: skipUnlessInstalled('the nginx check', { ...nginx, ...openssl }) }, async () => {
       // A copy of deploy/nginx, with the TLS files nginx-tls.conf expects next to it.
       const conf = path.join(dir, `conf-${config}`);
       await cp(path.join(root, 'deploy/nginx'), conf, { recursive: true, filter: (source) => !source.includes(`${path.sep}tls`) });

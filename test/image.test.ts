@@ -13,7 +13,6 @@ import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -22,6 +21,7 @@ import { startGatewayServer } from '../src/payments/gateway-server.ts';
 import { deleteBrokerTopology } from '../src/messaging/topology.ts';
 import { GatedGateway } from './support/gateways.ts';
 import { eventually, freshBrokerPrefix, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
+import { freePort, skipUnlessInstalled } from './support/programs.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 const run = promisify(execFile);
@@ -32,19 +32,7 @@ const MAX_IMAGE_BYTES = 250e6;
 /** Orderflow drains for at most 25 s (src/main.ts); podman stop waits longer before SIGKILL. */
 const STOP_TIMEOUT_S = 35;
 
-function podmanInstalled(): boolean {
-  try {
-    execFileSync('podman', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const skip = podmanInstalled() ? undefined : 'podman is not installed';
-if (skip && process.env.REQUIRE_SERVICES === '1') {
-  throw new Error('the image test needs podman (REQUIRE_SERVICES=1): install the podman, runc and mmdebstrap packages');
-}
+const skip = skipUnlessInstalled('the image test', { podman: ['--version'], runc: ['--version'], mmdebstrap: ['--version'] });
 
 async function podman(...args: string[]): Promise<string> {
   try {
@@ -56,22 +44,19 @@ async function podman(...args: string[]): Promise<string> {
   }
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 /** Where a TLS-inspecting proxy's CA would be: npm in the build trusts it through the npm_ca secret. */
 function caBundle(): string | undefined {
   const candidates = [process.env.NODE_EXTRA_CA_CERTS, '/etc/ssl/certs/ca-certificates.crt'];
   return candidates.find((file) => file !== undefined && file !== '' && existsSync(file));
 }
 
-const pinnedNode = (JSON.parse(readFileSync(path.join(root, 'package-lock.json'), 'utf8')) as { packages: Record<string, { version: string }> }).packages['node_modules/node']!.version;
-const packageJson = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string; devDependencies: Record<string, string> };
+const lockfile = JSON.parse(readFileSync(path.join(root, 'package-lock.json'), 'utf8')) as { packages: Record<string, { version: string; dev?: boolean }> };
+const pinnedNode = lockfile.packages['node_modules/node']!.version;
+/** Packages the lockfile installs for development only (a devDependency that production code also needs is not one). */
+const devOnly = Object.entries(lockfile.packages)
+  .filter(([where, entry]) => entry.dev === true && /^node_modules\/(@[^/]+\/)?[^/]+$/.test(where))
+  .map(([where]) => where.slice('node_modules/'.length));
+const packageJson = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
 
 function gitRevision(): string {
   try {
@@ -195,8 +180,8 @@ describe('container image', { skip }, () => {
     );
     const contents = JSON.parse(listing) as { version: string; modules: string[]; npm: boolean; secrets: boolean; specs: string[] };
     assert.equal(contents.version, `v${pinnedNode}`, 'the base provides the pinned Node');
-    const devOnly = Object.keys(packageJson.devDependencies).filter((name) => contents.modules.includes(name));
-    assert.deepEqual(devOnly, [], 'devDependencies in the image');
+    assert.ok(devOnly.includes('node') && devOnly.includes('typescript'), 'the lockfile marks development packages');
+    assert.deepEqual(devOnly.filter((name) => contents.modules.includes(name)), [], 'development-only packages in the image');
     assert.ok(contents.modules.includes('fastify') && contents.modules.includes('@electric-sql/pglite'), 'production dependencies are there');
     assert.equal(contents.npm, false, 'npm stays out of the runtime image');
     assert.equal(contents.secrets, false, 'the npm_ca build secret is not in the image');

@@ -5,10 +5,9 @@
 // reads an order over HTTPS; plain HTTP is redirected; HTTP/2 is offered;
 // TLS below 1.2 is refused; the api processes learn the scheme.
 import assert from 'node:assert/strict';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
-import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect } from 'node:tls';
@@ -17,37 +16,13 @@ import { Agent, fetch } from 'undici';
 import { HAPROXY_CONFIG, haproxyServers, startCluster, type Cluster } from '../scripts/cluster.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
+import { freePort, skipUnlessInstalled } from './support/programs.ts';
 import { makeTestCertificates, type TestCertificates } from './support/tls.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 
-function installed(binary: string, flag: string): boolean {
-  try {
-    execFileSync(binary, [flag], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const missing = [
-  ['haproxy', '-v'],
-  ['nginx', '-v'],
-  ['openssl', 'version'],
-].filter(([binary, flag]) => !installed(binary!, flag!)).map(([binary]) => binary);
-if (missing.length > 0 && process.env.REQUIRE_SERVICES === '1') {
-  throw new Error(`the TLS test needs ${missing.join(', ')} (REQUIRE_SERVICES=1): install the haproxy, nginx-light and openssl packages`);
-}
 const databaseUrl = requiredServiceUrl('DATABASE_URL');
-const skip = missing.length > 0 ? `${missing.join(', ')} not installed` : databaseUrl === undefined ? 'set DATABASE_URL to run the TLS test' : undefined;
-
-async function freePort(): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+const skip = skipUnlessInstalled('the TLS test', { haproxy: ['-v'], nginx: ['-v'], openssl: ['version'] }) ?? (databaseUrl === undefined ? 'set DATABASE_URL to run the TLS test' : undefined);
 
 interface LoadBalancer {
   readonly name: 'haproxy' | 'nginx';
