@@ -112,7 +112,8 @@ describe('container image', { skip }, () => {
   });
 
   after(async () => {
-    for (const name of containers) await podman('rm', '--force', '--time', '0', name).catch(() => {});
+    // --volumes: the anonymous /data volume the image declares goes with its container.
+    for (const name of containers) await podman('rm', '--force', '--volumes', '--time', '0', name).catch(() => {});
     await podman('rmi', '--force', image).catch(() => {});
     process.stdout.write(`# image: ${timings.join(', ')}\n`);
   });
