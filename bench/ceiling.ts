@@ -10,9 +10,8 @@
 // the loops queue). The statements are copied from src/ rather than called
 // through its functions, so the ceiling stays a one-order transaction while
 // src/ evolves; each run checks they still appear in src/ and says so if not.
-import { execFileSync, fork, spawn } from 'node:child_process';
+import { fork, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -23,6 +22,7 @@ import { openPGlite } from '../src/storage/pglite.ts';
 import { openPostgres } from '../src/storage/postgres.ts';
 import { newHistogram, recordMs, round, summarize, summarizeValues, type LatencySummary, type SecondSample } from './stats.ts';
 import type { CeilingChildMessage } from './ceiling-child.ts';
+import { findPostgresProgram } from '../test/support/private-postgres.ts';
 import { freshDatabase, postgresBaseUrl, type Mode } from './targets.ts';
 
 export const CEILING_SKUS = 1000;
@@ -323,27 +323,7 @@ async function runEmbedded(options: CeilingOptions): Promise<CeilingResult> {
 
 /** pgbench from PATH, else next to pg_config, else the newest /usr/lib/postgresql/<version>/bin. */
 export function findPgbench(): string {
-  const candidates: string[] = [];
-  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) if (dir) candidates.push(path.join(dir, 'pgbench'));
-  try {
-    candidates.push(path.join(execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(), 'pgbench'));
-  } catch {
-    // no pg_config on PATH
-  }
-  try {
-    const versions = execFileSync('ls', ['/usr/lib/postgresql'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
-      .split('\n')
-      .filter((v) => /^\d+$/.test(v))
-      .sort((x, y) => Number(y) - Number(x));
-    for (const v of versions) candidates.push(`/usr/lib/postgresql/${v}/bin/pgbench`);
-  } catch {
-    // not a Debian-style layout
-  }
-  const found = candidates.find((c) => existsSync(c));
-  if (!found) {
-    throw new Error('pgbench not found (looked in PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin). Install the PostgreSQL client tools (pgbench ships with them) or put pgbench on PATH.');
-  }
-  return found;
+  return findPostgresProgram('pgbench');
 }
 
 async function runPgbench(options: CeilingOptions): Promise<CeilingResult> {

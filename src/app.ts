@@ -33,6 +33,7 @@ import type { Database } from './storage/database.ts';
 import { loadMigrations, migrate } from './storage/migrate.ts';
 import { openPGlite } from './storage/pglite.ts';
 import { openPostgres } from './storage/postgres.ts';
+import { primaryReads, ReplicaReads, type ReadRouter } from './storage/read-replica.ts';
 
 export interface AppOptions {
   config: Config;
@@ -144,14 +145,25 @@ export async function createApp(options: AppOptions): Promise<App> {
       ? new RedisCache(redis, { metrics, log: log.child({ component: 'cache' }) }, { prefix: config.redisKeyPrefix, localTtlMs: options.cacheLocalTtlMs })
       : new MemoryCache(metrics);
 
+  // Only the API reads lists; the replica is opened lazily and may be down.
+  const reads: ReadRouter | undefined = !runsApi
+    ? undefined
+    : config.databaseReadUrl
+      ? new ReplicaReads(
+          { primary: db, replica: openPostgres(config.databaseReadUrl, config.databasePoolSize), metrics, log: log.child({ component: 'read-replica' }) },
+          { maxWaitMs: config.databaseReadMaxWaitMs },
+        )
+      : primaryReads(db);
+
   const server = buildServer({ log, metrics, verifyToken });
   await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));
   if (runsApi) {
     await registerRateLimits(server, { redis: redis?.commands, keyPrefix: config.redisKeyPrefix });
-    await server.register(catalogRoutes(db, cache));
+    await server.register(catalogRoutes(db, cache, reads));
     await server.register(
       orderRoutes({
         db,
+        reads,
         queue,
         metrics,
         ordersPerMinute: config.rateLimitOrdersPerMinute,
@@ -212,6 +224,7 @@ export async function createApp(options: AppOptions): Promise<App> {
       await httpGateway?.close();
       await cache?.close();
       await redis?.close();
+      await reads?.close();
       await db.close();
     },
   };

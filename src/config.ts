@@ -13,6 +13,10 @@ export interface Config {
   /** postgres:// URL, or undefined for the embedded PGlite database in dataDir. */
   databaseUrl: string | undefined;
   databasePoolSize: number;
+  /** postgres:// URL of a streaming replica of databaseUrl's server that serves the reads which may go there (docs/architecture.md, "Read replica"). */
+  databaseReadUrl: string | undefined;
+  /** How long such a read waits for the replica to replay what the primary had committed when it arrived, before it goes to the primary. */
+  databaseReadMaxWaitMs: number;
   redisUrl: string | undefined;
   /** Prepended to every Redis key and channel, so several deployments (or test runs) can share one Redis. */
   redisKeyPrefix: string;
@@ -123,6 +127,9 @@ export function loadConfig(env: Env = process.env): Config {
     // processes only when they share a PostgreSQL server.
     throw new ConfigError('ROLE', `ROLE=${role} runs one part of a distributed deployment and needs DATABASE_URL; use ROLE=all for the embedded shape`);
   }
+  if (optional(env, 'DATABASE_READ_URL') !== undefined && optional(env, 'DATABASE_URL') === undefined) {
+    throw new ConfigError('DATABASE_READ_URL', 'a read replica needs its primary in DATABASE_URL; the embedded database has no replicas');
+  }
   const webConcurrency = integer(env, 'WEB_CONCURRENCY', 1, 1, 64);
   if (webConcurrency > 1 && optional(env, 'DATABASE_URL') === undefined) {
     throw new ConfigError('WEB_CONCURRENCY', 'several processes need a shared PostgreSQL server (DATABASE_URL); the embedded database belongs to one process');
@@ -137,6 +144,8 @@ export function loadConfig(env: Env = process.env): Config {
     dataDir: path.resolve(optional(env, 'DATA_DIR') ?? './data'),
     databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
     databasePoolSize: integer(env, 'DATABASE_POOL_SIZE', 10, 1, 1000),
+    databaseReadUrl: url(env, 'DATABASE_READ_URL', ['postgres:', 'postgresql:']),
+    databaseReadMaxWaitMs: integer(env, 'DATABASE_READ_MAX_WAIT_MS', 100, 1, 10_000),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
     redisKeyPrefix: keyPrefix(env, 'REDIS_KEY_PREFIX', 'orderflow:'),
     brokerPrefix: brokerPrefix(env),

@@ -5,6 +5,7 @@ import type { Routes } from '../http/server.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
 import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
 import type { Database } from '../storage/database.ts';
+import { primaryReads, type ReadRouter } from '../storage/read-replica.ts';
 import { changeStock, createProduct, getProduct, listProducts } from './products.ts';
 
 const Product = Type.Object({
@@ -30,7 +31,8 @@ const NewProduct = Type.Object(
 const SkuParams = Type.Object({ sku: Type.String() });
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
-export function catalogRoutes(db: Database, cache?: Cache): Routes {
+/** `reads` serves the product list (a replica when one is configured); everything else uses `db`, the primary. */
+export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = primaryReads(db)): Routes {
   return async (app) => {
     app.post('/v1/products', {
       config: { scopes: ['catalog:write'] },
@@ -53,7 +55,9 @@ export function catalogRoutes(db: Database, cache?: Cache): Routes {
         response: { 200: Type.Object({ items: Type.Array(Product), nextCursor: Type.Union([Type.String(), Type.Null()]) }), ...errors },
       },
       handler: async (request) => {
-        const page = await listProducts(db, parseLimit(request.query.limit), decodeCursor<string>(request.query.cursor, 'string'));
+        const limit = parseLimit(request.query.limit);
+        const after = decodeCursor<string>(request.query.cursor, 'string');
+        const page = await reads.read((source) => listProducts(source, limit, after));
         return { items: page.items, nextCursor: page.more && page.last !== undefined ? encodeCursor(page.last) : null };
       },
     });

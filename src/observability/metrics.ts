@@ -103,6 +103,23 @@ export function createMetrics() {
       labelNames: ['operation'] as const,
       registers: [registry],
     }),
+    readReplicaUp: new Gauge({
+      name: 'orderflow_read_replica_up',
+      help: '1 while reads that may use the replica at DATABASE_READ_URL go to it; 0 while they go to the primary (replica down, lagging or promoted) or when DATABASE_READ_URL is unset',
+      registers: [registry],
+    }),
+    routedReads: new Counter({
+      name: 'orderflow_routed_reads_total',
+      help: 'Reads that may use the read replica, by the database that served them and why: replica/caught_up, or primary/down|lagging|promoted|error',
+      labelNames: ['database', 'reason'] as const,
+      registers: [registry],
+    }),
+    replicaWait: new Histogram({
+      name: 'orderflow_read_replica_wait_seconds',
+      help: 'How long a read waited for the replica to replay what the primary had committed when the read began',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
     redisUp: new Gauge({
       name: 'orderflow_redis_up',
       help: '1 while connected to Redis at REDIS_URL; 0 while disconnected (rate limits are then not enforced) or when REDIS_URL is unset',

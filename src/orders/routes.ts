@@ -7,6 +7,7 @@ import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
 import { principalOf, type Routes } from '../http/server.ts';
 import { perCustomerLimit } from '../http/rate-limit.ts';
 import type { Database } from '../storage/database.ts';
+import { primaryReads, type ReadRouter } from '../storage/read-replica.ts';
 import { OrderAcceptor } from './accept.ts';
 import { cancelOrder } from './lifecycle.ts';
 import { ORDER_STATUSES, REJECT_REASONS } from './state-machine.ts';
@@ -47,8 +48,17 @@ const OrderLocation = { location: { type: 'string', description: 'The order: /v1
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
-export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metrics; ordersPerMinute?: number; groupCommit?: { maxBatch: number; maxInFlight: number } }): Routes {
+/** `reads` serves order lists (a replica when one is configured); an order by id, and every write, use `db`, the primary. */
+export function orderRoutes(deps: {
+  db: Database;
+  reads?: ReadRouter;
+  queue: JobQueue;
+  metrics: Metrics;
+  ordersPerMinute?: number;
+  groupCommit?: { maxBatch: number; maxInFlight: number };
+}): Routes {
   const { db, metrics } = deps;
+  const reads = deps.reads ?? primaryReads(db);
   const acceptor = new OrderAcceptor(deps, deps.groupCommit);
   return async (app) => {
     app.post('/v1/orders', {
@@ -95,12 +105,13 @@ export function orderRoutes(deps: { db: Database; queue: JobQueue; metrics: Metr
         response: { 200: Type.Object({ items: Type.Array(Order), nextCursor: Type.Union([Type.String(), Type.Null()]) }), ...errors },
       },
       handler: async (request) => {
-        const page = await listOrders(db, {
+        const filter = {
           customerId: ownerFilter(principalOf(request)),
           status: request.query.status,
           limit: parseLimit(request.query.limit),
           beforeSeq: decodeCursor<number>(request.query.cursor, 'number'),
-        });
+        };
+        const page = await reads.read((source) => listOrders(source, filter));
         return { items: page.items, nextCursor: page.more && page.lastSeq !== undefined ? encodeCursor(page.lastSeq) : null };
       },
     });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import type { OutgoingHttpHeaders } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import postgres from 'postgres';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { createApp, type App } from '../../src/app.ts';
 import { deleteBrokerTopology as deleteTopology } from '../../src/messaging/topology.ts';
 import { loadConfig, type Config } from '../../src/config.ts';
@@ -15,8 +15,15 @@ import { NatsBroker } from '../../src/messaging/nats-broker.ts';
 import { RabbitMqBroker } from '../../src/messaging/rabbitmq-broker.ts';
 import { SimulatedGateway } from '../../src/payments/simulated-gateway.ts';
 import type { Queryable } from '../../src/storage/database.ts';
+import { privatePostgresUnavailable, startPrivatePrimary, startPrivateStandby, waitForReplay, type PrivatePostgres } from './private-postgres.ts';
 
-export type Mode = 'embedded' | 'postgres' | 'nats' | 'rabbitmq';
+/**
+ * Where a test app keeps its data: PGlite in memory (embedded); a fresh
+ * database on DATABASE_URL's server (postgres), with a broker (nats,
+ * rabbitmq); or a fresh database on a private primary whose streaming standby
+ * serves the reads that may use a replica (replica: DATABASE_READ_URL).
+ */
+export type Mode = 'embedded' | 'postgres' | 'nats' | 'rabbitmq' | 'replica';
 export type BrokerMode = 'nats' | 'rabbitmq';
 
 /** The variable naming each broker's test server. */
@@ -30,15 +37,45 @@ export function isBrokerMode(mode: Mode): mode is BrokerMode {
  * The modes this run covers: embedded always; PostgreSQL when DATABASE_URL is
  * set; each broker (on PostgreSQL) when its URL is set too. With
  * REQUIRE_SERVICES=1 every mode runs, so a missing server fails its tests.
+ * The replica mode is for the suites that ask for it (it starts two private
+ * servers): it runs with DATABASE_URL when the PostgreSQL server programs are
+ * installed, and always with REQUIRE_SERVICES=1.
  */
-export function modes(): Mode[] {
+export function modes(options: { replica?: boolean } = {}): Mode[] {
   const all = process.env.REQUIRE_SERVICES === '1';
   const result: Mode[] = ['embedded'];
   if (all || process.env.DATABASE_URL) result.push('postgres');
   for (const mode of ['nats', 'rabbitmq'] as const) {
     if (all || (process.env.DATABASE_URL && process.env[BROKER_URL_VARIABLE[mode]])) result.push(mode);
   }
+  if (options.replica && (all || (process.env.DATABASE_URL && privatePostgresUnavailable() === undefined))) result.push('replica');
   return result;
+}
+
+export interface ReplicatedPostgres {
+  primary: PrivatePostgres;
+  standby: PrivatePostgres;
+}
+
+let sharedReplicated: Promise<ReplicatedPostgres> | undefined;
+
+/** The private primary and standby the replica mode uses, started once per test process and removed when it exits. */
+export function replicatedPostgres(): Promise<ReplicatedPostgres> {
+  sharedReplicated ??= startReplicatedPostgres();
+  return sharedReplicated;
+}
+
+/** A private primary with a streaming standby; the caller destroys both (standby first). */
+export async function startReplicatedPostgres(standbySettings: Record<string, string> = {}): Promise<ReplicatedPostgres> {
+  const unavailable = privatePostgresUnavailable();
+  if (unavailable) throw new Error(`the replica mode needs private PostgreSQL servers: ${unavailable}`);
+  const primary = await startPrivatePrimary();
+  try {
+    return { primary, standby: await startPrivateStandby(primary, standbySettings) };
+  } catch (error) {
+    await primary.destroy();
+    throw error;
+  }
 }
 
 /**
@@ -104,6 +141,10 @@ export interface TestAppOptions {
   /** Broker modes: share this prefix with another app (the caller then deletes its topology). */
   brokerPrefix?: string;
   cacheLocalTtlMs?: number;
+  /** Where the app logs (silent by default). */
+  log?: Logger;
+  /** Replica mode: this primary and standby instead of the shared pair (for tests that stop, delay or promote the standby). */
+  replicated?: ReplicatedPostgres;
 }
 
 export interface TestApp {
@@ -118,7 +159,17 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
   let databaseUrl = options.databaseUrl;
   const brokerPrefix = isBrokerMode(mode) ? (options.brokerPrefix ?? freshBrokerPrefix()) : undefined;
   const brokerUrl = isBrokerMode(mode) ? (options.brokerUrl ?? requiredServiceUrl(BROKER_URL_VARIABLE[mode])) : undefined;
-  if (mode !== 'embedded' && databaseUrl === undefined) {
+  let databaseReadUrl: string | undefined;
+  if (mode === 'replica' && databaseUrl === undefined) {
+    const { primary, standby } = options.replicated ?? (await replicatedPostgres());
+    const fresh = await freshPostgresDatabase(primary.url());
+    databaseUrl = fresh.url;
+    dropDatabase = fresh.drop;
+    const name = new URL(fresh.url).pathname.slice(1);
+    // The replica serves the database once it has replayed its creation.
+    await waitForReplay(primary, standby, name);
+    databaseReadUrl = standby.url(name);
+  } else if (mode !== 'embedded' && databaseUrl === undefined) {
     const fresh = await freshPostgresDatabase(requiredServiceUrl('DATABASE_URL')!);
     databaseUrl = fresh.url;
     dropDatabase = fresh.drop;
@@ -128,6 +179,7 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
     HOST: '127.0.0.1',
     LOG_LEVEL: 'silent',
     ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+    ...(databaseReadUrl ? { DATABASE_READ_URL: databaseReadUrl } : {}),
     ...(brokerUrl ? { BROKER_URL: brokerUrl } : {}),
     ...(options.dataDir ? { DATA_DIR: options.dataDir } : {}),
     ...options.env,
@@ -135,7 +187,7 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
   const gateway = options.gateway ?? new SimulatedGateway({ latencyMs: 0 });
   const app = await createApp({
     config,
-    log: pino({ level: 'silent' }),
+    log: options.log ?? pino({ level: 'silent' }),
     gateway,
     inMemory: mode === 'embedded' && options.dataDir === undefined,
     queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50, defaultMaxAttempts: options.maxAttempts ?? 25 },
@@ -144,6 +196,16 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
     ...(options.cacheLocalTtlMs !== undefined ? { cacheLocalTtlMs: options.cacheLocalTtlMs } : {}),
   });
   await app.server.ready();
+  // Replica mode is about reads served by the replica: start once they are.
+  if (databaseReadUrl) {
+    try {
+      await eventually('the app to route reads to the replica', async () => ((await app.metrics.readReplicaUp.get()).values[0]?.value === 1 ? true : undefined));
+    } catch (error) {
+      await app.close();
+      await dropDatabase?.();
+      throw error;
+    }
+  }
   if (options.startWorkers !== false) app.startWorkers();
   return {
     app,
