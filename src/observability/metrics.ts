@@ -114,6 +114,11 @@ export function createMetrics() {
       labelNames: ['database', 'reason'] as const,
       registers: [registry],
     }),
+    replicaWaiting: new Gauge({
+      name: 'orderflow_read_replica_waiting_reads',
+      help: 'Reads waiting right now for the replica to replay what the primary had committed when they began (includes the background check)',
+      registers: [registry],
+    }),
     replicaWait: new Histogram({
       name: 'orderflow_read_replica_wait_seconds',
       help: 'How long a read waited for the replica to replay what the primary had committed when the read began',

@@ -15,10 +15,20 @@
 //      share one probe, but only one sent after they arrived (FlushLsnProbe).
 //   2. Poll the replica's pg_last_wal_replay_lsn() until it reaches that LSN.
 //      One poll at a time serves every waiting read (ReplayWatch).
-//   3. Run the read in a replica transaction whose first statement checks
-//      the replay position again. The check and the read share a connection
-//      and the read's snapshot is taken after the check, so a replica that
-//      restarted between step 2 and step 3 (and came back behind) is caught.
+//   3. Run the read on the replica. Its snapshot is taken after the poll saw
+//      the replay position at or past the target, and replay only moves
+//      forward, so the snapshot holds every commit up to the target.
+//
+// "Only moves forward" has one exception: a standby that crashes (not a clean
+// stop, which checkpoints) may accept connections again at its last
+// consistent point, behind what it had replayed. A read that passed step 2
+// just before such a crash and reached the restarted server before it
+// replayed the rest could miss the newest commits. The read is sent in the
+// same turn of the event loop as the poll's answer, so that needs a read that
+// waits in the client's connection queue for longer than the standby takes to
+// crash and start again; reads that begin after the crash see the connection
+// errors, go to the primary, and the replica is used again only once a poll
+// shows it past a fresh target.
 //
 // Whatever goes wrong with the replica, the read goes to the primary: the
 // replica is down or answers an error (reason `down`/`error`), it has not
@@ -29,6 +39,7 @@
 // request; the primary's own errors (PostgreSQL down: 503) stay what they are.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import type { Gauge } from 'prom-client';
 import type { Metrics } from '../observability/metrics.ts';
 import { DatabaseUnavailableError, type Database, type Queryable } from './database.ts';
 
@@ -72,7 +83,7 @@ export function parseLsn(text: string): bigint {
   return (BigInt(`0x${match[1]}`) << 32n) | BigInt(`0x${match[2]}`);
 }
 
-// Both values come from the one statement, so "standby" describes the server
+// Both values come from one statement, so "standby" describes the server
 // whose replay position is reported. pg_last_wal_replay_lsn() stays frozen on
 // a promoted server, and is NULL on one that was never a standby.
 const REPLAY_POSITION = 'SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replayed';
@@ -142,14 +153,16 @@ interface Waiter {
 class ReplayWatch {
   readonly #replica: Database;
   readonly #pollIntervalMs: number;
+  readonly #waiting: Gauge;
   readonly #waiters = new Set<Waiter>();
   #polling = false;
   /** The error that made the last poll fail, for the log line. */
   lastError: unknown;
 
-  constructor(replica: Database, pollIntervalMs: number) {
+  constructor(replica: Database, pollIntervalMs: number, waiting: Gauge) {
     this.#replica = replica;
     this.#pollIntervalMs = pollIntervalMs;
+    this.#waiting = waiting;
   }
 
   waitFor(target: bigint, maxWaitMs: number): Promise<WaitOutcome> {
@@ -161,10 +174,12 @@ class ReplayWatch {
       };
       const settle = (outcome: WaitOutcome) => {
         if (!this.#waiters.delete(waiter)) return;
+        this.#waiting.dec();
         clearTimeout(timer);
         resolve(outcome);
       };
       this.#waiters.add(waiter);
+      this.#waiting.inc();
       if (!this.#polling) void this.#poll();
     });
   }
@@ -193,21 +208,11 @@ class ReplayWatch {
   }
 }
 
-/** The check inside the read's own transaction failed: the replica restarted behind, or was promoted, since it was polled. */
-class ReplicaBehindError extends Error {
-  readonly reason: 'lagging' | 'promoted';
-  constructor(reason: 'lagging' | 'promoted') {
-    super(`the replica's replay position failed the check in the read's own transaction (${reason})`);
-    this.name = 'ReplicaBehindError';
-    this.reason = reason;
-  }
-}
-
 const FALLBACK_MESSAGES: Record<FallbackReason, string> = {
   down: 'the read replica is unreachable; its reads go to the primary until it answers again',
   lagging: 'the read replica has not replayed the primary within DATABASE_READ_MAX_WAIT_MS; its reads go to the primary until it catches up',
   promoted: 'the server at DATABASE_READ_URL is no longer a standby (promoted?); its reads go to the primary until it is one again',
-  error: 'a read on the replica failed; it and the next reads go to the primary until the replica checks out again',
+  error: 'a read on the replica failed; it and the next reads go to the primary until the replica has caught up again',
 };
 
 /** Reads through a streaming replica (see the top of this file). */
@@ -235,7 +240,7 @@ export class ReplicaReads implements ReadRouter {
     this.#maxWaitMs = options.maxWaitMs;
     this.#recheckMs = options.recheckMs ?? 1_000;
     this.#probe = new FlushLsnProbe(deps.primary);
-    this.#watch = new ReplayWatch(deps.replica, options.pollIntervalMs ?? 1);
+    this.#watch = new ReplayWatch(deps.replica, options.pollIntervalMs ?? 1, deps.metrics.replicaWaiting);
     this.#fallback = 'down';
     this.#metrics.readReplicaUp.set(0);
     this.#startRecheck(0);
@@ -253,25 +258,16 @@ export class ReplicaReads implements ReadRouter {
       this.#fail(outcome, outcome === 'down' ? this.#watch.lastError : undefined);
       return this.#onPrimary(read, outcome);
     }
+    let result: T;
     try {
-      const result = await this.#replica.transaction(async (tx) => {
-        const checked = tx.query<ReplayRow>(REPLAY_POSITION);
-        const value = read(tx);
-        // Both settle before the transaction ends, whatever happens to either.
-        const [check, answer] = await Promise.allSettled([checked, value]);
-        if (check.status === 'rejected') throw check.reason;
-        const verdict = judge(check.value[0], target);
-        if (verdict !== 'caught_up') throw new ReplicaBehindError(verdict === 'behind' ? 'lagging' : verdict);
-        if (answer.status === 'rejected') throw answer.reason;
-        return answer.value;
-      });
-      this.#metrics.routedReads.inc({ database: 'replica', reason: 'caught_up' });
-      return result;
+      result = await read(this.#replica);
     } catch (error) {
-      const reason: FallbackReason = error instanceof ReplicaBehindError ? error.reason : error instanceof DatabaseUnavailableError ? 'down' : 'error';
+      const reason: FallbackReason = error instanceof DatabaseUnavailableError ? 'down' : 'error';
       this.#fail(reason, error);
       return this.#onPrimary(read, reason);
     }
+    this.#metrics.routedReads.inc({ database: 'replica', reason: 'caught_up' });
+    return result;
   }
 
   async close(): Promise<void> {

@@ -197,7 +197,7 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
   });
   await app.server.ready();
   // Replica mode is about reads served by the replica: start once they are.
-  if (databaseReadUrl) {
+  if (databaseReadUrl && config.databaseReadUrl === databaseReadUrl) {
     try {
       await eventually('the app to route reads to the replica', async () => ((await app.metrics.readReplicaUp.get()).values[0]?.value === 1 ? true : undefined));
     } catch (error) {
