@@ -3,6 +3,7 @@
 // starts the roles this process plays (ROLE=all | api | worker | relay).
 import type { Logger } from 'pino';
 import type { Cache } from './cache/cache.ts';
+import { MemcachedCache } from './cache/memcached-cache.ts';
 import { MemoryCache } from './cache/memory-cache.ts';
 import { RedisCache } from './cache/redis-cache.ts';
 import { connectRedis } from './cache/redis.ts';
@@ -48,7 +49,7 @@ export interface AppOptions {
   brokerPrefix?: string;
   relay?: RelayOptions;
   resilience?: ResilienceOptions;
-  /** How long this process may serve a cached product without asking Redis (tests lengthen it to prove invalidations arrive). */
+  /** How long this process may serve a cached product without asking the shared cache (tests lengthen it to prove invalidations arrive, or shorten it). */
   cacheLocalTtlMs?: number;
 }
 
@@ -137,13 +138,20 @@ export async function createApp(options: AppOptions): Promise<App> {
       : undefined;
   if (relay && queue instanceof BrokerQueue) queue.onEnqueue(() => relay.wake());
 
-  // Only the API reads through the cache and rate-limits; workers need no Redis.
+  // Only the API reads through the cache and rate-limits; workers need no
+  // Redis. CACHE_URL moves the cache to Memcached; the rate limits stay in
+  // Redis when REDIS_URL is set, else in the process.
   const redis = runsApi && config.redisUrl ? connectRedis(config.redisUrl, { log: log.child({ component: 'redis' }), metrics }) : undefined;
-  const cache: Cache | undefined = !runsApi
-    ? undefined
-    : redis
-      ? new RedisCache(redis, { metrics, log: log.child({ component: 'cache' }) }, { prefix: config.redisKeyPrefix, localTtlMs: options.cacheLocalTtlMs })
-      : new MemoryCache(metrics);
+  const cacheDeps = { metrics, log: log.child({ component: 'cache' }) };
+  const localTtl = { localTtlMs: options.cacheLocalTtlMs };
+  let cache: Cache | undefined;
+  if (runsApi && config.cacheUrl) {
+    const memcached = new MemcachedCache(config.cacheUrl, cacheDeps, { prefix: config.cacheKeyPrefix, ...localTtl });
+    void memcached.probe();
+    cache = memcached;
+  } else if (runsApi) {
+    cache = redis ? new RedisCache(redis, cacheDeps, { prefix: config.redisKeyPrefix, ...localTtl }) : new MemoryCache(metrics);
+  }
 
   // Only the API reads lists; the replica is opened lazily and may be down.
   const reads: ReadRouter | undefined = !runsApi

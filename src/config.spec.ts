@@ -20,6 +20,9 @@ describe('loadConfig', () => {
     [{ BROKER_URL: 'kafka://x' }, 'BROKER_URL'],
     [{ REDIS_URL: 'http://x' }, 'REDIS_URL'],
     [{ REDIS_KEY_PREFIX: 'has space' }, 'REDIS_KEY_PREFIX'],
+    [{ CACHE_URL: 'redis://x' }, 'CACHE_URL'],
+    [{ CACHE_URL: 'memcached://host:11211/some/path' }, 'CACHE_URL'],
+    [{ CACHE_KEY_PREFIX: 'has space' }, 'CACHE_KEY_PREFIX'],
     [{ DATABASE_READ_URL: 'postgres://replica/db' }, 'DATABASE_READ_URL'],
     [{ DATABASE_URL: 'postgres://primary/db', DATABASE_READ_URL: 'redis://replica' }, 'DATABASE_READ_URL'],
     [{ DATABASE_URL: 'postgres://primary/db', DATABASE_READ_MAX_WAIT_MS: '0' }, 'DATABASE_READ_MAX_WAIT_MS'],
@@ -42,6 +45,23 @@ describe('loadConfig', () => {
       );
     });
   }
+
+  it('takes a read replica and a Memcached cache', () => {
+    const config = loadConfig({
+      DATABASE_URL: 'postgres://primary/db',
+      DATABASE_READ_URL: 'postgres://replica/db',
+      DATABASE_READ_MAX_WAIT_MS: '250',
+      CACHE_URL: 'memcached://cache:11211',
+      CACHE_KEY_PREFIX: 'shop:',
+    });
+    assert.equal(config.databaseReadUrl, 'postgres://replica/db');
+    assert.equal(config.databaseReadMaxWaitMs, 250);
+    assert.equal(config.cacheUrl, 'memcached://cache:11211');
+    assert.equal(config.cacheKeyPrefix, 'shop:');
+    const defaults = loadConfig({});
+    assert.equal(defaults.databaseReadMaxWaitMs, 100);
+    assert.equal(defaults.cacheUrl, undefined);
+  });
 
   it('hides a database password in its error', () => {
     assert.throws(

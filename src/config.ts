@@ -18,6 +18,10 @@ export interface Config {
   /** How long such a read waits for the replica to replay what the primary had committed when it arrived, before it goes to the primary. */
   databaseReadMaxWaitMs: number;
   redisUrl: string | undefined;
+  /** memcached://host:port: the shared cache in Memcached instead of Redis (rate limits stay where REDIS_URL says). */
+  cacheUrl: string | undefined;
+  /** Prepended to every Memcached key, so several deployments (or test runs) can share one Memcached. */
+  cacheKeyPrefix: string;
   /** Prepended to every Redis key and channel, so several deployments (or test runs) can share one Redis. */
   redisKeyPrefix: string;
   /** Names the broker's stream, subjects, exchanges and queues: one per deployment sharing a broker. */
@@ -98,6 +102,16 @@ function brokerPrefix(env: Env): string {
   return raw;
 }
 
+function memcachedUrl(env: Env): string | undefined {
+  const raw = url(env, 'CACHE_URL', ['memcached:']);
+  if (raw === undefined) return undefined;
+  const parsed = new URL(raw);
+  if (parsed.hostname === '' || (parsed.pathname !== '' && parsed.pathname !== '/')) {
+    throw new ConfigError('CACHE_URL', `expected memcached://host:port, got "${redactUrl(raw)}"`);
+  }
+  return raw;
+}
+
 /** Hides the password of a URL so it can be logged or printed. */
 export function redactUrl(raw: string): string {
   try {
@@ -148,6 +162,8 @@ export function loadConfig(env: Env = process.env): Config {
     databaseReadMaxWaitMs: integer(env, 'DATABASE_READ_MAX_WAIT_MS', 100, 1, 10_000),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
     redisKeyPrefix: keyPrefix(env, 'REDIS_KEY_PREFIX', 'orderflow:'),
+    cacheUrl: memcachedUrl(env),
+    cacheKeyPrefix: keyPrefix(env, 'CACHE_KEY_PREFIX', 'orderflow:'),
     brokerPrefix: brokerPrefix(env),
     // Generous by default: it is there to stop a runaway client, not to
     // shape normal traffic, and benchmarks place many orders per customer.

@@ -1,44 +1,27 @@
-// The cache of the distributed shape: Redis, shared by every process, with a
-// small LRU in each process in front of it so that hot keys cost no round
-// trip. An invalidation deletes the Redis key and is published on a channel
-// every process listens to, which drops the key from its LRU. The LRU's short
-// TTL bounds what a lost message can cost: the subscriber reconnecting, or
-// Redis being down while a write happened.
-import { LRUCache } from 'lru-cache';
+// The cache of the distributed shape on Redis, shared by every process, with
+// a small LRU in each process in front of it (TieredCache). An invalidation
+// deletes the Redis key and is published on a channel every process listens
+// to, which drops the key from its LRU. The LRU's short TTL bounds what a
+// lost message can cost: the subscriber reconnecting, or Redis being down
+// while a write happened.
 import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.ts';
-import { InvalidationEpoch, type Cache } from './cache.ts';
 import type { RedisConnections } from './redis.ts';
+import { TieredCache, type LocalTierOptions, type SharedLookup, type SharedTier } from './tiered-cache.ts';
 
-export interface RedisCacheOptions {
+export interface RedisCacheOptions extends LocalTierOptions {
   /** Prepended to every key and to the channel, so deployments can share one Redis. */
   prefix: string;
-  localTtlMs?: number;
-  localMaxEntries?: number;
   redisTtlMs?: number;
 }
 
-export class RedisCache implements Cache {
-  readonly #redis: RedisConnections;
-  readonly #metrics: Metrics;
-  readonly #log: Logger;
-  readonly #prefix: string;
-  readonly #channel: string;
-  readonly #redisTtlMs: number;
-  readonly #local: LRUCache<string, { value: unknown }>;
-  readonly #epoch = new InvalidationEpoch();
-
+export class RedisCache extends TieredCache {
   constructor(redis: RedisConnections, deps: { metrics: Metrics; log: Logger }, options: RedisCacheOptions) {
-    this.#redis = redis;
-    this.#metrics = deps.metrics;
-    this.#log = deps.log;
-    this.#prefix = options.prefix;
-    this.#channel = `${options.prefix}cache-invalidations`;
-    this.#redisTtlMs = options.redisTtlMs ?? 600_000;
-    this.#local = new LRUCache({ max: options.localMaxEntries ?? 10_000, ttl: options.localTtlMs ?? 5_000 });
+    const tier = new RedisTier(redis, deps.metrics, options);
+    super(tier, deps.metrics, options);
 
     redis.subscriber.on('message', (channel: string, message: string) => {
-      if (channel !== this.#channel) return;
+      if (channel !== tier.channel) return;
       let keys: unknown;
       try {
         keys = JSON.parse(message);
@@ -46,52 +29,55 @@ export class RedisCache implements Cache {
         keys = undefined;
       }
       if (!Array.isArray(keys)) {
-        this.#log.warn({ channel }, 'ignoring a malformed cache invalidation');
+        deps.log.warn({ channel }, 'ignoring a malformed cache invalidation');
         return;
       }
-      this.#dropLocal(keys.filter((k): k is string => typeof k === 'string'));
+      this.dropLocal(keys.filter((k): k is string => typeof k === 'string'));
     });
     // Invalidations published while this process was not subscribed are
     // lost, so whatever the LRU holds from before may be stale: drop it once
     // the subscription is back.
     redis.subscriber.on('ready', () => {
-      redis.subscriber.subscribe(this.#channel).then(
-        () => {
-          this.#epoch.bump();
-          this.#local.clear();
-        },
-        () => this.#metrics.cacheErrors.inc({ operation: 'subscribe' }),
+      redis.subscriber.subscribe(tier.channel).then(
+        () => this.clearLocal(),
+        () => deps.metrics.cacheErrors.inc({ operation: 'subscribe' }),
       );
     });
   }
+}
 
-  async getOrLoad<T>(key: string, load: () => Promise<T | undefined>): Promise<T | undefined> {
-    const local = this.#local.get(key);
-    if (local) {
-      this.#metrics.cacheLookups.inc({ result: 'local_hit' });
-      return local.value as T;
+class RedisTier implements SharedTier {
+  readonly hitLabel = 'redis_hit';
+  readonly channel: string;
+  readonly #redis: RedisConnections;
+  readonly #metrics: Metrics;
+  readonly #prefix: string;
+  readonly #redisTtlMs: number;
+
+  constructor(redis: RedisConnections, metrics: Metrics, options: RedisCacheOptions) {
+    this.#redis = redis;
+    this.#metrics = metrics;
+    this.#prefix = options.prefix;
+    this.channel = `${options.prefix}cache-invalidations`;
+    this.#redisTtlMs = options.redisTtlMs ?? 600_000;
+  }
+
+  async get(key: string): Promise<SharedLookup> {
+    const redis = this.#redis.commands;
+    if (redis.status !== 'ready') {
+      this.#metrics.cacheErrors.inc({ operation: 'get' });
+      return { found: false, fill: undefined };
     }
-    const epoch = this.#epoch.current();
-    const shared = await this.#get(key);
-    if (shared !== undefined) {
-      this.#metrics.cacheLookups.inc({ result: 'redis_hit' });
-      if (this.#epoch.unchangedSince(epoch)) this.#local.set(key, { value: shared });
-      return shared as T;
+    try {
+      const text = await redis.get(this.#prefix + key);
+      if (text !== null) return { found: true, value: JSON.parse(text) as unknown };
+    } catch {
+      this.#metrics.cacheErrors.inc({ operation: 'get' });
     }
-    this.#metrics.cacheLookups.inc({ result: 'miss' });
-    const value = await load();
-    if (value !== undefined && this.#epoch.unchangedSince(epoch)) {
-      this.#local.set(key, { value });
-      // Not awaited: the caller has its answer, and a failed store only
-      // means the next read loads again.
-      void this.#set(key, value);
-    }
-    return value;
+    return { found: false, fill: (value) => this.#set(key, value) };
   }
 
   async invalidate(keys: readonly string[]): Promise<void> {
-    this.#dropLocal(keys);
-    if (keys.length === 0) return;
     const redis = this.#redis.commands;
     if (redis.status !== 'ready') {
       this.#metrics.cacheErrors.inc({ operation: 'invalidate' });
@@ -101,7 +87,7 @@ export class RedisCache implements Cache {
       const results = await redis
         .pipeline()
         .del(...keys.map((k) => this.#prefix + k))
-        .publish(this.#channel, JSON.stringify(keys))
+        .publish(this.channel, JSON.stringify(keys))
         .exec();
       if (results?.some(([error]) => error !== null)) this.#metrics.cacheErrors.inc({ operation: 'invalidate' });
     } catch {
@@ -109,29 +95,8 @@ export class RedisCache implements Cache {
     }
   }
 
-  async close(): Promise<void> {
-    this.#local.clear();
-  }
-
-  #dropLocal(keys: readonly string[]): void {
-    this.#epoch.bump();
-    for (const key of keys) this.#local.delete(key);
-  }
-
-  async #get(key: string): Promise<unknown> {
-    const redis = this.#redis.commands;
-    if (redis.status !== 'ready') {
-      this.#metrics.cacheErrors.inc({ operation: 'get' });
-      return undefined;
-    }
-    try {
-      const text = await redis.get(this.#prefix + key);
-      return text === null ? undefined : (JSON.parse(text) as unknown);
-    } catch {
-      this.#metrics.cacheErrors.inc({ operation: 'get' });
-      return undefined;
-    }
-  }
+  // The connections belong to the app: the rate limiter uses them too.
+  async close(): Promise<void> {}
 
   async #set(key: string, value: unknown): Promise<void> {
     const redis = this.#redis.commands;

@@ -93,14 +93,19 @@ export function createMetrics() {
     }),
     cacheLookups: new Counter({
       name: 'orderflow_cache_lookups_total',
-      help: 'Cache reads by result: local_hit (process LRU), redis_hit, miss (loaded from the database)',
+      help: 'Cache reads by result: local_hit (process LRU), redis_hit, memcached_hit, miss (loaded from the database)',
       labelNames: ['result'] as const,
       registers: [registry],
     }),
     cacheErrors: new Counter({
       name: 'orderflow_cache_errors_total',
-      help: 'Cache operations that failed or were skipped because Redis is unreachable; the request was served from the database',
+      help: 'Cache operations that failed or were skipped because Redis or Memcached is unreachable; the request was served from the database',
       labelNames: ['operation'] as const,
+      registers: [registry],
+    }),
+    memcachedUp: new Gauge({
+      name: 'orderflow_memcached_up',
+      help: '1 while the last command to Memcached at CACHE_URL succeeded; 0 while it is unreachable (reads then go to the database) or when CACHE_URL is unset',
       registers: [registry],
     }),
     readReplicaUp: new Gauge({
