@@ -92,6 +92,29 @@ async function run(spec: LoadSpec): Promise<LoadResult> {
 
   const over = () => stopped || performance.now() >= deadline;
 
+  /** One GET, counted like an accepted order when it answers 2xx (reads are not retried). */
+  const get = async (token: string, requestPath: string): Promise<void> => {
+    const began = performance.now();
+    try {
+      const response = await pool.request({ origin, path: requestPath, method: 'GET', headers: { authorization: `Bearer ${token}` } });
+      await response.body.text();
+      if (response.statusCode >= 200 && response.statusCode < 300) {
+        const ms = performance.now() - began;
+        recordMs(total, ms);
+        recordMs(window, ms);
+        counts.accepted++;
+        windowCounts.accepted++;
+        return;
+      }
+      errors[String(response.statusCode)] = (errors[String(response.statusCode)] ?? 0) + 1;
+    } catch (error) {
+      const code = (error as { code?: string }).code ?? (error as Error).name;
+      errors[code] = (errors[code] ?? 0) + 1;
+    }
+    counts.failed++;
+    windowCounts.failed++;
+  };
+
   const record = (answer: Answer | undefined): 'pending' | 'rejected' | 'failed' => {
     if (!answer) {
       counts.failed++;
@@ -121,6 +144,12 @@ async function run(spec: LoadSpec): Promise<LoadResult> {
         while (chosen.size < lines) chosen.add(skus[randomInt(skus.length)]!);
         record(await place(token, [...chosen].map((sku) => ({ sku, quantity: randomInt(1, 4) }))));
       }
+    });
+  } else if (workload.kind === 'reads') {
+    const { paths } = workload;
+    loops = Array.from({ length: spec.connections }, async (_, i) => {
+      const token = spec.tokens[i % spec.tokens.length]!;
+      while (!over()) await get(token, paths[randomInt(paths.length)]!);
     });
   } else {
     const { sku } = workload;

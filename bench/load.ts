@@ -11,7 +11,9 @@ export type Workload =
   /** N clients place 1–3-line orders of random SKUs back to back. */
   | { kind: 'throughput'; skus: string[] }
   /** Every buyer orders one unit of one SKU again and again until it is sold out. */
-  | { kind: 'flashsale'; sku: string };
+  | { kind: 'flashsale'; sku: string }
+  /** N clients GET paths (picked at random) back to back; every 2xx answer counts as accepted. */
+  | { kind: 'reads'; paths: string[] };
 
 export interface LoadSpec {
   url: string;

@@ -83,7 +83,7 @@ const MARGIN = { left: 64, right: 150, top: 28, bottom: 30 };
 export function chart(result: BenchResult): string {
   const panels: { title: string; unit: string; lines: Line[] }[] = [];
   const s = result.series;
-  const throughput: Line[] = [{ name: result.scenario === 'ceiling' ? 'transactions/s' : 'accepted/s', color: '#2563eb', points: s.map((x) => [x.t, x.accepted]) }];
+  const throughput: Line[] = [{ name: result.scenario === 'ceiling' ? 'transactions/s' : result.scenario === 'reads' ? 'reads/s' : 'accepted/s', color: '#2563eb', points: s.map((x) => [x.t, x.accepted]) }];
   if (s.some((x) => x.confirmed !== undefined)) throughput.push({ name: 'confirmed/s', color: '#16a34a', points: s.map((x) => [x.t, x.confirmed ?? 0]) });
   if (result.ceiling && result.scenario !== 'ceiling' && s.length > 0) {
     throughput.push({ name: 'ceiling', color: '#9ca3af', dashed: true, points: [[0, result.ceiling.perSecond], [s.at(-1)!.t, result.ceiling.perSecond]] });

@@ -1,7 +1,8 @@
-// npm run bench -- <throughput|flashsale|ceiling> [--mode embedded|distributed]
+// npm run bench -- <throughput|flashsale|ceiling|reads> [--mode embedded|distributed]
 //   [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]
 // See bench/README.md for what each scenario does and what its figures mean.
 import { parseArgs } from 'node:util';
+import postgres from 'postgres';
 import { Pool } from 'undici';
 import { runCeilingIsolated, versionOf, type CeilingResult } from './ceiling.ts';
 import { checkInvariants, drain, statusCounts, type Check } from './checks.ts';
@@ -10,10 +11,13 @@ import { describeMachine, type Machine } from './machine.ts';
 import { Progress, say } from './progress.ts';
 import { printTable, writeResult, type BenchResult, type MemorySample } from './report.ts';
 import { round, type SecondSample } from './stats.ts';
-import { postgresBaseUrl, resolveBrokerUrl, startTarget, type Mode, type Target } from './targets.ts';
+import { freshDatabase, postgresBaseUrl, resolveBrokerUrl, startTarget, type Mode, type Target } from './targets.ts';
+import { treeCpuSeconds } from './cpu.ts';
+import { encodeCursor } from '../src/http/pagination.ts';
+import { startPrivatePrimary, startPrivateStandby, waitForReplay, type PrivatePostgres } from '../test/support/private-postgres.ts';
 import type { ClusterShape } from '../scripts/cluster.ts';
 
-const SCENARIOS = ['throughput', 'flashsale', 'ceiling'] as const;
+const SCENARIOS = ['throughput', 'flashsale', 'ceiling', 'reads'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const STARTED_AT = new Date().toISOString();
@@ -59,7 +63,8 @@ function parseOptions(): Options {
     shape: values.shape,
     connections: int('connections', values.connections, 1),
     // A flash sale ends when the stock is gone; its duration is only a deadline.
-    durationS: int('duration', values.duration ?? (scenario === 'flashsale' ? '120' : '20'), 1),
+    // The reads scenario runs four measurements of this length.
+    durationS: int('duration', values.duration ?? (scenario === 'flashsale' ? '120' : scenario === 'reads' ? '10' : '20'), 1),
     stock: int('stock', values.stock, 1),
     buyers: int('buyers', values.buyers, 1),
   };
@@ -67,7 +72,7 @@ function parseOptions(): Options {
 
 function usage(problem: string): never {
   process.stderr.write(
-    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]\n`,
+    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]\n`,
   );
   process.exit(2);
 }
@@ -354,6 +359,270 @@ async function ceilingOnly(options: Options, machine: Machine): Promise<BenchRes
   };
 }
 
+/**
+ * Product-list and order-list reads per second, on a private PostgreSQL
+ * primary without and then with its streaming standby as DATABASE_READ_URL,
+ * in one run on one seeded database. A few writers keep placing orders the
+ * whole time, so the standby replays a live stream of commits and the lists
+ * wait for it as they would in production. Besides the rates, it reports
+ * where the work went: CPU per 1,000 reads of the primary's, the standby's
+ * and Orderflow's processes, and transactions per read on each server.
+ */
+async function readsScenario(options: Options, machine: Machine): Promise<BenchResult> {
+  if (options.mode !== 'distributed') usage('the reads scenario compares a PostgreSQL primary with and without its replica: use --mode distributed');
+  say('reads: starting a private PostgreSQL primary and its streaming standby…');
+  const primary = await startPrivatePrimary();
+  let standby: PrivatePostgres | undefined;
+  let fresh: Awaited<ReturnType<typeof freshDatabase>> | undefined;
+  try {
+    standby = await startPrivateStandby(primary);
+    fresh = await freshDatabase(primary.url());
+    await waitForReplay(primary, standby, fresh.name);
+    machine.postgres = `private primary + streaming standby (${await serverVersion(primary.url())})`;
+    const readUrl = standby.url(fresh.name);
+    const skus = Array.from({ length: THROUGHPUT_SKUS }, (_, i) => `SKU-${String(i + 1).padStart(4, '0')}`);
+    const lists = {
+      // 50 pages of 20 products, from random places in the catalog.
+      'product list': Array.from({ length: 50 }, (_, i) => `/v1/products?limit=20&cursor=${encodeCursor(skus[(i * 19) % skus.length]!)}`),
+      // Each connection is a customer with its own orders: its newest 20.
+      'order list': ['/v1/orders?limit=20'],
+    };
+    const configurations: { label: string; env: Record<string, string> }[] = [
+      { label: 'primary only', env: {} },
+      { label: 'with replica', env: { DATABASE_READ_URL: readUrl } },
+    ];
+    const measured: ReadMeasurement[] = [];
+    const series: SecondSample[] = [];
+    for (const [index, configuration] of configurations.entries()) {
+      say(`reads: starting the distributed system (${configuration.label})…`);
+      // Split: each api process answers /metrics on its own port, so the run can say where its reads went.
+      const target = await startTarget('distributed', 'split', { databaseUrl: fresh.url, brokerUrl: null, env: configuration.env });
+      try {
+        // The same customers each time; each start has its own signing key.
+        const customers = await tokens(target, options.connections);
+        if (index === 0) {
+          await seedProducts(target, skus.map((sku) => ({ sku, stock: 1_000_000 })));
+          await seedOrders(target, customers, 40, skus);
+          await drain(target.db, DRAIN_TIMEOUT_MS);
+        }
+        for (const [list, paths] of Object.entries(lists)) {
+          await waitForReplay(primary, standby, fresh.name);
+          const m = await measureReads(target, { primary, standby, database: fresh.name }, {
+            label: `${list}, ${configuration.label}`,
+            paths,
+            tokens: customers,
+            connections: options.connections,
+            durationS: options.durationS,
+          });
+          measured.push({ ...m, list, configuration: configuration.label });
+          const offset = series.length;
+          for (const tick of m.ticks) series.push({ t: offset + tick.t, accepted: tick.accepted, p50Ms: tick.p50Ms, p95Ms: tick.p95Ms, p99Ms: tick.p99Ms });
+        }
+      } catch (error) {
+        dumpLogs(target);
+        throw error;
+      } finally {
+        await target.stop();
+      }
+    }
+    return readsResult(options, machine, measured, series);
+  } finally {
+    await fresh?.drop().catch(() => undefined);
+    await standby?.destroy();
+    await primary.destroy();
+  }
+}
+
+interface ReadMeasurement {
+  list: string;
+  configuration: string;
+  perSecond: number;
+  failed: number;
+  latency: LoadResult['latency'];
+  ticks: LoadResult['ticks'];
+  /** CPU seconds used during the measurement, per 1,000 reads, by each part. */
+  cpuPer1000: { primary: number; standby: number; orderflow: number };
+  /** Transactions committed per read on each server (every statement outside a transaction is one). */
+  xactsPerRead: { primary: number; standby: number };
+  /** Reads the api processes sent to each database, by reason (orderflow_routed_reads_total). */
+  routed: Record<string, number>;
+  writes: number;
+  errors: Record<string, number>;
+}
+
+async function measureReads(
+  target: Target,
+  servers: { primary: PrivatePostgres; standby: PrivatePostgres; database: string },
+  run: { label: string; paths: string[]; tokens: string[]; connections: number; durationS: number },
+): Promise<Omit<ReadMeasurement, 'list' | 'configuration'>> {
+  const cpu = async () => {
+    let orderflow = 0;
+    for (const { pid } of await target.processes()) orderflow += await treeCpuSeconds(pid);
+    return { primary: await treeCpuSeconds(servers.primary.pid() ?? -1), standby: await treeCpuSeconds(servers.standby.pid() ?? -1), orderflow };
+  };
+  const xacts = async () => ({ primary: await committed(servers.primary.url(servers.database)), standby: await committed(servers.standby.url(servers.database)) });
+  const cpuBefore = await cpu();
+  const xactsBefore = await xacts();
+  const routedBefore = await routedReads(target);
+  const progress = new Progress(run.label, run.durationS);
+  let result: LoadResult;
+  let writers: LoadResult;
+  try {
+    const keyPrefix = `bench-${Date.now().toString(36)}`;
+    [result, writers] = await Promise.all([
+      runLoad(
+        { url: target.url, connections: run.connections, tokens: run.tokens, durationMs: run.durationS * 1000, workload: { kind: 'reads', paths: run.paths }, keyPrefix },
+        (tick) => progress.update(tick.t, tick.accepted, `p99 ${tick.p99Ms} ms${tick.failed ? `, ${tick.failed} failed` : ''}`),
+      ),
+      runLoad(
+        {
+          url: target.url,
+          connections: READ_BENCH_WRITERS,
+          tokens: run.tokens.slice(0, READ_BENCH_WRITERS),
+          durationMs: run.durationS * 1000,
+          workload: { kind: 'throughput', skus: WRITER_SKUS },
+          keyPrefix: `${keyPrefix}-w`,
+        },
+        () => {},
+      ),
+    ]);
+  } finally {
+    progress.done();
+  }
+  const cpuAfter = await cpu();
+  const xactsAfter = await xacts();
+  const routedAfter = await routedReads(target);
+  const reads = Math.max(1, result.accepted);
+  const per1000 = (part: 'primary' | 'standby' | 'orderflow') => round(((cpuAfter[part] - cpuBefore[part]) * 1000) / reads, 3);
+  return {
+    perSecond: round(result.accepted / (result.elapsedMs / 1000), 1),
+    failed: result.failed,
+    latency: result.latency,
+    ticks: result.ticks,
+    cpuPer1000: { primary: per1000('primary'), standby: per1000('standby'), orderflow: per1000('orderflow') },
+    xactsPerRead: {
+      primary: round((xactsAfter.primary - xactsBefore.primary) / reads, 2),
+      standby: round((xactsAfter.standby - xactsBefore.standby) / reads, 2),
+    },
+    writes: writers.accepted,
+    errors: result.errors,
+    routed: Object.fromEntries(Object.entries(routedAfter).map(([k, v]) => [k, v - (routedBefore[k] ?? 0)]).filter(([, v]) => v !== 0)),
+  };
+}
+
+/** A light, steady stream of orders beside the reads: the replica then replays live commits, as it would in production. */
+const READ_BENCH_WRITERS = 2;
+const WRITER_SKUS = ['SKU-0001', 'SKU-0500', 'SKU-1000'];
+
+/** orderflow_routed_reads_total summed over the api processes, by "database/reason". */
+async function routedReads(target: Target): Promise<Record<string, number>> {
+  const totals: Record<string, number> = {};
+  for (const url of target.apiMetricsUrls) {
+    const text = await (await fetch(url)).text();
+    for (const match of text.matchAll(/^orderflow_routed_reads_total\{database="(\w+)",reason="(\w+)"\} (\S+)$/gm)) {
+      const key = `${match[1]}/${match[2]}`;
+      totals[key] = (totals[key] ?? 0) + Number(match[3]);
+    }
+  }
+  return totals;
+}
+
+async function committed(url: string): Promise<number> {
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    const [row] = await sql<{ n: string }[]>`SELECT xact_commit::text AS n FROM pg_stat_database WHERE datname = current_database()`;
+    return Number(row?.n ?? 0);
+  } finally {
+    await sql.end();
+  }
+}
+
+async function serverVersion(url: string): Promise<string> {
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    const [row] = await sql<{ server_version: string }[]>`SHOW server_version`;
+    return `PostgreSQL ${row?.server_version ?? 'unknown'}`;
+  } finally {
+    await sql.end();
+  }
+}
+
+/** Each customer places `count` one-line orders, so that every order list has a full page. */
+async function seedOrders(target: Target, customerTokens: string[], count: number, skus: string[]): Promise<void> {
+  const origin = new URL(target.url).origin;
+  const pool = new Pool(origin, { connections: 8 });
+  try {
+    let next = 0;
+    const jobs = customerTokens.flatMap((token, c) => Array.from({ length: count }, (_, i) => ({ token, key: `seed-${c}-${i}`, sku: skus[(c * count + i) % skus.length]! })));
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next < jobs.length) {
+          const job = jobs[next++]!;
+          const response = await pool.request({
+            origin,
+            path: '/v1/orders',
+            method: 'POST',
+            headers: { authorization: `Bearer ${job.token}`, 'content-type': 'application/json', 'idempotency-key': job.key },
+            body: JSON.stringify({ items: [{ sku: job.sku, quantity: 1 }], payment: { token: 'tok_visa' } }),
+          });
+          const text = await response.body.text();
+          if (response.statusCode !== 202) throw new Error(`seeding an order answered ${response.statusCode}: ${text}`);
+        }
+      }),
+    );
+  } finally {
+    await pool.close();
+  }
+}
+
+function readsResult(options: Options, machine: Machine, measured: ReadMeasurement[], series: SecondSample[]): BenchResult {
+  const find = (list: string, configuration: string) => measured.find((m) => m.list === list && m.configuration === configuration)!;
+  const figures: BenchResult['figures'] = [];
+  for (const list of ['product list', 'order list']) {
+    const base = find(list, 'primary only');
+    const replica = find(list, 'with replica');
+    figures.push(
+      { label: `${list} reads/s, primary only`, value: base.perSecond },
+      { label: `${list} reads/s, with replica`, value: replica.perSecond },
+      { label: `${list}: with replica / primary only`, value: base.perSecond > 0 ? round(replica.perSecond / base.perSecond, 3) : null },
+      { label: `${list} p50 / p99 ms (primary only → with replica)`, value: `${base.latency.p50Ms} / ${base.latency.p99Ms} → ${replica.latency.p50Ms} / ${replica.latency.p99Ms}` },
+      {
+        label: `${list} CPU s per 1,000 reads: primary / standby / Orderflow`,
+        value: `${base.cpuPer1000.primary} / ${base.cpuPer1000.standby} / ${base.cpuPer1000.orderflow} → ${replica.cpuPer1000.primary} / ${replica.cpuPer1000.standby} / ${replica.cpuPer1000.orderflow}`,
+      },
+      { label: `${list}: where the api sent the reads, with replica`, value: Object.entries(replica.routed).map(([k, v]) => `${k} ${v}`).join(', ') || 'none counted' },
+      {
+        label: `${list} transactions per read: primary / standby`,
+        value: `${base.xactsPerRead.primary} / ${base.xactsPerRead.standby} → ${replica.xactsPerRead.primary} / ${replica.xactsPerRead.standby}`,
+      },
+    );
+  }
+  figures.push({ label: 'orders placed alongside (both lists, primary only → with replica)', value: `${find('product list', 'primary only').writes + find('order list', 'primary only').writes} → ${find('product list', 'with replica').writes + find('order list', 'with replica').writes}` });
+  const failed = measured.reduce((sum, m) => sum + m.failed, 0);
+  const replicaRuns = measured.filter((m) => m.configuration === 'with replica');
+  return {
+    ...base(options, machine, `split distributed shape (HAProxy, 2 api, 2 worker processes), database queue; reads: ${options.connections} connections, each a customer with 40+ orders; ${READ_BENCH_WRITERS} writers placing orders throughout`),
+    figures,
+    latency: undefined,
+    ceiling: undefined,
+    series,
+    memory: [],
+    errors: Object.fromEntries(measured.flatMap((m) => Object.entries(m.errors).map(([k, v]) => [`${m.list}, ${m.configuration}: ${k}`, v]))),
+    checks: [
+      { name: 'every read answered 2xx', ok: failed === 0, detail: `${failed} failed` },
+      {
+        name: 'the standby served the lists in the replica runs',
+        ok: replicaRuns.every((m) => (m.routed['replica/caught_up'] ?? 0) > 0),
+        detail: replicaRuns.map((m) => `${m.list}: ${JSON.stringify(m.routed)}`).join('; '),
+      },
+    ],
+    notes: [
+      'one 2-core machine runs the primary, the standby, Orderflow and the load generator: a replica adds no CPU here, it moves work from the primary to the standby (CPU per 1,000 reads shows where it went).',
+      'series: per-second reads of the four measurements one after another (product list, order list; primary only, then with replica).',
+    ],
+  };
+}
+
 async function finalChecks(target: Target, load: LoadResult, drainMs: number | undefined): Promise<Check[]> {
   const checks = await checkInvariants(target.db, await target.ledger(), load.acceptedIds);
   if (drainMs === undefined) checks[0]!.detail += ` — still pending ${DRAIN_TIMEOUT_MS / 1000} s after load stopped`;
@@ -388,7 +657,9 @@ try {
       ? await throughput(options, machine)
       : options.scenario === 'flashsale'
         ? await flashsale(options, machine)
-        : await ceilingOnly(options, machine);
+        : options.scenario === 'reads'
+          ? await readsScenario(options, machine)
+          : await ceilingOnly(options, machine);
 } catch (error) {
   process.stderr.write(`\nbench: the run failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   process.exit(1);

@@ -45,6 +45,10 @@ export interface Target {
   issue(sub: string, scope: string): Promise<string>;
   ledger(): Promise<Ledger>;
   memory(): Promise<ProcessMemory[]>;
+  /** The server processes (distributed: each role process and its node:cluster copies), by name. */
+  processes(): Promise<{ name: string; pid: number }[]>;
+  /** Where each serving process answers /metrics on its own (split shape: every api process; otherwise none). */
+  readonly apiMetricsUrls: string[];
   /** The last lines the server processes logged (shown when something breaks). */
   logTail(): string[];
   stop(): Promise<void>;
@@ -100,8 +104,17 @@ export async function freshDatabase(baseUrl: string): Promise<{ url: string; nam
   };
 }
 
-export async function startTarget(mode: Mode, shape: ClusterShape = 'combined'): Promise<Target> {
-  return mode === 'embedded' ? startEmbedded() : startDistributed(shape);
+export interface DistributedOptions {
+  /** Run on this existing database (kept afterwards) instead of a fresh one on postgresBaseUrl(). */
+  databaseUrl?: string;
+  /** null: no broker (the database queue); undefined: resolveBrokerUrl(). */
+  brokerUrl?: string | null;
+  /** More environment for every process (e.g. DATABASE_READ_URL). */
+  env?: Record<string, string>;
+}
+
+export async function startTarget(mode: Mode, shape: ClusterShape = 'combined', options: DistributedOptions = {}): Promise<Target> {
+  return mode === 'embedded' ? startEmbedded() : startDistributed(shape, options);
 }
 
 /**
@@ -141,6 +154,8 @@ async function startEmbedded(): Promise<Target> {
     issue: (sub, scope) => app.devIssuer!.issue({ sub, scope }),
     ledger: async () => ({ charges: [...gateway.charges.values()], refunds: [...gateway.refunds.values()] }),
     memory: async () => [{ name: 'app', rssBytes: process.memoryUsage().rss }],
+    processes: async () => [{ name: 'app', pid: process.pid }],
+    apiMetricsUrls: [],
     logTail: () => lines.slice(),
     stop: async () => {
       await app.close();
@@ -149,10 +164,12 @@ async function startEmbedded(): Promise<Target> {
   };
 }
 
-async function startDistributed(shape: ClusterShape): Promise<Target> {
-  const fresh = await freshDatabase(postgresBaseUrl());
+async function startDistributed(shape: ClusterShape, options: DistributedOptions): Promise<Target> {
+  const fresh = options.databaseUrl
+    ? { url: options.databaseUrl, name: new URL(options.databaseUrl).pathname.slice(1), drop: async () => {} }
+    : await freshDatabase(postgresBaseUrl());
   const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-bench-'));
-  const brokerUrl = await resolveBrokerUrl();
+  const brokerUrl = options.brokerUrl === null ? undefined : (options.brokerUrl ?? (await resolveBrokerUrl()));
   // The key exists before any process starts, so they all verify with it.
   const issuer = await openDevIssuer(dataDir);
   const lines: string[] = [];
@@ -165,7 +182,7 @@ async function startDistributed(shape: ClusterShape): Promise<Target> {
       basePort: await freePortRange(8),
       gatewayLatencyMs: GATEWAY_LATENCY_MS,
       isolatedBroker: true,
-      env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn' },
+      env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn', ...options.env },
       onOutput: (name, line) => pushLine(lines, name, line),
     });
   } catch (error) {
@@ -192,19 +209,13 @@ async function startDistributed(shape: ClusterShape): Promise<Target> {
       if (!response.ok) throw new Error(`gateway ledger answered ${response.status}`);
       return (await response.json()) as Ledger;
     },
+    processes: () => serverProcesses(started),
+    apiMetricsUrls: started.processes.filter((p) => p.role === 'api').map((p) => `http://127.0.0.1:${p.port}/metrics`),
     memory: async () => {
       const result: ProcessMemory[] = [];
-      for (const p of started.processes) {
-        const pid = p.child.pid;
-        if (pid === undefined) continue;
+      for (const { name, pid } of await serverProcesses(started)) {
         const rss = await vmRss(pid);
-        if (rss !== undefined) result.push({ name: p.name, rssBytes: rss });
-        // The serving copies node:cluster forked (combined shape).
-        let copy = 1;
-        for (const child of await childPids(pid)) {
-          const childRss = await vmRss(child);
-          if (childRss !== undefined) result.push({ name: `${p.name}${copy++}`, rssBytes: childRss });
-        }
+        if (rss !== undefined) result.push({ name, rssBytes: rss });
       }
       return result;
     },
@@ -219,6 +230,19 @@ async function startDistributed(shape: ClusterShape): Promise<Target> {
       }
     },
   };
+}
+
+/** Each role process, and the serving copies node:cluster forked (combined shape). */
+async function serverProcesses(cluster: { processes: { name: string; child: { pid?: number } }[] }): Promise<{ name: string; pid: number }[]> {
+  const result: { name: string; pid: number }[] = [];
+  for (const p of cluster.processes) {
+    const pid = p.child.pid;
+    if (pid === undefined) continue;
+    result.push({ name: p.name, pid });
+    let copy = 1;
+    for (const child of await childPids(pid)) result.push({ name: `${p.name}${copy++}`, pid: child });
+  }
+  return result;
 }
 
 async function vmRss(pid: number): Promise<number | undefined> {

@@ -12,6 +12,9 @@
 //
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //   BROKER_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379 npm run cluster
+//
+// DATABASE_READ_URL (a streaming replica) and CACHE_URL (Memcached) are
+// passed on to every process too.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -274,7 +277,10 @@ function inheritedEnv(): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     if (value === undefined) continue;
-    if (['DATABASE_URL', 'BROKER_URL', 'BROKER_PREFIX', 'REDIS_URL', 'PAYMENT_GATEWAY_URL', 'ROLE', 'PORT', 'HOST', 'AUTH_JWKS_URL', 'AUTH_ISSUER', 'AUTH_AUDIENCE'].includes(key)) continue;
+    if (
+      ['DATABASE_URL', 'DATABASE_READ_URL', 'BROKER_URL', 'BROKER_PREFIX', 'REDIS_URL', 'CACHE_URL', 'PAYMENT_GATEWAY_URL', 'ROLE', 'PORT', 'HOST', 'AUTH_JWKS_URL', 'AUTH_ISSUER', 'AUTH_AUDIENCE'].includes(key)
+    )
+      continue;
     env[key] = value;
   }
   return env;
@@ -306,7 +312,12 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     apis: Number(values.apis),
     workers: Number(values.workers),
     basePort: Number(values.port),
-    env: { LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' },
+    env: {
+      LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
+      // A read replica and Memcached are named the way `serve` reads them.
+      ...(process.env.DATABASE_READ_URL ? { DATABASE_READ_URL: process.env.DATABASE_READ_URL } : {}),
+      ...(process.env.CACHE_URL ? { CACHE_URL: process.env.CACHE_URL } : {}),
+    },
   });
   process.stdout.write(
     `\nOrderflow cluster ready on ${cluster.url}${values.shape === 'split' ? ' (HAProxy)' : ' (node:cluster)'}\n` +

@@ -69,7 +69,11 @@ export interface ReplicaOptions {
   maxWaitMs: number;
   /** How often a replica that failed is checked again. */
   recheckMs?: number;
-  /** Pause between two polls of the replay position while reads wait. */
+  /**
+   * Least time between two probes of the primary, and between two polls of
+   * the replica, while reads wait. Longer spacing makes each serve more reads
+   * under load and costs each read up to that much more waiting.
+   */
   pollIntervalMs?: number;
 }
 
@@ -106,28 +110,38 @@ function judge(row: ReplayRow | undefined, target: bigint): 'caught_up' | 'promo
  */
 class FlushLsnProbe {
   readonly #primary: Database;
+  readonly #minIntervalMs: number;
   #inFlight: Promise<bigint> | undefined;
   #queued: Promise<bigint> | undefined;
+  #lastStart = -Infinity;
 
-  constructor(primary: Database) {
+  /** Probes start at least minIntervalMs apart, so that under load one probe serves many reads. */
+  constructor(primary: Database, minIntervalMs: number) {
     this.#primary = primary;
+    this.#minIntervalMs = minIntervalMs;
   }
 
   current(): Promise<bigint> {
     if (this.#queued) return this.#queued;
-    if (!this.#inFlight) return this.#start();
-    const queued = this.#inFlight.then(
-      () => undefined,
-      () => undefined,
-    ).then(() => {
-      this.#queued = undefined;
-      return this.#start();
-    });
+    const wait = this.#lastStart + this.#minIntervalMs - performance.now();
+    if (!this.#inFlight && wait <= 0) return this.#start();
+    const queued = (this.#inFlight ?? Promise.resolve(0n))
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .then(async () => {
+        const remaining = this.#lastStart + this.#minIntervalMs - performance.now();
+        if (remaining > 0) await sleep(remaining);
+        this.#queued = undefined;
+        return this.#start();
+      });
     this.#queued = queued;
     return queued;
   }
 
   #start(): Promise<bigint> {
+    this.#lastStart = performance.now();
     const probe = this.#primary
       .query<{ lsn: string }>('SELECT pg_current_wal_flush_lsn()::text AS lsn')
       .then((rows) => parseLsn(rows[0]!.lsn))
@@ -239,8 +253,9 @@ export class ReplicaReads implements ReadRouter {
     this.#log = deps.log;
     this.#maxWaitMs = options.maxWaitMs;
     this.#recheckMs = options.recheckMs ?? 1_000;
-    this.#probe = new FlushLsnProbe(deps.primary);
-    this.#watch = new ReplayWatch(deps.replica, options.pollIntervalMs ?? 1, deps.metrics.replicaWaiting);
+    const pollIntervalMs = options.pollIntervalMs ?? 5;
+    this.#probe = new FlushLsnProbe(deps.primary, pollIntervalMs);
+    this.#watch = new ReplayWatch(deps.replica, pollIntervalMs, deps.metrics.replicaWaiting);
     this.#fallback = 'down';
     this.#metrics.readReplicaUp.set(0);
     this.#startRecheck(0);

@@ -74,6 +74,8 @@ export interface PrivatePostgres {
   destroy(): Promise<void>;
   /** The server's log so far (for a failing test's message). */
   log(): string;
+  /** The postmaster's process id while the server runs (its backends are its children). */
+  pid(): number | undefined;
 }
 
 /** A primary with WAL for streaming replicas (wal_level replica), on a free loopback port. */
@@ -207,7 +209,15 @@ class Server implements PrivatePostgres {
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 
-  /** The server's log, for a failing test's message. */
+  pid(): number | undefined {
+    try {
+      const pid = Number(readFileSync(path.join(this.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   log(): string {
     try {
       return readFileSync(path.join(this.dataDir, 'server.log'), 'utf8');
