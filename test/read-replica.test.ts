@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import postgres from 'postgres';
 import { pino } from 'pino';
+import { startPrivatePrimary } from './support/private-postgres.ts';
 import type { App } from '../src/app.ts';
 import {
   ALL_SCOPES,
@@ -255,6 +256,26 @@ describe('read replica (a private primary and its streaming standby)', { skip },
       await eventually('the log line', async () => (lines.some((l) => l.reason === 'down' && /unreachable/.test(l.msg)) ? true : undefined));
     } finally {
       await t.close();
+    }
+  });
+
+  it('a server that is not a copy of the primary is never used', async () => {
+    const lines: LogLine[] = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
+    // Another cluster altogether: the machine's server, or a second private primary.
+    const other = process.env.DATABASE_URL ? undefined : await startPrivatePrimary();
+    const t = await startTestApp('replica', { replicated: pair, env: { DATABASE_READ_URL: other?.url() ?? process.env.DATABASE_URL! }, log });
+    try {
+      const admin = client(t.app, await t.token('admin', ALL_SCOPES));
+      await eventually('the first check of the replica', async () => (lines.some((l) => l.reason === 'unrelated') ? true : undefined));
+      await createProduct(admin, { sku: 'OTHER-1', stock: 1 });
+      assert.equal((await admin.request('GET', '/v1/products')).body.items[0].sku, 'OTHER-1');
+      assert.equal(await routed(t.app, 'primary', 'unrelated'), 1);
+      assert.equal(await routed(t.app, 'replica', 'caught_up'), 0);
+      assert.equal(await gauge(t.app, 'readReplicaUp'), 0);
+    } finally {
+      await t.close();
+      await other?.destroy();
     }
   });
 

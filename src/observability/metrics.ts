@@ -110,12 +110,12 @@ export function createMetrics() {
     }),
     readReplicaUp: new Gauge({
       name: 'orderflow_read_replica_up',
-      help: '1 while reads that may use the replica at DATABASE_READ_URL go to it; 0 while they go to the primary (replica down, lagging or promoted) or when DATABASE_READ_URL is unset',
+      help: '1 while reads that may use the replica at DATABASE_READ_URL go to it; 0 while they go to the primary (replica down, lagging, promoted or not a copy of the primary) or when DATABASE_READ_URL is unset',
       registers: [registry],
     }),
     routedReads: new Counter({
       name: 'orderflow_routed_reads_total',
-      help: 'Reads that may use the read replica, by the database that served them and why: replica/caught_up, or primary/down|lagging|promoted|error',
+      help: 'Reads that may use the read replica, by the database that served them and why: replica/caught_up, or primary/down|lagging|promoted|unrelated|error',
       labelNames: ['database', 'reason'] as const,
       registers: [registry],
     }),

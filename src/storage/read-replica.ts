@@ -32,8 +32,10 @@
 //
 // Whatever goes wrong with the replica, the read goes to the primary: the
 // replica is down or answers an error (reason `down`/`error`), it has not
-// caught up within maxWaitMs (`lagging`), or it is no longer a standby
-// (`promoted`: it may be diverging from the primary). After a failure, reads
+// caught up within maxWaitMs (`lagging`), it is no longer a standby
+// (`promoted`: it may be diverging from the primary), or it was never a copy
+// of this primary (`unrelated`: another system identifier, checked before
+// the replica is used at all). After a failure, reads
 // go straight to the primary and a background check every recheckMs brings
 // the replica back when it answers caught up again. A replica never fails a
 // request; the primary's own errors (PostgreSQL down: 503) stay what they are.
@@ -61,7 +63,7 @@ export function primaryReads(primary: Database): ReadRouter {
 }
 
 /** Why a read went to the primary rather than the replica. */
-export type FallbackReason = 'down' | 'lagging' | 'promoted' | 'error';
+export type FallbackReason = 'down' | 'lagging' | 'promoted' | 'unrelated' | 'error';
 type WaitOutcome = 'caught_up' | Exclude<FallbackReason, 'error'>;
 
 export interface ReplicaOptions {
@@ -226,8 +228,13 @@ const FALLBACK_MESSAGES: Record<FallbackReason, string> = {
   down: 'the read replica is unreachable; its reads go to the primary until it answers again',
   lagging: 'the read replica has not replayed the primary within DATABASE_READ_MAX_WAIT_MS; its reads go to the primary until it catches up',
   promoted: 'the server at DATABASE_READ_URL is no longer a standby (promoted?); its reads go to the primary until it is one again',
+  unrelated: 'the server at DATABASE_READ_URL is not a copy of the primary (its system identifier differs); reads go to the primary',
   error: 'a read on the replica failed; it and the next reads go to the primary until the replica has caught up again',
 };
+
+// Equal on a primary and every physical standby made from it; a restored or
+// unrelated cluster has its own, and its LSNs mean nothing to the primary.
+const SYSTEM_ID = 'SELECT system_identifier::text AS id FROM pg_control_system()';
 
 /** Reads through a streaming replica (see the top of this file). */
 export class ReplicaReads implements ReadRouter {
@@ -323,13 +330,9 @@ export class ReplicaReads implements ReadRouter {
       for (;;) {
         if (delayMs > 0) await sleep(delayMs, undefined, { signal });
         delayMs = this.#recheckMs;
-        let outcome: WaitOutcome;
-        try {
-          outcome = await this.#watch.waitFor(await this.#probe.current(), this.#maxWaitMs);
-        } catch {
-          continue; // the primary is unreachable: nothing to compare with yet
-        }
+        const outcome = await this.#check();
         if (signal.aborted) return;
+        if (outcome === undefined) continue; // the primary is unreachable: nothing to compare with yet
         if (outcome === 'caught_up') {
           const previous = this.#fallback;
           // Cleared first: a read failing from here on must start a new loop.
@@ -340,17 +343,40 @@ export class ReplicaReads implements ReadRouter {
           this.#checkedOnce = true;
           return;
         }
-        if (!this.#checkedOnce) {
-          // The first check at start: say why the replica is not used yet.
-          this.#checkedOnce = true;
-          this.#fallback = outcome;
+        // Said once per reason: at the first check, and when the reason changes.
+        if (!this.#checkedOnce || outcome !== this.#fallback) {
           this.#log.warn({ reason: outcome, ...(outcome === 'down' ? { err: this.#watch.lastError } : {}) }, FALLBACK_MESSAGES[outcome]);
-        } else {
-          this.#fallback = outcome;
         }
+        this.#checkedOnce = true;
+        this.#fallback = outcome;
       }
     } catch (error) {
       if (!signal.aborted) throw error;
     }
+  }
+
+  /** Whether the replica is a copy of the primary that has replayed its latest commits; undefined when the primary cannot say. */
+  async #check(): Promise<WaitOutcome | 'unrelated' | undefined> {
+    let primaryId: string | undefined;
+    try {
+      const [row] = await this.#primary.query<{ id: string }>(SYSTEM_ID);
+      primaryId = row?.id;
+    } catch {
+      return undefined;
+    }
+    try {
+      const [row] = await this.#replica.query<{ id: string }>(SYSTEM_ID);
+      if (row?.id !== primaryId) return 'unrelated';
+    } catch (error) {
+      this.#watch.lastError = error;
+      return 'down';
+    }
+    let target: bigint;
+    try {
+      target = await this.#probe.current();
+    } catch {
+      return undefined;
+    }
+    return this.#watch.waitFor(target, this.#maxWaitMs);
   }
 }
