@@ -7,15 +7,15 @@
 // uses its own key prefix, and the outage tests their own server, so
 // concurrent runs never see each other's keys.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createServer, type AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { MemcacheClient } from 'memcache-client';
 import { pino } from 'pino';
 import { MemcachedCache } from '../src/cache/memcached-cache.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
+import { freePort, installed } from './support/programs.ts';
 import { ALL_SCOPES, client, createProduct, eventually, placeOrder, requiredServiceUrl, startTestApp, type Client, type TestApp } from './support/harness.ts';
 
 const redisUrl = requiredServiceUrl('REDIS_URL');
@@ -40,23 +40,6 @@ async function metric(t: TestApp, name: string, labels?: string): Promise<number
   const lines = (await t.app.metrics.registry.metrics()).split('\n');
   const series = lines.filter((l) => (labels === undefined ? l.startsWith(`${name}{`) || l.startsWith(`${name} `) : l.startsWith(`${name}${labels} `)));
   return series.reduce((sum, l) => sum + Number(l.split(' ').at(-1)), 0);
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-function installed(program: string, versionFlag: string): boolean {
-  try {
-    execFileSync(program, [versionFlag], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function stopServer(child: ChildProcess): Promise<void> {
@@ -100,7 +83,7 @@ const redisBackend: Backend = {
   hitLabel: 'redis_hit',
   upMetric: 'orderflow_redis_up',
   sharedSkip: redisUrl === undefined || databaseUrl === undefined ? 'set REDIS_URL and DATABASE_URL to run the Redis tests' : undefined,
-  privateSkip: installed('redis-server', '--version') ? undefined : 'redis-server is not installed',
+  privateSkip: installed('redis-server', ['--version']) ? undefined : 'redis-server is not installed',
   env: (url, prefix) => ({ REDIS_URL: url, REDIS_KEY_PREFIX: prefix }),
   sharedUrl: async () => redisUrl!,
   inspect(url) {
@@ -128,8 +111,8 @@ const memcachedBackend: Backend = {
   name: 'Memcached',
   hitLabel: 'memcached_hit',
   upMetric: 'orderflow_memcached_up',
-  sharedSkip: !installed('memcached', '--version') ? 'memcached is not installed' : databaseUrl === undefined ? 'set DATABASE_URL to run the Memcached tests' : undefined,
-  privateSkip: installed('memcached', '--version') ? undefined : 'memcached is not installed',
+  sharedSkip: !installed('memcached', ['--version']) ? 'memcached is not installed' : databaseUrl === undefined ? 'set DATABASE_URL to run the Memcached tests' : undefined,
+  privateSkip: installed('memcached', ['--version']) ? undefined : 'memcached is not installed',
   env: (url, prefix) => ({ CACHE_URL: url, CACHE_KEY_PREFIX: prefix }),
   async sharedUrl() {
     if (!memcachedForFile) {

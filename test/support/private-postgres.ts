@@ -7,10 +7,10 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { appendFileSync, chownSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import postgres from 'postgres';
+import { freePort } from './programs.ts';
 
 /**
  * A PostgreSQL program (pg_ctl, initdb, pgbench, …): from PATH, else next to
@@ -263,10 +263,3 @@ function run(program: string, args: string[]): Promise<void> {
   });
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
