@@ -142,10 +142,18 @@ export async function waitForReplay(primary: PrivatePostgres, standby: PrivatePo
 }
 
 const live = new Set<Server>();
+// Last resort for a process that ends without destroy(): synchronous, so it
+// runs on exit, and on the signals that would otherwise end the process
+// without an exit event (the signal is raised again once the servers are gone).
 process.once('exit', () => {
-  // Last resort for a process that ends without destroy(): synchronous, so it runs on exit.
   for (const server of live) server.destroySync();
 });
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    for (const server of live) server.destroySync();
+    process.kill(process.pid, signal);
+  });
+}
 
 class Server implements PrivatePostgres {
   readonly dataDir: string;
@@ -199,6 +207,7 @@ class Server implements PrivatePostgres {
   }
 
   destroySync(): void {
+    live.delete(this);
     if (this.#running) {
       try {
         execFileSync(findPostgresProgram('pg_ctl'), ['stop', '-D', this.dataDir, '-w', '-m', 'immediate'], { stdio: 'ignore', ...asServerUser() });
