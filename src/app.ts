@@ -9,7 +9,7 @@ import { RedisCache } from './cache/redis-cache.ts';
 import { connectRedis } from './cache/redis.ts';
 import { catalogRoutes } from './catalog/routes.ts';
 import { ConfigError, redactUrl, type Config } from './config.ts';
-import { operationsRoutes } from './http/operations.ts';
+import { notReady, operationsRoutes } from './http/operations.ts';
 import { registerRateLimits } from './http/rate-limit.ts';
 import { buildServer, type Server } from './http/server.ts';
 import { DEV_AUDIENCE, DEV_ISSUER, openDevIssuer, type DevIssuer } from './identity/dev-issuer.ts';
@@ -22,8 +22,9 @@ import type { JobQueue } from './messaging/queue.ts';
 import { RabbitMqBroker } from './messaging/rabbitmq-broker.ts';
 import { Relay, type RelayOptions } from './messaging/relay.ts';
 import { createLogger } from './observability/logger.ts';
-import { createMetrics, type Metrics } from './observability/metrics.ts';
+import { createMetrics, readAtScrape, type Metrics } from './observability/metrics.ts';
 import { orderRoutes } from './orders/routes.ts';
+import { pendingOrderStats } from './orders/store.ts';
 import type { PaymentGateway } from './payments/gateway.ts';
 import { HttpGateway } from './payments/http-gateway.ts';
 import { registerPayWorker } from './payments/pay-worker.ts';
@@ -31,6 +32,7 @@ import { ResilientGateway, type ResilienceOptions } from './payments/resilient-g
 import { SimulatedGateway } from './payments/simulated-gateway.ts';
 import { startSweeper, type Sweeper } from './payments/sweeper.ts';
 import type { Database } from './storage/database.ts';
+import { measureDatabase } from './storage/measured.ts';
 import { loadMigrations, migrate } from './storage/migrate.ts';
 import { openPGlite } from './storage/pglite.ts';
 import { openPostgres } from './storage/postgres.ts';
@@ -110,7 +112,7 @@ export async function createApp(options: AppOptions): Promise<App> {
   checkSupported(config);
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics();
-  const db = await openDatabase(config, options);
+  const db = measureDatabase(await openDatabase(config, options), metrics, config.databaseUrl === undefined ? 1 : config.databasePoolSize);
   try {
     await migrate(db);
   } catch (error) {
@@ -118,6 +120,14 @@ export async function createApp(options: AppOptions): Promise<App> {
     throw error;
   }
   const latestMigration = (await loadMigrations()).at(-1)?.version ?? 0;
+  readAtScrape(
+    metrics,
+    {
+      ready: async () => (await notReady(db, latestMigration)) === undefined,
+      pendingOrders: () => pendingOrderStats(db, config.pendingDeadlineMs),
+    },
+    log.child({ component: 'metrics' }),
+  );
 
   const devIssuer = config.auth === undefined ? await openDevIssuer(options.inMemory ? undefined : config.dataDir) : undefined;
   const verifyToken = config.auth
@@ -162,6 +172,8 @@ export async function createApp(options: AppOptions): Promise<App> {
           { maxWaitMs: config.databaseReadMaxWaitMs },
         )
       : primaryReads(db);
+
+  metrics.info.set({ database: db.kind, queue_backend: broker?.kind ?? 'database', cache: redis ? 'redis' : cache ? 'memory' : 'none' }, 1);
 
   const server = buildServer({ log, metrics, verifyToken });
   await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));

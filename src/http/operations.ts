@@ -8,6 +8,21 @@ import type { Routes } from './server.ts';
 import { sendProblem } from './problems.ts';
 import { Problem } from './schemas.ts';
 
+/**
+ * Why this process cannot serve, or undefined when it can: the database
+ * answers and its schema is at the version this build needs. GET /readyz and
+ * the orderflow_ready gauge both ask this.
+ */
+export async function notReady(db: Database, latestMigration: number): Promise<{ reason: string; error?: unknown } | undefined> {
+  try {
+    const rows = await db.query<{ version: number }>('SELECT coalesce(max(version), 0)::int AS version FROM public.schema_migrations');
+    const version = rows[0]?.version ?? 0;
+    return version < latestMigration ? { reason: `database schema is at version ${version}, this build needs ${latestMigration}` } : undefined;
+  } catch (error) {
+    return { reason: 'the database is not reachable', error };
+  }
+}
+
 export function operationsRoutes(deps: { db: Database; metrics: Metrics; queue: JobQueue; latestMigration: number }): Routes {
   return async (app) => {
     app.get('/healthz', {
@@ -22,17 +37,10 @@ export function operationsRoutes(deps: { db: Database; metrics: Metrics; queue: 
         response: { 200: Type.Object({ status: Type.Literal('ready') }), 503: Problem },
       },
       handler: async (request, reply) => {
-        try {
-          const rows = await deps.db.query<{ version: number }>('SELECT coalesce(max(version), 0)::int AS version FROM public.schema_migrations');
-          const version = rows[0]?.version ?? 0;
-          if (version < deps.latestMigration) {
-            return sendProblem(reply, 'unavailable', `database schema is at version ${version}, this build needs ${deps.latestMigration}`);
-          }
-          return { status: 'ready' as const };
-        } catch (error) {
-          request.log.warn({ err: error }, 'readiness check failed');
-          return sendProblem(reply, 'unavailable', 'the database is not reachable');
-        }
+        const unready = await notReady(deps.db, deps.latestMigration);
+        if (unready === undefined) return { status: 'ready' as const };
+        if (unready.error !== undefined) request.log.warn({ err: unready.error }, 'readiness check failed');
+        return sendProblem(reply, 'unavailable', unready.reason);
       },
     });
 

@@ -8,7 +8,7 @@
 // applies its effect. A failing handler is retried with jittered exponential
 // backoff and dead-lettered by the broker after its last attempt.
 import type { Logger } from 'pino';
-import type { Metrics } from '../observability/metrics.ts';
+import { declareQueue, type Metrics } from '../observability/metrics.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
 import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, WorkerOptions, NewJob } from './queue.ts';
@@ -96,6 +96,7 @@ export class BrokerQueue implements JobQueue {
 
   handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options: WorkerOptions = { concurrency: 4 }): void {
     this.#consumers.set(queue, { queue, handler: handler as JobHandler<JsonObject>, concurrency: options.concurrency });
+    declareQueue(this.#metrics, queue);
   }
 
   start(): void {

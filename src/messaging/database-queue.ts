@@ -6,7 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Database, Queryable } from '../storage/database.ts';
-import type { Metrics } from '../observability/metrics.ts';
+import { declareQueue, type Metrics } from '../observability/metrics.ts';
 import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, NewJob, WorkerOptions } from './queue.ts';
 
 export interface DatabaseQueueOptions {
@@ -83,6 +83,7 @@ export class DatabaseQueue implements JobQueue {
 
   handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options: WorkerOptions = { concurrency: 4 }): void {
     this.#consumers.set(queue, { queue, handler: handler as JobHandler<JsonObject>, concurrency: options.concurrency, running: 0 });
+    declareQueue(this.#metrics, queue);
   }
 
   start(): void {
@@ -98,11 +99,18 @@ export class DatabaseQueue implements JobQueue {
     await Promise.allSettled([...this.#inFlight]);
   }
 
+  /** Rows in messaging.jobs per queue; also sets orderflow_dead_jobs from messaging.dead_jobs (one round trip for both). */
   async backlog(): Promise<Record<string, number>> {
-    const rows = await this.#db.query<{ queue: string; count: number }>(
-      'SELECT queue, count(*)::int AS count FROM messaging.jobs GROUP BY queue',
+    const rows = await this.#db.query<{ dead: boolean; queue: string; count: number }>(
+      `SELECT false AS dead, queue, count(*)::int AS count FROM messaging.jobs GROUP BY queue
+       UNION ALL
+       SELECT true, queue, count(*)::int FROM messaging.dead_jobs GROUP BY queue`,
     );
-    return Object.fromEntries(rows.map((r) => [r.queue, r.count]));
+    this.#metrics.deadJobs.reset();
+    // A queue this process consumes reads 0 rather than vanishing when it holds none.
+    for (const queue of this.#consumers.keys()) this.#metrics.deadJobs.set({ queue }, 0);
+    for (const row of rows) if (row.dead) this.#metrics.deadJobs.set({ queue: row.queue }, row.count);
+    return Object.fromEntries(rows.filter((r) => !r.dead).map((r) => [r.queue, r.count]));
   }
 
   async #pollLoop(): Promise<void> {

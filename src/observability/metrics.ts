@@ -1,11 +1,20 @@
 // Prometheus metrics. Each app instance owns its registry, so several
 // instances (tests, one process per role) never share counters by accident.
+// The alerting rules and dashboards in deploy/ are written against these
+// names (docs/operations.md#metrics lists them); a series the rules rate()
+// exists from the start at 0, because a counter that appears only with its
+// first increment hides that increment from rate() and increase().
+import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { ORDER_STATUSES, REJECT_REASONS } from '../orders/state-machine.ts';
+
+/** Seconds from accept to payment outcome; the settle SLO (deploy/prometheus/rules/slo.yml) counts the orders under 10 s. */
+const SETTLE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 
 export function createMetrics() {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
-  return {
+  const metrics = {
     registry,
     httpRequests: new Counter({
       name: 'orderflow_http_requests_total',
@@ -135,7 +144,107 @@ export function createMetrics() {
       help: '1 while connected to Redis at REDIS_URL; 0 while disconnected (rate limits are then not enforced) or when REDIS_URL is unset',
       registers: [registry],
     }),
+    orderSettleDuration: new Histogram({
+      name: 'orderflow_order_settle_duration_seconds',
+      help: "Seconds from an order's accept to its payment outcome (confirmed, or rejected payment_declined or payment_failed), observed by the worker that settled it",
+      buckets: SETTLE_BUCKETS,
+      registers: [registry],
+    }),
+    deadJobs: new Gauge({
+      name: 'orderflow_dead_jobs',
+      help: 'Database queue: dead-lettered jobs held in messaging.dead_jobs, per queue (read at scrape time; a broker keeps its own dead letters)',
+      labelNames: ['queue'] as const,
+      registers: [registry],
+    }),
+    dbPoolSize: new Gauge({
+      name: 'orderflow_db_pool_size',
+      help: 'Connections this process may open to the database (DATABASE_POOL_SIZE; 1 for the embedded database)',
+      registers: [registry],
+    }),
+    dbBusySeconds: new Counter({
+      name: 'orderflow_db_pool_busy_seconds_total',
+      help: 'Seconds spent in database statements and transactions (waiting for a connection included), summed over concurrent calls: its rate divided by orderflow_db_pool_size is the pool use',
+      registers: [registry],
+    }),
+    info: new Gauge({
+      name: 'orderflow_info',
+      help: 'Always 1; the labels say which adapters this process runs: database (postgres, pglite), queue_backend (database, nats, rabbitmq), cache (redis, memory, none)',
+      labelNames: ['database', 'queue_backend', 'cache'] as const,
+      registers: [registry],
+    }),
   };
+  for (const status of ORDER_STATUSES) {
+    for (const reason of status === 'rejected' ? REJECT_REASONS : ['']) metrics.orderTransitions.inc({ status, reason }, 0);
+  }
+  return metrics;
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/** Starts the per-queue series of a queue this process consumes at 0 (see the top of this file). */
+export function declareQueue(metrics: Metrics, queue: string): void {
+  for (const outcome of ['done', 'retry', 'dead', 'duplicate']) metrics.jobsProcessed.inc({ queue, outcome }, 0);
+  metrics.deadLettered.inc({ queue }, 0);
+  metrics.consumerRedeliveries.inc({ queue }, 0);
+}
+
+/** Database-wide facts read when Prometheus scrapes (every process reports the same figures: take their max). */
+export interface ScrapeReadings {
+  /** Whether this process can serve: the /readyz check. */
+  ready(): Promise<boolean>;
+  /** Orders waiting for their payment outcome (orders/store.ts pendingOrderStats). */
+  pendingOrders(): Promise<{ count: number; overdue: number; oldestAgeSeconds: number }>;
+}
+
+/**
+ * Registers the gauges read from the database at scrape time. Each reading
+ * is bounded by timeoutMs, so /metrics answers while the database does not:
+ * readiness then reads 0, and the pending-order gauges are left out of that
+ * scrape (absent, not stale) and the failure is logged.
+ */
+export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Logger, timeoutMs = 500): void {
+  const registers = [metrics.registry];
+  new Gauge({
+    name: 'orderflow_ready',
+    help: '1 while this process is ready to serve (what GET /readyz answers 200 for), else 0; read at scrape time',
+    registers,
+    async collect() {
+      this.set((await bounded(readings.ready(), timeoutMs).catch(() => false)) ? 1 : 0);
+    },
+  });
+  // Three gauges, one query: the registry calls every collect in one
+  // synchronous loop, so the first starts the reading and the other two
+  // share it; once it settles, the next scrape reads afresh.
+  let reading: Promise<{ count: number; overdue: number; oldestAgeSeconds: number } | undefined> | undefined;
+  const pending = () =>
+    (reading ??= bounded(readings.pendingOrders(), timeoutMs)
+      .catch((error: unknown) => {
+        log.warn({ err: error }, 'could not read the pending orders for /metrics');
+        return undefined;
+      })
+      .finally(() => (reading = undefined)));
+  const gauge = (name: string, help: string, pick: (stats: { count: number; overdue: number; oldestAgeSeconds: number }) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers,
+      async collect() {
+        const stats = await pending();
+        if (stats === undefined) this.remove();
+        else this.set(pick(stats));
+      },
+    });
+  gauge('orderflow_pending_orders', 'Orders waiting for their payment outcome (status pending), database-wide; read at scrape time', (s) => s.count);
+  gauge('orderflow_pending_orders_overdue', 'Pending orders untouched for longer than PENDING_DEADLINE_MS (the sweeper re-drives them), database-wide; read at scrape time', (s) => s.overdue);
+  gauge('orderflow_pending_order_oldest_age_seconds', 'Age of the oldest pending order in seconds (0 when none), database-wide; read at scrape time', (s) => s.oldestAgeSeconds);
+}
+
+function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+  });
+  // The losing promise keeps running; its late rejection is handled here.
+  promise.catch(() => undefined);
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

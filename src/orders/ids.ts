@@ -11,3 +11,19 @@ export function newOrderId(now = Date.now()): string {
   for (const byte of randomBytes(16)) random += ALPHABET[byte % 32];
   return `ord_${time}${random}`;
 }
+
+/**
+ * The time (epoch ms) an order id was made, which is when its order was
+ * accepted: the inverse of the first 10 characters newOrderId writes.
+ * undefined for a string that is not an order id.
+ */
+export function acceptTimeOf(id: string): number | undefined {
+  if (!id.startsWith('ord_') || id.length !== 30) return undefined;
+  let time = 0;
+  for (const char of id.slice(4, 14)) {
+    const digit = ALPHABET.indexOf(char);
+    if (digit < 0) return undefined;
+    time = time * 32 + digit;
+  }
+  return time;
+}

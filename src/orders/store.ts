@@ -174,6 +174,23 @@ export async function stalePendingOrders(db: Queryable, olderThanMs: number, lim
   return rows.map((r) => r.id);
 }
 
+/**
+ * Orders waiting for their payment outcome, database-wide, for the metrics:
+ * how many, how many untouched for longer than olderThanMs (the sweeper's
+ * deadline), and the age of the oldest in seconds (0 when none). One read of
+ * the partial index orders_pending.
+ */
+export async function pendingOrderStats(db: Queryable, olderThanMs: number): Promise<{ count: number; overdue: number; oldestAgeSeconds: number }> {
+  const [row] = await db.query<{ count: number; overdue: number; oldest: number }>(
+    `SELECT count(*)::int AS count,
+            (count(*) FILTER (WHERE updated_at < now() - make_interval(secs => $1::float8)))::int AS overdue,
+            coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 AS oldest
+       FROM orders.orders WHERE status = 'pending'`,
+    [olderThanMs / 1000],
+  );
+  return { count: row?.count ?? 0, overdue: row?.overdue ?? 0, oldestAgeSeconds: Math.max(0, row?.oldest ?? 0) };
+}
+
 // --- idempotency keys -------------------------------------------------------
 
 export interface KeyClaim {

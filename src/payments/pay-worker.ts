@@ -15,6 +15,7 @@
 import type { Logger } from 'pino';
 import type { Job, JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { acceptTimeOf } from '../orders/ids.ts';
 import { confirmOrders, rejectOrder } from '../orders/lifecycle.ts';
 import { lockOrderStatuses, statusesOf } from '../orders/store.ts';
 import type { Database, Queryable } from '../storage/database.ts';
@@ -146,7 +147,7 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
       await job.markDone(tx);
       return outcome.changed;
     });
-    if (rejected) metrics.orderTransitions.inc({ status: 'rejected', reason: 'payment_failed' });
+    if (rejected) countOutcome(metrics, orderId, 'rejected', 'payment_failed');
     return;
   }
 
@@ -157,11 +158,18 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
       await job.markDone(tx);
       return outcome.changed;
     });
-    if (rejected) metrics.orderTransitions.inc({ status: 'rejected', reason: 'payment_declined' });
+    if (rejected) countOutcome(metrics, orderId, 'rejected', 'payment_declined');
     return;
   }
   const confirmed = await deps.recordCharges.submit({ job, chargeId: result.chargeId });
-  if (confirmed) metrics.orderTransitions.inc({ status: 'confirmed', reason: '' });
+  if (confirmed) countOutcome(metrics, orderId, 'confirmed', '');
+}
+
+/** Counts a payment outcome, and times it from the order's accept (its id carries the accept time) for the settle SLO. */
+function countOutcome(metrics: Metrics, orderId: string, status: 'confirmed' | 'rejected', reason: '' | 'payment_declined' | 'payment_failed'): void {
+  metrics.orderTransitions.inc({ status, reason });
+  const acceptedAt = acceptTimeOf(orderId);
+  if (acceptedAt !== undefined) metrics.orderSettleDuration.observe(Math.max(0, Date.now() - acceptedAt) / 1000);
 }
 
 async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
