@@ -1,8 +1,10 @@
 // Prometheus and Alertmanager for a running Orderflow cluster, from the
 // configuration in deploy/prometheus, each a private process on a free port
-// with its data in a temporary directory. The monitoring test and
-// scripts/render-dashboard.ts use it; to watch `npm run cluster` by hand,
-// run Prometheus on deploy/prometheus/prometheus.yml as it is.
+// with its data in a temporary directory; and such a cluster with its own
+// `orderflow gateway` process, which can be stopped to make an outage. The
+// monitoring test and scripts/render-dashboard.ts use it; to watch `npm run
+// cluster` by hand, run Prometheus on deploy/prometheus/prometheus.yml as
+// it is.
 //
 // Time runs faster here than in production: targets are scraped and rules
 // evaluated every second instead of every 15 s, and each alert's `for`
@@ -11,14 +13,19 @@
 // are covered by the promtool unit tests (deploy/prometheus/tests).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
+import { openDevIssuer, type DevIssuer } from '../src/identity/dev-issuer.ts';
+import { freePort } from '../test/support/programs.ts';
+import { startCluster, type Cluster } from './cluster.ts';
 
-const PROMETHEUS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'deploy', 'prometheus');
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const PROMETHEUS_DIR = path.join(ROOT, 'deploy', 'prometheus');
+const MAIN = path.join(ROOT, 'src', 'main.ts');
 /** Production scrapes every 15 s; here every second. */
 const SPEEDUP = 15;
 
@@ -51,15 +58,6 @@ export interface Prometheus {
 export interface Alertmanager {
   readonly url: string;
   stop(): Promise<void>;
-}
-
-/** A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => server.listen(0, '127.0.0.1', resolve).once('error', reject));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /**
@@ -225,4 +223,166 @@ async function terminate(child: ChildProcess): Promise<void> {
   const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
   await exited;
   clearTimeout(timer);
+}
+
+/** What Alertmanager posted to a webhook receiver (its webhook payload, version 4). */
+export interface Notification {
+  receiver: string;
+  status: 'firing' | 'resolved';
+  alerts: { status: string; labels: Record<string, string>; annotations: Record<string, string> }[];
+}
+
+export interface MonitoredCluster {
+  cluster: Cluster;
+  /** Signs tokens every process of the cluster accepts. */
+  issuer: DevIssuer;
+  /** The `orderflow gateway` process the workers charge through. */
+  gatewayUrl: string;
+  prometheus: Prometheus;
+  /** Undefined when started without an Alertmanager binary. */
+  alertmanager: Alertmanager | undefined;
+  /** Every notification Alertmanager delivered, in order. */
+  notifications: Notification[];
+  /** SIGKILLs the payment gateway: the workers' calls are refused from now on. */
+  stopGateway(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * A split cluster (two api processes behind HAProxy, a worker and, with a
+ * broker, a relay) charging through its own `orderflow gateway` process,
+ * scraped by Prometheus, which alerts through Alertmanager to a webhook
+ * served here.
+ */
+export async function startMonitoredCluster(options: {
+  databaseUrl: string;
+  brokerUrl?: string;
+  redisUrl?: string;
+  dataDir: string;
+  prometheusBinary: string;
+  alertmanagerBinary?: string;
+  onOutput?: (process: string, line: string) => void;
+}): Promise<MonitoredCluster> {
+  const output = options.onOutput ?? ((name: string, line: string) => process.stderr.write(`[${name}] ${line}\n`));
+  const stops: (() => Promise<void>)[] = [];
+  const stopAll = async () => {
+    for (const stop of stops.splice(0).reverse()) await stop();
+  };
+  try {
+    const notifications: Notification[] = [];
+    const webhook = createHttpServer((request, response) => {
+      let body = '';
+      request.setEncoding('utf8');
+      request.on('data', (chunk: string) => (body += chunk));
+      request.on('end', () => {
+        try {
+          notifications.push(JSON.parse(body) as Notification);
+        } catch (error) {
+          output('webhook', `not a JSON notification: ${(error as Error).message}`);
+        }
+        response.end();
+      });
+    });
+    await new Promise<void>((resolve) => webhook.listen(0, '127.0.0.1', resolve));
+    stops.push(() => new Promise((resolve) => webhook.close(() => resolve())));
+    const webhookUrl = `http://127.0.0.1:${(webhook.address() as { port: number }).port}`;
+
+    const gatewayPort = await freePort();
+    const gateway = spawn(process.execPath, [MAIN, 'gateway', '--port', String(gatewayPort), '--host', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    forwardOutput(gateway, (line) => output('gateway', line));
+    const stopGateway = async () => {
+      if (gateway.exitCode !== null || gateway.signalCode !== null) return;
+      const exited = new Promise((resolve) => gateway.once('exit', resolve));
+      gateway.kill('SIGKILL');
+      await exited;
+    };
+    stops.push(stopGateway);
+    const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
+    await waitFor(gateway, 'orderflow gateway', async () => (await fetch(`${gatewayUrl}/v1/ledger`)).status === 200);
+
+    const issuer = await openDevIssuer(options.dataDir);
+    const cluster = await startCluster({
+      databaseUrl: options.databaseUrl,
+      brokerUrl: options.brokerUrl,
+      redisUrl: options.redisUrl,
+      apis: 2,
+      workers: 1,
+      basePort: 20_000 + Math.floor(Math.random() * 20_000),
+      isolatedBroker: true,
+      env: {
+        DATA_DIR: options.dataDir,
+        LOG_LEVEL: 'warn',
+        PAYMENT_GATEWAY_URL: gatewayUrl,
+        REDIS_KEY_PREFIX: `monitoring-${process.pid}-${Date.now()}:`,
+        PENDING_DEADLINE_MS: '5000',
+      },
+      onOutput: (name, line) => {
+        if (name !== 'haproxy' || /ALERT|WARNING/.test(line)) output(name, line);
+      },
+    });
+    stops.push(() => cluster.stop());
+
+    const alertmanager = options.alertmanagerBinary
+      ? await startAlertmanager({ binary: options.alertmanagerBinary, webhookUrl, onOutput: (line) => output('alertmanager', line) })
+      : undefined;
+    if (alertmanager) stops.push(() => alertmanager.stop());
+
+    // HAProxy serves its metrics on the port after the last process (README, npm run cluster).
+    const processes = cluster.processes.filter((p) => p.role !== 'lb');
+    const statsPort = Math.max(...processes.map((p) => p.port)) + 1;
+    const prometheus = await startPrometheus({
+      binary: options.prometheusBinary,
+      targets: [...processes.map((p) => ({ address: `127.0.0.1:${p.port}`, role: p.role })), { address: `127.0.0.1:${statsPort}`, role: 'lb' }],
+      alertmanagerUrl: alertmanager?.url,
+      onOutput: (line) => output('prometheus', line),
+    });
+    stops.push(() => prometheus.stop());
+
+    return { cluster, issuer, gatewayUrl, prometheus, alertmanager, notifications, stopGateway, stop: stopAll };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
+
+/**
+ * Checkout traffic through the load balancer: a catalog, then `orders`
+ * orders from concurrent customers (some declined, one in five reading its
+ * product first), and among them requests that are refused (unknown order,
+ * unknown SKU) so the error panels have something to show. Resolves with
+ * the ids of the accepted orders.
+ */
+export async function driveCheckout(baseUrl: string, issuer: DevIssuer, options: { orders: number; clients?: number; skuPrefix?: string }): Promise<string[]> {
+  const prefix = options.skuPrefix ?? 'SKU';
+  const admin = await issuer.issue({ sub: 'admin', scope: 'catalog:write' });
+  const call = async (token: string, method: string, url: string, body?: unknown, headers: Record<string, string> = {}) => {
+    const response = await fetch(baseUrl + url, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  };
+  for (let i = 0; i < 10; i++) {
+    const created = await call(admin, 'POST', '/v1/products', { sku: `${prefix}-${i}`, name: `Item ${i}`, priceCents: 500 + i, currency: 'EUR', stock: 1_000_000 });
+    if (created.status !== 201) throw new Error(`creating ${prefix}-${i}: ${created.status} ${JSON.stringify(created.body)}`);
+  }
+  const accepted: string[] = [];
+  let next = 0;
+  const customer = async (index: number) => {
+    const token = await issuer.issue({ sub: `customer-${index}`, scope: 'orders:write orders:read' });
+    while (next < options.orders) {
+      const n = next++;
+      const sku = `${prefix}-${n % 10}`;
+      if (n % 5 === 0) await call(token, 'GET', `/v1/products/${sku}`);
+      // Mistakes real clients make, spread over the run: an order that does not exist, a SKU that does not.
+      if (n % 20 === 7) await call(token, 'GET', '/v1/orders/ord_00000000000000000000000000');
+      if (n % 20 === 13) await call(token, 'POST', '/v1/orders', { items: [{ sku: 'NO-SUCH-SKU', quantity: 1 }], payment: { token: 'tok_visa' } }, { 'idempotency-key': `${prefix}-unknown-${n}` });
+      const placed = await call(token, 'POST', '/v1/orders', { items: [{ sku, quantity: 1 }], payment: { token: n % 10 === 3 ? 'tok_declined' : 'tok_visa' } }, { 'idempotency-key': `${prefix}-order-${n}` });
+      if (placed.status !== 202) throw new Error(`order ${n}: ${placed.status} ${JSON.stringify(placed.body)}`);
+      accepted.push(placed.body.id as string);
+    }
+  };
+  await Promise.all(Array.from({ length: options.clients ?? 8 }, (_, i) => customer(i)));
+  return accepted;
 }

@@ -86,6 +86,14 @@ export function buildServer(options: ServerOptions): Server {
     request.principal = principal;
   });
 
+  // Each route's latency series exists from the start, at 0: a histogram
+  // born with its first request hides that request from rate(), and the
+  // accept latency SLO (deploy/prometheus/rules/slo.yml) would miss what a
+  // fresh process answered before its first scrape.
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) if (method !== 'HEAD') options.metrics.httpDuration.zero({ method, route: route.url });
+  });
+
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
     const labels = { method: request.method, route };
