@@ -13,10 +13,9 @@ import { after, before, describe, it } from 'node:test';
 import { Ajv } from 'ajv';
 import { pino } from 'pino';
 import { createGenerator } from 'ts-json-schema-generator';
-import { dashboards, staleDashboards } from '../scripts/dashboards.ts';
+import { dashboardQueries, dashboards, instantiate, staleDashboards } from '../scripts/dashboards.ts';
 import { createApp, type App } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
-import { dashboardQueries, instantiate } from './support/dashboards.ts';
 import { exposedMetricNames, loadRules, PROMETHEUS_SYNTHETIC, selectedMetricNames } from './support/promql.ts';
 
 /** Grafana's dashboard model (schema version 42 and on) as the JSON Schema of @grafana/schema's generated Dashboard type. */

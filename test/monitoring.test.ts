@@ -8,13 +8,13 @@
 // evaluations run every second (scripts/monitoring.ts); nothing waits a
 // fixed time: each step polls Prometheus until its deadline.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { dashboards } from '../scripts/dashboards.ts';
+import { checkoutDashboard, dashboardQueries, dashboards, instantiate } from '../scripts/dashboards.ts';
 import { driveCheckout, startMonitoredCluster, type MonitoredCluster } from '../scripts/monitoring.ts';
-import { dashboardQueries, instantiate } from './support/dashboards.ts';
+import { renderDashboard } from '../scripts/render-dashboard.ts';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 import { installed, skipUnlessInstalled } from './support/programs.ts';
 import { loadRules } from './support/promql.ts';
@@ -24,6 +24,7 @@ const natsUrl = requiredServiceUrl('NATS_URL');
 const redisUrl = requiredServiceUrl('REDIS_URL');
 // Debian names the Alertmanager binary prometheus-alertmanager.
 const alertmanager = installed('alertmanager', ['--version']) ? 'alertmanager' : 'prometheus-alertmanager';
+const chromium = skipUnlessInstalled('drawing the checkout dashboard', { chromium: ['--version'] });
 const skip =
   databaseUrl === undefined || natsUrl === undefined || redisUrl === undefined
     ? 'set DATABASE_URL, NATS_URL and REDIS_URL to run the monitoring test'
@@ -50,11 +51,13 @@ describe('monitoring: Prometheus and Alertmanager on a running cluster', { skip,
   let stack: MonitoredCluster;
   let database: { url: string; drop: () => Promise<void> };
   let dataDir: string;
+  let started: number;
   const log: string[] = [];
 
   before(async () => {
     database = await freshPostgresDatabase(databaseUrl!);
     dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-monitoring-'));
+    started = Date.now() / 1000;
     stack = await startMonitoredCluster({
       databaseUrl: database.url,
       brokerUrl: natsUrl,
@@ -183,5 +186,16 @@ describe('monitoring: Prometheus and Alertmanager on a running cluster', { skip,
       assert.equal(delivered.labels.instance, `127.0.0.1:${worker.port}`);
       assert.match(delivered.annotations.summary!, /circuit breaker of 127\.0\.0\.1:\d+ is open/);
       assert.equal(delivered.annotations.runbook, 'docs/operations.md#orderflowpaymentgatewaycircuitopen');
+    }));
+
+  it('draws the checkout dashboard from what Prometheus recorded (scripts/render-dashboard.ts)', { skip: chromium }, () =>
+    withLog(async () => {
+      const out = path.join(dataDir, 'checkout.png');
+      await renderDashboard(checkoutDashboard(), stack.prometheus, { start: started, end: Date.now() / 1000, out });
+      const png = await readFile(out);
+      assert.equal(png.subarray(1, 4).toString('latin1'), 'PNG');
+      // IHDR: width and height, big-endian, at bytes 16 and 20.
+      assert.equal(png.readUInt32BE(16), 1600);
+      assert.ok(png.readUInt32BE(20) > 1500, 'every row of panels is drawn');
     }));
 });
