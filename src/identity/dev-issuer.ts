@@ -1,7 +1,8 @@
 // The development token issuer used when no outside identity provider is
 // configured. Its Ed25519 key lives in DATA_DIR so tokens survive restarts
 // and `orderflow token` can mint them for the running server.
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { link, mkdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
 
@@ -48,12 +49,19 @@ async function loadOrCreateKey(dataDir: string): Promise<JWK> {
   }
   await mkdir(dataDir, { recursive: true });
   const jwk = await newKey();
+  // Several processes may start on one fresh DATA_DIR at once (WEB_CONCURRENCY,
+  // npm run cluster). The key is written whole to a file of this process and
+  // then linked into place, which fails if another process got there first:
+  // nobody ever reads a half-written key, and all use the first one.
+  const own = `${file}.${randomUUID()}`;
+  await writeFile(own, JSON.stringify(jwk), { mode: 0o600 });
   try {
-    // 'wx': if another process created the key first, use theirs.
-    await writeFile(file, JSON.stringify(jwk), { flag: 'wx', mode: 0o600 });
+    await link(own, file);
     return jwk;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
     return JSON.parse(await readFile(file, 'utf8')) as JWK;
+  } finally {
+    await unlink(own);
   }
 }
