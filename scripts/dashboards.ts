@@ -244,9 +244,12 @@ export function checkoutDashboard(): Dashboard {
       ], { min: 0 }),
     )
     .withPanel(
-      timeseries(next(), 'Product cache', 'Product reads by result (local LRU hit, Redis hit, miss loaded from the database), and whether each api process reaches Redis.', 'ops', [
+      timeseries(next(), 'Product cache', 'Product reads by result (local LRU hit, Redis or Memcached hit, miss loaded from the database), and whether each api process reaches the Redis or Memcached it is configured with.', 'ops', [
         q(`sum by (result) (rate(orderflow_cache_lookups_total{${SEL}}${RATE}))`, '{{result}}'),
-        q(`min by (instance) (orderflow_redis_up{${SEL}} and on (job, instance) orderflow_info{cache="redis"})`, 'Redis up {{instance}}'),
+        q(
+          `label_replace(orderflow_redis_up{${SEL}} and on (job, instance) orderflow_info{redis="yes"}, "server", "Redis", "", "") or label_replace(orderflow_memcached_up{${SEL}} and on (job, instance) orderflow_info{cache="memcached"}, "server", "Memcached", "", "")`,
+          '{{server}} up {{instance}}',
+        ),
       ], { min: 0, width: 24 }),
     )
     .build();

@@ -173,7 +173,16 @@ export async function createApp(options: AppOptions): Promise<App> {
         )
       : primaryReads(db);
 
-  metrics.info.set({ database: db.kind, queue_backend: broker?.kind ?? 'database', cache: redis ? 'redis' : cache ? 'memory' : 'none' }, 1);
+  metrics.info.set(
+    {
+      database: db.kind,
+      queue_backend: broker?.kind ?? 'database',
+      cache: cache instanceof MemcachedCache ? 'memcached' : cache instanceof RedisCache ? 'redis' : cache ? 'memory' : 'none',
+      redis: redis ? 'yes' : 'no',
+      read_replica: reads instanceof ReplicaReads ? 'yes' : 'no',
+    },
+    1,
+  );
 
   const server = buildServer({ log, metrics, verifyToken });
   await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));

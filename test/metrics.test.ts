@@ -60,7 +60,7 @@ for (const mode of modes()) {
       assert.equal(sample(text, 'orderflow_ready'), 1);
       const database = mode === 'embedded' ? 'pglite' : 'postgres';
       const backend = isBrokerMode(mode) ? mode : 'database';
-      assert.equal(sample(text, `orderflow_info{database="${database}",queue_backend="${backend}",cache="memory"}`), 1);
+      assert.equal(sample(text, `orderflow_info{database="${database}",queue_backend="${backend}",cache="memory",redis="no",read_replica="no"}`), 1);
       assert.equal(sample(text, 'orderflow_db_pool_size'), mode === 'embedded' ? 1 : t.app.config.databasePoolSize);
       assert.ok(sample(text, 'orderflow_db_pool_busy_seconds_total')! > 0, 'the statements so far took time');
     });

@@ -168,8 +168,8 @@ export function createMetrics() {
     }),
     info: new Gauge({
       name: 'orderflow_info',
-      help: 'Always 1; the labels say which adapters this process runs: database (postgres, pglite), queue_backend (database, nats, rabbitmq), cache (redis, memory, none)',
-      labelNames: ['database', 'queue_backend', 'cache'] as const,
+      help: 'Always 1; the labels say which adapters this process runs: database (postgres, pglite), queue_backend (database, nats, rabbitmq), cache (memcached, redis, memory, none), redis and read_replica (yes, no: REDIS_URL, DATABASE_READ_URL in use)',
+      labelNames: ['database', 'queue_backend', 'cache', 'redis', 'read_replica'] as const,
       registers: [registry],
     }),
   };
