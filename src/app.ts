@@ -28,6 +28,7 @@ import { pendingOrderStats } from './orders/store.ts';
 import type { PaymentGateway } from './payments/gateway.ts';
 import { HttpGateway } from './payments/http-gateway.ts';
 import { registerPayWorker } from './payments/pay-worker.ts';
+import { CHARGE_QUEUE, REFUND_QUEUE } from './payments/payments.ts';
 import { ResilientGateway, type ResilienceOptions } from './payments/resilient-gateway.ts';
 import { SimulatedGateway } from './payments/simulated-gateway.ts';
 import { startSweeper, type Sweeper } from './payments/sweeper.ts';
@@ -147,6 +148,8 @@ export async function createApp(options: AppOptions): Promise<App> {
       ? new Relay(db, broker, log.child({ component: 'relay' }), metrics, { idlePollMs: options.queue?.pollIntervalMs, ...options.relay })
       : undefined;
   if (relay && queue instanceof BrokerQueue) queue.onEnqueue(() => relay.wake());
+  // The relay publishes the payment queues: their series start at 0 (see metrics.ts).
+  if (relay) for (const name of [CHARGE_QUEUE, REFUND_QUEUE]) metrics.relayPublished.inc({ queue: name }, 0);
 
   // Only the API reads through the cache and rate-limits; workers need no
   // Redis. CACHE_URL moves the cache to Memcached; the rate limits stay in

@@ -48,6 +48,8 @@ export class ResilientGateway implements PaymentGateway {
       breaker: new ConsecutiveBreaker(options.breakAfter ?? 5),
     });
     breaker.onStateChange((state) => metrics.gatewayCircuitOpen.set(state === CircuitState.Closed ? 0 : 1));
+    // Every operation and outcome starts at 0, so rate() sees the first call of each (see metrics.ts).
+    for (const operation of ['charge', 'refund']) for (const outcome of ['ok', 'transient', 'error']) metrics.gatewayDuration.zero({ operation, outcome });
     const retries = retry(handleWhen(isTransient), {
       maxAttempts: options.maxAttempts ?? 3,
       backoff: new ExponentialBackoff({ initialDelay: options.initialBackoffMs ?? 100, maxDelay: options.maxBackoffMs ?? 2_000 }),
