@@ -1,0 +1,325 @@
+// Private servers for tests that must stop, kill or restart a dependency: a
+// PostgreSQL cluster made with initdb and run with pg_ctl, a nats-server with
+// JetStream, a redis-server and a RabbitMQ node, each on free ports with its
+// data in a temporary directory. The machine's shared servers are never
+// touched, so other test runs on the same machine are not disturbed. Each
+// server keeps its data across stop() and start(), as a real restart does.
+//
+// Programs are found at run time: on PATH, then in the Debian locations
+// (/usr/lib/postgresql/<newest>/bin, /usr/sbin, /usr/lib/rabbitmq/bin).
+import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createConnection, createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** A dependency of Orderflow running for one test, on its own ports and data directory. */
+export interface PrivateServer<StopMode extends string = string> {
+  readonly name: string;
+  /** The URL Orderflow's configuration takes (DATABASE_URL, BROKER_URL, REDIS_URL). */
+  readonly url: string;
+  readonly port: number;
+  /** Starts it again on the same port with the same data; resolves once it takes clients. */
+  start(): Promise<void>;
+  /** Stops it the way the mode says; resolves once the process is gone. */
+  stop(mode: StopMode): Promise<void>;
+  /** Stops it for good and deletes its data. */
+  destroy(): Promise<void>;
+}
+
+/** PostgreSQL's shutdown modes (pg_ctl stop -m): fast rolls back open transactions and closes every connection; immediate quits at once, with crash recovery at the next start. */
+export type PostgresStopMode = 'fast' | 'immediate';
+/** terminate: SIGTERM, the server's own orderly shutdown; kill: SIGKILL. */
+export type ProcessStopMode = 'terminate' | 'kill';
+
+/** A TCP port nothing listens on right now. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** The program's path, or undefined when this machine lacks it; preferredDirs are searched before PATH. */
+export function findProgram(name: string, preferredDirs: readonly string[] = []): string | undefined {
+  const dirs = [...preferredDirs, ...(process.env.PATH ?? '').split(path.delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin'];
+  for (const dir of dirs) {
+    if (!dir) continue;
+    const candidate = path.join(dir, name);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** Debian installs PostgreSQL's server programs per major version, off PATH. */
+function postgresBinDirs(): string[] {
+  const root = '/usr/lib/postgresql';
+  if (!existsSync(root)) return [];
+  return readdirSync(root)
+    .filter((v) => /^\d+$/.test(v))
+    .sort((a, b) => Number(b) - Number(a))
+    .map((v) => path.join(root, v, 'bin'));
+}
+
+// Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the
+// rabbitmq user, who cannot write this test's directories; the script it
+// wraps runs the node as the caller.
+const RABBITMQ_DIRS = ['/usr/lib/rabbitmq/bin'];
+
+/** Which private servers this machine can run; undefined entries are missing programs. */
+export const programs = {
+  initdb: findProgram('initdb', postgresBinDirs()),
+  pgCtl: findProgram('pg_ctl', postgresBinDirs()),
+  natsServer: findProgram('nats-server'),
+  redisServer: findProgram('redis-server'),
+  rabbitmqServer: findProgram('rabbitmq-server', RABBITMQ_DIRS),
+};
+
+/** Names the programs missing for the given servers, for a skip reason or a REQUIRE_SERVICES failure. */
+export function missingPrograms(...needed: (keyof typeof programs)[]): string | undefined {
+  const missing = needed.filter((p) => programs[p] === undefined);
+  return missing.length === 0 ? undefined : `not installed: ${missing.join(', ')}`;
+}
+
+// Servers left running by a test process that dies are stopped on its way out.
+const live = new Set<() => void>();
+process.once('exit', () => {
+  for (const stop of live) stop();
+});
+
+/** PostgreSQL refuses to run as root; then the cluster belongs to the postgres user. */
+function postgresAccount(): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const line = readFileSync('/etc/passwd', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('postgres:'));
+  if (!line) throw new Error('running as root, and there is no postgres user to run a private PostgreSQL as');
+  const [, , uid, gid] = line.split(':');
+  return { uid: Number(uid), gid: Number(gid) };
+}
+
+function run(program: string, args: readonly string[], options: SpawnOptions = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(program, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve(output) : reject(new Error(`${path.basename(program)} ${args.join(' ')} exited with ${code}:\n${output}`))));
+  });
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ port, host: '127.0.0.1' });
+    socket.once('connect', () => (socket.destroy(), resolve(true)));
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** Resolves once the port accepts (listening: true) or refuses (false) TCP connections. */
+async function waitForPort(port: number, listening: boolean, what: string, exited?: () => boolean, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while ((await accepts(port)) !== listening) {
+    if (exited?.()) throw new Error(`${what} exited while starting`);
+    if (Date.now() > deadline) throw new Error(`${what} ${listening ? 'did not listen' : 'still listens'} on port ${port} after ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+async function waitForExit(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  await new Promise((resolve) => child.once('exit', resolve));
+}
+
+/**
+ * A PostgreSQL cluster of its own: initdb into a temporary directory, then
+ * pg_ctl start on a free port (TCP on 127.0.0.1 only, trust authentication,
+ * user postgres). fsync is off: the tests kill the server, not the machine.
+ */
+export async function startPostgres(): Promise<PrivateServer<PostgresStopMode>> {
+  const { initdb, pgCtl } = programs;
+  if (!initdb || !pgCtl) throw new Error(missingPrograms('initdb', 'pgCtl'));
+  const account = postgresAccount();
+  const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-pg-'));
+  if (account) await chown(dir, account.uid, account.gid);
+  const data = path.join(dir, 'data');
+  const as = { cwd: dir, ...account };
+  await run(initdb, ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions'], as);
+  const port = await freePort();
+  const options = `-p ${port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c fsync=off -c max_connections=200`;
+  let running = false;
+  const stopNow = () => {
+    if (!running) return;
+    try {
+      execFileSync(pgCtl, ['-D', data, '-m', 'immediate', 'stop'], { ...as, stdio: 'ignore' });
+    } catch {
+      // already gone
+    }
+  };
+  const server: PrivateServer<PostgresStopMode> = {
+    name: 'postgresql',
+    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    port,
+    async start() {
+      await run(pgCtl, ['-D', data, '-o', options, '-l', path.join(dir, 'server.log'), '-w', '-t', '60', 'start'], as);
+      running = true;
+    },
+    async stop(mode) {
+      await run(pgCtl, ['-D', data, '-m', mode, '-w', '-t', '60', 'stop'], as);
+      running = false;
+    },
+    async destroy() {
+      stopNow();
+      running = false;
+      live.delete(stopNow);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  live.add(stopNow);
+  await server.start();
+  return server;
+}
+
+/** A process-per-server dependency (NATS, Redis, RabbitMQ): start spawns it, stop signals it. */
+function processServer(
+  name: string,
+  url: string,
+  port: number,
+  dir: string,
+  launch: () => ChildProcess,
+): PrivateServer<ProcessStopMode> {
+  let child: ChildProcess | undefined;
+  const signalGroup = (signal: NodeJS.Signals) => {
+    if (!child?.pid) return;
+    try {
+      // The whole process group (RabbitMQ's start script runs the Erlang VM as
+      // its child), even after its leader exited.
+      process.kill(-child.pid, signal);
+    } catch {
+      // already gone
+    }
+  };
+  const killNow = () => signalGroup('SIGKILL');
+  const server: PrivateServer<ProcessStopMode> = {
+    name,
+    url,
+    port,
+    async start() {
+      const started = launch();
+      child = started;
+      let exited = false;
+      started.once('exit', () => (exited = true));
+      await waitForPort(port, true, name, () => exited);
+    },
+    async stop(mode) {
+      const current = child;
+      if (!current) return;
+      const gone = waitForExit(current);
+      if (mode === 'kill') killNow();
+      else if (current.pid) process.kill(current.pid, 'SIGTERM');
+      await gone;
+      // SIGTERM reaches the main process only; nothing of the group may outlive it.
+      killNow();
+      child = undefined;
+      // A process that was SIGKILLed can hold its port for a moment while it is torn down.
+      await waitForPort(port, false, name);
+    },
+    async destroy() {
+      killNow();
+      if (child) await waitForExit(child);
+      child = undefined;
+      live.delete(killNow);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  live.add(killNow);
+  return server;
+}
+
+// detached: its own process group, so a SIGKILL reaches every process of the server.
+const DETACHED: SpawnOptions = { detached: true, stdio: ['ignore', 'ignore', 'ignore'] };
+
+/** nats-server with JetStream, storing its streams in a temporary directory. */
+export async function startNats(): Promise<PrivateServer<ProcessStopMode>> {
+  const program = programs.natsServer;
+  if (!program) throw new Error(missingPrograms('natsServer'));
+  const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-nats-'));
+  const port = await freePort();
+  const server = processServer(
+    'nats',
+    `nats://127.0.0.1:${port}`,
+    port,
+    dir,
+    () => spawn(program, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', path.join(dir, 'store'), '-l', path.join(dir, 'server.log')], DETACHED),
+  );
+  await server.start();
+  return server;
+}
+
+/** redis-server without persistence: a restart starts empty, as a cache may. */
+export async function startRedis(): Promise<PrivateServer<ProcessStopMode>> {
+  const program = programs.redisServer;
+  if (!program) throw new Error(missingPrograms('redisServer'));
+  const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-redis-'));
+  const port = await freePort();
+  const server = processServer(
+    'redis',
+    `redis://127.0.0.1:${port}`,
+    port,
+    dir,
+    () => spawn(program, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', path.join(dir, 'server.log')], DETACHED),
+  );
+  await server.start();
+  return server;
+}
+
+/**
+ * A RabbitMQ node of its own: its own node name, AMQP and distribution
+ * ports, database and log directories, an empty plugin list and its own
+ * configuration and environment files, so nothing of the machine's node is
+ * read or shared except the Erlang port mapper (epmd), where it registers its
+ * own name. HOME points into its directory, so its Erlang cookie stays there.
+ */
+export async function startRabbitMq(): Promise<PrivateServer<ProcessStopMode>> {
+  const program = programs.rabbitmqServer;
+  if (!program) throw new Error(missingPrograms('rabbitmqServer'));
+  const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-rabbitmq-'));
+  const port = await freePort();
+  const distPort = await freePort();
+  const node = `orderflow-${path.basename(dir).slice(-6)}@localhost`;
+  for (const sub of ['home', 'mnesia', 'log']) await mkdir(path.join(dir, sub));
+  await writeFile(path.join(dir, 'enabled_plugins'), '[].\n');
+  await writeFile(path.join(dir, 'rabbitmq.conf'), `listeners.tcp.local = 127.0.0.1:${port}\nloopback_users = none\n`);
+  await writeFile(path.join(dir, 'rabbitmq-env.conf'), '');
+  const env = {
+    ...process.env,
+    HOME: path.join(dir, 'home'),
+    RABBITMQ_CONF_ENV_FILE: path.join(dir, 'rabbitmq-env.conf'),
+    RABBITMQ_CONFIG_FILE: path.join(dir, 'rabbitmq.conf'),
+    RABBITMQ_ENABLED_PLUGINS_FILE: path.join(dir, 'enabled_plugins'),
+    RABBITMQ_NODENAME: node,
+    RABBITMQ_NODE_IP_ADDRESS: '127.0.0.1',
+    RABBITMQ_NODE_PORT: String(port),
+    RABBITMQ_DIST_PORT: String(distPort),
+    RABBITMQ_MNESIA_BASE: path.join(dir, 'mnesia'),
+    RABBITMQ_LOG_BASE: path.join(dir, 'log'),
+  };
+  const server = processServer(
+    'rabbitmq',
+    `amqp://guest:guest@127.0.0.1:${port}`,
+    port,
+    dir,
+    () => spawn(program, [], { ...DETACHED, env }),
+  );
+  await server.start();
+  return server;
+}
