@@ -78,9 +78,13 @@ export interface App {
   close(): Promise<void>;
 }
 
-export async function openDatabase(config: Config, options: { inMemory?: boolean } = {}): Promise<Database> {
+export async function openDatabase(config: Config, options: { inMemory?: boolean; metrics?: Metrics } = {}): Promise<Database> {
   if (config.databaseUrl === undefined) return openPGlite(options.inMemory ? undefined : config.dataDir);
-  const db = openPostgres(config.databaseUrl, config.databasePoolSize);
+  const circuit = options.metrics?.databaseCircuitOpen;
+  const db = openPostgres(config.databaseUrl, config.databasePoolSize, {
+    timeoutMs: config.databaseTimeoutMs,
+    ...(circuit ? { onCircuitChange: (open: boolean) => circuit.set(open ? 1 : 0) } : {}),
+  });
   // Retry budget: a server that is still starting gets ~15 s to answer.
   for (let attempt = 1; ; attempt++) {
     try {
@@ -113,7 +117,7 @@ export async function createApp(options: AppOptions): Promise<App> {
   checkSupported(config);
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics();
-  const db = measureDatabase(await openDatabase(config, options), metrics, config.databaseUrl === undefined ? 1 : config.databasePoolSize);
+  const db = measureDatabase(await openDatabase(config, { ...options, metrics }), metrics, config.databaseUrl === undefined ? 1 : config.databasePoolSize);
   try {
     await migrate(db);
   } catch (error) {
@@ -171,7 +175,12 @@ export async function createApp(options: AppOptions): Promise<App> {
     ? undefined
     : config.databaseReadUrl
       ? new ReplicaReads(
-          { primary: db, replica: openPostgres(config.databaseReadUrl, config.databasePoolSize), metrics, log: log.child({ component: 'read-replica' }) },
+          {
+            primary: db,
+            replica: openPostgres(config.databaseReadUrl, config.databasePoolSize, { timeoutMs: config.databaseTimeoutMs }),
+            metrics,
+            log: log.child({ component: 'read-replica' }),
+          },
           { maxWaitMs: config.databaseReadMaxWaitMs },
         )
       : primaryReads(db);

@@ -17,6 +17,8 @@ export interface Config {
   databaseReadUrl: string | undefined;
   /** How long such a read waits for the replica to replay what the primary had committed when it arrived, before it goes to the primary. */
   databaseReadMaxWaitMs: number;
+  /** Longest wait for one database call (a pool connection, then its query or whole transaction) and each statement's timeout, in ms; 0: none. */
+  databaseTimeoutMs: number;
   redisUrl: string | undefined;
   /** memcached://host:port: the shared cache in Memcached instead of Redis (rate limits stay where REDIS_URL says). */
   cacheUrl: string | undefined;
@@ -160,6 +162,7 @@ export function loadConfig(env: Env = process.env): Config {
     databasePoolSize: integer(env, 'DATABASE_POOL_SIZE', 10, 1, 1000),
     databaseReadUrl: url(env, 'DATABASE_READ_URL', ['postgres:', 'postgresql:']),
     databaseReadMaxWaitMs: integer(env, 'DATABASE_READ_MAX_WAIT_MS', 100, 1, 10_000),
+    databaseTimeoutMs: integer(env, 'DATABASE_TIMEOUT_MS', 10_000, 0, 600_000),
     redisUrl: url(env, 'REDIS_URL', ['redis:', 'rediss:']),
     redisKeyPrefix: keyPrefix(env, 'REDIS_KEY_PREFIX', 'orderflow:'),
     cacheUrl: memcachedUrl(env),

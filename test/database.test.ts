@@ -5,10 +5,11 @@
 // connection it used serves the next transaction.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Database } from '../src/storage/database.ts';
+import { DatabaseUnavailableError, type Database } from '../src/storage/database.ts';
 import { openPGlite } from '../src/storage/pglite.ts';
 import { openPostgres } from '../src/storage/postgres.ts';
 import { freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
+import { missingPrograms, startPostgres, startTcpProxy, type PostgresStopMode, type PrivateServer, type TcpProxy } from './support/servers.ts';
 
 const databaseUrl = requiredServiceUrl('DATABASE_URL');
 
@@ -84,4 +85,110 @@ for (const engine of engines) {
       assert.deepEqual(await notes(), ['4:next']);
     });
   });
+}
+
+// The port on PostgreSQL when the server misbehaves, on a private server
+// (and a proxy in front of it, for a server that stops answering): every
+// call is answered, with DatabaseUnavailableError (503) when it cannot be
+// served, in bounded time; the same Database serves again once the server
+// does, and exactly the transactions answered as committed are committed.
+describe('database port: PostgreSQL going away', { skip: missingPrograms('initdb', 'pgCtl') }, () => {
+  let server: PrivateServer<PostgresStopMode>;
+  let proxy: TcpProxy;
+  let db: Database;
+  let quiet: Database;
+  const circuit: boolean[] = [];
+  const TIMEOUT_MS = 1_000;
+
+  before(async () => {
+    server = await startPostgres();
+    proxy = await startTcpProxy(server.port);
+    db = openPostgres(server.url, 4, { timeoutMs: TIMEOUT_MS, onCircuitChange: (open) => circuit.push(open) });
+    quiet = openPostgres(`postgres://postgres@127.0.0.1:${proxy.port}/postgres`, 2, { timeoutMs: TIMEOUT_MS });
+    await db.exec('CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)');
+  });
+  after(async () => {
+    await Promise.allSettled([db?.close(), quiet?.close()]);
+    await proxy?.close();
+    await server?.destroy();
+  });
+
+  const unavailable = (what: string, call: () => Promise<unknown>) =>
+    assert.rejects(call(), (error: unknown) => error instanceof DatabaseUnavailableError, `${what} rejects with DatabaseUnavailableError`);
+  const ids = async () => (await db.query<{ id: number }>('SELECT id FROM notes ORDER BY id')).map((r) => r.id);
+
+  it('a statement running past the timeout is cancelled by PostgreSQL; a transaction may ask for more time', async () => {
+    await unavailable('a slow query', () => db.query('SELECT pg_sleep(3)'));
+    await unavailable('a slow transaction', () => db.transaction((tx) => tx.query('SELECT pg_sleep(3)')));
+    const [row] = await db.transaction((tx) => tx.query<{ ok: number }>('SELECT 1 AS ok FROM pg_sleep(1.2)'), { timeoutMs: 5_000 });
+    assert.equal(row?.ok, 1);
+  });
+
+  it('a server that stops answering: a transaction and a query get their answer at the deadline, and nothing is committed', async () => {
+    await db.exec('DELETE FROM notes');
+    await quiet.query('SELECT 1');
+    proxy.frozen = true;
+    proxy.mode = 'blackhole';
+    try {
+      await unavailable('a transaction on a connection gone quiet', () => quiet.transaction((tx) => tx.query('INSERT INTO notes VALUES (1, $1)', ['never committed'])));
+      await unavailable('a query', () => quiet.query('SELECT 1'));
+    } finally {
+      proxy.frozen = false;
+      proxy.mode = 'forward';
+      proxy.cutAll();
+    }
+    await eventuallyServes(quiet);
+    assert.deepEqual(await ids(), []);
+  });
+
+  for (const mode of ['fast', 'immediate'] as const) {
+    it(`a ${mode} shutdown under transactions: calls fail fast while it lasts, and the same Database serves once the server is back`, async () => {
+      await db.exec('DELETE FROM notes');
+      circuit.length = 0;
+      let next = 100;
+      const inFlight = Array.from({ length: 8 }, () =>
+        db
+          .transaction(async (tx) => {
+            const id = next++;
+            await tx.query('INSERT INTO notes VALUES ($1, $2)', [id, 'in flight']);
+            await tx.query('SELECT pg_sleep(0.2)');
+            return id;
+          })
+          .then((id) => ({ id }), (error: unknown) => ({ error })),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await server.stop(mode);
+      try {
+        for (const outcome of await Promise.all(inFlight)) {
+          if ('error' in outcome) assert.ok(outcome.error instanceof DatabaseUnavailableError, String(outcome.error));
+        }
+        // The first calls may meet connections whose end the pool has not
+        // seen yet; a new connection is refused, and the circuit opens.
+        for (let call = 0; circuit.at(-1) !== true; call++) {
+          assert.ok(call < 20, 'the circuit opened');
+          await unavailable('a call while the server is down', () => (call % 2 ? db.query('SELECT 1') : db.transaction((tx) => tx.query('SELECT 1'))));
+        }
+        await unavailable('a call while the circuit is open', () => db.query('SELECT 1'));
+      } finally {
+        await server.start();
+      }
+      await eventuallyServes(db);
+      assert.equal(circuit.at(-1), false, 'the circuit closed again');
+      const answered = (await Promise.all(inFlight)).flatMap((o) => ('id' in o ? [o.id] : []));
+      assert.deepEqual(await ids(), answered.sort((a, b) => a - b), 'exactly the transactions answered as committed are there');
+    });
+  }
+});
+
+/** Waits until a transaction goes through: the connections cut a moment ago have been replaced. */
+async function eventuallyServes(db: Database): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await db.transaction((tx) => tx.query('SELECT 1'));
+      return;
+    } catch (error) {
+      if (attempt > 200) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
 }

@@ -4,11 +4,11 @@
 // either crashes the test process (an uncaught TypeError from a timer),
 // hangs, runs a statement outside its transaction or leaks a connection.
 import assert from 'node:assert/strict';
-import { createConnection, createServer, type Server } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import postgres from 'postgres';
-import { missingPrograms, startPostgres, type PostgresStopMode, type PrivateServer } from './support/servers.ts';
+import { missingPrograms, startPostgres, startTcpProxy, type PostgresStopMode, type PrivateServer } from './support/servers.ts';
 
 const missing = missingPrograms('initdb', 'pgCtl');
 if (missing && process.env.REQUIRE_SERVICES === '1') throw new Error(`the driver tests need a private PostgreSQL (REQUIRE_SERVICES=1): ${missing}`);
@@ -23,26 +23,6 @@ async function settles<T>(what: string, promise: Promise<T>, ms = 10_000): Promi
   } finally {
     clearTimeout(timer);
   }
-}
-
-/**
- * A TCP proxy in front of the server that decides, per connection, to reset
- * it at once or forward it, and cuts a forwarded one when cutWhen says so of
- * a chunk the driver sends.
- */
-async function startProxy(target: number, decide: () => 'reset' | 'forward', cutWhen: (chunk: Buffer) => boolean = () => false) {
-  const proxy = createServer((client) => {
-    if (decide() === 'reset') return client.resetAndDestroy();
-    const upstream = createConnection({ host: '127.0.0.1', port: target });
-    client.on('data', (chunk: Buffer) => (cutWhen(chunk) ? (client.destroy(), upstream.destroy()) : upstream.write(chunk)));
-    upstream.on('data', (chunk: Buffer) => client.write(chunk));
-    for (const [a, b] of [[client, upstream], [upstream, client]] as const) {
-      a.on('error', () => b.destroy());
-      a.on('close', () => b.destroy());
-    }
-  });
-  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-  return { port: (proxy.address() as { port: number }).port, close: () => proxy.close() };
 }
 
 async function backendPid(sql: postgres.Sql | postgres.ReservedSql | postgres.TransactionSql): Promise<number> {
@@ -161,7 +141,8 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
   it('a reservation waiting while its connection reconnects is answered, and the pool serves on', async () => {
     // The first two connection attempts are reset, the next ones reach the server.
     let attempts = 0;
-    const proxy = await startProxy(Number(new URL(server.url).port), () => (++attempts <= 2 ? 'reset' : 'forward'));
+    const proxy = await startTcpProxy(server.port);
+    proxy.mode = () => (++attempts <= 2 ? 'reset' : 'forward');
     try {
       const sql = postgres({ host: '127.0.0.1', port: proxy.port, user: 'postgres', database: 'postgres', max: 1, backoff: () => 0.05, onnotice: () => {} });
       pools.push(sql);
@@ -177,7 +158,7 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
       if (again.status === 'fulfilled') again.value.release();
       assert.equal((await settles('a pool query', sql`SELECT 1`)).status, 'fulfilled');
     } finally {
-      proxy.close();
+      await proxy.close();
     }
   });
 
@@ -203,7 +184,8 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
   it('a connection dropped while it reads the server\'s types fails the query; the failure is handled, and the next connection works', async () => {
     // Cut when the driver asks for the array types, the first thing it does on every new connection.
     let cut = true;
-    const proxy = await startProxy(Number(new URL(server.url).port), () => 'forward', (chunk) => cut && chunk.includes('typcategory'));
+    const proxy = await startTcpProxy(server.port);
+    proxy.cutWhen = (chunk) => cut && chunk.includes('typcategory');
     const unhandled: unknown[] = [];
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
     process.on('unhandledRejection', onUnhandled);
@@ -217,7 +199,7 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
       assert.deepEqual(unhandled, [], 'no promise rejection went unhandled');
     } finally {
       process.off('unhandledRejection', onUnhandled);
-      proxy.close();
+      await proxy.close();
     }
   });
 

@@ -2,6 +2,7 @@
 // outbox rows through it; BrokerQueue consumes through it. Delivery is at
 // least once: a message can arrive again after a crash, a lost ack or a
 // re-publish, and the consumer side (the inbox) absorbs the repeats.
+import { withDeadline } from '../deadline.ts';
 import type { JsonObject } from './queue.ts';
 
 export interface OutgoingMessage {
@@ -64,14 +65,6 @@ export interface BrokerOptions {
 }
 
 /** Gives up on a broker call that hangs (a broker that accepts connections but never answers). */
-export async function withTimeout<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
+export function withTimeout<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
+  return withDeadline(promise, ms, () => new Error(`${what} timed out after ${ms} ms`));
 }

@@ -100,6 +100,11 @@ export function createMetrics() {
       help: '1 while the circuit breaker around the payment gateway is open or half-open, else 0',
       registers: [registry],
     }),
+    databaseCircuitOpen: new Gauge({
+      name: 'orderflow_database_circuit_open',
+      help: '1 while calls to PostgreSQL fail fast because a connection attempt failed (one call probes every 0.5 s), else 0',
+      registers: [registry],
+    }),
     cacheLookups: new Counter({
       name: 'orderflow_cache_lookups_total',
       help: 'Cache reads by result: local_hit (process LRU), redis_hit, memcached_hit, miss (loaded from the database)',

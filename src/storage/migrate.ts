@@ -8,6 +8,9 @@ import type { Database } from './database.ts';
 const MIGRATIONS_DIR = new URL('./migrations/', import.meta.url);
 // Any constant works; it only has to be the same in every Orderflow process.
 const MIGRATION_LOCK = 727_001;
+// A migration may rewrite a large table, and a process that starts meanwhile
+// waits on the lock for it: neither has the request path's time limit.
+const UNBOUNDED = { timeoutMs: 0 };
 
 export interface Migration {
   version: number;
@@ -35,7 +38,7 @@ export async function migrate(db: Database): Promise<string[]> {
     await tx.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
     await tx.query(`CREATE TABLE IF NOT EXISTS public.schema_migrations (
       version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
-  });
+  }, UNBOUNDED);
   const applied: string[] = [];
   for (const migration of migrations) {
     const done = await db.transaction(async (tx) => {
@@ -45,7 +48,7 @@ export async function migrate(db: Database): Promise<string[]> {
       for (const statement of splitStatements(migration.sql)) await tx.query(statement);
       await tx.query('INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)', [migration.version, migration.name]);
       return true;
-    });
+    }, UNBOUNDED);
     if (done) applied.push(migration.name);
   }
   return applied;

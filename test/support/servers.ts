@@ -10,7 +10,7 @@
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createConnection, createServer, type AddressInfo } from 'node:net';
+import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -323,3 +323,63 @@ export async function startRabbitMq(): Promise<PrivateServer<ProcessStopMode>> {
   await server.start();
   return server;
 }
+
+/** What a TcpProxy does with a connection: pass it on, reset it at once, or accept it and never answer. */
+export type ProxyMode = 'forward' | 'reset' | 'blackhole';
+
+export interface TcpProxy {
+  readonly port: number;
+  /** Decides each new connection; existing ones are kept. */
+  mode: ProxyMode | (() => ProxyMode);
+  /** Cuts every forwarded connection whose client sends a chunk this says yes to. */
+  cutWhen: (chunk: Buffer) => boolean;
+  /** While true, forwarded connections stay open and pass no byte either way: a server that stopped answering. */
+  frozen: boolean;
+  /** Cuts every connection open now (the server itself stays up). */
+  cutAll(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * A TCP proxy on a free port in front of a server: a dependency whose network
+ * misbehaves on command, with connections dropped mid-request or answered by
+ * nobody, where stopping the server would be too blunt.
+ */
+export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
+  const open = new Set<Socket>();
+  const server = createServer((client) => {
+    const mode = typeof proxy.mode === 'function' ? proxy.mode() : proxy.mode;
+    if (mode === 'reset') return client.resetAndDestroy();
+    open.add(client);
+    client.on('close', () => open.delete(client));
+    client.on('error', () => client.destroy());
+    if (mode === 'blackhole') return;
+    const upstream = createConnection({ host: '127.0.0.1', port: targetPort });
+    open.add(upstream);
+    upstream.on('close', () => open.delete(upstream));
+    client.on('data', (chunk: Buffer) => {
+      if (proxy.cutWhen(chunk)) return (client.destroy(), upstream.destroy());
+      if (!proxy.frozen) upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => proxy.frozen || client.write(chunk));
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const proxy: TcpProxy = {
+    port: (server.address() as AddressInfo).port,
+    mode: 'forward',
+    cutWhen: () => false,
+    frozen: false,
+    cutAll: () => {
+      for (const socket of open) socket.destroy();
+    },
+    close: async () => {
+      proxy.cutAll();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+  return proxy;
+}
+
