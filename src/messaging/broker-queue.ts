@@ -8,7 +8,7 @@
 // applies its effect. A failing handler is retried with jittered exponential
 // backoff and dead-lettered by the broker after its last attempt.
 import type { Logger } from 'pino';
-import { declareQueue, type Metrics } from '../observability/metrics.ts';
+import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
 import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, WorkerOptions, NewJob } from './queue.ts';
@@ -112,17 +112,30 @@ export class BrokerQueue implements JobQueue {
 
   /** Unsent outbox rows per queue, plus, for the queues this process consumes, what the broker holds and what is being handled here. */
   async backlog(): Promise<Record<string, number>> {
-    const rows = await this.#db.query<{ queue: string; count: number }>('SELECT queue, count(*)::int AS count FROM messaging.outbox GROUP BY queue');
-    const result: Record<string, number> = {};
+    return addCounts(await this.#outboxBacklog(), await this.#brokerBacklog());
+  }
+
+  async refreshMetrics(): Promise<void> {
+    // Read side by side: the broker being down must not hide the outbox
+    // growing, the one figure that shows what waits for it.
+    const [outbox, held] = await Promise.all([
+      readForScrape(this.#metrics, this.#log, 'database', () => this.#outboxBacklog()),
+      this.#consumers.size === 0 ? {} : readForScrape(this.#metrics, this.#log, 'broker', () => this.#brokerBacklog()),
+    ]);
     this.#metrics.outboxBacklog.reset();
-    for (const row of rows) {
-      result[row.queue] = row.count;
-      this.#metrics.outboxBacklog.set({ queue: row.queue }, row.count);
-    }
-    for (const queue of this.#consumers.keys()) {
-      const pending = await this.#broker.pending(queue);
-      result[queue] = (result[queue] ?? 0) + pending + (this.#inFlight.get(queue) ?? 0);
-    }
+    for (const [queue, count] of Object.entries(outbox ?? {})) this.#metrics.outboxBacklog.set({ queue }, count);
+    this.#metrics.jobBacklog.reset();
+    if (outbox && held) for (const [queue, count] of Object.entries(addCounts(outbox, held))) this.#metrics.jobBacklog.set({ queue }, count);
+  }
+
+  async #outboxBacklog(): Promise<Record<string, number>> {
+    const rows = await this.#db.query<{ queue: string; count: number }>('SELECT queue, count(*)::int AS count FROM messaging.outbox GROUP BY queue');
+    return Object.fromEntries(rows.map((row) => [row.queue, row.count]));
+  }
+
+  async #brokerBacklog(): Promise<Record<string, number>> {
+    const result: Record<string, number> = {};
+    for (const queue of this.#consumers.keys()) result[queue] = (await this.#broker.pending(queue)) + (this.#inFlight.get(queue) ?? 0);
     return result;
   }
 
@@ -204,3 +217,10 @@ export class BrokerQueue implements JobQueue {
     return step / 2 + Math.random() * (step / 2);
   }
 }
+
+function addCounts(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  const sum = { ...a };
+  for (const [queue, count] of Object.entries(b)) sum[queue] = (sum[queue] ?? 0) + count;
+  return sum;
+}
+

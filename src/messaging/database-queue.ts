@@ -6,7 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Database, Queryable } from '../storage/database.ts';
-import { declareQueue, type Metrics } from '../observability/metrics.ts';
+import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
 import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, NewJob, WorkerOptions } from './queue.ts';
 
 export interface DatabaseQueueOptions {
@@ -111,6 +111,14 @@ export class DatabaseQueue implements JobQueue {
     for (const queue of this.#consumers.keys()) this.#metrics.deadJobs.set({ queue }, 0);
     for (const row of rows) if (row.dead) this.#metrics.deadJobs.set({ queue: row.queue }, row.count);
     return Object.fromEntries(rows.filter((r) => !r.dead).map((r) => [r.queue, r.count]));
+  }
+
+  async refreshMetrics(): Promise<void> {
+    const backlog = await readForScrape(this.#metrics, this.#log, 'database', () => this.backlog());
+    this.#metrics.jobBacklog.reset();
+    // backlog() sets the dead-job gauge too; unread, it is left out rather than stale.
+    if (backlog === undefined) this.#metrics.deadJobs.reset();
+    for (const [queue, count] of Object.entries(backlog ?? {})) this.#metrics.jobBacklog.set({ queue }, count);
   }
 
   async #pollLoop(): Promise<void> {

@@ -40,6 +40,8 @@ interface Connected {
   nc: NatsConnection;
   js: JetStreamClient;
   jsm: JetStreamManager;
+  /** False between a 'disconnect' and the next 'reconnect' of nc. */
+  link: { up: boolean };
 }
 
 /** Stream and consumer names allow neither dots nor wildcards. */
@@ -96,10 +98,18 @@ export class NatsBroker implements Broker {
         maxReconnectAttempts: -1,
         reconnectTimeWait: 500,
       });
+      const link = { up: true };
+      void (async () => {
+        for await (const status of nc.status()) {
+          if (status.type === 'disconnect') link.up = false;
+          else if (status.type === 'reconnect') link.up = true;
+        }
+        link.up = false;
+      })().catch(() => (link.up = false));
       try {
         const jsm = await jetstreamManager(nc);
         await this.#ensureStream(jsm);
-        return { nc, js: jetstream(nc), jsm };
+        return { nc, js: jetstream(nc), jsm, link };
       } catch (error) {
         await nc.close();
         throw error;
@@ -262,7 +272,10 @@ export class NatsBroker implements Broker {
   }
 
   async #subjectCount(subject: string): Promise<number> {
-    const { jsm } = await this.#connect();
+    const { jsm, link } = await this.#connect();
+    // While the client reconnects, a request would wait for the broker (a
+    // metrics scrape with it); a count is worth nothing late.
+    if (!link.up) throw new Error('NATS is unreachable; the client is reconnecting');
     // In a work-queue stream a message stays stored until it is acknowledged,
     // so this counts waiting, delayed and in-flight messages alike.
     const info = await withTimeout('NATS stream info', this.#publishTimeoutMs, jsm.streams.info(this.#stream, { subjects_filter: subject }));

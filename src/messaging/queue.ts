@@ -48,6 +48,11 @@ export interface JobQueue {
   start(): void;
   /** Stops claiming new jobs and waits for the ones in flight. */
   stop(): Promise<void>;
-  /** Jobs waiting or running, per queue (a metric). */
+  /** Jobs waiting or running, per queue; rejects when a source it reads (the database, and in broker mode the broker) fails. */
   backlog(): Promise<Record<string, number>>;
+  /**
+   * Sets the backlog gauges for a metrics scrape (readForScrape): a source
+   * that fails or is late has the gauges that need it left out. Never rejects.
+   */
+  refreshMetrics(): Promise<void>;
 }

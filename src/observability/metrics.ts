@@ -6,6 +6,7 @@
 // first increment hides that increment from rate() and increase().
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { withDeadline } from '../deadline.ts';
 import { ORDER_STATUSES, REJECT_REASONS } from '../orders/state-machine.ts';
 
 /** Seconds from accept to payment outcome; the settle SLO (deploy/prometheus/rules/slo.yml) counts the orders under 10 s. */
@@ -55,8 +56,14 @@ export function createMetrics() {
     }),
     jobBacklog: new Gauge({
       name: 'orderflow_job_backlog',
-      help: 'Jobs waiting or running in the database queue, per queue',
+      help: 'Jobs waiting or running, per queue: database queue rows, or (broker mode) outbox rows plus, for the queues this process consumes, what the broker holds and what is being handled (read at scrape time)',
       labelNames: ['queue'] as const,
+      registers: [registry],
+    }),
+    backlogUp: new Gauge({
+      name: 'orderflow_backlog_up',
+      help: 'Per source of the backlog gauges (database, broker): 1 when the last scrape read it within 0.5 s, 0 when it could not, and the gauges that need it were left out',
+      labelNames: ['source'] as const,
       registers: [registry],
     }),
     outboxBacklog: new Gauge({
@@ -193,6 +200,9 @@ export function declareQueue(metrics: Metrics, queue: string): void {
   metrics.consumerRedeliveries.inc({ queue }, 0);
 }
 
+/** How long a scrape waits for one source of its figures (the database, the broker). */
+export const SCRAPE_BUDGET_MS = 500;
+
 /** Database-wide facts read when Prometheus scrapes (every process reports the same figures: take their max). */
 export interface ScrapeReadings {
   /** Whether this process can serve: the /readyz check. */
@@ -207,7 +217,7 @@ export interface ScrapeReadings {
  * readiness then reads 0, and the pending-order gauges are left out of that
  * scrape (absent, not stale) and the failure is logged.
  */
-export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Logger, timeoutMs = 500): void {
+export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Logger, timeoutMs = SCRAPE_BUDGET_MS): void {
   const registers = [metrics.registry];
   new Gauge({
     name: 'orderflow_ready',
@@ -245,11 +255,23 @@ export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Lo
 }
 
 function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-  });
-  // The losing promise keeps running; its late rejection is handled here.
-  promise.catch(() => undefined);
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  return withDeadline(promise, timeoutMs, () => new Error(`no answer within ${timeoutMs} ms`));
 }
+
+/**
+ * Reads one source of scrape-time figures within SCRAPE_BUDGET_MS: its value,
+ * or undefined when it fails or is late (a dependency that is down must
+ * never hold /metrics up). Sets orderflow_backlog_up for the source.
+ */
+export async function readForScrape<T>(metrics: Metrics, log: Logger, source: 'database' | 'broker', read: () => Promise<T>): Promise<T | undefined> {
+  try {
+    const value = await bounded(read(), SCRAPE_BUDGET_MS);
+    metrics.backlogUp.set({ source }, 1);
+    return value;
+  } catch (error) {
+    metrics.backlogUp.set({ source }, 0);
+    log.warn({ err: error, source }, 'metrics: the backlog figures that need this source are left out of this scrape');
+    return undefined;
+  }
+}
+
