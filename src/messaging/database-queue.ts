@@ -5,7 +5,7 @@
 // exponential backoff; after max_attempts it moves to messaging.dead_jobs.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { Database, Queryable } from '../storage/database.ts';
+import { DatabaseUnavailableError, type Database, type Queryable } from '../storage/database.ts';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
 import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, NewJob, WorkerOptions } from './queue.ts';
 
@@ -122,14 +122,19 @@ export class DatabaseQueue implements JobQueue {
   }
 
   async #pollLoop(): Promise<void> {
+    let failures = 0;
     while (this.#running) {
       let claimed = 0;
       try {
         for (const consumer of this.#consumers.values()) claimed += await this.#claim(consumer);
+        if (failures > 0) this.#log.info({ failedPolls: failures }, 'job queue: claiming jobs works again');
+        failures = 0;
       } catch (error) {
-        this.#log.error({ err: error }, 'job queue: claiming jobs failed; retrying after the polling interval');
+        // Once per outage, not once per poll: while the database is away every poll fails.
+        if (failures++ === 0) this.#log.error({ err: error }, 'job queue: claiming jobs failed; retrying with backoff (up to 1 s)');
       }
-      if (claimed === 0 && this.#running) await this.#idle();
+      if (failures > 0 && this.#running) await this.#idle(Math.min(this.#pollIntervalMs * 2 ** failures, 1_000));
+      else if (claimed === 0 && this.#running) await this.#idle(this.#pollIntervalMs);
       else if (this.#inFlight.size > 0 && this.#allBusy()) await Promise.race(this.#inFlight);
     }
   }
@@ -139,10 +144,10 @@ export class DatabaseQueue implements JobQueue {
     return true;
   }
 
-  async #idle(): Promise<void> {
+  async #idle(ms: number): Promise<void> {
     const controller = new AbortController();
     this.#wake = () => controller.abort();
-    await sleep(this.#pollIntervalMs, undefined, { signal: controller.signal }).catch(() => undefined);
+    await sleep(ms, undefined, { signal: controller.signal }).catch(() => undefined);
     this.#wake = undefined;
   }
 
@@ -197,7 +202,7 @@ export class DatabaseQueue implements JobQueue {
     }
   }
 
-  async #fail(row: ClaimedRow, error: unknown, durationMs: number): Promise<void> {
+  async #fail(row: ClaimedRow, error: unknown, durationMs: number, started = performance.now() - durationMs, pause = 100): Promise<void> {
     const message = error instanceof Error ? error.message : String(error);
     const context = { jobId: row.id, queue: row.queue, attempt: row.attempts, maxAttempts: row.max_attempts, durationMs: Math.round(durationMs), err: error };
     try {
@@ -220,6 +225,14 @@ export class DatabaseQueue implements JobQueue {
       this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'retry' });
       this.#log.warn({ ...context, retryInMs: Math.round(delayMs) }, 'job failed; will retry');
     } catch (releaseError) {
+      // A job that failed because the database went away cannot be released
+      // while it is away either. Left to its lease it would wait a minute
+      // after the database is back; tried again every moment, it is released
+      // (and retried after its backoff) within a second of the return.
+      if (releaseError instanceof DatabaseUnavailableError && this.#running && this.#leaseMs - (performance.now() - started) > pause) {
+        await sleep(pause);
+        return this.#fail(row, error, durationMs, started, Math.min(pause * 2, 1_000));
+      }
       // The lease will expire and another worker will take the job again.
       this.#log.error({ ...context, releaseError }, 'job failed and could not be released; it is retried when its lease expires');
     }

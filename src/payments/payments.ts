@@ -44,17 +44,20 @@ export async function requestPayments(tx: Queryable, queue: JobQueue, payments: 
          FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS p(order_id, amount_cents, currency, card_token)`,
       [payments.map((p) => p.orderId), payments.map((p) => p.amountCents), payments.map((p) => p.currency), payments.map((p) => p.token)],
     ),
-    queue.enqueueMany(
-      tx,
-      CHARGE_QUEUE,
-      payments.map((p) => ({ payload: { orderId: p.orderId }, key: `charge:${p.orderId}` })),
-    ),
+    queueCharges(tx, queue, payments.map((p) => p.orderId)),
   ]);
 }
 
-/** Queues the charge again (the sweeper's re-drive); a no-op while the charge job is still queued. */
-export async function redriveCharge(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
-  await queue.enqueue(tx, CHARGE_QUEUE, { orderId }, { key: `charge:${orderId}` });
+/**
+ * Queues the orders' charges in one statement: on accept, and again for the
+ * sweeper's re-drive, a no-op for each charge job still queued.
+ */
+export async function queueCharges(tx: Queryable, queue: JobQueue, orderIds: readonly string[]): Promise<void> {
+  await queue.enqueueMany(
+    tx,
+    CHARGE_QUEUE,
+    orderIds.map((orderId) => ({ payload: { orderId }, key: `charge:${orderId}` })),
+  );
 }
 
 /**
@@ -71,12 +74,16 @@ export async function refundUnlessKept(tx: Queryable, queue: JobQueue, orderId: 
       WHERE order_id = $1 AND status IN ('charging', 'succeeded') RETURNING order_id`,
     [orderId],
   );
-  if (owed.length > 0) await redriveRefund(tx, queue, orderId);
+  if (owed.length > 0) await redriveRefunds(tx, queue, [orderId]);
 }
 
-/** Queues the refund again (the sweeper's re-drive); a no-op while the refund job is still queued. */
-export async function redriveRefund(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
-  await queue.enqueue(tx, REFUND_QUEUE, { orderId }, { key: `refund:${orderId}` });
+/** Queues the orders' refunds again (the sweeper's re-drive), in one statement; a no-op for each refund job still queued. */
+export async function redriveRefunds(tx: Queryable, queue: JobQueue, orderIds: readonly string[]): Promise<void> {
+  await queue.enqueueMany(
+    tx,
+    REFUND_QUEUE,
+    orderIds.map((orderId) => ({ payload: { orderId }, key: `refund:${orderId}` })),
+  );
 }
 
 interface PaymentRow {

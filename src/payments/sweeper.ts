@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { JobQueue } from '../messaging/queue.ts';
 import { stalePendingOrders } from '../orders/store.ts';
 import type { Database } from '../storage/database.ts';
-import { overdueRefunds, redriveCharge, redriveRefund } from './payments.ts';
+import { overdueRefunds, queueCharges, redriveRefunds } from './payments.ts';
 
 export interface Sweeper {
   sweep(): Promise<number>;
@@ -20,9 +20,10 @@ export function startSweeper(deps: { db: Database; queue: JobQueue; log: Logger 
     const pending = await stalePendingOrders(deps.db, deadlineMs, 500);
     const toRefund = await overdueRefunds(deps.db, deadlineMs, 500);
     if (pending.length === 0 && toRefund.length === 0) return 0;
+    // One statement per queue: a pass after an outage may re-drive hundreds of orders.
     await deps.db.transaction(async (tx) => {
-      for (const id of pending) await redriveCharge(tx, deps.queue, id);
-      for (const id of toRefund) await redriveRefund(tx, deps.queue, id);
+      await queueCharges(tx, deps.queue, pending);
+      await redriveRefunds(tx, deps.queue, toRefund);
     });
     deps.log.info({ charges: pending.length, refunds: toRefund.length }, 'sweeper re-drove work past its deadline');
     return pending.length + toRefund.length;
