@@ -53,6 +53,8 @@ export interface ClusterOptions {
   /** Extra environment for every Orderflow process (e.g. LOG_LEVEL). */
   env?: Record<string, string>;
   gatewayLatencyMs?: number;
+  /** A payment gateway server the caller owns (and may stop and start again) instead of one the cluster starts. */
+  gateway?: GatewayServer;
   /**
    * Give this cluster its own broker names (BROKER_PREFIX) and delete them
    * on stop, so runs sharing a broker never see each other's messages.
@@ -88,7 +90,8 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const basePort = options.basePort ?? 8080;
   const output = options.onOutput ?? ((name, line) => process.stderr.write(`[${name}] ${line}\n`));
   const brokerPrefix = options.isolatedBroker && options.brokerUrl ? `c${randomBytes(5).toString('hex')}` : undefined;
-  const gateway = await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: options.gatewayLatencyMs ?? 20 }) });
+  const gateway = options.gateway ?? (await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: options.gatewayLatencyMs ?? 20 }) }));
+  const closeGateway = () => (options.gateway ? Promise.resolve() : gateway.close());
   const env: Record<string, string> = {
     ...inheritedEnv(),
     HOST: '127.0.0.1',
@@ -135,7 +138,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     }
   } catch (error) {
     await Promise.all(processes.map((p) => p.kill()));
-    await gateway.close();
+    await closeGateway();
     if (lbDir) await rm(lbDir, { recursive: true, force: true });
     if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
     throw error;
@@ -156,7 +159,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       for (const role of ['lb', 'api', 'relay', 'worker', 'all'] as const) {
         await Promise.all(processes.filter((p) => p.role === role).map((p) => terminate(p.child)));
       }
-      await gateway.close();
+      await closeGateway();
       if (lbDir) await rm(lbDir, { recursive: true, force: true });
       if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
     },

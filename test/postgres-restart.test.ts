@@ -1,42 +1,22 @@
-// PostgreSQL going away and coming back: meanwhile every request that needs
-// it gets 503 problem+json with Retry-After (never a hang, never a 500), and
-// afterwards the same Orderflow process serves again without a restart and
-// finishes the orders it had accepted. This stops and starts the machine's
-// real PostgreSQL server, so it runs only where the test may control it.
+// PostgreSQL going away and coming back, seen through every kind of route:
+// meanwhile every request that needs it gets 503 problem+json with
+// Retry-After (never a hang, never a 500), reads and writes alike, and
+// afterwards the same Orderflow app serves again without a restart and
+// finishes the orders it had accepted. The server is a private one
+// (test/support/servers.ts), so stopping it disturbs nothing else;
+// test/outages.test.ts does the same under load with real serving processes.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { ALL_SCOPES, client, createProduct, eventually, placeOrder, quiesce, requiredServiceUrl, startTestApp } from './support/harness.ts';
+import { ALL_SCOPES, client, createProduct, eventually, placeOrder, quiesce, startTestApp } from './support/harness.ts';
+import { missingPrograms, startPostgres } from './support/servers.ts';
 
-/** The Debian cluster serving DATABASE_URL, when this machine manages PostgreSQL with pg_ctlcluster. */
-function localCluster(): { version: string; name: string } | undefined {
-  try {
-    execFileSync('pg_lsclusters', [], { stdio: 'ignore' });
-    const version = readdirSync('/etc/postgresql').sort().at(-1);
-    return version ? { version, name: 'main' } : undefined;
-  } catch {
-    return undefined;
-  }
-}
+const missing = missingPrograms('initdb', 'pgCtl');
+if (missing && process.env.REQUIRE_SERVICES === '1') throw new Error(`the PostgreSQL restart test needs a private PostgreSQL (REQUIRE_SERVICES=1): ${missing}`);
 
-function pgctl(cluster: { version: string; name: string }, action: 'stop' | 'start'): void {
-  execFileSync('pg_ctlcluster', ['--skip-systemctl-redirect', cluster.version, cluster.name, action, ...(action === 'stop' ? ['-m', 'fast'] : [])], {
-    stdio: 'inherit',
-  });
-}
-
-const databaseUrl = requiredServiceUrl('DATABASE_URL');
-const cluster = localCluster();
-const skip = databaseUrl === undefined ? 'DATABASE_URL is not set' : cluster === undefined ? 'PostgreSQL is not managed by pg_ctlcluster here' : undefined;
-if (skip && databaseUrl !== undefined && process.env.REQUIRE_SERVICES === '1') {
-  throw new Error(`the PostgreSQL restart test cannot run: ${skip}`);
-}
-
-describe('PostgreSQL restart', { skip }, () => {
+describe('PostgreSQL restart', { skip: missing }, () => {
   it('answers 503 with Retry-After while PostgreSQL is down, then recovers without a restart', { timeout: 120_000 }, async () => {
-    const t = await startTestApp('postgres');
-    let stopped = false;
+    const server = await startPostgres();
+    const t = await startTestApp('postgres', { databaseUrl: server.url });
     try {
       const admin = client(t.app, await t.token('admin', ALL_SCOPES));
       const shopper = client(t.app, await t.token('pat', 'orders:write orders:read'));
@@ -45,11 +25,13 @@ describe('PostgreSQL restart', { skip }, () => {
       assert.equal(before.status, 202);
       await quiesce(t.app);
 
-      pgctl(cluster!, 'stop');
-      stopped = true;
+      await server.stop('fast');
       for (const [method, url, send] of [
         ['GET', '/v1/products/PG-1', () => admin.request('GET', '/v1/products/PG-1')],
+        ['GET', '/v1/orders', () => shopper.request('GET', '/v1/orders')],
         ['POST', '/v1/orders', () => placeOrder(shopper, [{ sku: 'PG-1', quantity: 1 }])],
+        ['POST', '/v1/orders/{id}/cancel', () => shopper.request('POST', `/v1/orders/${before.body.id}/cancel`, { body: {} })],
+        ['POST', '/v1/products', () => admin.request('POST', '/v1/products', { body: { sku: 'PG-2', name: 'Two', priceCents: 1, currency: 'EUR', stock: 1 } })],
         ['GET', '/readyz', () => admin.request('GET', '/readyz')],
       ] as const) {
         const response = await send();
@@ -57,11 +39,10 @@ describe('PostgreSQL restart', { skip }, () => {
         assert.match(String(response.headers['content-type']), /application\/problem\+json/);
         assert.ok(Number(response.headers['retry-after']) > 0, `${method} ${url} carries Retry-After`);
       }
-      const alive = await admin.request('GET', '/healthz');
-      assert.equal(alive.status, 200, 'the process itself stays alive');
+      assert.equal((await admin.request('GET', '/healthz')).status, 200, 'the process itself stays alive');
+      assert.equal((await admin.request('GET', '/metrics')).status, 200, 'metrics are served without the database figures');
 
-      pgctl(cluster!, 'start');
-      stopped = false;
+      await server.start();
       const after = await eventually(
         'an order to be accepted again',
         async () => {
@@ -77,8 +58,8 @@ describe('PostgreSQL restart', { skip }, () => {
       }
       assert.equal((await admin.request('GET', '/readyz')).status, 200);
     } finally {
-      if (stopped) pgctl(cluster!, 'start');
       await t.close();
+      await server.destroy();
     }
   });
 });
