@@ -9,7 +9,8 @@ import { DatabaseUnavailableError, type Database } from '../src/storage/database
 import { openPGlite } from '../src/storage/pglite.ts';
 import { openPostgres } from '../src/storage/postgres.ts';
 import { freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
-import { missingPrograms, startPostgres, startTcpProxy, type PostgresStopMode, type PrivateServer, type TcpProxy } from './support/servers.ts';
+import { startPrivatePrimary, type PrivatePostgres } from './support/private-postgres.ts';
+import { privateServersUnavailable, startTcpProxy, type TcpProxy } from './support/servers.ts';
 
 const databaseUrl = requiredServiceUrl('DATABASE_URL');
 
@@ -92,8 +93,8 @@ for (const engine of engines) {
 // call is answered, with DatabaseUnavailableError (503) when it cannot be
 // served, in bounded time; the same Database serves again once the server
 // does, and exactly the transactions answered as committed are committed.
-describe('database port: PostgreSQL going away', { skip: missingPrograms('initdb', 'pgCtl') }, () => {
-  let server: PrivateServer<PostgresStopMode>;
+describe('database port: PostgreSQL going away', { skip: privateServersUnavailable('postgresql') }, () => {
+  let server: PrivatePostgres;
   let proxy: TcpProxy;
   let db: Database;
   let quiet: Database;
@@ -101,9 +102,9 @@ describe('database port: PostgreSQL going away', { skip: missingPrograms('initdb
   const TIMEOUT_MS = 1_000;
 
   before(async () => {
-    server = await startPostgres();
+    server = await startPrivatePrimary();
     proxy = await startTcpProxy(server.port);
-    db = openPostgres(server.url, 4, { timeoutMs: TIMEOUT_MS, onCircuitChange: (open) => circuit.push(open) });
+    db = openPostgres(server.url(), 4, { timeoutMs: TIMEOUT_MS, onCircuitChange: (open) => circuit.push(open) });
     quiet = openPostgres(`postgres://postgres@127.0.0.1:${proxy.port}/postgres`, 2, { timeoutMs: TIMEOUT_MS });
     await db.exec('CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)');
   });

@@ -10,16 +10,16 @@
 // dependency, served as usual when it did not), that /healthz and /metrics
 // kept answering, and that the same processes caught up once it was back.
 // At the end every promise of the contract is checked, with money counted at
-// the gateway's ledger. The servers are the test's own (test/support/servers.ts).
+// the gateway's ledger. The servers are the test's own (test/support/private-postgres.ts, servers.ts).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { missingPrograms } from './support/servers.ts';
+import { privateServersUnavailable, type PrivateServerKind } from './support/servers.ts';
 import { OutageRig, outageSteps, stepName, type Answer, type OutageMode, type StepReport } from './support/outages.ts';
 
-const MODES: { mode: OutageMode; programs: Parameters<typeof missingPrograms> }[] = [
-  { mode: 'postgres', programs: ['initdb', 'pgCtl', 'redisServer'] },
-  { mode: 'nats', programs: ['initdb', 'pgCtl', 'redisServer', 'natsServer'] },
-  { mode: 'rabbitmq', programs: ['initdb', 'pgCtl', 'redisServer', 'rabbitmqServer'] },
+const MODES: { mode: OutageMode; servers: PrivateServerKind[] }[] = [
+  { mode: 'postgres', servers: ['postgresql', 'redis'] },
+  { mode: 'nats', servers: ['postgresql', 'redis', 'nats'] },
+  { mode: 'rabbitmq', servers: ['postgresql', 'redis', 'rabbitmq'] },
 ];
 /** DATABASE_TIMEOUT_MS's default, and a margin: no request may wait longer. */
 const ANSWER_BOUND_MS = 12_000;
@@ -78,8 +78,8 @@ function assertStep(report: StepReport): void {
   }
 }
 
-for (const { mode, programs } of MODES) {
-  const missing = missingPrograms(...programs);
+for (const { mode, servers } of MODES) {
+  const missing = privateServersUnavailable(...servers);
   if (missing && process.env.REQUIRE_SERVICES === '1') throw new Error(`the outage tests (${mode}) need private servers (REQUIRE_SERVICES=1): ${missing}`);
 
   describe(`dependency outages under load (${mode}, ROLE=all WEB_CONCURRENCY=2)`, { skip: missing }, () => {

@@ -8,9 +8,10 @@ import { createServer, type Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import postgres from 'postgres';
-import { missingPrograms, startPostgres, startTcpProxy, type PostgresStopMode, type PrivateServer } from './support/servers.ts';
+import { startPrivatePrimary, type PrivatePostgres } from './support/private-postgres.ts';
+import { privateServersUnavailable, startTcpProxy } from './support/servers.ts';
 
-const missing = missingPrograms('initdb', 'pgCtl');
+const missing = privateServersUnavailable('postgresql');
 if (missing && process.env.REQUIRE_SERVICES === '1') throw new Error(`the driver tests need a private PostgreSQL (REQUIRE_SERVICES=1): ${missing}`);
 
 /** Settles within ms, or fails the test: the driver must never leave a caller waiting forever. */
@@ -35,12 +36,12 @@ function codeOf(result: PromiseSettledResult<unknown>): string | undefined {
 }
 
 describe('postgres driver: a connection that goes away', { skip: missing }, () => {
-  let server: PrivateServer<PostgresStopMode>;
+  let server: PrivatePostgres;
   let admin: postgres.Sql;
   const pools: postgres.Sql[] = [];
   const pool = (options: postgres.Options<Record<string, postgres.PostgresType>> = {}) => {
     // A short backoff: the default waits seconds between reconnects after a few failures.
-    const sql = postgres(server.url, { onnotice: () => {}, backoff: () => 0.05, connect_timeout: 5, ...options });
+    const sql = postgres(server.url(), { onnotice: () => {}, backoff: () => 0.05, connect_timeout: 5, ...options });
     pools.push(sql);
     return sql;
   };
@@ -49,8 +50,8 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
   };
 
   before(async () => {
-    server = await startPostgres();
-    admin = postgres(server.url, { max: 1, onnotice: () => {} });
+    server = await startPrivatePrimary();
+    admin = postgres(server.url(), { max: 1, onnotice: () => {} });
     await admin`CREATE TABLE notes (id int PRIMARY KEY, body text)`;
   });
   after(async () => {

@@ -3,20 +3,21 @@
 // Retry-After (never a hang, never a 500), reads and writes alike, and
 // afterwards the same Orderflow app serves again without a restart and
 // finishes the orders it had accepted. The server is a private one
-// (test/support/servers.ts), so stopping it disturbs nothing else;
+// (test/support/private-postgres.ts), so stopping it disturbs nothing else;
 // test/outages.test.ts does the same under load with real serving processes.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ALL_SCOPES, client, createProduct, eventually, placeOrder, quiesce, startTestApp } from './support/harness.ts';
-import { missingPrograms, startPostgres } from './support/servers.ts';
+import { startPrivatePrimary } from './support/private-postgres.ts';
+import { privateServersUnavailable } from './support/servers.ts';
 
-const missing = missingPrograms('initdb', 'pgCtl');
+const missing = privateServersUnavailable('postgresql');
 if (missing && process.env.REQUIRE_SERVICES === '1') throw new Error(`the PostgreSQL restart test needs a private PostgreSQL (REQUIRE_SERVICES=1): ${missing}`);
 
 describe('PostgreSQL restart', { skip: missing }, () => {
   it('answers 503 with Retry-After while PostgreSQL is down, then recovers without a restart', { timeout: 120_000 }, async () => {
-    const server = await startPostgres();
-    const t = await startTestApp('postgres', { databaseUrl: server.url });
+    const server = await startPrivatePrimary();
+    const t = await startTestApp('postgres', { databaseUrl: server.url() });
     try {
       const admin = client(t.app, await t.token('admin', ALL_SCOPES));
       const shopper = client(t.app, await t.token('pat', 'orders:write orders:read'));

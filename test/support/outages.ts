@@ -19,7 +19,11 @@ import { startGatewayServer, type GatewayServer } from '../../src/payments/gatew
 import { SimulatedGateway } from '../../src/payments/simulated-gateway.ts';
 import type { Database } from '../../src/storage/database.ts';
 import { openPostgres } from '../../src/storage/postgres.ts';
-import { startNats, startPostgres, startRabbitMq, startRedis, type PostgresStopMode, type PrivateServer, type ProcessStopMode } from './servers.ts';
+import { startPrivatePrimary, type PrivatePostgres } from './private-postgres.ts';
+import { startNats, startRabbitMq, startRedis, type PrivateServer, type ProcessStopMode } from './servers.ts';
+
+/** PostgreSQL's shutdown modes (pg_ctl stop -m): fast rolls back open transactions and closes every connection; immediate quits at once, with crash recovery at the next start. */
+export type PostgresStopMode = 'fast' | 'immediate';
 
 export type OutageMode = 'postgres' | 'nats' | 'rabbitmq';
 export type Dependency = 'postgresql' | 'nats' | 'rabbitmq' | 'redis' | 'gateway';
@@ -206,7 +210,7 @@ export class OrderLoad {
 export class OutageRig {
   readonly mode: OutageMode;
   readonly cluster: Cluster;
-  readonly postgresql: PrivateServer<PostgresStopMode>;
+  readonly postgresql: PrivatePostgres;
   readonly redis: PrivateServer<ProcessStopMode>;
   readonly broker: PrivateServer<ProcessStopMode> | undefined;
   readonly gateway: SimulatedGateway;
@@ -221,7 +225,7 @@ export class OutageRig {
   private constructor(init: {
     mode: OutageMode;
     cluster: Cluster;
-    postgresql: PrivateServer<PostgresStopMode>;
+    postgresql: PrivatePostgres;
     redis: PrivateServer<ProcessStopMode>;
     broker: PrivateServer<ProcessStopMode> | undefined;
     gateway: SimulatedGateway;
@@ -240,8 +244,8 @@ export class OutageRig {
     this.#gatewayServer = { current: init.gatewayServer, port: Number(new URL(init.gatewayServer.url).port) };
     this.#dataDir = init.dataDir;
     this.#outageMs = init.outageMs;
-    this.db = openPostgres(init.postgresql.url, 2);
-    this.#admin = postgres(init.postgresql.url, { max: 1, onnotice: () => {}, backoff: () => 0.1 });
+    this.db = openPostgres(init.postgresql.url(), 2);
+    this.#admin = postgres(init.postgresql.url(), { max: 1, onnotice: () => {}, backoff: () => 0.1 });
   }
 
   /** Starts the servers, the cluster, the products and the load. */
@@ -250,7 +254,7 @@ export class OutageRig {
     const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-outage-'));
     try {
       const [postgresql, redis, broker] = await Promise.all([
-        startPostgres(),
+        startPrivatePrimary(),
         startRedis(),
         mode === 'nats' ? startNats() : mode === 'rabbitmq' ? startRabbitMq() : undefined,
       ]);
@@ -259,7 +263,7 @@ export class OutageRig {
       const gatewayServer = await startGatewayServer({ gateway });
       started.push({ destroy: () => gatewayServer.close() });
       const cluster = await startCluster({
-        databaseUrl: postgresql.url,
+        databaseUrl: postgresql.url(),
         brokerUrl: broker?.url,
         redisUrl: redis.url,
         shape: 'combined',

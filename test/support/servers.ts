@@ -1,19 +1,22 @@
-// Private servers for tests that must stop, kill or restart a dependency: a
-// PostgreSQL cluster made with initdb and run with pg_ctl, a nats-server with
-// JetStream, a redis-server and a RabbitMQ node, each on free ports with its
-// data in a temporary directory. The machine's shared servers are never
-// touched, so other test runs on the same machine are not disturbed. Each
-// server keeps its data across stop() and start(), as a real restart does.
+// Private servers for tests that must stop, kill or restart a dependency:
+// a nats-server with JetStream, a redis-server and a RabbitMQ node, each on
+// free ports with its data in a temporary directory (PostgreSQL's are in
+// private-postgres.ts), and a TCP proxy that cuts or silences connections.
+// The machine's shared servers are never touched, so other test runs on the
+// same machine are not disturbed. Each server keeps its data across stop()
+// and start(), as a real restart does.
 //
-// Programs are found at run time: on PATH, then in the Debian locations
-// (/usr/lib/postgresql/<newest>/bin, /usr/sbin, /usr/lib/rabbitmq/bin).
-import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
-import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+// Programs are found at run time: in a Debian location that must come first
+// (RabbitMQ's), on PATH, then in the sbin directories.
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { privatePostgresUnavailable } from './private-postgres.ts';
+import { freePort } from './programs.ts';
 
 /** A dependency of Orderflow running for one test, on its own ports and data directory. */
 export interface PrivateServer<StopMode extends string = string> {
@@ -29,19 +32,8 @@ export interface PrivateServer<StopMode extends string = string> {
   destroy(): Promise<void>;
 }
 
-/** PostgreSQL's shutdown modes (pg_ctl stop -m): fast rolls back open transactions and closes every connection; immediate quits at once, with crash recovery at the next start. */
-export type PostgresStopMode = 'fast' | 'immediate';
 /** terminate: SIGTERM, the server's own orderly shutdown; kill: SIGKILL. */
 export type ProcessStopMode = 'terminate' | 'kill';
-
-/** A TCP port nothing listens on right now. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** The program's path, or undefined when this machine lacks it; preferredDirs are searched before PATH. */
 export function findProgram(name: string, preferredDirs: readonly string[] = []): string | undefined {
@@ -59,61 +51,44 @@ export function findProgram(name: string, preferredDirs: readonly string[] = [])
   return undefined;
 }
 
-/** Debian installs PostgreSQL's server programs per major version, off PATH. */
-function postgresBinDirs(): string[] {
-  const root = '/usr/lib/postgresql';
-  if (!existsSync(root)) return [];
-  return readdirSync(root)
-    .filter((v) => /^\d+$/.test(v))
-    .sort((a, b) => Number(b) - Number(a))
-    .map((v) => path.join(root, v, 'bin'));
-}
-
 // Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the
 // rabbitmq user, who cannot write this test's directories; the script it
 // wraps runs the node as the caller.
 const RABBITMQ_DIRS = ['/usr/lib/rabbitmq/bin'];
 
-/** Which private servers this machine can run; undefined entries are missing programs. */
-export const programs = {
-  initdb: findProgram('initdb', postgresBinDirs()),
-  pgCtl: findProgram('pg_ctl', postgresBinDirs()),
+const programs = {
   natsServer: findProgram('nats-server'),
   redisServer: findProgram('redis-server'),
   rabbitmqServer: findProgram('rabbitmq-server', RABBITMQ_DIRS),
 };
 
-/** Names the programs missing for the given servers, for a skip reason or a REQUIRE_SERVICES failure. */
-export function missingPrograms(...needed: (keyof typeof programs)[]): string | undefined {
-  const missing = needed.filter((p) => programs[p] === undefined);
-  return missing.length === 0 ? undefined : `not installed: ${missing.join(', ')}`;
+export type PrivateServerKind = 'postgresql' | 'nats' | 'redis' | 'rabbitmq';
+
+/**
+ * Why private servers of these kinds cannot run here (a skip reason, or a
+ * failure under REQUIRE_SERVICES=1), or undefined when they can.
+ */
+export function privateServersUnavailable(...kinds: PrivateServerKind[]): string | undefined {
+  const reasons = kinds.map((kind) => {
+    if (kind === 'postgresql') return privatePostgresUnavailable();
+    const program = { nats: programs.natsServer, redis: programs.redisServer, rabbitmq: programs.rabbitmqServer }[kind];
+    return program ? undefined : `${{ nats: 'nats-server', redis: 'redis-server', rabbitmq: 'rabbitmq-server' }[kind]} is not installed`;
+  });
+  const missing = reasons.filter((r) => r !== undefined);
+  return missing.length === 0 ? undefined : missing.join('; ');
 }
 
-// Servers left running by a test process that dies are stopped on its way out.
+// Servers left running by a test process that ends without destroy() are
+// killed on its way out, on the signals that would end it too (the signal
+// is raised again once they are gone).
 const live = new Set<() => void>();
 process.once('exit', () => {
   for (const stop of live) stop();
 });
-
-/** PostgreSQL refuses to run as root; then the cluster belongs to the postgres user. */
-function postgresAccount(): { uid: number; gid: number } | undefined {
-  if (process.getuid?.() !== 0) return undefined;
-  const line = readFileSync('/etc/passwd', 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('postgres:'));
-  if (!line) throw new Error('running as root, and there is no postgres user to run a private PostgreSQL as');
-  const [, , uid, gid] = line.split(':');
-  return { uid: Number(uid), gid: Number(gid) };
-}
-
-function run(program: string, args: readonly string[], options: SpawnOptions = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(program, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.on('error', reject);
-    child.on('exit', (code) => (code === 0 ? resolve(output) : reject(new Error(`${path.basename(program)} ${args.join(' ')} exited with ${code}:\n${output}`))));
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    for (const stop of live) stop();
+    process.kill(process.pid, signal);
   });
 }
 
@@ -138,55 +113,6 @@ async function waitForPort(port: number, listening: boolean, what: string, exite
 async function waitForExit(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   await new Promise((resolve) => child.once('exit', resolve));
-}
-
-/**
- * A PostgreSQL cluster of its own: initdb into a temporary directory, then
- * pg_ctl start on a free port (TCP on 127.0.0.1 only, trust authentication,
- * user postgres). fsync is off: the tests kill the server, not the machine.
- */
-export async function startPostgres(): Promise<PrivateServer<PostgresStopMode>> {
-  const { initdb, pgCtl } = programs;
-  if (!initdb || !pgCtl) throw new Error(missingPrograms('initdb', 'pgCtl'));
-  const account = postgresAccount();
-  const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-pg-'));
-  if (account) await chown(dir, account.uid, account.gid);
-  const data = path.join(dir, 'data');
-  const as = { cwd: dir, ...account };
-  await run(initdb, ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions'], as);
-  const port = await freePort();
-  const options = `-p ${port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c fsync=off -c max_connections=200`;
-  let running = false;
-  const stopNow = () => {
-    if (!running) return;
-    try {
-      execFileSync(pgCtl, ['-D', data, '-m', 'immediate', 'stop'], { ...as, stdio: 'ignore' });
-    } catch {
-      // already gone
-    }
-  };
-  const server: PrivateServer<PostgresStopMode> = {
-    name: 'postgresql',
-    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
-    port,
-    async start() {
-      await run(pgCtl, ['-D', data, '-o', options, '-l', path.join(dir, 'server.log'), '-w', '-t', '60', 'start'], as);
-      running = true;
-    },
-    async stop(mode) {
-      await run(pgCtl, ['-D', data, '-m', mode, '-w', '-t', '60', 'stop'], as);
-      running = false;
-    },
-    async destroy() {
-      stopNow();
-      running = false;
-      live.delete(stopNow);
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-  live.add(stopNow);
-  await server.start();
-  return server;
 }
 
 /** A process-per-server dependency (NATS, Redis, RabbitMQ): start spawns it, stop signals it. */
@@ -251,7 +177,7 @@ const DETACHED: SpawnOptions = { detached: true, stdio: ['ignore', 'ignore', 'ig
 /** nats-server with JetStream, storing its streams in a temporary directory. */
 export async function startNats(): Promise<PrivateServer<ProcessStopMode>> {
   const program = programs.natsServer;
-  if (!program) throw new Error(missingPrograms('natsServer'));
+  if (!program) throw new Error(privateServersUnavailable('nats'));
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-nats-'));
   const port = await freePort();
   const server = processServer(
@@ -268,7 +194,7 @@ export async function startNats(): Promise<PrivateServer<ProcessStopMode>> {
 /** redis-server without persistence: a restart starts empty, as a cache may. */
 export async function startRedis(): Promise<PrivateServer<ProcessStopMode>> {
   const program = programs.redisServer;
-  if (!program) throw new Error(missingPrograms('redisServer'));
+  if (!program) throw new Error(privateServersUnavailable('redis'));
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-redis-'));
   const port = await freePort();
   const server = processServer(
@@ -291,7 +217,7 @@ export async function startRedis(): Promise<PrivateServer<ProcessStopMode>> {
  */
 export async function startRabbitMq(): Promise<PrivateServer<ProcessStopMode>> {
   const program = programs.rabbitmqServer;
-  if (!program) throw new Error(missingPrograms('rabbitmqServer'));
+  if (!program) throw new Error(privateServersUnavailable('rabbitmq'));
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-rabbitmq-'));
   const port = await freePort();
   const distPort = await freePort();
