@@ -24,13 +24,21 @@ ARG NODE_IMAGE=docker.io/library/node:24-bookworm-slim
 # 1. Production dependencies, exactly as package-lock.json pins them. The
 # `node` devDependency (the Node binary npm scripts run on) is a dev
 # dependency and stays out: the base image provides Node. No install script
-# runs; no production dependency has one.
+# runs; no production dependency has one. patches/ (the PostgreSQL driver's
+# fixes, docs/architecture.md "PostgreSQL goes away") is applied here, as
+# npm's postinstall applies it elsewhere: patch-package is a development
+# package, so everything is installed first and the development packages are
+# pruned after it ran.
 FROM ${NODE_IMAGE} AS dependencies
 WORKDIR /app
 COPY package.json package-lock.json ./
+COPY patches ./patches
 RUN --mount=type=secret,id=npm_ca \
     if [ -s /run/secrets/npm_ca ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/npm_ca; fi \
- && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --no-update-notifier --loglevel=warn \
+ && npm ci --ignore-scripts --no-audit --no-fund --no-update-notifier --loglevel=warn \
+ && node_modules/.bin/patch-package --error-on-fail \
+ && npm prune --omit=dev --ignore-scripts --no-audit --no-fund --no-update-notifier --loglevel=warn \
+ && grep -q 'Orderflow patch' node_modules/postgres/src/connection.js \
  && test ! -e node_modules/node \
  # Source maps and type declarations are never loaded at run time (and Node
  # does not strip types under node_modules): about 20 MB.
