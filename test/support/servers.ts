@@ -36,7 +36,7 @@ export interface PrivateServer<StopMode extends string = string> {
 export type ProcessStopMode = 'terminate' | 'kill';
 
 /** The program's path, or undefined when this machine lacks it; preferredDirs are searched before PATH. */
-export function findProgram(name: string, preferredDirs: readonly string[] = []): string | undefined {
+function findProgram(name: string, preferredDirs: readonly string[] = []): string | undefined {
   const dirs = [...preferredDirs, ...(process.env.PATH ?? '').split(path.delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin'];
   for (const dir of dirs) {
     if (!dir) continue;
@@ -51,31 +51,31 @@ export function findProgram(name: string, preferredDirs: readonly string[] = [])
   return undefined;
 }
 
-// Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the
-// rabbitmq user, who cannot write this test's directories; the script it
-// wraps runs the node as the caller.
-const RABBITMQ_DIRS = ['/usr/lib/rabbitmq/bin'];
-
-const programs = {
-  natsServer: findProgram('nats-server'),
-  redisServer: findProgram('redis-server'),
-  rabbitmqServer: findProgram('rabbitmq-server', RABBITMQ_DIRS),
+const PROGRAMS = {
+  nats: { name: 'nats-server', path: findProgram('nats-server') },
+  redis: { name: 'redis-server', path: findProgram('redis-server') },
+  // Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the
+  // rabbitmq user, who cannot write this test's directories; the script it
+  // wraps runs the node as the caller.
+  rabbitmq: { name: 'rabbitmq-server', path: findProgram('rabbitmq-server', ['/usr/lib/rabbitmq/bin']) },
 };
 
-export type PrivateServerKind = 'postgresql' | 'nats' | 'redis' | 'rabbitmq';
+export type PrivateServerKind = 'postgresql' | keyof typeof PROGRAMS;
 
 /**
  * Why private servers of these kinds cannot run here (a skip reason, or a
  * failure under REQUIRE_SERVICES=1), or undefined when they can.
  */
 export function privateServersUnavailable(...kinds: PrivateServerKind[]): string | undefined {
-  const reasons = kinds.map((kind) => {
-    if (kind === 'postgresql') return privatePostgresUnavailable();
-    const program = { nats: programs.natsServer, redis: programs.redisServer, rabbitmq: programs.rabbitmqServer }[kind];
-    return program ? undefined : `${{ nats: 'nats-server', redis: 'redis-server', rabbitmq: 'rabbitmq-server' }[kind]} is not installed`;
-  });
+  const reasons = kinds.map((kind) => (kind === 'postgresql' ? privatePostgresUnavailable() : PROGRAMS[kind].path ? undefined : `${PROGRAMS[kind].name} is not installed`));
   const missing = reasons.filter((r) => r !== undefined);
   return missing.length === 0 ? undefined : missing.join('; ');
+}
+
+function programOf(kind: keyof typeof PROGRAMS): string {
+  const program = PROGRAMS[kind].path;
+  if (!program) throw new Error(privateServersUnavailable(kind));
+  return program;
 }
 
 // Servers left running by a test process that ends without destroy() are
@@ -176,8 +176,7 @@ const DETACHED: SpawnOptions = { detached: true, stdio: ['ignore', 'ignore', 'ig
 
 /** nats-server with JetStream, storing its streams in a temporary directory. */
 export async function startNats(): Promise<PrivateServer<ProcessStopMode>> {
-  const program = programs.natsServer;
-  if (!program) throw new Error(privateServersUnavailable('nats'));
+  const program = programOf('nats');
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-nats-'));
   const port = await freePort();
   const server = processServer(
@@ -193,8 +192,7 @@ export async function startNats(): Promise<PrivateServer<ProcessStopMode>> {
 
 /** redis-server without persistence: a restart starts empty, as a cache may. */
 export async function startRedis(): Promise<PrivateServer<ProcessStopMode>> {
-  const program = programs.redisServer;
-  if (!program) throw new Error(privateServersUnavailable('redis'));
+  const program = programOf('redis');
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-redis-'));
   const port = await freePort();
   const server = processServer(
@@ -216,15 +214,14 @@ export async function startRedis(): Promise<PrivateServer<ProcessStopMode>> {
  * own name. HOME points into its directory, so its Erlang cookie stays there.
  */
 export async function startRabbitMq(): Promise<PrivateServer<ProcessStopMode>> {
-  const program = programs.rabbitmqServer;
-  if (!program) throw new Error(privateServersUnavailable('rabbitmq'));
+  const program = programOf('rabbitmq');
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-rabbitmq-'));
   const port = await freePort();
   const distPort = await freePort();
   const node = `orderflow-${path.basename(dir).slice(-6)}@localhost`;
   for (const sub of ['home', 'mnesia', 'log']) await mkdir(path.join(dir, sub));
   await writeFile(path.join(dir, 'enabled_plugins'), '[].\n');
-  await writeFile(path.join(dir, 'rabbitmq.conf'), `listeners.tcp.local = 127.0.0.1:${port}\nloopback_users = none\n`);
+  await writeFile(path.join(dir, 'rabbitmq.conf'), `listeners.tcp.local = 127.0.0.1:${port}\n`);
   await writeFile(path.join(dir, 'rabbitmq-env.conf'), '');
   const env = {
     ...process.env,
