@@ -2,10 +2,11 @@
 // (where BEGIN travels with the first statement and independent statements
 // are pipelined): statements run in the order issued, a failing transaction
 // leaves nothing behind however its statements were in flight, and the
-// connection it used serves the next transaction.
+// connection it used serves the next transaction. Both adapters read int8
+// and numeric columns the same way, and neither rounds an integer.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { DatabaseUnavailableError, type Database } from '../src/storage/database.ts';
+import { DatabaseUnavailableError, UnsafeIntegerError, type Database } from '../src/storage/database.ts';
 import { openPGlite } from '../src/storage/pglite.ts';
 import { openPostgres } from '../src/storage/postgres.ts';
 import { freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
@@ -84,6 +85,30 @@ for (const engine of engines) {
       assert.deepEqual(await notes(), []);
       await db.transaction((tx) => tx.query('INSERT INTO notes VALUES (4, $1)', ['next']));
       assert.deepEqual(await notes(), ['4:next']);
+    });
+
+    it('reads int8 as exact numbers, numeric as text, in and out of a transaction', async () => {
+      const query = `SELECT 9007199254740991::int8 AS max, (-9007199254740991)::int8 AS min, 99999999::int8 AS cents, 0::int8 AS zero,
+        12345678901234567890::numeric AS big, sum(x)::numeric AS summed FROM (VALUES (9007199254740991::int8), (1::int8)) AS v(x)`;
+      const expected = { max: 9007199254740991, min: -9007199254740991, cents: 99999999, zero: 0, big: '12345678901234567890', summed: '9007199254740992' };
+      assert.deepEqual({ ...(await db.query(query))[0] }, expected);
+      assert.deepEqual({ ...(await db.transaction((tx) => tx.query(query)))[0] }, expected);
+    });
+
+    it('refuses an int8 a number cannot hold exactly, and the connection serves the next statement', async () => {
+      for (const value of ['9007199254740992', '-9007199254740992', '9223372036854775807']) {
+        await assert.rejects(db.query(`SELECT 1::int8 AS fine, ${value}::int8 AS amount`), (error: unknown) => {
+          assert.ok(error instanceof UnsafeIntegerError, String(error));
+          assert.equal(error.column, 'amount');
+          assert.match(error.message, new RegExp(value.replace('-', '\\-')));
+          return true;
+        });
+        await assert.rejects(
+          db.transaction((tx) => tx.query(`SELECT ${value}::int8 AS amount`)),
+          UnsafeIntegerError,
+        );
+      }
+      assert.deepEqual({ ...(await db.query('SELECT 2::int8 AS n'))[0] }, { n: 2 });
     });
   });
 }

@@ -65,7 +65,7 @@ export async function holdStock(tx: Queryable, holds: readonly StockLine[]): Pro
   // then the whole batch rolls back rather than oversell.
   const updated = await tx.query(
     `UPDATE inventory.stock s SET held = s.held + v.quantity
-       FROM unnest($1::text[], $2::int[]) AS v(sku, quantity)
+       FROM unnest($1::text[], $2::bigint[]) AS v(sku, quantity)
       WHERE s.sku = v.sku AND s.on_hand - s.held >= v.quantity
       RETURNING s.sku`,
     [holds.map((h) => h.sku), holds.map((h) => h.quantity)],

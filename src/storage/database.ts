@@ -46,6 +46,42 @@ export class DatabaseUnavailableError extends Error {
   }
 }
 
+/**
+ * A bigint (int8) value outside JavaScript's safe integers, ±(2^53 − 1),
+ * which a number cannot hold exactly. Both adapters refuse such a row rather
+ * than round it: money must never change on its way out of the database.
+ */
+export class UnsafeIntegerError extends Error {
+  readonly column: string;
+  constructor(column: string, value: bigint) {
+    super(`column "${column}" holds ${value}, outside JavaScript's safe integers (±${Number.MAX_SAFE_INTEGER}); it cannot be read without rounding`);
+    this.name = 'UnsafeIntegerError';
+    this.column = column;
+  }
+}
+
+/**
+ * How both adapters read int8 (bigint) columns: a number when it is a safe
+ * integer, else a bigint that assertSafeIntegers then refuses. The parser
+ * itself must not throw: the PostgreSQL driver would take a throwing parser
+ * for a broken connection.
+ */
+export function parseInt8(text: string): number | bigint {
+  const value = Number(text);
+  return Number.isSafeInteger(value) ? value : BigInt(text);
+}
+
+/** Throws UnsafeIntegerError for the first int8 value parseInt8 could not turn into a number; returns the rows otherwise. */
+export function assertSafeIntegers<T extends Row>(rows: T[]): T[] {
+  for (const row of rows) {
+    for (const column in row) {
+      const value = row[column];
+      if (typeof value === 'bigint') throw new UnsafeIntegerError(column, value);
+    }
+  }
+  return rows;
+}
+
 const UNIQUE_VIOLATION = '23505';
 
 export function isUniqueViolation(error: unknown): boolean {

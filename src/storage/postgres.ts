@@ -20,7 +20,7 @@
 import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleWhen } from 'cockatiel';
 import postgres from 'postgres';
 import { withDeadline } from '../deadline.ts';
-import { DatabaseUnavailableError, type Database, type Queryable, type Row } from './database.ts';
+import { assertSafeIntegers, DatabaseUnavailableError, parseInt8, type Database, type Queryable, type Row } from './database.ts';
 
 /** Default of DATABASE_TIMEOUT_MS. */
 export const DEFAULT_DATABASE_TIMEOUT_MS = 10_000;
@@ -109,9 +109,10 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
       plan_cache_mode: 'force_custom_plan',
       statement_timeout: timeoutMs,
     },
-    // int8 (money in minor units, counts) as a JavaScript number, as PGlite
-    // returns it: exact up to 2^53, far beyond any order total.
-    types: { int8: { to: 20, from: [20], serialize: (v: number) => String(v), parse: (v: string) => Number(v) } },
+    // int8 (money in minor units, counts) as a JavaScript number, read the
+    // same way as on PGlite (parseInt8): a value a number cannot hold
+    // exactly is refused, never rounded.
+    types: { int8: { to: 20, from: [20], serialize: (v: number | bigint) => String(v), parse: parseInt8 } },
   });
 
   const breaker = circuitBreaker(handleWhen(isConnectFailure), { halfOpenAfter: CIRCUIT_HALF_OPEN_MS, breaker: new ConsecutiveBreaker(1) });
@@ -146,7 +147,7 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
 
   const run = async <T extends Row>(target: postgres.Sql | postgres.ReservedSql, text: string, params?: readonly unknown[]): Promise<T[]> => {
     try {
-      return (await target.unsafe(text, (params ?? []) as postgres.ParameterOrJSON<never>[], { prepare: true })) as unknown as T[];
+      return assertSafeIntegers((await target.unsafe(text, (params ?? []) as postgres.ParameterOrJSON<never>[], { prepare: true })) as unknown as T[]);
     } catch (error) {
       throw translate(error);
     }
