@@ -208,6 +208,7 @@ export async function createApp(options: AppOptions): Promise<App> {
         queue,
         metrics,
         ordersPerMinute: config.rateLimitOrdersPerMinute,
+        moneyLimits: config.moneyLimits,
         // Half the pool commits accepts; reads keep the rest.
         groupCommit: { maxBatch: config.groupCommitMaxBatch, maxInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)) },
       }),

@@ -36,6 +36,11 @@ describe('loadConfig', () => {
     [{ PAYMENT_GATEWAY_URL: 'ftp://x' }, 'PAYMENT_GATEWAY_URL'],
     [{ ROLE: 'boss' }, 'ROLE'],
     [{ AUTH_JWKS_URL: 'https://idp.example/jwks' }, 'AUTH_ISSUER'],
+    [{ MAX_ORDER_TOTAL_CENTS: '0' }, 'MAX_ORDER_TOTAL_CENTS'],
+    [{ MAX_ORDER_TOTAL_CENTS: '1000000000000' }, 'MAX_ORDER_TOTAL_CENTS'],
+    [{ MAX_ORDER_TOTAL_CENTS: '9.99' }, 'MAX_ORDER_TOTAL_CENTS'],
+    [{ MAX_LINE_TOTAL_CENTS: '100000000' }, 'MAX_LINE_TOTAL_CENTS'],
+    [{ MAX_ORDER_TOTAL_CENTS: '5000', MAX_LINE_TOTAL_CENTS: '5001' }, 'MAX_LINE_TOTAL_CENTS'],
   ];
   for (const [env, variable] of bad) {
     it(`names ${variable} when ${JSON.stringify(env)}`, () => {
@@ -61,6 +66,12 @@ describe('loadConfig', () => {
     const defaults = loadConfig({});
     assert.equal(defaults.databaseReadMaxWaitMs, 100);
     assert.equal(defaults.cacheUrl, undefined);
+  });
+
+  it('money limits: 99,999,999 minor units for a line and an order unless set; a line defaults to the order maximum', () => {
+    assert.deepEqual(loadConfig({}).moneyLimits, { maxLineTotalCents: 99_999_999, maxOrderTotalCents: 99_999_999 });
+    assert.deepEqual(loadConfig({ MAX_ORDER_TOTAL_CENTS: '999999999999' }).moneyLimits, { maxLineTotalCents: 999_999_999_999, maxOrderTotalCents: 999_999_999_999 });
+    assert.deepEqual(loadConfig({ MAX_ORDER_TOTAL_CENTS: '5000', MAX_LINE_TOTAL_CENTS: '2000' }).moneyLimits, { maxLineTotalCents: 2000, maxOrderTotalCents: 5000 });
   });
 
   it('hides a database password in its error', () => {

@@ -2,6 +2,7 @@
 // A bad value becomes a ConfigError whose message names the variable, so the
 // CLI can exit with one line the operator can act on.
 import path from 'node:path';
+import { DEFAULT_MAX_TOTAL_CENTS, MAX_CONFIGURABLE_TOTAL_CENTS, type MoneyLimits } from './orders/pricing.ts';
 
 export const ROLES = ['all', 'api', 'worker', 'relay'] as const;
 export type Role = (typeof ROLES)[number];
@@ -46,6 +47,8 @@ export interface Config {
   webConcurrency: number;
   /** Charge jobs one worker process runs at once (most of their time is spent waiting for the gateway). */
   workerConcurrency: number;
+  /** The largest line total and order total an order may have, in minor units; above them it is refused when placed. */
+  moneyLimits: MoneyLimits;
 }
 
 export class ConfigError extends Error {
@@ -150,6 +153,9 @@ export function loadConfig(env: Env = process.env): Config {
   if (webConcurrency > 1 && optional(env, 'DATABASE_URL') === undefined) {
     throw new ConfigError('WEB_CONCURRENCY', 'several processes need a shared PostgreSQL server (DATABASE_URL); the embedded database belongs to one process');
   }
+  const maxOrderTotalCents = integer(env, 'MAX_ORDER_TOTAL_CENTS', DEFAULT_MAX_TOTAL_CENTS, 1, MAX_CONFIGURABLE_TOTAL_CENTS);
+  // A line cannot come to more than its order, so that is also its ceiling.
+  const maxLineTotalCents = integer(env, 'MAX_LINE_TOTAL_CENTS', maxOrderTotalCents, 1, maxOrderTotalCents);
   const logLevel = optional(env, 'LOG_LEVEL') ?? 'info';
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
     throw new ConfigError('LOG_LEVEL', `expected fatal, error, warn, info, debug, trace or silent, got "${logLevel}"`);
@@ -181,5 +187,6 @@ export function loadConfig(env: Env = process.env): Config {
     groupCommitMaxBatch: integer(env, 'GROUP_COMMIT_MAX_BATCH', 64, 1, 1_000),
     webConcurrency,
     workerConcurrency: integer(env, 'WORKER_CONCURRENCY', 64, 1, 1_000),
+    moneyLimits: { maxLineTotalCents, maxOrderTotalCents },
   };
 }

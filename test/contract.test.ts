@@ -156,6 +156,15 @@ for (const mode of modes({ replica: true })) {
         await refused(admin, 'POST', '/v1/products/STK-1/stock', 400, { body: { delta: 1, note: 'x' } });
         await refused(admin, 'POST', '/v1/products/NOPE/stock', 404, { body: { delta: 1 } });
       });
+      it('refuses to take stock above 1,000,000,000 (409 stock-limit-exceeded), one delta or many', async () => {
+        await createProduct(admin, { sku: 'STK-MAX', stock: 999_999_000 });
+        const problem = await refused(admin, 'POST', '/v1/products/STK-MAX/stock', 409, { body: { delta: 1_001 } });
+        assert.equal(problem.type, '/problems/stock-limit-exceeded');
+        const full = await admin.request('POST', '/v1/products/STK-MAX/stock', { body: { delta: 1_000 } });
+        assert.equal(full.status, 200);
+        assert.equal(full.body.stock, 1_000_000_000);
+        await refused(admin, 'POST', '/v1/products/STK-MAX/stock', 409, { body: { delta: 1 } });
+      });
     });
 
     describe('placing orders', () => {
@@ -231,6 +240,34 @@ for (const mode of modes({ replica: true })) {
             `expected an error at ${path} for ${JSON.stringify(body).slice(0, 120)}: ${JSON.stringify(problem.errors)}`,
           );
         }
+      });
+
+      it('a line or a total above the maximum amount: 422 amount-too-large with the paths, nothing written', async () => {
+        await createProduct(admin, { sku: 'GOLD-1', stock: 1_000_000_000, priceCents: 1_000_000_000 });
+        await createProduct(admin, { sku: 'SILVER-1', stock: 1_000_000_000, priceCents: 33_333_333 });
+        // Each field is in range; their product (1e15 per line) and sum (1e16, past 2^53) are not.
+        const tenBars = Array.from({ length: 10 }, () => ({ sku: 'GOLD-1', quantity: 1_000_000 }));
+        const lines = await refused(alice, 'POST', '/v1/orders', 422, { headers: { 'idempotency-key': newKey() }, body: { items: tenBars, payment: { token: 'tok_visa' } } });
+        assert.equal(lines.type, '/problems/amount-too-large');
+        assert.deepEqual(
+          lines.errors.map((e: { path: string }) => e.path),
+          tenBars.map((_, i) => `/items/${i}`),
+        );
+        // Three lines of 33,333,333 are each allowed and total 99,999,999, the default maximum; a fourth is not.
+        const atMost = await placeOrder(alice, [1, 2, 3].map(() => ({ sku: 'SILVER-1', quantity: 1 })));
+        assert.equal(atMost.status, 202, JSON.stringify(atMost.body));
+        assert.equal(atMost.body.totalCents, 99_999_999);
+        const total = await refused(alice, 'POST', '/v1/orders', 422, {
+          headers: { 'idempotency-key': newKey() },
+          body: { items: [1, 2, 3, 4].map(() => ({ sku: 'SILVER-1', quantity: 1 })), payment: { token: 'tok_visa' } },
+        });
+        assert.deepEqual(total.errors.map((e: { path: string }) => e.path), ['/items']);
+      });
+
+      it('an order that totals 0: 422 amount-too-small, nothing written', async () => {
+        await createProduct(admin, { sku: 'FREE-1', stock: 10, priceCents: 0 });
+        const problem = await refused(alice, 'POST', '/v1/orders', 422, { headers: { 'idempotency-key': newKey() }, body: { items: [{ sku: 'FREE-1', quantity: 2 }], payment: { token: 'tok_visa' } } });
+        assert.equal(problem.type, '/problems/amount-too-small');
       });
 
       it('items in two currencies: 422, nothing written', async () => {

@@ -28,10 +28,10 @@ const CONTRACT_ROUTES: Record<string, { success: number[]; errors: number[]; sco
   'POST /v1/orders/{id}/cancel': { success: [200], errors: [404, 409], scopes: ['orders:write', 'orders:admin'] },
 };
 
-/** "METHOD /path" of every route the contract lists, with {params} as OpenAPI writes them. */
+/** "METHOD /path" of every route the contract lists (some more than once, as later versions amend them), with {params} as OpenAPI writes them. */
 async function contractRoutes(): Promise<string[]> {
   const text = await readFile(new URL('../docs/api-contract.md', import.meta.url), 'utf8');
-  return [...text.matchAll(/^- `(GET|POST|PUT|PATCH|DELETE) (\/[^`?\s]*)/gm)].map((m) => `${m[1]} ${m[2]}`);
+  return [...new Set([...text.matchAll(/^- `(GET|POST|PUT|PATCH|DELETE) (\/[^`?\s]*)/gm)].map((m) => `${m[1]} ${m[2]}`))];
 }
 
 describe('OpenAPI document', () => {
@@ -109,6 +109,14 @@ describe('OpenAPI document', () => {
     const op = operation('POST /v1/orders');
     assert.ok(op.parameters.some((p: any) => p.in === 'header' && p.name === 'idempotency-key' && p.required === true));
     for (const status of [200, 202]) assert.ok(op.responses[status].headers?.location, `${status} names Location`);
+  });
+
+  it('names the problem types a route can answer where a status has several meanings', () => {
+    const placing = operation('POST /v1/orders').responses[422].description;
+    for (const type of ['unknown-sku', 'mixed-currencies', 'amount-too-large', 'amount-too-small', 'idempotency-key-reused']) {
+      assert.ok(placing.includes(`/problems/${type}`), `POST /v1/orders 422 does not name ${type}: ${placing}`);
+    }
+    assert.match(operation('POST /v1/products/{sku}/stock').responses[409].description, /stock-limit-exceeded/);
   });
 
   it(`GET ${OPENAPI_ROUTE} serves the same document, without auth`, async () => {

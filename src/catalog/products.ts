@@ -7,7 +7,7 @@
 // database (see docs/architecture.md, "Cache and rate limits").
 import type { Cache } from '../cache/cache.ts';
 import { AppError } from '../errors.ts';
-import { adjustStock, createStock, stockLevels, type StockLevel } from '../inventory/stock.ts';
+import { adjustStock, createStock, MAX_STOCK, stockLevels, type StockLevel } from '../inventory/stock.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 
 export interface NewProduct {
@@ -123,6 +123,10 @@ export async function changeStock(db: Database, sku: string, delta: number): Pro
     const product = await getProduct(tx, sku);
     const level = await adjustStock(tx, sku, delta);
     if (!level) {
+      // Refused under the row lock; the product read above says which bound it would have broken.
+      if (product.stock + delta > MAX_STOCK) {
+        throw new AppError('stock_limit_exceeded', `a delta of ${delta} would take the stock of "${sku}" above ${MAX_STOCK} (stock: ${product.stock})`);
+      }
       throw new AppError(
         'insufficient_stock',
         `a delta of ${delta} would take available stock of "${sku}" below zero (available: ${product.available})`,

@@ -3,7 +3,8 @@ import { Type } from 'typebox';
 import type { Cache } from '../cache/cache.ts';
 import type { Routes } from '../http/server.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
-import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
+import { LimitQuery, Problem, problemOf, Sku } from '../http/schemas.ts';
+import { MAX_STOCK } from '../inventory/stock.ts';
 import type { Database } from '../storage/database.ts';
 import { primaryReads, type ReadRouter } from '../storage/read-replica.ts';
 import { changeStock, createProduct, getProduct, listProducts } from './products.ts';
@@ -23,7 +24,7 @@ const NewProduct = Type.Object(
     name: Type.String({ minLength: 1, maxLength: 200 }),
     priceCents: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),
     currency: Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code' }),
-    stock: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),
+    stock: Type.Integer({ minimum: 0, maximum: MAX_STOCK }),
   },
   { additionalProperties: false },
 );
@@ -36,7 +37,7 @@ export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = p
   return async (app) => {
     app.post('/v1/products', {
       config: { scopes: ['catalog:write'] },
-      schema: { tags: ['catalog'], summary: 'Create a product', body: NewProduct, response: { 201: Product, 409: Problem, ...errors } },
+      schema: { tags: ['catalog'], summary: 'Create a product', body: NewProduct, response: { 201: Product, 409: problemOf('sku_exists'), ...errors } },
       handler: async (request, reply) => reply.code(201).send(await createProduct(db, request.body, cache)),
     });
 
@@ -68,8 +69,8 @@ export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = p
         tags: ['catalog'],
         summary: 'Add (positive delta) or remove (negative delta) stock',
         params: SkuParams,
-        body: Type.Object({ delta: Type.Integer({ minimum: -1_000_000_000, maximum: 1_000_000_000 }) }, { additionalProperties: false }),
-        response: { 200: Product, 409: Problem, ...errors },
+        body: Type.Object({ delta: Type.Integer({ minimum: -MAX_STOCK, maximum: MAX_STOCK }) }, { additionalProperties: false }),
+        response: { 200: Product, 409: problemOf('insufficient_stock', 'stock_limit_exceeded'), ...errors },
       },
       handler: async (request) => changeStock(db, request.params.sku, request.body.delta),
     });

@@ -3,6 +3,13 @@
 // never both take the last unit: the database decides, not a prior read.
 import type { Queryable } from '../storage/database.ts';
 
+/**
+ * The most stock one SKU may have on hand. Every hold and release is summed
+ * under it, so no stock figure can grow without bound (and come near the
+ * integers a JavaScript number cannot hold exactly).
+ */
+export const MAX_STOCK = 1_000_000_000;
+
 export interface StockLevel {
   sku: string;
   onHand: number;
@@ -79,13 +86,13 @@ export async function release(tx: Queryable, lines: readonly StockLine[]): Promi
   }
 }
 
-/** Changes on_hand by delta unless that would leave less than what orders hold; null when refused. */
+/** Changes on_hand by delta unless that would leave less than what orders hold, or more than MAX_STOCK; null when refused. */
 export async function adjustStock(tx: Queryable, sku: string, delta: number): Promise<StockLevel | null> {
   const rows = await tx.query<{ sku: string; on_hand: number; held: number }>(
     `UPDATE inventory.stock SET on_hand = on_hand + $2
-      WHERE sku = $1 AND on_hand + $2 - held >= 0
+      WHERE sku = $1 AND on_hand + $2 - held >= 0 AND on_hand + $2 <= $3
       RETURNING sku, on_hand, held`,
-    [sku, delta],
+    [sku, delta, MAX_STOCK],
   );
   const row = rows[0];
   return row ? { sku: row.sku, onHand: row.on_hand, held: row.held, available: row.on_hand - row.held } : null;

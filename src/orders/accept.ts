@@ -24,7 +24,7 @@ import { requestPayments } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { GroupCommit, type GroupCommitOptions, type UnitOutcome } from '../storage/group-commit.ts';
 import { newOrderId } from './ids.ts';
-import { priceOrder, type PricedOrder, type RequestedLine } from './pricing.ts';
+import { DEFAULT_MONEY_LIMITS, priceOrder, type MoneyLimits, type PricedOrder, type RequestedLine } from './pricing.ts';
 import { claimIdempotencyKeys, customerKey, findOrders, insertOrders, type NewOrder, type Order } from './store.ts';
 
 export interface PlaceOrder {
@@ -47,10 +47,16 @@ export interface AcceptResult {
 /**
  * Accepts a batch of orders in the caller's transaction. The (customer, key)
  * pairs must be distinct within the batch. Refusals that concern one order
- * (unknown SKU, reused key) are outcomes, not exceptions, so they roll back
- * nothing of the others; an exception means the whole batch failed.
+ * (unknown SKU, an amount outside the limits, reused key) are outcomes, not
+ * exceptions, so they roll back nothing of the others; an exception means
+ * the whole batch failed.
  */
-export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: readonly AcceptRequest[]): Promise<UnitOutcome<AcceptResult>[]> {
+export async function acceptBatch(
+  tx: Queryable,
+  queue: JobQueue,
+  requests: readonly AcceptRequest[],
+  limits: MoneyLimits = DEFAULT_MONEY_LIMITS,
+): Promise<UnitOutcome<AcceptResult>[]> {
   const outcomes: (UnitOutcome<AcceptResult> | undefined)[] = requests.map(() => undefined);
 
   // 1. Price every order from one read of the catalog, and lock the stock
@@ -61,7 +67,7 @@ export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: read
   const candidates: { index: number; priced: PricedOrder; hash: string; orderId: string }[] = [];
   requests.forEach((request, index) => {
     try {
-      candidates.push({ index, priced: priceOrder(request.order.items, prices), hash: hashRequest(request.order), orderId: newOrderId() });
+      candidates.push({ index, priced: priceOrder(request.order.items, prices, limits), hash: hashRequest(request.order), orderId: newOrderId() });
     } catch (error) {
       if (!(error instanceof AppError)) throw error;
       outcomes[index] = { ok: false, error };
@@ -134,10 +140,10 @@ export async function acceptBatch(tx: Queryable, queue: JobQueue, requests: read
 export class OrderAcceptor {
   readonly #group: GroupCommit<AcceptRequest, AcceptResult>;
 
-  constructor(deps: { db: Database; queue: JobQueue; metrics: Metrics }, options: GroupCommitOptions<AcceptRequest> = {}) {
+  constructor(deps: { db: Database; queue: JobQueue; metrics: Metrics; moneyLimits?: MoneyLimits }, options: GroupCommitOptions<AcceptRequest> = {}) {
     this.#group = new GroupCommit<AcceptRequest, AcceptResult>(
       deps.db,
-      (tx, requests) => acceptBatch(tx, deps.queue, requests),
+      (tx, requests) => acceptBatch(tx, deps.queue, requests, deps.moneyLimits),
       {
         ...options,
         // A repeated key waits for the next batch, where it finds the claim committed and replays.

@@ -3,12 +3,13 @@ import { Type } from 'typebox';
 import type { JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
-import { LimitQuery, Problem, Sku } from '../http/schemas.ts';
+import { LimitQuery, Problem, problemOf, Sku } from '../http/schemas.ts';
 import { principalOf, type Routes } from '../http/server.ts';
 import { perCustomerLimit } from '../http/rate-limit.ts';
 import type { Database } from '../storage/database.ts';
 import { primaryReads, type ReadRouter } from '../storage/read-replica.ts';
 import { OrderAcceptor } from './accept.ts';
+import type { MoneyLimits } from './pricing.ts';
 import { cancelOrder } from './lifecycle.ts';
 import { ORDER_STATUSES, REJECT_REASONS } from './state-machine.ts';
 import { getOrder, listOrders } from './store.ts';
@@ -20,7 +21,7 @@ const Order = Type.Object({
   customerId: Type.String(),
   status: Type.Enum(ORDER_STATUSES),
   items: Type.Array(Type.Object({ sku: Type.String(), quantity: Type.Integer(), priceCents: Type.Integer() })),
-  totalCents: Type.Integer(),
+  totalCents: Type.Integer({ description: 'The exact sum of quantity × priceCents over the items, in minor units; at most MAX_ORDER_TOTAL_CENTS (99,999,999 unless configured)' }),
   currency: Type.String(),
   rejectReason: Type.Union([Type.Enum(REJECT_REASONS), Type.Null()]),
   createdAt: Type.String({ format: 'date-time' }),
@@ -56,6 +57,7 @@ export function orderRoutes(deps: {
   metrics: Metrics;
   ordersPerMinute?: number;
   groupCommit?: { maxBatch: number; maxInFlight: number };
+  moneyLimits?: MoneyLimits;
 }): Routes {
   const { db, metrics } = deps;
   const reads = deps.reads ?? primaryReads(db);
@@ -71,7 +73,7 @@ export function orderRoutes(deps: {
         response: {
           200: { ...Order, description: 'A replay (same key, same body): the order the key placed, as it is now', headers: OrderLocation },
           202: { ...Order, description: 'The new order; already rejected with out_of_stock when the stock cannot cover it', headers: OrderLocation },
-          422: Problem,
+          422: problemOf('unknown_sku', 'mixed_currencies', 'amount_too_large', 'amount_too_small', 'idempotency_key_reused'),
           429: Problem,
           ...errors,
         },
@@ -123,7 +125,7 @@ export function orderRoutes(deps: {
         summary: 'Cancel a pending or confirmed order; its stock returns and any payment is refunded',
         params: IdParams,
         body: Type.Object({}, { additionalProperties: false, description: 'empty, or {}' }),
-        response: { 200: Order, 409: Problem, ...errors },
+        response: { 200: Order, 409: problemOf('order_not_cancellable'), ...errors },
       },
       // No body at all means "no options", like {}.
       preValidation: async (request) => {
