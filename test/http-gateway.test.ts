@@ -2,7 +2,9 @@
 // by this test (the gateway is the outside world, so a fake server is the
 // real thing here). It checks the wire format of the contract, how answers
 // map to outcomes, and the resilience policy around it: retries with the same
-// idempotency key, a timeout per attempt, and a circuit breaker.
+// idempotency key, a timeout per attempt, and a circuit breaker that only
+// transient failures open. Then the simulated gateway's own HTTP server
+// (`orderflow gateway`): whatever it is sent, it answers 4xx, never 500.
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -11,7 +13,8 @@ import { pino } from 'pino';
 import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
-import { GatewayRequestError, TransientGatewayError, type ChargeRequest } from '../src/payments/gateway.ts';
+import { GatewayAnswerError, GatewayRequestError, TransientGatewayError, type ChargeRequest } from '../src/payments/gateway.ts';
+import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
 import { HttpGateway } from '../src/payments/http-gateway.ts';
 import { ResilientGateway } from '../src/payments/resilient-gateway.ts';
 import { ALL_SCOPES, client, createProduct, placeOrder, quiesce } from './support/harness.ts';
@@ -119,8 +122,9 @@ describe('HTTP payment gateway', () => {
     opened.push(gateway);
     return gateway;
   };
-  const resilient = (inner: HttpGateway, options: ConstructorParameters<typeof ResilientGateway>[2] = {}) =>
-    new ResilientGateway(inner, createMetrics(), { initialBackoffMs: 1, maxBackoffMs: 2, halfOpenAfterMs: 60_000, ...options });
+  const resilient = (inner: HttpGateway, options: ConstructorParameters<typeof ResilientGateway>[2] = {}, metrics = createMetrics()) =>
+    new ResilientGateway(inner, metrics, { initialBackoffMs: 1, maxBackoffMs: 2, halfOpenAfterMs: 60_000, ...options });
+  const timesOpened = async (metrics: ReturnType<typeof createMetrics>) => (await metrics.gatewayCircuitOpened.get()).values[0]?.value ?? 0;
 
   before(() => fake.start());
   afterEach(async () => {
@@ -194,6 +198,57 @@ describe('HTTP payment gateway', () => {
     assert.equal(fake.received.length, 1);
   });
 
+  it('429 and 408 are transient: retried with the same key until the gateway takes the charge', async () => {
+    for (const status of [429, 408]) {
+      fake.reset();
+      fake.script = (_request, attempt) => (attempt === 1 ? { status, body: { error: 'slow down' } } : { status: 201 });
+      await assert.rejects(http().charge(charge(`ord_t${status}`)), TransientGatewayError, `a bare ${status} is transient`);
+      fake.reset();
+      fake.script = (_request, attempt) => (attempt === 1 ? { status, body: { error: 'slow down' } } : { status: 201 });
+      assert.equal((await resilient(http()).charge(charge(`ord_t${status}`))).status, 'succeeded');
+      assert.equal(fake.received.length, 2);
+    }
+  });
+
+  it('a request that cannot be built is a request error raised before sending: never sent, never retried, never opens the circuit', async () => {
+    const metrics = createMetrics();
+    const gateway = resilient(http(), { maxAttempts: 3, breakAfter: 2 }, metrics);
+    // A float, a non-positive amount, one past 2^53, and a BigInt (which JSON cannot serialise).
+    const amounts: unknown[] = [12.5, 0, -100, 2 ** 53, Number.NaN, 10n ** 17n];
+    for (const amountCents of amounts) {
+      for (let i = 0; i < 3; i++) {
+        const error = await gateway.charge({ ...charge('ord_bad'), amountCents: amountCents as number }).then(
+          () => assert.fail(`an amount of ${String(amountCents)} was charged`),
+          (e: unknown) => e,
+        );
+        assert.ok(error instanceof GatewayRequestError, String(error));
+        assert.equal(error.status, undefined, 'nothing was sent, so the gateway gave no status');
+      }
+      await assert.rejects(gateway.refund({ idempotencyKey: 'orderflow-refund-ord_bad', chargeId: 'ch_1', amountCents: amountCents as number }), GatewayRequestError);
+    }
+    assert.equal(fake.received.length, 0, 'no request reached the gateway');
+    assert.equal(await timesOpened(metrics), 0);
+    assert.equal((await gateway.charge(charge('ord_good'))).status, 'succeeded', 'the circuit is still closed');
+  });
+
+  it('request errors never open the circuit; transient failures do', async () => {
+    const metrics = createMetrics();
+    const gateway = resilient(http(), { maxAttempts: 0, breakAfter: 2 }, metrics);
+    fake.script = () => ({ status: 400, body: { error: 'no such token' } });
+    for (let i = 0; i < 5; i++) await assert.rejects(gateway.charge(charge(`ord_r${i}`)), GatewayRequestError);
+    assert.equal(fake.received.length, 5, 'each was sent once, none retried');
+    assert.equal(await timesOpened(metrics), 0);
+    fake.script = () => ({ status: 503 });
+    for (let i = 0; i < 2; i++) await assert.rejects(gateway.charge(charge(`ord_s${i}`)), TransientGatewayError);
+    assert.equal(await timesOpened(metrics), 1);
+  });
+
+  it('a success without the charge id is an answer error: the charge may exist, and retrying cannot help', async () => {
+    fake.script = () => ({ status: 201, body: { status: 'succeeded' } });
+    await assert.rejects(resilient(http()).charge(charge('ord_noid')), GatewayAnswerError);
+    assert.equal(fake.received.length, 1, 'not retried');
+  });
+
   it('a gateway that does not answer hits the adapter timeout: a transient failure', async () => {
     fake.script = () => 'hang';
     await assert.rejects(http({ timeoutMs: 100 }).charge(charge('ord_9')), TransientGatewayError);
@@ -258,6 +313,70 @@ describe('HTTP payment gateway', () => {
       assert.deepEqual([...fake.charges.values()], [{ id: 'ch_1', amountCents: 2598, reference: placed.body.id }]);
     } finally {
       await app.close();
+    }
+  });
+});
+
+describe('the simulated gateway over HTTP (orderflow gateway)', () => {
+  let server: GatewayServer;
+  before(async () => {
+    server = await startGatewayServer();
+  });
+  after(() => server.close());
+
+  async function send(method: string, path: string, body: string | undefined, headers: Record<string, string> = { 'idempotency-key': `k-${Math.random()}` }) {
+    const response = await fetch(server.url + path, { method, headers: { 'content-type': 'application/json', ...headers }, ...(body === undefined ? {} : { body }) });
+    return { status: response.status, body: (await response.json()) as { error?: string; id?: string } };
+  }
+
+  it('answers bad input with a 4xx and a reason, never a 500, and books nothing', async () => {
+    const good = { amountCents: 2598, currency: 'EUR', token: 'tok_visa', reference: 'ord_x' };
+    const { body: charged } = await send('POST', '/v1/charges', JSON.stringify(good));
+    const cases: [string, string, string | undefined, number][] = [
+      ['POST', '/v1/charges', 'not json', 400],
+      ['POST', '/v1/charges', '[1, 2]', 400],
+      ['POST', '/v1/charges', 'null', 400],
+      ['POST', '/v1/charges', '', 400],
+      ['POST', '/v1/charges', JSON.stringify({ ...good, amountCents: '2598' }), 400],
+      ['POST', '/v1/charges', JSON.stringify({ ...good, amountCents: 25.98 }), 400],
+      ['POST', '/v1/charges', JSON.stringify({ ...good, amountCents: 0 }), 400],
+      ['POST', '/v1/charges', JSON.stringify({ ...good, amountCents: -1 }), 400],
+      ['POST', '/v1/charges', JSON.stringify({ ...good, amountCents: 2 ** 53 }), 400],
+      ['POST', '/v1/charges', '{"amountCents": 1e400, "currency": "EUR", "token": "t", "reference": "r"}', 400],
+      ['POST', '/v1/charges', JSON.stringify({ ...good, token: 42 }), 400],
+      ['POST', '/v1/charges', JSON.stringify({ amountCents: 100 }), 400],
+      ['POST', '/v1/charges', JSON.stringify({ big: 'x'.repeat(70_000) }), 413],
+      ['POST', '/v1/refunds', JSON.stringify({ chargeId: 'ch_nope', amountCents: 100 }), 404],
+      ['POST', '/v1/refunds', JSON.stringify({ chargeId: charged.id, amountCents: 2599 }), 400],
+      ['POST', '/v1/refunds', JSON.stringify({ chargeId: charged.id, amountCents: 1.5 }), 400],
+      ['POST', '/v1/refunds', JSON.stringify({ chargeId: 7, amountCents: 100 }), 400],
+      ['GET', '/v1/charges', undefined, 405],
+      ['POST', '/v1/elsewhere', '{}', 404],
+    ];
+    for (const [method, path, body, status] of cases) {
+      const response = await send(method, path, body);
+      assert.equal(response.status, status, `${method} ${path} ${String(body).slice(0, 80)}: ${JSON.stringify(response.body)}`);
+      assert.equal(typeof response.body.error, 'string');
+    }
+    const noKey = await send('POST', '/v1/charges', JSON.stringify(good), {});
+    assert.equal(noKey.status, 400);
+    assert.equal(server.gateway.charges.size, 1, 'only the good charge was booked');
+    assert.equal(server.gateway.refunds.size, 0);
+  });
+
+  it('HttpGateway maps its request errors: a refund above the charge is a GatewayRequestError with the status', async () => {
+    const gateway = new HttpGateway(server.url);
+    try {
+      const { chargeId } = (await gateway.charge(charge('ord_srv'))) as { chargeId: string };
+      const error = await gateway.refund({ idempotencyKey: 'orderflow-refund-ord_srv', chargeId, amountCents: 9_999 }).then(
+        () => assert.fail('a refund above its charge succeeded'),
+        (e: unknown) => e,
+      );
+      assert.ok(error instanceof GatewayRequestError, String(error));
+      assert.equal(error.status, 400);
+      assert.match(error.message, /larger than its charge/);
+    } finally {
+      await gateway.close();
     }
   });
 });

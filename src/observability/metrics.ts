@@ -107,6 +107,11 @@ export function createMetrics() {
       help: '1 while the circuit breaker around the payment gateway is open or half-open, else 0',
       registers: [registry],
     }),
+    gatewayCircuitOpened: new Counter({
+      name: 'orderflow_payment_gateway_circuit_opened_total',
+      help: 'Times the circuit breaker around the payment gateway opened (consecutive transient failures); it never opens for a request the gateway refused',
+      registers: [registry],
+    }),
     databaseCircuitOpen: new Gauge({
       name: 'orderflow_database_circuit_open',
       help: '1 while calls to PostgreSQL fail fast because a connection attempt failed (one call probes every 0.5 s), else 0',

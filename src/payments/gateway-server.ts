@@ -3,10 +3,15 @@
 // on one machine (and its tests) can count every charge outside Orderflow
 // through GET /v1/ledger. Development and testing only: it keeps its ledger
 // in memory.
+//
+// Like a real gateway it answers bad input with a 4xx, never a 500: a body
+// that is not a JSON object with the right field types is 400, and so is an
+// amount the gateway cannot charge (see SimulatedGateway). Only a fault of
+// the server itself is a 500.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { TransientGatewayError } from './gateway.ts';
-import { SimulatedGateway, UnknownChargeError } from './simulated-gateway.ts';
+import { GatewayRequestError, TransientGatewayError } from './gateway.ts';
+import { SimulatedGateway } from './simulated-gateway.ts';
 
 export interface GatewayServer {
   readonly url: string;
@@ -14,10 +19,27 @@ export interface GatewayServer {
   close(): Promise<void>;
 }
 
+/** Request bodies are a few hundred bytes; anything past this is refused (413) without being buffered. */
+const MAX_BODY_BYTES = 64 * 1024;
+
+/** A refusal of the request as sent: answered with its status and message. */
+class BadRequest extends Error {
+  readonly status: number;
+  constructor(status: number, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
 export async function startGatewayServer(options: { port?: number; host?: string; gateway?: SimulatedGateway } = {}): Promise<GatewayServer> {
   const gateway = options.gateway ?? new SimulatedGateway();
   const server = createServer((request, response) => {
-    route(gateway, request, response).catch((error: unknown) => reply(response, 500, { error: (error as Error).message }));
+    route(gateway, request, response).catch((error: unknown) => {
+      if (error instanceof BadRequest) return reply(response, error.status, { error: error.message });
+      if (error instanceof TransientGatewayError) return reply(response, 503, { error: error.message });
+      if (error instanceof GatewayRequestError) return reply(response, error.status ?? 400, { error: error.message });
+      return reply(response, 500, { error: (error as Error).message });
+    });
   });
   const host = options.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
@@ -33,45 +55,52 @@ async function route(gateway: SimulatedGateway, request: IncomingMessage, respon
   if (request.method === 'GET' && path === '/v1/ledger') {
     return reply(response, 200, { charges: [...gateway.charges.values()], refunds: [...gateway.refunds.values()], chargeCalls: gateway.chargeCalls });
   }
-  if (request.method !== 'POST' || (path !== '/v1/charges' && path !== '/v1/refunds')) return reply(response, 404, { error: 'not found' });
+  if (path !== '/v1/charges' && path !== '/v1/refunds') return reply(response, 404, { error: 'not found' });
+  if (request.method !== 'POST') return reply(response, 405, { error: 'use POST' }, { allow: 'POST' });
   const idempotencyKey = request.headers['idempotency-key'];
-  if (typeof idempotencyKey !== 'string' || idempotencyKey === '') return reply(response, 400, { error: 'Idempotency-Key header required' });
+  if (typeof idempotencyKey !== 'string' || idempotencyKey === '') throw new BadRequest(400, 'Idempotency-Key header required');
   const body = await readJson(request);
-  if (body === undefined) return reply(response, 400, { error: 'body must be a JSON object' });
-  try {
-    if (path === '/v1/charges') {
-      const result = await gateway.charge({
-        idempotencyKey,
-        amountCents: Number(body.amountCents),
-        currency: String(body.currency),
-        token: String(body.token),
-        reference: String(body.reference),
-      });
-      return result.status === 'succeeded' ? reply(response, 201, { id: result.chargeId, status: 'succeeded' }) : reply(response, 402, { code: result.code });
-    }
-    const refund = await gateway.refund({ idempotencyKey, chargeId: String(body.chargeId), amountCents: Number(body.amountCents) });
-    return reply(response, 201, { id: refund.refundId });
-  } catch (error) {
-    if (error instanceof TransientGatewayError) return reply(response, 503, { error: error.message });
-    if (error instanceof UnknownChargeError) return reply(response, 404, { error: error.message });
-    throw error;
+  if (path === '/v1/charges') {
+    const result = await gateway.charge({
+      idempotencyKey,
+      amountCents: field(body, 'amountCents', 'number'),
+      currency: field(body, 'currency', 'string'),
+      token: field(body, 'token', 'string'),
+      reference: field(body, 'reference', 'string'),
+    });
+    return result.status === 'succeeded' ? reply(response, 201, { id: result.chargeId, status: 'succeeded' }) : reply(response, 402, { code: result.code });
   }
+  const refund = await gateway.refund({ idempotencyKey, chargeId: field(body, 'chargeId', 'string'), amountCents: field(body, 'amountCents', 'number') });
+  return reply(response, 201, { id: refund.refundId });
 }
 
-async function readJson(request: IncomingMessage): Promise<Record<string, unknown> | undefined> {
+function field<K extends 'string' | 'number'>(body: Record<string, unknown>, name: string, type: K): K extends 'string' ? string : number {
+  const value = body[name];
+  if (typeof value !== type) throw new BadRequest(400, `"${name}" must be a ${type}`);
+  return value as K extends 'string' ? string : number;
+}
+
+async function readJson(request: IncomingMessage): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];
-  for await (const chunk of request) chunks.push(chunk as Buffer);
-  try {
-    const value: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-    return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
-  } catch {
-    return undefined;
+  let size = 0;
+  for await (const chunk of request) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new BadRequest(413, `the body is larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
   }
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new BadRequest(400, 'body must be a JSON object');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new BadRequest(400, 'body must be a JSON object');
+  return value as Record<string, unknown>;
 }
 
-function reply(response: ServerResponse, status: number, body: unknown): void {
+function reply(response: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
-  response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  response.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   response.end(text);
 }
 

@@ -1,8 +1,40 @@
 // The payment gateway over HTTP, as the contract describes it. Maps answers
-// to outcomes: 201 success, 402 decline (final), 5xx and network failures
-// transient (retry with the same key), any other status a request error.
-import { Agent, request } from 'undici';
-import { GatewayRequestError, TransientGatewayError, type ChargeRequest, type ChargeResult, type PaymentGateway, type RefundRequest } from './gateway.ts';
+// to outcomes (see gateway.ts for what each error class means):
+//   2xx        success (the contract's 201; a 2xx without the charge's id is a
+//              GatewayAnswerError, since the charge may exist);
+//   402        decline, final;
+//   408, 429, 5xx, network errors and timeouts: transient, retry with the key;
+//   other 4xx  GatewayRequestError: the gateway refused the request itself.
+// A request that cannot be built (an amount that is not a safe positive
+// integer, a body that cannot be serialised, an argument undici refuses) is
+// a GatewayRequestError too, raised before anything is sent: a local fault
+// must never pass for "gateway unreachable", which would retry it and count
+// it against the circuit breaker every other payment shares.
+import { Agent, errors as undiciErrors, request } from 'undici';
+import {
+  amountProblem,
+  GatewayAnswerError,
+  GatewayRequestError,
+  TransientGatewayError,
+  type ChargeRequest,
+  type ChargeResult,
+  type PaymentGateway,
+  type RefundRequest,
+} from './gateway.ts';
+
+/** Statuses that say "not now" rather than "not this": 408 Request Timeout, 429 Too Many Requests (RFC 9110, RFC 6585). */
+const TRANSIENT_STATUSES = new Set([408, 429]);
+
+/** undici errors that mean the request itself is wrong, not the network: nothing was sent. */
+function isRequestDefect(error: unknown): boolean {
+  return (
+    error instanceof undiciErrors.InvalidArgumentError ||
+    error instanceof undiciErrors.NotSupportedError ||
+    error instanceof undiciErrors.RequestContentLengthMismatchError ||
+    error instanceof TypeError ||
+    error instanceof RangeError
+  );
+}
 
 export class HttpGateway implements PaymentGateway {
   readonly #baseUrl: string;
@@ -18,54 +50,73 @@ export class HttpGateway implements PaymentGateway {
     const { status, body } = await this.#post(
       '/v1/charges',
       req.idempotencyKey,
+      req.amountCents,
       { amountCents: req.amountCents, currency: req.currency, token: req.token, reference: req.reference },
       signal,
     );
-    if (status === 201) return { status: 'succeeded', chargeId: stringField(body, 'id') };
+    if (status >= 200 && status < 300) return { status: 'succeeded', chargeId: answerId(body, 'charge', status) };
     if (status === 402) return { status: 'declined', code: typeof body?.code === 'string' ? body.code : 'card_declined' };
-    throw new GatewayRequestError(status, `payment gateway refused the charge with HTTP ${status}`);
+    throw new GatewayRequestError(status, `payment gateway refused the charge with HTTP ${status}${errorOf(body)}`);
   }
 
   async refund(req: RefundRequest, signal?: AbortSignal): Promise<{ refundId: string }> {
-    const { status, body } = await this.#post('/v1/refunds', req.idempotencyKey, { chargeId: req.chargeId, amountCents: req.amountCents }, signal);
-    if (status === 201) return { refundId: stringField(body, 'id') };
-    throw new GatewayRequestError(status, `payment gateway refused the refund with HTTP ${status}`);
+    const { status, body } = await this.#post('/v1/refunds', req.idempotencyKey, req.amountCents, { chargeId: req.chargeId, amountCents: req.amountCents }, signal);
+    if (status >= 200 && status < 300) return { refundId: answerId(body, 'refund', status) };
+    throw new GatewayRequestError(status, `payment gateway refused the refund with HTTP ${status}${errorOf(body)}`);
   }
 
   close(): Promise<void> {
     return this.#agent.close();
   }
 
-  async #post(path: string, idempotencyKey: string, payload: object, signal?: AbortSignal) {
+  async #post(path: string, idempotencyKey: string, amountCents: unknown, payload: object, signal?: AbortSignal) {
+    const invalid = amountProblem(amountCents);
+    if (invalid !== undefined) throw new GatewayRequestError(undefined, `payment request not sent: ${invalid}`);
+    let text: string;
+    try {
+      text = JSON.stringify(payload);
+    } catch (error) {
+      throw new GatewayRequestError(undefined, `payment request not sent: its body cannot be serialised (${(error as Error).message})`, { cause: error });
+    }
     let response;
     try {
       response = await request(this.#baseUrl + path, {
         method: 'POST',
         dispatcher: this.#agent,
         headers: { 'content-type': 'application/json', 'idempotency-key': idempotencyKey },
-        body: JSON.stringify(payload),
+        body: text,
         signal,
       });
     } catch (error) {
+      if (isRequestDefect(error)) throw new GatewayRequestError(undefined, `payment request not sent: ${(error as Error).message}`, { cause: error });
       throw new TransientGatewayError(`payment gateway unreachable: ${(error as Error).message}`, { cause: error });
     }
-    if (response.statusCode >= 500) {
+    if (response.statusCode >= 500 || TRANSIENT_STATUSES.has(response.statusCode)) {
       await response.body.dump();
       throw new TransientGatewayError(`payment gateway answered HTTP ${response.statusCode}`);
     }
-    const text = await response.body.text();
     let body: Record<string, unknown> | undefined;
     try {
-      body = text ? (JSON.parse(text) as Record<string, unknown>) : undefined;
-    } catch {
+      const answer = await response.body.text();
+      const parsed: unknown = answer ? JSON.parse(answer) : undefined;
+      body = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : undefined;
+    } catch (error) {
+      // The answer broke off on the way (a network error), or is not JSON:
+      // only a success needs its body, and answerId says so then.
+      if (!(error instanceof SyntaxError)) throw new TransientGatewayError(`payment gateway answer lost: ${(error as Error).message}`, { cause: error });
       body = undefined;
     }
     return { status: response.statusCode, body };
   }
 }
 
-function stringField(body: Record<string, unknown> | undefined, field: string): string {
-  const value = body?.[field];
-  if (typeof value !== 'string') throw new TransientGatewayError(`payment gateway answer lacks "${field}"`);
-  return value;
+function answerId(body: Record<string, unknown> | undefined, what: string, status: number): string {
+  const id = body?.id;
+  if (typeof id !== 'string' || id === '') throw new GatewayAnswerError(`payment gateway answered the ${what} with HTTP ${status} but no "id": the ${what} may exist`);
+  return id;
+}
+
+function errorOf(body: Record<string, unknown> | undefined): string {
+  const detail = body?.error ?? body?.code;
+  return typeof detail === 'string' ? `: ${detail.slice(0, 200)}` : '';
 }

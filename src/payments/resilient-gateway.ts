@@ -1,8 +1,12 @@
 // Every gateway call goes through one policy: a timeout per attempt, retries
 // with jittered exponential backoff (same idempotency key, so a retry can
 // never charge twice), and a circuit breaker shared by all calls that stops
-// hammering a gateway that is down. Declines and request errors are answers,
-// not failures: they are neither retried nor counted by the breaker.
+// hammering a gateway that is down. Only transient failures (network errors,
+// timeouts, 5xx, 429: TransientGatewayError) are retried and counted by the
+// breaker. Declines are answers; request errors and anything else (a local
+// fault, an unreadable answer) say nothing about the gateway's health and
+// are passed through at once: one payment that can never succeed must not
+// open the breaker that every other payment goes through.
 import {
   BrokenCircuitError,
   CircuitState,
@@ -47,7 +51,10 @@ export class ResilientGateway implements PaymentGateway {
       halfOpenAfter: options.halfOpenAfterMs ?? 5_000,
       breaker: new ConsecutiveBreaker(options.breakAfter ?? 5),
     });
-    breaker.onStateChange((state) => metrics.gatewayCircuitOpen.set(state === CircuitState.Closed ? 0 : 1));
+    breaker.onStateChange((state) => {
+      metrics.gatewayCircuitOpen.set(state === CircuitState.Closed ? 0 : 1);
+      if (state === CircuitState.Open) metrics.gatewayCircuitOpened.inc();
+    });
     // Every operation and outcome starts at 0, so rate() sees the first call of each (see metrics.ts).
     for (const operation of ['charge', 'refund']) for (const outcome of ['ok', 'transient', 'error']) metrics.gatewayDuration.zero({ operation, outcome });
     const retries = retry(handleWhen(isTransient), {

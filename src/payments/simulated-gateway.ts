@@ -1,10 +1,12 @@
 // The built-in simulated gateway: the behaviour of the contract's Stripe-like
 // gateway, in memory. Replays of an idempotency key return the first answer
 // (also while that first call is still in flight), test tokens behave as the
-// contract says, and a ledger lets tests count money outside Orderflow.
+// contract says, and a ledger lets tests count money outside Orderflow. Like
+// a real gateway it refuses, as a request error (400), an amount that is not
+// a positive safe integer of minor units and a refund larger than its charge.
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { TransientGatewayError, type ChargeRequest, type ChargeResult, type PaymentGateway, type RefundRequest } from './gateway.ts';
+import { amountProblem, GatewayRequestError, TransientGatewayError, type ChargeRequest, type ChargeResult, type PaymentGateway, type RefundRequest } from './gateway.ts';
 
 export interface LedgerCharge {
   id: string;
@@ -25,9 +27,10 @@ export interface SimulatedGatewayOptions {
   flakyFailureRate?: number;
 }
 
-export class UnknownChargeError extends Error {
+/** A refund of a charge the gateway does not know: a request error (404), as over HTTP. */
+export class UnknownChargeError extends GatewayRequestError {
   constructor(chargeId: string) {
-    super(`no such charge: ${chargeId}`);
+    super(404, `no such charge: ${chargeId}`);
     this.name = 'UnknownChargeError';
   }
 }
@@ -51,6 +54,8 @@ export class SimulatedGateway implements PaymentGateway {
     this.chargeCalls++;
     return this.#once(this.#chargeReplies, `${request.idempotencyKey}`, async () => {
       await this.#latency();
+      const invalid = amountProblem(request.amountCents);
+      if (invalid !== undefined) throw new GatewayRequestError(400, `simulated gateway: ${invalid}`);
       if (request.token === 'tok_flaky' && Math.random() < this.#flakyFailureRate) {
         throw new TransientGatewayError('simulated gateway: 503 Service Unavailable (tok_flaky)');
       }
@@ -64,7 +69,13 @@ export class SimulatedGateway implements PaymentGateway {
   refund(request: RefundRequest): Promise<{ refundId: string }> {
     return this.#once(this.#refundReplies, request.idempotencyKey, async () => {
       await this.#latency();
-      if (!this.charges.has(request.chargeId)) throw new UnknownChargeError(request.chargeId);
+      const charge = this.charges.get(request.chargeId);
+      if (!charge) throw new UnknownChargeError(request.chargeId);
+      const invalid = amountProblem(request.amountCents);
+      if (invalid !== undefined) throw new GatewayRequestError(400, `simulated gateway: ${invalid}`);
+      if (request.amountCents > charge.amountCents) {
+        throw new GatewayRequestError(400, `simulated gateway: a refund of ${request.amountCents} is larger than its charge of ${charge.amountCents}`);
+      }
       const id = `re_${randomUUID().replaceAll('-', '')}`;
       this.refunds.set(id, { id, chargeId: request.chargeId, amountCents: request.amountCents });
       return { refundId: id };
