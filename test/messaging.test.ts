@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
+import { Type } from 'typebox';
 import { BrokerQueue } from '../src/messaging/broker-queue.ts';
 import type { Broker, Delivery } from '../src/messaging/broker.ts';
 import { Relay } from '../src/messaging/relay.ts';
@@ -31,6 +32,8 @@ import {
 
 const silent = pino({ level: 'silent' });
 const QUEUE = 'test.work';
+/** What this file's test messages carry. */
+const TestPayload = Type.Object({ n: Type.Optional(Type.Integer()), kind: Type.Optional(Type.String()) });
 const CLOSED_PORT_URL = { nats: 'nats://127.0.0.1:1', rabbitmq: 'amqp://guest:guest@127.0.0.1:1' } as const;
 
 async function counterTotal(metrics: Metrics, name: keyof Metrics): Promise<number> {
@@ -118,7 +121,7 @@ for (const mode of ['nats', 'rabbitmq'] as const satisfies readonly BrokerMode[]
         const producer = new BrokerQueue(db, broker(), silent, createMetrics());
         const received: number[] = [];
         const consumer = broker().consume(QUEUE, async (d: Delivery) => {
-          received.push(d.payload.n as number);
+          received.push((JSON.parse(d.body) as { n: number }).n);
           await d.ack();
         }, { concurrency: 1 });
         const relay = new Relay(db, broker(), silent, createMetrics(), { idlePollMs: 2 });
@@ -148,7 +151,7 @@ for (const mode of ['nats', 'rabbitmq'] as const satisfies readonly BrokerMode[]
         queue.handle(QUEUE, async (job) => {
           await db.transaction(async (tx) => job.markDone(tx));
           handled.push(job.id);
-        }, { concurrency: 2 });
+        }, { concurrency: 2, payload: TestPayload });
         await db.query(`INSERT INTO messaging.inbox (queue, message_id) VALUES ($1, 'm-1')`, [QUEUE]);
         queue.start();
         try {
@@ -181,7 +184,7 @@ for (const mode of ['nats', 'rabbitmq'] as const satisfies readonly BrokerMode[]
           // "doomed" always fails; "flaky" fails twice, then succeeds.
           if (job.payload.kind === 'doomed' || attempts.length <= 2) throw new Error(`${job.id} failed`);
           await db.transaction(async (tx) => job.markDone(tx));
-        }, { concurrency: 4 });
+        }, { concurrency: 4, payload: TestPayload });
         queue.start();
         try {
           await b.publish([

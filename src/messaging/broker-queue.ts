@@ -6,12 +6,16 @@
 // messaging.inbox was applied before and is acknowledged unhandled, and a
 // handler's markDone(tx) writes that inbox row in the transaction that
 // applies its effect. A failing handler is retried with jittered exponential
-// backoff and dead-lettered by the broker after its last attempt.
+// backoff and dead-lettered by the broker after its last attempt. A delivery
+// that is not one of our messages (not JSON, not of the consumer's schema, an
+// unusable id) or that can never succeed (PermanentJobError) is dead-lettered
+// at once, with the reason.
 import type { Logger } from 'pino';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
-import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, WorkerOptions, NewJob } from './queue.ts';
+import type { Static, TSchema } from 'typebox';
+import { PermanentJobError, payloadParser, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
 export interface BrokerQueueOptions {
   retryBaseMs?: number;
@@ -22,7 +26,23 @@ export interface BrokerQueueOptions {
 interface Consumer {
   queue: string;
   handler: JobHandler<JsonObject>;
+  parse: (payload: unknown) => JsonObject;
   concurrency: number;
+}
+
+/** Message ids are inbox keys: the outbox's UUIDs, or what a broker adapter derives; printable ASCII, at most 200 characters. */
+const MESSAGE_ID = /^[\x21-\x7e]{1,200}$/;
+
+/** The delivery's body as the consumer's payload type, or PermanentJobError saying why it is not. */
+function decode(consumer: Consumer, delivery: Delivery): JsonObject {
+  if (!MESSAGE_ID.test(delivery.id)) throw new PermanentJobError(`malformed message: its id ${JSON.stringify(delivery.id.slice(0, 100))} cannot be recorded`);
+  let payload: unknown;
+  try {
+    payload = JSON.parse(delivery.body);
+  } catch (error) {
+    throw new PermanentJobError(`malformed message: the body is not JSON (${(error as Error).message})`);
+  }
+  return consumer.parse(payload);
 }
 
 export class BrokerQueue implements JobQueue {
@@ -94,8 +114,13 @@ export class BrokerQueue implements JobQueue {
     return () => this.#enqueueListeners.delete(listener);
   }
 
-  handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options: WorkerOptions = { concurrency: 4 }): void {
-    this.#consumers.set(queue, { queue, handler: handler as JobHandler<JsonObject>, concurrency: options.concurrency });
+  handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void {
+    this.#consumers.set(queue, {
+      queue,
+      handler: handler as JobHandler<JsonObject>,
+      parse: payloadParser(options.payload),
+      concurrency: options.concurrency,
+    });
     declareQueue(this.#metrics, queue);
   }
 
@@ -173,7 +198,7 @@ export class BrokerQueue implements JobQueue {
       const job: Job = {
         id: delivery.id,
         queue,
-        payload: delivery.payload,
+        payload: decode(consumer, delivery),
         attempt: delivery.attempt,
         maxAttempts: delivery.maxAttempts,
         markDone: (tx) => this.markDoneMany(tx, [job]),
@@ -198,11 +223,12 @@ export class BrokerQueue implements JobQueue {
   async #fail(delivery: Delivery, error: unknown, context: Record<string, unknown>): Promise<void> {
     const { queue } = delivery;
     const message = error instanceof Error ? error.message : String(error);
-    if (delivery.attempt >= delivery.maxAttempts) {
+    const permanent = error instanceof PermanentJobError;
+    if (permanent || delivery.attempt >= delivery.maxAttempts) {
       await delivery.deadLetter(message);
       this.#metrics.jobsProcessed.inc({ queue, outcome: 'dead' });
       this.#metrics.deadLettered.inc({ queue });
-      this.#log.error({ ...context, err: error }, 'message failed for the last time; dead-lettered in the broker');
+      this.#log.error({ ...context, err: error }, permanent ? 'message can never succeed; dead-lettered in the broker at once' : 'message failed for the last time; dead-lettered in the broker');
       return;
     }
     const delayMs = this.retryDelayMs(delivery.attempt);

@@ -16,7 +16,13 @@ export interface OutgoingMessage {
 export interface Delivery {
   id: string;
   queue: string;
-  payload: JsonObject;
+  /**
+   * The message body as the broker holds it (UTF-8 text). It is not parsed
+   * here: anything may have been published to the queue, and the consumer
+   * side (BrokerQueue) checks it before use and dead-letters what is not
+   * one of its messages.
+   */
+  body: string;
   /** 1 on the first delivery; counts broker redeliveries and scheduled retries. */
   attempt: number;
   maxAttempts: number;
@@ -62,6 +68,19 @@ export interface BrokerOptions {
   publishTimeoutMs?: number;
   /** Attempts a message gets when it carries no count of its own (published by something else than the relay). */
   defaultMaxAttempts?: number;
+}
+
+/** The most attempts a message may ask for in its headers; a larger (or unreadable) count is not trusted. */
+export const MAX_ATTEMPTS_LIMIT = 1_000;
+
+/**
+ * Reads an attempt count from a message header, which anything that can
+ * publish to the broker may have set: a safe integer from 1 to
+ * MAX_ATTEMPTS_LIMIT, or the fallback.
+ */
+export function attemptCount(header: unknown, fallback: number): number {
+  const value = typeof header === 'number' ? header : typeof header === 'string' && /^\d{1,4}$/.test(header) ? Number(header) : NaN;
+  return Number.isSafeInteger(value) && value >= 1 && value <= MAX_ATTEMPTS_LIMIT ? value : fallback;
 }
 
 /** Gives up on a broker call that hangs (a broker that accepts connections but never answers). */

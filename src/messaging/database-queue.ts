@@ -2,12 +2,15 @@
 // with FOR UPDATE SKIP LOCKED and leased, so any number of workers (threads of
 // one process or many processes) share them without handing one out twice
 // while its lease holds. A job whose handler fails is retried with jittered
-// exponential backoff; after max_attempts it moves to messaging.dead_jobs.
+// exponential backoff; after max_attempts it moves to messaging.dead_jobs,
+// and so does, at once, a job that can never succeed (a payload that does not
+// match its consumer's schema, a PermanentJobError).
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DatabaseUnavailableError, type Database, type Queryable } from '../storage/database.ts';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
-import type { EnqueueOptions, Job, JobHandler, JobQueue, JsonObject, NewJob, WorkerOptions } from './queue.ts';
+import type { Static, TSchema } from 'typebox';
+import { PermanentJobError, payloadParser, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
 export interface DatabaseQueueOptions {
   /** Idle polling interval; a local enqueue wakes the workers sooner. */
@@ -22,7 +25,8 @@ export interface DatabaseQueueOptions {
 interface ClaimedRow {
   id: string;
   queue: string;
-  payload: JsonObject;
+  /** Whatever the row holds: it is checked against the consumer's schema before use. */
+  payload: unknown;
   attempts: number;
   max_attempts: number;
   [column: string]: unknown;
@@ -31,6 +35,7 @@ interface ClaimedRow {
 interface Consumer {
   queue: string;
   handler: JobHandler<JsonObject>;
+  parse: (payload: unknown) => JsonObject;
   concurrency: number;
   running: number;
 }
@@ -81,8 +86,14 @@ export class DatabaseQueue implements JobQueue {
     setImmediate(() => this.#wake?.());
   }
 
-  handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options: WorkerOptions = { concurrency: 4 }): void {
-    this.#consumers.set(queue, { queue, handler: handler as JobHandler<JsonObject>, concurrency: options.concurrency, running: 0 });
+  handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void {
+    this.#consumers.set(queue, {
+      queue,
+      handler: handler as JobHandler<JsonObject>,
+      parse: payloadParser(options.payload),
+      concurrency: options.concurrency,
+      running: 0,
+    });
     declareQueue(this.#metrics, queue);
   }
 
@@ -182,16 +193,16 @@ export class DatabaseQueue implements JobQueue {
   }
 
   async #run(consumer: Consumer, row: ClaimedRow): Promise<void> {
-    const job: Job = {
-      id: row.id,
-      queue: row.queue,
-      payload: row.payload,
-      attempt: row.attempts,
-      maxAttempts: row.max_attempts,
-      markDone: (tx) => this.markDoneMany(tx, [job]),
-    };
     const started = performance.now();
     try {
+      const job: Job = {
+        id: row.id,
+        queue: row.queue,
+        payload: consumer.parse(row.payload),
+        attempt: row.attempts,
+        maxAttempts: row.max_attempts,
+        markDone: (tx) => this.markDoneMany(tx, [job]),
+      };
       await consumer.handler(job);
       if (!this.#done.has(job)) await this.markDoneMany(this.#db, [job]);
       this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'done' });
@@ -205,8 +216,9 @@ export class DatabaseQueue implements JobQueue {
   async #fail(row: ClaimedRow, error: unknown, durationMs: number, started = performance.now() - durationMs, pause = 100): Promise<void> {
     const message = error instanceof Error ? error.message : String(error);
     const context = { jobId: row.id, queue: row.queue, attempt: row.attempts, maxAttempts: row.max_attempts, durationMs: Math.round(durationMs), err: error };
+    const permanent = error instanceof PermanentJobError;
     try {
-      if (row.attempts >= row.max_attempts) {
+      if (permanent || row.attempts >= row.max_attempts) {
         await this.#db.query(
           `WITH dead AS (DELETE FROM messaging.jobs WHERE id = $1 RETURNING *)
            INSERT INTO messaging.dead_jobs (id, queue, payload, key, attempts, last_error, created_at)
@@ -214,7 +226,7 @@ export class DatabaseQueue implements JobQueue {
           [row.id, message],
         );
         this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'dead' });
-        this.#log.error(context, 'job failed for the last time; moved to messaging.dead_jobs');
+        this.#log.error(context, permanent ? 'job can never succeed; moved to messaging.dead_jobs at once' : 'job failed for the last time; moved to messaging.dead_jobs');
         return;
       }
       const delayMs = this.retryDelayMs(row.attempts);

@@ -19,8 +19,17 @@ import {
 } from '@nats-io/jetstream';
 import { connect, headers, nanos, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
-import { DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
-import type { JsonObject } from './queue.ts';
+import {
+  attemptCount,
+  DEFAULT_BROKER_PREFIX,
+  withTimeout,
+  type Broker,
+  type BrokerOptions,
+  type Delivery,
+  type DeliveryHandler,
+  type OutgoingMessage,
+  type Subscription,
+} from './broker.ts';
 
 /** How long one pull request waits for messages before the consumer asks again. */
 const FETCH_EXPIRES_MS = 1_000;
@@ -73,6 +82,11 @@ export class NatsBroker implements Broker {
     this.#ackWaitMs = options.ackWaitMs ?? 30_000;
     this.#duplicateWindowMs = options.duplicateWindowMs ?? 120_000;
     this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
+  }
+
+  /** The JetStream stream holding every subject of this prefix. */
+  get stream(): string {
+    return this.#stream;
   }
 
   subject(queue: string): string {
@@ -248,11 +262,11 @@ export class NatsBroker implements Broker {
   }
 
   #delivery(queue: string, msg: JsMsg): Delivery {
-    const maxAttempts = Number(msg.headers?.get(MAX_ATTEMPTS_HEADER)) || this.#defaultMaxAttempts;
+    const maxAttempts = attemptCount(msg.headers?.get(MAX_ATTEMPTS_HEADER), this.#defaultMaxAttempts);
     return {
       id: msg.headers?.get(MSG_ID_HEADER) || `nats-${msg.seq}`,
       queue,
-      payload: msg.json<JsonObject>(),
+      body: msg.string(),
       attempt: msg.info.deliveryCount,
       maxAttempts,
       ack: async () => msg.ack(),

@@ -2,6 +2,14 @@
 // (so a job exists exactly when the change that caused it was committed);
 // consumers get at-least-once delivery and make their effects idempotent by
 // calling markDone(tx) in the transaction that applies them.
+//
+// Every consumer declares the schema of its payload. A message is checked
+// against it before its handler sees it: whatever is in the queue (a row an
+// operator inserted, a message another program published), the handler gets
+// the type it declared, and a message that is not of that type is
+// dead-lettered at once with the reason, never retried.
+import type { Static, TSchema } from 'typebox';
+import { Compile } from 'typebox/compile';
 import type { Queryable } from '../storage/database.ts';
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
@@ -27,8 +35,34 @@ export interface Job<P extends JsonObject = JsonObject> {
 
 export type JobHandler<P extends JsonObject = JsonObject> = (job: Job<P>) => Promise<void>;
 
-export interface WorkerOptions {
+export interface WorkerOptions<S extends TSchema = TSchema> {
   concurrency: number;
+  /** The payload's schema; a message that does not match it is dead-lettered unhandled. */
+  payload: S;
+}
+
+/**
+ * Thrown by a handler (or the queue itself) for a job that can never succeed
+ * as it stands: a malformed message, a payment the gateway refused. The
+ * queue dead-letters it at once with this message as the reason, whatever
+ * attempts it has left; retrying would only repeat the failure and hold up
+ * the jobs behind it.
+ */
+export class PermanentJobError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'PermanentJobError';
+  }
+}
+
+/** Checks payloads against a consumer's schema: returns the payload typed, or throws PermanentJobError saying what is wrong. */
+export function payloadParser<S extends TSchema>(schema: S): (payload: unknown) => Static<S> {
+  const compiled = Compile(schema);
+  return (payload) => {
+    if (compiled.Check(payload)) return payload;
+    const reasons = [...compiled.Errors(payload)].slice(0, 5).map((e) => `${e.instancePath || '/'} ${e.message}`);
+    throw new PermanentJobError(`malformed payload: ${reasons.join('; ')}`);
+  };
 }
 
 export interface NewJob {
@@ -43,8 +77,8 @@ export interface JobQueue {
   enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options?: Omit<EnqueueOptions, 'key'>): Promise<void>;
   /** job.markDone(tx) for several of this queue's jobs in one statement (handlers whose transactions are group-committed). */
   markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void>;
-  /** Registers the handler of a queue; deliveries start with start(). */
-  handle<P extends JsonObject>(queue: string, handler: JobHandler<P>, options?: WorkerOptions): void;
+  /** Registers the handler of a queue and the schema of its payloads; deliveries start with start(). */
+  handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void;
   start(): void;
   /** Stops claiming new jobs and waits for the ones in flight. */
   stop(): Promise<void>;

@@ -15,8 +15,17 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Options } from 'amqplib';
 import type { Logger } from 'pino';
-import { DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
-import type { JsonObject } from './queue.ts';
+import {
+  attemptCount,
+  DEFAULT_BROKER_PREFIX,
+  withTimeout,
+  type Broker,
+  type BrokerOptions,
+  type Delivery,
+  type DeliveryHandler,
+  type OutgoingMessage,
+  type Subscription,
+} from './broker.ts';
 
 export type RabbitMqBrokerOptions = BrokerOptions;
 
@@ -240,8 +249,8 @@ export class RabbitMqBroker implements Broker {
 
   #delivery(channel: ConfirmChannel, queue: string, msg: ConsumeMessage): Delivery {
     const headers = msg.properties.headers ?? {};
-    const attempt = Number(headers[ATTEMPT_HEADER]) || 1;
-    const maxAttempts = Number(headers[MAX_ATTEMPTS_HEADER]) || this.#defaultMaxAttempts;
+    const attempt = attemptCount(headers[ATTEMPT_HEADER], 1);
+    const maxAttempts = attemptCount(headers[MAX_ATTEMPTS_HEADER], this.#defaultMaxAttempts);
     const republish = async (target: string, extra: Record<string, unknown>, expiration?: number) => {
       await withTimeout(
         'RabbitMQ publish',
@@ -259,9 +268,9 @@ export class RabbitMqBroker implements Broker {
       channel.ack(msg);
     };
     return {
-      id: (msg.properties.messageId as string | undefined) ?? `amqp-${msg.fields.deliveryTag}`,
+      id: typeof msg.properties.messageId === 'string' ? msg.properties.messageId : `amqp-${msg.fields.deliveryTag}`,
       queue,
-      payload: JSON.parse(msg.content.toString('utf8')) as JsonObject,
+      body: msg.content.toString('utf8'),
       attempt,
       maxAttempts,
       ack: async () => channel.ack(msg),

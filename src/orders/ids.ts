@@ -4,6 +4,9 @@ import { randomBytes } from 'node:crypto';
 
 const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 
+/** What every order id looks like: "ord_" and 26 Crockford base32 characters. Anything else names no order. */
+export const ORDER_ID_PATTERN = '^ord_[0-9A-HJKMNP-TV-Z]{26}$';
+
 export function newOrderId(now = Date.now()): string {
   let time = '';
   for (let t = now, i = 0; i < 10; i++, t = Math.floor(t / 32)) time = ALPHABET[t % 32]! + time;

@@ -12,8 +12,16 @@
 // stock (decline, give up) keep their own transactions: stock rows are
 // locked in sorted order by accepts, and mixing several orders' releases in
 // one transaction could deadlock with them.
+//
+// A payment that can never succeed is isolated at once. Only a transient
+// gateway failure is retried (by the queue, with backoff); any other error
+// fails the job for good on its first attempt: the order is rejected as
+// payment_failed with its stock released, the job is dead-lettered with the
+// reason (PermanentJobError), and the payment leaves the statuses the
+// sweeper re-drives. A refund that can never succeed is dead-lettered the
+// same way and its payment marked refund_failed for an operator.
 import type { Logger } from 'pino';
-import type { Job, JobQueue } from '../messaging/queue.ts';
+import { PermanentJobError, type Job, type JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { acceptTimeOf } from '../orders/ids.ts';
 import { confirmOrders, rejectOrder } from '../orders/lifecycle.ts';
@@ -28,8 +36,11 @@ import {
   findPayment,
   startCharging,
   markDeclined,
+  markFailed,
   markRefunded,
+  markRefundFailed,
   markSucceeded,
+  OrderJobPayload,
   refundUnlessKept,
   refundKey,
   type Payment,
@@ -65,8 +76,8 @@ export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxB
     startCharges: new GroupCommit(deps.db, (tx, jobs) => startChargeBatch(tx, deps.queue, jobs), { maxBatch, onBatch, keyOf: (job) => job.payload.orderId }),
     recordCharges: new GroupCommit(deps.db, (tx, paid) => recordChargeBatch(tx, deps.queue, paid), { maxBatch, onBatch, keyOf: (p) => p.job.payload.orderId }),
   };
-  deps.queue.handle<{ orderId: string }>(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency });
-  deps.queue.handle<{ orderId: string }>(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)) });
+  deps.queue.handle(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency, payload: OrderJobPayload });
+  deps.queue.handle(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)), payload: OrderJobPayload });
 }
 
 function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult> {
@@ -132,23 +143,27 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   try {
     result = await charge(gateway, payment);
   } catch (error) {
-    const permanent = error instanceof GatewayRequestError;
-    const lastAttempt = job.attempt >= job.maxAttempts;
-    if (!(error instanceof TransientGatewayError) && !permanent) throw error;
-    if (!permanent && !lastAttempt) throw error; // the queue retries later with backoff
-    // Giving up: the order must not stay pending forever. A charge may still
-    // have gone through unseen, so settle it with a refund.
-    log.error({ orderId, attempt: job.attempt, err: error }, 'payment failed for good; rejecting the order');
+    const transient = error instanceof TransientGatewayError;
+    if (transient && job.attempt < job.maxAttempts) throw error; // the queue retries later with backoff
+    // Giving up, on the last attempt of a transient failure or at once on
+    // any other: the order must not stay pending. A request the gateway
+    // refused (or that was never sent) charged nothing; after anything else
+    // a charge may have gone through unseen, so it is settled with a refund.
+    const reason = `${transient ? 'payment gateway kept failing' : 'payment can never succeed'}: ${(error as Error).message ?? String(error)}`;
+    log.error({ orderId, attempt: job.attempt, err: error }, transient ? 'payment failed for good; rejecting the order' : 'payment can never succeed; rejecting the order at once');
     const rejected = await db.transaction(async (tx) => {
       const outcome = await rejectOrder(tx, orderId, 'payment_failed');
+      if (error instanceof GatewayRequestError) await markFailed(tx, orderId, reason);
       // A duplicate delivery of this message may have confirmed the order
       // meanwhile (same charge, same key): refundUnlessKept leaves that money.
       await refundUnlessKept(tx, queue, orderId, outcome.status);
-      await job.markDone(tx);
+      // A permanent failure is dead-lettered by the queue (below) instead.
+      if (transient) await job.markDone(tx);
       return outcome.changed;
     });
     if (rejected) countOutcome(metrics, orderId, 'rejected', 'payment_failed');
-    return;
+    if (transient) return;
+    throw new PermanentJobError(reason, { cause: error });
   }
 
   if (result.status === 'declined') {
@@ -173,10 +188,11 @@ function countOutcome(metrics: Metrics, orderId: string, status: 'confirmed' | '
 }
 
 async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
-  const { db, gateway } = deps;
+  const { db, gateway, log } = deps;
   const { orderId } = job.payload;
   const payment = await findPayment(db, orderId);
-  if (!payment || (payment.status !== 'charging' && payment.status !== 'succeeded')) return;
+  // refund_failed: an operator re-drives a refund that could not succeed before.
+  if (!payment || !['charging', 'succeeded', 'refund_failed'].includes(payment.status)) return;
   // The last line of defence for "a confirmed order keeps exactly one
   // charge": whatever queued this refund, a confirmed order is not refunded
   // (cancelling it first makes it cancelled, and then it is).
@@ -185,24 +201,44 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     return;
   }
 
-  let chargeId = payment.chargeId;
-  if (payment.status === 'charging' || chargeId === null) {
-    // We never learned the charge's answer: replaying its key returns the
-    // gateway's first answer (or makes the charge now, which we then refund:
-    // either way the order nets zero).
-    const replay = await charge(gateway, payment);
-    if (replay.status === 'declined') {
-      await db.transaction(async (tx) => {
-        await markDeclined(tx, orderId);
-        await job.markDone(tx);
-      });
-      return;
+  try {
+    let chargeId = payment.chargeId;
+    if (payment.status === 'charging' || chargeId === null) {
+      // We never learned the charge's answer: replaying its key returns the
+      // gateway's first answer (or makes the charge now, which we then refund:
+      // either way the order nets zero).
+      let replay: ChargeResult;
+      try {
+        replay = await charge(gateway, payment);
+      } catch (error) {
+        if (!(error instanceof GatewayRequestError)) throw error;
+        // The gateway refuses the charge under this key: nothing was charged, nothing is owed.
+        await db.transaction(async (tx) => {
+          await markFailed(tx, orderId, `the charge was refused, so there is nothing to refund: ${error.message}`);
+          await job.markDone(tx);
+        });
+        return;
+      }
+      if (replay.status === 'declined') {
+        await db.transaction(async (tx) => {
+          await markDeclined(tx, orderId);
+          await job.markDone(tx);
+        });
+        return;
+      }
+      chargeId = replay.chargeId;
     }
-    chargeId = replay.chargeId;
+    const { refundId } = await gateway.refund({ idempotencyKey: refundKey(orderId), chargeId, amountCents: payment.amountCents });
+    await db.transaction(async (tx) => {
+      await markRefunded(tx, orderId, chargeId, refundId);
+      await job.markDone(tx);
+    });
+  } catch (error) {
+    // Transient: the queue retries, and once the job dies the sweeper re-drives it.
+    if (error instanceof TransientGatewayError) throw error;
+    const reason = `refund can never succeed: ${(error as Error).message ?? String(error)}`;
+    log.error({ orderId, attempt: job.attempt, err: error }, 'refund can never succeed; dead-lettering it for an operator');
+    await db.transaction((tx) => markRefundFailed(tx, orderId, reason));
+    throw new PermanentJobError(reason, { cause: error });
   }
-  const { refundId } = await gateway.refund({ idempotencyKey: refundKey(orderId), chargeId, amountCents: payment.amountCents });
-  await db.transaction(async (tx) => {
-    await markRefunded(tx, orderId, chargeId, refundId);
-    await job.markDone(tx);
-  });
 }

@@ -4,14 +4,27 @@
 //   pending  → never sent: nothing to undo;
 //   charging → sent at least once: a charge may exist, only a replay tells;
 //   succeeded / declined / refunded → the gateway's answer, recorded.
+//   failed        → the gateway refused the charge request itself, or it could
+//                   not be sent: nothing was charged, nothing is owed back;
+//   refund_failed → the refund can never succeed as it stands: money may be
+//                   held, and an operator must settle it (last_error says why).
+import { Type } from 'typebox';
 import type { JobQueue } from '../messaging/queue.ts';
+import { ORDER_ID_PATTERN } from '../orders/ids.ts';
 import { holdsStock, type OrderStatus } from '../orders/state-machine.ts';
 import type { Queryable } from '../storage/database.ts';
 
 export const CHARGE_QUEUE = 'payments.charge';
 export const REFUND_QUEUE = 'payments.refund';
 
-export type PaymentStatus = 'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded';
+/**
+ * The payload of a charge or a refund job: the order it is for. Checked
+ * before a job runs; unknown fields are allowed, so a newer producer can add
+ * one during a rolling deploy without its messages being dead-lettered.
+ */
+export const OrderJobPayload = Type.Object({ orderId: Type.String({ pattern: ORDER_ID_PATTERN }) });
+
+export type PaymentStatus = 'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded' | 'failed' | 'refund_failed';
 
 export interface Payment {
   orderId: string;
@@ -146,6 +159,26 @@ export async function markSucceeded(tx: Queryable, charges: readonly { orderId: 
 
 export async function markDeclined(tx: Queryable, orderId: string): Promise<void> {
   await tx.query(`UPDATE payments.payments SET status = 'declined', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging')`, [orderId]);
+}
+
+/** The gateway refused the charge request itself, or it could not be sent: nothing was charged under its key, so nothing is owed back. */
+export async function markFailed(tx: Queryable, orderId: string, reason: string): Promise<void> {
+  await tx.query(
+    `UPDATE payments.payments SET status = 'failed', last_error = $2, updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging', 'refund_failed')`,
+    [orderId, reason],
+  );
+}
+
+/**
+ * The refund can never succeed as it stands. The payment leaves the statuses
+ * the sweeper re-drives (money may still be held: an operator settles it, and
+ * may re-drive the refund once the cause is fixed).
+ */
+export async function markRefundFailed(tx: Queryable, orderId: string, reason: string): Promise<void> {
+  await tx.query(
+    `UPDATE payments.payments SET status = 'refund_failed', last_error = $2, updated_at = now() WHERE order_id = $1 AND status IN ('charging', 'succeeded', 'refund_failed')`,
+    [orderId, reason],
+  );
 }
 
 export async function markRefunded(tx: Queryable, orderId: string, chargeId: string, refundId: string): Promise<void> {

@@ -2,7 +2,7 @@
 // payment gateway to misbehave at an exact moment rather than at random. They
 // keep the simulated gateway's ledger and idempotency semantics; only the
 // timing or the delivery of an answer changes.
-import { TransientGatewayError, type ChargeRequest, type ChargeResult, type RefundRequest } from '../../src/payments/gateway.ts';
+import { GatewayAnswerError, GatewayRequestError, TransientGatewayError, type ChargeRequest, type ChargeResult, type RefundRequest } from '../../src/payments/gateway.ts';
 import { SimulatedGateway, type SimulatedGatewayOptions } from '../../src/payments/simulated-gateway.ts';
 
 /**
@@ -63,5 +63,29 @@ export class OutageGateway extends SimulatedGateway {
   override async refund(request: RefundRequest): Promise<{ refundId: string }> {
     if (this.down) throw new TransientGatewayError('simulated gateway: 503 Service Unavailable (outage)');
     return super.refund(request);
+  }
+}
+
+/**
+ * Payments that can never succeed, told apart by their card token:
+ * - tok_refused: the gateway refuses the request itself (400, as for a token
+ *   it does not know); nothing is booked;
+ * - tok_local_fault: the call fails in our own code before anything is sent
+ *   (a TypeError, as a programming error would);
+ * - tok_unreadable: the gateway books the charge but its answer cannot be
+ *   read, on every replay of the key.
+ * Every other token behaves as with the simulated gateway. calls counts the
+ * charge calls per order reference, replays included.
+ */
+export class PoisonGateway extends SimulatedGateway {
+  readonly calls = new Map<string, number>();
+
+  override async charge(request: ChargeRequest): Promise<ChargeResult> {
+    this.calls.set(request.reference, (this.calls.get(request.reference) ?? 0) + 1);
+    if (request.token === 'tok_refused') throw new GatewayRequestError(400, 'simulated gateway: no such token: tok_refused');
+    if (request.token === 'tok_local_fault') throw new TypeError("Cannot read properties of undefined (reading 'amount')");
+    const result = await super.charge(request);
+    if (request.token === 'tok_unreadable') throw new GatewayAnswerError('simulated gateway answered 201 without an id');
+    return result;
   }
 }
