@@ -31,13 +31,13 @@ async function newSigner(alg: 'RS256' | 'EdDSA', kid: string): Promise<{ signer:
 
 function sign(
   signer: Signer,
-  claims: { sub?: string; scope?: string; iss?: string; aud?: string; expiresIn?: string | number },
+  claims: { sub?: string; scope?: string; iss?: string; aud?: string; expiresIn?: string | number; iat?: number },
 ): Promise<string> {
   const jwt = new SignJWT(claims.scope === undefined ? {} : { scope: claims.scope })
     .setProtectedHeader({ alg: signer.alg, kid: signer.kid, typ: 'JWT' })
     .setIssuer(claims.iss ?? ISSUER)
     .setAudience(claims.aud ?? AUDIENCE)
-    .setIssuedAt()
+    .setIssuedAt(claims.iat)
     .setExpirationTime(claims.expiresIn ?? '5m');
   if (claims.sub !== undefined) jwt.setSubject(claims.sub);
   return jwt.sign(signer.key);
@@ -113,7 +113,12 @@ for (const mode of modes()) {
       assert.deepEqual(listed.body.items, []);
     });
 
-    it('wrong audience, wrong issuer, expired, bad signature, alg none, no sub: 401 problem+json', async () => {
+    it('a token issued within the clock-skew allowance (60 s) ahead of this clock is accepted', async () => {
+      const ahead = client(t.app, await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 30 }));
+      assert.equal((await ahead.request('GET', '/v1/orders')).status, 200);
+    });
+
+    it('wrong audience, wrong issuer, expired, bad signature, alg none, no sub, empty sub, iat in the future: 401 problem+json', async () => {
       const other = await newSigner('RS256', 'rsa-1'); // same kid, a key the provider never published
       const valid = await sign(rsa, { sub: 'alice', scope: 'orders:read' });
       const [header, payload] = valid.split('.');
@@ -127,6 +132,12 @@ for (const mode of modes()) {
         ['alg none with a kid', `${b64({ alg: 'none', kid: 'rsa-1' })}.${payload}.`],
         ['HS256', hs256(payload!)],
         ['no sub', await sign(rsa, { scope: 'orders:read' })],
+        ['an empty sub', await sign(rsa, { sub: '', scope: 'orders:read' })],
+        ['a sub with U+0000', await sign(rsa, { sub: 'ali\u0000ce', scope: 'orders:read' })],
+        ['a sub with a line break', await sign(rsa, { sub: 'alice\nadmin', scope: 'orders:read' })],
+        ['a sub of 256 characters', await sign(rsa, { sub: 'a'.repeat(256), scope: 'orders:read' })],
+        ['issued 5 minutes in the future', await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 300 })],
+        ['issued 61 s in the future', await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 62 })],
         ['not a JWT', 'abc.def'],
       ];
       for (const [what, token] of cases) {

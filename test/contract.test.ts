@@ -361,6 +361,100 @@ for (const mode of modes({ replica: true })) {
       });
     }
 
+    describe('hostile input (v1.1): refused as problem+json, never a 5xx, nothing written', () => {
+      const ORDER = 'ord_01M8ATWWD9YJEQ51WDS1D0RG3W';
+
+      it('a path parameter of the wrong form is 404 on every route that takes one, 414 when too long, 400 when it does not decode', async () => {
+        const routes: [string, (value: string) => string, unknown][] = [
+          ['GET', (v) => `/v1/products/${v}`, undefined],
+          ['POST', (v) => `/v1/products/${v}/stock`, { delta: 1 }],
+          ['GET', (v) => `/v1/orders/${v}`, undefined],
+          ['POST', (v) => `/v1/orders/${v}/cancel`, {}],
+        ];
+        const malformed = ['%00', 'a%00b', '%0A', 'has%20space', '%F0%9F%98%80', `${'A'.repeat(65)}`, ORDER.toLowerCase(), `${ORDER}0`, ORDER.replace('W', 'U'), 'ord_'];
+        for (const [method, url, body] of routes) {
+          for (const value of malformed) {
+            // A well-formed SKU in an order route, and an order id in a product route, are well-formed enough to look up.
+            if (url('x').startsWith('/v1/products') && /^[A-Za-z0-9._-]{1,64}$/.test(decodeURIComponent(value))) continue;
+            const problem = await refused(admin, method, url(value), 404, body === undefined ? {} : { body });
+            assert.equal(problem.type, '/problems/not-found');
+          }
+          assert.equal((await refused(admin, method, url('A'.repeat(101)), 414, body === undefined ? {} : { body })).type, '/problems/uri-too-long');
+          for (const value of ['%ZZ', '%E0%A4%A', '%ED%A0%80', '%C0%80']) {
+            assert.equal((await refused(admin, method, url(value), 400, body === undefined ? {} : { body })).type, '/problems/malformed-url');
+          }
+        }
+        assert.equal((await refused(admin, 'GET', `/v1/products?cursor=${'A'.repeat(8_200)}`, 414)).type, '/problems/uri-too-long');
+      });
+
+      it('text the database cannot store, or control characters in a one-line field, is 400 at its path', async () => {
+        const bad = ['a\u0000b', '\u0000', 'bell\u0007', 'two\nlines', 'tab\there', 'del\u007f', 'c1\u0085', 'lone \ud800 high', 'lone \udfff low', '\udc00\ud800'];
+        for (const text of bad) {
+          const name = await refused(admin, 'POST', '/v1/products', 400, { body: { sku: 'TXT-1', name: text, priceCents: 1, currency: 'EUR', stock: 1 } });
+          assert.deepEqual(name.errors.map((e: { path: string }) => e.path), ['/name'], JSON.stringify(text));
+          const token = await refused(alice, 'POST', '/v1/orders', 400, { headers: { 'idempotency-key': newKey() }, body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: text } } });
+          assert.deepEqual(token.errors.map((e: { path: string }) => e.path), ['/payment/token'], JSON.stringify(text));
+          const key = await refused(alice, 'POST', '/v1/orders', 400, { headers: { 'idempotency-key': `k-${text}` }, body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } } });
+          assert.deepEqual(key.errors.map((e: { path: string }) => e.path), ['/headers/idempotency-key'], JSON.stringify(text));
+        }
+        // Text outside the BMP (a surrogate pair) and other scripts are text like any other.
+        const created = await admin.request('POST', '/v1/products', { body: { sku: 'TXT-2', name: 'Tasse ☕ 😀 茶碗', priceCents: 1, currency: 'EUR', stock: 1 } });
+        assert.equal(created.status, 201, JSON.stringify(created.body));
+        assert.equal((await alice.request('GET', '/v1/products/TXT-2')).body.name, 'Tasse ☕ 😀 茶碗');
+      });
+
+      it('a cursor that decodes to something out of range or of the wrong kind is 400', async () => {
+        const cursor = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+        const productCursors = [cursor(123), cursor('\u0000'), cursor('has space'), cursor(null), cursor({}), cursor(['A']), cursor('x'.repeat(65)), '!!', '%00', 'AAAA====', 'x'.repeat(513)];
+        for (const c of productCursors) await refused(alice, 'GET', `/v1/products?cursor=${c}`, 400);
+        const orderCursors = [cursor(1.5), cursor(0), cursor(-1), cursor(1e300), cursor(2 ** 53), cursor('5'), cursor(null), cursor(true), 'Infinity'];
+        for (const c of orderCursors) await refused(alice, 'GET', `/v1/orders?cursor=${c}`, 400);
+        for (const limit of ['1.5', '-1', '1e2', '%00', '', '00', '1&limit=2']) await refused(alice, 'GET', `/v1/orders?limit=${limit}`, 400);
+        assert.equal((await alice.request('GET', `/v1/orders?cursor=${cursor(Number.MAX_SAFE_INTEGER)}`)).status, 200, 'the largest sequence is a cursor');
+      });
+
+      it('currency must be an ISO 4217 code in circulation', async () => {
+        for (const currency of ['XYZ', 'eur', 'EURO', 'EU', 'XTS', 'XXX', '€', 'E\u0000R']) {
+          const problem = await refused(admin, 'POST', '/v1/products', 400, { body: { sku: 'CUR-1', name: 'x', priceCents: 1, currency, stock: 1 } });
+          assert.deepEqual(problem.errors.map((e: { path: string }) => e.path), ['/currency'], currency);
+        }
+        for (const [sku, currency] of [['CUR-JPY', 'JPY'], ['CUR-CHF', 'CHF'], ['CUR-KWD', 'KWD']]) {
+          assert.equal((await admin.request('POST', '/v1/products', { body: { sku, name: 'x', priceCents: 1, currency, stock: 1 } })).status, 201, currency);
+        }
+      });
+
+      it('cancel takes an empty body or {}: JSON null, an array, a string, a number is 400', async () => {
+        const order = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }])).body;
+        for (const rawBody of ['null', '[]', '"x"', '0', 'true', '{"a":1}', '[{}]']) {
+          await refused(alice, 'POST', `/v1/orders/${order.id}/cancel`, 400, { rawBody, headers: { 'content-type': 'application/json' } });
+        }
+        assert.notEqual((await alice.request('GET', `/v1/orders/${order.id}`)).body.status, 'cancelled');
+      });
+
+      it('a method a route does not take is 405 with Allow', async () => {
+        const cases: [string, string, string][] = [
+          ['DELETE', '/v1/products/MUG-1', 'GET, HEAD'],
+          ['PUT', '/v1/products', 'GET, HEAD, POST'],
+          ['PATCH', `/v1/orders/${ORDER}`, 'GET, HEAD'],
+          ['GET', `/v1/orders/${ORDER}/cancel`, 'POST'],
+          ['DELETE', '/v1/orders', 'GET, HEAD, POST'],
+          ['OPTIONS', '/v1/orders', 'GET, HEAD, POST'],
+          ['POST', '/healthz', 'GET, HEAD'],
+          ['GET', '/v1/products/MUG-1/stock', 'POST'],
+        ];
+        for (const [method, url, allow] of cases) {
+          await quiesce(t.app);
+          const before = await snapshot(t.app.db);
+          const response = await admin.request(method, url, method === 'GET' || method === 'OPTIONS' ? {} : { body: {} });
+          assert.equal(response.status, 405, `${method} ${url}`);
+          assert.match(String(response.headers['content-type']), /^application\/problem\+json/);
+          assert.deepEqual(String(response.headers.allow).split(', ').sort(), allow.split(', ').sort(), `${method} ${url}`);
+          assert.deepEqual(await snapshot(t.app.db), before);
+        }
+        await refused(admin, 'DELETE', '/v1/nothing-here', 404);
+      });
+    });
+
     describe('cancelling orders', () => {
       it('cancels a confirmed order: stock returns, payment refunded; cancelling again is 409', async () => {
         await createProduct(admin, { sku: 'CAN-1', stock: 3, priceCents: 700 });

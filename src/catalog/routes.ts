@@ -3,7 +3,7 @@ import { Type } from 'typebox';
 import type { Cache } from '../cache/cache.ts';
 import type { Routes } from '../http/server.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
-import { LimitQuery, Problem, problemOf, Sku } from '../http/schemas.ts';
+import { Currency, LimitQuery, Problem, problemOf, Sku, SKU_PATTERN, SkuParams, Text } from '../http/schemas.ts';
 import { MAX_STOCK } from '../inventory/stock.ts';
 import type { Database } from '../storage/database.ts';
 import { primaryReads, type ReadRouter } from '../storage/read-replica.ts';
@@ -21,16 +21,18 @@ const Product = Type.Object({
 const NewProduct = Type.Object(
   {
     sku: Sku,
-    name: Type.String({ minLength: 1, maxLength: 200 }),
+    name: Text({ minLength: 1, maxLength: 200 }),
     priceCents: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),
-    currency: Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code' }),
+    currency: Currency,
     stock: Type.Integer({ minimum: 0, maximum: MAX_STOCK }),
   },
   { additionalProperties: false },
 );
 
-const SkuParams = Type.Object({ sku: Type.String() });
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
+
+/** A products cursor holds the last SKU of a page. */
+const isSku = (key: unknown): key is string => typeof key === 'string' && SKU_PATTERN.test(key);
 
 /** `reads` serves the product list (a replica when one is configured); everything else uses `db`, the primary. */
 export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = primaryReads(db)): Routes {
@@ -57,7 +59,7 @@ export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = p
       },
       handler: async (request) => {
         const limit = parseLimit(request.query.limit);
-        const after = decodeCursor<string>(request.query.cursor, 'string');
+        const after = decodeCursor(request.query.cursor, isSku);
         const page = await reads.read((source) => listProducts(source, limit, after));
         return { items: page.items, nextCursor: page.more && page.last !== undefined ? encodeCursor(page.last) : null };
       },

@@ -7,8 +7,9 @@ import swagger, { type SwaggerTransform, type SwaggerTransformObject } from '@fa
 import fp from 'fastify-plugin';
 import { Type } from 'typebox';
 import packageJson from '../../package.json' with { type: 'json' };
-import { SCOPES } from '../identity/verifier.ts';
-import { PROBLEM_CONTENT_TYPE, RETRY_AFTER_SECONDS } from './problems.ts';
+import { ERRORS, type ErrorCode } from '../errors.ts';
+import { CLOCK_SKEW_SECONDS, SCOPES } from '../identity/verifier.ts';
+import { PROBLEM_CONTENT_TYPE, problemType, RETRY_AFTER_SECONDS } from './problems.ts';
 import { Problem } from './schemas.ts';
 import type { Routes } from './server.ts';
 
@@ -87,8 +88,13 @@ const transformObject: SwaggerTransformObject = (documentObject) => {
       }
     }
   }
-  // A plain copy, without the metadata TypeBox keeps on its values.
-  const problem = JSON.parse(JSON.stringify(Problem)) as typeof Problem;
+  // A plain copy, without the metadata TypeBox keeps on its values, whose
+  // `type` names every problem type of the catalogue: also those any request
+  // can meet before a route runs (malformed URL or framing, 405, 414, 431).
+  const problem = JSON.parse(JSON.stringify(Problem)) as typeof Problem & { properties: { type: { description?: string } } };
+  problem.properties.type.description = `The problem type, one of: ${(Object.keys(ERRORS) as ErrorCode[])
+    .map((code) => `\`${problemType(code)}\` (${ERRORS[code].status}: ${ERRORS[code].title})`)
+    .join('; ')}`;
   document.components = { ...document.components, schemas: { ...document.components?.schemas, Problem: problem } };
   return document;
 };
@@ -125,7 +131,8 @@ const plugin: Routes = async (app) => {
             bearerFormat: 'JWT',
             description:
               `A JWT whose \`sub\` is the customer id and whose \`scope\` (space-separated) holds any of ${SCOPES.map((s) => `\`${s}\``).join(', ')}. ` +
-              'An operation lists the scopes it accepts as alternatives: one of them is enough; an empty list means any valid token.',
+              'An operation lists the scopes it accepts as alternatives: one of them is enough; an empty list means any valid token. ' +
+              `A token whose \`sub\` is empty (or not 1–255 characters of text), or whose \`iat\` is more than ${CLOCK_SKEW_SECONDS} s in the future, is refused (401).`,
           },
         },
       },

@@ -1,13 +1,20 @@
 // Turns any error into an RFC 9457 problem+json answer. AppError carries its
 // code from the catalogue (src/errors.ts); Fastify's own errors (validation,
-// body parsing, size) are mapped onto the same catalogue, so a client sees one
-// vocabulary whatever layer refused the request.
+// body parsing, size, a URL it cannot decode) and Node's HTTP parser's
+// (framing, header size) are mapped onto the same catalogue, so a client sees
+// one vocabulary whatever layer refused the request.
+import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { errors as joseErrors } from 'jose';
 import { AppError, ERRORS, type ErrorCode, type FieldError } from '../errors.ts';
 import { DatabaseUnavailableError } from '../storage/database.ts';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
+/** The longest path parameter the router matches (every id is far shorter); a longer one is 414. */
+export const MAX_PATH_PARAMETER_LENGTH = 100;
+/** The longest request target answered other than 414: RFC 9110 (section 4.1) asks servers to take at least 8000 octets. */
+export const MAX_URL_LENGTH = 8_192;
 /** Seconds a client should wait before retrying after a 503. */
 export const RETRY_AFTER_SECONDS = 2;
 
@@ -55,7 +62,12 @@ export function classify(error: unknown): { code: ErrorCode; detail: string; err
   const fastifyError = error as FastifyError;
   if (fastifyError.validation) {
     const errors = fieldErrors(fastifyError);
-    return { code: 'validation_failed', detail: errors.map((e) => `${e.path}: ${e.message}`).join('; '), errors };
+    const detail = errors.map((e) => `${e.path}: ${e.message}`).join('; ');
+    // A path whose parameter cannot be an id of anything (a SKU or order id
+    // of the wrong form, U+0000, ...) names nothing: not found, like any
+    // other id that names nothing, and it never reaches the database.
+    if (fastifyError.validationContext === 'params') return { code: 'not_found', detail: `no such resource: ${detail}` };
+    return { code: 'validation_failed', detail, errors };
   }
   switch (fastifyError.code) {
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
@@ -64,8 +76,13 @@ export function classify(error: unknown): { code: ErrorCode; detail: string; err
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return { code: 'payload_too_large', detail: 'the request body exceeds 65536 bytes' };
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return { code: 'unsupported_media_type', detail: fastifyError.message };
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return { code: 'malformed_request', detail: fastifyError.message };
+    case 'FST_ERR_BAD_URL':
+      return { code: 'malformed_url', detail: 'the request path is not validly percent-encoded UTF-8' };
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return { code: 'uri_too_long', detail: `a path segment is longer than ${MAX_PATH_PARAMETER_LENGTH} characters` };
   }
   if (error instanceof SyntaxError) return { code: 'malformed_json', detail: error.message };
   if (typeof fastifyError.statusCode === 'number' && fastifyError.statusCode === 429) return { code: 'rate_limited', detail: fastifyError.message };
@@ -85,4 +102,46 @@ export function errorHandler(error: unknown, request: FastifyRequest, reply: Fas
   const { code, detail, errors } = classify(error);
   if (code === 'internal' || code === 'unavailable') request.log.error({ err: error }, `request failed: ${code}`);
   return sendProblem(reply, code, detail, errors);
+}
+
+/**
+ * A problem as a complete HTTP/1.1 response, for the answers written on the
+ * socket before Fastify has a request (the connection is then closed).
+ */
+function rawProblem(code: ErrorCode, detail: string, headers: Record<string, string> = {}): string {
+  const problem = toProblem(code, detail);
+  const body = JSON.stringify(problem);
+  const fields = { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': String(Buffer.byteLength(body)), connection: 'close', ...headers };
+  return `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status]}\r\n${Object.entries(fields)
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('')}\r\n${body}`;
+}
+
+/**
+ * Node's HTTP parser refused the request before Fastify saw it: malformed
+ * framing (400), a request line and headers over the size limit (431), or a
+ * request too slow to arrive (408). Answered with a problem on the socket,
+ * which is then closed, as Node's default handler does with a bare status.
+ */
+export function clientErrorHandler(error: NodeJS.ErrnoException & { reason?: string }, socket: Duplex): void {
+  // A reset connection, or one already closed, has nobody left to answer.
+  if (error.code === 'ECONNRESET' || !socket.writable) return;
+  const answer =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? rawProblem('header_fields_too_large', 'the request line and headers are larger than this server accepts (16 KiB)')
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? rawProblem('request_timeout', 'the request was not received in time')
+        : rawProblem('malformed_request', `the request could not be parsed as HTTP/1.1 (${error.code ?? 'unknown'}${error.reason ? `: ${error.reason}` : ''})`);
+  socket.end(answer);
+}
+
+/** CONNECT asks this server to be a proxy, which it is not. */
+export function connectHandler(_request: unknown, socket: Duplex): void {
+  if (socket.writable) socket.end(rawProblem('method_not_allowed', 'CONNECT: this server is not a proxy'));
+}
+
+/** An Expect header other than 100-continue (RFC 9110 §10.1.1): 417. */
+export function expectationHandler(_request: unknown, response: ServerResponse): void {
+  const body = JSON.stringify(toProblem('expectation_failed', 'only "Expect: 100-continue" is understood'));
+  response.writeHead(ERRORS.expectation_failed.status, { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': Buffer.byteLength(body) }).end(body);
 }

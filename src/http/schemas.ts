@@ -1,9 +1,30 @@
-// JSON schemas shared by several modules' routes.
-import { Type } from 'typebox';
+// JSON schemas shared by several modules' routes. Every string a request
+// carries is checked before it can reach the database: ids against their
+// form, and free text for characters that text cannot hold or that have no
+// business in it.
+import { Type, type TStringOptions } from 'typebox';
+import { isCurrencyCode } from '../catalog/currencies.ts';
 import { ERRORS, type ErrorCode } from '../errors.ts';
+import { ORDER_ID_PATTERN } from '../orders/ids.ts';
+import { TEXT_CHARACTER } from '../text.ts';
 import { problemType } from './problems.ts';
 
-export const Sku = Type.String({ pattern: '^[A-Za-z0-9._-]{1,64}$', description: '1–64 characters of [A-Za-z0-9._-]' });
+/** Formats the routes' schemas use beyond JSON Schema's own, given to the validator. */
+export const SCHEMA_FORMATS = { 'iso-4217': isCurrencyCode };
+
+export const SKU_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+export const Sku = Type.String({ pattern: SKU_PATTERN.source, description: '1–64 characters of [A-Za-z0-9._-]' });
+
+/** Free text (a name, a card token, an idempotency key) of the characters src/text.ts allows; the validator matches patterns per code point. */
+export function Text(options: TStringOptions = {}) {
+  return Type.String({ ...options, pattern: `^${TEXT_CHARACTER}*$` });
+}
+
+export const Currency = Type.String({ format: 'iso-4217', description: 'An ISO 4217 currency code in circulation, e.g. EUR' });
+
+// Path parameters: a value of the wrong form names nothing, and is answered 404 (see problems.ts).
+export const SkuParams = Type.Object({ sku: Sku });
+export const OrderIdParams = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }) });
 
 export const Problem = Type.Object(
   {
@@ -27,7 +48,7 @@ export function problemOf(...codes: ErrorCode[]) {
 export const LimitQuery = Type.Object(
   {
     limit: Type.Optional(Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1–100, default 50' })),
-    cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
+    cursor: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,512}$', description: 'nextCursor of the previous page, as it was given' })),
   },
   { additionalProperties: false },
 );

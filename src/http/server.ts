@@ -1,7 +1,11 @@
 // The HTTP server: Fastify with strict JSON schemas (unknown fields and wrong
 // types are errors, never silently dropped or coerced), a 64 KiB body limit,
 // bearer auth on every /v1 route, RED metrics, and problem+json for every
-// error. Modules add their routes through the plugins passed in.
+// error, including those raised before a route runs: a URL that does not
+// decode, a path segment too long, an unsupported method (405 with Allow),
+// and what Node's parser refuses (framing, header size, a missing Host).
+// Modules add their routes through the plugins passed in.
+import FindMyWay, { type HTTPMethod } from 'find-my-way';
 import Fastify, { LogController, type FastifyInstance, type FastifyPluginAsync } from 'fastify';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -10,7 +14,8 @@ import { AppError } from '../errors.ts';
 import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { openApi } from './openapi.ts';
-import { errorHandler, sendProblem } from './problems.ts';
+import { clientErrorHandler, connectHandler, errorHandler, expectationHandler, MAX_PATH_PARAMETER_LENGTH, MAX_URL_LENGTH, sendProblem } from './problems.ts';
+import { SCHEMA_FORMATS } from './schemas.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -42,9 +47,24 @@ export function buildServer(options: ServerOptions): Server {
     bodyLimit: BODY_LIMIT_BYTES,
     // Fastify's own closing answer is not problem+json; the hook below is.
     return503OnClosing: false,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true, useDefaults: false } },
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true, useDefaults: false, formats: SCHEMA_FORMATS } },
     requestIdHeader: 'x-request-id',
+    routerOptions: { maxParamLength: MAX_PATH_PARAMETER_LENGTH },
+    // Errors raised before a route is found go through the error catalogue too.
+    frameworkErrors: (error, request, reply) => void errorHandler(error, request, reply),
+    clientErrorHandler,
+    // Node would answer a missing Host with a bare 400; the hook below answers it as a problem.
+    http: { requireHostHeader: false },
   }).withTypeProvider<TypeBoxTypeProvider>();
+  app.server.on('checkExpectation', expectationHandler);
+  app.server.on('connect', connectHandler);
+
+  app.addHook('onRequest', async (request) => {
+    if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
+      throw new AppError('malformed_request', 'an HTTP/1.1 request must carry a Host header (RFC 9112, section 3.2)');
+    }
+    if (request.url.length > MAX_URL_LENGTH) throw new AppError('uri_too_long', `the request target is longer than ${MAX_URL_LENGTH} characters`);
+  });
 
   // An empty body is how clients say "no options" (cancel); a route whose
   // schema requires a body still rejects it.
@@ -104,8 +124,27 @@ export function buildServer(options: ServerOptions): Server {
   // First, so that the document sees every route the modules add after it.
   void app.register(openApi);
 
+  // Every route's path and method, to tell "no such path" (404) from "not
+  // with this method" (405). find-my-way is Fastify's own router, so a path
+  // matches here exactly when it would match a route.
+  const paths = FindMyWay({ maxParamLength: MAX_PATH_PARAMETER_LENGTH });
+  const methods = new Set<HTTPMethod>();
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat().map((m) => m.toUpperCase() as HTTPMethod)) {
+      methods.add(method);
+      if (!paths.hasRoute(method, route.url)) paths.on(method, route.url, () => undefined);
+    }
+  });
+  const allowedMethods = (path: string) => [...methods].filter((method) => paths.find(method, path) !== null);
+
   app.setErrorHandler(errorHandler);
-  app.setNotFoundHandler((request, reply) => sendProblem(reply, 'not_found', `no route for ${request.method} ${request.url.split('?')[0]}`));
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? '/';
+    const allowed = allowedMethods(path);
+    if (allowed.length === 0) return sendProblem(reply, 'not_found', `no route for ${request.method} ${path}`);
+    reply.header('allow', allowed.join(', '));
+    return sendProblem(reply, 'method_not_allowed', `${path} takes ${allowed.join(', ')}, not ${request.method}`);
+  });
   return app;
 }
 

@@ -1,10 +1,15 @@
 // Bearer token verification: signature against a JWKS (RS256, PS256, ES256
 // or EdDSA), issuer, audience and expiry. The token's `sub` is the customer
 // id; `scope` (space-separated, or the `scp` array some providers use)
-// carries the permissions.
+// carries the permissions. Two claims RFC 7519 leaves open are decided as a
+// client would expect: `sub` must name someone (1-255 characters of text,
+// the same rule as other text the API stores), and a token issued (`iat`)
+// more than CLOCK_SKEW_SECONDS in the future is refused, as a clock that far
+// off, or a forged date, says nothing good about the token.
 import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, type JWK, type JWTVerifyGetKey } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { AppError } from '../errors.ts';
+import { TEXT_CHARACTER } from '../text.ts';
 
 export const SCOPES = ['orders:write', 'orders:read', 'orders:admin', 'catalog:write'] as const;
 export type Scope = (typeof SCOPES)[number];
@@ -17,6 +22,12 @@ export interface Principal {
 export type VerifyToken = (token: string) => Promise<Principal>;
 
 const ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
+
+/** How far ahead of this server's clock a token's `iat` may be: the clocks of two well-run hosts agree far better than this. */
+export const CLOCK_SKEW_SECONDS = 60;
+
+/** A `sub` this API can use as a customer id: 1-255 characters of text (src/text.ts). */
+const SUBJECT = new RegExp(`^${TEXT_CHARACTER}{1,255}$`, 'u');
 
 export function remoteVerifier(options: { jwksUrl: string; issuer: string; audience: string }): VerifyToken {
   const remote = createRemoteJWKSet(new URL(options.jwksUrl), { timeoutDuration: 5_000, cooldownDuration: 30_000 });
@@ -62,8 +73,14 @@ function verifierFor(keys: JWTVerifyGetKey, options: { issuer: string; audience:
       }
       throw error;
     }
+    if (typeof payload.sub !== 'string' || !SUBJECT.test(payload.sub)) {
+      throw new AppError('unauthorized', 'bearer token rejected: its "sub" claim must be 1-255 characters of text, with no control characters');
+    }
+    if (payload.iat !== undefined && payload.iat > Date.now() / 1000 + CLOCK_SKEW_SECONDS) {
+      throw new AppError('unauthorized', `bearer token rejected: it was issued (iat) more than ${CLOCK_SKEW_SECONDS} s in the future`);
+    }
     const scopes = typeof payload.scope === 'string' ? payload.scope.split(' ') : Array.isArray(payload.scp) ? payload.scp.map(String) : [];
-    const principal: Principal = { customerId: payload.sub!, scopes: new Set(scopes.filter((s) => s.length > 0)) };
+    const principal: Principal = { customerId: payload.sub, scopes: new Set(scopes.filter((s) => s.length > 0)) };
     const ttl = payload.exp! * 1000 - Date.now();
     if (ttl > 0) verified.set(token, principal, { ttl });
     return principal;

@@ -3,7 +3,7 @@ import { Type } from 'typebox';
 import type { JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
-import { LimitQuery, Problem, problemOf, Sku } from '../http/schemas.ts';
+import { LimitQuery, OrderIdParams, Problem, problemOf, Sku, Text } from '../http/schemas.ts';
 import { principalOf, type Routes } from '../http/server.ts';
 import { perCustomerLimit } from '../http/rate-limit.ts';
 import type { Database } from '../storage/database.ts';
@@ -34,19 +34,20 @@ const PlaceOrder = Type.Object(
       Type.Object({ sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: 1_000_000 }) }, { additionalProperties: false }),
       { minItems: 1, maxItems: MAX_ORDER_LINES },
     ),
-    payment: Type.Object({ token: Type.String({ minLength: 1, maxLength: 255 }) }, { additionalProperties: false }),
+    payment: Type.Object({ token: Text({ minLength: 1, maxLength: 255 }) }, { additionalProperties: false }),
   },
   { additionalProperties: false },
 );
 
 const IdempotencyHeaders = Type.Object({
-  'idempotency-key': Type.String({ minLength: 1, maxLength: 255, description: 'Chosen by the client, one per order it means to place' }),
+  'idempotency-key': Text({ minLength: 1, maxLength: 255, description: 'Chosen by the client, one per order it means to place' }),
 });
 
 // Response headers as @fastify/swagger reads them, for the OpenAPI document.
 const OrderLocation = { location: { type: 'string', description: 'The order: /v1/orders/{id}' } };
 
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
+/** An orders cursor holds the insertion sequence of a page's last order: a positive safe integer. */
+const isSequence = (key: unknown): key is number => typeof key === 'number' && Number.isSafeInteger(key) && key >= 1;
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
 /** `reads` serves order lists (a replica when one is configured); an order by id, and every write, use `db`, the primary. */
@@ -91,7 +92,7 @@ export function orderRoutes(deps: {
 
     app.get('/v1/orders/:id', {
       config: { scopes: ['orders:read', 'orders:admin'] },
-      schema: { tags: ['orders'], summary: 'Read an order', params: IdParams, response: { 200: Order, ...errors } },
+      schema: { tags: ['orders'], summary: 'Read an order', params: OrderIdParams, response: { 200: Order, ...errors } },
       handler: async (request) => getOrder(db, request.params.id, ownerFilter(principalOf(request))),
     });
 
@@ -111,7 +112,7 @@ export function orderRoutes(deps: {
           customerId: ownerFilter(principalOf(request)),
           status: request.query.status,
           limit: parseLimit(request.query.limit),
-          beforeSeq: decodeCursor<number>(request.query.cursor, 'number'),
+          beforeSeq: decodeCursor(request.query.cursor, isSequence),
         };
         const page = await reads.read((source) => listOrders(source, filter));
         return { items: page.items, nextCursor: page.more && page.lastSeq !== undefined ? encodeCursor(page.lastSeq) : null };
@@ -123,13 +124,13 @@ export function orderRoutes(deps: {
       schema: {
         tags: ['orders'],
         summary: 'Cancel a pending or confirmed order; its stock returns and any payment is refunded',
-        params: IdParams,
+        params: OrderIdParams,
         body: Type.Object({}, { additionalProperties: false, description: 'empty, or {}' }),
         response: { 200: Order, 409: problemOf('order_not_cancellable'), ...errors },
       },
-      // No body at all means "no options", like {}.
+      // No body at all means "no options", like {}. JSON null is a body, and not an object: 400.
       preValidation: async (request) => {
-        request.body ??= {};
+        if (request.body === undefined) request.body = {};
       },
       handler: async (request) => {
         const order = await cancelOrder(deps, request.params.id, ownerFilter(principalOf(request)));
