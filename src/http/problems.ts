@@ -126,6 +126,13 @@ function rawProblem(code: ErrorCode, detail: string, headers: Record<string, str
 export function clientErrorHandler(error: NodeJS.ErrnoException & { reason?: string }, socket: Duplex): void {
   // A reset connection, or one already closed, has nobody left to answer.
   if (error.code === 'ECONNRESET' || !socket.writable) return;
+  // A response already being written on this connection must not be cut
+  // into: then the connection is only closed. (Node's default handler makes
+  // the same check, on the same field.)
+  if ((socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) {
+    socket.destroy();
+    return;
+  }
   const answer =
     error.code === 'HPE_HEADER_OVERFLOW'
       ? rawProblem('header_fields_too_large', 'the request line and headers are larger than this server accepts (16 KiB)')

@@ -13,7 +13,8 @@ const ALGORITHM = 'EdDSA';
 
 export interface DevIssuer {
   readonly publicJwk: JWK;
-  issue(claims: { sub: string; scope: string; ttlSeconds?: number }): Promise<string>;
+  /** A signed token; issuedAt (epoch seconds, default now) lets tests sign one dated in the future. */
+  issue(claims: { sub: string; scope: string; ttlSeconds?: number; issuedAt?: number }): Promise<string>;
 }
 
 export async function openDevIssuer(dataDir: string | undefined): Promise<DevIssuer> {
@@ -22,13 +23,13 @@ export async function openDevIssuer(dataDir: string | undefined): Promise<DevIss
   const { d: _private, ...publicJwk } = privateJwk;
   return {
     publicJwk,
-    issue: ({ sub, scope, ttlSeconds = 3600 }) =>
+    issue: ({ sub, scope, ttlSeconds = 3600, issuedAt }) =>
       new SignJWT({ scope })
         .setProtectedHeader({ alg: ALGORITHM, kid: privateJwk.kid })
         .setSubject(sub)
         .setIssuer(DEV_ISSUER)
         .setAudience(DEV_AUDIENCE)
-        .setIssuedAt()
+        .setIssuedAt(issuedAt)
         .setExpirationTime(`${ttlSeconds}s`)
         .sign(privateKey),
   };
