@@ -15,19 +15,12 @@ import { declareQueue, readForScrape, type Metrics } from '../observability/metr
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
 import type { Static, TSchema } from 'typebox';
-import { PermanentJobError, payloadParser, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
+import { consumerOf, PermanentJobError, type Consumer, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
 export interface BrokerQueueOptions {
   retryBaseMs?: number;
   retryMaxMs?: number;
   defaultMaxAttempts?: number;
-}
-
-interface Consumer {
-  queue: string;
-  handler: JobHandler<JsonObject>;
-  parse: (payload: unknown) => JsonObject;
-  concurrency: number;
 }
 
 /** Message ids are inbox keys: the outbox's UUIDs, or what a broker adapter derives; printable ASCII, at most 200 characters. */
@@ -115,12 +108,7 @@ export class BrokerQueue implements JobQueue {
   }
 
   handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void {
-    this.#consumers.set(queue, {
-      queue,
-      handler: handler as JobHandler<JsonObject>,
-      parse: payloadParser(options.payload),
-      concurrency: options.concurrency,
-    });
+    this.#consumers.set(queue, consumerOf(queue, handler, options));
     declareQueue(this.#metrics, queue);
   }
 

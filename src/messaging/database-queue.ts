@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { DatabaseUnavailableError, type Database, type Queryable } from '../storage/database.ts';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
 import type { Static, TSchema } from 'typebox';
-import { PermanentJobError, payloadParser, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
+import { consumerOf, PermanentJobError, type Consumer as ConsumerSpec, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
 export interface DatabaseQueueOptions {
   /** Idle polling interval; a local enqueue wakes the workers sooner. */
@@ -32,11 +32,7 @@ interface ClaimedRow {
   [column: string]: unknown;
 }
 
-interface Consumer {
-  queue: string;
-  handler: JobHandler<JsonObject>;
-  parse: (payload: unknown) => JsonObject;
-  concurrency: number;
+interface Consumer extends ConsumerSpec {
   running: number;
 }
 
@@ -87,13 +83,7 @@ export class DatabaseQueue implements JobQueue {
   }
 
   handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void {
-    this.#consumers.set(queue, {
-      queue,
-      handler: handler as JobHandler<JsonObject>,
-      parse: payloadParser(options.payload),
-      concurrency: options.concurrency,
-      running: 0,
-    });
+    this.#consumers.set(queue, { ...consumerOf(queue, handler, options), running: 0 });
     declareQueue(this.#metrics, queue);
   }
 

@@ -19,17 +19,7 @@ import {
 } from '@nats-io/jetstream';
 import { connect, headers, nanos, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
-import {
-  attemptCount,
-  DEFAULT_BROKER_PREFIX,
-  withTimeout,
-  type Broker,
-  type BrokerOptions,
-  type Delivery,
-  type DeliveryHandler,
-  type OutgoingMessage,
-  type Subscription,
-} from './broker.ts';
+import { attemptCount, DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 
 /** How long one pull request waits for messages before the consumer asks again. */
 const FETCH_EXPIRES_MS = 1_000;

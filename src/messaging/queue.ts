@@ -71,6 +71,19 @@ export interface NewJob {
   key?: string;
 }
 
+/** What a queue keeps of a registered consumer: its handler, the parser of its payloads (see payloadParser) and its concurrency. */
+export interface Consumer {
+  queue: string;
+  handler: JobHandler<JsonObject>;
+  parse: (payload: unknown) => JsonObject;
+  concurrency: number;
+}
+
+/** The Consumer record of a handle() call, for JobQueue implementations. */
+export function consumerOf<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): Consumer {
+  return { queue, handler: handler as JobHandler<JsonObject>, parse: payloadParser(options.payload), concurrency: options.concurrency };
+}
+
 export interface JobQueue {
   enqueue(tx: Queryable, queue: string, payload: JsonObject, options?: EnqueueOptions): Promise<void>;
   /** Several jobs in one statement (a batch of accepted orders queues all its charges at once). */

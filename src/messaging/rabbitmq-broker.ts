@@ -15,17 +15,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Options } from 'amqplib';
 import type { Logger } from 'pino';
-import {
-  attemptCount,
-  DEFAULT_BROKER_PREFIX,
-  withTimeout,
-  type Broker,
-  type BrokerOptions,
-  type Delivery,
-  type DeliveryHandler,
-  type OutgoingMessage,
-  type Subscription,
-} from './broker.ts';
+import { attemptCount, DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 
 export type RabbitMqBrokerOptions = BrokerOptions;
 
