@@ -4,7 +4,8 @@
 // the order is rejected as payment_failed with its stock released, the job
 // is dead-lettered with its reason, a refund that can never succeed is
 // dead-lettered for an operator, the circuit breaker never opens, and the
-// sweeper finds nothing to re-drive. Messages that are not ours at all
+// sweeper finds nothing to re-drive; once the cause is fixed, re-driving the
+// dead refunds settles the money. Messages that are not ours at all
 // (not JSON, the wrong shape) are dead-lettered at once too. Everything is
 // proven by counting (gateway calls per order, job retries, breaker
 // openings, dead letters), never by timing. In every mode.
@@ -17,7 +18,7 @@ import { pino } from 'pino';
 import type { App } from '../src/app.ts';
 import { NatsBroker } from '../src/messaging/nats-broker.ts';
 import { RabbitMqBroker } from '../src/messaging/rabbitmq-broker.ts';
-import { CHARGE_QUEUE, REFUND_QUEUE } from '../src/payments/payments.ts';
+import { CHARGE_QUEUE, redriveRefunds, REFUND_QUEUE } from '../src/payments/payments.ts';
 import { startSweeper } from '../src/payments/sweeper.ts';
 import { deadLetters } from './support/dead-letters.ts';
 import { PoisonGateway } from './support/gateways.ts';
@@ -148,6 +149,16 @@ for (const mode of modes()) {
           assert.equal(await sweeper.sweep(), 0);
         } finally {
           await sweeper.stop();
+        }
+
+        // Once the cause is fixed, an operator's re-drive of the dead refunds settles the money.
+        gateway.cured = true;
+        await t.app.db.transaction((tx) => redriveRefunds(tx, t.app.queue, poison.slice(4)));
+        await quiesce(t.app);
+        const settled = await paymentStatuses(t.app, poison.slice(4));
+        for (const id of poison.slice(4)) {
+          assert.equal(settled.get(id)!.status, 'refunded', id);
+          assert.equal(gateway.netCharged(id).netCents, 0, `${id} nets zero`);
         }
       } finally {
         await t.close();

@@ -201,38 +201,10 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     return;
   }
 
+  // Only the gateway's answers decide here; a database error is left to the queue's retries.
+  let settled: Awaited<ReturnType<typeof settleRefund>>;
   try {
-    let chargeId = payment.chargeId;
-    if (payment.status === 'charging' || chargeId === null) {
-      // We never learned the charge's answer: replaying its key returns the
-      // gateway's first answer (or makes the charge now, which we then refund:
-      // either way the order nets zero).
-      let replay: ChargeResult;
-      try {
-        replay = await charge(gateway, payment);
-      } catch (error) {
-        if (!(error instanceof GatewayRequestError)) throw error;
-        // The gateway refuses the charge under this key: nothing was charged, nothing is owed.
-        await db.transaction(async (tx) => {
-          await markFailed(tx, orderId, `the charge was refused, so there is nothing to refund: ${error.message}`);
-          await job.markDone(tx);
-        });
-        return;
-      }
-      if (replay.status === 'declined') {
-        await db.transaction(async (tx) => {
-          await markDeclined(tx, orderId);
-          await job.markDone(tx);
-        });
-        return;
-      }
-      chargeId = replay.chargeId;
-    }
-    const { refundId } = await gateway.refund({ idempotencyKey: refundKey(orderId), chargeId, amountCents: payment.amountCents });
-    await db.transaction(async (tx) => {
-      await markRefunded(tx, orderId, chargeId, refundId);
-      await job.markDone(tx);
-    });
+    settled = await settleRefund(gateway, payment);
   } catch (error) {
     // Transient: the queue retries, and once the job dies the sweeper re-drives it.
     if (error instanceof TransientGatewayError) throw error;
@@ -241,4 +213,33 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     await db.transaction((tx) => markRefundFailed(tx, orderId, reason));
     throw new PermanentJobError(reason, { cause: error });
   }
+  await db.transaction(async (tx) => {
+    if (settled.kind === 'refunded') await markRefunded(tx, orderId, settled.chargeId, settled.refundId);
+    else if (settled.kind === 'declined') await markDeclined(tx, orderId);
+    else await markFailed(tx, orderId, settled.reason);
+    await job.markDone(tx);
+  });
+}
+
+/**
+ * The gateway calls of a refund. A payment whose charge's answer we never
+ * learned replays the charge key first: the gateway's first answer (or the
+ * charge made now, which is then refunded: either way the order nets zero).
+ * A declined replay, or one the gateway refuses, means nothing was charged.
+ */
+async function settleRefund(gateway: PaymentGateway, payment: Payment) {
+  let chargeId = payment.chargeId;
+  if (payment.status === 'charging' || chargeId === null) {
+    let replay: ChargeResult;
+    try {
+      replay = await charge(gateway, payment);
+    } catch (error) {
+      if (!(error instanceof GatewayRequestError)) throw error;
+      return { kind: 'nothing_charged', reason: `the charge was refused, so there is nothing to refund: ${error.message}` } as const;
+    }
+    if (replay.status === 'declined') return { kind: 'declined' } as const;
+    chargeId = replay.chargeId;
+  }
+  const { refundId } = await gateway.refund({ idempotencyKey: refundKey(payment.orderId), chargeId, amountCents: payment.amountCents });
+  return { kind: 'refunded', chargeId, refundId } as const;
 }

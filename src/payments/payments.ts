@@ -158,7 +158,8 @@ export async function markSucceeded(tx: Queryable, charges: readonly { orderId: 
 }
 
 export async function markDeclined(tx: Queryable, orderId: string): Promise<void> {
-  await tx.query(`UPDATE payments.payments SET status = 'declined', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging')`, [orderId]);
+  // refund_failed too: an operator's re-drive of a refund may learn that the charge was declined after all.
+  await tx.query(`UPDATE payments.payments SET status = 'declined', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging', 'refund_failed')`, [orderId]);
 }
 
 /** The gateway refused the charge request itself, or it could not be sent: nothing was charged under its key, so nothing is owed back. */

@@ -79,9 +79,12 @@ export class OutageGateway extends SimulatedGateway {
  */
 export class PoisonGateway extends SimulatedGateway {
   readonly calls = new Map<string, number>();
+  /** Set once the cause is fixed: every token then behaves as with the simulated gateway. */
+  cured = false;
 
   override async charge(request: ChargeRequest): Promise<ChargeResult> {
     this.calls.set(request.reference, (this.calls.get(request.reference) ?? 0) + 1);
+    if (this.cured) return super.charge(request);
     if (request.token === 'tok_refused') throw new GatewayRequestError(400, 'simulated gateway: no such token: tok_refused');
     if (request.token === 'tok_local_fault') throw new TypeError("Cannot read properties of undefined (reading 'amount')");
     const result = await super.charge(request);
