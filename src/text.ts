@@ -8,3 +8,14 @@
 
 /** One allowed character, as a regular-expression class (Unicode mode). */
 export const TEXT_CHARACTER = '[^\\u0000-\\u001F\\u007F-\\u009F\\uD800-\\uDFFF]';
+
+const FORBIDDEN = new RegExp(`(?!${TEXT_CHARACTER}).`, 'gsu');
+
+/**
+ * Text from outside that is only recorded, never refused (an error message a
+ * gateway sent, a reason for a dead letter): every character a text field
+ * may not hold becomes U+FFFD, so recording it cannot fail.
+ */
+export function storableText(text: string): string {
+  return text.replace(FORBIDDEN, '\ufffd');
+}

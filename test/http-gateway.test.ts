@@ -288,6 +288,35 @@ describe('HTTP payment gateway', () => {
     assert.equal((await gateway.charge(charge('ord_d4'))).status, 'succeeded');
   });
 
+  it('an app whose gateway refuses a charge (with text the database cannot store) rejects the order at once, without a retry', async () => {
+    fake.script = () => ({ status: 400, body: { error: 'no such token: tok_\u0000\ud800' } });
+    const app = await createApp({
+      config: loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', PAYMENT_GATEWAY_URL: fake.url }),
+      log: pino({ level: 'silent' }),
+      inMemory: true,
+      queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50 },
+      resilience: { initialBackoffMs: 1, maxBackoffMs: 5, halfOpenAfterMs: 20, attemptTimeoutMs: 2_000 },
+    });
+    try {
+      await app.server.ready();
+      app.startWorkers();
+      const admin = client(app, await app.devIssuer!.issue({ sub: 'admin', scope: ALL_SCOPES }));
+      await createProduct(admin, { sku: 'WIRE-2', stock: 5, priceCents: 1299 });
+      const placed = await placeOrder(admin, [{ sku: 'WIRE-2', quantity: 1 }], 'tok_unknown');
+      await quiesce(app);
+      const order = (await admin.request('GET', `/v1/orders/${placed.body.id}`)).body;
+      assert.deepEqual([order.status, order.rejectReason], ['rejected', 'payment_failed']);
+      assert.equal(fake.received.filter((r) => r.path === '/v1/charges').length, 1, 'sent once, never retried');
+      const [payment] = await app.db.query<{ status: string; last_error: string }>('SELECT status, last_error FROM payments.payments');
+      assert.equal(payment!.status, 'failed');
+      assert.match(payment!.last_error, /HTTP 400: no such token: tok_\ufffd\ufffd/);
+      const [dead] = await app.db.query<{ last_error: string }>('SELECT last_error FROM messaging.dead_jobs');
+      assert.match(dead!.last_error, /^payment can never succeed: .*HTTP 400/);
+    } finally {
+      await app.close();
+    }
+  });
+
   it('an app configured with PAYMENT_GATEWAY_URL pays through it: one charge per order, same key on every retry', async () => {
     fake.script = (request, attempt) => (request.path === '/v1/charges' && attempt === 1 ? { status: 503 } : { status: 201 });
     const app = await createApp({

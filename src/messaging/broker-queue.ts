@@ -12,6 +12,7 @@
 // at once, with the reason.
 import type { Logger } from 'pino';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
+import { storableText } from '../text.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
 import type { Static, TSchema } from 'typebox';
@@ -210,7 +211,8 @@ export class BrokerQueue implements JobQueue {
 
   async #fail(delivery: Delivery, error: unknown, context: Record<string, unknown>): Promise<void> {
     const { queue } = delivery;
-    const message = error instanceof Error ? error.message : String(error);
+    // Recorded with the job: whatever the error says, it must be storable.
+    const message = storableText(error instanceof Error ? error.message : String(error));
     const permanent = error instanceof PermanentJobError;
     if (permanent || delivery.attempt >= delivery.maxAttempts) {
       await delivery.deadLetter(message);

@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DatabaseUnavailableError, type Database, type Queryable } from '../storage/database.ts';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
+import { storableText } from '../text.ts';
 import type { Static, TSchema } from 'typebox';
 import { consumerOf, PermanentJobError, type Consumer as ConsumerSpec, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
@@ -204,7 +205,8 @@ export class DatabaseQueue implements JobQueue {
   }
 
   async #fail(row: ClaimedRow, error: unknown, durationMs: number, started = performance.now() - durationMs, pause = 100): Promise<void> {
-    const message = error instanceof Error ? error.message : String(error);
+    // Recorded with the job: whatever the error says, it must be storable.
+    const message = storableText(error instanceof Error ? error.message : String(error));
     const context = { jobId: row.id, queue: row.queue, attempt: row.attempts, maxAttempts: row.max_attempts, durationMs: Math.round(durationMs), err: error };
     const permanent = error instanceof PermanentJobError;
     try {

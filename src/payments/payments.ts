@@ -13,6 +13,7 @@ import type { JobQueue } from '../messaging/queue.ts';
 import { ORDER_ID_PATTERN } from '../orders/ids.ts';
 import { holdsStock, type OrderStatus } from '../orders/state-machine.ts';
 import type { Queryable } from '../storage/database.ts';
+import { storableText } from '../text.ts';
 
 export const CHARGE_QUEUE = 'payments.charge';
 export const REFUND_QUEUE = 'payments.refund';
@@ -166,7 +167,7 @@ export async function markDeclined(tx: Queryable, orderId: string): Promise<void
 export async function markFailed(tx: Queryable, orderId: string, reason: string): Promise<void> {
   await tx.query(
     `UPDATE payments.payments SET status = 'failed', last_error = $2, updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging', 'refund_failed')`,
-    [orderId, reason],
+    [orderId, storableText(reason)],
   );
 }
 
@@ -178,7 +179,7 @@ export async function markFailed(tx: Queryable, orderId: string, reason: string)
 export async function markRefundFailed(tx: Queryable, orderId: string, reason: string): Promise<void> {
   await tx.query(
     `UPDATE payments.payments SET status = 'refund_failed', last_error = $2, updated_at = now() WHERE order_id = $1 AND status IN ('charging', 'succeeded', 'refund_failed')`,
-    [orderId, reason],
+    [orderId, storableText(reason)],
   );
 }
 
