@@ -126,6 +126,20 @@ describe('HTTP payment gateway', () => {
     new ResilientGateway(inner, metrics, { initialBackoffMs: 1, maxBackoffMs: 2, halfOpenAfterMs: 60_000, ...options });
   const timesOpened = async (metrics: ReturnType<typeof createMetrics>) => (await metrics.gatewayCircuitOpened.get()).values[0]?.value ?? 0;
 
+  /** An app (embedded, workers running) whose PAYMENT_GATEWAY_URL is the fake gateway. */
+  async function appPayingThroughFake() {
+    const app = await createApp({
+      config: loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', PAYMENT_GATEWAY_URL: fake.url }),
+      log: pino({ level: 'silent' }),
+      inMemory: true,
+      queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50 },
+      resilience: { initialBackoffMs: 1, maxBackoffMs: 5, halfOpenAfterMs: 20, attemptTimeoutMs: 2_000 },
+    });
+    await app.server.ready();
+    app.startWorkers();
+    return app;
+  }
+
   before(() => fake.start());
   afterEach(async () => {
     await Promise.all(opened.splice(0).map((g) => g.close()));
@@ -290,16 +304,8 @@ describe('HTTP payment gateway', () => {
 
   it('an app whose gateway refuses a charge (with text the database cannot store) rejects the order at once, without a retry', async () => {
     fake.script = () => ({ status: 400, body: { error: 'no such token: tok_\u0000\ud800' } });
-    const app = await createApp({
-      config: loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', PAYMENT_GATEWAY_URL: fake.url }),
-      log: pino({ level: 'silent' }),
-      inMemory: true,
-      queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50 },
-      resilience: { initialBackoffMs: 1, maxBackoffMs: 5, halfOpenAfterMs: 20, attemptTimeoutMs: 2_000 },
-    });
+    const app = await appPayingThroughFake();
     try {
-      await app.server.ready();
-      app.startWorkers();
       const admin = client(app, await app.devIssuer!.issue({ sub: 'admin', scope: ALL_SCOPES }));
       await createProduct(admin, { sku: 'WIRE-2', stock: 5, priceCents: 1299 });
       const placed = await placeOrder(admin, [{ sku: 'WIRE-2', quantity: 1 }], 'tok_unknown');
@@ -319,16 +325,8 @@ describe('HTTP payment gateway', () => {
 
   it('an app configured with PAYMENT_GATEWAY_URL pays through it: one charge per order, same key on every retry', async () => {
     fake.script = (request, attempt) => (request.path === '/v1/charges' && attempt === 1 ? { status: 503 } : { status: 201 });
-    const app = await createApp({
-      config: loadConfig({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', PAYMENT_GATEWAY_URL: fake.url }),
-      log: pino({ level: 'silent' }),
-      inMemory: true,
-      queue: { pollIntervalMs: 5, retryBaseMs: 5, retryMaxMs: 50 },
-      resilience: { initialBackoffMs: 1, maxBackoffMs: 5, halfOpenAfterMs: 20, attemptTimeoutMs: 2_000 },
-    });
+    const app = await appPayingThroughFake();
     try {
-      await app.server.ready();
-      app.startWorkers();
       const admin = client(app, await app.devIssuer!.issue({ sub: 'admin', scope: ALL_SCOPES }));
       await createProduct(admin, { sku: 'WIRE-1', stock: 5, priceCents: 1299 });
       const placed = await placeOrder(admin, [{ sku: 'WIRE-1', quantity: 2 }]);
