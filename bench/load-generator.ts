@@ -173,7 +173,9 @@ async function run(spec: LoadSpec): Promise<LoadResult> {
   clearInterval(ticker);
   flush();
   await pool.close();
+  const cpu = process.cpuUsage();
   return {
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
     startedAtEpochMs,
     elapsedMs,
     ...counts,

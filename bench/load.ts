@@ -39,6 +39,8 @@ export interface LoadTick {
 }
 
 export interface LoadResult {
+  /** CPU seconds the load generator used, start-up included (it exits before anyone can read its /proc). */
+  cpuSeconds: number;
   startedAtEpochMs: number;
   elapsedMs: number;
   /** Answers 202 with status pending: stock held, payment queued. */

@@ -34,6 +34,14 @@ export interface BenchResult {
   errors: Record<string, number>;
   checks: Check[];
   notes: string[];
+  /** The issue's targets this run judges, each met (true), missed (false) or not measured (null). */
+  targets?: TargetRow[];
+}
+
+export interface TargetRow {
+  target: string;
+  result: string;
+  met: boolean | null;
 }
 
 export function printTable(result: BenchResult): void {
@@ -47,6 +55,7 @@ export function printTable(result: BenchResult): void {
   ];
   if (Object.keys(result.errors).length > 0) rows.push(['errors', Object.entries(result.errors).map(([k, v]) => `${k}×${v}`).join(' ')]);
   for (const check of result.checks) rows.push([`${check.ok ? 'ok  ' : 'FAIL'} ${check.name}`, check.detail]);
+  for (const t of result.targets ?? []) rows.push([`${t.met === null ? 'n/a   ' : t.met ? 'met   ' : 'MISSED'} ${t.target}`, t.result]);
   const width = Math.max(...rows.map(([k]) => k.length));
   const line = '─'.repeat(Math.min(100, width + 60));
   const out = [line, ...rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`), line];

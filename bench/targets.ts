@@ -12,6 +12,7 @@ import { childPids, startCluster, type ClusterShape } from '../scripts/cluster.t
 import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
+import type { GatewayServer } from '../src/payments/gateway-server.ts';
 import type { LedgerCharge, LedgerRefund } from '../src/payments/simulated-gateway.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
 import type { Database } from '../src/storage/database.ts';
@@ -22,6 +23,8 @@ export type Mode = 'embedded' | 'distributed';
 export const GATEWAY_LATENCY_MS = 20;
 export const DEFAULT_POSTGRES_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
 const DEFAULT_BROKER_URL = 'nats://127.0.0.1:4222';
+/** application_name of the bench's own connections to the system's database. */
+export const BENCH_APPLICATION_NAME = 'orderflow-bench';
 
 export interface Ledger {
   charges: LedgerCharge[];
@@ -111,6 +114,10 @@ export interface DistributedOptions {
   brokerUrl?: string | null;
   /** More environment for every process (e.g. DATABASE_READ_URL). */
   env?: Record<string, string>;
+  /** A gateway the caller owns, so that one ledger spans several targets on one database. */
+  gateway?: GatewayServer;
+  /** Combined shape: `api` runs two accepting copies and nothing that pays (payments paused). */
+  combinedRole?: 'all' | 'api';
 }
 
 export async function startTarget(mode: Mode, shape: ClusterShape = 'combined', options: DistributedOptions = {}): Promise<Target> {
@@ -182,6 +189,8 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
       basePort: await freePortRange(8),
       gatewayLatencyMs: GATEWAY_LATENCY_MS,
       isolatedBroker: true,
+      ...(options.gateway ? { gateway: options.gateway } : {}),
+      ...(options.combinedRole ? { combinedRole: options.combinedRole } : {}),
       env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn', ...options.env },
       onOutput: (name, line) => pushLine(lines, name, line),
     });
@@ -191,7 +200,10 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
     throw error;
   }
   const started = cluster;
-  const db = openPostgres(fresh.url, 4);
+  // Named, so that the bench's own queries are not counted as Orderflow's PostgreSQL backends.
+  const benchUrl = new URL(fresh.url);
+  benchUrl.searchParams.set('application_name', BENCH_APPLICATION_NAME);
+  const db = openPostgres(benchUrl.toString(), 4);
   const counts = started.processes.reduce<Record<string, number>>((acc, p) => ({ ...acc, [p.role]: (acc[p.role] ?? 0) + 1 }), {});
   return {
     mode: 'distributed',
@@ -199,7 +211,9 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
     brokerUrl,
     shape:
       (shape === 'combined'
-        ? `2 processes (node:cluster, WEB_CONCURRENCY=2), each api + worker${counts.all && brokerUrl ? ' + relay' : ''}, no load balancer`
+        ? counts.api
+          ? '2 processes (node:cluster, WEB_CONCURRENCY=2), ROLE=api only: accepting, nothing relayed or paid, no load balancer'
+          : `2 processes (node:cluster, WEB_CONCURRENCY=2), each api + worker${counts.all && brokerUrl ? ' + relay' : ''}, no load balancer`
         : `HAProxy → ${counts.api ?? 0} api, ${counts.worker ?? 0} worker` + (counts.relay ? `, ${counts.relay} relay` : '') + ' processes') +
       `; PostgreSQL database ${fresh.name}; ${brokerUrl ? `broker ${new URL(brokerUrl).protocol.replace(':', '')}` : 'database queue'}; HTTP simulated gateway (${GATEWAY_LATENCY_MS} ms)`,
     db,

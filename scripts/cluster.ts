@@ -48,6 +48,8 @@ export interface ClusterOptions {
   shape?: ClusterShape;
   /** combined: how many processes (WEB_CONCURRENCY); default 2. */
   copies?: number;
+  /** combined: the role every copy runs; default all. `api` alone accepts orders and pays none (the bench's accept-only run). */
+  combinedRole?: 'all' | 'api';
   /** First port; the load balancer takes it, each process the next ones. */
   basePort?: number;
   /** Extra environment for every Orderflow process (e.g. LOG_LEVEL). */
@@ -114,7 +116,8 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     await run(process.execPath, [MAIN, 'migrate'], env, 'migrate', output);
 
     if (options.shape === 'combined') {
-      processes.push(serving('all', 'all', basePort, { ROLE: 'all', WEB_CONCURRENCY: String(options.copies ?? 2) }));
+      const role = options.combinedRole ?? 'all';
+      processes.push(serving(role, role, basePort, { ROLE: role, WEB_CONCURRENCY: String(options.copies ?? 2) }));
       await waitReady(processes[0]!);
     } else {
       let port = basePort + 1;
