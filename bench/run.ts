@@ -1,7 +1,8 @@
 // npm run bench -- <throughput|flashsale|ceiling|reads> [--mode embedded|distributed]
 //   [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]
-//   [--skip accept-only,flashsale]
+//   [--skip accept-only,flashsale] [--cpu-prof DIR]
 // See bench/README.md for what each scenario does and what its figures mean.
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
 import { Pool } from 'undici';
@@ -40,6 +41,8 @@ interface Options {
   buyers: number;
   /** Throughput, distributed: the extra measurements to leave out of this run. */
   skip: Set<ExtraPhase>;
+  /** Distributed: every server process writes a V8 CPU profile here when it stops. */
+  cpuProfileDir: string | undefined;
 }
 
 /** The throughput scenario's measurements after the main one (distributed mode): see bench/README.md. */
@@ -57,6 +60,7 @@ function parseOptions(): Options {
       stock: { type: 'string' },
       buyers: { type: 'string', default: '2000' },
       skip: { type: 'string', default: '' },
+      'cpu-prof': { type: 'string' },
     },
   });
   const scenario = positionals[0] as Scenario | undefined;
@@ -79,6 +83,7 @@ function parseOptions(): Options {
     // The flash sale scenario's default is a small sale; throughput's flash-sale phase sells 100,000.
     stock: int('stock', values.stock ?? (scenario === 'flashsale' ? '100' : '100000'), 1),
     buyers: int('buyers', values.buyers, 1),
+    cpuProfileDir: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
     skip: new Set(
       values.skip
         .split(',')
@@ -90,7 +95,7 @@ function parseOptions(): Options {
 
 function usage(problem: string): never {
   process.stderr.write(
-    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N] [--skip accept-only,flashsale]\n`,
+    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N] [--skip accept-only,flashsale] [--cpu-prof DIR]\n`,
   );
   process.exit(2);
 }
@@ -246,7 +251,11 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
   const fresh = distributed ? await freshDatabase(postgresBaseUrl()) : undefined;
   const gateway = distributed ? await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS }) }) : undefined;
   const start = (combinedRole: 'all' | 'api' = 'all') =>
-    startTarget(options.mode, options.shape, fresh && gateway ? { databaseUrl: fresh.url, gateway, combinedRole } : {});
+    startTarget(
+      options.mode,
+      options.shape,
+      fresh && gateway ? { databaseUrl: fresh.url, gateway, combinedRole, ...(options.cpuProfileDir ? { cpuProfileDir: options.cpuProfileDir } : {}) } : {},
+    );
   const skus = Array.from({ length: THROUGHPUT_SKUS }, (_, i) => `SKU-${String(i + 1).padStart(4, '0')}`);
   const spec = async (target: Target, workload: LoadSpec['workload'], clients: number, durationS: number): Promise<LoadSpec> => ({
     url: target.url,

@@ -118,6 +118,8 @@ export interface DistributedOptions {
   gateway?: GatewayServer;
   /** Combined shape: `api` runs two accepting copies and nothing that pays (payments paused). */
   combinedRole?: 'all' | 'api';
+  /** Write a V8 CPU profile of every server process into this directory when it exits (`--cpu-prof`). */
+  cpuProfileDir?: string;
 }
 
 export async function startTarget(mode: Mode, shape: ClusterShape = 'combined', options: DistributedOptions = {}): Promise<Target> {
@@ -191,6 +193,7 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
       isolatedBroker: true,
       ...(options.gateway ? { gateway: options.gateway } : {}),
       ...(options.combinedRole ? { combinedRole: options.combinedRole } : {}),
+      ...(options.cpuProfileDir ? { nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] } : {}),
       env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn', ...options.env },
       onOutput: (name, line) => pushLine(lines, name, line),
     });

@@ -54,6 +54,8 @@ export interface ClusterOptions {
   basePort?: number;
   /** Extra environment for every Orderflow process (e.g. LOG_LEVEL). */
   env?: Record<string, string>;
+  /** More Node flags for every Orderflow process (e.g. --cpu-prof; node:cluster copies inherit them). */
+  nodeFlags?: string[];
   gatewayLatencyMs?: number;
   /** A payment gateway server the caller owns (and may stop and start again) instead of one the cluster starts. */
   gateway?: GatewayServer;
@@ -110,7 +112,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   /** The HAProxy servers file of the split shape. */
   let lbDir: string | undefined;
   const serving = (name: string, role: ClusterProcess['role'], port: number, roleEnv: Record<string, string>) =>
-    managedProcess(name, role, port, () => spawn(process.execPath, [...SERVE_FLAGS, MAIN, 'serve'], { env: { ...env, ...roleEnv, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] }), output);
+    managedProcess(name, role, port, () => spawn(process.execPath, [...SERVE_FLAGS, ...(options.nodeFlags ?? []), MAIN, 'serve'], { env: { ...env, ...roleEnv, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] }), output);
   try {
     // Migrate once up front so the roles do not race for the advisory lock at start.
     await run(process.execPath, [MAIN, 'migrate'], env, 'migrate', output);
