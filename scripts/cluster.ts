@@ -24,6 +24,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { deleteBrokerTopology } from '../src/messaging/topology.ts';
+import { PAYMENT_QUEUES } from '../src/payments/payments.ts';
 import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
 
@@ -145,7 +146,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     await Promise.all(processes.map((p) => p.kill()));
     await closeGateway();
     if (lbDir) await rm(lbDir, { recursive: true, force: true });
-    if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
+    if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix, PAYMENT_QUEUES);
     throw error;
   }
 
@@ -166,7 +167,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       }
       await closeGateway();
       if (lbDir) await rm(lbDir, { recursive: true, force: true });
-      if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix);
+      if (brokerPrefix) await deleteBrokerTopology(options.brokerUrl!, brokerPrefix, PAYMENT_QUEUES);
     },
   };
 }

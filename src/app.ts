@@ -24,11 +24,12 @@ import { Relay, type RelayOptions } from './messaging/relay.ts';
 import { createLogger } from './observability/logger.ts';
 import { createMetrics, readAtScrape, type Metrics } from './observability/metrics.ts';
 import { orderRoutes } from './orders/routes.ts';
-import { pendingOrderStats } from './orders/store.ts';
+import { pendingOrderStats } from './orders/lifecycle.ts';
+import { ORDER_OUTCOMES } from './orders/state-machine.ts';
 import type { PaymentGateway } from './payments/gateway.ts';
 import { HttpGateway } from './payments/http-gateway.ts';
 import { registerPayWorker } from './payments/pay-worker.ts';
-import { CHARGE_QUEUE, REFUND_QUEUE } from './payments/payments.ts';
+import { PAYMENT_QUEUES, paymentPort } from './payments/payments.ts';
 import { ResilientGateway, type ResilienceOptions } from './payments/resilient-gateway.ts';
 import { SimulatedGateway } from './payments/simulated-gateway.ts';
 import { startSweeper, type Sweeper } from './payments/sweeper.ts';
@@ -116,7 +117,7 @@ export async function createApp(options: AppOptions): Promise<App> {
   const { config } = options;
   checkSupported(config);
   const log = options.log ?? createLogger(config.logLevel);
-  const metrics = createMetrics();
+  const metrics = createMetrics({ orderOutcomes: ORDER_OUTCOMES });
   const db = measureDatabase(await openDatabase(config, { ...options, metrics }), metrics, config.databaseUrl === undefined ? 1 : config.databasePoolSize);
   try {
     await migrate(db);
@@ -153,7 +154,7 @@ export async function createApp(options: AppOptions): Promise<App> {
       : undefined;
   if (relay && queue instanceof BrokerQueue) queue.onEnqueue(() => relay.wake());
   // The relay publishes the payment queues: their series start at 0 (see metrics.ts).
-  if (relay) for (const name of [CHARGE_QUEUE, REFUND_QUEUE]) metrics.relayPublished.inc({ queue: name }, 0);
+  if (relay) for (const name of PAYMENT_QUEUES) metrics.relayPublished.inc({ queue: name }, 0);
 
   // Only the API reads through the cache and rate-limits; workers need no
   // Redis. CACHE_URL moves the cache to Memcached; the rate limits stay in
@@ -205,7 +206,7 @@ export async function createApp(options: AppOptions): Promise<App> {
       orderRoutes({
         db,
         reads,
-        queue,
+        payments: paymentPort(queue),
         metrics,
         ordersPerMinute: config.rateLimitOrdersPerMinute,
         moneyLimits: config.moneyLimits,

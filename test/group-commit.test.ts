@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { AppError } from '../src/errors.ts';
 import { acceptBatch, OrderAcceptor, type AcceptRequest } from '../src/orders/accept.ts';
+import { paymentPort } from '../src/payments/payments.ts';
 import { GatedGateway } from './support/gateways.ts';
 import { ALL_SCOPES, client, createProduct, eventually, modes, placeOrder, quiesce, snapshot, startTestApp } from './support/harness.ts';
 
@@ -23,11 +24,11 @@ for (const mode of modes()) {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
         await createProduct(admin, { sku: 'HOT', stock: 3 });
         await createProduct(admin, { sku: 'COLD', stock: 100 });
-        const first = await t.app.db.transaction((tx) => acceptBatch(tx, t.app.queue, [order('ann', 'k1', [{ sku: 'COLD', quantity: 1 }])]));
+        const first = await t.app.db.transaction((tx) => acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k1', [{ sku: 'COLD', quantity: 1 }])]));
         assert.ok(first[0]!.ok);
 
         const outcomes = await t.app.db.transaction((tx) =>
-          acceptBatch(tx, t.app.queue, [
+          acceptBatch(tx, paymentPort(t.app.queue), [
             order('bob', 'a', [{ sku: 'HOT', quantity: 2 }]), // takes 2 of 3
             order('bob', 'b', [{ sku: 'NOPE', quantity: 1 }]), // unknown SKU
             order('ann', 'k1', [{ sku: 'COLD', quantity: 1 }]), // replay of the first order
@@ -63,9 +64,9 @@ for (const mode of modes()) {
       try {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
         await createProduct(admin, { sku: 'S', stock: 10 });
-        await t.app.db.transaction((tx) => acceptBatch(tx, t.app.queue, [order('ann', 'k', [{ sku: 'S', quantity: 1 }])]));
+        await t.app.db.transaction((tx) => acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k', [{ sku: 'S', quantity: 1 }])]));
         const before = await snapshot(t.app.db);
-        const [reused] = await t.app.db.transaction((tx) => acceptBatch(tx, t.app.queue, [order('ann', 'k', [{ sku: 'S', quantity: 2 }])]));
+        const [reused] = await t.app.db.transaction((tx) => acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k', [{ sku: 'S', quantity: 2 }])]));
         assert.ok(reused && !reused.ok && reused.error instanceof AppError && reused.error.code === 'idempotency_key_reused');
         assert.deepEqual(await snapshot(t.app.db), before);
       } finally {
@@ -78,7 +79,7 @@ for (const mode of modes()) {
       try {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
         await createProduct(admin, { sku: 'S', stock: 1_000 });
-        const acceptor = new OrderAcceptor({ db: t.app.db, queue: t.app.queue, metrics: t.app.metrics }, { maxInFlight: 1, maxBatch: 64 });
+        const acceptor = new OrderAcceptor({ db: t.app.db, payments: paymentPort(t.app.queue), metrics: t.app.metrics }, { maxInFlight: 1, maxBatch: 64 });
         const before = await batchCount(t.app.metrics, 'orderflow_accept_batch_size');
         // Submitted in one turn of the event loop: one batch of 40 (+1 for the repeated key).
         const results = await Promise.all([

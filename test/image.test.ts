@@ -19,6 +19,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { startGatewayServer } from '../src/payments/gateway-server.ts';
 import { deleteBrokerTopology } from '../src/messaging/topology.ts';
+import { PAYMENT_QUEUES } from '../src/payments/payments.ts';
 import { GatedGateway } from './support/gateways.ts';
 import { eventually, freshBrokerPrefix, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 import { freePort, skipUnlessInstalled } from './support/programs.ts';
@@ -316,7 +317,7 @@ describe('container image', { skip }, () => {
         }
       } finally {
         await gatewayServer.close();
-        await deleteBrokerTopology(natsUrl!, brokerPrefix).catch(() => {});
+        await deleteBrokerTopology(natsUrl!, brokerPrefix, PAYMENT_QUEUES).catch(() => {});
         await database.drop();
         await rm(dataDir, { recursive: true, force: true });
       }

@@ -3,9 +3,8 @@
 // form, and free text for characters that text cannot hold or that have no
 // business in it.
 import { Type, type TStringOptions } from 'typebox';
-import { isCurrencyCode } from '../catalog/currencies.ts';
+import { isCurrencyCode } from '../currencies.ts';
 import { ERRORS, type ErrorCode } from '../errors.ts';
-import { ORDER_ID_PATTERN } from '../orders/ids.ts';
 import { TEXT_CHARACTER } from '../text.ts';
 import { problemType } from './problems.ts';
 
@@ -24,7 +23,6 @@ export const Currency = Type.String({ format: 'iso-4217', description: 'An ISO 4
 
 // Path parameters: a value of the wrong form names nothing, and is answered 404 (see problems.ts).
 export const SkuParams = Type.Object({ sku: Sku });
-export const OrderIdParams = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }) });
 
 export const Problem = Type.Object(
   {

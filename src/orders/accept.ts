@@ -18,12 +18,11 @@ import { createHash } from 'node:crypto';
 import { pricesOf } from '../catalog/products.ts';
 import { AppError } from '../errors.ts';
 import { allocate, holdStock, lockStock } from '../inventory/stock.ts';
-import type { JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { requestPayments } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { GroupCommit, type GroupCommitOptions, type UnitOutcome } from '../storage/group-commit.ts';
 import { newOrderId } from './ids.ts';
+import type { PaymentPort } from './payment-port.ts';
 import { DEFAULT_MONEY_LIMITS, priceOrder, type MoneyLimits, type PricedOrder, type RequestedLine } from './pricing.ts';
 import { claimIdempotencyKeys, customerKey, findOrders, insertOrders, type NewOrder, type Order } from './store.ts';
 
@@ -53,7 +52,7 @@ export interface AcceptResult {
  */
 export async function acceptBatch(
   tx: Queryable,
-  queue: JobQueue,
+  payments: PaymentPort,
   requests: readonly AcceptRequest[],
   limits: MoneyLimits = DEFAULT_MONEY_LIMITS,
 ): Promise<UnitOutcome<AcceptResult>[]> {
@@ -111,9 +110,8 @@ export async function acceptBatch(
   const [stored] = await Promise.all([
     insertOrders(tx, newOrders),
     holdStock(tx, holds),
-    requestPayments(
+    payments.open(
       tx,
-      queue,
       fresh
         .filter((_, i) => held[i])
         .map((c) => ({ orderId: c.orderId, amountCents: c.priced.totalCents, currency: c.priced.currency, token: requests[c.index]!.order.payment.token })),
@@ -140,10 +138,10 @@ export async function acceptBatch(
 export class OrderAcceptor {
   readonly #group: GroupCommit<AcceptRequest, AcceptResult>;
 
-  constructor(deps: { db: Database; queue: JobQueue; metrics: Metrics; moneyLimits?: MoneyLimits }, options: GroupCommitOptions<AcceptRequest> = {}) {
+  constructor(deps: { db: Database; payments: PaymentPort; metrics: Metrics; moneyLimits?: MoneyLimits }, options: GroupCommitOptions<AcceptRequest> = {}) {
     this.#group = new GroupCommit<AcceptRequest, AcceptResult>(
       deps.db,
-      (tx, requests) => acceptBatch(tx, deps.queue, requests, deps.moneyLimits),
+      (tx, requests) => acceptBatch(tx, deps.payments, requests, deps.moneyLimits),
       {
         ...options,
         // A repeated key waits for the next batch, where it finds the claim committed and replays.

@@ -1,19 +1,22 @@
-// Moves orders through the state machine after they were accepted. Each
-// function runs inside the caller's transaction and locks the order row
-// first, so the lock order is always order → stock → payment and concurrent
-// cancels and payment results cannot deadlock or both win.
+// Moves orders through the state machine after they were accepted: the
+// public functions other modules (the pay worker, the sweeper) use to drive
+// an order. Each function runs inside the caller's transaction and locks the
+// order row first, so the lock order is always order → stock → payment and
+// concurrent cancels and payment results cannot deadlock or both win.
 import { AppError } from '../errors.ts';
 import { release } from '../inventory/stock.ts';
-import type { JobQueue } from '../messaging/queue.ts';
-import { refundUnlessKept } from '../payments/payments.ts';
 import type { Database, Queryable } from '../storage/database.ts';
-import { transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
+import type { PaymentPort } from './payment-port.ts';
+import { owesRefund, transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
 import { findOrder, getOrder, lockOrderStatuses, setStatuses, type Order } from './store.ts';
 
-/** Whether a transition happened, and the order's status after it. */
+// The reads other modules make of orders; their SQL stays private to store.ts.
+export { lockOrderStatuses, pendingOrderStats, stalePendingOrders, statusesOf } from './store.ts';
+
+/** Whether a transition happened, and the order's status after it (undefined: there is no such order). */
 export interface Outcome {
   changed: boolean;
-  status: OrderStatus | 'missing';
+  status: OrderStatus | undefined;
 }
 
 async function lockOrder(tx: Queryable, orderId: string, customerId?: string): Promise<Order | undefined> {
@@ -34,13 +37,13 @@ export async function confirmOrders(tx: Queryable, orderIds: readonly string[]):
   });
   await setStatuses(tx, moving, to);
   const moved = new Set(moving);
-  return new Map(orderIds.map((id) => [id, moved.has(id) ? { changed: true, status: to } : { changed: false, status: before.get(id) ?? 'missing' }]));
+  return new Map(orderIds.map((id) => [id, moved.has(id) ? { changed: true, status: to } : { changed: false, status: before.get(id) }]));
 }
 
 /** Payment failed for good: a pending order is rejected and its stock released. */
 export async function rejectOrder(tx: Queryable, orderId: string, reason: RejectReason): Promise<Outcome> {
   const order = await lockOrder(tx, orderId);
-  if (!order) return { changed: false, status: 'missing' };
+  if (!order) return { changed: false, status: undefined };
   const next = transition(order.status, 'reject');
   if (!next.ok) return { changed: false, status: order.status };
   await setStatuses(tx, [orderId], next.to, reason);
@@ -49,11 +52,21 @@ export async function rejectOrder(tx: Queryable, orderId: string, reason: Reject
 }
 
 /**
+ * Settles the money of an order given its status (after the caller locked
+ * the order): one that keeps its charge (see owesRefund) is left alone, any
+ * other gets back whatever may have moved. Every path that may refund goes
+ * through here, so "a confirmed order is never refunded" holds in one place.
+ */
+export async function refundIfOwed(tx: Queryable, payments: PaymentPort, orderId: string, status: OrderStatus | undefined): Promise<void> {
+  if (owesRefund(status)) await payments.settle(tx, orderId);
+}
+
+/**
  * Cancels a pending or confirmed order: its stock returns, and any payment
  * that may have reached the gateway is refunded, also one still in flight
  * (the pay worker sees the cancellation when it records its result).
  */
-export async function cancelOrder(deps: { db: Database; queue: JobQueue }, orderId: string, customerId: string | undefined): Promise<Order> {
+export async function cancelOrder(deps: { db: Database; payments: PaymentPort }, orderId: string, customerId: string | undefined): Promise<Order> {
   await deps.db.transaction(async (tx) => {
     const order = await lockOrder(tx, orderId, customerId);
     if (!order) throw new AppError('not_found', `no order with id "${orderId}"`);
@@ -61,7 +74,7 @@ export async function cancelOrder(deps: { db: Database; queue: JobQueue }, order
     if (!next.ok) throw new AppError('order_not_cancellable', `the order is ${order.status}: only pending or confirmed orders can be cancelled`);
     await setStatuses(tx, [orderId], next.to);
     await release(tx, order.items);
-    await refundUnlessKept(tx, deps.queue, orderId, next.to);
+    await refundIfOwed(tx, deps.payments, orderId, next.to);
   });
   return getOrder(deps.db, orderId);
 }

@@ -1,20 +1,24 @@
 // Orders HTTP routes: place (with Idempotency-Key), read, list, cancel.
 import { Type } from 'typebox';
-import type { JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
-import { LimitQuery, OrderIdParams, Problem, problemOf, Sku, Text } from '../http/schemas.ts';
+import { LimitQuery, Problem, problemOf, Sku, Text } from '../http/schemas.ts';
 import { principalOf, type Routes } from '../http/server.ts';
 import { perCustomerLimit } from '../http/rate-limit.ts';
 import type { Database } from '../storage/database.ts';
 import { primaryReads, type ReadRouter } from '../storage/read-replica.ts';
 import { OrderAcceptor } from './accept.ts';
+import { ORDER_ID_PATTERN } from './ids.ts';
+import type { PaymentPort } from './payment-port.ts';
 import type { MoneyLimits } from './pricing.ts';
 import { cancelOrder } from './lifecycle.ts';
 import { ORDER_STATUSES, REJECT_REASONS } from './state-machine.ts';
 import { getOrder, listOrders } from './store.ts';
 
 export const MAX_ORDER_LINES = 100;
+
+// A path id of the wrong form names nothing, and is answered 404 (see http/problems.ts).
+const OrderIdParams = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }) });
 
 const Order = Type.Object({
   id: Type.String(),
@@ -54,7 +58,7 @@ const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 export function orderRoutes(deps: {
   db: Database;
   reads?: ReadRouter;
-  queue: JobQueue;
+  payments: PaymentPort;
   metrics: Metrics;
   ordersPerMinute?: number;
   groupCommit?: { maxBatch: number; maxInFlight: number };

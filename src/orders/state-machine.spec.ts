@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { holdsStock, isTerminal, ORDER_STATUSES, transition, transitionsOf, type OrderEvent, type OrderStatus } from './state-machine.ts';
+import { awaitsPayment, holdsStock, isTerminal, owesRefund, refusesRefund, ORDER_STATUSES, transition, transitionsOf, type OrderEvent, type OrderStatus } from './state-machine.ts';
 
 describe('order state machine', () => {
   const allowed: [OrderStatus, OrderEvent, OrderStatus][] = [
@@ -33,6 +33,23 @@ describe('order state machine', () => {
       ORDER_STATUSES.filter((s) => holdsStock(s)),
       ['pending', 'confirmed'],
     );
+  });
+});
+
+describe('the money rules', () => {
+  it('charges only a pending order', () => {
+    assert.deepEqual(ORDER_STATUSES.filter(awaitsPayment), ['pending']);
+    assert.equal(awaitsPayment(undefined), false);
+  });
+
+  it('gives money back for an order that holds no stock, or does not exist', () => {
+    assert.deepEqual(ORDER_STATUSES.filter(owesRefund), ['rejected', 'cancelled']);
+    assert.equal(owesRefund(undefined), true);
+  });
+
+  it('never refunds a confirmed order', () => {
+    assert.deepEqual(ORDER_STATUSES.filter(refusesRefund), ['confirmed']);
+    assert.equal(refusesRefund(undefined), false);
   });
 });
 

@@ -13,6 +13,12 @@ export type OrderEvent = 'confirm' | 'reject' | 'cancel';
 export const REJECT_REASONS = ['out_of_stock', 'payment_declined', 'payment_failed'] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 
+/** Every (status, reason) an order can be in: reason is '' except for rejected orders. */
+export const ORDER_OUTCOMES: readonly { status: OrderStatus; reason: RejectReason | '' }[] = ORDER_STATUSES.flatMap(
+  (status): { status: OrderStatus; reason: RejectReason | '' }[] =>
+    status === 'rejected' ? REJECT_REASONS.map((reason) => ({ status, reason })) : [{ status, reason: '' }],
+);
+
 const TRANSITIONS: Record<OrderStatus, Partial<Record<OrderEvent, OrderStatus>>> = {
   pending: { confirm: 'confirmed', reject: 'rejected', cancel: 'cancelled' },
   confirmed: { cancel: 'cancelled' },
@@ -46,4 +52,32 @@ export function isTerminal(status: OrderStatus): boolean {
 /** Whether the order holds stock: pending orders reserve it, confirmed orders have sold it. */
 export function holdsStock(status: OrderStatus): boolean {
   return status === 'pending' || status === 'confirmed';
+}
+
+// The rules that tie an order's status to its money. The payments module
+// asks these instead of comparing statuses itself, so "when is money charged
+// or given back" is decided here, next to the transitions.
+
+/** Whether the order's charge may be made now: only a pending order is charged. */
+export function awaitsPayment(status: OrderStatus | undefined): boolean {
+  return status === 'pending';
+}
+
+/**
+ * Whether money that may have moved for the order must go back. An order
+ * keeps its charge exactly when it holds stock (pending: being paid for;
+ * confirmed: paid); a rejected or cancelled order, or one that does not
+ * exist (undefined), keeps nothing.
+ */
+export function owesRefund(status: OrderStatus | undefined): boolean {
+  return status === undefined || !holdsStock(status);
+}
+
+/**
+ * Whether a refund must be refused whatever asked for it: a confirmed order
+ * keeps exactly one charge (cancelling it first makes it cancelled, and then
+ * it is refunded).
+ */
+export function refusesRefund(status: OrderStatus | undefined): boolean {
+  return status === 'confirmed';
 }

@@ -24,8 +24,9 @@ import type { Logger } from 'pino';
 import { PermanentJobError, type Job, type JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { acceptTimeOf } from '../orders/ids.ts';
-import { confirmOrders, rejectOrder } from '../orders/lifecycle.ts';
-import { lockOrderStatuses, statusesOf } from '../orders/store.ts';
+import { confirmOrders, lockOrderStatuses, refundIfOwed, rejectOrder, statusesOf } from '../orders/lifecycle.ts';
+import type { PaymentPort } from '../orders/payment-port.ts';
+import { awaitsPayment, refusesRefund } from '../orders/state-machine.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { GroupCommit, type UnitOutcome } from '../storage/group-commit.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
@@ -33,6 +34,7 @@ import {
   CHARGE_QUEUE,
   REFUND_QUEUE,
   chargeKey,
+  chargeOutcomeUnknown,
   findPayment,
   startCharging,
   markDeclined,
@@ -40,8 +42,9 @@ import {
   markRefunded,
   markRefundFailed,
   markSucceeded,
+  mayRefund,
   OrderJobPayload,
-  refundUnlessKept,
+  paymentPort,
   refundKey,
   type Payment,
 } from './payments.ts';
@@ -62,6 +65,8 @@ interface PaidJob {
 }
 
 interface WorkerContext extends PayWorkerDeps {
+  /** This module's side of orders' payment port: how the orders the worker drives get their money back. */
+  payments: PaymentPort;
   /** Before calling the gateway: the payments to charge (undefined: nothing to charge, and the job is done). */
   startCharges: GroupCommit<OrderJob, Payment | undefined>;
   /** After a successful charge: whether the order was confirmed by this job. */
@@ -70,11 +75,13 @@ interface WorkerContext extends PayWorkerDeps {
 
 export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxBatch = 64): void {
   const onBatch = (size: number) => deps.metrics.workerBatchSize.observe(size);
+  const payments = paymentPort(deps.queue);
   const context: WorkerContext = {
     ...deps,
+    payments,
     // Two deliveries for one order never share a batch: the second sees what the first committed.
-    startCharges: new GroupCommit(deps.db, (tx, jobs) => startChargeBatch(tx, deps.queue, jobs), { maxBatch, onBatch, keyOf: (job) => job.payload.orderId }),
-    recordCharges: new GroupCommit(deps.db, (tx, paid) => recordChargeBatch(tx, deps.queue, paid), { maxBatch, onBatch, keyOf: (p) => p.job.payload.orderId }),
+    startCharges: new GroupCommit(deps.db, (tx, jobs) => startChargeBatch(tx, deps.queue, payments, jobs), { maxBatch, onBatch, keyOf: (job) => job.payload.orderId }),
+    recordCharges: new GroupCommit(deps.db, (tx, paid) => recordChargeBatch(tx, deps.queue, payments, paid), { maxBatch, onBatch, keyOf: (p) => p.job.payload.orderId }),
   };
   deps.queue.handle(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency, payload: OrderJobPayload });
   deps.queue.handle(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)), payload: OrderJobPayload });
@@ -96,15 +103,15 @@ function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult
  * nothing to charge (cancelled before its turn, or settled by an earlier
  * delivery) settles any money the order owes back and is done.
  */
-async function startChargeBatch(tx: Queryable, queue: JobQueue, jobs: readonly OrderJob[]): Promise<UnitOutcome<Payment | undefined>[]> {
+async function startChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPort, jobs: readonly OrderJob[]): Promise<UnitOutcome<Payment | undefined>[]> {
   const orderIds = jobs.map((job) => job.payload.orderId);
   const statuses = await lockOrderStatuses(tx, orderIds);
   const payments = await startCharging(
     tx,
-    orderIds.filter((id) => statuses.get(id) === 'pending'),
+    orderIds.filter((id) => awaitsPayment(statuses.get(id))),
   );
   const settled = jobs.filter((job) => !payments.has(job.payload.orderId));
-  for (const job of settled) await refundUnlessKept(tx, queue, job.payload.orderId, statuses.get(job.payload.orderId) ?? 'missing');
+  for (const job of settled) await refundIfOwed(tx, port, job.payload.orderId, statuses.get(job.payload.orderId));
   await queue.markDoneMany(tx, settled);
   return orderIds.map((id) => ({ ok: true, value: payments.get(id) }));
 }
@@ -115,7 +122,7 @@ async function startChargeBatch(tx: Queryable, queue: JobQueue, jobs: readonly O
  * already confirmed was confirmed by a duplicate delivery with this very
  * charge (one idempotency key), and keeps it.
  */
-async function recordChargeBatch(tx: Queryable, queue: JobQueue, paid: readonly PaidJob[]): Promise<UnitOutcome<boolean>[]> {
+async function recordChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPort, paid: readonly PaidJob[]): Promise<UnitOutcome<boolean>[]> {
   const orderIds = paid.map((p) => p.job.payload.orderId);
   // Pipelined, one round trip (see Queryable): confirmOrders has locked the orders before their payments are touched.
   const [outcomes] = await Promise.all([
@@ -129,12 +136,12 @@ async function recordChargeBatch(tx: Queryable, queue: JobQueue, paid: readonly 
       paid.map((p) => p.job),
     ),
   ]);
-  for (const id of orderIds) await refundUnlessKept(tx, queue, id, outcomes.get(id)!.status);
+  for (const id of orderIds) await refundIfOwed(tx, port, id, outcomes.get(id)!.status);
   return orderIds.map((id) => ({ ok: true, value: outcomes.get(id)!.changed }));
 }
 
 async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
-  const { db, queue, gateway, metrics, log } = deps;
+  const { db, payments, gateway, metrics, log } = deps;
   const { orderId } = job.payload;
   const payment = await deps.startCharges.submit(job);
   if (!payment) return;
@@ -155,8 +162,8 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
       const outcome = await rejectOrder(tx, orderId, 'payment_failed');
       if (error instanceof GatewayRequestError) await markFailed(tx, orderId, reason);
       // A duplicate delivery of this message may have confirmed the order
-      // meanwhile (same charge, same key): refundUnlessKept leaves that money.
-      await refundUnlessKept(tx, queue, orderId, outcome.status);
+      // meanwhile (same charge, same key): refundIfOwed leaves that money.
+      await refundIfOwed(tx, payments, orderId, outcome.status);
       // A permanent failure is dead-lettered by the queue (below) instead.
       if (transient) await job.markDone(tx);
       return outcome.changed;
@@ -191,12 +198,11 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { db, gateway, log } = deps;
   const { orderId } = job.payload;
   const payment = await findPayment(db, orderId);
-  // refund_failed: an operator re-drives a refund that could not succeed before.
-  if (!payment || !['charging', 'succeeded', 'refund_failed'].includes(payment.status)) return;
+    if (!payment || !mayRefund(payment.status)) return;
   // The last line of defence for "a confirmed order keeps exactly one
   // charge": whatever queued this refund, a confirmed order is not refunded
   // (cancelling it first makes it cancelled, and then it is).
-  if ((await statusesOf(db, [orderId])).get(orderId) === 'confirmed') {
+  if (refusesRefund((await statusesOf(db, [orderId])).get(orderId))) {
     deps.log.error({ orderId }, 'refund requested for a confirmed order; refusing it');
     return;
   }
@@ -229,7 +235,7 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
  */
 async function settleRefund(gateway: PaymentGateway, payment: Payment) {
   let chargeId = payment.chargeId;
-  if (payment.status === 'charging' || chargeId === null) {
+  if (chargeOutcomeUnknown(payment.status) || chargeId === null) {
     let replay: ChargeResult;
     try {
       replay = await charge(gateway, payment);

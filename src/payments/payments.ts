@@ -11,12 +11,14 @@
 import { Type } from 'typebox';
 import type { JobQueue } from '../messaging/queue.ts';
 import { ORDER_ID_PATTERN } from '../orders/ids.ts';
-import { holdsStock, type OrderStatus } from '../orders/state-machine.ts';
+import type { PaymentPort, PaymentRequest } from '../orders/payment-port.ts';
 import type { Queryable } from '../storage/database.ts';
 import { storableText } from '../text.ts';
 
 export const CHARGE_QUEUE = 'payments.charge';
 export const REFUND_QUEUE = 'payments.refund';
+/** Every queue the payments module consumes: what a deployment's broker topology holds. */
+export const PAYMENT_QUEUES = [CHARGE_QUEUE, REFUND_QUEUE] as const;
 
 /**
  * The payload of a charge or a refund job: the order it is for. Checked
@@ -26,6 +28,20 @@ export const REFUND_QUEUE = 'payments.refund';
 export const OrderJobPayload = Type.Object({ orderId: Type.String({ pattern: ORDER_ID_PATTERN }) });
 
 export type PaymentStatus = 'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded' | 'failed' | 'refund_failed';
+
+/**
+ * Whether a refund job has anything to do for a payment in this status: a
+ * charge may exist (charging, succeeded), or an operator re-drives a refund
+ * that could not succeed before (refund_failed).
+ */
+export function mayRefund(status: PaymentStatus): boolean {
+  return status === 'charging' || status === 'succeeded' || status === 'refund_failed';
+}
+
+/** Whether the gateway's answer to the charge is unknown (sent, answer never recorded): only replaying its key tells. */
+export function chargeOutcomeUnknown(status: PaymentStatus): boolean {
+  return status === 'charging';
+}
 
 export interface Payment {
   orderId: string;
@@ -40,15 +56,16 @@ export interface Payment {
 export const chargeKey = (orderId: string) => `orderflow-charge-${orderId}`;
 export const refundKey = (orderId: string) => `orderflow-refund-${orderId}`;
 
-export interface PaymentRequest {
-  orderId: string;
-  amountCents: number;
-  currency: string;
-  token: string;
+/** Orders' payment port (orders/payment-port.ts), on this module's table and queues. */
+export function paymentPort(queue: JobQueue): PaymentPort {
+  return {
+    open: (tx, payments) => openPayments(tx, queue, payments),
+    settle: (tx, orderId) => refundIfCharged(tx, queue, orderId),
+  };
 }
 
 /** Records the payments of newly accepted orders and queues their charges, in the caller's transaction. */
-export async function requestPayments(tx: Queryable, queue: JobQueue, payments: readonly PaymentRequest[]): Promise<void> {
+async function openPayments(tx: Queryable, queue: JobQueue, payments: readonly PaymentRequest[]): Promise<void> {
   if (payments.length === 0) return;
   // Pipelined: one round trip (see Queryable).
   await Promise.all([
@@ -75,14 +92,12 @@ export async function queueCharges(tx: Queryable, queue: JobQueue, orderIds: rea
 }
 
 /**
- * Settles the money of an order given its status: an order keeps its charge
- * exactly when it holds stock (pending: being paid for; confirmed: paid), so
- * those are left alone, and any other (rejected, cancelled, missing) gets a
- * refund queued if money may have moved. Every path that may refund goes
- * through here, so "a confirmed order is never refunded" holds in one place.
+ * Queues a refund of the order's payment if a charge may exist (charging or
+ * succeeded), and notes when it was asked for (the sweeper re-drives it from
+ * then on). The order side decides whether money is owed back (orders'
+ * refundIfOwed); this only knows whether any may have moved.
  */
-export async function refundUnlessKept(tx: Queryable, queue: JobQueue, orderId: string, orderStatus: OrderStatus | 'missing'): Promise<void> {
-  if (orderStatus !== 'missing' && holdsStock(orderStatus)) return;
+async function refundIfCharged(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
   const owed = await tx.query(
     `UPDATE payments.payments SET refund_requested_at = coalesce(refund_requested_at, now())
       WHERE order_id = $1 AND status IN ('charging', 'succeeded') RETURNING order_id`,

@@ -6,7 +6,7 @@
 // re-drive is a no-op.
 import type { Logger } from 'pino';
 import type { JobQueue } from '../messaging/queue.ts';
-import { stalePendingOrders } from '../orders/store.ts';
+import { stalePendingOrders } from '../orders/lifecycle.ts';
 import type { Database } from '../storage/database.ts';
 import { overdueRefunds, queueCharges, redriveRefunds } from './payments.ts';
 

@@ -13,6 +13,7 @@ import { deleteBrokerTopology as deleteTopology } from '../../src/messaging/topo
 import { loadConfig, type Config } from '../../src/config.ts';
 import { NatsBroker } from '../../src/messaging/nats-broker.ts';
 import { RabbitMqBroker } from '../../src/messaging/rabbitmq-broker.ts';
+import { PAYMENT_QUEUES } from '../../src/payments/payments.ts';
 import { SimulatedGateway } from '../../src/payments/simulated-gateway.ts';
 import type { Queryable } from '../../src/storage/database.ts';
 import { privatePostgresUnavailable, startPrivatePrimary, startPrivateStandby, waitForReplay, type PrivatePostgres } from './private-postgres.ts';
@@ -120,7 +121,7 @@ export function testBroker(mode: BrokerMode, prefix: string, url = requiredServi
 }
 
 /** Deletes what a test created on the broker under its prefix (best effort: a test must not fail on cleanup). */
-export async function deleteBrokerTopology(mode: BrokerMode, prefix: string, queues?: readonly string[]): Promise<void> {
+export async function deleteBrokerTopology(mode: BrokerMode, prefix: string, queues: readonly string[] = PAYMENT_QUEUES): Promise<void> {
   try {
     await deleteTopology(requiredServiceUrl(BROKER_URL_VARIABLE[mode])!, prefix, queues);
   } catch {
