@@ -3,6 +3,58 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
+// The modules of src/ and which others each may import: the dependencies
+// point one way (docs/architecture.md, "Modules and their tables", draws
+// this graph), so the import graph has no cycle. A module is a folder of
+// src/ or a file at its top; the composition root (app.ts, main.ts) may
+// import anything. Every module may use the small shared helpers.
+const SHARED = ['errors', 'text', 'deadline', 'currencies'];
+/** @type {Record<string, string[]>} */
+const MAY_IMPORT = {
+  errors: [],
+  text: [],
+  deadline: [],
+  currencies: [],
+  config: ['orders'], // the money limits' defaults
+  observability: [],
+  storage: ['observability'],
+  cache: ['observability'],
+  identity: [],
+  messaging: ['storage', 'observability'],
+  http: ['storage', 'observability', 'messaging', 'identity'],
+  inventory: ['storage'],
+  catalog: ['inventory', 'cache', 'http', 'storage'],
+  orders: ['catalog', 'inventory', 'http', 'storage', 'observability'],
+  payments: ['orders', 'messaging', 'storage', 'observability'],
+};
+const TOP_LEVEL_FILES = new Set(['errors', 'text', 'deadline', 'currencies', 'config']);
+
+/**
+ * no-restricted-imports for one module: the modules it may not import, and
+ * every other module's store.ts (a module's SQL is its own: others call its
+ * public functions). Relative specifiers are exact here because every
+ * module sits one level below src/.
+ * @param {string} name
+ */
+function moduleBoundaries(name) {
+  const up = TOP_LEVEL_FILES.has(name) ? './' : '../';
+  const allowed = MAY_IMPORT[name] ?? [];
+  const forbidden = Object.keys(MAY_IMPORT).filter((other) => other !== name && !allowed.includes(other) && !SHARED.includes(other));
+  return {
+    files: TOP_LEVEL_FILES.has(name) ? [`src/${name}.ts`, `src/${name}.spec.ts`] : [`src/${name}/**/*.ts`],
+    rules: {
+      'no-restricted-imports': ['error', {
+        patterns: [
+          ...(forbidden.length > 0
+            ? [{ group: forbidden.flatMap((other) => [`${up}${other}/*`, `${up}${other}.ts`]), message: `${name} may import only ${[...allowed, ...SHARED].join(', ')} (see MAY_IMPORT in eslint.config.js and docs/architecture.md)` }]
+            : []),
+          { group: [`${up}*/store.ts`], message: "another module's SQL is private: call its public functions instead" },
+        ],
+      }],
+    },
+  };
+}
+
 export default tseslint.config(
   { ignores: ['node_modules/', 'data/', 'bench/results/', 'coverage/'] },
   js.configs.recommended,
@@ -21,6 +73,14 @@ export default tseslint.config(
       // Fastify plugins and handlers are async by contract, awaiting or not.
       '@typescript-eslint/require-await': 'off',
       '@typescript-eslint/consistent-type-imports': 'error',
+    },
+  },
+  ...Object.keys(MAY_IMPORT).map(moduleBoundaries),
+  {
+    // The composition root wires every module, but reads none's SQL.
+    files: ['src/app.ts', 'src/main.ts'],
+    rules: {
+      'no-restricted-imports': ['error', { patterns: [{ group: ['./*/store.ts'], message: "another module's SQL is private: call its public functions instead" }] }],
     },
   },
   {
