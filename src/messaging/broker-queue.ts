@@ -16,6 +16,7 @@ import { storableText } from '../text.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
 import type { Static, TSchema } from 'typebox';
+import { inboxHas, insertInbox, insertOutbox, outboxCounts } from './store.ts';
 import { consumerOf, PermanentJobError, type Consumer, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
 export interface BrokerQueueOptions {
@@ -75,12 +76,12 @@ export class BrokerQueue implements JobQueue {
 
   async enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options: Omit<EnqueueOptions, 'key'> = {}): Promise<void> {
     if (jobs.length === 0) return;
-    await tx.query(
-      `INSERT INTO messaging.outbox (queue, payload, key, max_attempts, available_at)
-       SELECT $1, j.payload::jsonb, j.key, $4, now() + make_interval(secs => $5::float8)
-         FROM unnest($2::text[], $3::text[]) AS j(payload, key)
-       ON CONFLICT (key) DO NOTHING`,
-      [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key ?? null), options.maxAttempts ?? this.#defaultMaxAttempts, (options.delayMs ?? 0) / 1000],
+    await insertOutbox(
+      tx,
+      queue,
+      jobs.map((j) => ({ payload: j.payload, key: j.key ?? null })),
+      options.delayMs ?? 0,
+      options.maxAttempts ?? this.#defaultMaxAttempts,
     );
     // The rows are visible only after the caller commits; an early wake of a
     // relay in this process costs one empty pass and saves a polling interval.
@@ -95,10 +96,7 @@ export class BrokerQueue implements JobQueue {
 
   async #recordApplied(tx: Queryable, jobs: readonly Job[], onDuplicate: 'fail' | 'ignore'): Promise<void> {
     if (jobs.length === 0) return;
-    await tx.query(
-      `INSERT INTO messaging.inbox (queue, message_id) SELECT * FROM unnest($1::text[], $2::text[])${onDuplicate === 'ignore' ? ' ON CONFLICT DO NOTHING' : ''}`,
-      [jobs.map((job) => job.queue), jobs.map((job) => job.id)],
-    );
+    await insertInbox(tx, jobs, onDuplicate);
     for (const job of jobs) this.#done.add(job);
   }
 
@@ -143,8 +141,7 @@ export class BrokerQueue implements JobQueue {
   }
 
   async #outboxBacklog(): Promise<Record<string, number>> {
-    const rows = await this.#db.query<{ queue: string; count: number }>('SELECT queue, count(*)::int AS count FROM messaging.outbox GROUP BY queue');
-    return Object.fromEntries(rows.map((row) => [row.queue, row.count]));
+    return outboxCounts(this.#db);
   }
 
   async #brokerBacklog(): Promise<Record<string, number>> {
@@ -163,11 +160,6 @@ export class BrokerQueue implements JobQueue {
     }
   }
 
-  async #seen(queue: string, id: string): Promise<boolean> {
-    const rows = await this.#db.query('SELECT 1 FROM messaging.inbox WHERE queue = $1 AND message_id = $2', [queue, id]);
-    return rows.length > 0;
-  }
-
   async #process(consumer: Consumer, delivery: Delivery): Promise<void> {
     const { queue } = consumer;
     const context = { messageId: delivery.id, queue, attempt: delivery.attempt, maxAttempts: delivery.maxAttempts };
@@ -178,7 +170,7 @@ export class BrokerQueue implements JobQueue {
       // a duplicate (a re-publish after a relay crash); when it is, the
       // handler's inbox INSERT fails on the primary key below and the
       // message is acknowledged then, so the common case saves a query.
-      if (delivery.attempt > 1 && (await this.#seen(queue, delivery.id))) {
+      if (delivery.attempt > 1 && (await inboxHas(this.#db, queue, delivery.id))) {
         // Applied before (an ack lost in a crash).
         await delivery.ack();
         this.#metrics.jobsProcessed.inc({ queue, outcome: 'duplicate' });
@@ -200,7 +192,7 @@ export class BrokerQueue implements JobQueue {
       await delivery.ack();
       this.#metrics.jobsProcessed.inc({ queue, outcome: 'done' });
     } catch (error) {
-      if (isUniqueViolation(error) && (await this.#seen(queue, delivery.id).catch(() => false))) {
+      if (isUniqueViolation(error) && (await inboxHas(this.#db, queue, delivery.id).catch(() => false))) {
         await delivery.ack();
         this.#metrics.jobsProcessed.inc({ queue, outcome: 'duplicate' });
         return;

@@ -11,6 +11,7 @@ import { DatabaseUnavailableError, type Database, type Queryable } from '../stor
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
 import { storableText } from '../text.ts';
 import type { Static, TSchema } from 'typebox';
+import { buryJob, claimJobs, deleteJobs, insertJobs, jobCounts, retryJobLater, type ClaimedJob } from './store.ts';
 import { consumerOf, PermanentJobError, type Consumer as ConsumerSpec, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
 export interface DatabaseQueueOptions {
@@ -21,16 +22,6 @@ export interface DatabaseQueueOptions {
   retryBaseMs?: number;
   retryMaxMs?: number;
   defaultMaxAttempts?: number;
-}
-
-interface ClaimedRow {
-  id: string;
-  queue: string;
-  /** Whatever the row holds: it is checked against the consumer's schema before use. */
-  payload: unknown;
-  attempts: number;
-  max_attempts: number;
-  [column: string]: unknown;
 }
 
 interface Consumer extends ConsumerSpec {
@@ -71,12 +62,12 @@ export class DatabaseQueue implements JobQueue {
 
   async enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options: Omit<EnqueueOptions, 'key'> = {}): Promise<void> {
     if (jobs.length === 0) return;
-    await tx.query(
-      `INSERT INTO messaging.jobs (queue, payload, key, run_at, max_attempts)
-       SELECT $1, j.payload::jsonb, j.key, now() + make_interval(secs => $4::float8), $5
-         FROM unnest($2::text[], $3::text[]) AS j(payload, key)
-       ON CONFLICT (key) DO NOTHING`,
-      [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key ?? null), (options.delayMs ?? 0) / 1000, options.maxAttempts ?? this.#defaultMaxAttempts],
+    await insertJobs(
+      tx,
+      queue,
+      jobs.map((j) => ({ payload: j.payload, key: j.key ?? null })),
+      options.delayMs ?? 0,
+      options.maxAttempts ?? this.#defaultMaxAttempts,
     );
     // The jobs are visible only after the caller commits; waking early is
     // harmless (an empty poll), and saves a full polling interval.
@@ -103,16 +94,12 @@ export class DatabaseQueue implements JobQueue {
 
   /** Rows in messaging.jobs per queue; also sets orderflow_dead_jobs from messaging.dead_jobs (one round trip for both). */
   async backlog(): Promise<Record<string, number>> {
-    const rows = await this.#db.query<{ dead: boolean; queue: string; count: number }>(
-      `SELECT false AS dead, queue, count(*)::int AS count FROM messaging.jobs GROUP BY queue
-       UNION ALL
-       SELECT true, queue, count(*)::int FROM messaging.dead_jobs GROUP BY queue`,
-    );
+    const { queued, dead } = await jobCounts(this.#db);
     this.#metrics.deadJobs.reset();
     // A queue this process consumes reads 0 rather than vanishing when it holds none.
     for (const queue of this.#consumers.keys()) this.#metrics.deadJobs.set({ queue }, 0);
-    for (const row of rows) if (row.dead) this.#metrics.deadJobs.set({ queue: row.queue }, row.count);
-    return Object.fromEntries(rows.filter((r) => !r.dead).map((r) => [r.queue, r.count]));
+    for (const [queue, count] of Object.entries(dead)) this.#metrics.deadJobs.set({ queue }, count);
+    return queued;
   }
 
   async refreshMetrics(): Promise<void> {
@@ -156,16 +143,7 @@ export class DatabaseQueue implements JobQueue {
   async #claim(consumer: Consumer): Promise<number> {
     const free = consumer.concurrency - consumer.running;
     if (free <= 0) return 0;
-    const rows = await this.#db.query<ClaimedRow>(
-      `UPDATE messaging.jobs
-          SET attempts = attempts + 1, locked_until = now() + make_interval(secs => $3::float8)
-        WHERE id IN (SELECT id FROM messaging.jobs
-                      WHERE queue = $1 AND run_at <= now() AND (locked_until IS NULL OR locked_until < now())
-                      ORDER BY run_at, id LIMIT $2
-                      FOR UPDATE SKIP LOCKED)
-       RETURNING id::text AS id, queue, payload, attempts, max_attempts`,
-      [consumer.queue, free, this.#leaseMs / 1000],
-    );
+    const rows = await claimJobs(this.#db, consumer.queue, free, this.#leaseMs);
     for (const row of rows) {
       consumer.running++;
       const run = this.#run(consumer, row).finally(() => {
@@ -179,11 +157,14 @@ export class DatabaseQueue implements JobQueue {
 
   async markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void> {
     if (jobs.length === 0) return;
-    await tx.query('DELETE FROM messaging.jobs WHERE id = ANY($1::text::bigint[])', [`{${jobs.map((job) => job.id).join(',')}}`]);
+    await deleteJobs(
+      tx,
+      jobs.map((job) => job.id),
+    );
     for (const job of jobs) this.#done.add(job);
   }
 
-  async #run(consumer: Consumer, row: ClaimedRow): Promise<void> {
+  async #run(consumer: Consumer, row: ClaimedJob): Promise<void> {
     const started = performance.now();
     try {
       const job: Job = {
@@ -204,28 +185,20 @@ export class DatabaseQueue implements JobQueue {
     }
   }
 
-  async #fail(row: ClaimedRow, error: unknown, durationMs: number, started = performance.now() - durationMs, pause = 100): Promise<void> {
+  async #fail(row: ClaimedJob, error: unknown, durationMs: number, started = performance.now() - durationMs, pause = 100): Promise<void> {
     // Recorded with the job: whatever the error says, it must be storable.
     const message = storableText(error instanceof Error ? error.message : String(error));
     const context = { jobId: row.id, queue: row.queue, attempt: row.attempts, maxAttempts: row.max_attempts, durationMs: Math.round(durationMs), err: error };
     const permanent = error instanceof PermanentJobError;
     try {
       if (permanent || row.attempts >= row.max_attempts) {
-        await this.#db.query(
-          `WITH dead AS (DELETE FROM messaging.jobs WHERE id = $1 RETURNING *)
-           INSERT INTO messaging.dead_jobs (id, queue, payload, key, attempts, last_error, created_at)
-           SELECT id, queue, payload, key, attempts, $2, created_at FROM dead`,
-          [row.id, message],
-        );
+        await buryJob(this.#db, row.id, message);
         this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'dead' });
         this.#log.error(context, permanent ? 'job can never succeed; moved to messaging.dead_jobs at once' : 'job failed for the last time; moved to messaging.dead_jobs');
         return;
       }
       const delayMs = this.retryDelayMs(row.attempts);
-      await this.#db.query(
-        `UPDATE messaging.jobs SET run_at = now() + make_interval(secs => $2::float8), locked_until = NULL, last_error = $3 WHERE id = $1`,
-        [row.id, delayMs / 1000, message],
-      );
+      await retryJobLater(this.#db, row.id, delayMs, message);
       this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'retry' });
       this.#log.warn({ ...context, retryInMs: Math.round(delayMs) }, 'job failed; will retry');
     } catch (releaseError) {

@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import type { Broker, OutgoingMessage } from './broker.ts';
-import type { JsonObject } from './queue.ts';
+import { deleteOutbox, outboxHasReady, pruneInbox, readyOutbox, tryRelayLock } from './store.ts';
 
 export interface RelayOptions {
   batchSize?: number;
@@ -26,19 +26,7 @@ export interface RelayOptions {
   inboxRetentionMs?: number;
 }
 
-// Any constant works; it only has to be the same in every Orderflow process
-// (the migrator uses 727_001).
-const RELAY_LOCK = 727_002;
 const PRUNE_EVERY_MS = 3_600_000;
-
-interface OutboxRow {
-  id: string;
-  message_id: string;
-  queue: string;
-  payload: JsonObject;
-  max_attempts: number;
-  [column: string]: unknown;
-}
 
 export class Relay {
   readonly #db: Database;
@@ -98,14 +86,7 @@ export class Relay {
     // Checked outside any transaction, so an idle relay costs one cheap read
     // per poll; under load (the last pass published) more rows are likely,
     // and the check would only cost a round trip.
-    if (this.#lastPassPublished === 0) {
-      // Through the primary key, like the pass itself: the table churns (a
-      // row per message, deleted once sent), and a sequential scan would
-      // read every dead row autovacuum has not yet removed, while an index
-      // scan learns to skip them.
-      const ready = await this.#db.query('SELECT 1 FROM messaging.outbox WHERE available_at <= now() ORDER BY id LIMIT 1');
-      if (ready.length === 0) return 0;
-    }
+    if (this.#lastPassPublished === 0 && !(await outboxHasReady(this.#db))) return 0;
     if (this.#db.kind === 'pglite') {
       // The embedded database belongs to this one process, and an open
       // transaction there would hold the whole database while the broker
@@ -113,24 +94,19 @@ export class Relay {
       return this.#publishBatch(this.#db);
     }
     return this.#db.transaction(async (tx) => {
-      const [lock] = await tx.query<{ locked: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS locked', [RELAY_LOCK]);
-      return lock?.locked ? this.#publishBatch(tx) : 0;
+      return (await tryRelayLock(tx)) ? this.#publishBatch(tx) : 0;
     });
   }
 
   async #publishBatch(tx: Queryable): Promise<number> {
-    const rows = await tx.query<OutboxRow>(
-      // Ordered by the bigint column, not the text alias (text order puts 10 before 9).
-      `SELECT o.id::text AS id, o.message_id, o.queue, o.payload, o.max_attempts FROM messaging.outbox o
-        WHERE o.available_at <= now() ORDER BY o.id LIMIT $1`,
-      [this.#batchSize],
-    );
+    const rows = await readyOutbox(tx, this.#batchSize);
     if (rows.length === 0) return 0;
     const messages: OutgoingMessage[] = rows.map((row) => ({ id: row.message_id, queue: row.queue, payload: row.payload, maxAttempts: row.max_attempts }));
     await this.#broker.publish(messages);
-    // Exactly the rows published: a row committed meanwhile with a lower id
-    // stays for the next pass.
-    await tx.query('DELETE FROM messaging.outbox WHERE id = ANY($1::text::bigint[])', [`{${rows.map((r) => r.id).join(',')}}`]);
+    await deleteOutbox(
+      tx,
+      rows.map((r) => r.id),
+    );
     for (const row of rows) this.#metrics.relayPublished.inc({ queue: row.queue });
     return rows.length;
   }
@@ -175,11 +151,7 @@ export class Relay {
   async #pruneInbox(): Promise<void> {
     if (Date.now() - this.#lastPrune < PRUNE_EVERY_MS) return;
     this.#lastPrune = Date.now();
-    const [removed] = await this.#db.query<{ rows: number }>(
-      `WITH pruned AS (DELETE FROM messaging.inbox WHERE processed_at < now() - make_interval(secs => $1::float8) RETURNING 1)
-       SELECT count(*)::int AS rows FROM pruned`,
-      [this.#inboxRetentionMs / 1000],
-    );
-    if (removed && removed.rows > 0) this.#log.info({ rows: removed.rows }, 'relay: pruned old inbox rows');
+    const rows = await pruneInbox(this.#db, this.#inboxRetentionMs);
+    if (rows > 0) this.#log.info({ rows }, 'relay: pruned old inbox rows');
   }
 }
