@@ -9,6 +9,9 @@ import type { Cache } from '../cache/cache.ts';
 import { AppError } from '../errors.ts';
 import { adjustStock, createStock, MAX_STOCK, stockLevels, type StockLevel } from '../inventory/stock.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
+import { findProductDetails, insertProduct, listProductDetails, type ProductDetails } from './store.ts';
+
+export { pricesOf, type Price } from './store.ts';
 
 export interface NewProduct {
   sku: string;
@@ -27,34 +30,8 @@ export interface Product {
   available: number;
 }
 
-export interface Price {
-  sku: string;
-  priceCents: number;
-  currency: string;
-}
-
-interface ProductRow {
-  sku: string;
-  name: string;
-  price_cents: number;
-  currency: string;
-  [column: string]: unknown;
-}
-
-/** The part of a product that never changes after it is created, and so may be cached. */
-interface ProductDetails {
-  sku: string;
-  name: string;
-  priceCents: number;
-  currency: string;
-}
-
 export function productCacheKey(sku: string): string {
   return `catalog:product:${sku}`;
-}
-
-function toDetails(row: ProductRow): ProductDetails {
-  return { sku: row.sku, name: row.name, priceCents: row.price_cents, currency: row.currency };
 }
 
 function toProduct(details: ProductDetails, stock: StockLevel | undefined): Product {
@@ -71,12 +48,7 @@ function toProduct(details: ProductDetails, stock: StockLevel | undefined): Prod
 export async function createProduct(db: Database, input: NewProduct, cache?: Cache): Promise<Product> {
   try {
     await db.transaction(async (tx) => {
-      await tx.query('INSERT INTO catalog.products (sku, name, price_cents, currency) VALUES ($1, $2, $3, $4)', [
-        input.sku,
-        input.name,
-        input.priceCents,
-        input.currency,
-      ]);
+      await insertProduct(tx, input);
       await createStock(tx, input.sku, input.stock);
     });
   } catch (error) {
@@ -90,14 +62,9 @@ export async function createProduct(db: Database, input: NewProduct, cache?: Cac
   return { ...input, available: input.stock };
 }
 
-async function loadDetails(db: Queryable, sku: string): Promise<ProductDetails | undefined> {
-  const rows = await db.query<ProductRow>('SELECT sku, name, price_cents, currency FROM catalog.products WHERE sku = $1', [sku]);
-  return rows[0] ? toDetails(rows[0]) : undefined;
-}
-
 /** Inside a transaction, pass no cache: the transaction must see its own rows. */
 export async function getProduct(db: Queryable, sku: string, cache?: Cache): Promise<Product> {
-  const details = cache ? await cache.getOrLoad(productCacheKey(sku), () => loadDetails(db, sku)) : await loadDetails(db, sku);
+  const details = cache ? await cache.getOrLoad(productCacheKey(sku), () => findProductDetails(db, sku)) : await findProductDetails(db, sku);
   const level = details && (await stockLevels(db, [sku])).get(sku);
   // Every product has its stock row from the transaction that created it, so
   // the fresh stock read also proves that a cached product still exists.
@@ -106,16 +73,13 @@ export async function getProduct(db: Queryable, sku: string, cache?: Cache): Pro
 }
 
 export async function listProducts(db: Queryable, limit: number, afterSku: string | undefined): Promise<{ items: Product[]; last: string | undefined; more: boolean }> {
-  const rows = await db.query<ProductRow>(
-    'SELECT sku, name, price_cents, currency FROM catalog.products WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2',
-    [afterSku ?? null, limit + 1],
-  );
+  const rows = await listProductDetails(db, limit + 1, afterSku);
   const page = rows.slice(0, limit);
   const stock = await stockLevels(
     db,
     page.map((r) => r.sku),
   );
-  return { items: page.map((r) => toProduct(toDetails(r), stock.get(r.sku))), last: page.at(-1)?.sku, more: rows.length > limit };
+  return { items: page.map((r) => toProduct(r, stock.get(r.sku))), last: page.at(-1)?.sku, more: rows.length > limit };
 }
 
 export async function changeStock(db: Database, sku: string, delta: number): Promise<Product> {
@@ -134,10 +98,4 @@ export async function changeStock(db: Database, sku: string, delta: number): Pro
     }
     return { ...product, stock: level.onHand, available: level.available };
   });
-}
-
-/** Prices of the SKUs that exist; callers decide what a missing SKU means. */
-export async function pricesOf(db: Queryable, skus: readonly string[]): Promise<Map<string, Price>> {
-  const rows = await db.query<ProductRow>('SELECT sku, price_cents, currency FROM catalog.products WHERE sku = ANY($1::text[])', [skus]);
-  return new Map(rows.map((r) => [r.sku, { sku: r.sku, priceCents: r.price_cents, currency: r.currency }]));
 }

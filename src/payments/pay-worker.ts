@@ -30,24 +30,8 @@ import { awaitsPayment, refusesRefund } from '../orders/state-machine.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { GroupCommit, type UnitOutcome } from '../storage/group-commit.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
-import {
-  CHARGE_QUEUE,
-  REFUND_QUEUE,
-  chargeKey,
-  chargeOutcomeUnknown,
-  findPayment,
-  startCharging,
-  markDeclined,
-  markFailed,
-  markRefunded,
-  markRefundFailed,
-  markSucceeded,
-  mayRefund,
-  OrderJobPayload,
-  paymentPort,
-  refundKey,
-  type Payment,
-} from './payments.ts';
+import { CHARGE_QUEUE, chargeKey, chargeOutcomeUnknown, mayRefund, OrderJobPayload, paymentPort, REFUND_QUEUE, refundKey } from './payments.ts';
+import { findPayment, markDeclined, markFailed, markRefunded, markRefundFailed, markSucceeded, startCharging, type Payment } from './store.ts';
 
 export interface PayWorkerDeps {
   db: Database;

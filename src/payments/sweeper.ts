@@ -8,7 +8,8 @@ import type { Logger } from 'pino';
 import type { JobQueue } from '../messaging/queue.ts';
 import { stalePendingOrders } from '../orders/lifecycle.ts';
 import type { Database } from '../storage/database.ts';
-import { overdueRefunds, queueCharges, redriveRefunds } from './payments.ts';
+import { queueCharges, redriveRefunds } from './payments.ts';
+import { overdueRefunds } from './store.ts';
 
 export interface Sweeper {
   sweep(): Promise<number>;

@@ -1,0 +1,131 @@
+// SQL of the payments module: its table is payments.payments, one row per
+// order, and only this module touches it (the statuses are explained at the
+// top of payments.ts).
+import type { Queryable } from '../storage/database.ts';
+import { storableText } from '../text.ts';
+import type { PaymentRequest } from '../orders/payment-port.ts';
+
+export type PaymentStatus = 'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded' | 'failed' | 'refund_failed';
+
+export interface Payment {
+  orderId: string;
+  amountCents: number;
+  currency: string;
+  cardToken: string;
+  status: PaymentStatus;
+  chargeId: string | null;
+}
+
+/** $1 order ids, $2 amounts in minor units, $3 currencies, $4 card tokens: one pending payment per order. */
+export const INSERT_PAYMENTS_SQL = `INSERT INTO payments.payments (order_id, amount_cents, currency, card_token, status)
+       SELECT order_id, amount_cents, currency, card_token, 'pending'
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS p(order_id, amount_cents, currency, card_token)`;
+
+/** Records the payments of newly accepted orders, pending. */
+export async function insertPayments(tx: Queryable, payments: readonly PaymentRequest[]): Promise<void> {
+  await tx.query(INSERT_PAYMENTS_SQL, [payments.map((p) => p.orderId), payments.map((p) => p.amountCents), payments.map((p) => p.currency), payments.map((p) => p.token)]);
+}
+
+/**
+ * Notes that a refund is asked for (once: the first time stays) if the
+ * payment may hold money (charging or succeeded); returns whether it may.
+ */
+export async function markRefundRequested(tx: Queryable, orderId: string): Promise<boolean> {
+  const owed = await tx.query(
+    `UPDATE payments.payments SET refund_requested_at = coalesce(refund_requested_at, now())
+      WHERE order_id = $1 AND status IN ('charging', 'succeeded') RETURNING order_id`,
+    [orderId],
+  );
+  return owed.length > 0;
+}
+
+interface PaymentRow {
+  order_id: string;
+  amount_cents: number;
+  currency: string;
+  card_token: string;
+  status: PaymentStatus;
+  charge_id: string | null;
+  [column: string]: unknown;
+}
+
+const PAYMENT_COLUMNS = 'order_id, amount_cents, currency, card_token, status, charge_id';
+
+function toPayment(row: PaymentRow): Payment {
+  return { orderId: row.order_id, amountCents: row.amount_cents, currency: row.currency, cardToken: row.card_token, status: row.status, chargeId: row.charge_id };
+}
+
+export async function findPayment(db: Queryable, orderId: string): Promise<Payment | undefined> {
+  const rows = await db.query<PaymentRow>(`SELECT ${PAYMENT_COLUMNS} FROM payments.payments WHERE order_id = $1`, [orderId]);
+  return rows[0] ? toPayment(rows[0]) : undefined;
+}
+
+/** Refunds asked for more than olderThanMs ago whose payment still holds money: the sweeper re-drives them. */
+export async function overdueRefunds(db: Queryable, olderThanMs: number, limit: number): Promise<string[]> {
+  const rows = await db.query<{ order_id: string }>(
+    `SELECT order_id FROM payments.payments
+      WHERE refund_requested_at < now() - make_interval(secs => $1::float8) AND status IN ('charging', 'succeeded')
+      ORDER BY refund_requested_at LIMIT $2`,
+    [olderThanMs / 1000, limit],
+  );
+  return rows.map((r) => r.order_id);
+}
+
+/**
+ * Records that a charge may now exist and returns the payments to charge, in
+ * one statement that also locks the rows; a payment missing from the answer
+ * is missing or already settled (succeeded, declined, refunded).
+ */
+export async function startCharging(tx: Queryable, orderIds: readonly string[]): Promise<Map<string, Payment>> {
+  if (orderIds.length === 0) return new Map();
+  const rows = await tx.query<PaymentRow>(
+    `UPDATE payments.payments SET status = 'charging', updated_at = now() WHERE order_id = ANY($1::text[]) AND status IN ('pending', 'charging')
+     RETURNING ${PAYMENT_COLUMNS}`,
+    [orderIds],
+  );
+  return new Map(rows.map((row) => [row.order_id, toPayment(row)]));
+}
+
+/** Records successful charges, except where a refund already settled the payment. */
+export async function markSucceeded(tx: Queryable, charges: readonly { orderId: string; chargeId: string }[]): Promise<void> {
+  if (charges.length === 0) return;
+  await tx.query(
+    `UPDATE payments.payments p SET status = 'succeeded', charge_id = c.charge_id, updated_at = now()
+       FROM unnest($1::text[], $2::text[]) AS c(order_id, charge_id)
+      WHERE p.order_id = c.order_id AND p.status IN ('pending', 'charging')`,
+    [charges.map((c) => c.orderId), charges.map((c) => c.chargeId)],
+  );
+}
+
+export async function markDeclined(tx: Queryable, orderId: string): Promise<void> {
+  // refund_failed too: an operator's re-drive of a refund may learn that the charge was declined after all.
+  await tx.query(`UPDATE payments.payments SET status = 'declined', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging', 'refund_failed')`, [orderId]);
+}
+
+/** The gateway refused the charge request itself, or it could not be sent: nothing was charged under its key, so nothing is owed back. */
+export async function markFailed(tx: Queryable, orderId: string, reason: string): Promise<void> {
+  await tx.query(
+    `UPDATE payments.payments SET status = 'failed', last_error = $2, updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging', 'refund_failed')`,
+    [orderId, storableText(reason)],
+  );
+}
+
+/**
+ * The refund can never succeed as it stands. The payment leaves the statuses
+ * the sweeper re-drives (money may still be held: an operator settles it, and
+ * may re-drive the refund once the cause is fixed).
+ */
+export async function markRefundFailed(tx: Queryable, orderId: string, reason: string): Promise<void> {
+  await tx.query(
+    `UPDATE payments.payments SET status = 'refund_failed', last_error = $2, updated_at = now() WHERE order_id = $1 AND status IN ('charging', 'succeeded', 'refund_failed')`,
+    [orderId, storableText(reason)],
+  );
+}
+
+export async function markRefunded(tx: Queryable, orderId: string, chargeId: string, refundId: string): Promise<void> {
+  await tx.query(`UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1`, [
+    orderId,
+    chargeId,
+    refundId,
+  ]);
+}
