@@ -95,25 +95,25 @@ export async function acceptBatch(
   });
 
   // 3.–5. Hold stock, store the orders, queue the payments of the held ones.
-  const { reserved: held, holds } = allocate(
+  const { fits, toHold } = allocate(
     available,
     fresh.map((c) => c.priced.lines),
   );
   const newOrders: NewOrder[] = fresh.map((c, i) => ({
     id: c.orderId,
     customerId: requests[c.index]!.customerId,
-    status: held[i] ? 'pending' : 'rejected',
-    rejectReason: held[i] ? null : 'out_of_stock',
+    status: fits[i] ? 'pending' : 'rejected',
+    rejectReason: fits[i] ? null : 'out_of_stock',
     ...c.priced,
   }));
   // The holds, orders, lines, payments and queued charges: pipelined, one round trip (see Queryable).
   const [stored] = await Promise.all([
     insertOrders(tx, newOrders),
-    holdStock(tx, holds),
+    holdStock(tx, toHold),
     payments.open(
       tx,
       fresh
-        .filter((_, i) => held[i])
+        .filter((_, i) => fits[i])
         .map((c) => ({ orderId: c.orderId, amountCents: c.priced.totalCents, currency: c.priced.currency, token: requests[c.index]!.order.payment.token })),
     ),
   ]);

@@ -59,30 +59,30 @@ export interface NewOrder {
   currency: string;
 }
 
+/** $1 ids, $2 customers, $3 statuses, $4 totals in minor units, $5 currencies, $6 reject reasons (null when none). */
+export const INSERT_ORDERS_SQL = `INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, reject_reason)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+     RETURNING id, created_at, updated_at`;
+
+/** $1 order ids, $2 line numbers (from 1), $3 SKUs, $4 quantities, $5 unit prices in minor units. */
+export const INSERT_ORDER_LINES_SQL = `INSERT INTO orders.order_lines (order_id, line_no, sku, quantity, price_cents)
+       SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[])`;
+
 /** Stores new orders and their lines: two statements for any number of orders. */
 export async function insertOrders(tx: Queryable, orders: readonly NewOrder[]): Promise<Order[]> {
   if (orders.length === 0) return [];
   const lines = orders.flatMap((o) => o.lines.map((line, index) => ({ orderId: o.id, lineNo: index + 1, ...line })));
   // Both statements go in one round trip (pipelined; see Queryable); the lines follow their orders.
   const [stamps] = await Promise.all([
-    tx.query<{ id: string; created_at: Date; updated_at: Date }>(
-    `INSERT INTO orders.orders (id, customer_id, status, total_cents, currency, reject_reason)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
-     RETURNING id, created_at, updated_at`,
-    [
+    tx.query<{ id: string; created_at: Date; updated_at: Date }>(INSERT_ORDERS_SQL, [
       orders.map((o) => o.id),
       orders.map((o) => o.customerId),
       orders.map((o) => o.status),
       orders.map((o) => o.totalCents),
       orders.map((o) => o.currency),
       orders.map((o) => o.rejectReason),
-    ],
-    ),
-    tx.query(
-      `INSERT INTO orders.order_lines (order_id, line_no, sku, quantity, price_cents)
-       SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[])`,
-      [lines.map((l) => l.orderId), lines.map((l) => l.lineNo), lines.map((l) => l.sku), lines.map((l) => l.quantity), lines.map((l) => l.priceCents)],
-    ),
+    ]),
+    tx.query(INSERT_ORDER_LINES_SQL, [lines.map((l) => l.orderId), lines.map((l) => l.lineNo), lines.map((l) => l.sku), lines.map((l) => l.quantity), lines.map((l) => l.priceCents)]),
   ]);
   const stampOf = new Map(stamps.map((row) => [row.id, row]));
   return orders.map((o) => {
@@ -200,6 +200,11 @@ export interface KeyClaim {
   orderId: string;
 }
 
+/** $1 customers, $2 keys, $3 request hashes, $4 order ids: returns the order ids of the pairs claimed now. */
+export const CLAIM_KEYS_SQL = `INSERT INTO orders.idempotency_keys (customer_id, key, request_hash, order_id)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+     ON CONFLICT (customer_id, key) DO NOTHING RETURNING order_id`;
+
 /**
  * Claims (customer, key) pairs for new orders. Returns, per claim, null when
  * it was claimed now, or the earlier claim of that pair. The pairs must be
@@ -209,12 +214,7 @@ export interface KeyClaim {
 export async function claimIdempotencyKeys(tx: Queryable, claims: readonly KeyClaim[]): Promise<({ orderId: string; requestHash: string } | null)[]> {
   if (claims.length === 0) return [];
   const sorted = [...claims].sort((a, b) => compare(a.customerId, b.customerId) || compare(a.key, b.key));
-  const inserted = await tx.query<{ order_id: string }>(
-    `INSERT INTO orders.idempotency_keys (customer_id, key, request_hash, order_id)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-     ON CONFLICT (customer_id, key) DO NOTHING RETURNING order_id`,
-    [sorted.map((c) => c.customerId), sorted.map((c) => c.key), sorted.map((c) => c.requestHash), sorted.map((c) => c.orderId)],
-  );
+  const inserted = await tx.query<{ order_id: string }>(CLAIM_KEYS_SQL, [sorted.map((c) => c.customerId), sorted.map((c) => c.key), sorted.map((c) => c.requestHash), sorted.map((c) => c.orderId)]);
   const claimedNow = new Set(inserted.map((row) => row.order_id));
   const earlier = claims.filter((c) => !claimedNow.has(c.orderId));
   const existing = new Map<string, { orderId: string; requestHash: string }>();
