@@ -1,11 +1,15 @@
 // Where an order is accepted. One transaction does everything the promise
-// "never oversell, never lose an accepted order, never charge twice" needs:
-//   1. price the lines from the catalog (bad input fails here, writing nothing)
-//      and lock the stock rows of the SKUs asked for;
-//   2. claim the (customer, Idempotency-Key) pair, remembering a body hash;
-//   3. hold the stock (all lines or none, first come first served);
-//   4. store the order: pending, or rejected/out_of_stock at once;
-//   5. for a pending order, record its payment and queue the charge.
+// "never oversell, never lose an accepted order, never charge twice" needs,
+// in the steps acceptBatch names:
+//   1. price: price the lines from the catalog (bad input fails here,
+//      writing nothing), with the stock rows of the SKUs locked;
+//   2. claimKeys: claim the (customer, Idempotency-Key) pair, remembering a
+//      body hash;
+//   3. reserve: decide whose stock is held (all lines or none, first come
+//      first served);
+//   4. store: hold the stock, store the order (pending, or
+//      rejected/out_of_stock at once) and open the payment of a pending one;
+//   5. loadReplays: read the stored orders that repeated keys answer with.
 // Only after COMMIT does the client get 202, so every 202 can be read back.
 //
 // Group commit (src/storage/group-commit.ts): the OrderAcceptor gathers the
@@ -15,9 +19,9 @@
 // about what one did. Each order still gets its own answer: a batch mixes
 // accepted, rejected, replayed and invalid orders.
 import { createHash } from 'node:crypto';
-import { pricesOf } from '../catalog/products.ts';
+import { pricesOf, type Price } from '../catalog/products.ts';
 import { AppError } from '../errors.ts';
-import { allocate, holdStock, lockStock } from '../inventory/stock.ts';
+import { allocate, holdStock, lockStock, type StockLine } from '../inventory/stock.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { GroupCommit, type GroupCommitOptions, type UnitOutcome } from '../storage/group-commit.ts';
@@ -43,12 +47,152 @@ export interface AcceptResult {
   replayed: boolean;
 }
 
+// --- the steps ---------------------------------------------------------------
+// Each step takes what the one before it produced and carries every request
+// along with it, so no step indexes into the batch. price, sortClaims and
+// reserve are pure (specs in accept.spec.ts); the others run statements.
+
+/** A request the catalog could price: the order it would become, under a fresh id, and the hash of its body. */
+export interface PricedRequest {
+  request: AcceptRequest;
+  priced: PricedOrder;
+  hash: string;
+  orderId: string;
+}
+
+/** A request answered with an error that concerns it alone (bad input, a reused key). */
+export interface RefusedRequest {
+  request: AcceptRequest;
+  error: AppError;
+}
+
+/** A request whose key placed an order before, with the same body: it is answered with that order. */
+export interface ReplayedRequest {
+  request: AcceptRequest;
+  orderId: string;
+}
+
+/** A request that becomes a new order: pending when its stock is held, else rejected/out_of_stock. */
+export interface NewOrderRequest {
+  request: AcceptRequest;
+  order: NewOrder;
+}
+
+/** Step 1 (pure): prices each request from the catalog's prices; a request that cannot be priced is refused. */
+export function price(
+  requests: readonly AcceptRequest[],
+  prices: ReadonlyMap<string, Price>,
+  limits: MoneyLimits,
+  newId: () => string = newOrderId,
+): { priced: PricedRequest[]; refused: RefusedRequest[] } {
+  const priced: PricedRequest[] = [];
+  const refused: RefusedRequest[] = [];
+  for (const request of requests) {
+    try {
+      priced.push({ request, priced: priceOrder(request.order.items, prices, limits), hash: hashRequest(request.order), orderId: newId() });
+    } catch (error) {
+      if (!(error instanceof AppError)) throw error;
+      refused.push({ request, error });
+    }
+  }
+  return { priced, refused };
+}
+
+/** Step 2: claims the requests' (customer, key) pairs; a pair claimed before answers with its order, or is refused if the body differs. */
+async function claimKeys(tx: Queryable, priced: readonly PricedRequest[]): Promise<ReturnType<typeof sortClaims>> {
+  const earlier = await claimIdempotencyKeys(
+    tx,
+    priced.map((p) => ({ customerId: p.request.customerId, key: p.request.idempotencyKey, requestHash: p.hash, orderId: p.orderId })),
+  );
+  return sortClaims(priced, earlier);
+}
+
+/** Step 2's decision (pure), given per request the earlier claim of its pair (null: claimed now). */
+export function sortClaims(
+  priced: readonly PricedRequest[],
+  earlier: readonly ({ orderId: string; requestHash: string } | null)[],
+): { fresh: PricedRequest[]; replays: ReplayedRequest[]; refused: RefusedRequest[] } {
+  const fresh: PricedRequest[] = [];
+  const replays: ReplayedRequest[] = [];
+  const refused: RefusedRequest[] = [];
+  priced.forEach((candidate, i) => {
+    const claim = earlier[i];
+    if (claim === undefined) throw new Error('a claim answer is missing');
+    if (claim === null) fresh.push(candidate);
+    else if (claim.requestHash === candidate.hash) replays.push({ request: candidate.request, orderId: claim.orderId });
+    else {
+      const key = candidate.request.idempotencyKey;
+      refused.push({
+        request: candidate.request,
+        error: new AppError('idempotency_key_reused', `Idempotency-Key "${key}" was used for a different order; use a new key for a new order`),
+      });
+    }
+  });
+  return { fresh, replays, refused };
+}
+
+/**
+ * Step 3 (pure): decides, first come first served under the locked stock
+ * levels, which new orders get their stock (pending) and which do not
+ * (rejected/out_of_stock), and what to hold per SKU.
+ */
+export function reserve(available: ReadonlyMap<string, number>, fresh: readonly PricedRequest[]): { orders: NewOrderRequest[]; toHold: StockLine[] } {
+  const { fits, toHold } = allocate(
+    available,
+    fresh.map((c) => c.priced.lines),
+  );
+  const orders = fresh.map(
+    (c, i): NewOrderRequest => ({
+      request: c.request,
+      order: {
+        id: c.orderId,
+        customerId: c.request.customerId,
+        status: fits[i] ? 'pending' : 'rejected',
+        rejectReason: fits[i] ? null : 'out_of_stock',
+        ...c.priced,
+      },
+    }),
+  );
+  return { orders, toHold };
+}
+
+/** Step 4: holds the stock, stores the orders and opens the payments of the pending ones, pipelined in one round trip (see Queryable). */
+async function store(tx: Queryable, payments: PaymentPort, orders: readonly NewOrderRequest[], toHold: readonly StockLine[]): Promise<Order[]> {
+  const [stored] = await Promise.all([
+    insertOrders(
+      tx,
+      orders.map((o) => o.order),
+    ),
+    holdStock(tx, toHold),
+    payments.open(
+      tx,
+      orders
+        .filter((o) => o.order.status === 'pending')
+        .map((o) => ({ orderId: o.order.id, amountCents: o.order.totalCents, currency: o.order.currency, token: o.request.order.payment.token })),
+    ),
+  ]);
+  return stored;
+}
+
+/** Step 5: reads the orders that replayed requests answer with. */
+async function loadReplays(tx: Queryable, replays: readonly ReplayedRequest[]): Promise<{ request: AcceptRequest; order: Order }[]> {
+  const found = await findOrders(
+    tx,
+    replays.map((r) => r.orderId),
+  );
+  return replays.map(({ request, orderId }) => {
+    const order = found.get(orderId);
+    if (!order) throw new Error(`idempotency key points at missing order ${orderId}`);
+    return { request, order };
+  });
+}
+
 /**
  * Accepts a batch of orders in the caller's transaction. The (customer, key)
  * pairs must be distinct within the batch. Refusals that concern one order
  * (unknown SKU, an amount outside the limits, reused key) are outcomes, not
  * exceptions, so they roll back nothing of the others; an exception means
- * the whole batch failed.
+ * the whole batch failed. Outcomes come in the order of the requests.
  */
 export async function acceptBatch(
   tx: Queryable,
@@ -56,79 +200,23 @@ export async function acceptBatch(
   requests: readonly AcceptRequest[],
   limits: MoneyLimits = DEFAULT_MONEY_LIMITS,
 ): Promise<UnitOutcome<AcceptResult>[]> {
-  const outcomes: (UnitOutcome<AcceptResult> | undefined)[] = requests.map(() => undefined);
-
-  // 1. Price every order from one read of the catalog, and lock the stock
-  // rows in the same round trip (pipelined; see Queryable): the locks are
-  // needed in step 3 whatever step 2 finds.
+  // Prices from one read of the catalog, and the stock rows locked in the
+  // same round trip (pipelined; see Queryable): reserve needs the locks
+  // whatever the claims find.
   const skus = [...new Set(requests.flatMap((r) => r.order.items.map((i) => i.sku)))];
   const [prices, available] = await Promise.all([pricesOf(tx, skus), lockStock(tx, skus)]);
-  const candidates: { index: number; priced: PricedOrder; hash: string; orderId: string }[] = [];
-  requests.forEach((request, index) => {
-    try {
-      candidates.push({ index, priced: priceOrder(request.order.items, prices, limits), hash: hashRequest(request.order), orderId: newOrderId() });
-    } catch (error) {
-      if (!(error instanceof AppError)) throw error;
-      outcomes[index] = { ok: false, error };
-    }
-  });
+  const priced = price(requests, prices, limits);
+  const claimed = await claimKeys(tx, priced.priced);
+  const reserved = reserve(available, claimed.fresh);
+  const stored = await store(tx, payments, reserved.orders, reserved.toHold);
+  const replayed = await loadReplays(tx, claimed.replays);
 
-  // 2. Claim the idempotency keys; a key seen before answers with its order.
-  const earlier = await claimIdempotencyKeys(
-    tx,
-    candidates.map((c) => ({ customerId: requests[c.index]!.customerId, key: requests[c.index]!.idempotencyKey, requestHash: c.hash, orderId: c.orderId })),
-  );
-  const fresh: typeof candidates = [];
-  const replays: { index: number; orderId: string }[] = [];
-  candidates.forEach((candidate, i) => {
-    const claim = earlier[i];
-    if (claim === null || claim === undefined) return void fresh.push(candidate);
-    if (claim.requestHash !== candidate.hash) {
-      const key = requests[candidate.index]!.idempotencyKey;
-      outcomes[candidate.index] = {
-        ok: false,
-        error: new AppError('idempotency_key_reused', `Idempotency-Key "${key}" was used for a different order; use a new key for a new order`),
-      };
-    } else {
-      replays.push({ index: candidate.index, orderId: claim.orderId });
-    }
-  });
-
-  // 3.–5. Hold stock, store the orders, queue the payments of the held ones.
-  const { fits, toHold } = allocate(
-    available,
-    fresh.map((c) => c.priced.lines),
-  );
-  const newOrders: NewOrder[] = fresh.map((c, i) => ({
-    id: c.orderId,
-    customerId: requests[c.index]!.customerId,
-    status: fits[i] ? 'pending' : 'rejected',
-    rejectReason: fits[i] ? null : 'out_of_stock',
-    ...c.priced,
-  }));
-  // The holds, orders, lines, payments and queued charges: pipelined, one round trip (see Queryable).
-  const [stored] = await Promise.all([
-    insertOrders(tx, newOrders),
-    holdStock(tx, toHold),
-    payments.open(
-      tx,
-      fresh
-        .filter((_, i) => fits[i])
-        .map((c) => ({ orderId: c.orderId, amountCents: c.priced.totalCents, currency: c.priced.currency, token: requests[c.index]!.order.payment.token })),
-    ),
-  ]);
-  fresh.forEach((c, i) => (outcomes[c.index] = { ok: true, value: { order: stored[i]!, replayed: false } }));
-
-  const replayed = await findOrders(
-    tx,
-    replays.map((r) => r.orderId),
-  );
-  for (const { index, orderId } of replays) {
-    const order = replayed.get(orderId);
-    if (!order) throw new Error(`idempotency key points at missing order ${orderId}`);
-    outcomes[index] = { ok: true, value: { order, replayed: true } };
-  }
-  return outcomes.map((outcome) => {
+  const outcomes = new Map<AcceptRequest, UnitOutcome<AcceptResult>>();
+  for (const { request, error } of [...priced.refused, ...claimed.refused]) outcomes.set(request, { ok: false, error });
+  reserved.orders.forEach(({ request }, i) => outcomes.set(request, { ok: true, value: { order: stored[i]!, replayed: false } }));
+  for (const { request, order } of replayed) outcomes.set(request, { ok: true, value: { order, replayed: true } });
+  return requests.map((request) => {
+    const outcome = outcomes.get(request);
     if (!outcome) throw new Error('acceptBatch left a request without an outcome');
     return outcome;
   });
