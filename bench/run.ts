@@ -1,4 +1,4 @@
-// npm run bench -- <throughput|flashsale|ceiling|reads> [--mode embedded|distributed]
+// npm run bench -- <throughput|flashsale|ceiling|reads|publish> [--mode embedded|distributed]
 //   [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]
 //   [--skip accept-only,flashsale] [--cpu-prof DIR]
 // See bench/README.md for what each scenario does and what its figures mean.
@@ -16,13 +16,14 @@ import { round, type SecondSample } from './stats.ts';
 import { freshDatabase, GATEWAY_LATENCY_MS, postgresBaseUrl, resolveBrokerUrl, startTarget, type Mode, type Target } from './targets.ts';
 import { treeCpuSeconds } from './cpu.ts';
 import { costFigures, startCostWindow, type Costs } from './costs.ts';
+import { measurePublish } from './publish.ts';
 import { startGatewayServer } from '../src/payments/gateway-server.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
 import { encodeCursor } from '../src/http/pagination.ts';
 import { startPrivatePrimary, startPrivateStandby, waitForReplay, type PrivatePostgres } from '../test/support/private-postgres.ts';
 import type { ClusterShape } from '../scripts/cluster.ts';
 
-const SCENARIOS = ['throughput', 'flashsale', 'ceiling', 'reads'] as const;
+const SCENARIOS = ['throughput', 'flashsale', 'ceiling', 'reads', 'publish'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const STARTED_AT = new Date().toISOString();
@@ -95,7 +96,7 @@ function parseOptions(): Options {
 
 function usage(problem: string): never {
   process.stderr.write(
-    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N] [--skip accept-only,flashsale] [--cpu-prof DIR]\n`,
+    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads|publish> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N] [--skip accept-only,flashsale] [--cpu-prof DIR]\n`,
   );
   process.exit(2);
 }
@@ -267,22 +268,27 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
   });
   const acceptedIds: string[] = [];
   const notes: string[] = [];
+  // The system running now; whatever fails, it is stopped before the database is dropped.
+  let current: Target | undefined;
+  const switchTo = async (combinedRole?: 'all' | 'api') => {
+    const previous = current;
+    current = undefined;
+    await previous?.stop();
+    current = await start(combinedRole);
+    return current;
+  };
   try {
     say(`starting the ${options.mode} system…`);
-    let target = await start();
-    let main;
+    let target = await switchTo();
     let shape = target.shape;
-    try {
-      await seedProducts(target, skus.map((sku) => ({ sku, stock: 1_000_000 })));
-      main = await runWithLoad(target, await spec(target, { kind: 'throughput', skus }, options.connections, options.durationS), 'throughput', options.durationS, {
-        costOf: async () => (await statusCounts(target.db)).confirmed,
-      });
-    } catch (error) {
-      dumpLogs(target);
-      await target.stop();
-      throw error;
-    }
-    const { load, drainMs, memory, costs } = main;
+    await seedProducts(target, skus.map((sku) => ({ sku, stock: 1_000_000 })));
+    const { load, drainMs, memory, costs } = await runWithLoad(
+      target,
+      await spec(target, { kind: 'throughput', skus }, options.connections, options.durationS),
+      'throughput',
+      options.durationS,
+      { costOf: async () => (await statusCounts(target.db)).confirmed },
+    );
     acceptedIds.push(...load.acceptedIds);
     const confirmed = await confirmedPerSecond(target, load.startedAtEpochMs);
     const [span] = await target.db.query<{ n: number; last_ms: number | null }>(
@@ -298,25 +304,17 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
     const wantAcceptOnly = distributed && options.shape === 'combined' && !options.skip.has('accept-only');
     const wantFlash = distributed && !options.skip.has('flashsale');
     if (distributed && (wantAcceptOnly || wantFlash)) {
-      await target.stop();
       if (wantAcceptOnly) {
         say('accept-only: the same shape with ROLE=api, so nothing relays or pays…');
-        const api = await start('api');
-        try {
-          const run = await runWithLoad(api, await spec(api, { kind: 'throughput', skus }, options.connections, options.durationS), 'accept-only', options.durationS, {
-            drain: false,
-            costOf: async (done) => done.accepted,
-          });
-          acceptedIds.push(...run.load.acceptedIds);
-          acceptOnly = { perSecond: round(run.load.accepted / (run.load.elapsedMs / 1000), 1), p99Ms: run.load.latency.p99Ms, costs: run.costs };
-        } catch (error) {
-          dumpLogs(api);
-          throw error;
-        } finally {
-          await api.stop();
-        }
+        const api = await switchTo('api');
+        const run = await runWithLoad(api, await spec(api, { kind: 'throughput', skus }, options.connections, options.durationS), 'accept-only', options.durationS, {
+          drain: false,
+          costOf: async (done) => done.accepted,
+        });
+        acceptedIds.push(...run.load.acceptedIds);
+        acceptOnly = { perSecond: round(run.load.accepted / (run.load.elapsedMs / 1000), 1), p99Ms: run.load.latency.p99Ms, costs: run.costs };
       }
-      target = await start();
+      target = await switchTo();
       say('paying what the accept-only run left pending…');
       if ((await drain(target.db, DRAIN_TIMEOUT_MS * 5)) === undefined) notes.push('the accept-only backlog was not paid in time');
       if (wantFlash) {
@@ -336,13 +334,8 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
       }
       shape = target.shape;
     }
-    let checks: Check[];
-    try {
-      checks = await checkInvariants(target.db, await target.ledger(), acceptedIds);
-      if (drainMs === undefined) checks[0]!.detail += ` — still pending ${DRAIN_TIMEOUT_MS / 1000} s after load stopped`;
-    } finally {
-      await target.stop();
-    }
+    const checks = await checkInvariants(target.db, await target.ledger(), acceptedIds);
+    if (drainMs === undefined) checks[0]!.detail += ` — still pending ${DRAIN_TIMEOUT_MS / 1000} s after load stopped`;
     const endToEnd = confirmedPerS === null ? acceptedPerS : Math.min(acceptedPerS, confirmedPerS);
     const finalRss = memory.length > 0 ? round(memory.at(-1)!.processes.reduce((sum, p) => sum + p.rssMiB, 0), 1) : null;
     return {
@@ -388,7 +381,11 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
       checks: flash ? [...checks, { name: `flash sale: sold exactly the stock of ${options.stock}`, ok: flash.soldExactly, detail: flash.detail }] : checks,
       notes: [...ceiling.notes.map((n) => `ceiling: ${n}`), ...modeNotes(options.mode), ...costNotes(options.mode), ...notes],
     };
+  } catch (error) {
+    if (current) dumpLogs(current);
+    throw error;
   } finally {
+    await current?.stop();
     await gateway?.close();
     await fresh?.drop();
   }
@@ -524,6 +521,35 @@ async function flashsale(options: Options, machine: Machine): Promise<BenchResul
   } finally {
     await target.stop();
   }
+}
+
+/** The relay's NATS publishing alone, CPU per message, the adapter against a request per message (bench/publish.ts). */
+async function publishScenario(options: Options, machine: Machine): Promise<BenchResult> {
+  const url = await resolveBrokerUrl();
+  if (!url?.startsWith('nats:')) usage('the publish scenario needs NATS: set BROKER_URL=nats://… or run one on 127.0.0.1:4222');
+  const rounds = 6;
+  const batch = 500;
+  const perRound = Math.max(batch, options.stock === 100_000 ? 10_000 : options.stock);
+  say(`publish: ${rounds} rounds of ${perRound} messages each way, batches of ${batch}, alternating`);
+  const measured = await measurePublish(url, { rounds, perRound, batch });
+  const [adapter, before] = measured;
+  return {
+    ...base(options, machine, `this process publishing to ${url} (JetStream, file storage), ${batch} messages a batch`),
+    figures: [
+      ...measured.flatMap((m) => [
+        { label: `${m.label}: CPU µs per message`, value: m.cpuUsPerMessage },
+        { label: `${m.label}: messages/s`, value: m.perSecond },
+      ]),
+      { label: 'CPU per message, adapter / before', value: adapter && before ? round(adapter.cpuUsPerMessage / before.cpuUsPerMessage, 3) : null },
+    ],
+    latency: undefined,
+    ceiling: undefined,
+    series: [],
+    memory: [],
+    errors: {},
+    checks: [{ name: 'every message acknowledged by the stream', ok: measured.every((m) => m.messages === rounds * perRound), detail: measured.map((m) => `${m.messages}`).join(' / ') }],
+    notes: ['CPU is this process only (process.cpuUsage); the NATS server\'s own work is not in it.'],
+  };
 }
 
 async function ceilingOnly(options: Options, machine: Machine): Promise<BenchResult> {
@@ -857,7 +883,9 @@ try {
         ? await flashsale(options, machine)
         : options.scenario === 'reads'
           ? await readsScenario(options, machine)
-          : await ceilingOnly(options, machine);
+          : options.scenario === 'publish'
+            ? await publishScenario(options, machine)
+            : await ceilingOnly(options, machine);
 } catch (error) {
   process.stderr.write(`\nbench: the run failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   process.exit(1);

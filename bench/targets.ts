@@ -200,7 +200,8 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
   } catch (error) {
     await fresh.drop();
     await rm(dataDir, { recursive: true, force: true });
-    throw error;
+    // What the processes said before one failed to start is the reason.
+    throw new Error(`${(error as Error).message}; the processes logged:\n${lines.slice(-20).join('\n')}`, { cause: error });
   }
   const started = cluster;
   // Named, so that the bench's own queries are not counted as Orderflow's PostgreSQL backends.

@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { Type } from 'typebox';
 import { BrokerQueue } from '../src/messaging/broker-queue.ts';
+import type { NatsBroker } from '../src/messaging/nats-broker.ts';
 import type { Broker, Delivery } from '../src/messaging/broker.ts';
 import { Relay } from '../src/messaging/relay.ts';
 import { createMetrics, type Metrics } from '../src/observability/metrics.ts';
@@ -114,6 +115,38 @@ for (const mode of ['nats', 'rabbitmq'] as const satisfies readonly BrokerMode[]
         assert.deepEqual(received, ids);
         const published = (await counterTotal(metrics[0]!, 'relayPublished')) + (await counterTotal(metrics[1]!, 'relayPublished'));
         assert.equal(published, ids.length, 'no row was published twice');
+      }));
+
+    it('a publish resolves once the broker holds each message, a re-published id once; a publish nothing stores is refused', { skip }, () =>
+      withPrefix(async () => {
+        const publisher = broker();
+        const message = (id: string, n: number) => ({ id, queue: QUEUE, payload: { n }, maxAttempts: 3 });
+        // The consumer's durable queue exists before anything is published (RabbitMQ drops what no queue takes).
+        const received: string[] = [];
+        const consumer = publisher.consume(QUEUE, async (d: Delivery) => {
+          received.push(d.id);
+          await d.ack();
+        }, { concurrency: 4 });
+        try {
+          await eventually('the queue to exist', async () => ((await publisher.pending(QUEUE).catch(() => undefined)) === undefined ? undefined : true));
+          await publisher.publish(Array.from({ length: 50 }, (_, i) => message(`m${i}`, i)));
+          await eventually('50 deliveries', async () => (received.length >= 50 ? true : undefined));
+          assert.deepEqual(received.slice(0, 50), Array.from({ length: 50 }, (_, i) => `m${i}`), 'in publish order');
+          if (mode === 'nats') {
+            // Inside the stream's duplicate window, a re-published id is stored once.
+            await publisher.publish([message('m0', 0), message('m50', 50)]);
+            await eventually('the new message', async () => (received.includes('m50') ? true : undefined));
+            await new Promise((resolve) => setTimeout(resolve, 200));
+            assert.equal(received.filter((id) => id === 'm0').length, 1);
+          }
+        } finally {
+          await consumer.stop();
+        }
+        if (mode === 'nats') {
+          // No stream captures the subject any more: the publish must fail, not report the message sent.
+          await (publisher as NatsBroker).deleteTopology();
+          await assert.rejects(publisher.publish([message('m51', 51)]), /JetStream did not take the message: 503/);
+        }
       }));
 
     it('a database whose outbox ids start again (new or restored) still gets its messages delivered', { skip }, () =>

@@ -17,7 +17,7 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from '@nats-io/jetstream';
-import { connect, headers, nanos, type NatsConnection } from '@nats-io/transport-node';
+import { connect, createInbox, headers, nanos, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { attemptCount, DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 
@@ -39,8 +39,99 @@ interface Connected {
   nc: NatsConnection;
   js: JetStreamClient;
   jsm: JetStreamManager;
+  /** Where the stream's acknowledgements of this connection's publishes arrive. */
+  acks: PublishAcks;
   /** False between a 'disconnect' and the next 'reconnect' of nc. */
   link: { up: boolean };
+}
+
+/** One batch of publishes waiting for JetStream's acknowledgements. */
+interface PendingBatch {
+  waiting: number;
+  resolve: () => void;
+  reject: (error: Error) => void;
+}
+
+/**
+ * JetStream acknowledges a stored message by answering on the publish's
+ * reply subject (a PubAck: `{"stream": …, "seq": …}`, or `{"error": …}`).
+ * `js.publish` turns each message into a request of its own: a reply entry,
+ * a timer and an error object per message, which made the relay's publishing
+ * a fifth of its CPU. Here one subscription on a private inbox takes every
+ * acknowledgement of the connection, each message's reply subject is that
+ * inbox plus a counter, and a batch has one counter of acknowledgements
+ * still missing and one deadline: how the NATS clients' asynchronous
+ * JetStream publish (Go's PublishAsync) works.
+ */
+class PublishAcks {
+  readonly #nc: NatsConnection;
+  readonly #inbox: string;
+  readonly #waiting = new Map<number, PendingBatch>();
+  #next = 0;
+
+  constructor(nc: NatsConnection) {
+    this.#nc = nc;
+    this.#inbox = createInbox();
+    // The client subscribes again by itself after a reconnect.
+    nc.subscribe(`${this.#inbox}.*`, { callback: (error, msg) => (error ? this.#failAll(error) : this.#acknowledged(msg)) });
+  }
+
+  /**
+   * Publishes each message in order on this connection and resolves when the
+   * stream has stored (or recognised as a duplicate) every one; rejects with
+   * the first refusal, or when `timeoutMs` passes first.
+   */
+  publish(messages: readonly { subject: string; data: string; headers: ReturnType<typeof headers> }[], timeoutMs: number): Promise<void> {
+    const tokens: number[] = [];
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => settle(new Error(`NATS publish timed out after ${timeoutMs} ms`)), timeoutMs);
+      const settle = (error?: Error) => {
+        clearTimeout(timer);
+        for (const t of tokens) this.#waiting.delete(t);
+        if (error) reject(error);
+        else resolve();
+      };
+      const batch: PendingBatch = { waiting: messages.length, resolve: () => settle(), reject: settle };
+      try {
+        for (const message of messages) {
+          const t = this.#next++;
+          tokens.push(t);
+          this.#waiting.set(t, batch);
+          this.#nc.publish(message.subject, message.data, { headers: message.headers, reply: `${this.#inbox}.${t}` });
+        }
+      } catch (error) {
+        settle(error instanceof Error ? error : new Error(String(error)));
+      }
+    });
+  }
+
+  #acknowledged(msg: Msg): void {
+    const t = Number(msg.subject.slice(this.#inbox.length + 1));
+    const batch = this.#waiting.get(t);
+    if (!batch) return; // late: its batch already failed or timed out
+    this.#waiting.delete(t);
+    const refusal = pubAckError(msg);
+    if (refusal) batch.reject(refusal);
+    else if (--batch.waiting === 0) batch.resolve();
+  }
+
+  #failAll(error: Error): void {
+    for (const batch of new Set(this.#waiting.values())) batch.reject(error);
+  }
+}
+
+/** Why JetStream did not store a published message, or undefined if it did (a PubAck naming the stream). */
+function pubAckError(msg: Msg): Error | undefined {
+  // 503: nothing listens on the subject, i.e. no stream captures it.
+  if (msg.headers?.hasError) return new Error(`JetStream did not take the message: ${msg.headers.code} ${msg.headers.description}`);
+  let ack: { stream?: string; error?: { code?: number; err_code?: number; description?: string } };
+  try {
+    ack = JSON.parse(msg.string()) as typeof ack;
+  } catch {
+    return new Error('JetStream answered a publish with something other than a PubAck');
+  }
+  if (ack.error) return new Error(`JetStream refused the message: ${ack.error.description ?? 'no description'} (${ack.error.err_code ?? ack.error.code})`);
+  return ack.stream ? undefined : new Error('JetStream answered a publish without naming a stream');
 }
 
 /** Stream and consumer names allow neither dots nor wildcards. */
@@ -113,7 +204,7 @@ export class NatsBroker implements Broker {
       try {
         const jsm = await jetstreamManager(nc);
         await this.#ensureStream(jsm);
-        return { nc, js: jetstream(nc), jsm, link };
+        return { nc, js: jetstream(nc), jsm, acks: new PublishAcks(nc), link };
       } catch (error) {
         await nc.close();
         throw error;
@@ -171,19 +262,17 @@ export class NatsBroker implements Broker {
 
   async publish(messages: readonly OutgoingMessage[]): Promise<void> {
     if (messages.length === 0) return;
-    const { js } = await this.#connect();
+    const { acks } = await this.#connect();
     // One connection writes in call order, so the stream stores the batch in
     // the relay's (id) order; all acknowledgements are awaited together.
-    await withTimeout(
-      'NATS publish',
+    await acks.publish(
+      messages.map((message) => {
+        const h = headers();
+        h.set(MAX_ATTEMPTS_HEADER, String(message.maxAttempts));
+        h.set(MSG_ID_HEADER, message.id);
+        return { subject: this.subject(message.queue), data: JSON.stringify(message.payload), headers: h };
+      }),
       this.#publishTimeoutMs,
-      Promise.all(
-        messages.map((message) => {
-          const h = headers();
-          h.set(MAX_ATTEMPTS_HEADER, String(message.maxAttempts));
-          return js.publish(this.subject(message.queue), JSON.stringify(message.payload), { msgID: message.id, headers: h, timeout: this.#publishTimeoutMs });
-        }),
-      ),
     );
   }
 
