@@ -110,7 +110,9 @@ function checkSupported(config: Config): void {
 
 function openBroker(url: string, log: Logger, options: AppOptions): Broker {
   const settings = { prefix: options.brokerPrefix ?? options.config.brokerPrefix, defaultMaxAttempts: options.queue?.defaultMaxAttempts };
-  return new URL(url).protocol === 'nats:' ? new NatsBroker(url, log, settings) : new RabbitMqBroker(url, log, settings);
+  return new URL(url).protocol === 'nats:'
+    ? new NatsBroker(url, log, { ...settings, streamReplicas: options.config.natsStreamReplicas })
+    : new RabbitMqBroker(url, log, settings);
 }
 
 export async function createApp(options: AppOptions): Promise<App> {

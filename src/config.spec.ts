@@ -27,6 +27,8 @@ describe('loadConfig', () => {
     [{ DATABASE_URL: 'postgres://primary/db', DATABASE_READ_URL: 'redis://replica' }, 'DATABASE_READ_URL'],
     [{ DATABASE_URL: 'postgres://primary/db', DATABASE_READ_MAX_WAIT_MS: '0' }, 'DATABASE_READ_MAX_WAIT_MS'],
     [{ BROKER_PREFIX: 'orders.v1' }, 'BROKER_PREFIX'],
+    [{ NATS_STREAM_REPLICAS: '0' }, 'NATS_STREAM_REPLICAS'],
+    [{ NATS_STREAM_REPLICAS: '6' }, 'NATS_STREAM_REPLICAS'],
     [{ GROUP_COMMIT_MAX_BATCH: '0' }, 'GROUP_COMMIT_MAX_BATCH'],
     [{ WEB_CONCURRENCY: 'two' }, 'WEB_CONCURRENCY'],
     [{ WORKER_CONCURRENCY: '0' }, 'WORKER_CONCURRENCY'],

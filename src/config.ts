@@ -32,6 +32,8 @@ export interface Config {
   /** Orders one customer may place per minute; 0 turns the limit off. */
   rateLimitOrdersPerMinute: number;
   brokerUrl: string | undefined;
+  /** Copies of the NATS stream JetStream keeps (num_replicas): 1 on one server, 3 on a cluster of 3 or more. */
+  natsStreamReplicas: number;
   paymentGatewayUrl: string | undefined;
   /** External identity provider; undefined means the built-in development issuer. */
   auth: { jwksUrl: string; issuer: string; audience: string } | undefined;
@@ -178,6 +180,8 @@ export function loadConfig(env: Env = process.env): Config {
     // shape normal traffic, and benchmarks place many orders per customer.
     rateLimitOrdersPerMinute: integer(env, 'RATE_LIMIT_ORDERS_PER_MINUTE', 600_000, 0, 100_000_000),
     brokerUrl: url(env, 'BROKER_URL', ['nats:', 'amqp:', 'amqps:']),
+    // JetStream's own limit is 5 (an R3 stream survives one server lost, R5 two).
+    natsStreamReplicas: integer(env, 'NATS_STREAM_REPLICAS', 1, 1, 5),
     paymentGatewayUrl: url(env, 'PAYMENT_GATEWAY_URL', ['http:', 'https:']),
     auth: jwksUrl && issuer && audience ? { jwksUrl, issuer, audience } : undefined,
     role: role as Role,

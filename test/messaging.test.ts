@@ -149,6 +149,16 @@ for (const mode of ['nats', 'rabbitmq'] as const satisfies readonly BrokerMode[]
         }
       }));
 
+    it('the stream is created with NATS_STREAM_REPLICAS copies (a single server refuses more than one)', { skip: skip || (mode !== 'nats' && 'NATS only') }, () =>
+      withPrefix(async () => {
+        const t = await startTestApp(mode, { brokerPrefix: prefix, env: { NATS_STREAM_REPLICAS: '3' }, startWorkers: false });
+        try {
+          await assert.rejects(t.app.broker!.publish([{ id: 'r1', queue: QUEUE, payload: { n: 1 }, maxAttempts: 3 }]), /replicas/i);
+        } finally {
+          await t.close();
+        }
+      }));
+
     it('a database whose outbox ids start again (new or restored) still gets its messages delivered', { skip }, () =>
       withPrefix(async () => {
         const producer = new BrokerQueue(db, broker(), silent, createMetrics());

@@ -29,6 +29,13 @@ export interface NatsBrokerOptions extends BrokerOptions {
   ackWaitMs?: number;
   /** How long the stream remembers message ids to drop re-published duplicates. */
   duplicateWindowMs?: number;
+  /**
+   * Copies of the stream JetStream keeps on different servers of a NATS
+   * cluster (num_replicas, 1–5; default 1, the only value one server takes).
+   * Applied when this adapter creates the stream; an existing stream keeps
+   * its own (an operator changes it with `nats stream edit --replicas`).
+   */
+  streamReplicas?: number;
 }
 
 const MAX_ATTEMPTS_HEADER = 'Orderflow-Max-Attempts';
@@ -148,6 +155,7 @@ export class NatsBroker implements Broker {
   readonly #publishTimeoutMs: number;
   readonly #ackWaitMs: number;
   readonly #duplicateWindowMs: number;
+  readonly #streamReplicas: number;
   readonly #defaultMaxAttempts: number;
   #connection: Promise<Connected> | undefined;
   readonly #consumers = new Map<string, Promise<void>>();
@@ -162,6 +170,7 @@ export class NatsBroker implements Broker {
     this.#publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
     this.#ackWaitMs = options.ackWaitMs ?? 30_000;
     this.#duplicateWindowMs = options.duplicateWindowMs ?? 120_000;
+    this.#streamReplicas = options.streamReplicas ?? 1;
     this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
   }
 
@@ -225,6 +234,7 @@ export class NatsBroker implements Broker {
         retention: RetentionPolicy.Workqueue,
         storage: StorageType.File,
         duplicate_window: nanos(this.#duplicateWindowMs),
+        num_replicas: this.#streamReplicas,
       });
     } catch (error) {
       // Created earlier with other settings (an operator's choice): use it as it is.
