@@ -87,6 +87,9 @@ LABEL org.opencontainers.image.title="Orderflow" \
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     NODE_ENV=production \
     NODE_OPTIONS="--max-semi-space-size=4 --max-old-space-size=160" \
+    # glibc: fewer malloc arenas, freed memory handed back (docs/performance.md, embedded memory).
+    MALLOC_ARENA_MAX=2 \
+    MALLOC_TRIM_THRESHOLD_=131072 \
     HOST=0.0.0.0 \
     PORT=8080 \
     DATA_DIR=/data

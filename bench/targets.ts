@@ -16,6 +16,7 @@ import type { GatewayServer } from '../src/payments/gateway-server.ts';
 import type { LedgerCharge, LedgerRefund } from '../src/payments/simulated-gateway.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
 import type { Database } from '../src/storage/database.ts';
+import { initEmbeddedDataDir } from '../src/storage/pglite.ts';
 import { openPostgres } from '../src/storage/postgres.ts';
 
 export type Mode = 'embedded' | 'distributed';
@@ -146,6 +147,8 @@ async function startEmbedded(): Promise<Target> {
   const config = loadConfig({ ...tuningFromEnvironment(), PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'warn' });
   const lines: string[] = [];
   const log = pino({ level: 'warn' }, { write: (line: string) => void pushLine(lines, 'app', line.trimEnd()) });
+  // As `serve` does: the database's files are created in a child process, whose memory is then returned.
+  await initEmbeddedDataDir(dataDir);
   const app = await createApp({ config, log, gateway });
   let url: string;
   try {

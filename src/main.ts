@@ -63,6 +63,10 @@ function superviseCopies(config: Config): void {
 async function serve(config: Config): Promise<void> {
   if (config.webConcurrency > 1 && cluster.isPrimary) return superviseCopies(config);
   const { createApp } = await import('./app.ts');
+  if (config.databaseUrl === undefined) {
+    const { initEmbeddedDataDir } = await import('./storage/pglite.ts');
+    await initEmbeddedDataDir(config.dataDir);
+  }
   const app = await createApp({ config });
   const url = await app.start();
   const local = url.replace('://0.0.0.0', '://localhost').replace('://[::]', '://localhost');

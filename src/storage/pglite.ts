@@ -1,17 +1,63 @@
 // Embedded PostgreSQL (PGlite): one single-user PostgreSQL in WebAssembly,
 // persisted in DATA_DIR. PGlite serialises transactions itself, so a
 // transaction here holds the whole database until it ends: keep them short.
-import { mkdir } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { access, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { PGlite } from '@electric-sql/pglite';
 import { assertSafeIntegers, parseInt8, type Database, type Queryable, type Row } from './database.ts';
 
 /** PostgreSQL's type oid of int8 (bigint). */
 const INT8 = 20;
 
+/**
+ * PostgreSQL's memory settings for a database that lives inside one
+ * application process. Its defaults are a server's: 128 MB of shared buffers
+ * and 64 MB for maintenance, reserved in the WebAssembly memory that never
+ * shrinks. Orderflow's hot rows (stock, pending orders, the newest ids) fit
+ * in far less, and the operating system's page cache keeps the data files
+ * behind it (docs/performance.md, embedded memory).
+ */
+export const EMBEDDED_SETTINGS: Readonly<Record<string, string>> = {
+  shared_buffers: '16MB',
+  maintenance_work_mem: '16MB',
+  temp_buffers: '1MB',
+  wal_buffers: '1MB',
+};
+
+const START_PARAMS = [...PGlite.defaultStartParams, ...Object.entries(EMBEDDED_SETTINGS).flatMap(([name, value]) => ['-c', `${name}=${value}`])];
+
+const INITDB_SCRIPT = fileURLToPath(new URL('./pglite-initdb.ts', import.meta.url));
+
+/**
+ * Creates the embedded database's files in `dataDir` (PostgreSQL's initdb)
+ * in a child process, when the directory holds none yet. initdb needs far
+ * more memory than running the database does, and WebAssembly memory is
+ * never handed back: done in the serving process, it would stay in its
+ * resident memory for good (about 70 MB). Rejects with the child's output
+ * when it fails.
+ */
+export async function initEmbeddedDataDir(dataDir: string): Promise<void> {
+  const created = await access(path.join(dataDir, 'PG_VERSION')).then(
+    () => true,
+    () => false,
+  );
+  if (created) return;
+  await mkdir(dataDir, { recursive: true });
+  try {
+    await promisify(execFile)(process.execPath, [INITDB_SCRIPT, dataDir], { timeout: 120_000 });
+  } catch (error) {
+    const { stderr, message } = error as { stderr?: string; message: string };
+    throw new Error(`creating the embedded database in ${dataDir} failed: ${stderr?.trim() || message}`, { cause: error });
+  }
+}
+
 export async function openPGlite(dataDir: string | undefined): Promise<Database> {
   if (dataDir !== undefined) await mkdir(dataDir, { recursive: true });
   // int8 is read as on PostgreSQL (parseInt8): a number, or refused if a number cannot hold it exactly.
-  const db = await PGlite.create(dataDir === undefined ? undefined : `file://${dataDir}`, { parsers: { [INT8]: parseInt8 } });
+  const db = await PGlite.create(dataDir === undefined ? undefined : `file://${dataDir}`, { parsers: { [INT8]: parseInt8 }, startParams: START_PARAMS });
   const run = async <T extends Row>(target: Pick<PGlite, 'query'>, text: string, params?: readonly unknown[]) =>
     assertSafeIntegers((await target.query<T>(text, params as unknown[] | undefined)).rows);
   return {

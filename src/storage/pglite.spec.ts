@@ -1,0 +1,49 @@
+// The embedded database is sized for one process: a fresh data directory is
+// created by a child process (its initdb memory goes back with it), and the
+// database runs with the small memory settings, reopened as often as needed.
+import assert from 'node:assert/strict';
+import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { EMBEDDED_SETTINGS, initEmbeddedDataDir, openPGlite } from './pglite.ts';
+
+describe('embedded database sizing', () => {
+  it('a fresh DATA_DIR is created outside this process, then opens with the embedded settings; a second init changes nothing', async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-pglite-'));
+    try {
+      await initEmbeddedDataDir(dataDir);
+      await access(path.join(dataDir, 'PG_VERSION'));
+      const db = await openPGlite(dataDir);
+      try {
+        await db.query('CREATE TABLE kept (n int)');
+        for (const [name, value] of Object.entries(EMBEDDED_SETTINGS)) {
+          const [row] = await db.query<{ setting: string }>(`SELECT current_setting($1) AS setting`, [name]);
+          assert.equal(row?.setting, value, name);
+        }
+      } finally {
+        await db.close();
+      }
+      await initEmbeddedDataDir(dataDir);
+      const reopened = await openPGlite(dataDir);
+      try {
+        assert.deepEqual(await reopened.query('SELECT count(*)::int AS n FROM kept'), [{ n: 0 }], 'the existing database was kept');
+      } finally {
+        await reopened.close();
+      }
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a data directory that cannot be created is a clear error naming it', async () => {
+    const parent = await mkdtemp(path.join(tmpdir(), 'orderflow-pglite-'));
+    try {
+      const file = path.join(parent, 'not-a-directory');
+      await writeFile(file, 'x');
+      await assert.rejects(initEmbeddedDataDir(path.join(file, 'data')), (error: Error) => error.message.includes(file));
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+});
