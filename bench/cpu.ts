@@ -25,14 +25,8 @@ function clockTicks(): number {
  * gone (or on a system without /proc).
  */
 export async function treeCpuSeconds(pid: number): Promise<number> {
-  let stat: string;
-  try {
-    stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return 0;
-  }
-  // Fields after the command name (which may hold spaces): state is the 3rd field of the line.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const fields = await statFields(pid);
+  if (!fields) return 0;
   const [utime, stime, cutime, cstime] = [11, 12, 13, 14].map((i) => Number(fields[i] ?? 0));
   let total = (utime! + stime! + cutime! + cstime!) / clockTicks();
   for (const child of await childPids(pid)) total += await treeCpuSeconds(child);
@@ -44,14 +38,18 @@ export async function treeCpuSeconds(pid: number): Promise<number> {
  * children. Undefined when the process is gone.
  */
 export async function processCpuSeconds(pid: number): Promise<number | undefined> {
-  let stat: string;
+  const fields = await statFields(pid);
+  return fields ? (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) / clockTicks() : undefined;
+}
+
+/** /proc/<pid>/stat's fields after the command name (which may hold spaces): state first. */
+async function statFields(pid: number): Promise<string[] | undefined> {
   try {
-    stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
     return undefined;
   }
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) / clockTicks();
 }
 
 /** The processes whose program name (/proc/<pid>/comm) is `name`: e.g. the machine's nats-server. */

@@ -430,8 +430,11 @@ function issueTargets(run: {
     run.flash
       ? {
           target: 'flash sale (1 SKU, stock 100,000) ≥ 0.8 × random-SKU rate, exactly the stock sold',
-          result: run.flash.perSecond === null ? 'nothing reserved' : `${ratio(run.flash.perSecond, run.endToEnd)} × (${run.flash.perSecond} orders/s)${run.flash.soldExactly ? ', exactly the stock sold' : ', NOT exactly the stock'}`,
-          met: run.flash.perSecond !== null && run.flash.soldExactly && run.flash.perSecond >= 0.8 * run.endToEnd && run.options.stock === 100_000,
+          result:
+            (run.flash.perSecond === null ? 'nothing reserved' : `${ratio(run.flash.perSecond, run.endToEnd)} × (${run.flash.perSecond} orders/s)${run.flash.soldExactly ? ', exactly the stock sold' : ', NOT exactly the stock'}`) +
+            (run.options.stock === 100_000 ? '' : ` — stock ${run.options.stock}, not judged`),
+          // The target names a 100,000-unit sale; a smaller one (--stock) is reported but not judged.
+          met: run.options.stock !== 100_000 ? null : run.flash.perSecond !== null && run.flash.soldExactly && run.flash.perSecond >= 0.8 * run.endToEnd,
         }
       : { target: 'flash sale (1 SKU, stock 100,000) ≥ 0.8 × random-SKU rate', result: 'skipped', met: null },
   );
