@@ -106,5 +106,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 # Node is PID 1 and handles SIGTERM itself: it drains (requests, jobs) for up
 # to 25 s and exits 0. Give the container a longer stop timeout than that.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "src/main.ts"]
+# Tracing loads before the application (--import), as with `npm start`: it
+# stays off unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER) is
+# set; see docs/operations.md "Traces".
+ENTRYPOINT ["node", "--import", "./src/observability/instrument.ts", "src/main.ts"]
 CMD ["serve"]

@@ -181,14 +181,14 @@ function acceptStatements(broker: boolean): Statement[] {
       ? {
           name: 'outbox row',
           sql: INSERT_OUTBOX_SQL,
-          pgbench: [`'payments.charge'`, PG_PAYLOAD, PG_JOB_KEY, '10', '0'],
-          values: (o) => ['payments.charge', payload(o), jobKey(o), 10, 0],
+          pgbench: [`'payments.charge'`, PG_PAYLOAD, PG_JOB_KEY, '10', '0', 'ARRAY[NULL::text]'],
+          values: (o) => ['payments.charge', payload(o), jobKey(o), 10, 0, [null]],
         }
       : {
           name: 'job row',
           sql: INSERT_JOBS_SQL,
-          pgbench: [`'payments.charge'`, PG_PAYLOAD, PG_JOB_KEY, '0', '10'],
-          values: (o) => ['payments.charge', payload(o), jobKey(o), 0, 10],
+          pgbench: [`'payments.charge'`, PG_PAYLOAD, PG_JOB_KEY, '0', '10', 'ARRAY[NULL::text]'],
+          values: (o) => ['payments.charge', payload(o), jobKey(o), 0, 10, [null]],
         },
   ];
 }

@@ -36,7 +36,9 @@ export const HAPROXY_CONFIG = path.join(ROOT, 'deploy', 'haproxy', 'haproxy.cfg'
 // small young-generation semi-spaces, and an old generation capped at 160 MB
 // so that V8 collects it before RSS passes 200 MB instead of growing the
 // heap it has no need for on a machine with plenty of RAM.
-const SERVE_FLAGS = ['--max-semi-space-size=4', '--max-old-space-size=160'];
+// Tracing loads first, as with `npm start` (src/observability/instrument.ts):
+// it stays off unless the OTEL_* variables turn it on.
+export const SERVE_FLAGS = ['--max-semi-space-size=4', '--max-old-space-size=160', '--import', path.join(ROOT, 'src', 'observability', 'instrument.ts')];
 
 export interface ClusterOptions {
   databaseUrl: string;

@@ -23,6 +23,7 @@ import { RabbitMqBroker } from './messaging/rabbitmq-broker.ts';
 import { Relay, type RelayOptions } from './messaging/relay.ts';
 import { createLogger } from './observability/logger.ts';
 import { createMetrics, readAtScrape, type Metrics } from './observability/metrics.ts';
+import { tracingEnabled } from './observability/tracing.ts';
 import { orderRoutes } from './orders/routes.ts';
 import { pendingOrderStats } from './orders/lifecycle.ts';
 import { ORDER_OUTCOMES } from './orders/state-machine.ts';
@@ -35,6 +36,7 @@ import { SimulatedGateway } from './payments/simulated-gateway.ts';
 import { startSweeper, type Sweeper } from './payments/sweeper.ts';
 import type { Database } from './storage/database.ts';
 import { measureDatabase } from './storage/measured.ts';
+import { traceDatabase } from './storage/traced.ts';
 import { loadMigrations, migrate } from './storage/migrate.ts';
 import { openPGlite } from './storage/pglite.ts';
 import { openPostgres } from './storage/postgres.ts';
@@ -120,7 +122,8 @@ export async function createApp(options: AppOptions): Promise<App> {
   checkSupported(config);
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics({ orderOutcomes: ORDER_OUTCOMES });
-  const db = measureDatabase(await openDatabase(config, { ...options, metrics }), metrics, config.databaseUrl === undefined ? 1 : config.databasePoolSize);
+  const opened = await openDatabase(config, { ...options, metrics });
+  const db = measureDatabase(tracingEnabled() ? traceDatabase(opened) : opened, metrics, config.databaseUrl === undefined ? 1 : config.databasePoolSize);
   try {
     await migrate(db);
   } catch (error) {

@@ -67,6 +67,7 @@ async function serve(config: Config): Promise<void> {
     const { initEmbeddedDataDir } = await import('./storage/pglite.ts');
     await initEmbeddedDataDir(config.dataDir);
   }
+  const { shutdownTracing } = await import('./observability/tracing.ts');
   const app = await createApp({ config });
   const url = await app.start();
   const local = url.replace('://0.0.0.0', '://localhost').replace('://[::]', '://localhost');
@@ -89,11 +90,12 @@ async function serve(config: Config): Promise<void> {
       process.exit(1);
     }, SHUTDOWN_GRACE_MS);
     force.unref();
+    // The spans still buffered are exported last, with the shutdown's own.
     app.close().then(
-      () => process.exit(0),
+      () => shutdownTracing().then(() => process.exit(0)),
       (error: unknown) => {
         app.log.error({ err: error }, 'shutdown failed');
-        process.exit(1);
+        void shutdownTracing().then(() => process.exit(1));
       },
     );
   };

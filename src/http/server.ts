@@ -13,6 +13,7 @@ import type { Logger } from 'pino';
 import { AppError } from '../errors.ts';
 import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { activeSpan, tracingEnabled } from '../observability/tracing.ts';
 import { openApi } from './openapi.ts';
 import { clientErrorHandler, connectHandler, errorHandler, expectationHandler, MAX_PATH_PARAMETER_LENGTH, MAX_URL_LENGTH, sendProblem } from './problems.ts';
 import { SCHEMA_FORMATS } from './schemas.ts';
@@ -105,6 +106,18 @@ export function buildServer(options: ServerOptions): Server {
     }
     request.principal = principal;
   });
+
+  // While tracing, the HTTP server span (node:http's instrumentation) is
+  // named after the route, as the conventions ask: "POST /v1/orders/:id/cancel".
+  if (tracingEnabled()) {
+    app.addHook('onRequest', async (request) => {
+      const route = request.routeOptions.url;
+      const span = activeSpan();
+      if (route === undefined || !span) return;
+      span.updateName(`${request.method} ${route}`);
+      span.setAttribute('http.route', route);
+    });
+  }
 
   // Each route's latency series exists from the start, at 0: a histogram
   // born with its first request hides that request from rate(), and the

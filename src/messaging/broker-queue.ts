@@ -12,12 +12,13 @@
 // at once, with the reason.
 import type { Logger } from 'pino';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
+import { failActiveSpan } from '../observability/tracing.ts';
 import { storableText } from '../text.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
 import type { Static, TSchema } from 'typebox';
 import { inboxHas, insertInbox, insertOutbox, outboxCounts } from './store.ts';
-import { consumerOf, PermanentJobError, type Consumer, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
+import { consumerOf, inMessageSpan, PermanentJobError, traceColumn, type Consumer, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
 export interface BrokerQueueOptions {
   retryBaseMs?: number;
@@ -76,10 +77,11 @@ export class BrokerQueue implements JobQueue {
 
   async enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options: Omit<EnqueueOptions, 'key'> = {}): Promise<void> {
     if (jobs.length === 0) return;
+    const traces = traceColumn(jobs);
     await insertOutbox(
       tx,
       queue,
-      jobs.map((j) => ({ payload: j.payload, key: j.key ?? null })),
+      jobs.map((j, i) => ({ payload: j.payload, key: j.key ?? null, trace: traces[i] ?? null })),
       options.delayMs ?? 0,
       options.maxAttempts ?? this.#defaultMaxAttempts,
     );
@@ -154,7 +156,8 @@ export class BrokerQueue implements JobQueue {
     const { queue } = consumer;
     this.#inFlight.set(queue, (this.#inFlight.get(queue) ?? 0) + 1);
     try {
-      await this.#process(consumer, delivery);
+      const message = { queue, id: delivery.id, attempt: delivery.attempt, system: this.#broker.kind, trace: delivery.trace };
+      await inMessageSpan(message, () => this.#process(consumer, delivery));
     } finally {
       this.#inFlight.set(queue, (this.#inFlight.get(queue) ?? 1) - 1);
     }
@@ -204,6 +207,7 @@ export class BrokerQueue implements JobQueue {
   async #fail(delivery: Delivery, error: unknown, context: Record<string, unknown>): Promise<void> {
     const { queue } = delivery;
     // Recorded with the job: whatever the error says, it must be storable.
+    failActiveSpan(error);
     const message = storableText(error instanceof Error ? error.message : String(error));
     const permanent = error instanceof PermanentJobError;
     if (permanent || delivery.attempt >= delivery.maxAttempts) {

@@ -3,6 +3,7 @@
 // least once: a message can arrive again after a crash, a lost ack or a
 // re-publish, and the consumer side (the inbox) absorbs the repeats.
 import { withDeadline } from '../deadline.ts';
+import type { TraceCarrier } from '../observability/tracing.ts';
 import type { JsonObject } from './queue.ts';
 
 export interface OutgoingMessage {
@@ -11,6 +12,8 @@ export interface OutgoingMessage {
   queue: string;
   payload: JsonObject;
   maxAttempts: number;
+  /** The trace its consumer continues: sent as the traceparent and tracestate headers. */
+  trace?: TraceCarrier;
 }
 
 export interface Delivery {
@@ -25,6 +28,8 @@ export interface Delivery {
   body: string;
   /** 1 on the first delivery; counts broker redeliveries and scheduled retries. */
   attempt: number;
+  /** The traceparent and tracestate headers as received (unchecked: anything may have published the message). */
+  trace: { traceparent?: unknown; tracestate?: unknown };
   maxAttempts: number;
   /** Done: the broker forgets the message. */
   ack(): Promise<void>;
@@ -81,6 +86,16 @@ export const MAX_ATTEMPTS_LIMIT = 1_000;
 export function attemptCount(header: unknown, fallback: number): number {
   const value = typeof header === 'number' ? header : typeof header === 'string' && /^\d{1,4}$/.test(header) ? Number(header) : NaN;
   return Number.isSafeInteger(value) && value >= 1 && value <= MAX_ATTEMPTS_LIMIT ? value : fallback;
+}
+
+/**
+ * The message headers that carry a trace: traceparent and tracestate, as in
+ * HTTP (W3C Trace Context; its AMQP and NATS mappings use the same names).
+ * Neither client library sets them, so both adapters write them here.
+ */
+export function traceHeaders(trace: TraceCarrier | undefined): Record<string, string> {
+  if (!trace) return {};
+  return { traceparent: trace.traceparent, ...(trace.tracestate ? { tracestate: trace.tracestate } : {}) };
 }
 
 /** Gives up on a broker call that hangs (a broker that accepts connections but never answers). */

@@ -9,10 +9,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { DatabaseUnavailableError, type Database, type Queryable } from '../storage/database.ts';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
+import { failActiveSpan } from '../observability/tracing.ts';
 import { storableText } from '../text.ts';
 import type { Static, TSchema } from 'typebox';
 import { buryJob, claimJobs, deleteJobs, insertJobs, jobCounts, retryJobLater, type ClaimedJob } from './store.ts';
-import { consumerOf, PermanentJobError, type Consumer as ConsumerSpec, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
+import { consumerOf, inMessageSpan, PermanentJobError, traceColumn, type Consumer as ConsumerSpec, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
 export interface DatabaseQueueOptions {
   /** Idle polling interval; a local enqueue wakes the workers sooner. */
@@ -62,10 +63,11 @@ export class DatabaseQueue implements JobQueue {
 
   async enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options: Omit<EnqueueOptions, 'key'> = {}): Promise<void> {
     if (jobs.length === 0) return;
+    const traces = traceColumn(jobs);
     await insertJobs(
       tx,
       queue,
-      jobs.map((j) => ({ payload: j.payload, key: j.key ?? null })),
+      jobs.map((j, i) => ({ payload: j.payload, key: j.key ?? null, trace: traces[i] ?? null })),
       options.delayMs ?? 0,
       options.maxAttempts ?? this.#defaultMaxAttempts,
     );
@@ -164,7 +166,11 @@ export class DatabaseQueue implements JobQueue {
     for (const job of jobs) this.#done.add(job);
   }
 
-  async #run(consumer: Consumer, row: ClaimedJob): Promise<void> {
+  #run(consumer: Consumer, row: ClaimedJob): Promise<void> {
+    return inMessageSpan({ queue: row.queue, id: row.id, attempt: row.attempts, trace: row.trace_context }, () => this.#runJob(consumer, row));
+  }
+
+  async #runJob(consumer: Consumer, row: ClaimedJob): Promise<void> {
     const started = performance.now();
     try {
       const job: Job = {
@@ -187,6 +193,7 @@ export class DatabaseQueue implements JobQueue {
 
   async #fail(row: ClaimedJob, error: unknown, durationMs: number, started = performance.now() - durationMs, pause = 100): Promise<void> {
     // Recorded with the job: whatever the error says, it must be storable.
+    failActiveSpan(error);
     const message = storableText(error instanceof Error ? error.message : String(error));
     const context = { jobId: row.id, queue: row.queue, attempt: row.attempts, maxAttempts: row.max_attempts, durationMs: Math.round(durationMs), err: error };
     const permanent = error instanceof PermanentJobError;

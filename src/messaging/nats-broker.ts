@@ -19,7 +19,7 @@ import {
 } from '@nats-io/jetstream';
 import { connect, createInbox, headers, nanos, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
-import { attemptCount, DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
+import { attemptCount, DEFAULT_BROKER_PREFIX, traceHeaders, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 
 /** How long one pull request waits for messages before the consumer asks again. */
 const FETCH_EXPIRES_MS = 1_000;
@@ -280,6 +280,7 @@ export class NatsBroker implements Broker {
         const h = headers();
         h.set(MAX_ATTEMPTS_HEADER, String(message.maxAttempts));
         h.set(MSG_ID_HEADER, message.id);
+        for (const [name, value] of Object.entries(traceHeaders(message.trace))) h.set(name, value);
         return { subject: this.subject(message.queue), data: JSON.stringify(message.payload), headers: h };
       }),
       this.#publishTimeoutMs,
@@ -358,6 +359,7 @@ export class NatsBroker implements Broker {
       body: msg.string(),
       attempt: msg.info.deliveryCount,
       maxAttempts,
+      trace: { traceparent: msg.headers?.get('traceparent'), tracestate: msg.headers?.get('tracestate') },
       ack: async () => msg.ack(),
       retry: async (delayMs) => msg.nak(Math.max(0, Math.round(delayMs))),
       deadLetter: async (reason) => {

@@ -10,6 +10,7 @@
 // dead-lettered at once with the reason, never retried.
 import type { Static, TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
+import { activeCarrier, contextOf, inSpan, SpanKind, tracingEnabled, type TraceCarrier } from '../observability/tracing.ts';
 import type { Queryable } from '../storage/database.ts';
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
@@ -69,6 +70,53 @@ export interface NewJob {
   payload: JsonObject;
   /** At most one live job per key (see EnqueueOptions.key). */
   key?: string;
+  /** The trace the job continues; the trace active at enqueue when omitted. Stored with the job (trace_context). */
+  trace?: TraceCarrier;
+}
+
+/** The trace_context column of new jobs (JSON text, or null when there is no trace): each job's own trace, else the one active now. */
+export function traceColumn(jobs: readonly NewJob[]): (string | null)[] {
+  const active = activeCarrier();
+  return jobs.map((job) => {
+    const trace = job.trace ?? active;
+    return trace ? JSON.stringify(trace) : null;
+  });
+}
+
+/** What the consumer span of one message is told about it. */
+export interface ReceivedMessage {
+  queue: string;
+  id: string;
+  attempt: number;
+  /** The broker (messaging.system), or undefined for the database queue. */
+  system?: string;
+  /** The message's trace carrier as received: a header or a column anything may have written (see contextOf). */
+  trace: unknown;
+}
+
+/**
+ * Runs the handling of one message in a consumer span that continues the
+ * message's trace (OpenTelemetry messaging conventions,
+ * https://opentelemetry.io/docs/specs/semconv/messaging/): one trace from
+ * the request that queued the work to what the work did.
+ */
+export function inMessageSpan<T>(message: ReceivedMessage, fn: () => Promise<T>): Promise<T> {
+  if (!tracingEnabled()) return fn();
+  return inSpan(
+    `process ${message.queue}`,
+    {
+      kind: SpanKind.CONSUMER,
+      parent: contextOf(message.trace),
+      attributes: {
+        ...(message.system ? { 'messaging.system': message.system } : {}),
+        'messaging.operation.type': 'process',
+        'messaging.destination.name': message.queue,
+        'messaging.message.id': message.id,
+        'orderflow.delivery.attempt': message.attempt,
+      },
+    },
+    fn,
+  );
 }
 
 /** What a queue keeps of a registered consumer: its handler, the parser of its payloads (see payloadParser) and its concurrency. */

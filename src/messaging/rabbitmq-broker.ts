@@ -15,7 +15,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Options } from 'amqplib';
 import type { Logger } from 'pino';
-import { attemptCount, DEFAULT_BROKER_PREFIX, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
+import { attemptCount, DEFAULT_BROKER_PREFIX, traceHeaders, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 
 export type RabbitMqBrokerOptions = BrokerOptions;
 
@@ -165,7 +165,7 @@ export class RabbitMqBroker implements Broker {
               persistent: true,
               contentType: 'application/json',
               messageId: message.id,
-              headers: { [ATTEMPT_HEADER]: 1, [MAX_ATTEMPTS_HEADER]: message.maxAttempts },
+              headers: { [ATTEMPT_HEADER]: 1, [MAX_ATTEMPTS_HEADER]: message.maxAttempts, ...traceHeaders(message.trace) },
             }),
           ),
         );
@@ -263,6 +263,8 @@ export class RabbitMqBroker implements Broker {
       body: msg.content.toString('utf8'),
       attempt,
       maxAttempts,
+      // A retry is republished with the same headers: it continues the same trace.
+      trace: { traceparent: headers.traceparent, tracestate: headers.tracestate },
       ack: async () => channel.ack(msg),
       retry: async (delayMs) => {
         const delay = Math.max(1, Math.round(delayMs));

@@ -11,9 +11,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.ts';
+import { carrierOfSpan, contextOf, failSpan, SpanKind, startSpan } from '../observability/tracing.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import type { Broker, OutgoingMessage } from './broker.ts';
-import { deleteOutbox, outboxHasReady, pruneInbox, readyOutbox, tryRelayLock } from './store.ts';
+import { deleteOutbox, outboxHasReady, pruneInbox, readyOutbox, tryRelayLock, type OutboxRow } from './store.ts';
 
 export interface RelayOptions {
   batchSize?: number;
@@ -102,13 +103,44 @@ export class Relay {
     const rows = await readyOutbox(tx, this.#batchSize);
     if (rows.length === 0) return 0;
     const messages: OutgoingMessage[] = rows.map((row) => ({ id: row.message_id, queue: row.queue, payload: row.payload, maxAttempts: row.max_attempts }));
-    await this.#broker.publish(messages);
+    await this.#publish(messages, rows);
     await deleteOutbox(
       tx,
       rows.map((r) => r.id),
     );
     for (const row of rows) this.#metrics.relayPublished.inc({ queue: row.queue });
     return rows.length;
+  }
+
+  /**
+   * Publishes the batch; while tracing, each message in a producer span that
+   * continues the trace its row carries, and whose context the message's
+   * headers carry on to the consumer.
+   */
+  async #publish(messages: OutgoingMessage[], rows: readonly OutboxRow[]): Promise<void> {
+    const spans = rows.map((row, i) =>
+      startSpan(`publish ${row.queue}`, {
+        kind: SpanKind.PRODUCER,
+        parent: contextOf(row.trace_context),
+        attributes: {
+          'messaging.system': this.#broker.kind,
+          'messaging.operation.type': 'send',
+          'messaging.operation.name': 'publish',
+          'messaging.destination.name': row.queue,
+          'messaging.message.id': messages[i]!.id,
+          'messaging.batch.message_count': rows.length,
+        },
+      }),
+    );
+    spans.forEach((span, i) => span && (messages[i]!.trace = carrierOfSpan(span)));
+    try {
+      await this.#broker.publish(messages);
+    } catch (error) {
+      for (const span of spans) if (span) failSpan(span, error);
+      throw error;
+    } finally {
+      for (const span of spans) span?.end();
+    }
   }
 
   async #run(): Promise<void> {

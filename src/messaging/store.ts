@@ -11,20 +11,22 @@ const idArray = (ids: readonly string[]) => `{${ids.join(',')}}`;
 
 // --- jobs (the database queue) ----------------------------------------------
 
-/** $1 queue, $2 payloads (JSON text[]), $3 keys (text[], null: no key), $4 delay in seconds, $5 max attempts. */
-export const INSERT_JOBS_SQL = `INSERT INTO messaging.jobs (queue, payload, key, run_at, max_attempts)
-       SELECT $1, j.payload::jsonb, j.key, now() + make_interval(secs => $4::float8), $5
-         FROM unnest($2::text[], $3::text[]) AS j(payload, key)
+/** $1 queue, $2 payloads (JSON text[]), $3 keys (text[], null: no key), $4 delay in seconds, $5 max attempts, $6 trace contexts (JSON text[], null: none). */
+export const INSERT_JOBS_SQL = `INSERT INTO messaging.jobs (queue, payload, key, run_at, max_attempts, trace_context)
+       SELECT $1, j.payload::jsonb, j.key, now() + make_interval(secs => $4::float8), $5, j.trace::jsonb
+         FROM unnest($2::text[], $3::text[], $6::text[]) AS j(payload, key, trace)
        ON CONFLICT (key) DO NOTHING`;
 
 export interface NewRow {
   payload: JsonObject;
   key: string | null;
+  /** The trace the message continues, as JSON text (see traceColumn), or null. */
+  trace: string | null;
 }
 
 /** Queues jobs; a job whose key is already queued is skipped. */
 export async function insertJobs(tx: Queryable, queue: string, jobs: readonly NewRow[], delayMs: number, maxAttempts: number): Promise<void> {
-  await tx.query(INSERT_JOBS_SQL, [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key), delayMs / 1000, maxAttempts]);
+  await tx.query(INSERT_JOBS_SQL, [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key), delayMs / 1000, maxAttempts, jobs.map((j) => j.trace)]);
 }
 
 export interface ClaimedJob {
@@ -34,6 +36,8 @@ export interface ClaimedJob {
   payload: unknown;
   attempts: number;
   max_attempts: number;
+  /** The trace the job continues (see inMessageSpan). */
+  trace_context: unknown;
   [column: string]: unknown;
 }
 
@@ -46,7 +50,7 @@ export function claimJobs(db: Queryable, queue: string, limit: number, leaseMs: 
                     WHERE queue = $1 AND run_at <= now() AND (locked_until IS NULL OR locked_until < now())
                     ORDER BY run_at, id LIMIT $2
                     FOR UPDATE SKIP LOCKED)
-     RETURNING id::text AS id, queue, payload, attempts, max_attempts`,
+     RETURNING id::text AS id, queue, payload, attempts, max_attempts, trace_context`,
     [queue, limit, leaseMs / 1000],
   );
 }
@@ -90,15 +94,15 @@ export async function jobCounts(db: Queryable): Promise<{ queued: Record<string,
 
 // --- outbox (broker mode: the relay publishes it) ---------------------------
 
-/** $1 queue, $2 payloads (JSON text[]), $3 keys (text[]), $4 max attempts, $5 delay in seconds. */
-export const INSERT_OUTBOX_SQL = `INSERT INTO messaging.outbox (queue, payload, key, max_attempts, available_at)
-       SELECT $1, j.payload::jsonb, j.key, $4, now() + make_interval(secs => $5::float8)
-         FROM unnest($2::text[], $3::text[]) AS j(payload, key)
+/** $1 queue, $2 payloads (JSON text[]), $3 keys (text[]), $4 max attempts, $5 delay in seconds, $6 trace contexts (JSON text[], null: none). */
+export const INSERT_OUTBOX_SQL = `INSERT INTO messaging.outbox (queue, payload, key, max_attempts, available_at, trace_context)
+       SELECT $1, j.payload::jsonb, j.key, $4, now() + make_interval(secs => $5::float8), j.trace::jsonb
+         FROM unnest($2::text[], $3::text[], $6::text[]) AS j(payload, key, trace)
        ON CONFLICT (key) DO NOTHING`;
 
 /** Writes outbox rows; a row whose key is still unsent is skipped. */
 export async function insertOutbox(tx: Queryable, queue: string, jobs: readonly NewRow[], delayMs: number, maxAttempts: number): Promise<void> {
-  await tx.query(INSERT_OUTBOX_SQL, [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key), maxAttempts, delayMs / 1000]);
+  await tx.query(INSERT_OUTBOX_SQL, [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key), maxAttempts, delayMs / 1000, jobs.map((j) => j.trace)]);
 }
 
 export interface OutboxRow {
@@ -107,6 +111,8 @@ export interface OutboxRow {
   queue: string;
   payload: JsonObject;
   max_attempts: number;
+  /** The trace the message continues (the relay's publish span continues it). */
+  trace_context: unknown;
   [column: string]: unknown;
 }
 
@@ -124,7 +130,7 @@ export async function outboxHasReady(db: Queryable): Promise<boolean> {
 export function readyOutbox(tx: Queryable, limit: number): Promise<OutboxRow[]> {
   return tx.query<OutboxRow>(
     // Ordered by the bigint column, not the text alias (text order puts 10 before 9).
-    `SELECT o.id::text AS id, o.message_id, o.queue, o.payload, o.max_attempts FROM messaging.outbox o
+    `SELECT o.id::text AS id, o.message_id, o.queue, o.payload, o.max_attempts, o.trace_context FROM messaging.outbox o
       WHERE o.available_at <= now() ORDER BY o.id LIMIT $1`,
     [limit],
   );

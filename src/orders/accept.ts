@@ -23,6 +23,7 @@ import { pricesOf, type Price } from '../catalog/products.ts';
 import { AppError } from '../errors.ts';
 import { allocate, holdStock, lockStock, type StockLine } from '../inventory/stock.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { activeCarrier, type TraceCarrier } from '../observability/tracing.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { GroupCommit, type GroupCommitOptions, type UnitOutcome } from '../storage/group-commit.ts';
 import { newOrderId } from './ids.ts';
@@ -39,6 +40,8 @@ export interface AcceptRequest {
   customerId: string;
   idempotencyKey: string;
   order: PlaceOrder;
+  /** The request's trace, which the order's charge continues (the batch runs in a trace of its own). */
+  trace?: TraceCarrier;
 }
 
 export interface AcceptResult {
@@ -168,7 +171,13 @@ async function store(tx: Queryable, payments: PaymentPort, orders: readonly NewO
       tx,
       orders
         .filter((o) => o.order.status === 'pending')
-        .map((o) => ({ orderId: o.order.id, amountCents: o.order.totalCents, currency: o.order.currency, token: o.request.order.payment.token })),
+        .map((o) => ({
+          orderId: o.order.id,
+          amountCents: o.order.totalCents,
+          currency: o.order.currency,
+          token: o.request.order.payment.token,
+          trace: o.request.trace,
+        })),
     ),
   ]);
   return stored;
@@ -235,12 +244,13 @@ export class OrderAcceptor {
         // A repeated key waits for the next batch, where it finds the claim committed and replays.
         keyOf: (request) => customerKey(request.customerId, request.idempotencyKey),
         onBatch: (size) => deps.metrics.acceptBatchSize.observe(size),
+        spanName: 'orders.accept batch',
       },
     );
   }
 
   accept(customerId: string, idempotencyKey: string, order: PlaceOrder): Promise<AcceptResult> {
-    return this.#group.submit({ customerId, idempotencyKey, order });
+    return this.#group.submit({ customerId, idempotencyKey, order, trace: activeCarrier() });
   }
 }
 

@@ -3,6 +3,7 @@
 // for. The payments module implements it (payments/payments.ts) and
 // the composition root hands it in, so orders never imports payments: the
 // dependency points one way, from payments to orders.
+import type { TraceCarrier } from '../observability/tracing.ts';
 import type { Queryable } from '../storage/database.ts';
 
 /** An accepted order's payment: the amount in minor units of an ISO 4217 currency, and the buyer's card token. */
@@ -11,6 +12,8 @@ export interface PaymentRequest {
   amountCents: number;
   currency: string;
   token: string;
+  /** The trace the charge continues: the order's request (the accept batch runs in a trace of its own). */
+  trace?: TraceCarrier;
 }
 
 export interface PaymentPort {

@@ -1,6 +1,7 @@
 // Orders HTTP routes: place (with Idempotency-Key), read, list, cancel.
 import { Type } from 'typebox';
 import type { Metrics } from '../observability/metrics.ts';
+import { tagOrder } from '../observability/tracing.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
 import { LimitQuery, Problem, problemOf, Sku, Text } from '../http/schemas.ts';
 import { principalOf, type Routes } from '../http/server.ts';
@@ -86,6 +87,7 @@ export function orderRoutes(deps: {
       handler: async (request, reply) => {
         const { customerId } = principalOf(request);
         const { order, replayed } = await acceptor.accept(customerId, request.headers['idempotency-key'], request.body);
+        tagOrder(order.id);
         if (!replayed) metrics.orderTransitions.inc({ status: order.status, reason: order.rejectReason ?? '' });
         return reply
           .code(replayed ? 200 : 202)
@@ -137,6 +139,7 @@ export function orderRoutes(deps: {
         if (request.body === undefined) request.body = {};
       },
       handler: async (request) => {
+        tagOrder(request.params.id);
         const order = await cancelOrder(deps, request.params.id, ownerFilter(principalOf(request)));
         metrics.orderTransitions.inc({ status: 'cancelled', reason: '' });
         return order;

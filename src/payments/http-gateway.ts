@@ -21,6 +21,7 @@ import {
   type PaymentGateway,
   type RefundRequest,
 } from './gateway.ts';
+import { activeSpan, injectHeaders, inSpan, SpanKind } from '../observability/tracing.ts';
 
 /** Statuses that say "not now" rather than "not this": 408 Request Timeout, 429 Too Many Requests (RFC 9110, RFC 6585). */
 const TRANSIENT_STATUSES = new Set([408, 429]);
@@ -39,9 +40,12 @@ function isRequestDefect(error: unknown): boolean {
 export class HttpGateway implements PaymentGateway {
   readonly #baseUrl: string;
   readonly #agent: Agent;
+  /** The base URL without credentials, for spans. */
+  readonly #shownUrl: string;
 
   constructor(baseUrl: string, options: { timeoutMs?: number; connections?: number } = {}) {
     this.#baseUrl = baseUrl.replace(/\/+$/, '');
+    this.#shownUrl = withoutCredentials(this.#baseUrl);
     const timeout = options.timeoutMs ?? 5_000;
     this.#agent = new Agent({ connections: options.connections ?? 64, headersTimeout: timeout, bodyTimeout: timeout, connectTimeout: timeout });
   }
@@ -78,20 +82,27 @@ export class HttpGateway implements PaymentGateway {
     } catch (error) {
       throw new GatewayRequestError(undefined, `payment request not sent: its body cannot be serialised (${(error as Error).message})`, { cause: error });
     }
+    const url = this.#baseUrl + path;
+    return inSpan(`POST ${path}`, { kind: SpanKind.CLIENT, attributes: { 'http.request.method': 'POST', 'url.full': this.#shownUrl + path } }, async (span) => {
+      const answer = await this.#send(url, idempotencyKey, text, signal);
+      span?.setAttribute('http.response.status_code', answer.status);
+      return answer;
+    });
+  }
+
+  async #send(url: string, idempotencyKey: string, text: string, signal?: AbortSignal) {
+    // The gateway continues our trace (traceparent), if it traces.
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': idempotencyKey };
+    injectHeaders(headers);
     let response;
     try {
-      response = await request(this.#baseUrl + path, {
-        method: 'POST',
-        dispatcher: this.#agent,
-        headers: { 'content-type': 'application/json', 'idempotency-key': idempotencyKey },
-        body: text,
-        signal,
-      });
+      response = await request(url, { method: 'POST', dispatcher: this.#agent, headers, body: text, signal });
     } catch (error) {
       if (isRequestDefect(error)) throw new GatewayRequestError(undefined, `payment request not sent: ${(error as Error).message}`, { cause: error });
       throw new TransientGatewayError(`payment gateway unreachable: ${(error as Error).message}`, { cause: error });
     }
     if (response.statusCode >= 500 || TRANSIENT_STATUSES.has(response.statusCode)) {
+      activeSpan()?.setAttribute('http.response.status_code', response.statusCode);
       await response.body.dump();
       throw new TransientGatewayError(`payment gateway answered HTTP ${response.statusCode}`);
     }
@@ -119,4 +130,16 @@ function answerId(body: Record<string, unknown> | undefined, what: string, statu
 function errorOf(body: Record<string, unknown> | undefined): string {
   const detail = body?.error ?? body?.code;
   return typeof detail === 'string' ? `: ${detail.slice(0, 200)}` : '';
+}
+
+/** A URL as spans may show it: without user and password. */
+function withoutCredentials(url: string): string {
+  try {
+    const parsed = new URL(url);
+    parsed.username = '';
+    parsed.password = '';
+    return parsed.toString().replace(/\/+$/, '');
+  } catch {
+    return url.replace(/\/\/[^@/]*@/, '//');
+  }
 }

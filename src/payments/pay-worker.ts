@@ -23,6 +23,7 @@
 import type { Logger } from 'pino';
 import { PermanentJobError, type Job, type JobQueue } from '../messaging/queue.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { tagOrder } from '../observability/tracing.ts';
 import { acceptTimeOf } from '../orders/ids.ts';
 import { confirmOrders, lockOrderStatuses, refundIfOwed, rejectOrder, statusesOf } from '../orders/lifecycle.ts';
 import type { PaymentPort } from '../orders/payment-port.ts';
@@ -64,8 +65,18 @@ export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxB
     ...deps,
     payments,
     // Two deliveries for one order never share a batch: the second sees what the first committed.
-    startCharges: new GroupCommit(deps.db, (tx, jobs) => startChargeBatch(tx, deps.queue, payments, jobs), { maxBatch, onBatch, keyOf: (job) => job.payload.orderId }),
-    recordCharges: new GroupCommit(deps.db, (tx, paid) => recordChargeBatch(tx, deps.queue, payments, paid), { maxBatch, onBatch, keyOf: (p) => p.job.payload.orderId }),
+    startCharges: new GroupCommit(deps.db, (tx, jobs) => startChargeBatch(tx, deps.queue, payments, jobs), {
+      maxBatch,
+      onBatch,
+      keyOf: (job) => job.payload.orderId,
+      spanName: 'payments.start_charge batch',
+    }),
+    recordCharges: new GroupCommit(deps.db, (tx, paid) => recordChargeBatch(tx, deps.queue, payments, paid), {
+      maxBatch,
+      onBatch,
+      keyOf: (p) => p.job.payload.orderId,
+      spanName: 'payments.record_charge batch',
+    }),
   };
   deps.queue.handle(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency, payload: OrderJobPayload });
   deps.queue.handle(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)), payload: OrderJobPayload });
@@ -127,8 +138,10 @@ async function recordChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPo
 async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { db, payments, gateway, metrics, log } = deps;
   const { orderId } = job.payload;
+  tagOrder(orderId);
   const payment = await deps.startCharges.submit(job);
   if (!payment) return;
+  log.debug({ order_id: orderId, payment }, 'charging the order');
 
   let result: ChargeResult;
   try {
@@ -141,7 +154,7 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     // refused (or that was never sent) charged nothing; after anything else
     // a charge may have gone through unseen, so it is settled with a refund.
     const reason = `${transient ? 'payment gateway kept failing' : 'payment can never succeed'}: ${(error as Error).message ?? String(error)}`;
-    log.error({ orderId, attempt: job.attempt, err: error }, transient ? 'payment failed for good; rejecting the order' : 'payment can never succeed; rejecting the order at once');
+    log.error({ order_id: orderId, attempt: job.attempt, err: error }, transient ? 'payment failed for good; rejecting the order' : 'payment can never succeed; rejecting the order at once');
     const rejected = await db.transaction(async (tx) => {
       const outcome = await rejectOrder(tx, orderId, 'payment_failed');
       if (error instanceof GatewayRequestError) await markFailed(tx, orderId, reason);
@@ -181,13 +194,14 @@ function countOutcome(metrics: Metrics, orderId: string, status: 'confirmed' | '
 async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { db, gateway, log } = deps;
   const { orderId } = job.payload;
+  tagOrder(orderId);
   const payment = await findPayment(db, orderId);
     if (!payment || !mayRefund(payment.status)) return;
   // The last line of defence for "a confirmed order keeps exactly one
   // charge": whatever queued this refund, a confirmed order is not refunded
   // (cancelling it first makes it cancelled, and then it is).
   if (refusesRefund((await statusesOf(db, [orderId])).get(orderId))) {
-    deps.log.error({ orderId }, 'refund requested for a confirmed order; refusing it');
+    log.error({ order_id: orderId }, 'refund requested for a confirmed order; refusing it');
     return;
   }
 
@@ -199,7 +213,7 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     // Transient: the queue retries, and once the job dies the sweeper re-drives it.
     if (error instanceof TransientGatewayError) throw error;
     const reason = `refund can never succeed: ${(error as Error).message ?? String(error)}`;
-    log.error({ orderId, attempt: job.attempt, err: error }, 'refund can never succeed; dead-lettering it for an operator');
+    log.error({ order_id: orderId, attempt: job.attempt, err: error }, 'refund can never succeed; dead-lettering it for an operator');
     await db.transaction((tx) => markRefundFailed(tx, orderId, reason));
     throw new PermanentJobError(reason, { cause: error });
   }

@@ -11,6 +11,7 @@
 //                   held, and an operator must settle it (last_error says why).
 import { Type } from 'typebox';
 import type { JobQueue } from '../messaging/queue.ts';
+import type { TraceCarrier } from '../observability/tracing.ts';
 import { ORDER_ID_PATTERN } from '../orders/ids.ts';
 import type { PaymentPort, PaymentRequest } from '../orders/payment-port.ts';
 import type { Queryable } from '../storage/database.ts';
@@ -60,7 +61,7 @@ async function openPayments(tx: Queryable, queue: JobQueue, payments: readonly P
   // Pipelined: one round trip (see Queryable).
   await Promise.all([
     insertPayments(tx, payments),
-    queueCharges(tx, queue, payments.map((p) => p.orderId)),
+    queueCharges(tx, queue, payments),
   ]);
 }
 
@@ -68,11 +69,11 @@ async function openPayments(tx: Queryable, queue: JobQueue, payments: readonly P
  * Queues the orders' charges in one statement: on accept, and again for the
  * sweeper's re-drive, a no-op for each charge job still queued.
  */
-export async function queueCharges(tx: Queryable, queue: JobQueue, orderIds: readonly string[]): Promise<void> {
+export async function queueCharges(tx: Queryable, queue: JobQueue, charges: readonly { orderId: string; trace?: TraceCarrier }[]): Promise<void> {
   await queue.enqueueMany(
     tx,
     CHARGE_QUEUE,
-    orderIds.map((orderId) => ({ payload: { orderId }, key: `charge:${orderId}` })),
+    charges.map(({ orderId, trace }) => ({ payload: { orderId }, key: `charge:${orderId}`, trace })),
   );
 }
 

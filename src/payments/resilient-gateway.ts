@@ -20,7 +20,9 @@ import {
   timeout,
   wrap,
 } from 'cockatiel';
+import type { Attributes } from '@opentelemetry/api';
 import type { Metrics } from '../observability/metrics.ts';
+import { inSpan } from '../observability/tracing.ts';
 import { TransientGatewayError, type ChargeRequest, type ChargeResult, type PaymentGateway, type RefundRequest } from './gateway.ts';
 
 export interface ResilienceOptions {
@@ -65,14 +67,19 @@ export class ResilientGateway implements PaymentGateway {
   }
 
   charge(request: ChargeRequest): Promise<ChargeResult> {
-    return this.#call('charge', (signal) => this.#inner.charge(request, signal));
+    return this.#call('charge', { 'orderflow.order_id': request.reference }, (signal) => this.#inner.charge(request, signal));
   }
 
   refund(request: RefundRequest): Promise<{ refundId: string }> {
-    return this.#call('refund', (signal) => this.#inner.refund(request, signal));
+    return this.#call('refund', { 'orderflow.charge_id': request.chargeId }, (signal) => this.#inner.refund(request, signal));
   }
 
-  async #call<T>(operation: string, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  /** One call, with its retries, in one span (each HTTP attempt is a child span: http-gateway.ts). */
+  #call<T>(operation: string, attributes: Attributes, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    return inSpan(`payment gateway ${operation}`, { attributes }, () => this.#execute(operation, attempt));
+  }
+
+  async #execute<T>(operation: string, attempt: (signal: AbortSignal) => Promise<T>): Promise<T> {
     try {
       return await this.#policy.execute(async ({ signal }) => {
         const stop = this.#metrics.gatewayDuration.startTimer({ operation });

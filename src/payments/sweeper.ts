@@ -23,7 +23,11 @@ export function startSweeper(deps: { db: Database; queue: JobQueue; log: Logger 
     if (pending.length === 0 && toRefund.length === 0) return 0;
     // One statement per queue: a pass after an outage may re-drive hundreds of orders.
     await deps.db.transaction(async (tx) => {
-      await queueCharges(tx, deps.queue, pending);
+      await queueCharges(
+        tx,
+        deps.queue,
+        pending.map((orderId) => ({ orderId })),
+      );
       await redriveRefunds(tx, deps.queue, toRefund);
     });
     deps.log.info({ charges: pending.length, refunds: toRefund.length }, 'sweeper re-drove work past its deadline');

@@ -10,6 +10,11 @@
 // deadlock with another process, a unit that threw) every unit is retried
 // alone, so no unit pays for another's problem. Units must therefore be pure
 // database work: safe to run again after a rollback.
+//
+// Traced, each batch is a span of its own (a new trace) linked to the span of
+// every unit it carries, and each unit's span links back to its batch: one
+// batch serves many traces, and either end leads to the other.
+import { activeSpan, inSpan, outsideTraces, type Span } from '../observability/tracing.ts';
 import { DatabaseUnavailableError, type Database, type Queryable } from './database.ts';
 
 export type UnitOutcome<R> = { ok: true; value: R } | { ok: false; error: unknown };
@@ -24,12 +29,16 @@ export interface GroupCommitOptions<I> {
   keyOf?: (unit: I) => string | undefined;
   /** Reports each batch's size (a metric). */
   onBatch?: (size: number) => void;
+  /** The name of each batch's span while tracing (e.g. "orders.accept batch"). */
+  spanName?: string;
 }
 
 interface Waiting<I, R> {
   unit: I;
   resolve(value: R): void;
   reject(error: unknown): void;
+  /** The span active when the unit was submitted (its request or job). */
+  span: Span | undefined;
 }
 
 export class GroupCommit<I, R> {
@@ -40,6 +49,7 @@ export class GroupCommit<I, R> {
   readonly #maxInFlight: number;
   readonly #keyOf: ((unit: I) => string | undefined) | undefined;
   readonly #onBatch: ((size: number) => void) | undefined;
+  readonly #spanName: string;
   #waiting: Waiting<I, R>[] = [];
   #inFlight = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -59,12 +69,13 @@ export class GroupCommit<I, R> {
     this.#maxInFlight = db.kind === 'pglite' ? 1 : (options.maxInFlight ?? 1);
     this.#keyOf = options.keyOf;
     this.#onBatch = options.onBatch;
+    this.#spanName = options.spanName ?? 'group commit batch';
   }
 
   /** Commits the unit with others; resolves with its own outcome once its batch has committed. */
   submit(unit: I): Promise<R> {
     return new Promise((resolve, reject) => {
-      this.#waiting.push({ unit, resolve, reject });
+      this.#waiting.push({ unit, resolve, reject, span: activeSpan() });
       this.#schedule();
     });
   }
@@ -103,11 +114,21 @@ export class GroupCommit<I, R> {
     return batch;
   }
 
+  #commit(batch: Waiting<I, R>[]): Promise<UnitOutcome<R>[]> {
+    const work = () => this.#db.transaction((tx) => this.#commitBatch(tx, batch.map((w) => w.unit)));
+    const units = batch.flatMap((w) => (w.span ? [w.span] : []));
+    if (units.length === 0) return outsideTraces(work);
+    return inSpan(this.#spanName, { root: true, links: units.map((unit) => ({ context: unit.spanContext() })), attributes: { 'orderflow.batch.size': batch.length } }, (span) => {
+      if (span) for (const unit of units) unit.addLink({ context: span.spanContext(), attributes: { 'orderflow.link': 'batch' } });
+      return work();
+    });
+  }
+
   async #run(batch: Waiting<I, R>[]): Promise<void> {
     this.#inFlight++;
     this.#onBatch?.(batch.length);
     try {
-      const outcomes = await this.#db.transaction((tx) => this.#commitBatch(tx, batch.map((w) => w.unit)));
+      const outcomes = await this.#commit(batch);
       outcomes.forEach((outcome, i) => (outcome.ok ? batch[i]!.resolve(outcome.value) : batch[i]!.reject(outcome.error)));
     } catch (error) {
       if (batch.length === 1 || error instanceof DatabaseUnavailableError) {
