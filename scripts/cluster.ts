@@ -67,6 +67,8 @@ export interface ClusterOptions {
    * on stop, so runs sharing a broker never see each other's messages.
    */
   isolatedBroker?: boolean;
+  /** How long each process may take to become ready (default 30 s; a loaded machine starts Node slowly). */
+  readyTimeoutMs?: number;
   /** Called with each line a process prints (default: prefixed to this process' stderr). */
   onOutput?: (process: string, line: string) => void;
 }
@@ -123,7 +125,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     if (options.shape === 'combined') {
       const role = options.combinedRole ?? 'all';
       processes.push(serving(role, role, basePort, { ROLE: role, WEB_CONCURRENCY: String(options.copies ?? 2) }));
-      await waitReady(processes[0]!);
+      await waitReady(processes[0]!, options.readyTimeoutMs);
     } else {
       let port = basePort + 1;
       const plan: { role: 'api' | 'worker' | 'relay'; count: number }[] = [
@@ -134,7 +136,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       for (const { role, count } of plan) {
         for (let i = 1; i <= count; i++) processes.push(serving(`${role}${i}`, role, port++, { ROLE: role }));
       }
-      await Promise.all(processes.map((p) => waitReady(p)));
+      await Promise.all(processes.map((p) => waitReady(p, options.readyTimeoutMs)));
 
       lbDir = await mkdtemp(path.join(tmpdir(), 'orderflow-haproxy-'));
       const servers = path.join(lbDir, 'servers.cfg');

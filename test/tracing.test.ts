@@ -122,6 +122,8 @@ async function startSplit(mode: Mode, env: Record<string, string>, gateway: Gate
       basePort: 20_000 + Math.floor(Math.random() * 20_000),
       gateway,
       env,
+      // Each process loads the OpenTelemetry SDK first: slow to start on a busy machine.
+      readyTimeoutMs: 120_000,
       onOutput: (name, line) => output.push(line),
     });
   } catch (error) {
