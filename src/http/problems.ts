@@ -98,10 +98,46 @@ export function sendProblem(reply: FastifyReply, code: ErrorCode, detail: string
   return reply.code(problem.status).type(PROBLEM_CONTENT_TYPE).send(problem);
 }
 
-export function errorHandler(error: unknown, request: FastifyRequest, reply: FastifyReply): FastifyReply {
-  const { code, detail, errors } = classify(error);
-  if (code === 'internal' || code === 'unavailable') request.log.error({ err: error }, `request failed: ${code}`);
-  return sendProblem(reply, code, detail, errors);
+export interface ErrorHandlerOptions {
+  /** At most one log line per this many ms about requests refused as unavailable (503); default 10 s. */
+  unavailableLogIntervalMs?: number;
+  /** The clock of that limit, in ms (tests). */
+  now?: () => number;
+}
+
+export type ErrorHandler = (error: unknown, request: FastifyRequest, reply: FastifyReply) => FastifyReply;
+
+/**
+ * Answers every error with its problem and logs what an operator must see.
+ * An unexpected error (500) is logged each time, at error, with its stack: it
+ * is a bug. A refusal for unavailability (503: the database unreachable or
+ * late, the identity provider's keys out of reach) is expected while an
+ * outage lasts, and during a PostgreSQL outage every request gets one: logged
+ * each with a stack, they would bury everything else at the moment the log is
+ * read most. So the first 503 after a quiet spell is logged at warn, without
+ * a stack (the message names the cause), and then at most one line per
+ * interval; `refused` counts the 503s since the previous line, this one included.
+ */
+export function createErrorHandler(options: ErrorHandlerOptions = {}): ErrorHandler {
+  const intervalMs = options.unavailableLogIntervalMs ?? 10_000;
+  const now = options.now ?? (() => performance.now());
+  let lastLine = -Infinity;
+  let unlogged = 0;
+  return (error, request, reply) => {
+    const { code, detail, errors } = classify(error);
+    if (code === 'internal') request.log.error({ err: error }, 'request failed: internal');
+    else if (code === 'unavailable') {
+      unlogged++;
+      const at = now();
+      if (at - lastLine >= intervalMs) {
+        const cause = error instanceof Error ? { type: error.name, message: error.message } : { message: String(error) };
+        request.log.warn({ cause, refused: unlogged }, 'requests refused: unavailable (503)');
+        lastLine = at;
+        unlogged = 0;
+      }
+    }
+    return sendProblem(reply, code, detail, errors);
+  };
 }
 
 /**

@@ -15,7 +15,7 @@ import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { activeSpan, tracingEnabled } from '../observability/tracing.ts';
 import { openApi } from './openapi.ts';
-import { clientErrorHandler, connectHandler, errorHandler, expectationHandler, MAX_PATH_PARAMETER_LENGTH, MAX_URL_LENGTH, sendProblem } from './problems.ts';
+import { clientErrorHandler, connectHandler, createErrorHandler, expectationHandler, type ErrorHandlerOptions, MAX_PATH_PARAMETER_LENGTH, MAX_URL_LENGTH, sendProblem } from './problems.ts';
 import { SCHEMA_FORMATS } from './schemas.ts';
 
 declare module 'fastify' {
@@ -37,9 +37,12 @@ export interface ServerOptions {
   log: Logger;
   metrics: Metrics;
   verifyToken: VerifyToken;
+  /** How refusals for unavailability are logged (problems.ts). */
+  errors?: ErrorHandlerOptions;
 }
 
 export function buildServer(options: ServerOptions): Server {
+  const errorHandler = createErrorHandler(options.errors);
   const app = Fastify({
     loggerInstance: options.log,
     // Per-request lines would dominate the log at load; errors are logged by
