@@ -50,13 +50,18 @@ async function recordingGateway(): Promise<{ server: GatewayServer; calls: { pat
   };
 }
 
-/** `npm start`'s node arguments, so the test starts a process exactly as the script does. */
-async function npmStartArgs(): Promise<string[]> {
+/** `npm start`'s environment and node arguments, so the test starts a process exactly as the script does. */
+async function npmStart(): Promise<{ env: Record<string, string>; args: string[] }> {
   const scripts = (JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts;
-  const [node, ...args] = scripts.start.split(/\s+/);
-  assert.equal(node, 'node');
-  assert.ok(args.includes('--import'), 'npm start loads the tracing module first (--import)');
-  return args;
+  const words = scripts.start.split(/\s+/);
+  const env: Record<string, string> = {};
+  while (/^[A-Z_]+=/.test(words[0] ?? '')) {
+    const [name, ...value] = words.shift()!.split('=');
+    env[name!] = value.join('=');
+  }
+  assert.equal(words.shift(), 'node');
+  assert.ok(words.includes('--import'), 'npm start loads the tracing module first (--import)');
+  return { env, args: words };
 }
 
 interface Running {
@@ -70,8 +75,9 @@ interface Running {
 async function startEmbedded(env: Record<string, string>, output: string[]): Promise<Running> {
   // PORT=0: the process picks a free port and logs its URL.
   // Nothing of this test's environment: DATABASE_URL would make it a PostgreSQL process.
-  const processEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env, PORT: '0', HOST: '127.0.0.1', ROLE: 'all' };
-  const child = spawn(process.execPath, await npmStartArgs(), { cwd: ROOT, env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const start = await npmStart();
+  const processEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...start.env, ...env, PORT: '0', HOST: '127.0.0.1', ROLE: 'all' };
+  const child = spawn(process.execPath, start.args, { cwd: ROOT, env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   for (const stream of [child.stdout, child.stderr]) {
     let partial = '';
     stream.setEncoding('utf8');
