@@ -61,7 +61,12 @@ function superviseCopies(config: Config): void {
 }
 
 async function serve(config: Config): Promise<void> {
-  if (config.webConcurrency > 1 && cluster.isPrimary) return superviseCopies(config);
+  if (config.webConcurrency > 1 && cluster.isPrimary) {
+    // Scrapes reach one copy at random: the supervisor adds every copy's metrics up.
+    const { aggregateCopiesMetrics } = await import('./observability/cluster-metrics.ts');
+    aggregateCopiesMetrics();
+    return superviseCopies(config);
+  }
   const { createApp } = await import('./app.ts');
   if (config.databaseUrl === undefined) {
     const { initEmbeddedDataDir } = await import('./storage/pglite.ts');

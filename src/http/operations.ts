@@ -1,6 +1,8 @@
 // Liveness, readiness and metrics: no auth (production restricts /metrics at
 // the network level).
+import cluster from 'node:cluster';
 import { Type } from 'typebox';
+import { copyMetrics } from '../observability/cluster-metrics.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { JobQueue } from '../messaging/queue.ts';
 import { withDeadline } from '../deadline.ts';
@@ -32,6 +34,15 @@ export async function notReady(db: Database, latestMigration: number): Promise<{
 }
 
 export function operationsRoutes(deps: { db: Database; metrics: Metrics; queue: JobQueue; latestMigration: number }): Routes {
+  // Bounded: a dependency that is down leaves its figures out instead of holding the scrape up.
+  const refresh = () => deps.queue.refreshMetrics();
+  // A node:cluster copy answers for all the copies sharing its port (cluster-metrics.ts).
+  const scrape = cluster.isWorker
+    ? copyMetrics(deps.metrics.registry, refresh)
+    : async () => {
+        await refresh();
+        return deps.metrics.registry.metrics();
+      };
   return async (app) => {
     app.get('/healthz', {
       schema: { tags: ['operations'], summary: 'Liveness: 200 while the process is alive', response: { 200: Type.Object({ status: Type.Literal('ok') }) } },
@@ -58,11 +69,7 @@ export function operationsRoutes(deps: { db: Database; metrics: Metrics; queue: 
         summary: 'Prometheus metrics (production restricts this route at the network level)',
         response: { 200: { description: 'Prometheus text exposition format', content: { [deps.metrics.registry.contentType]: { schema: Type.String() } } } },
       },
-      handler: async (_request, reply) => {
-        // Bounded: a dependency that is down leaves its figures out instead of holding the scrape up.
-        await deps.queue.refreshMetrics();
-        return reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
-      },
+      handler: async (_request, reply) => reply.type(deps.metrics.registry.contentType).send(await scrape()),
     });
   };
 }

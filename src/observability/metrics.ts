@@ -4,6 +4,11 @@
 // names (docs/operations.md#metrics lists them); a series the rules rate()
 // exists from the start at 0, because a counter that appears only with its
 // first increment hides that increment from rate() and increase().
+//
+// Under node:cluster (WEB_CONCURRENCY > 1) the copies' registries are added
+// up into one answer (cluster-metrics.ts): counters and histograms sum, and
+// each gauge says how its copies combine (aggregator): a database-wide
+// figure every copy reads alike is their max, an "up" their min.
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { withDeadline } from '../deadline.ts';
@@ -59,18 +64,21 @@ export function createMetrics(options: { orderOutcomes?: readonly { status: stri
     }),
     jobBacklog: new Gauge({
       name: 'orderflow_job_backlog',
+      aggregator: 'max',
       help: 'Jobs waiting or running, per queue: database queue rows, or (broker mode) outbox rows plus, for the queues this process consumes, what the broker holds and what is being handled (read at scrape time)',
       labelNames: ['queue'] as const,
       registers: [registry],
     }),
     backlogUp: new Gauge({
       name: 'orderflow_backlog_up',
+      aggregator: 'min',
       help: 'Per source of the backlog gauges (database, broker): 1 when the last scrape read it within 0.5 s, 0 when it could not, and the gauges that need it were left out',
       labelNames: ['source'] as const,
       registers: [registry],
     }),
     outboxBacklog: new Gauge({
       name: 'orderflow_outbox_backlog',
+      aggregator: 'max',
       help: 'Broker mode: outbox messages committed and not yet published, per queue (read at scrape time)',
       labelNames: ['queue'] as const,
       registers: [registry],
@@ -107,6 +115,7 @@ export function createMetrics(options: { orderOutcomes?: readonly { status: stri
     }),
     gatewayCircuitOpen: new Gauge({
       name: 'orderflow_payment_gateway_circuit_open',
+      aggregator: 'max',
       help: '1 while the circuit breaker around the payment gateway is open or half-open, else 0',
       registers: [registry],
     }),
@@ -117,6 +126,7 @@ export function createMetrics(options: { orderOutcomes?: readonly { status: stri
     }),
     databaseCircuitOpen: new Gauge({
       name: 'orderflow_database_circuit_open',
+      aggregator: 'max',
       help: '1 while calls to PostgreSQL fail fast because a connection attempt failed (one call probes every 0.5 s), else 0',
       registers: [registry],
     }),
@@ -134,11 +144,13 @@ export function createMetrics(options: { orderOutcomes?: readonly { status: stri
     }),
     memcachedUp: new Gauge({
       name: 'orderflow_memcached_up',
+      aggregator: 'min',
       help: '1 while the last command to Memcached at CACHE_URL succeeded; 0 while it is unreachable (reads then go to the database) or when CACHE_URL is unset',
       registers: [registry],
     }),
     readReplicaUp: new Gauge({
       name: 'orderflow_read_replica_up',
+      aggregator: 'min',
       help: '1 while reads that may use the replica at DATABASE_READ_URL go to it; 0 while they go to the primary (replica down, lagging, promoted or not a copy of the primary) or when DATABASE_READ_URL is unset',
       registers: [registry],
     }),
@@ -161,6 +173,7 @@ export function createMetrics(options: { orderOutcomes?: readonly { status: stri
     }),
     redisUp: new Gauge({
       name: 'orderflow_redis_up',
+      aggregator: 'min',
       help: '1 while connected to Redis at REDIS_URL; 0 while disconnected (rate limits are then not enforced) or when REDIS_URL is unset',
       registers: [registry],
     }),
@@ -172,6 +185,7 @@ export function createMetrics(options: { orderOutcomes?: readonly { status: stri
     }),
     deadJobs: new Gauge({
       name: 'orderflow_dead_jobs',
+      aggregator: 'max',
       help: 'Database queue: dead-lettered jobs held in messaging.dead_jobs, per queue (read at scrape time; a broker keeps its own dead letters)',
       labelNames: ['queue'] as const,
       registers: [registry],
@@ -188,6 +202,7 @@ export function createMetrics(options: { orderOutcomes?: readonly { status: stri
     }),
     info: new Gauge({
       name: 'orderflow_info',
+      aggregator: 'max',
       help: 'Always 1; the labels say which adapters this process runs: database (postgres, pglite), queue_backend (database, nats, rabbitmq), cache (memcached, redis, memory, none), redis and read_replica (yes, no: REDIS_URL, DATABASE_READ_URL in use)',
       labelNames: ['database', 'queue_backend', 'cache', 'redis', 'read_replica'] as const,
       registers: [registry],
@@ -229,6 +244,7 @@ export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Lo
     name: 'orderflow_ready',
     help: '1 while this process is ready to serve (what GET /readyz answers 200 for), else 0; read at scrape time',
     registers,
+    aggregator: 'min',
     async collect() {
       this.set((await bounded(readings.ready(), timeoutMs).catch(() => false)) ? 1 : 0);
     },
@@ -249,6 +265,7 @@ export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Lo
       name,
       help,
       registers,
+      aggregator: 'max',
       async collect() {
         const stats = await pending();
         if (stats === undefined) this.remove();
