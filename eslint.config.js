@@ -8,13 +8,15 @@ import tseslint from 'typescript-eslint';
 // this graph), so the import graph has no cycle. A module is a folder of
 // src/ or a file at its top; the composition root (app.ts, main.ts) may
 // import anything. Every module may use the small shared helpers.
-const SHARED = ['errors', 'text', 'deadline', 'currencies'];
+const SHARED = ['errors', 'text', 'deadline', 'currencies', 'backoff', 'tunables'];
 /** @type {Record<string, string[]>} */
 const MAY_IMPORT = {
   errors: [],
   text: [],
   deadline: [],
   currencies: [],
+  backoff: [],
+  tunables: [],
   config: ['orders'], // the money limits' defaults
   observability: [],
   storage: ['observability'],
@@ -27,7 +29,7 @@ const MAY_IMPORT = {
   orders: ['catalog', 'inventory', 'http', 'storage', 'observability'],
   payments: ['orders', 'messaging', 'storage', 'observability'],
 };
-const TOP_LEVEL_FILES = new Set(['errors', 'text', 'deadline', 'currencies', 'config']);
+const TOP_LEVEL_FILES = new Set(['errors', 'text', 'deadline', 'currencies', 'backoff', 'tunables', 'config']);
 
 /**
  * no-restricted-imports for one module: the modules it may not import, and

@@ -2,6 +2,7 @@
 // It picks storage, queue, gateway and identity from the configuration and
 // starts the roles this process plays (ROLE=all | api | worker | relay).
 import type { Logger } from 'pino';
+import { backoffMs } from './backoff.ts';
 import type { Cache } from './cache/cache.ts';
 import { MemcachedCache } from './cache/memcached-cache.ts';
 import { MemoryCache } from './cache/memory-cache.ts';
@@ -41,6 +42,7 @@ import { loadMigrations, migrate } from './storage/migrate.ts';
 import { openPGlite } from './storage/pglite.ts';
 import { openPostgres } from './storage/postgres.ts';
 import { primaryReads, ReplicaReads, type ReadRouter } from './storage/read-replica.ts';
+import { PROCESS } from './tunables.ts';
 
 export interface AppOptions {
   config: Config;
@@ -88,17 +90,17 @@ export async function openDatabase(config: Config, options: { inMemory?: boolean
     timeoutMs: config.databaseTimeoutMs,
     ...(circuit ? { onCircuitChange: (open: boolean) => circuit.set(open ? 1 : 0) } : {}),
   });
-  // Retry budget: a server that is still starting gets ~15 s to answer.
+  // A server that is still starting gets 10–20 s to answer (PROCESS in tunables.ts).
   for (let attempt = 1; ; attempt++) {
     try {
       await db.query('SELECT 1');
       return db;
     } catch (error) {
-      if (attempt >= 8) {
+      if (attempt >= PROCESS.databaseConnectAttempts) {
         await db.close();
         throw new ConfigError('DATABASE_URL', `cannot reach ${redactUrl(config.databaseUrl)}: ${(error as Error).message}`);
       }
-      await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** Math.min(attempt, 4)));
+      await new Promise((resolve) => setTimeout(resolve, backoffMs(attempt, PROCESS.databaseConnectRetry)));
     }
   }
 }

@@ -6,24 +6,24 @@
 // messaging.inbox was applied before and is acknowledged unhandled, and a
 // handler's markDone(tx) writes that inbox row in the transaction that
 // applies its effect. A failing handler is retried with jittered exponential
-// backoff and dead-lettered by the broker after its last attempt. A delivery
+// backoff (backoffMs) and dead-lettered by the broker after its last attempt. A delivery
 // that is not one of our messages (not JSON, not of the consumer's schema, an
 // unusable id) or that can never succeed (PermanentJobError) is dead-lettered
 // at once, with the reason.
 import type { Logger } from 'pino';
+import { BROKER } from '../tunables.ts';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
 import { failActiveSpan } from '../observability/tracing.ts';
 import { storableText } from '../text.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
 import type { Static, TSchema } from 'typebox';
-import { inboxHas, insertInbox, insertOutbox, outboxCounts } from './store.ts';
-import { consumerOf, inMessageSpan, PermanentJobError, traceColumn, type Consumer, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
+import { inboxHas, insertInbox, insertOutbox, outboxCounts, pruneInbox } from './store.ts';
+import { consumerOf, inMessageSpan, PermanentJobError, retryPolicy, traceColumn, type RetryOptions, type Consumer, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
-export interface BrokerQueueOptions {
-  retryBaseMs?: number;
-  retryMaxMs?: number;
-  defaultMaxAttempts?: number;
+export interface BrokerQueueOptions extends RetryOptions {
+  /** How long inbox rows are kept: longer than any message can still be redelivered. */
+  inboxRetentionMs?: number;
 }
 
 /** Message ids are inbox keys: the outbox's UUIDs, or what a broker adapter derives; printable ASCII, at most 200 characters. */
@@ -46,9 +46,11 @@ export class BrokerQueue implements JobQueue {
   readonly #broker: Broker;
   readonly #log: Logger;
   readonly #metrics: Metrics;
-  readonly #retryBaseMs: number;
-  readonly #retryMaxMs: number;
-  readonly #defaultMaxAttempts: number;
+  readonly #retry: ReturnType<typeof retryPolicy>;
+  readonly #inboxRetentionMs: number;
+  /** While consuming: the hourly pruning of the inbox, and the pass in progress. */
+  #pruneTimer: NodeJS.Timeout | undefined;
+  #pruning: Promise<void> = Promise.resolve();
   readonly #consumers = new Map<string, Consumer>();
   readonly #subscriptions: Subscription[] = [];
   readonly #enqueueListeners = new Set<() => void>();
@@ -62,9 +64,8 @@ export class BrokerQueue implements JobQueue {
     this.#broker = broker;
     this.#log = log;
     this.#metrics = metrics;
-    this.#retryBaseMs = options.retryBaseMs ?? 1_000;
-    this.#retryMaxMs = options.retryMaxMs ?? 60_000;
-    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
+    this.#retry = retryPolicy(options);
+    this.#inboxRetentionMs = options.inboxRetentionMs ?? BROKER.inboxRetentionMs;
   }
 
   get broker(): Broker {
@@ -83,7 +84,7 @@ export class BrokerQueue implements JobQueue {
       queue,
       jobs.map((j, i) => ({ payload: j.payload, key: j.key ?? null, trace: traces[i] ?? null })),
       options.delayMs ?? 0,
-      options.maxAttempts ?? this.#defaultMaxAttempts,
+      options.maxAttempts ?? this.#retry.defaultMaxAttempts,
     );
     // The rows are visible only after the caller commits; an early wake of a
     // relay in this process costs one empty pass and saves a polling interval.
@@ -118,10 +119,28 @@ export class BrokerQueue implements JobQueue {
     for (const consumer of this.#consumers.values()) {
       this.#subscriptions.push(this.#broker.consume(consumer.queue, (delivery) => this.#deliver(consumer, delivery), { concurrency: consumer.concurrency }));
     }
+    // The inbox is the consumers' record, so they keep it from growing.
+    if (this.#subscriptions.length > 0 && !this.#pruneTimer) {
+      this.#pruneTimer = setInterval(() => (this.#pruning = this.#pruneInbox()), BROKER.inboxPruneEveryMs);
+      this.#pruneTimer.unref();
+    }
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.#pruneTimer);
+    this.#pruneTimer = undefined;
     await Promise.allSettled(this.#subscriptions.splice(0).map((s) => s.stop()));
+    await this.#pruning;
+  }
+
+  /** Forgets inbox rows older than the retention: no message can be redelivered that late. */
+  async #pruneInbox(): Promise<void> {
+    try {
+      const rows = await pruneInbox(this.#db, this.#inboxRetentionMs);
+      if (rows > 0) this.#log.info({ rows }, 'pruned old inbox rows');
+    } catch (error) {
+      this.#log.error({ err: error }, 'pruning the inbox failed; the next pass retries');
+    }
   }
 
   /** Unsent outbox rows per queue, plus, for the queues this process consumes, what the broker holds and what is being handled here. */
@@ -217,16 +236,10 @@ export class BrokerQueue implements JobQueue {
       this.#log.error({ ...context, err: error }, permanent ? 'message can never succeed; dead-lettered in the broker at once' : 'message failed for the last time; dead-lettered in the broker');
       return;
     }
-    const delayMs = this.retryDelayMs(delivery.attempt);
+    const delayMs = this.#retry.delayMs(delivery.attempt);
     await delivery.retry(delayMs);
     this.#metrics.jobsProcessed.inc({ queue, outcome: 'retry' });
     this.#log.warn({ ...context, err: error, retryInMs: Math.round(delayMs) }, 'message failed; will retry');
-  }
-
-  /** Exponential backoff with full jitter between half and the whole step. */
-  retryDelayMs(attempt: number): number {
-    const step = Math.min(this.#retryMaxMs, this.#retryBaseMs * 2 ** (attempt - 1));
-    return step / 2 + Math.random() * (step / 2);
   }
 }
 

@@ -2,27 +2,26 @@
 // with FOR UPDATE SKIP LOCKED and leased, so any number of workers (threads of
 // one process or many processes) share them without handing one out twice
 // while its lease holds. A job whose handler fails is retried with jittered
-// exponential backoff; after max_attempts it moves to messaging.dead_jobs,
+// exponential backoff (backoffMs); after max_attempts it moves to messaging.dead_jobs,
 // and so does, at once, a job that can never succeed (a payload that does not
 // match its consumer's schema, a PermanentJobError).
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { backoffMs } from '../backoff.ts';
+import { DATABASE_QUEUE } from '../tunables.ts';
 import { DatabaseUnavailableError, type Database, type Queryable } from '../storage/database.ts';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
 import { failActiveSpan } from '../observability/tracing.ts';
 import { storableText } from '../text.ts';
 import type { Static, TSchema } from 'typebox';
 import { buryJob, claimJobs, deleteJobs, insertJobs, jobCounts, retryJobLater, type ClaimedJob } from './store.ts';
-import { consumerOf, inMessageSpan, PermanentJobError, traceColumn, type Consumer as ConsumerSpec, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
+import { consumerOf, inMessageSpan, PermanentJobError, retryPolicy, traceColumn, type RetryOptions, type Consumer as ConsumerSpec, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
 
-export interface DatabaseQueueOptions {
+export interface DatabaseQueueOptions extends RetryOptions {
   /** Idle polling interval; a local enqueue wakes the workers sooner. */
   pollIntervalMs?: number;
   /** A claimed job not finished within the lease is handed to another worker. */
   leaseMs?: number;
-  retryBaseMs?: number;
-  retryMaxMs?: number;
-  defaultMaxAttempts?: number;
 }
 
 interface Consumer extends ConsumerSpec {
@@ -35,9 +34,7 @@ export class DatabaseQueue implements JobQueue {
   readonly #metrics: Metrics;
   readonly #pollIntervalMs: number;
   readonly #leaseMs: number;
-  readonly #retryBaseMs: number;
-  readonly #retryMaxMs: number;
-  readonly #defaultMaxAttempts: number;
+  readonly #retry: ReturnType<typeof retryPolicy>;
   readonly #consumers = new Map<string, Consumer>();
   readonly #inFlight = new Set<Promise<void>>();
   /** Jobs whose handler recorded them done in its own transaction (markDone). */
@@ -50,11 +47,9 @@ export class DatabaseQueue implements JobQueue {
     this.#db = db;
     this.#log = log;
     this.#metrics = metrics;
-    this.#pollIntervalMs = options.pollIntervalMs ?? 50;
-    this.#leaseMs = options.leaseMs ?? 60_000;
-    this.#retryBaseMs = options.retryBaseMs ?? 1_000;
-    this.#retryMaxMs = options.retryMaxMs ?? 60_000;
-    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
+    this.#pollIntervalMs = options.pollIntervalMs ?? DATABASE_QUEUE.pollIntervalMs;
+    this.#leaseMs = options.leaseMs ?? DATABASE_QUEUE.leaseMs;
+    this.#retry = retryPolicy(options);
   }
 
   enqueue(tx: Queryable, queue: string, payload: JsonObject, options: EnqueueOptions = {}): Promise<void> {
@@ -69,7 +64,7 @@ export class DatabaseQueue implements JobQueue {
       queue,
       jobs.map((j, i) => ({ payload: j.payload, key: j.key ?? null, trace: traces[i] ?? null })),
       options.delayMs ?? 0,
-      options.maxAttempts ?? this.#defaultMaxAttempts,
+      options.maxAttempts ?? this.#retry.defaultMaxAttempts,
     );
     // The jobs are visible only after the caller commits; waking early is
     // harmless (an empty poll), and saves a full polling interval.
@@ -124,7 +119,7 @@ export class DatabaseQueue implements JobQueue {
         // Once per outage, not once per poll: while the database is away every poll fails.
         if (failures++ === 0) this.#log.error({ err: error }, 'job queue: claiming jobs failed; retrying with backoff (up to 1 s)');
       }
-      if (failures > 0 && this.#running) await this.#idle(Math.min(this.#pollIntervalMs * 2 ** failures, 1_000));
+      if (failures > 0 && this.#running) await this.#idle(backoffMs(failures, { baseMs: this.#pollIntervalMs * 2, maxMs: DATABASE_QUEUE.claimRetryMaxMs }));
       else if (claimed === 0 && this.#running) await this.#idle(this.#pollIntervalMs);
       else if (this.#inFlight.size > 0 && this.#allBusy()) await Promise.race(this.#inFlight);
     }
@@ -191,7 +186,7 @@ export class DatabaseQueue implements JobQueue {
     }
   }
 
-  async #fail(row: ClaimedJob, error: unknown, durationMs: number, started = performance.now() - durationMs, pause = 100): Promise<void> {
+  async #fail(row: ClaimedJob, error: unknown, durationMs: number, started = performance.now() - durationMs, releaseAttempt = 1): Promise<void> {
     // Recorded with the job: whatever the error says, it must be storable.
     failActiveSpan(error);
     const message = storableText(error instanceof Error ? error.message : String(error));
@@ -204,7 +199,7 @@ export class DatabaseQueue implements JobQueue {
         this.#log.error(context, permanent ? 'job can never succeed; moved to messaging.dead_jobs at once' : 'job failed for the last time; moved to messaging.dead_jobs');
         return;
       }
-      const delayMs = this.retryDelayMs(row.attempts);
+      const delayMs = this.#retry.delayMs(row.attempts);
       await retryJobLater(this.#db, row.id, delayMs, message);
       this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'retry' });
       this.#log.warn({ ...context, retryInMs: Math.round(delayMs) }, 'job failed; will retry');
@@ -213,18 +208,13 @@ export class DatabaseQueue implements JobQueue {
       // while it is away either. Left to its lease it would wait a minute
       // after the database is back; tried again every moment, it is released
       // (and retried after its backoff) within a second of the return.
+      const pause = backoffMs(releaseAttempt, { baseMs: DATABASE_QUEUE.releaseRetryMs, maxMs: DATABASE_QUEUE.claimRetryMaxMs });
       if (releaseError instanceof DatabaseUnavailableError && this.#running && this.#leaseMs - (performance.now() - started) > pause) {
         await sleep(pause);
-        return this.#fail(row, error, durationMs, started, Math.min(pause * 2, 1_000));
+        return this.#fail(row, error, durationMs, started, releaseAttempt + 1);
       }
       // The lease will expire and another worker will take the job again.
       this.#log.error({ ...context, releaseError }, 'job failed and could not be released; it is retried when its lease expires');
     }
-  }
-
-  /** Exponential backoff with full jitter between half and the whole step. */
-  retryDelayMs(attempt: number): number {
-    const step = Math.min(this.#retryMaxMs, this.#retryBaseMs * 2 ** (attempt - 1));
-    return step / 2 + Math.random() * (step / 2);
   }
 }

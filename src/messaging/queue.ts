@@ -11,7 +11,9 @@
 import type { Static, TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
 import { activeCarrier, contextOf, inSpan, SpanKind, tracingEnabled, type TraceCarrier } from '../observability/tracing.ts';
+import { backoffMs, type Backoff } from '../backoff.ts';
 import type { Queryable } from '../storage/database.ts';
+import { JOBS } from '../tunables.ts';
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
 export type JsonObject = { [key: string]: JsonValue };
@@ -64,6 +66,21 @@ export function payloadParser<S extends TSchema>(schema: S): (payload: unknown) 
     const reasons = [...compiled.Errors(payload)].slice(0, 5).map((e) => `${e.instancePath || '/'} ${e.message}`);
     throw new PermanentJobError(`malformed payload: ${reasons.join('; ')}`);
   };
+}
+
+/** How a queue retries a failed job; both queues take these, with the defaults of tunables.ts (JOBS). */
+export interface RetryOptions {
+  /** Backoff between attempts (see backoffMs): from retryBaseMs, doubling, up to retryMaxMs. */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  /** Attempts a job gets when its producer does not say. */
+  defaultMaxAttempts?: number;
+}
+
+/** RetryOptions with the defaults filled in, and the delay before a failed job's next attempt. */
+export function retryPolicy(options: RetryOptions): { defaultMaxAttempts: number; delayMs(attempt: number): number } {
+  const backoff: Backoff = { baseMs: options.retryBaseMs ?? JOBS.retry.baseMs, maxMs: options.retryMaxMs ?? JOBS.retry.maxMs };
+  return { defaultMaxAttempts: options.defaultMaxAttempts ?? JOBS.maxAttempts, delayMs: (attempt) => backoffMs(attempt, backoff) };
 }
 
 export interface NewJob {

@@ -10,24 +10,22 @@
 // and the backlog drains when the broker returns.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { backoffMs, type Backoff } from '../backoff.ts';
+import { RELAY } from '../tunables.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { carrierOfSpan, contextOf, failSpan, SpanKind, startSpan } from '../observability/tracing.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import type { Broker, OutgoingMessage } from './broker.ts';
-import { deleteOutbox, outboxHasReady, pruneInbox, readyOutbox, tryRelayLock, type OutboxRow } from './store.ts';
+import { deleteOutbox, outboxHasReady, readyOutbox, tryRelayLock, type OutboxRow } from './store.ts';
 
 export interface RelayOptions {
   batchSize?: number;
   /** Polling interval while the outbox is empty; a local enqueue wakes the relay sooner. */
   idlePollMs?: number;
-  /** Backoff after a failed pass, doubling up to retryMaxMs. */
+  /** Backoff after a failed pass (see backoffMs): from retryBaseMs, doubling, up to retryMaxMs. */
   retryBaseMs?: number;
   retryMaxMs?: number;
-  /** How long inbox rows are kept: longer than any message can still be redelivered. */
-  inboxRetentionMs?: number;
 }
-
-const PRUNE_EVERY_MS = 3_600_000;
 
 export class Relay {
   readonly #db: Database;
@@ -36,14 +34,11 @@ export class Relay {
   readonly #metrics: Metrics;
   readonly #batchSize: number;
   readonly #idlePollMs: number;
-  readonly #retryBaseMs: number;
-  readonly #retryMaxMs: number;
-  readonly #inboxRetentionMs: number;
+  readonly #retry: Backoff;
   #running = false;
   #loop: Promise<void> | undefined;
   #wake: (() => void) | undefined;
   #wakeRequested = false;
-  #lastPrune = Date.now();
   #lastPassPublished = 0;
 
   constructor(db: Database, broker: Broker, log: Logger, metrics: Metrics, options: RelayOptions = {}) {
@@ -51,11 +46,9 @@ export class Relay {
     this.#broker = broker;
     this.#log = log;
     this.#metrics = metrics;
-    this.#batchSize = options.batchSize ?? 500;
-    this.#idlePollMs = options.idlePollMs ?? 10;
-    this.#retryBaseMs = options.retryBaseMs ?? 100;
-    this.#retryMaxMs = options.retryMaxMs ?? 5_000;
-    this.#inboxRetentionMs = options.inboxRetentionMs ?? 7 * 86_400_000;
+    this.#batchSize = options.batchSize ?? RELAY.batchSize;
+    this.#idlePollMs = options.idlePollMs ?? RELAY.idlePollMs;
+    this.#retry = { baseMs: options.retryBaseMs ?? RELAY.retry.baseMs, maxMs: options.retryMaxMs ?? RELAY.retry.maxMs };
   }
 
   start(): void {
@@ -151,12 +144,10 @@ export class Relay {
         published = await this.pass();
         if (failures > 0) this.#log.info({ failedPasses: failures }, 'relay: the broker takes messages again');
         failures = 0;
-        await this.#pruneInbox();
       } catch (error) {
         failures++;
         this.#metrics.relayFailures.inc();
-        const delay = Math.min(this.#retryMaxMs, this.#retryBaseMs * 2 ** Math.min(failures - 1, 16));
-        const retryInMs = Math.round(delay / 2 + (Math.random() * delay) / 2);
+        const retryInMs = Math.round(backoffMs(failures, this.#retry));
         this.#log.error({ err: error, failedPasses: failures, retryInMs }, 'relay pass failed; the outbox keeps the messages and the pass is retried');
         await this.#idle(retryInMs, false);
         continue;
@@ -178,12 +169,5 @@ export class Relay {
     await sleep(ms, undefined, { signal: controller.signal }).catch(() => undefined);
     this.#wake = undefined;
     this.#wakeRequested = false;
-  }
-
-  async #pruneInbox(): Promise<void> {
-    if (Date.now() - this.#lastPrune < PRUNE_EVERY_MS) return;
-    this.#lastPrune = Date.now();
-    const rows = await pruneInbox(this.#db, this.#inboxRetentionMs);
-    if (rows > 0) this.#log.info({ rows }, 'relay: pruned old inbox rows');
   }
 }
