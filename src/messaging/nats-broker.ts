@@ -4,7 +4,6 @@
 // letters go to `<prefix>.dead.<queue>` in the same stream, kept until an
 // operator reads them. The outbox id travels as Nats-Msg-Id, so a message the
 // relay re-publishes inside the stream's duplicate window is stored once.
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -19,10 +18,9 @@ import {
 } from '@nats-io/jetstream';
 import { connect, createInbox, headers, nanos, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
+import { BROKER, JOBS } from '../tunables.ts';
+import { consumeLoop, type ConsumeAttempt, type ConsumeSession } from './consume-loop.ts';
 import { attemptCount, DEFAULT_BROKER_PREFIX, traceHeaders, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
-
-/** How long one pull request waits for messages before the consumer asks again. */
-const FETCH_EXPIRES_MS = 1_000;
 
 export interface NatsBrokerOptions extends BrokerOptions {
   /** A delivery not acknowledged within this time is delivered again (a consumer that died mid-message). */
@@ -167,11 +165,11 @@ export class NatsBroker implements Broker {
     this.#log = log;
     this.#prefix = options.prefix ?? DEFAULT_BROKER_PREFIX;
     this.#stream = token(this.#prefix).toUpperCase();
-    this.#publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
-    this.#ackWaitMs = options.ackWaitMs ?? 30_000;
-    this.#duplicateWindowMs = options.duplicateWindowMs ?? 120_000;
+    this.#publishTimeoutMs = options.publishTimeoutMs ?? BROKER.publishTimeoutMs;
+    this.#ackWaitMs = options.ackWaitMs ?? BROKER.natsAckWaitMs;
+    this.#duplicateWindowMs = options.duplicateWindowMs ?? BROKER.natsDuplicateWindowMs;
     this.#streamReplicas = options.streamReplicas ?? 1;
-    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
+    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? JOBS.maxAttempts;
   }
 
   /** The JetStream stream holding every subject of this prefix. */
@@ -198,18 +196,28 @@ export class NatsBroker implements Broker {
         servers: `${this.#url.hostname}:${this.#url.port || '4222'}`,
         ...(this.#url.username ? { user: decodeURIComponent(this.#url.username), pass: decodeURIComponent(this.#url.password) } : {}),
         name: `orderflow-${this.#prefix}`,
-        timeout: 3_000,
+        timeout: BROKER.connectTimeoutMs,
         maxReconnectAttempts: -1,
-        reconnectTimeWait: 500,
+        reconnectTimeWait: BROKER.natsReconnectWaitMs,
       });
       const link = { up: true };
       void (async () => {
         for await (const status of nc.status()) {
-          if (status.type === 'disconnect') link.up = false;
-          else if (status.type === 'reconnect') link.up = true;
+          if (status.type === 'disconnect') {
+            link.up = false;
+            this.#log.warn({ server: status.server }, 'NATS connection lost; the client reconnects by itself');
+          } else if (status.type === 'reconnect') {
+            link.up = true;
+            this.#log.info({ server: status.server }, 'NATS connection is back');
+          } else if (status.type === 'error') {
+            this.#log.warn({ err: status.error }, 'NATS server reported an error');
+          }
         }
         link.up = false;
-      })().catch(() => (link.up = false));
+      })().catch((error: unknown) => {
+        link.up = false;
+        this.#log.error({ err: error }, 'NATS connection status stopped; the connection counts as down');
+      });
       try {
         const jsm = await jetstreamManager(nc);
         await this.#ensureStream(jsm);
@@ -288,67 +296,39 @@ export class NatsBroker implements Broker {
   }
 
   consume(queue: string, handler: DeliveryHandler, options: { concurrency: number }): Subscription {
-    const concurrency = Math.max(1, options.concurrency);
-    const inFlight = new Set<Promise<void>>();
-    let stopping = false;
+    return consumeLoop({ name: 'NATS', log: this.#log, live: this.#subscriptions }, queue, handler, options, (session) => this.#subscribeOnce(queue, session));
+  }
+
+  /**
+   * Pulls exactly as many messages as there are free handler slots, and
+   * never blocks the iterator: a consume() iterator held back while the
+   * handlers are busy stops refilling its pull requests, and deliveries
+   * stall until they expire. A fetch ends when it has its batch or after
+   * BROKER.natsFetchExpiresMs, so an idle queue costs one cheap request per
+   * interval.
+   */
+  async #subscribeOnce(queue: string, session: ConsumeSession): Promise<ConsumeAttempt> {
+    const { js, jsm } = await this.#connect();
+    await this.#ensureConsumer(jsm, queue);
+    const consumer = await js.consumers.get(this.#stream, token(queue));
     let current: ConsumerMessages | undefined;
-    const wakeup = new AbortController();
-
-    const run = (msg: JsMsg) => {
-      const task = handler(this.#delivery(queue, msg))
-        .catch((error: unknown) => this.#log.error({ err: error, queue, seq: msg.seq }, 'NATS delivery failed unacknowledged; it is delivered again after the ack wait'))
-        .finally(() => inFlight.delete(task));
-      inFlight.add(task);
-    };
-
-    // Pull exactly as many messages as there are free handler slots, and
-    // never block the iterator: a consume() iterator held back while the
-    // handlers are busy stops refilling its pull requests, and deliveries
-    // stall until they expire. A fetch ends when it has its batch or after
-    // fetchExpiresMs, so an idle queue costs one cheap request per interval.
-    const loop = async () => {
-      for (let failures = 0; !stopping; ) {
-        try {
-          const { js, jsm } = await this.#connect();
-          await this.#ensureConsumer(jsm, queue);
-          const consumer = await js.consumers.get(this.#stream, token(queue));
-          failures = 0;
-          while (!stopping) {
-            const free = concurrency - inFlight.size;
-            if (free <= 0) {
-              await Promise.race(inFlight);
-              continue;
-            }
-            current = await consumer.fetch({ max_messages: free, expires: FETCH_EXPIRES_MS });
-            if (stopping) current.stop();
-            for await (const msg of current) {
-              // Handed back at once instead of waiting out the ack wait.
-              if (stopping) msg.nak();
-              else run(msg);
-            }
-          }
-        } catch (error) {
-          if (stopping) break;
-          failures++;
-          const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
-          this.#log.error({ err: error, queue, retryInMs: delay }, 'NATS consumer failed; resubscribing');
-          await sleep(delay, undefined, { signal: wakeup.signal }).catch(() => undefined);
+    const done = (async () => {
+      while (!session.stopping()) {
+        const free = session.free();
+        if (free <= 0) {
+          await session.slotFreed();
+          continue;
+        }
+        current = await consumer.fetch({ max_messages: free, expires: BROKER.natsFetchExpiresMs });
+        if (session.stopping()) current.stop();
+        for await (const msg of current) {
+          // Handed back at once instead of waiting out the ack wait.
+          if (session.stopping()) msg.nak();
+          else session.deliver(this.#delivery(queue, msg));
         }
       }
-    };
-    const running = loop();
-    const subscription: Subscription = {
-      stop: async () => {
-        stopping = true;
-        current?.stop();
-        wakeup.abort();
-        await running;
-        await Promise.allSettled([...inFlight]);
-        this.#subscriptions.delete(subscription);
-      },
-    };
-    this.#subscriptions.add(subscription);
-    return subscription;
+    })();
+    return { done, stop: async () => current?.stop() };
   }
 
   #delivery(queue: string, msg: JsMsg): Delivery {

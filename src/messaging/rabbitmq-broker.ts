@@ -12,9 +12,10 @@
 // Every publish goes through a confirm channel and is awaited, so the relay
 // deletes an outbox row, and a consumer acks a failed message, only after the
 // broker has taken the message (or its retry) over.
-import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type ChannelModel, type ConfirmChannel, type ConsumeMessage, type Options } from 'amqplib';
 import type { Logger } from 'pino';
+import { BROKER, JOBS } from '../tunables.ts';
+import { consumeLoop, type ConsumeAttempt, type ConsumeSession } from './consume-loop.ts';
 import { attemptCount, DEFAULT_BROKER_PREFIX, traceHeaders, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 
 export type RabbitMqBrokerOptions = BrokerOptions;
@@ -57,8 +58,8 @@ export class RabbitMqBroker implements Broker {
     this.#url = url;
     this.#log = log;
     this.#prefix = options.prefix ?? DEFAULT_BROKER_PREFIX;
-    this.#publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
-    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? 10;
+    this.#publishTimeoutMs = options.publishTimeoutMs ?? BROKER.publishTimeoutMs;
+    this.#defaultMaxAttempts = options.defaultMaxAttempts ?? JOBS.maxAttempts;
   }
 
   get exchange(): string {
@@ -82,7 +83,7 @@ export class RabbitMqBroker implements Broker {
   #connect(): Promise<ChannelModel> {
     if (this.#closed) return Promise.reject(new Error('the RabbitMQ broker adapter is closed'));
     if (this.#connection) return this.#connection;
-    const attempt = withTimeout('RabbitMQ connect', this.#publishTimeoutMs, connect(this.#url, { timeout: 3_000 })).then((model) => {
+    const attempt = withTimeout('RabbitMQ connect', this.#publishTimeoutMs, connect(this.#url, { timeout: BROKER.connectTimeoutMs })).then((model) => {
       const forget = () => {
         if (this.#connection === attempt) {
           this.#connection = undefined;
@@ -175,66 +176,53 @@ export class RabbitMqBroker implements Broker {
 
   consume(queue: string, handler: DeliveryHandler, options: { concurrency: number }): Subscription {
     const concurrency = Math.max(1, options.concurrency);
-    const inFlight = new Set<Promise<void>>();
-    let stopping = false;
-    let channel: ConfirmChannel | undefined;
-    let consumerTag: string | undefined;
-    let lost: (() => void) | undefined;
-    const wakeup = new AbortController();
+    return consumeLoop({ name: 'RabbitMQ', log: this.#log, live: this.#subscriptions }, queue, handler, options, (session) =>
+      this.#subscribeOnce(queue, concurrency, session),
+    );
+  }
 
-    const loop = async () => {
-      for (let failures = 0; !stopping; ) {
-        try {
-          const ch = (channel = await this.#channel());
-          const closed = new Promise<void>((resolve) => {
-            lost = resolve;
-            ch.on('close', () => resolve());
-          });
-          await this.#declare(ch, queue);
-          await ch.prefetch(concurrency);
-          const reply = await ch.consume(
-            this.queueName(queue),
-            (msg) => {
-              // null: the broker cancelled the consumer (queue deleted); resubscribe.
-              if (msg === null) return lost?.();
-              const task = handler(this.#delivery(ch, queue, msg))
-                .catch((error: unknown) => this.#log.error({ err: error, queue }, 'RabbitMQ delivery failed unacknowledged; the broker delivers it again'))
-                .finally(() => inFlight.delete(task));
-              inFlight.add(task);
-            },
-            { noAck: false },
-          );
-          consumerTag = reply.consumerTag;
-          failures = 0;
-          await closed;
-          if (!stopping) throw new Error('RabbitMQ channel closed');
-        } catch (error) {
-          if (stopping) break;
-          failures++;
-          const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
-          this.#log.error({ err: error, queue, retryInMs: delay }, 'RabbitMQ consumer failed; resubscribing');
-          await channel?.close().catch(() => undefined);
-          await sleep(delay, undefined, { signal: wakeup.signal }).catch(() => undefined);
-        }
-      }
-    };
-    const running = loop();
-    const subscription: Subscription = {
+  /** A channel of its own with prefetch = concurrency; the subscription lives as long as the channel. */
+  async #subscribeOnce(queue: string, concurrency: number, session: ConsumeSession): Promise<ConsumeAttempt> {
+    const channel = await this.#channel();
+    let lost = () => {};
+    const closed = new Promise<void>((resolve) => {
+      lost = resolve;
+      channel.on('close', () => resolve());
+    });
+    let consumerTag: string;
+    try {
+      await this.#declare(channel, queue);
+      await channel.prefetch(concurrency);
+      const reply = await channel.consume(
+        this.queueName(queue),
+        (msg) => {
+          // null: the broker cancelled the consumer (queue deleted); resubscribe.
+          if (msg === null) return lost();
+          session.deliver(this.#delivery(channel, queue, msg));
+        },
+        { noAck: false },
+      );
+      consumerTag = reply.consumerTag;
+    } catch (error) {
+      await channel.close().catch(() => undefined);
+      throw error;
+    }
+    const done = closed.then(async () => {
+      if (session.stopping()) return;
+      await channel.close().catch(() => undefined);
+      throw new Error('RabbitMQ channel closed');
+    });
+    return {
+      done,
       stop: async () => {
-        stopping = true;
-        wakeup.abort();
         // No new deliveries; the ones in flight finish and ack on this channel,
         // which is closed only then (anything unacked goes back to the queue).
-        if (channel && consumerTag) await channel.cancel(consumerTag).catch(() => undefined);
-        await Promise.allSettled([...inFlight]);
-        await channel?.close().catch(() => undefined);
-        lost?.();
-        await running;
-        this.#subscriptions.delete(subscription);
+        await channel.cancel(consumerTag).catch(() => undefined);
+        await session.settled();
+        await channel.close().catch(() => undefined);
+        lost();
       },
     };
-    this.#subscriptions.add(subscription);
-    return subscription;
   }
 
   #delivery(channel: ConfirmChannel, queue: string, msg: ConsumeMessage): Delivery {
