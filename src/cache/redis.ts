@@ -34,21 +34,16 @@ export function connectRedis(url: string, deps: { log: Logger; metrics: Metrics 
   const commands = new Redis(url, { ...base, connectionName: 'orderflow' });
   const subscriber = new Redis(url, { ...base, connectionName: 'orderflow-invalidations' });
 
-  // ioredis reports each failed reconnect; one log line per outage is enough.
-  let reported = false;
-  commands.on('ready', () => {
-    deps.metrics.redisUp.set(1);
-    if (reported) deps.log.info('Redis is reachable again; the cache and the shared rate limits are back');
-    reported = false;
-  });
+  commands.on('ready', () => deps.metrics.redisUp.set(1));
   commands.on('close', () => deps.metrics.redisUp.set(0));
-  commands.on('error', (error: Error) => {
-    if (reported) return;
-    reported = true;
-    deps.log.warn({ err: error }, 'Redis is unreachable; reads go to the database and rate limits are not enforced until it is back');
+  reportOutages(commands, deps.log, {
+    down: 'Redis is unreachable; reads go to the database and rate limits are not enforced until it is back',
+    back: 'Redis is reachable again; the cache and the shared rate limits are back',
   });
-  // Without a listener an 'error' event would crash the process.
-  subscriber.on('error', () => {});
+  reportOutages(subscriber, deps.log, {
+    down: 'Redis subscription connection is down; cached products are not invalidated across processes until it is back (local copies expire on their own)',
+    back: 'Redis subscription connection is back',
+  });
 
   return {
     commands,
@@ -70,4 +65,22 @@ async function quit(client: Redis): Promise<void> {
     }
   }
   client.disconnect();
+}
+
+/**
+ * Logs a connection's outage once (ioredis reports each failed reconnect)
+ * and its return. The listener also keeps an 'error' event from ending the
+ * process.
+ */
+function reportOutages(connection: Redis, log: Logger, messages: { down: string; back: string }): void {
+  let reported = false;
+  connection.on('ready', () => {
+    if (reported) log.info(messages.back);
+    reported = false;
+  });
+  connection.on('error', (error: Error) => {
+    if (reported) return;
+    reported = true;
+    log.warn({ err: error }, messages.down);
+  });
 }
