@@ -1,6 +1,8 @@
 // The composition root: the only place that knows which adapter is live.
-// It picks storage, queue, gateway and identity from the configuration and
-// starts the roles this process plays (ROLE=all | api | worker | relay).
+// It picks the adapters (storage, queue and broker, cache, gateway,
+// identity) from the configuration and wires the roles this process plays
+// (ROLE=all | api | worker | relay), one function per role; every part it
+// starts goes on one list that close() stops in reverse order.
 import type { Logger } from 'pino';
 import { backoffMs } from './backoff.ts';
 import type { Cache } from './cache/cache.ts';
@@ -119,19 +121,45 @@ function openBroker(url: string, log: Logger, options: AppOptions): Broker {
     : new RabbitMqBroker(url, log, settings);
 }
 
-export async function createApp(options: AppOptions): Promise<App> {
+/**
+ * What to stop when the app closes, in the order things were started: close()
+ * stops them in reverse, so what depends on something stops before it (the
+ * server before the relay, the consumers before the broker, everything
+ * before the database).
+ */
+class Stops {
+  readonly #stops: (() => Promise<unknown>)[] = [];
+
+  add(stop: () => Promise<unknown>): void {
+    this.#stops.push(stop);
+  }
+
+  /** Stops everything, last added first; a failed stop does not keep the others from stopping. */
+  async run(log: Logger): Promise<void> {
+    for (const stop of this.#stops.splice(0).reverse()) {
+      await stop().catch((error: unknown) => log.error({ err: error }, 'a part of the app failed to stop cleanly'));
+    }
+  }
+}
+
+/** What every role shares: configuration, logs, metrics, and the migrated database. */
+interface Core {
+  config: Config;
+  options: AppOptions;
+  log: Logger;
+  metrics: Metrics;
+  db: Database;
+  stops: Stops;
+}
+
+async function openCore(options: AppOptions, stops: Stops): Promise<Core & { latestMigration: number }> {
   const { config } = options;
-  checkSupported(config);
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics({ orderOutcomes: ORDER_OUTCOMES });
   const opened = await openDatabase(config, { ...options, metrics });
   const db = measureDatabase(tracingEnabled() ? traceDatabase(opened) : opened, metrics, config.databaseUrl === undefined ? 1 : config.databasePoolSize);
-  try {
-    await migrate(db);
-  } catch (error) {
-    await db.close();
-    throw error;
-  }
+  stops.add(() => db.close());
+  await migrate(db);
   const latestMigration = (await loadMigrations()).at(-1)?.version ?? 0;
   readAtScrape(
     metrics,
@@ -141,141 +169,182 @@ export async function createApp(options: AppOptions): Promise<App> {
     },
     log.child({ component: 'metrics' }),
   );
+  return { config, options, log, metrics, db, stops, latestMigration };
+}
 
-  const devIssuer = config.auth === undefined ? await openDevIssuer(options.inMemory ? undefined : config.dataDir) : undefined;
-  const verifyToken = config.auth
-    ? remoteVerifier(config.auth)
-    : localVerifier(devIssuer!.publicJwk, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE });
-
-  // The broker adapters connect on first use and reconnect by themselves, so
-  // a process starts (and accepts orders) while the broker is down.
+/**
+ * Messaging, for every role: the job queue (messaging.jobs, or the outbox
+ * and a broker with BROKER_URL). The broker adapters connect on first use
+ * and reconnect by themselves, so a process starts (and accepts orders)
+ * while the broker is down.
+ */
+function wireMessaging(core: Core): { queue: JobQueue; broker: Broker | undefined } {
+  const { config, options, log, metrics, db, stops } = core;
   const broker = config.brokerUrl ? openBroker(config.brokerUrl, log.child({ component: 'broker' }), options) : undefined;
+  if (broker) stops.add(() => broker.close());
   const queue: JobQueue = broker
     ? new BrokerQueue(db, broker, log.child({ component: 'queue' }), metrics, options.queue)
     : new DatabaseQueue(db, log.child({ component: 'queue' }), metrics, options.queue);
-  const runsApi = config.role === 'all' || config.role === 'api';
-  const runsWorker = config.role === 'all' || config.role === 'worker';
-  const relay =
-    broker && (config.role === 'all' || config.role === 'relay')
-      ? new Relay(db, broker, log.child({ component: 'relay' }), metrics, { idlePollMs: options.queue?.pollIntervalMs, ...options.relay })
-      : undefined;
-  if (relay && queue instanceof BrokerQueue) queue.onEnqueue(() => relay.wake());
-  // The relay publishes the payment queues: their series start at 0 (see metrics.ts).
-  if (relay) for (const name of PAYMENT_QUEUES) metrics.relayPublished.inc({ queue: name }, 0);
+  return { queue, broker };
+}
 
-  // Only the API reads through the cache and rate-limits; workers need no
-  // Redis. CACHE_URL moves the cache to Memcached; the rate limits stay in
-  // Redis when REDIS_URL is set, else in the process.
-  const redis = runsApi && config.redisUrl ? connectRedis(config.redisUrl, { log: log.child({ component: 'redis' }), metrics }) : undefined;
+/** The relay role (all, relay; broker mode only): publishes the outbox. */
+function wireRelay(core: Core, queue: JobQueue, broker: Broker): Relay {
+  const { options, log, metrics, db, stops } = core;
+  const relay = new Relay(db, broker, log.child({ component: 'relay' }), metrics, { idlePollMs: options.queue?.pollIntervalMs, ...options.relay });
+  queue.onEnqueue(() => relay.wake());
+  // The relay publishes the payment queues: their series start at 0 (see metrics.ts).
+  for (const name of PAYMENT_QUEUES) metrics.relayPublished.inc({ queue: name }, 0);
+  // Its last pass either publishes and deletes its rows or leaves them for the next relay.
+  stops.add(() => relay.stop());
+  return relay;
+}
+
+/**
+ * The worker role (all, worker): the pay worker on the payment queues, and
+ * the sweeper, which starts with the consumers (see startWorkers).
+ */
+function wireWorker(core: Core, queue: JobQueue): { startSweeper(): Sweeper } {
+  const { config, options, log, metrics, db, stops } = core;
+  const httpGateway = options.gateway || !config.paymentGatewayUrl ? undefined : new HttpGateway(config.paymentGatewayUrl);
+  if (httpGateway) stops.add(() => httpGateway.close());
+  const inner = options.gateway ?? httpGateway ?? new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs });
+  const gateway = new ResilientGateway(inner, metrics, options.resilience);
+  registerPayWorker({ db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) }, config.workerConcurrency, config.groupCommitMaxBatch);
+  // The consumers finish and ack what they hold while the gateway and the broker are still open.
+  stops.add(() => queue.stop());
+  let sweeper: Sweeper | undefined;
+  // Before the consumers stop: a pass may be queueing jobs.
+  stops.add(async () => sweeper?.stop());
+  return { startSweeper: () => (sweeper ??= startSweeper({ db, queue, log: log.child({ component: 'sweeper' }) }, config.pendingDeadlineMs)) };
+}
+
+/**
+ * The API role (all, api): the catalog and order routes, with what only
+ * they use. Only the API reads through the cache and rate-limits, so
+ * workers need no Redis; CACHE_URL moves the cache to Memcached, and the
+ * rate limits stay in Redis when REDIS_URL is set, else in the process.
+ * Only the API reads lists, so only it opens the replica (lazily: it may be
+ * down).
+ */
+async function wireApi(core: Core, server: Server, queue: JobQueue): Promise<{ cache: string; redis: boolean; replica: boolean }> {
+  const { config, options, log, metrics, db, stops } = core;
+  const redis = config.redisUrl ? connectRedis(config.redisUrl, { log: log.child({ component: 'redis' }), metrics }) : undefined;
+  if (redis) stops.add(() => redis.close());
   const cacheDeps = { metrics, log: log.child({ component: 'cache' }) };
   const localTtl = { localTtlMs: options.cacheLocalTtlMs };
-  let cache: Cache | undefined;
-  if (runsApi && config.cacheUrl) {
+  let cache: Cache;
+  let cacheKind: string;
+  if (config.cacheUrl) {
     const memcached = new MemcachedCache(config.cacheUrl, cacheDeps, { prefix: config.cacheKeyPrefix, ...localTtl });
     void memcached.probe();
-    cache = memcached;
-  } else if (runsApi) {
-    cache = redis ? new RedisCache(redis, cacheDeps, { prefix: config.redisKeyPrefix, ...localTtl }) : new MemoryCache(metrics);
+    [cache, cacheKind] = [memcached, 'memcached'];
+  } else if (redis) {
+    [cache, cacheKind] = [new RedisCache(redis, cacheDeps, { prefix: config.redisKeyPrefix, ...localTtl }), 'redis'];
+  } else {
+    [cache, cacheKind] = [new MemoryCache(metrics), 'memory'];
   }
+  stops.add(() => cache.close());
+  const reads: ReadRouter = config.databaseReadUrl
+    ? new ReplicaReads(
+        {
+          primary: db,
+          replica: openPostgres(config.databaseReadUrl, config.databasePoolSize, { timeoutMs: config.databaseTimeoutMs }),
+          metrics,
+          log: log.child({ component: 'read-replica' }),
+        },
+        { maxWaitMs: config.databaseReadMaxWaitMs },
+      )
+    : primaryReads(db);
+  stops.add(() => reads.close());
 
-  // Only the API reads lists; the replica is opened lazily and may be down.
-  const reads: ReadRouter | undefined = !runsApi
-    ? undefined
-    : config.databaseReadUrl
-      ? new ReplicaReads(
-          {
-            primary: db,
-            replica: openPostgres(config.databaseReadUrl, config.databasePoolSize, { timeoutMs: config.databaseTimeoutMs }),
-            metrics,
-            log: log.child({ component: 'read-replica' }),
-          },
-          { maxWaitMs: config.databaseReadMaxWaitMs },
-        )
-      : primaryReads(db);
-
-  metrics.info.set(
-    {
-      database: db.kind,
-      queue_backend: broker?.kind ?? 'database',
-      cache: cache instanceof MemcachedCache ? 'memcached' : cache instanceof RedisCache ? 'redis' : cache ? 'memory' : 'none',
-      redis: redis ? 'yes' : 'no',
-      read_replica: reads instanceof ReplicaReads ? 'yes' : 'no',
-    },
-    1,
+  await registerRateLimits(server, { redis: redis?.commands, keyPrefix: config.redisKeyPrefix });
+  await server.register(catalogRoutes(db, cache, reads));
+  await server.register(
+    orderRoutes({
+      db,
+      reads,
+      payments: paymentPort(queue),
+      metrics,
+      ordersPerMinute: config.rateLimitOrdersPerMinute,
+      moneyLimits: config.moneyLimits,
+      // Half the pool commits accepts; reads keep the rest.
+      groupCommit: { maxBatch: config.groupCommitMaxBatch, maxInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)) },
+    }),
   );
+  return { cache: cacheKind, redis: redis !== undefined, replica: config.databaseReadUrl !== undefined };
+}
 
-  const server = buildServer({ log, metrics, verifyToken });
-  await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));
-  if (runsApi) {
-    await registerRateLimits(server, { redis: redis?.commands, keyPrefix: config.redisKeyPrefix });
-    await server.register(catalogRoutes(db, cache, reads));
-    await server.register(
-      orderRoutes({
-        db,
-        reads,
-        payments: paymentPort(queue),
-        metrics,
-        ordersPerMinute: config.rateLimitOrdersPerMinute,
-        moneyLimits: config.moneyLimits,
-        // Half the pool commits accepts; reads keep the rest.
-        groupCommit: { maxBatch: config.groupCommitMaxBatch, maxInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)) },
-      }),
+/**
+ * Builds the app for config.role from its parts: the core (database,
+ * metrics) and messaging for every role, then the relay, worker and API
+ * roles this process plays. Nothing runs until start() or startWorkers().
+ */
+export async function createApp(options: AppOptions): Promise<App> {
+  const { config } = options;
+  checkSupported(config);
+  const stops = new Stops();
+  const early = options.log ?? createLogger(config.logLevel);
+  try {
+    const core = await openCore({ ...options, log: early }, stops);
+    const { log, metrics, db, latestMigration } = core;
+    const devIssuer = config.auth === undefined ? await openDevIssuer(options.inMemory ? undefined : config.dataDir) : undefined;
+    const verifyToken = config.auth
+      ? remoteVerifier(config.auth)
+      : localVerifier(devIssuer!.publicJwk, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE });
+
+    const { queue, broker } = wireMessaging(core);
+    const worker = config.role === 'all' || config.role === 'worker' ? wireWorker(core, queue) : undefined;
+    const relay = broker && (config.role === 'all' || config.role === 'relay') ? wireRelay(core, queue, broker) : undefined;
+
+    const server = buildServer({ log, metrics, verifyToken });
+    await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));
+    const api = config.role === 'all' || config.role === 'api' ? await wireApi(core, server, queue) : undefined;
+    // Stopped first: new requests get 503, those in flight finish.
+    stops.add(() => server.close());
+
+    metrics.info.set(
+      {
+        database: db.kind,
+        queue_backend: broker?.kind ?? 'database',
+        cache: api?.cache ?? 'none',
+        redis: api?.redis ? 'yes' : 'no',
+        read_replica: api?.replica ? 'yes' : 'no',
+      },
+      1,
     );
-  }
 
-  let sweeper: Sweeper | undefined;
-  let httpGateway: HttpGateway | undefined;
-  if (runsWorker) {
-    const inner =
-      options.gateway ??
-      (config.paymentGatewayUrl
-        ? (httpGateway = new HttpGateway(config.paymentGatewayUrl))
-        : new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }));
-    const gateway = new ResilientGateway(inner, metrics, options.resilience);
-    registerPayWorker({ db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) }, config.workerConcurrency, config.groupCommitMaxBatch);
+    let sweeper: Sweeper | undefined;
+    let started = false;
+    const startWorkers = () => {
+      relay?.start();
+      if (!worker || started) return;
+      started = true;
+      queue.start();
+      sweeper = worker.startSweeper();
+    };
+    return {
+      config,
+      server,
+      db,
+      queue,
+      broker,
+      relay,
+      metrics,
+      log,
+      devIssuer,
+      get sweeper() {
+        return sweeper;
+      },
+      startWorkers,
+      async start() {
+        startWorkers();
+        return server.listen({ port: config.port, host: config.host });
+      },
+      close: () => stops.run(log),
+    };
+  } catch (error) {
+    await stops.run(early);
+    throw error;
   }
-
-  let closed = false;
-  const startWorkers = () => {
-    relay?.start();
-    if (!runsWorker || sweeper) return;
-    queue.start();
-    sweeper = startSweeper({ db, queue, log: log.child({ component: 'sweeper' }) }, config.pendingDeadlineMs);
-  };
-  return {
-    config,
-    server,
-    db,
-    queue,
-    broker,
-    relay,
-    metrics,
-    log,
-    devIssuer,
-    get sweeper() {
-      return sweeper;
-    },
-    startWorkers,
-    async start() {
-      startWorkers();
-      return server.listen({ port: config.port, host: config.host });
-    },
-    async close() {
-      if (closed) return;
-      closed = true;
-      await server.close();
-      // The relay first: its last pass either publishes and deletes its rows
-      // or leaves them for the next relay. Then the consumers finish and ack
-      // what is in flight, and only then does the broker connection close.
-      await relay?.stop();
-      await sweeper?.stop();
-      await queue.stop();
-      await broker?.close();
-      await httpGateway?.close();
-      await cache?.close();
-      await redis?.close();
-      await reads?.close();
-      await db.close();
-    },
-  };
 }

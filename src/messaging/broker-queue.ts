@@ -103,7 +103,6 @@ export class BrokerQueue implements JobQueue {
     for (const job of jobs) this.#done.add(job);
   }
 
-  /** Called soon after each local enqueue (the in-process relay wakes on it). */
   onEnqueue(listener: () => void): () => void {
     this.#enqueueListeners.add(listener);
     return () => this.#enqueueListeners.delete(listener);

@@ -37,6 +37,7 @@ export class DatabaseQueue implements JobQueue {
   readonly #retry: ReturnType<typeof retryPolicy>;
   readonly #consumers = new Map<string, Consumer>();
   readonly #inFlight = new Set<Promise<void>>();
+  readonly #enqueueListeners = new Set<() => void>();
   /** Jobs whose handler recorded them done in its own transaction (markDone). */
   readonly #done = new WeakSet<Job>();
   #running = false;
@@ -68,7 +69,15 @@ export class DatabaseQueue implements JobQueue {
     );
     // The jobs are visible only after the caller commits; waking early is
     // harmless (an empty poll), and saves a full polling interval.
-    setImmediate(() => this.#wake?.());
+    setImmediate(() => {
+      this.#wake?.();
+      this.#enqueueListeners.forEach((listener) => listener());
+    });
+  }
+
+  onEnqueue(listener: () => void): () => void {
+    this.#enqueueListeners.add(listener);
+    return () => this.#enqueueListeners.delete(listener);
   }
 
   handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void {

@@ -157,6 +157,8 @@ export interface JobQueue {
   markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void>;
   /** Registers the handler of a queue and the schema of its payloads; deliveries start with start(). */
   handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void;
+  /** Called soon after each enqueue in this process (before the caller commits: a listener may find nothing yet); returns the unsubscribe. */
+  onEnqueue(listener: () => void): () => void;
   start(): void;
   /** Stops claiming new jobs and waits for the ones in flight. */
   stop(): Promise<void>;
