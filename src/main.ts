@@ -3,6 +3,7 @@
 import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
+import { PROCESS } from './tunables.ts';
 // Each command loads only what it runs (await import below): the process
 // that supervises WEB_CONCURRENCY copies never loads the application and
 // stays small.
@@ -19,8 +20,6 @@ const USAGE = `usage: orderflow <command>
 
 Configuration comes from environment variables; see the README.`;
 
-/** Graceful shutdown gets this long before the process exits anyway. */
-const SHUTDOWN_GRACE_MS = 25_000;
 
 /**
  * WEB_CONCURRENCY > 1: this process forks that many copies of itself that
@@ -93,7 +92,7 @@ async function serve(config: Config): Promise<void> {
     const force = setTimeout(() => {
       app.log.error('shutdown took too long; exiting (unfinished jobs are retried after their lease)');
       process.exit(1);
-    }, SHUTDOWN_GRACE_MS);
+    }, PROCESS.shutdownGraceMs);
     force.unref();
     // The spans still buffered are exported last, with the shutdown's own.
     app.close().then(

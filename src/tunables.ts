@@ -59,7 +59,7 @@ export const BROKER = {
   inboxPruneEveryMs: 3_600_000,
 } as const;
 
-/** Calls to the payment gateway (ResilientGateway). */
+/** Calls to the payment gateway (ResilientGateway; its backoff is cockatiel's ExponentialBackoff, with its own jitter). */
 export const GATEWAY = {
   /** Deadline of one attempt. */
   attemptTimeoutMs: 3_000,

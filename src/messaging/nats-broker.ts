@@ -375,8 +375,8 @@ export class NatsBroker implements Broker {
     return this.#subjectCount(this.deadSubject(queue));
   }
 
-  /** Deletes the stream with its consumers and messages (tests and teardown). */
-  async deleteTopology(): Promise<void> {
+  /** Deletes the stream with its consumers and messages, every queue's (tests and teardown); the names are RabbitMQ's need. */
+  async deleteTopology(_queues?: readonly string[]): Promise<void> {
     const { jsm } = await this.#connect();
     await jsm.streams.delete(this.#stream).catch(() => false);
   }

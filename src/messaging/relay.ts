@@ -81,7 +81,7 @@ export class Relay {
     // per poll; under load (the last pass published) more rows are likely,
     // and the check would only cost a round trip.
     if (this.#lastPassPublished === 0 && !(await outboxHasReady(this.#db))) return 0;
-    if (this.#db.kind === 'pglite') {
+    if (!this.#db.concurrentTransactions) {
       // The embedded database belongs to this one process, and an open
       // transaction there would hold the whole database while the broker
       // answers: no lock, no transaction.

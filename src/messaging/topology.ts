@@ -12,7 +12,7 @@ export async function deleteBrokerTopology(brokerUrl: string, prefix: string, qu
   const log = pino({ level: 'silent' });
   const broker = new URL(brokerUrl).protocol === 'nats:' ? new NatsBroker(brokerUrl, log, { prefix }) : new RabbitMqBroker(brokerUrl, log, { prefix });
   try {
-    await (broker instanceof NatsBroker ? broker.deleteTopology() : broker.deleteTopology(queues));
+    await broker.deleteTopology(queues);
   } finally {
     await broker.close();
   }

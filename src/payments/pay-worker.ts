@@ -30,6 +30,7 @@ import type { PaymentPort } from '../orders/payment-port.ts';
 import { awaitsPayment, refusesRefund } from '../orders/state-machine.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { GroupCommit, type UnitOutcome } from '../storage/group-commit.ts';
+import { GROUP_COMMIT, PAYMENTS } from '../tunables.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
 import { CHARGE_QUEUE, chargeKey, chargeOutcomeUnknown, mayRefund, OrderJobPayload, paymentPort, REFUND_QUEUE, refundKey } from './payments.ts';
 import { findPayment, markDeclined, markFailed, markRefunded, markRefundFailed, markSucceeded, startCharging, type Payment } from './store.ts';
@@ -58,7 +59,7 @@ interface WorkerContext extends PayWorkerDeps {
   recordCharges: GroupCommit<PaidJob, boolean>;
 }
 
-export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxBatch = 64): void {
+export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxBatch: number = GROUP_COMMIT.maxBatch): void {
   const onBatch = (size: number) => deps.metrics.workerBatchSize.observe(size);
   const payments = paymentPort(deps.queue);
   const context: WorkerContext = {
@@ -79,7 +80,7 @@ export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxB
     }),
   };
   deps.queue.handle(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency, payload: OrderJobPayload });
-  deps.queue.handle(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency / 4)), payload: OrderJobPayload });
+  deps.queue.handle(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency * PAYMENTS.refundConcurrencyShare)), payload: OrderJobPayload });
 }
 
 function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult> {

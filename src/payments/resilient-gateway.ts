@@ -21,6 +21,7 @@ import {
   wrap,
 } from 'cockatiel';
 import type { Attributes } from '@opentelemetry/api';
+import { GATEWAY } from '../tunables.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { inSpan } from '../observability/tracing.ts';
 import { TransientGatewayError, type ChargeRequest, type ChargeResult, type PaymentGateway, type RefundRequest } from './gateway.ts';
@@ -48,10 +49,10 @@ export class ResilientGateway implements PaymentGateway {
     // abortOnReturn off: an attempt returns only once it has read the whole
     // answer, so there is nothing left to cancel, and aborting the finished
     // attempt's signal built an AbortError (with its stack) on every call.
-    const attemptTimeout = timeout(options.attemptTimeoutMs ?? 3_000, { strategy: TimeoutStrategy.Aggressive, abortOnReturn: false });
+    const attemptTimeout = timeout(options.attemptTimeoutMs ?? GATEWAY.attemptTimeoutMs, { strategy: TimeoutStrategy.Aggressive, abortOnReturn: false });
     const breaker = circuitBreaker(handleWhen(isTransient), {
-      halfOpenAfter: options.halfOpenAfterMs ?? 5_000,
-      breaker: new ConsecutiveBreaker(options.breakAfter ?? 5),
+      halfOpenAfter: options.halfOpenAfterMs ?? GATEWAY.halfOpenAfterMs,
+      breaker: new ConsecutiveBreaker(options.breakAfter ?? GATEWAY.breakAfter),
     });
     breaker.onStateChange((state) => {
       metrics.gatewayCircuitOpen.set(state === CircuitState.Closed ? 0 : 1);
@@ -60,8 +61,8 @@ export class ResilientGateway implements PaymentGateway {
     // Every operation and outcome starts at 0, so rate() sees the first call of each (see metrics.ts).
     for (const operation of ['charge', 'refund']) for (const outcome of ['ok', 'transient', 'error']) metrics.gatewayDuration.zero({ operation, outcome });
     const retries = retry(handleWhen(isTransient), {
-      maxAttempts: options.maxAttempts ?? 3,
-      backoff: new ExponentialBackoff({ initialDelay: options.initialBackoffMs ?? 100, maxDelay: options.maxBackoffMs ?? 2_000 }),
+      maxAttempts: options.maxAttempts ?? GATEWAY.maxAttempts,
+      backoff: new ExponentialBackoff({ initialDelay: options.initialBackoffMs ?? GATEWAY.backoff.initialMs, maxDelay: options.maxBackoffMs ?? GATEWAY.backoff.maxMs }),
     });
     this.#policy = wrap(retries, breaker, attemptTimeout);
   }

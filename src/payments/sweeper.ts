@@ -10,6 +10,7 @@ import { stalePendingOrders } from '../orders/lifecycle.ts';
 import type { Database } from '../storage/database.ts';
 import { queueCharges, redriveRefunds } from './payments.ts';
 import { overdueRefunds } from './store.ts';
+import { PAYMENTS } from '../tunables.ts';
 
 export interface Sweeper {
   sweep(): Promise<number>;
@@ -18,8 +19,8 @@ export interface Sweeper {
 
 export function startSweeper(deps: { db: Database; queue: JobQueue; log: Logger }, deadlineMs: number): Sweeper {
   const sweep = async () => {
-    const pending = await stalePendingOrders(deps.db, deadlineMs, 500);
-    const toRefund = await overdueRefunds(deps.db, deadlineMs, 500);
+    const pending = await stalePendingOrders(deps.db, deadlineMs, PAYMENTS.sweepBatch);
+    const toRefund = await overdueRefunds(deps.db, deadlineMs, PAYMENTS.sweepBatch);
     if (pending.length === 0 && toRefund.length === 0) return 0;
     // One statement per queue: a pass after an outage may re-drive hundreds of orders.
     await deps.db.transaction(async (tx) => {
@@ -38,7 +39,7 @@ export function startSweeper(deps: { db: Database; queue: JobQueue; log: Logger 
     () => {
       running = sweep().catch((error: unknown) => deps.log.error({ err: error }, 'sweeper pass failed; the next pass retries'));
     },
-    Math.max(1_000, Math.floor(deadlineMs / 4)),
+    Math.max(PAYMENTS.sweepMinIntervalMs, Math.floor(deadlineMs / 4)),
   );
   timer.unref();
   return {

@@ -25,7 +25,15 @@ export interface TransactionOptions {
 }
 
 export interface Database extends Queryable {
+  /** Which adapter this is, for logs and metrics only: code asks the capabilities below instead. */
   readonly kind: 'pglite' | 'postgres';
+  /**
+   * Whether several transactions run at once. False for the embedded
+   * database: it runs one transaction at a time, an open transaction holds
+   * it whole, and it belongs to this process alone (nothing to lock against
+   * other processes).
+   */
+  readonly concurrentTransactions: boolean;
   /**
    * Runs fn in one transaction: committed when fn resolves, rolled back when
    * it throws. Rejects with DatabaseUnavailableError when the database cannot

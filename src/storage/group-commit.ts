@@ -16,6 +16,7 @@
 // batch serves many traces, and either end leads to the other.
 import { activeSpan, inSpan, outsideTraces, type Span } from '../observability/tracing.ts';
 import { DatabaseUnavailableError, type Database, type Queryable } from './database.ts';
+import { GROUP_COMMIT } from '../tunables.ts';
 
 export type UnitOutcome<R> = { ok: true; value: R } | { ok: false; error: unknown };
 
@@ -58,15 +59,15 @@ export class GroupCommit<I, R> {
   constructor(db: Database, commitBatch: (tx: Queryable, units: readonly I[]) => Promise<UnitOutcome<R>[]>, options: GroupCommitOptions<I> = {}) {
     this.#db = db;
     this.#commitBatch = commitBatch;
-    this.#windowMs = options.windowMs ?? 1;
-    this.#maxBatch = options.maxBatch ?? 64;
+    this.#windowMs = options.windowMs ?? GROUP_COMMIT.windowMs;
+    this.#maxBatch = options.maxBatch ?? GROUP_COMMIT.maxBatch;
     // PGlite runs one transaction at a time; more in flight would only queue.
     // On PostgreSQL one batch at a time is the default too: the next batch
     // grows while this one commits, so fewer, fuller transactions do the
     // same work. For the pay worker's two steps it measured 1.18x the
     // orders/s of two in flight (docs/performance.md); accepting sets its
     // own limit (app.ts), where 1 and 5 measured the same.
-    this.#maxInFlight = db.kind === 'pglite' ? 1 : (options.maxInFlight ?? 1);
+    this.#maxInFlight = db.concurrentTransactions ? (options.maxInFlight ?? 1) : 1;
     this.#keyOf = options.keyOf;
     this.#onBatch = options.onBatch;
     this.#spanName = options.spanName ?? 'group commit batch';

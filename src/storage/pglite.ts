@@ -62,6 +62,7 @@ export async function openPGlite(dataDir: string | undefined): Promise<Database>
     assertSafeIntegers((await target.query<T>(text, params as unknown[] | undefined)).rows);
   return {
     kind: 'pglite',
+    concurrentTransactions: false,
     query: (text, params) => run(db, text, params),
     transaction: (fn) =>
       db.transaction((tx) => {

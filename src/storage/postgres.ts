@@ -192,6 +192,7 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
 
   return {
     kind: 'postgres',
+    concurrentTransactions: true,
     query: (text, params) => call(timeoutMs, () => run(sql, text, params)),
     transaction: (fn, transactionOptions) => {
       const limitMs = transactionOptions?.timeoutMs ?? timeoutMs;

@@ -40,6 +40,7 @@ export function traceDatabase(db: Database): Database {
   const attributes = { 'db.system': 'postgresql', 'db.system.name': 'postgresql', 'orderflow.database': db.kind };
   return {
     kind: db.kind,
+    concurrentTransactions: db.concurrentTransactions,
     query: tracedQuery(db, db.kind),
     transaction: <T>(fn: (tx: Queryable) => Promise<T>, options?: TransactionOptions) => {
       if (!activeSpan()) return db.transaction(fn, options);
