@@ -40,16 +40,23 @@ export async function insertProduct(tx: Queryable, product: ProductDetails): Pro
 }
 
 export async function findProductDetails(db: Queryable, sku: string): Promise<ProductDetails | undefined> {
-  const rows = await db.query<ProductRow>('SELECT sku, name, price_cents, currency FROM catalog.products WHERE sku = $1', [sku]);
+  const rows = await db.query<ProductRow>(
+    'SELECT sku, name, price_cents, currency FROM catalog.products WHERE sku = $1',
+    [sku],
+  );
   return rows[0] ? toDetails(rows[0]) : undefined;
 }
 
 /** Up to limit products in SKU order, after afterSku when given. */
-export async function listProductDetails(db: Queryable, limit: number, afterSku: string | undefined): Promise<ProductDetails[]> {
-  const rows = await db.query<ProductRow>('SELECT sku, name, price_cents, currency FROM catalog.products WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2', [
-    afterSku ?? null,
-    limit,
-  ]);
+export async function listProductDetails(
+  db: Queryable,
+  limit: number,
+  afterSku: string | undefined,
+): Promise<ProductDetails[]> {
+  const rows = await db.query<ProductRow>(
+    'SELECT sku, name, price_cents, currency FROM catalog.products WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2',
+    [afterSku ?? null, limit],
+  );
   return rows.map(toDetails);
 }
 

@@ -40,15 +40,25 @@ describe('allocate', () => {
 
   it('never holds more than is available, and holds exactly what the fitting orders asked for', () => {
     const sku = fc.constantFrom('A', 'B', 'C');
-    const order = fc.array(fc.record({ sku, quantity: fc.integer({ min: 1, max: 5 }) }), { minLength: 1, maxLength: 3 });
+    const order = fc.array(fc.record({ sku, quantity: fc.integer({ min: 1, max: 5 }) }), {
+      minLength: 1,
+      maxLength: 3,
+    });
     fc.assert(
-      fc.property(fc.record({ A: fc.nat(10), B: fc.nat(10), C: fc.nat(10) }), fc.array(order, { maxLength: 8 }), (levels, orders) => {
-        const available = stock(levels);
-        const { fits, toHold } = allocate(available, orders);
-        const asked = mergeLines(orders.filter((_, i) => fits[i]).flat());
-        assert.deepEqual([...toHold].sort((a, b) => (a.sku < b.sku ? -1 : 1)), asked);
-        for (const hold of toHold) assert.ok(hold.quantity <= (available.get(hold.sku) ?? 0));
-      }),
+      fc.property(
+        fc.record({ A: fc.nat(10), B: fc.nat(10), C: fc.nat(10) }),
+        fc.array(order, { maxLength: 8 }),
+        (levels, orders) => {
+          const available = stock(levels);
+          const { fits, toHold } = allocate(available, orders);
+          const asked = mergeLines(orders.filter((_, i) => fits[i]).flat());
+          assert.deepEqual(
+            [...toHold].sort((a, b) => (a.sku < b.sku ? -1 : 1)),
+            asked,
+          );
+          for (const hold of toHold) assert.ok(hold.quantity <= (available.get(hold.sku) ?? 0));
+        },
+      ),
     );
   });
 });

@@ -20,12 +20,18 @@ export async function createStock(tx: Queryable, sku: string, onHand: number): P
 }
 
 export async function stockLevels(db: Queryable, skus: readonly string[]): Promise<Map<string, StockLevel>> {
-  const rows = await db.query<{ sku: string; on_hand: number; held: number }>('SELECT sku, on_hand, held FROM inventory.stock WHERE sku = ANY($1::text[])', [skus]);
-  return new Map(rows.map((r) => [r.sku, { sku: r.sku, onHand: r.on_hand, held: r.held, available: r.on_hand - r.held }]));
+  const rows = await db.query<{ sku: string; on_hand: number; held: number }>(
+    'SELECT sku, on_hand, held FROM inventory.stock WHERE sku = ANY($1::text[])',
+    [skus],
+  );
+  return new Map(
+    rows.map((r) => [r.sku, { sku: r.sku, onHand: r.on_hand, held: r.held, available: r.on_hand - r.held }]),
+  );
 }
 
 /** $1 SKUs: locks their rows in sorted order and reads what is available of each. */
-export const LOCK_STOCK_SQL = 'SELECT sku, on_hand - held AS available FROM inventory.stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE';
+export const LOCK_STOCK_SQL =
+  'SELECT sku, on_hand - held AS available FROM inventory.stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE';
 
 /**
  * Locks the SKUs' rows in sorted order (so concurrent batches, in this
@@ -49,7 +55,8 @@ export async function holdStock(tx: Queryable, holds: readonly StockLine[]): Pro
   // The guard can only fail if the rows were not locked as they should be;
   // then the whole batch rolls back rather than oversell.
   const updated = await tx.query(HOLD_STOCK_SQL, [holds.map((h) => h.sku), holds.map((h) => h.quantity)]);
-  if (updated.length !== holds.length) throw new Error(`stock changed under a row lock: held ${updated.length} of ${holds.length} SKUs`);
+  if (updated.length !== holds.length)
+    throw new Error(`stock changed under a row lock: held ${updated.length} of ${holds.length} SKUs`);
 }
 
 /** Gives back held quantities: one statement per SKU, in the order given (callers sort them). */

@@ -59,14 +59,19 @@ export function consumeLoop(
     settled: () => Promise.allSettled([...inFlight]),
     deliver: (delivery) => {
       const task = handler(delivery)
-        .catch((error: unknown) => log.error({ err: error, queue, messageId: delivery.id }, `${broker} delivery failed unacknowledged; the broker delivers it again`))
+        .catch((error: unknown) =>
+          log.error(
+            { err: error, queue, messageId: delivery.id },
+            `${broker} delivery failed unacknowledged; the broker delivers it again`,
+          ),
+        )
         .finally(() => inFlight.delete(task));
       inFlight.add(task);
     },
   };
 
   const running = (async () => {
-    for (let failures = 0; !stopping; ) {
+    for (let failures = 0; !stopping;) {
       try {
         attempt = await subscribeOnce(session);
         failures = 0;

@@ -25,8 +25,21 @@ export interface NewRow {
 }
 
 /** Queues jobs; a job whose key is already queued is skipped. */
-export async function insertJobs(tx: Queryable, queue: string, jobs: readonly NewRow[], delayMs: number, maxAttempts: number): Promise<void> {
-  await tx.query(INSERT_JOBS_SQL, [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key), delayMs / 1000, maxAttempts, jobs.map((j) => j.trace)]);
+export async function insertJobs(
+  tx: Queryable,
+  queue: string,
+  jobs: readonly NewRow[],
+  delayMs: number,
+  maxAttempts: number,
+): Promise<void> {
+  await tx.query(INSERT_JOBS_SQL, [
+    queue,
+    jobs.map((j) => JSON.stringify(j.payload)),
+    jobs.map((j) => j.key),
+    delayMs / 1000,
+    maxAttempts,
+    jobs.map((j) => j.trace),
+  ]);
 }
 
 export interface ClaimedJob {
@@ -72,15 +85,16 @@ export async function buryJob(db: Queryable, id: string, reason: string): Promis
 
 /** Releases a failed job's lease and runs it again after delayMs. */
 export async function retryJobLater(db: Queryable, id: string, delayMs: number, reason: string): Promise<void> {
-  await db.query(`UPDATE messaging.jobs SET run_at = now() + make_interval(secs => $2::float8), locked_until = NULL, last_error = $3 WHERE id = $1`, [
-    id,
-    delayMs / 1000,
-    reason,
-  ]);
+  await db.query(
+    `UPDATE messaging.jobs SET run_at = now() + make_interval(secs => $2::float8), locked_until = NULL, last_error = $3 WHERE id = $1`,
+    [id, delayMs / 1000, reason],
+  );
 }
 
 /** Jobs queued and dead, per queue, in one round trip. */
-export async function jobCounts(db: Queryable): Promise<{ queued: Record<string, number>; dead: Record<string, number> }> {
+export async function jobCounts(
+  db: Queryable,
+): Promise<{ queued: Record<string, number>; dead: Record<string, number> }> {
   const rows = await db.query<{ dead: boolean; queue: string; count: number }>(
     `SELECT false AS dead, queue, count(*)::int AS count FROM messaging.jobs GROUP BY queue
      UNION ALL
@@ -101,8 +115,21 @@ export const INSERT_OUTBOX_SQL = `INSERT INTO messaging.outbox (queue, payload, 
        ON CONFLICT (key) DO NOTHING`;
 
 /** Writes outbox rows; a row whose key is still unsent is skipped. */
-export async function insertOutbox(tx: Queryable, queue: string, jobs: readonly NewRow[], delayMs: number, maxAttempts: number): Promise<void> {
-  await tx.query(INSERT_OUTBOX_SQL, [queue, jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.key), maxAttempts, delayMs / 1000, jobs.map((j) => j.trace)]);
+export async function insertOutbox(
+  tx: Queryable,
+  queue: string,
+  jobs: readonly NewRow[],
+  delayMs: number,
+  maxAttempts: number,
+): Promise<void> {
+  await tx.query(INSERT_OUTBOX_SQL, [
+    queue,
+    jobs.map((j) => JSON.stringify(j.payload)),
+    jobs.map((j) => j.key),
+    maxAttempts,
+    delayMs / 1000,
+    jobs.map((j) => j.trace),
+  ]);
 }
 
 export interface OutboxRow {
@@ -143,7 +170,9 @@ export async function deleteOutbox(tx: Queryable, ids: readonly string[]): Promi
 
 /** Unsent rows per queue. */
 export async function outboxCounts(db: Queryable): Promise<Record<string, number>> {
-  const rows = await db.query<{ queue: string; count: number }>('SELECT queue, count(*)::int AS count FROM messaging.outbox GROUP BY queue');
+  const rows = await db.query<{ queue: string; count: number }>(
+    'SELECT queue, count(*)::int AS count FROM messaging.outbox GROUP BY queue',
+  );
   return Object.fromEntries(rows.map((row) => [row.queue, row.count]));
 }
 
@@ -164,7 +193,11 @@ export async function tryRelayLock(tx: Queryable): Promise<boolean> {
  * concurrent delivery of the same message committed first, the caller's
  * transaction fails and its effect is undone; 'ignore': nothing to undo.
  */
-export async function insertInbox(tx: Queryable, messages: readonly { queue: string; id: string }[], onDuplicate: 'fail' | 'ignore'): Promise<void> {
+export async function insertInbox(
+  tx: Queryable,
+  messages: readonly { queue: string; id: string }[],
+  onDuplicate: 'fail' | 'ignore',
+): Promise<void> {
   await tx.query(
     `INSERT INTO messaging.inbox (queue, message_id) SELECT * FROM unnest($1::text[], $2::text[])${onDuplicate === 'ignore' ? ' ON CONFLICT DO NOTHING' : ''}`,
     [messages.map((m) => m.queue), messages.map((m) => m.id)],

@@ -32,21 +32,33 @@ describe('accept steps', () => {
     });
 
     it('gives every priced request its own order id', () => {
-      const { priced } = price([request('k1', [{ sku: 'A', quantity: 1 }]), request('k2', [{ sku: 'A', quantity: 1 }])], prices, DEFAULT_MONEY_LIMITS, newId);
+      const { priced } = price(
+        [request('k1', [{ sku: 'A', quantity: 1 }]), request('k2', [{ sku: 'A', quantity: 1 }])],
+        prices,
+        DEFAULT_MONEY_LIMITS,
+        newId,
+      );
       assert.notEqual(priced[0]!.orderId, priced[1]!.orderId);
     });
   });
 
   describe('sortClaims', () => {
     const [a, b, c] = price(
-      [request('k1', [{ sku: 'A', quantity: 1 }]), request('k2', [{ sku: 'A', quantity: 1 }]), request('k3', [{ sku: 'B', quantity: 1 }])],
+      [
+        request('k1', [{ sku: 'A', quantity: 1 }]),
+        request('k2', [{ sku: 'A', quantity: 1 }]),
+        request('k3', [{ sku: 'B', quantity: 1 }]),
+      ],
       prices,
       DEFAULT_MONEY_LIMITS,
       newId,
     ).priced as [PricedRequest, PricedRequest, PricedRequest];
 
     it('keeps keys claimed now, replays a repeated body, and refuses a key reused for another body', () => {
-      const { fresh, replays, refused } = sortClaims([a, b, c], [null, { orderId: 'ord_earlier', requestHash: b.hash }, { orderId: 'ord_other', requestHash: 'another body' }]);
+      const { fresh, replays, refused } = sortClaims(
+        [a, b, c],
+        [null, { orderId: 'ord_earlier', requestHash: b.hash }, { orderId: 'ord_other', requestHash: 'another body' }],
+      );
       assert.deepEqual(fresh, [a]);
       assert.deepEqual(replays, [{ request: b.request, orderId: 'ord_earlier' }]);
       assert.equal(refused.length, 1);
@@ -62,7 +74,11 @@ describe('accept steps', () => {
   describe('reserve', () => {
     it('makes pending orders of the ones whose stock fits and rejects the rest as out of stock, in order', () => {
       const { priced } = price(
-        [request('k1', [{ sku: 'A', quantity: 2 }]), request('k2', [{ sku: 'A', quantity: 2 }]), request('k3', [{ sku: 'A', quantity: 1 }])],
+        [
+          request('k1', [{ sku: 'A', quantity: 2 }]),
+          request('k2', [{ sku: 'A', quantity: 2 }]),
+          request('k3', [{ sku: 'A', quantity: 1 }]),
+        ],
         prices,
         DEFAULT_MONEY_LIMITS,
         newId,

@@ -23,7 +23,12 @@ export const INSERT_PAYMENTS_SQL = `INSERT INTO payments.payments (order_id, amo
 
 /** Records the payments of newly accepted orders, pending. */
 export async function insertPayments(tx: Queryable, payments: readonly PaymentRequest[]): Promise<void> {
-  await tx.query(INSERT_PAYMENTS_SQL, [payments.map((p) => p.orderId), payments.map((p) => p.amountCents), payments.map((p) => p.currency), payments.map((p) => p.token)]);
+  await tx.query(INSERT_PAYMENTS_SQL, [
+    payments.map((p) => p.orderId),
+    payments.map((p) => p.amountCents),
+    payments.map((p) => p.currency),
+    payments.map((p) => p.token),
+  ]);
 }
 
 /**
@@ -52,11 +57,20 @@ interface PaymentRow {
 const PAYMENT_COLUMNS = 'order_id, amount_cents, currency, card_token, status, charge_id';
 
 function toPayment(row: PaymentRow): Payment {
-  return { orderId: row.order_id, amountCents: row.amount_cents, currency: row.currency, cardToken: row.card_token, status: row.status, chargeId: row.charge_id };
+  return {
+    orderId: row.order_id,
+    amountCents: row.amount_cents,
+    currency: row.currency,
+    cardToken: row.card_token,
+    status: row.status,
+    chargeId: row.charge_id,
+  };
 }
 
 export async function findPayment(db: Queryable, orderId: string): Promise<Payment | undefined> {
-  const rows = await db.query<PaymentRow>(`SELECT ${PAYMENT_COLUMNS} FROM payments.payments WHERE order_id = $1`, [orderId]);
+  const rows = await db.query<PaymentRow>(`SELECT ${PAYMENT_COLUMNS} FROM payments.payments WHERE order_id = $1`, [
+    orderId,
+  ]);
   return rows[0] ? toPayment(rows[0]) : undefined;
 }
 
@@ -87,7 +101,10 @@ export async function startCharging(tx: Queryable, orderIds: readonly string[]):
 }
 
 /** Records successful charges, except where a refund already settled the payment. */
-export async function markSucceeded(tx: Queryable, charges: readonly { orderId: string; chargeId: string }[]): Promise<void> {
+export async function markSucceeded(
+  tx: Queryable,
+  charges: readonly { orderId: string; chargeId: string }[],
+): Promise<void> {
   if (charges.length === 0) return;
   await tx.query(
     `UPDATE payments.payments p SET status = 'succeeded', charge_id = c.charge_id, updated_at = now()
@@ -99,7 +116,10 @@ export async function markSucceeded(tx: Queryable, charges: readonly { orderId: 
 
 export async function markDeclined(tx: Queryable, orderId: string): Promise<void> {
   // refund_failed too: an operator's re-drive of a refund may learn that the charge was declined after all.
-  await tx.query(`UPDATE payments.payments SET status = 'declined', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging', 'refund_failed')`, [orderId]);
+  await tx.query(
+    `UPDATE payments.payments SET status = 'declined', updated_at = now() WHERE order_id = $1 AND status IN ('pending', 'charging', 'refund_failed')`,
+    [orderId],
+  );
 }
 
 /** The gateway refused the charge request itself, or it could not be sent: nothing was charged under its key, so nothing is owed back. */
@@ -123,9 +143,8 @@ export async function markRefundFailed(tx: Queryable, orderId: string, reason: s
 }
 
 export async function markRefunded(tx: Queryable, orderId: string, chargeId: string, refundId: string): Promise<void> {
-  await tx.query(`UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1`, [
-    orderId,
-    chargeId,
-    refundId,
-  ]);
+  await tx.query(
+    `UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1`,
+    [orderId, chargeId, refundId],
+  );
 }
