@@ -4,7 +4,7 @@
 import path from 'node:path';
 import { DEFAULT_MAX_TOTAL_CENTS, MAX_CONFIGURABLE_TOTAL_CENTS, type MoneyLimits } from './orders/pricing.ts';
 
-export const ROLES = ['all', 'api', 'worker', 'relay'] as const;
+const ROLES = ['all', 'api', 'worker', 'relay'] as const;
 export type Role = (typeof ROLES)[number];
 
 export interface Config {

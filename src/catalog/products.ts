@@ -30,7 +30,7 @@ export interface Product {
   available: number;
 }
 
-export function productCacheKey(sku: string): string {
+function productCacheKey(sku: string): string {
   return `catalog:product:${sku}`;
 }
 

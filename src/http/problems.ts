@@ -30,7 +30,7 @@ export function problemType(code: ErrorCode): string {
   return `/problems/${code.replaceAll('_', '-')}`;
 }
 
-export function toProblem(code: ErrorCode, detail: string, errors?: FieldError[]): Problem {
+function toProblem(code: ErrorCode, detail: string, errors?: FieldError[]): Problem {
   const { status, title } = ERRORS[code];
   return { type: problemType(code), title, status, detail, ...(errors ? { errors } : {}) };
 }
@@ -54,7 +54,7 @@ function fieldErrors(error: FastifyError): FieldError[] {
 }
 
 /** Classifies an error thrown anywhere while serving a request. */
-export function classify(error: unknown): { code: ErrorCode; detail: string; errors?: FieldError[] } {
+function classify(error: unknown): { code: ErrorCode; detail: string; errors?: FieldError[] } {
   if (error instanceof AppError) return { code: error.code, detail: error.message, ...(error.errors ? { errors: error.errors } : {}) };
   if (error instanceof DatabaseUnavailableError || error instanceof joseErrors.JWKSTimeout) {
     return { code: 'unavailable', detail: error.message };

@@ -31,7 +31,7 @@ declare module 'fastify' {
 export type Server = FastifyInstance<HttpServer, IncomingMessage, ServerResponse, Logger, TypeBoxTypeProvider>;
 export type Routes = FastifyPluginAsync<Record<never, never>, HttpServer, TypeBoxTypeProvider, Logger>;
 
-export const BODY_LIMIT_BYTES = 64 * 1024;
+const BODY_LIMIT_BYTES = 64 * 1024;
 
 export interface ServerOptions {
   log: Logger;

@@ -76,7 +76,7 @@ export interface BrokerOptions {
 }
 
 /** The most attempts a message may ask for in its headers; a larger (or unreadable) count is not trusted. */
-export const MAX_ATTEMPTS_LIMIT = 1_000;
+const MAX_ATTEMPTS_LIMIT = 1_000;
 
 /**
  * Reads an attempt count from a message header, which anything that can

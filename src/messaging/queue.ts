@@ -59,7 +59,7 @@ export class PermanentJobError extends Error {
 }
 
 /** Checks payloads against a consumer's schema: returns the payload typed, or throws PermanentJobError saying what is wrong. */
-export function payloadParser<S extends TSchema>(schema: S): (payload: unknown) => Static<S> {
+function payloadParser<S extends TSchema>(schema: S): (payload: unknown) => Static<S> {
   const compiled = Compile(schema);
   return (payload) => {
     if (compiled.Check(payload)) return payload;

@@ -23,7 +23,7 @@ export type RabbitMqBrokerOptions = BrokerOptions;
 const ATTEMPT_HEADER = 'x-orderflow-attempt';
 const MAX_ATTEMPTS_HEADER = 'x-orderflow-max-attempts';
 const DEAD_REASON_HEADER = 'x-orderflow-dead-reason';
-export const RETRY_STEPS_MS = [10, 40, 160, 640, 2_560, 10_240, 40_960, 163_840, 655_360] as const;
+const RETRY_STEPS_MS = [10, 40, 160, 640, 2_560, 10_240, 40_960, 163_840, 655_360] as const;
 
 function retryStep(delayMs: number): number {
   return RETRY_STEPS_MS.find((step) => step >= delayMs) ?? RETRY_STEPS_MS.at(-1)!;

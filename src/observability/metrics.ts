@@ -222,7 +222,7 @@ export function declareQueue(metrics: Metrics, queue: string): void {
 }
 
 /** How long a scrape waits for one source of its figures (the database, the broker). */
-export const SCRAPE_BUDGET_MS = 500;
+const SCRAPE_BUDGET_MS = 500;
 
 /** Database-wide facts read when Prometheus scrapes (every process reports the same figures: take their max). */
 export interface ScrapeReadings {

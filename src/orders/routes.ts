@@ -16,7 +16,7 @@ import { cancelOrder } from './lifecycle.ts';
 import { ORDER_STATUSES, REJECT_REASONS } from './state-machine.ts';
 import { getOrder, listOrders } from './store.ts';
 
-export const MAX_ORDER_LINES = 100;
+const MAX_ORDER_LINES = 100;
 
 // A path id of the wrong form names nothing, and is answered 404 (see http/problems.ts).
 const OrderIdParams = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }) });

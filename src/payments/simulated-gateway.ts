@@ -28,7 +28,7 @@ export interface SimulatedGatewayOptions {
 }
 
 /** A refund of a charge the gateway does not know: a request error (404), as over HTTP. */
-export class UnknownChargeError extends GatewayRequestError {
+class UnknownChargeError extends GatewayRequestError {
   constructor(chargeId: string) {
     super(404, `no such charge: ${chargeId}`);
     this.name = 'UnknownChargeError';

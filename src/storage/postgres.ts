@@ -23,7 +23,7 @@ import { withDeadline } from '../deadline.ts';
 import { assertSafeIntegers, DatabaseUnavailableError, parseInt8, type Database, type Queryable, type Row } from './database.ts';
 
 /** Default of DATABASE_TIMEOUT_MS. */
-export const DEFAULT_DATABASE_TIMEOUT_MS = 10_000;
+const DEFAULT_DATABASE_TIMEOUT_MS = 10_000;
 /** How long calls fail fast after a connection attempt failed, before one call tries again. */
 const CIRCUIT_HALF_OPEN_MS = 500;
 /** Longest pause between two attempts to reconnect a pool connection, in seconds. */

@@ -83,7 +83,7 @@ export interface ReplicaOptions {
  * A PostgreSQL log sequence number ("16/B374D848") as a number that compares
  * like the position it names (the high and low 32 bits of a 64-bit offset).
  */
-export function parseLsn(text: string): bigint {
+function parseLsn(text: string): bigint {
   const match = /^([0-9A-F]{1,8})\/([0-9A-F]{1,8})$/i.exec(text);
   if (!match) throw new Error(`not a PostgreSQL LSN: "${text}"`);
   return (BigInt(`0x${match[1]}`) << 32n) | BigInt(`0x${match[2]}`);
