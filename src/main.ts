@@ -90,7 +90,7 @@ async function serve(config: Config): Promise<void> {
     stopping = true;
     app.log.info({ signal }, 'shutting down: draining requests and jobs');
     const force = setTimeout(() => {
-      app.log.error('shutdown took too long; exiting (unfinished jobs are retried after their lease)');
+      app.log.error('shutdown took too long; exiting (what this process still held is delivered again: after its lease, its ack wait, or at once)');
       process.exit(1);
     }, PROCESS.shutdownGraceMs);
     force.unref();

@@ -1,6 +1,7 @@
 // Per-customer rate limits. A route opts in with `config.rateLimit` (see
-// orderLimit below); the key is the token's subject, so the bearer-auth hook
-// must have run first. It does: the auth hook is an instance-level onRequest
+// perCustomerLimit below); the key is the customer the bearer token names
+// (or the client's address without one), so the bearer-auth hook must have
+// run first. It does: the auth hook is an instance-level onRequest
 // hook, and the limiter adds itself to the route's own onRequest hooks, which
 // Fastify runs after the instance's. Counters live in Redis when there is one,
 // so every process enforces one shared limit; otherwise each process counts

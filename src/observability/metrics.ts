@@ -228,7 +228,7 @@ const SCRAPE_BUDGET_MS = 500;
 export interface ScrapeReadings {
   /** Whether this process can serve: the /readyz check. */
   ready(): Promise<boolean>;
-  /** Orders waiting for their payment outcome (orders/store.ts pendingOrderStats). */
+  /** Orders waiting for their payment outcome (orders' pendingOrderStats). */
   pendingOrders(): Promise<{ count: number; overdue: number; oldestAgeSeconds: number }>;
 }
 

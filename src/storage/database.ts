@@ -1,6 +1,6 @@
-// The storage port. Module code talks SQL (PostgreSQL dialect, $1 parameters)
-// through this small interface, so the same statements run on the embedded
-// PGlite and on a PostgreSQL server.
+// The storage port. Each module's store.ts talks SQL (PostgreSQL dialect, $1
+// parameters) through this small interface, so the same statements run on
+// the embedded PGlite and on a PostgreSQL server.
 
 export type Row = Record<string, unknown>;
 
