@@ -10,6 +10,8 @@ import { MemcachedCache } from './cache/memcached-cache.ts';
 import { MemoryCache } from './cache/memory-cache.ts';
 import { RedisCache } from './cache/redis-cache.ts';
 import { connectRedis } from './cache/redis.ts';
+import { adminRoutes } from './admin/routes.ts';
+import { consoleRoutes } from './admin/console.ts';
 import { catalogRoutes } from './catalog/routes.ts';
 import { ConfigError, redactUrl, type Config } from './config.ts';
 import { notReady, operationsRoutes } from './http/operations.ts';
@@ -20,11 +22,13 @@ import { localVerifier, remoteVerifier } from './identity/verifier.ts';
 import type { Broker } from './messaging/broker.ts';
 import { BrokerQueue } from './messaging/broker-queue.ts';
 import { DatabaseQueue, type DatabaseQueueOptions } from './messaging/database-queue.ts';
+import { brokerDeadLetters, databaseDeadLetters } from './messaging/dead-letters.ts';
 import { NatsBroker } from './messaging/nats-broker.ts';
 import type { JobQueue } from './messaging/queue.ts';
 import { RabbitMqBroker } from './messaging/rabbitmq-broker.ts';
 import { Relay, type RelayOptions } from './messaging/relay.ts';
 import { createLogger } from './observability/logger.ts';
+import { FiguresReporter } from './admin/figures.ts';
 import { createMetrics, readAtScrape, type Metrics } from './observability/metrics.ts';
 import { tracingEnabled } from './observability/tracing.ts';
 import { orderRoutes } from './orders/routes.ts';
@@ -61,6 +65,8 @@ export interface AppOptions {
   resilience?: ResilienceOptions;
   /** How long this process may serve a cached product without asking the shared cache (tests lengthen it to prove invalidations arrive, or shorten it). */
   cacheLocalTtlMs?: number;
+  /** How often this process writes its live figures, and the figures stream sends, in ms (default 1000). */
+  figuresIntervalMs?: number;
 }
 
 export interface App {
@@ -77,6 +83,8 @@ export interface App {
   /** The development issuer, when no outside identity provider is configured. */
   readonly devIssuer: DevIssuer | undefined;
   readonly sweeper: Sweeper | undefined;
+  /** Writes this process's live figures for the console (every role). */
+  readonly figures: FiguresReporter;
   /** Starts the background work of the role: job consumers and sweeper (all, worker), outbox relay (all, relay, in broker mode); no-op for ROLE=api. */
   startWorkers(): void;
   /** Starts the workers and listens on config.port; returns the URL. */
@@ -227,7 +235,12 @@ function wireWorker(core: Core, queue: JobQueue): { startSweeper(): Sweeper } {
  * Only the API reads lists, so only it opens the replica (lazily: it may be
  * down).
  */
-async function wireApi(core: Core, server: Server, queue: JobQueue): Promise<{ cache: string; redis: boolean; replica: boolean }> {
+async function wireApi(
+  core: Core,
+  server: Server,
+  queue: JobQueue,
+  extra: { broker: Broker | undefined; devIssuer: DevIssuer | undefined },
+): Promise<{ cache: string; redis: boolean; replica: boolean }> {
   const { config, options, log, metrics, db, stops } = core;
   const redis = config.redisUrl ? connectRedis(config.redisUrl, { log: log.child({ component: 'redis' }), metrics }) : undefined;
   if (redis) stops.add(() => redis.close());
@@ -272,6 +285,19 @@ async function wireApi(core: Core, server: Server, queue: JobQueue): Promise<{ c
       groupCommit: { maxBatch: config.groupCommitMaxBatch, maxInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)) },
     }),
   );
+  await server.register(
+    adminRoutes({
+      db,
+      reads,
+      queue,
+      deadLetters: extra.broker ? brokerDeadLetters(db, extra.broker, PAYMENT_QUEUES) : databaseDeadLetters(db),
+      log: log.child({ component: 'admin' }),
+      pendingDeadlineMs: config.pendingDeadlineMs,
+      ...(options.figuresIntervalMs !== undefined ? { figuresIntervalMs: options.figuresIntervalMs } : {}),
+    }),
+  );
+  // The token button only in the embedded shape (no DATABASE_URL) with the development issuer.
+  await server.register(consoleRoutes({ devIssuer: config.databaseUrl === undefined ? extra.devIssuer : undefined }));
   return { cache: cacheKind, redis: redis !== undefined, replica: config.databaseReadUrl !== undefined };
 }
 
@@ -297,9 +323,26 @@ export async function createApp(options: AppOptions): Promise<App> {
     const worker = config.role === 'all' || config.role === 'worker' ? wireWorker(core, queue) : undefined;
     const relay = broker && (config.role === 'all' || config.role === 'relay') ? wireRelay(core, queue, broker) : undefined;
 
+    const figures = new FiguresReporter({
+      db,
+      metrics,
+      queue,
+      log: log.child({ component: 'figures' }),
+      role: config.role,
+      callsGateway: worker !== undefined,
+      hasOutbox: broker !== undefined,
+      ...(options.figuresIntervalMs !== undefined ? { intervalMs: options.figuresIntervalMs } : {}),
+    });
+    // After the server has closed: its last row is removed, not left to go stale.
+    stops.add(() => figures.stop());
+
     const server = buildServer({ log, metrics, verifyToken });
+    // Accept latencies for the live figures (their percentiles are exact, not bucketed).
+    server.addHook('onResponse', async (request, reply) => {
+      if (request.method === 'POST' && request.routeOptions.url === '/v1/orders') figures.observeAccept(reply.elapsedTime);
+    });
     await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));
-    const api = config.role === 'all' || config.role === 'api' ? await wireApi(core, server, queue) : undefined;
+    const api = config.role === 'all' || config.role === 'api' ? await wireApi(core, server, queue, { broker, devIssuer }) : undefined;
     // Stopped first: new requests get 503, those in flight finish.
     stops.add(() => server.close());
 
@@ -317,6 +360,7 @@ export async function createApp(options: AppOptions): Promise<App> {
     let sweeper: Sweeper | undefined;
     let started = false;
     const startWorkers = () => {
+      figures.start();
       relay?.start();
       if (!worker || started) return;
       started = true;
@@ -333,6 +377,7 @@ export async function createApp(options: AppOptions): Promise<App> {
       metrics,
       log,
       devIssuer,
+      figures,
       get sweeper() {
         return sweeper;
       },

@@ -16,6 +16,7 @@ export const ERRORS = {
   insufficient_stock: { status: 409, title: 'Not enough available stock' },
   stock_limit_exceeded: { status: 409, title: 'The change would take stock above its maximum' },
   order_not_cancellable: { status: 409, title: 'The order can no longer be cancelled' },
+  order_not_retryable: { status: 409, title: "The order's payment cannot be retried" },
   idempotency_key_reused: { status: 422, title: 'Idempotency-Key was already used with a different request' },
   unknown_sku: { status: 422, title: 'The order names a SKU that does not exist' },
   mixed_currencies: { status: 422, title: 'All items of an order must share one currency' },

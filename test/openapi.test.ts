@@ -26,6 +26,15 @@ const CONTRACT_ROUTES: Record<string, { success: number[]; errors: number[]; sco
   'GET /v1/orders/{id}': { success: [200], errors: [404], scopes: ['orders:read', 'orders:admin'] },
   'GET /v1/orders': { success: [200], errors: [], scopes: ['orders:read', 'orders:admin'] },
   'POST /v1/orders/{id}/cancel': { success: [200], errors: [404, 409], scopes: ['orders:write', 'orders:admin'] },
+  'GET /v1/admin/orders': { success: [200], errors: [400], scopes: ['orders:admin'] },
+  'GET /v1/admin/orders/{id}': { success: [200], errors: [404], scopes: ['orders:admin'] },
+  'GET /v1/admin/products': { success: [200], errors: [400], scopes: ['orders:admin', 'catalog:write'] },
+  'GET /v1/admin/invariants': { success: [200], errors: [], scopes: ['orders:admin'] },
+  'GET /v1/admin/dead-letters': { success: [200], errors: [400], scopes: ['orders:admin', 'operations:write'] },
+  'POST /v1/admin/dead-letters/redrive': { success: [200], errors: [400], scopes: ['operations:write'] },
+  'POST /v1/admin/dead-letters/discard': { success: [200], errors: [400], scopes: ['operations:write'] },
+  'GET /v1/admin/figures': { success: [200], errors: [], scopes: ['orders:admin'] },
+  'GET /v1/admin/figures/stream': { success: [200], errors: [], scopes: ['orders:admin'] },
 };
 
 /** "METHOD /path" of every route the contract lists (some more than once, as later versions amend them), with {params} as OpenAPI writes them. */

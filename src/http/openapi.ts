@@ -122,6 +122,7 @@ const plugin: Routes = async (app) => {
         { name: 'operations', description: 'Liveness, readiness, metrics and this document; no auth' },
         { name: 'catalog', description: 'Products and stock' },
         { name: 'orders', description: 'Placing, reading and cancelling orders' },
+        { name: 'admin', description: "Operators: every order's history, search, dead letters, live figures, invariants (orders:admin; operations:write to re-drive or discard)" },
       ],
       components: {
         securitySchemes: {

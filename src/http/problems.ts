@@ -54,7 +54,7 @@ function fieldErrors(error: FastifyError): FieldError[] {
 }
 
 /** Classifies an error thrown anywhere while serving a request. */
-function classify(error: unknown): { code: ErrorCode; detail: string; errors?: FieldError[] } {
+export function classify(error: unknown): { code: ErrorCode; detail: string; errors?: FieldError[] } {
   if (error instanceof AppError) return { code: error.code, detail: error.message, ...(error.errors ? { errors: error.errors } : {}) };
   if (error instanceof DatabaseUnavailableError || error instanceof joseErrors.JWKSTimeout) {
     return { code: 'unavailable', detail: error.message };

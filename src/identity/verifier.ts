@@ -11,7 +11,7 @@ import { LRUCache } from 'lru-cache';
 import { AppError } from '../errors.ts';
 import { TEXT_CHARACTER } from '../text.ts';
 
-export const SCOPES = ['orders:write', 'orders:read', 'orders:admin', 'catalog:write'] as const;
+export const SCOPES = ['orders:write', 'orders:read', 'orders:admin', 'catalog:write', 'operations:write'] as const;
 export type Scope = (typeof SCOPES)[number];
 
 export interface Principal {

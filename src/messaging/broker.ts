@@ -4,6 +4,7 @@
 // re-publish, and the consumer side (the inbox) absorbs the repeats.
 import { withDeadline } from '../deadline.ts';
 import type { TraceCarrier } from '../observability/tracing.ts';
+import type { BrokerDeadLetters } from './dead-letters.ts';
 import type { JsonObject } from './queue.ts';
 
 export interface OutgoingMessage {
@@ -46,7 +47,7 @@ export interface Subscription {
   stop(): Promise<void>;
 }
 
-export interface Broker {
+export interface Broker extends BrokerDeadLetters {
   readonly kind: 'nats' | 'rabbitmq';
   /** Publishes the batch and resolves once the broker has confirmed every message (rejects otherwise). */
   publish(messages: readonly OutgoingMessage[]): Promise<void>;

@@ -20,6 +20,7 @@ import { connect, createInbox, headers, nanos, type Msg, type NatsConnection } f
 import type { Logger } from 'pino';
 import { BROKER, JOBS } from '../tunables.ts';
 import { consumeLoop, type ConsumeAttempt, type ConsumeSession } from './consume-loop.ts';
+import { invalidDeadLetterCursor, type BrokerDeadLetters, type DeadLetter, type DeadLetterPage } from './dead-letters.ts';
 import { attemptCount, DEFAULT_BROKER_PREFIX, traceHeaders, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 
 export interface NatsBrokerOptions extends BrokerOptions {
@@ -38,6 +39,7 @@ export interface NatsBrokerOptions extends BrokerOptions {
 
 const MAX_ATTEMPTS_HEADER = 'Orderflow-Max-Attempts';
 const DEAD_REASON_HEADER = 'Orderflow-Dead-Reason';
+const DEAD_ATTEMPTS_HEADER = 'Orderflow-Dead-Attempts';
 const MSG_ID_HEADER = 'Nats-Msg-Id';
 
 interface Connected {
@@ -144,7 +146,7 @@ function token(name: string): string {
   return name.replace(/[^A-Za-z0-9_-]/g, '_');
 }
 
-export class NatsBroker implements Broker {
+export class NatsBroker implements Broker, BrokerDeadLetters {
   readonly kind = 'nats';
   readonly #url: URL;
   readonly #log: Logger;
@@ -349,6 +351,7 @@ export class NatsBroker implements Broker {
         // Header values are single lines.
         h.set(DEAD_REASON_HEADER, reason.replace(/[\r\n]+/g, ' ').slice(0, 500));
         h.set('Orderflow-Message-Id', msg.headers?.get(MSG_ID_HEADER) ?? '');
+        h.set(DEAD_ATTEMPTS_HEADER, String(msg.info.deliveryCount));
         // Parked first, then forgotten: a crash in between parks it twice, never loses it.
         await js.publish(this.deadSubject(queue), msg.data, { headers: h, timeout: this.#publishTimeoutMs });
         msg.term();
@@ -375,6 +378,73 @@ export class NatsBroker implements Broker {
     return this.#subjectCount(this.deadSubject(queue));
   }
 
+  /**
+   * Dead letters read in place by stream sequence (a direct "next message on
+   * these subjects" request each): nothing is consumed, so listing never
+   * disturbs them. The cursor is the last sequence read.
+   */
+  async listDead(queues: readonly string[], options: { limit: number; after?: string }): Promise<DeadLetterPage> {
+    if (options.after !== undefined && !/^\d{1,15}$/.test(options.after)) throw invalidDeadLetterCursor();
+    const items: DeadLetter[] = [];
+    if (queues.length === 0) return { items, next: undefined };
+    const { jsm } = await this.#connect();
+    const subject = queues.length === 1 ? this.deadSubject(queues[0]!) : `${this.#prefix}.dead.>`;
+    let seq = options.after === undefined ? 1 : Number(options.after) + 1;
+    let more = false;
+    for (;;) {
+      // A "next by subject" request (NATS 2.9+): the client's type lists only the other request forms.
+      const query = { seq, next_by_subj: subject } as unknown as { seq: number };
+      const stored = await withTimeout('NATS message get', this.#publishTimeoutMs, jsm.streams.getMessage(this.#stream, query));
+      if (!stored) break;
+      seq = stored.seq + 1;
+      const letter = this.#deadLetter(stored);
+      if (!queues.includes(letter.queue)) continue;
+      if (items.length === options.limit) {
+        more = true;
+        break;
+      }
+      items.push(letter);
+    }
+    return { items, next: more ? items.at(-1)?.id : undefined };
+  }
+
+  async settleDead(queues: readonly string[], ids: readonly string[], settle: (letter: DeadLetter) => Promise<void>): Promise<void> {
+    const { jsm } = await this.#connect();
+    for (const id of ids) {
+      if (!/^\d{1,15}$/.test(id)) continue;
+      let stored;
+      try {
+        stored = await withTimeout('NATS message get', this.#publishTimeoutMs, jsm.streams.getMessage(this.#stream, { seq: Number(id) }));
+      } catch (error) {
+        // Deleted or never there (JetStream answers 404 "no message found").
+        if (/no message found/i.test((error as Error).message)) continue;
+        throw error;
+      }
+      if (!stored || !stored.subject.startsWith(`${this.#prefix}.dead.`)) continue;
+      const letter = this.#deadLetter(stored);
+      if (!queues.includes(letter.queue)) continue;
+      try {
+        await settle(letter);
+      } catch {
+        continue; // left in place; the caller has the error
+      }
+      await withTimeout('NATS message delete', this.#publishTimeoutMs, jsm.streams.deleteMessage(this.#stream, stored.seq));
+    }
+  }
+
+  #deadLetter(stored: { seq: number; subject: string; time: Date; header?: { get(name: string): string } | undefined; string(): string }): DeadLetter {
+    const attempts = Number(stored.header?.get(DEAD_ATTEMPTS_HEADER) || NaN);
+    return {
+      id: String(stored.seq),
+      queue: stored.subject.slice(`${this.#prefix}.dead.`.length),
+      body: stored.string(),
+      reason: stored.header?.get(DEAD_REASON_HEADER) ?? '',
+      attempts: Number.isSafeInteger(attempts) ? attempts : null,
+      diedAt: stored.time.toISOString(),
+      key: null,
+    };
+  }
+
   /** Deletes the stream with its consumers and messages, every queue's (tests and teardown); the names are RabbitMQ's need. */
   async deleteTopology(_queues?: readonly string[]): Promise<void> {
     const { jsm } = await this.#connect();
@@ -391,3 +461,4 @@ export class NatsBroker implements Broker {
     await connected?.nc.close();
   }
 }
+

@@ -16,6 +16,9 @@ import { connect, type ChannelModel, type ConfirmChannel, type ConsumeMessage, t
 import type { Logger } from 'pino';
 import { BROKER, JOBS } from '../tunables.ts';
 import { consumeLoop, type ConsumeAttempt, type ConsumeSession } from './consume-loop.ts';
+import { createHash } from 'node:crypto';
+import type { GetMessage } from 'amqplib';
+import { invalidDeadLetterCursor, type BrokerDeadLetters, type DeadLetter, type DeadLetterPage } from './dead-letters.ts';
 import { attemptCount, DEFAULT_BROKER_PREFIX, traceHeaders, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
 
 export type RabbitMqBrokerOptions = BrokerOptions;
@@ -23,6 +26,10 @@ export type RabbitMqBrokerOptions = BrokerOptions;
 const ATTEMPT_HEADER = 'x-orderflow-attempt';
 const MAX_ATTEMPTS_HEADER = 'x-orderflow-max-attempts';
 const DEAD_REASON_HEADER = 'x-orderflow-dead-reason';
+/** When a message was dead-lettered, in ms since the epoch. */
+const DEAD_AT_HEADER = 'x-orderflow-dead-at';
+/** The most dead letters one listing or settling reads from a dead queue (each is taken and handed back). */
+const DEAD_SCAN_LIMIT = 10_000;
 const RETRY_STEPS_MS = [10, 40, 160, 640, 2_560, 10_240, 40_960, 163_840, 655_360] as const;
 
 function retryStep(delayMs: number): number {
@@ -40,7 +47,7 @@ function publishConfirmed(channel: ConfirmChannel, exchange: string, routingKey:
   });
 }
 
-export class RabbitMqBroker implements Broker {
+export class RabbitMqBroker implements Broker, BrokerDeadLetters {
   readonly kind = 'rabbitmq';
   readonly #url: string;
   readonly #log: Logger;
@@ -258,7 +265,7 @@ export class RabbitMqBroker implements Broker {
         const delay = Math.max(1, Math.round(delayMs));
         await republish(this.retryQueueName(queue, retryStep(delay)), { [ATTEMPT_HEADER]: attempt + 1 }, delay);
       },
-      deadLetter: async (reason) => republish(this.deadQueueName(queue), { [DEAD_REASON_HEADER]: reason.slice(0, 1_000) }),
+      deadLetter: async (reason) => republish(this.deadQueueName(queue), { [DEAD_REASON_HEADER]: reason.slice(0, 1_000), [DEAD_AT_HEADER]: Date.now() }),
     };
   }
 
@@ -279,6 +286,81 @@ export class RabbitMqBroker implements Broker {
   async deadLettered(queue: string): Promise<number> {
     await this.#declare(await this.#publisherChannel(), queue);
     return this.#count([this.deadQueueName(queue)]);
+  }
+
+  /**
+   * AMQP cannot read a queue without taking its messages, so a listing takes
+   * the dead letters unacknowledged, up to the end of the page, and hands
+   * them all back by closing its channel (RabbitMQ requeues them in place).
+   * The cursor is the number of letters before the page. While one listing
+   * or settling holds them, another sees fewer.
+   */
+  async listDead(queues: readonly string[], options: { limit: number; after?: string }): Promise<DeadLetterPage> {
+    if (options.after !== undefined && !/^\d{1,9}$/.test(options.after)) throw invalidDeadLetterCursor();
+    const skip = Number(options.after ?? 0);
+    const wanted = Math.min(skip + options.limit + 1, DEAD_SCAN_LIMIT);
+    const letters: DeadLetter[] = [];
+    await this.#withDeadQueues(queues, async (channel, queue) => {
+      while (letters.length < wanted) {
+        const msg = await channel.get(this.deadQueueName(queue), { noAck: false });
+        if (msg === false) break;
+        letters.push(this.#deadLetter(queue, msg));
+      }
+    });
+    const items = letters.slice(skip, skip + options.limit);
+    return { items, next: letters.length > skip + options.limit ? String(skip + options.limit) : undefined };
+  }
+
+  async settleDead(queues: readonly string[], ids: readonly string[], settle: (letter: DeadLetter) => Promise<void>): Promise<void> {
+    const wanted = new Set(ids);
+    const settled = new Set<string>();
+    await this.#withDeadQueues(queues, async (channel, queue) => {
+      for (let scanned = 0; scanned < DEAD_SCAN_LIMIT && settled.size < wanted.size; scanned++) {
+        const msg = await channel.get(this.deadQueueName(queue), { noAck: false });
+        if (msg === false) break;
+        const letter = this.#deadLetter(queue, msg);
+        if (!wanted.has(letter.id)) continue;
+        // A second copy (parked twice by a crash between park and ack) goes with the first.
+        if (settled.has(letter.id)) {
+          channel.ack(msg);
+          continue;
+        }
+        try {
+          await settle(letter);
+        } catch {
+          continue; // handed back with the others; the caller has the error
+        }
+        channel.ack(msg);
+        settled.add(letter.id);
+      }
+    });
+  }
+
+  /** Runs fn per queue on one channel of its own; closing it hands back every message taken and not acknowledged. */
+  async #withDeadQueues(queues: readonly string[], fn: (channel: ConfirmChannel, queue: string) => Promise<void>): Promise<void> {
+    const publisher = await this.#publisherChannel();
+    for (const queue of queues) await this.#declare(publisher, queue);
+    const channel = await this.#channel();
+    try {
+      for (const queue of queues) await fn(channel, queue);
+    } finally {
+      await channel.close().catch((error: unknown) => this.#log.warn({ err: error }, 'RabbitMQ: closing the dead-letter channel failed; its messages return when the connection closes'));
+    }
+  }
+
+  #deadLetter(queue: string, msg: GetMessage): DeadLetter {
+    const headers = msg.properties.headers ?? {};
+    const messageId = typeof msg.properties.messageId === 'string' && msg.properties.messageId !== '' ? msg.properties.messageId : `sha256-${createHash('sha256').update(msg.content).digest('hex').slice(0, 32)}`;
+    const diedAt = Number(headers[DEAD_AT_HEADER]);
+    return {
+      id: `${queue}:${messageId}`,
+      queue,
+      body: msg.content.toString('utf8'),
+      reason: String(headers[DEAD_REASON_HEADER] ?? ''),
+      attempts: attemptCount(headers[ATTEMPT_HEADER], 1),
+      diedAt: Number.isSafeInteger(diedAt) && diedAt > 0 ? new Date(diedAt).toISOString() : null,
+      key: null,
+    };
   }
 
   /** Deletes the exchange and the queues of these queue names (tests and teardown). */

@@ -3,6 +3,7 @@
 // waiting for the relay) and messaging.inbox (messages a consumer has
 // applied). Only this module touches them; the queue and relay classes
 // call these functions.
+import { invalidDeadLetterCursor, type DeadLetter, type DeadLetterPage } from './dead-letters.ts';
 import type { JsonObject } from './queue.ts';
 import type { Queryable } from '../storage/database.ts';
 
@@ -218,4 +219,43 @@ export async function pruneInbox(db: Queryable, retentionMs: number): Promise<nu
     [retentionMs / 1000],
   );
   return removed?.rows ?? 0;
+}
+
+// --- dead letters an operator inspects and settles (messaging.dead_jobs) ------
+
+interface DeadJobRow {
+  id: string;
+  queue: string;
+  body: string;
+  key: string | null;
+  attempts: number;
+  last_error: string | null;
+  died_at: Date;
+  [column: string]: unknown;
+}
+
+const DEAD_JOB_COLUMNS = 'id::text AS id, queue, payload::text AS body, key, attempts, last_error, died_at';
+
+function toDeadLetter(row: DeadJobRow): DeadLetter {
+  return { id: row.id, queue: row.queue, body: row.body, reason: row.last_error ?? '', attempts: row.attempts, diedAt: row.died_at.toISOString(), key: row.key };
+}
+
+/** A page of messaging.dead_jobs in job order, after the job id `after`; AppError validation_failed for an `after` that is no job id. */
+export async function deadJobs(db: Queryable, options: { queue?: string; limit: number; after?: string }): Promise<DeadLetterPage> {
+  if (options.after !== undefined && !/^\d{1,18}$/.test(options.after)) {
+    throw invalidDeadLetterCursor();
+  }
+  const rows = await db.query<DeadJobRow>(
+    `SELECT ${DEAD_JOB_COLUMNS} FROM messaging.dead_jobs
+      WHERE ($1::text IS NULL OR queue = $1) AND ($2::bigint IS NULL OR id > $2) ORDER BY id LIMIT $3`,
+    [options.queue ?? null, options.after ?? null, options.limit + 1],
+  );
+  const page = rows.slice(0, options.limit);
+  return { items: page.map(toDeadLetter), next: rows.length > options.limit ? page.at(-1)?.id : undefined };
+}
+
+/** Deletes one dead job in the caller's transaction and returns it; undefined when there is none with this id. */
+export async function takeDeadJob(tx: Queryable, id: string): Promise<DeadLetter | undefined> {
+  const rows = await tx.query<DeadJobRow>(`DELETE FROM messaging.dead_jobs WHERE id = $1::bigint RETURNING ${DEAD_JOB_COLUMNS}`, [id]);
+  return rows[0] ? toDeadLetter(rows[0]) : undefined;
 }

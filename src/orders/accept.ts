@@ -29,7 +29,7 @@ import { GroupCommit, type GroupCommitOptions, type UnitOutcome } from '../stora
 import { newOrderId } from './ids.ts';
 import type { PaymentPort } from './payment-port.ts';
 import { DEFAULT_MONEY_LIMITS, priceOrder, type MoneyLimits, type PricedOrder, type RequestedLine } from './pricing.ts';
-import { claimIdempotencyKeys, customerKey, findOrders, insertOrders, type NewOrder, type Order } from './store.ts';
+import { claimIdempotencyKeys, customerKey, findOrders, insertOrders, recordOrderEvents, type NewOrder, type NewOrderEvent, type Order } from './store.ts';
 
 export interface PlaceOrder {
   items: RequestedLine[];
@@ -166,6 +166,10 @@ async function store(tx: Queryable, payments: PaymentPort, orders: readonly NewO
       tx,
       orders.map((o) => o.order),
     ),
+    recordOrderEvents(
+      tx,
+      orders.flatMap((o) => acceptEvents(o.order)),
+    ),
     holdStock(tx, toHold),
     payments.open(
       tx,
@@ -229,6 +233,15 @@ export async function acceptBatch(
     if (!outcome) throw new Error('acceptBatch left a request without an outcome');
     return outcome;
   });
+}
+
+/** The history a new order starts with: accepted, then its stock held or its rejection. */
+function acceptEvents(order: NewOrder): NewOrderEvent[] {
+  const accepted: NewOrderEvent = { orderId: order.id, type: 'accepted', detail: { totalCents: order.totalCents, currency: order.currency, customerId: order.customerId } };
+  const lines = order.lines.map((l) => ({ sku: l.sku, quantity: l.quantity }));
+  return order.status === 'pending'
+    ? [accepted, { orderId: order.id, type: 'stock_held', detail: { lines } }]
+    : [accepted, { orderId: order.id, type: 'rejected', detail: { reason: order.rejectReason, lines } }];
 }
 
 /** Accepts orders with application-level group commit (see the top of this file). */

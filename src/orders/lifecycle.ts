@@ -4,11 +4,11 @@
 // order row first, so the lock order is always order → stock → payment and
 // concurrent cancels and payment results cannot deadlock or both win.
 import { AppError } from '../errors.ts';
-import { release } from '../inventory/stock.ts';
+import { allocate, holdStock, lockStock, release } from '../inventory/stock.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import type { PaymentPort } from './payment-port.ts';
-import { owesRefund, transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
-import { findOrder, getOrder, lockOrderStatuses, setStatuses, type Order } from './store.ts';
+import { owesRefund, retryPayment, transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
+import { findOrder, getOrder, lockOrderStatuses, recordOrderEvents, setStatuses, type Order } from './store.ts';
 
 // The reads other modules make of orders; their SQL stays private to store.ts.
 export { lockOrderStatuses, pendingOrderStats, stalePendingOrders, statusesOf } from './store.ts';
@@ -35,19 +35,27 @@ export async function confirmOrders(tx: Queryable, orderIds: readonly string[]):
     const status = before.get(id);
     return status !== undefined && from.includes(status);
   });
-  await setStatuses(tx, moving, to);
+  // Pipelined, one round trip (see Queryable).
+  await Promise.all([
+    setStatuses(tx, moving, to),
+    recordOrderEvents(
+      tx,
+      moving.map((orderId) => ({ orderId, type: 'confirmed' })),
+    ),
+  ]);
   const moved = new Set(moving);
   return new Map(orderIds.map((id) => [id, moved.has(id) ? { changed: true, status: to } : { changed: false, status: before.get(id) }]));
 }
 
-/** Payment failed for good: a pending order is rejected and its stock released. */
-export async function rejectOrder(tx: Queryable, orderId: string, reason: RejectReason): Promise<Outcome> {
+/** Payment failed for good: a pending order is rejected and its stock released; `error` (the gateway's words) goes into its history. */
+export async function rejectOrder(tx: Queryable, orderId: string, reason: RejectReason, error?: string): Promise<Outcome> {
   const order = await lockOrder(tx, orderId);
   if (!order) return { changed: false, status: undefined };
   const next = transition(order.status, 'reject');
   if (!next.ok) return { changed: false, status: order.status };
   await setStatuses(tx, [orderId], next.to, reason);
   await release(tx, order.items);
+  await recordOrderEvents(tx, [{ orderId, type: 'rejected', detail: { reason, ...(error ? { error } : {}) } }]);
   return { changed: true, status: next.to };
 }
 
@@ -66,7 +74,13 @@ export async function refundIfOwed(tx: Queryable, payments: PaymentPort, orderId
  * that may have reached the gateway is refunded, also one still in flight
  * (the pay worker sees the cancellation when it records its result).
  */
-export async function cancelOrder(deps: { db: Database; payments: PaymentPort }, orderId: string, customerId: string | undefined): Promise<Order> {
+export async function cancelOrder(
+  deps: { db: Database; payments: PaymentPort },
+  orderId: string,
+  customerId: string | undefined,
+  /** Who asked (the token's subject), for the order's history. */
+  by: string,
+): Promise<Order> {
   await deps.db.transaction(async (tx) => {
     const order = await lockOrder(tx, orderId, customerId);
     if (!order) throw new AppError('not_found', `no order with id "${orderId}"`);
@@ -74,7 +88,30 @@ export async function cancelOrder(deps: { db: Database; payments: PaymentPort },
     if (!next.ok) throw new AppError('order_not_cancellable', `the order is ${order.status}: only pending or confirmed orders can be cancelled`);
     await setStatuses(tx, [orderId], next.to);
     await release(tx, order.items);
+    await recordOrderEvents(tx, [{ orderId, type: 'cancel_requested', detail: { by, was: order.status } }]);
     await refundIfOwed(tx, deps.payments, orderId, next.to);
   });
   return getOrder(deps.db, orderId);
+}
+
+/**
+ * An operator's re-drive of a payment that failed for good: the order,
+ * rejected with payment_failed, becomes pending again and holds its stock
+ * again (all lines or none, under the stock rows' locks, as on accept). In
+ * the caller's transaction, which also queues the charge. Throws AppError
+ * order_not_retryable when the state machine forbids it and
+ * insufficient_stock when the stock is gone.
+ */
+export async function reopenForPayment(tx: Queryable, orderId: string): Promise<Order> {
+  const order = await lockOrder(tx, orderId);
+  if (!order) throw new AppError('not_found', `no order with id "${orderId}"`);
+  const next = retryPayment(order.status, order.rejectReason);
+  if (!next.ok) throw new AppError('order_not_retryable', next.reason);
+  const skus = [...new Set(order.items.map((i) => i.sku))];
+  const { fits, toHold } = allocate(await lockStock(tx, skus), [order.items]);
+  if (!fits[0]) throw new AppError('insufficient_stock', `order ${orderId} cannot hold its stock again: not enough is available`);
+  await holdStock(tx, toHold);
+  await setStatuses(tx, [orderId], next.to);
+  await recordOrderEvents(tx, [{ orderId, type: 'stock_held', detail: { lines: order.items.map((i) => ({ sku: i.sku, quantity: i.quantity })) } }]);
+  return { ...order, status: next.to, rejectReason: null };
 }

@@ -140,7 +140,8 @@ export function orderRoutes(deps: {
       },
       handler: async (request) => {
         tagOrder(request.params.id);
-        const order = await cancelOrder(deps, request.params.id, ownerFilter(principalOf(request)));
+        const principal = principalOf(request);
+        const order = await cancelOrder(deps, request.params.id, ownerFilter(principal), principal.customerId);
         metrics.orderTransitions.inc({ status: 'cancelled', reason: '' });
         return order;
       },

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { awaitsPayment, holdsStock, isTerminal, owesRefund, refusesRefund, ORDER_STATUSES, transition, transitionsOf, type OrderEvent, type OrderStatus } from './state-machine.ts';
+import { awaitsPayment, holdsStock, isTerminal, owesRefund, refusesRefund, ORDER_STATUSES, REJECT_REASONS, retryPayment, transition, transitionsOf, type OrderEvent, type OrderStatus } from './state-machine.ts';
 
 describe('order state machine', () => {
   const allowed: [OrderStatus, OrderEvent, OrderStatus][] = [
@@ -58,5 +58,17 @@ describe('transitionsOf', () => {
     assert.deepEqual(transitionsOf('confirm'), { from: ['pending'], to: 'confirmed' });
     assert.deepEqual(transitionsOf('cancel'), { from: ['pending', 'confirmed'], to: 'cancelled' });
     assert.deepEqual(transitionsOf('reject'), { from: ['pending'], to: 'rejected' });
+  });
+});
+
+describe('retryPayment', () => {
+  it('re-opens only an order rejected with payment_failed', () => {
+    for (const status of ORDER_STATUSES) {
+      for (const reason of [null, ...REJECT_REASONS]) {
+        const result = retryPayment(status, reason);
+        assert.equal(result.ok, status === 'rejected' && reason === 'payment_failed', `${status} ${reason}`);
+        if (result.ok) assert.equal(result.to, 'pending');
+      }
+    }
   });
 });

@@ -44,6 +44,18 @@ export function transitionsOf(event: OrderEvent): { from: OrderStatus[]; to: Ord
   return { from, to: [...targets][0]! };
 }
 
+/**
+ * An operator's re-drive of a payment that failed for good (the gateway
+ * refused the request, nothing was charged) puts the order back to pending,
+ * so the charge can run again once the cause is fixed. Only payment_failed
+ * qualifies: a decline is the card holder's answer, out_of_stock is final,
+ * and the pipeline itself never re-opens an order.
+ */
+export function retryPayment(from: OrderStatus, reason: RejectReason | null): { ok: true; to: OrderStatus } | { ok: false; reason: string } {
+  if (from === 'rejected' && reason === 'payment_failed') return { ok: true, to: 'pending' };
+  return { ok: false, reason: `only an order rejected with payment_failed can have its payment retried; this one is ${from}${reason ? ` (${reason})` : ''}` };
+}
+
 /** True once the pipeline will do nothing more with the order on its own. */
 export function isTerminal(status: OrderStatus): boolean {
   return status !== 'pending';

@@ -25,12 +25,14 @@ import { PermanentJobError, type Job, type JobQueue } from '../messaging/queue.t
 import type { Metrics } from '../observability/metrics.ts';
 import { tagOrder } from '../observability/tracing.ts';
 import { acceptTimeOf } from '../orders/ids.ts';
+import { recordOrderEvents } from '../orders/history.ts';
 import { confirmOrders, lockOrderStatuses, refundIfOwed, rejectOrder, statusesOf } from '../orders/lifecycle.ts';
 import type { PaymentPort } from '../orders/payment-port.ts';
 import { awaitsPayment, refusesRefund } from '../orders/state-machine.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import { GroupCommit, type UnitOutcome } from '../storage/group-commit.ts';
 import { GROUP_COMMIT, PAYMENTS } from '../tunables.ts';
+import { storableText } from '../text.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
 import { CHARGE_QUEUE, chargeKey, chargeOutcomeUnknown, mayRefund, OrderJobPayload, paymentPort, REFUND_QUEUE, refundKey } from './payments.ts';
 import { findPayment, markDeclined, markFailed, markRefunded, markRefundFailed, markSucceeded, startCharging, type Payment } from './store.ts';
@@ -47,6 +49,7 @@ type OrderJob = Job<{ orderId: string }>;
 
 interface PaidJob {
   job: OrderJob;
+  payment: Payment;
   chargeId: string;
 }
 
@@ -123,6 +126,13 @@ async function recordChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPo
   // Pipelined, one round trip (see Queryable): confirmOrders has locked the orders before their payments are touched.
   const [outcomes] = await Promise.all([
     confirmOrders(tx, orderIds),
+    recordOrderEvents(
+      tx,
+      paid.flatMap(({ job, payment, chargeId }) => [
+        { orderId: job.payload.orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: 'succeeded' } },
+        { orderId: job.payload.orderId, type: 'charged', detail: { chargeId, amountCents: payment.amountCents, currency: payment.currency } },
+      ]),
+    ),
     markSucceeded(
       tx,
       paid.map((p) => ({ orderId: p.job.payload.orderId, chargeId: p.chargeId })),
@@ -149,7 +159,14 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     result = await charge(gateway, payment);
   } catch (error) {
     const transient = error instanceof TransientGatewayError;
-    if (transient && job.attempt < job.maxAttempts) throw error; // the queue retries later with backoff
+    const attempted = { orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: transient ? 'transient' : 'refused', error: errorText(error) } } as const;
+    if (transient && job.attempt < job.maxAttempts) {
+      // The attempt goes into the order's history; the queue retries later with backoff.
+      await db.transaction((tx) => recordOrderEvents(tx, [attempted])).catch((recordError: unknown) => {
+        log.error({ orderId, err: recordError }, 'could not record a failed charge attempt in the order history');
+      });
+      throw error;
+    }
     // Giving up, on the last attempt of a transient failure or at once on
     // any other: the order must not stay pending. A request the gateway
     // refused (or that was never sent) charged nothing; after anything else
@@ -157,7 +174,8 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     const reason = `${transient ? 'payment gateway kept failing' : 'payment can never succeed'}: ${(error as Error).message ?? String(error)}`;
     log.error({ order_id: orderId, attempt: job.attempt, err: error }, transient ? 'payment failed for good; rejecting the order' : 'payment can never succeed; rejecting the order at once');
     const rejected = await db.transaction(async (tx) => {
-      const outcome = await rejectOrder(tx, orderId, 'payment_failed');
+      await recordOrderEvents(tx, [attempted]);
+      const outcome = await rejectOrder(tx, orderId, 'payment_failed', storableText(reason));
       if (error instanceof GatewayRequestError) await markFailed(tx, orderId, reason);
       // A duplicate delivery of this message may have confirmed the order
       // meanwhile (same charge, same key): refundIfOwed leaves that money.
@@ -173,6 +191,7 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
 
   if (result.status === 'declined') {
     const rejected = await db.transaction(async (tx) => {
+      await recordOrderEvents(tx, [{ orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: 'declined' } }]);
       const outcome = await rejectOrder(tx, orderId, 'payment_declined');
       await markDeclined(tx, orderId);
       await job.markDone(tx);
@@ -181,7 +200,7 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     if (rejected) countOutcome(metrics, orderId, 'rejected', 'payment_declined');
     return;
   }
-  const confirmed = await deps.recordCharges.submit({ job, chargeId: result.chargeId });
+  const confirmed = await deps.recordCharges.submit({ job, payment, chargeId: result.chargeId });
   if (confirmed) countOutcome(metrics, orderId, 'confirmed', '');
 }
 
@@ -215,12 +234,19 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     if (error instanceof TransientGatewayError) throw error;
     const reason = `refund can never succeed: ${(error as Error).message ?? String(error)}`;
     log.error({ order_id: orderId, attempt: job.attempt, err: error }, 'refund can never succeed; dead-lettering it for an operator');
-    await db.transaction((tx) => markRefundFailed(tx, orderId, reason));
+    await db.transaction(async (tx) => {
+      await markRefundFailed(tx, orderId, reason);
+      await recordOrderEvents(tx, [{ orderId, type: 'refund_failed', detail: { amountCents: payment.amountCents, currency: payment.currency, error: storableText(reason) } }]);
+    });
     throw new PermanentJobError(reason, { cause: error });
   }
   await db.transaction(async (tx) => {
-    if (settled.kind === 'refunded') await markRefunded(tx, orderId, settled.chargeId, settled.refundId);
-    else if (settled.kind === 'declined') await markDeclined(tx, orderId);
+    if (settled.kind === 'refunded') {
+      await markRefunded(tx, orderId, settled.chargeId, settled.refundId);
+      await recordOrderEvents(tx, [
+        { orderId, type: 'refunded', detail: { refundId: settled.refundId, chargeId: settled.chargeId, amountCents: payment.amountCents, currency: payment.currency } },
+      ]);
+    } else if (settled.kind === 'declined') await markDeclined(tx, orderId);
     else await markFailed(tx, orderId, settled.reason);
     await job.markDone(tx);
   });
@@ -247,4 +273,9 @@ async function settleRefund(gateway: PaymentGateway, payment: Payment) {
   }
   const { refundId } = await gateway.refund({ idempotencyKey: refundKey(payment.orderId), chargeId, amountCents: payment.amountCents });
   return { kind: 'refunded', chargeId, refundId } as const;
+}
+
+/** An error's message as text the database can store (it becomes part of an order's history). */
+function errorText(error: unknown): string {
+  return storableText(error instanceof Error ? error.message : String(error));
 }

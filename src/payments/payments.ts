@@ -10,12 +10,16 @@
 //   refund_failed → the refund can never succeed as it stands: money may be
 //                   held, and an operator must settle it (last_error says why).
 import { Type } from 'typebox';
+import { AppError } from '../errors.ts';
 import type { JobQueue } from '../messaging/queue.ts';
 import type { TraceCarrier } from '../observability/tracing.ts';
 import { ORDER_ID_PATTERN } from '../orders/ids.ts';
+import { recordOrderEvents } from '../orders/history.ts';
 import type { PaymentPort, PaymentRequest } from '../orders/payment-port.ts';
 import type { Queryable } from '../storage/database.ts';
-import { insertPayments, markRefundRequested, type PaymentStatus } from './store.ts';
+import { findPayment, insertPayments, markRefundRequested, reopenFailed, type PaymentStatus } from './store.ts';
+
+export { paymentSummary, type PaymentSummary } from './store.ts';
 
 export const CHARGE_QUEUE = 'payments.charge';
 export const REFUND_QUEUE = 'payments.refund';
@@ -84,7 +88,10 @@ export async function queueCharges(tx: Queryable, queue: JobQueue, charges: read
  * refundIfOwed); this only knows whether any may have moved.
  */
 async function refundIfCharged(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
-  if (await markRefundRequested(tx, orderId)) await redriveRefunds(tx, queue, [orderId]);
+  const owed = await markRefundRequested(tx, orderId);
+  if (!owed) return;
+  await redriveRefunds(tx, queue, [orderId]);
+  if (owed.first) await recordOrderEvents(tx, [{ orderId, type: 'refund_requested', detail: { amountCents: owed.amountCents, currency: owed.currency } }]);
 }
 
 /** Queues the orders' refunds again (the sweeper's re-drive), in one statement; a no-op for each refund job still queued. */
@@ -96,3 +103,15 @@ export async function redriveRefunds(tx: Queryable, queue: JobQueue, orderIds: r
   );
 }
 
+/**
+ * An operator's re-drive of a charge that failed for good: a payment the
+ * gateway refused (failed: nothing was charged under its key) may be charged
+ * again, so it goes back to pending. In the caller's transaction, after the
+ * order's row is locked (lock order: order, stock, payment). Throws
+ * AppError order_not_retryable for any other payment: money may have moved.
+ */
+export async function reopenFailedPayment(tx: Queryable, orderId: string): Promise<void> {
+  if (await reopenFailed(tx, orderId)) return;
+  const payment = await findPayment(tx, orderId);
+  throw new AppError('order_not_retryable', `the payment of order ${orderId} is ${payment?.status ?? 'missing'}, not failed: only a charge the gateway refused, with nothing charged, may be retried`);
+}

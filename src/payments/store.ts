@@ -33,15 +33,20 @@ export async function insertPayments(tx: Queryable, payments: readonly PaymentRe
 
 /**
  * Notes that a refund is asked for (once: the first time stays) if the
- * payment may hold money (charging or succeeded); returns whether it may.
+ * payment may hold money (charging or succeeded); returns the amount that
+ * may be owed, and whether this was the first request, or undefined when
+ * no money may have moved.
  */
-export async function markRefundRequested(tx: Queryable, orderId: string): Promise<boolean> {
-  const owed = await tx.query(
+export async function markRefundRequested(tx: Queryable, orderId: string): Promise<{ amountCents: number; currency: string; first: boolean } | undefined> {
+  // `first`: the subquery reads the row as the statement found it (one
+  // snapshot per statement), so it tells the first request from a repeat.
+  const [owed] = await tx.query<{ amount_cents: number; currency: string; first: boolean }>(
     `UPDATE payments.payments SET refund_requested_at = coalesce(refund_requested_at, now())
-      WHERE order_id = $1 AND status IN ('charging', 'succeeded') RETURNING order_id`,
+      WHERE order_id = $1 AND status IN ('charging', 'succeeded')
+      RETURNING amount_cents, currency, (SELECT refund_requested_at IS NULL FROM payments.payments WHERE order_id = $1) AS first`,
     [orderId],
   );
-  return owed.length > 0;
+  return owed ? { amountCents: owed.amount_cents, currency: owed.currency, first: owed.first } : undefined;
 }
 
 interface PaymentRow {
@@ -147,4 +152,59 @@ export async function markRefunded(tx: Queryable, orderId: string, chargeId: str
     `UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1`,
     [orderId, chargeId, refundId],
   );
+}
+
+/** A payment the gateway refused (failed) goes back to pending, for an operator's re-drive; false for any other payment. */
+export async function reopenFailed(tx: Queryable, orderId: string): Promise<boolean> {
+  const rows = await tx.query(
+    `UPDATE payments.payments SET status = 'pending', last_error = NULL, updated_at = now() WHERE order_id = $1 AND status = 'failed' RETURNING order_id`,
+    [orderId],
+  );
+  return rows.length > 0;
+}
+
+/** What an operator sees of an order's payment: never the card token. */
+export interface PaymentSummary {
+  status: PaymentStatus;
+  amountCents: number;
+  currency: string;
+  chargeId: string | null;
+  refundId: string | null;
+  /** Why it failed (the gateway's words), for failed and refund_failed. */
+  lastError: string | null;
+  /** RFC 3339, or null when no refund was asked for. */
+  refundRequestedAt: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export async function paymentSummary(db: Queryable, orderId: string): Promise<PaymentSummary | undefined> {
+  const rows = await db.query<{
+    status: PaymentStatus;
+    amount_cents: number;
+    currency: string;
+    charge_id: string | null;
+    refund_id: string | null;
+    last_error: string | null;
+    refund_requested_at: Date | null;
+    created_at: Date;
+    updated_at: Date;
+  }>(
+    `SELECT status, amount_cents, currency, charge_id, refund_id, last_error, refund_requested_at, created_at, updated_at
+       FROM payments.payments WHERE order_id = $1`,
+    [orderId],
+  );
+  const row = rows[0];
+  if (!row) return undefined;
+  return {
+    status: row.status,
+    amountCents: row.amount_cents,
+    currency: row.currency,
+    chargeId: row.charge_id,
+    refundId: row.refund_id,
+    lastError: row.last_error,
+    refundRequestedAt: row.refund_requested_at?.toISOString() ?? null,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString(),
+  };
 }

@@ -259,6 +259,7 @@ const MODULE_TABLES = [
   'orders.orders',
   'orders.order_lines',
   'orders.idempotency_keys',
+  'orders.order_events',
   'payments.payments',
   'messaging.jobs',
   'messaging.dead_jobs',
