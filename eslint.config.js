@@ -100,4 +100,17 @@ export default tseslint.config(
       '@typescript-eslint/no-unsafe-return': 'off',
     },
   },
+  {
+    // The console's browser modules: plain JavaScript the browser runs as it
+    // is, outside the TypeScript project, so without the type-aware rules.
+    files: ['web/**/*.js'],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      parserOptions: { projectService: false, project: false, program: null },
+      sourceType: 'module',
+      globals: Object.fromEntries(
+        ['window', 'document', 'location', 'fetch', 'sessionStorage', 'CustomEvent', 'ResizeObserver', 'TextDecoderStream', 'URLSearchParams', 'Intl', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'addEventListener', 'removeEventListener', 'AbortController', 'console'].map((name) => [name, 'readonly']),
+      ),
+    },
+  },
 );

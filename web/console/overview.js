@@ -149,7 +149,9 @@ function useInvariants() {
     const read = async () => {
       try {
         const value = await api('GET', '/v1/admin/invariants');
-        if (!stopped) (setInvariants(value), setError(undefined));
+        if (stopped) return;
+        setInvariants(value);
+        setError(undefined);
       } catch (e) {
         if (!stopped) setError(e.message);
       }
