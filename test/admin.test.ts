@@ -9,7 +9,7 @@ import { networkInterfaces } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { CHARGE_QUEUE } from '../src/payments/payments.ts';
 import { PoisonGateway } from './support/gateways.ts';
-import { ALL_SCOPES, client, createProduct, eventually, modes, placeOrder, quiesce, snapshot, startTestApp, type Client, type TestApp } from './support/harness.ts';
+import { ALL_SCOPES, assertRefused, client, createProduct, eventually, modes, placeOrder, quiesce, snapshot, startTestApp, type Client, type TestApp } from './support/harness.ts';
 
 const OPERATOR = 'orders:admin orders:read orders:write catalog:write operations:write';
 
@@ -38,18 +38,7 @@ for (const mode of modes()) {
     let listening: Promise<URL> | undefined;
     const port = async () => Number((await (listening ??= t.app.server.listen({ port: 0, host: '0.0.0.0' }).then((url) => new URL(url)))).port);
 
-    /** Sends the request and asserts it was refused with the status, as problem+json, writing nothing. */
-    async function refused(c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) {
-      await quiesce(t.app);
-      const before = await snapshot(t.app.db);
-      const response = await c.request(method, url, options);
-      assert.equal(response.status, status, `${method} ${url}: ${JSON.stringify(response.body)}`);
-      assert.match(String(response.headers['content-type']), /^application\/problem\+json/);
-      assert.equal(response.body.status, status);
-      await quiesce(t.app);
-      assert.deepEqual(await snapshot(t.app.db), before, 'a refused request changed the database');
-      return response.body;
-    }
+    const refused = (c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) => assertRefused(t.app, c, method, url, status, options);
 
     const detail = async (id: string) => {
       const response = await operator.request('GET', `/v1/admin/orders/${id}`);

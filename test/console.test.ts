@@ -59,6 +59,14 @@ describe('console in Chromium (embedded)', { skip }, () => {
   });
 
   const shot = (name: string) => page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+  /** Screenshots at a laptop's width and a phone's, where the page must not scroll sideways. */
+  const shotBothWidths = async (name: string) => {
+    await shot(name);
+    await page.setViewportSize(PHONE);
+    await shot(`${name}-phone`);
+    assert.ok(await page.evaluate<boolean>(NO_SIDEWAYS_SCROLL), `${name}: no sideways scrolling on a phone`);
+    await page.setViewportSize(LAPTOP);
+  };
   const go = async (hash: string) => {
     await page.goto(`${base}/console/${hash}`);
     await page.waitForSelector('main#content');
@@ -105,11 +113,7 @@ describe('console in Chromium (embedded)', { skip }, () => {
     await page.waitForSelector('[data-tile="oversold"][data-state="ok"]');
     await page.waitForSelector('[data-tile="overdue"][data-state="ok"]');
     assert.equal(await page.locator('[data-table="processes"] tbody tr').count(), 1);
-    await shot('overview');
-    await page.setViewportSize(PHONE);
-    await shot('overview-phone');
-    assert.ok(await page.evaluate<boolean>(NO_SIDEWAYS_SCROLL), 'no sideways scrolling on a phone');
-    await page.setViewportSize(LAPTOP);
+    await shotBothWidths('overview');
   });
 
   it('orders: finds an order by customer and follows its timeline to confirmed', async () => {
@@ -179,11 +183,7 @@ describe('console in Chromium (embedded)', { skip }, () => {
     assert.deepEqual(await page.locator('[data-table="money"] tbody tr').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-movement'))), ['charged', 'refund_requested', 'refunded']);
     assert.match((await page.locator('tr[data-movement="refunded"]').textContent()) ?? '', /€12\.99/);
     assert.deepEqual(gateway.netCharged(id), { charges: 1, netCents: 0 });
-    await shot('order-detail');
-    await page.setViewportSize(PHONE);
-    await shot('order-detail-phone');
-    assert.ok(await page.evaluate<boolean>(NO_SIDEWAYS_SCROLL), 'no sideways scrolling on a phone');
-    await page.setViewportSize(LAPTOP);
+    await shotBothWidths('order-detail');
   });
 
   it('is keyboard reachable: Tab reaches the page links, Enter follows them', async () => {

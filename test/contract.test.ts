@@ -5,7 +5,7 @@
 // hold: a list never misses what was committed before it was asked for.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { ALL_SCOPES, client, createProduct, modes, newKey, placeOrder, quiesce, snapshot, startTestApp, type Client, type TestApp } from './support/harness.ts';
+import { ALL_SCOPES, assertRefused, client, createProduct, modes, newKey, placeOrder, quiesce, snapshot, startTestApp, type Client, type TestApp } from './support/harness.ts';
 
 for (const mode of modes({ replica: true })) {
   describe(`HTTP contract (${mode})`, () => {
@@ -25,19 +25,7 @@ for (const mode of modes({ replica: true })) {
     });
     after(() => t.close());
 
-    /** Sends the request and asserts it was refused with the status, as problem+json, writing nothing. */
-    async function refused(c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) {
-      await quiesce(t.app);
-      const before = await snapshot(t.app.db);
-      const response = await c.request(method, url, options);
-      assert.equal(response.status, status, `${method} ${url}: ${JSON.stringify(response.body)}`);
-      assert.match(String(response.headers['content-type']), /^application\/problem\+json/);
-      assert.equal(response.body.status, status);
-      for (const field of ['type', 'title', 'detail']) assert.equal(typeof response.body[field], 'string', `problem.${field}`);
-      await quiesce(t.app);
-      assert.deepEqual(await snapshot(t.app.db), before, 'a refused request changed the database');
-      return response.body;
-    }
+    const refused = (c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) => assertRefused(t.app, c, method, url, status, options);
 
     describe('operations', () => {
       it('GET /healthz answers 200 without auth', async () => {

@@ -277,6 +277,24 @@ export async function snapshot(db: Queryable): Promise<Record<string, unknown[]>
   return result;
 }
 
+/**
+ * Sends the request and asserts it was refused with the status, as
+ * problem+json, writing nothing (a snapshot of every table before and after,
+ * with the pipeline quiet); returns the problem.
+ */
+export async function assertRefused(app: App, c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) {
+  await quiesce(app);
+  const before = await snapshot(app.db);
+  const response = await c.request(method, url, options);
+  assert.equal(response.status, status, `${method} ${url}: ${JSON.stringify(response.body)}`);
+  assert.match(String(response.headers['content-type']), /^application\/problem\+json/);
+  assert.equal(response.body.status, status);
+  for (const field of ['type', 'title', 'detail']) assert.equal(typeof response.body[field], 'string', `problem.${field}`);
+  await quiesce(app);
+  assert.deepEqual(await snapshot(app.db), before, 'a refused request changed the database');
+  return response.body;
+}
+
 /** Polls until check() returns a value other than undefined, or fails after timeoutMs. */
 export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
