@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { PRICES_SQL } from '../src/catalog/store.ts';
 import { HOLD_STOCK_SQL, LOCK_STOCK_SQL } from '../src/inventory/store.ts';
 import { INSERT_JOBS_SQL, INSERT_OUTBOX_SQL } from '../src/messaging/store.ts';
-import { CLAIM_KEYS_SQL, INSERT_ORDER_LINES_SQL, INSERT_ORDERS_SQL } from '../src/orders/store.ts';
+import { CLAIM_KEYS_SQL, INSERT_ORDER_EVENTS_SQL, INSERT_ORDER_LINES_SQL, INSERT_ORDERS_SQL } from '../src/orders/store.ts';
 import { INSERT_PAYMENTS_SQL } from '../src/payments/store.ts';
 import type { Database } from '../src/storage/database.ts';
 import { migrate } from '../src/storage/migrate.ts';
@@ -169,6 +169,12 @@ function acceptStatements(broker: boolean): Statement[] {
       sql: INSERT_ORDER_LINES_SQL,
       pgbench: [`ARRAY[${PG.orderId}, ${PG.orderId}]`, 'ARRAY[1, 2]', PG_SKUS, PG_QUANTITIES, 'ARRAY[1000, 1000]'],
       values: (o) => [[o.orderId, o.orderId], [1, 2], [o.lo, o.hi], [o.qlo, o.qhi], [1000, 1000]],
+    },
+    {
+      name: 'history rows',
+      sql: INSERT_ORDER_EVENTS_SQL,
+      pgbench: [`ARRAY[${PG.orderId}, ${PG.orderId}]`, `ARRAY['accepted', 'stock_held']`, `ARRAY['{"totalCents": ' || :tot::text || '}', '{}']`],
+      values: (o) => [[o.orderId, o.orderId], ['accepted', 'stock_held'], [JSON.stringify({ totalCents: o.total }), '{}']],
     },
     { name: 'hold stock', sql: HOLD_STOCK_SQL, pgbench: [PG_SKUS, PG_QUANTITIES], values: (o) => [[o.lo, o.hi], [o.qlo, o.qhi]] },
     {

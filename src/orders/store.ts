@@ -279,6 +279,10 @@ export interface OrderEventRecord {
   at: string;
 }
 
+/** $1 order ids, $2 event types, $3 details (JSON text). */
+export const INSERT_ORDER_EVENTS_SQL = `INSERT INTO orders.order_events (order_id, type, detail)
+     SELECT e.order_id, e.type, e.detail::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS e(order_id, type, detail)`;
+
 /**
  * Appends events to orders' histories, in the caller's transaction: one
  * multi-row statement for any number of events, so a group-committed batch
@@ -286,11 +290,7 @@ export interface OrderEventRecord {
  */
 export async function recordOrderEvents(tx: Queryable, events: readonly NewOrderEvent[]): Promise<void> {
   if (events.length === 0) return;
-  await tx.query(
-    `INSERT INTO orders.order_events (order_id, type, detail)
-     SELECT e.order_id, e.type, e.detail::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS e(order_id, type, detail)`,
-    [events.map((e) => e.orderId), events.map((e) => e.type), events.map((e) => JSON.stringify(e.detail ?? {}))],
-  );
+  await tx.query(INSERT_ORDER_EVENTS_SQL, [events.map((e) => e.orderId), events.map((e) => e.type), events.map((e) => JSON.stringify(e.detail ?? {}))]);
 }
 
 /** An order's history, oldest first. */
