@@ -20,6 +20,11 @@ export interface Migration {
 
 export async function loadMigrations(): Promise<Migration[]> {
   const files = (await readdir(MIGRATIONS_DIR)).filter((f) => /^\d+_.+\.sql$/.test(f)).sort();
+  // Two files with one number would apply only the first, silently: a
+  // branch that numbered its migration while another landed the same one.
+  const versions = files.map((f) => f.slice(0, f.indexOf('_')));
+  const repeated = files.filter((_, i) => versions.indexOf(versions[i]!) !== i);
+  if (repeated.length > 0) throw new Error(`two migrations share a number: ${repeated.join(', ')} and another; renumber one`);
   return Promise.all(
     files.map(async (file) => ({
       version: Number(file.slice(0, file.indexOf('_'))),
