@@ -152,7 +152,11 @@ function operationRoutes(): Set<string> {
 
 /** What the image sets (the Dockerfile's ENV): the environment every Orderflow container starts from. */
 function imageEnvironment(): Record<string, string> {
-  const dockerfile = readFileSync(path.join(root, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
+  // As the Dockerfile reference says: comment lines are removed before line
+  // continuations are joined, so a comment may sit inside a multi-line ENV.
+  const dockerfile = readFileSync(path.join(root, 'Dockerfile'), 'utf8')
+    .replace(/^\s*#.*\n/gm, '')
+    .replace(/\\\n/g, ' ');
   const env: Record<string, string> = {};
   for (const line of dockerfile.split('\n').filter((l) => l.startsWith('ENV '))) {
     for (const [, name, quoted, bare] of line.slice(4).matchAll(/([A-Z_]+)=(?:"([^"]*)"|(\S+))/g)) env[name!] = quoted ?? bare!;
