@@ -31,6 +31,21 @@ const MAY_IMPORT = {
   // The operators' API and console: it reads and changes the others only through their public functions.
   admin: ['orders', 'payments', 'catalog', 'inventory', 'messaging', 'http', 'identity', 'storage', 'observability'],
 };
+// The allowed directions must themselves have no cycle, or two modules could
+// again import each other through a third: refuse to lint if they do.
+(function assertAcyclic() {
+  /** @type {Map<string, 'visiting' | 'done'>} */
+  const state = new Map();
+  /** @param {string} name @param {string[]} path */
+  const visit = (name, path) => {
+    if (state.get(name) === 'done') return;
+    if (state.get(name) === 'visiting') throw new Error(`MAY_IMPORT has a cycle: ${[...path, name].join(' → ')}`);
+    state.set(name, 'visiting');
+    for (const next of MAY_IMPORT[name] ?? []) visit(next, [...path, name]);
+    state.set(name, 'done');
+  };
+  for (const name of Object.keys(MAY_IMPORT)) visit(name, []);
+})();
 const TOP_LEVEL_FILES = new Set(['errors', 'text', 'deadline', 'currencies', 'backoff', 'tunables', 'config']);
 
 /**
