@@ -28,7 +28,7 @@ ARG NODE_IMAGE=docker.io/library/node:24-bookworm-slim
 # fixes, docs/architecture.md "PostgreSQL goes away") is applied here, as
 # npm's postinstall applies it elsewhere: patch-package is a development
 # package, so everything is installed first and the development packages are
-# pruned after it ran.
+# pruned after it ran (clean-modules likewise).
 FROM ${NODE_IMAGE} AS dependencies
 WORKDIR /app
 COPY package.json package-lock.json ./
@@ -37,6 +37,10 @@ RUN --mount=type=secret,id=npm_ca \
     if [ -s /run/secrets/npm_ca ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/npm_ca; fi \
  && npm ci --ignore-scripts --no-audit --no-fund --no-update-notifier --loglevel=warn \
  && node_modules/.bin/patch-package --error-on-fail \
+ # Packages' tests, examples, docs and lint configs are never loaded at run
+ # time: clean-modules' default globs (keeping every licence notice) remove
+ # about 17 MB of them. It runs before the prune that removes it.
+ && node_modules/.bin/clean-modules --yes --silent '!**/@(LICEN[CS]E|LICEN[CS]E.*|licen[cs]e*|COPYING*|NOTICE*)' \
  && npm prune --omit=dev --ignore-scripts --no-audit --no-fund --no-update-notifier --loglevel=warn \
  && grep -q 'Orderflow patch' node_modules/postgres/src/connection.js \
  && test ! -e node_modules/node \
