@@ -13,7 +13,12 @@ import { pino } from 'pino';
 import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
-import { GatewayAnswerError, GatewayRequestError, TransientGatewayError, type ChargeRequest } from '../src/payments/gateway.ts';
+import {
+  GatewayAnswerError,
+  GatewayRequestError,
+  TransientGatewayError,
+  type ChargeRequest,
+} from '../src/payments/gateway.ts';
 import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
 import { HttpGateway } from '../src/payments/http-gateway.ts';
 import { ResilientGateway } from '../src/payments/resilient-gateway.ts';
@@ -41,11 +46,14 @@ class FakeGateway {
   readonly #hanging = new Set<ServerResponse>();
   script: (request: Received, attempt: number) => Answer = () => ({ status: 201 });
   closedWhileHanging = 0;
+  /** TCP connections accepted since the last reset. */
+  connections = 0;
   #server!: Server;
   url = '';
 
   async start(): Promise<void> {
     this.#server = createServer((request, response) => void this.#handle(request, response));
+    this.#server.on('connection', () => this.connections++);
     await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
     this.url = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
   }
@@ -56,6 +64,7 @@ class FakeGateway {
     this.#answers.clear();
     this.script = () => ({ status: 201 });
     this.closedWhileHanging = 0;
+    this.connections = 0;
   }
 
   async stop(): Promise<void> {
@@ -78,7 +87,9 @@ class FakeGateway {
     const replayKey = `${received.path} ${received.idempotencyKey}`;
     const replay = this.#answers.get(replayKey);
     if (replay) return this.#send(response, replay.status, replay.body);
-    const attempt = this.received.filter((r) => r.idempotencyKey === received.idempotencyKey && r.path === received.path).length;
+    const attempt = this.received.filter(
+      (r) => r.idempotencyKey === received.idempotencyKey && r.path === received.path,
+    ).length;
     const answer = this.script(received, attempt);
     if (answer === 'hang') {
       this.#hanging.add(response);
@@ -102,7 +113,9 @@ class FakeGateway {
   }
 
   #send(response: ServerResponse, status: number, body: unknown): void {
-    response.writeHead(status, { 'content-type': 'application/json' }).end(body === undefined ? '' : JSON.stringify(body));
+    response
+      .writeHead(status, { 'content-type': 'application/json' })
+      .end(body === undefined ? '' : JSON.stringify(body));
   }
 }
 
@@ -117,14 +130,22 @@ const charge = (orderId: string, token = 'tok_visa'): ChargeRequest => ({
 describe('HTTP payment gateway', () => {
   const fake = new FakeGateway();
   const opened: HttpGateway[] = [];
-  const http = (options: { timeoutMs?: number; baseUrl?: string } = {}) => {
-    const gateway = new HttpGateway(options.baseUrl ?? fake.url, { timeoutMs: options.timeoutMs ?? 5_000 });
+  const http = (options: { timeoutMs?: number; baseUrl?: string; connections?: number } = {}) => {
+    const gateway = new HttpGateway(options.baseUrl ?? fake.url, {
+      timeoutMs: options.timeoutMs ?? 5_000,
+      connections: options.connections,
+    });
     opened.push(gateway);
     return gateway;
   };
-  const resilient = (inner: HttpGateway, options: ConstructorParameters<typeof ResilientGateway>[2] = {}, metrics = createMetrics()) =>
+  const resilient = (
+    inner: HttpGateway,
+    options: ConstructorParameters<typeof ResilientGateway>[2] = {},
+    metrics = createMetrics(),
+  ) =>
     new ResilientGateway(inner, metrics, { initialBackoffMs: 1, maxBackoffMs: 2, halfOpenAfterMs: 60_000, ...options });
-  const timesOpened = async (metrics: ReturnType<typeof createMetrics>) => (await metrics.gatewayCircuitOpened.get()).values[0]?.value ?? 0;
+  const timesOpened = async (metrics: ReturnType<typeof createMetrics>) =>
+    (await metrics.gatewayCircuitOpened.get()).values[0]?.value ?? 0;
 
   /** An app (embedded, workers running) whose PAYMENT_GATEWAY_URL is the fake gateway. */
   async function appPayingThroughFake() {
@@ -160,7 +181,11 @@ describe('HTTP payment gateway', () => {
   });
 
   it('refunds with POST /v1/refunds { chargeId, amountCents } and returns the refund id', async () => {
-    const result = await http().refund({ idempotencyKey: 'orderflow-refund-ord_2', chargeId: 'ch_9', amountCents: 2598 });
+    const result = await http().refund({
+      idempotencyKey: 'orderflow-refund-ord_2',
+      chargeId: 'ch_9',
+      amountCents: 2598,
+    });
     assert.deepEqual(result, { refundId: 're_orderflow-refund-ord_2' });
     assert.deepEqual(
       fake.received.map((r) => [r.path, r.idempotencyKey, r.body]),
@@ -177,6 +202,48 @@ describe('HTTP payment gateway', () => {
     );
   });
 
+  it('reuses its connections: 20 more charges, refunds, declines and a retried 503 open no TCP connection', async () => {
+    fake.script = (request, attempt) =>
+      request.body?.token === 'tok_declined'
+        ? { status: 402 }
+        : attempt === 1 && request.body?.reference === 'ord_k3'
+          ? { status: 503 }
+          : { status: 201 };
+    const gateway = resilient(http());
+    for (let i = 0; i < 3; i++) await gateway.charge(charge(`ord_w${i}`));
+    // The pool frees a connection only after the answer's end is processed,
+    // so a call made right after the previous one returned may open a second.
+    const warm = fake.connections;
+    assert.ok(warm >= 1 && warm <= 2, `${warm} connections for 3 charges one after another`);
+    for (let i = 0; i < 20; i++) {
+      const token = i % 5 === 4 ? 'tok_declined' : 'tok_visa';
+      const result = await gateway.charge(charge(`ord_k${i}`, token));
+      if (result.status === 'succeeded')
+        await gateway.refund({
+          idempotencyKey: `orderflow-refund-ord_k${i}`,
+          chargeId: result.chargeId,
+          amountCents: 2598,
+        });
+    }
+    assert.equal(
+      fake.received.length,
+      3 + 20 + 16 + 1,
+      'every charge, every refund of a success and the retry of the 503 reached the gateway',
+    );
+    assert.equal(fake.connections, warm);
+  });
+
+  it('keeps at most `connections` sockets open: 40 charges at once over 3 connections, which later calls reuse', async () => {
+    const gateway = http({ connections: 3 });
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => gateway.charge(charge(`ord_p${i}`))));
+    assert.equal(results.filter((r) => r.status === 'succeeded').length, 40);
+    assert.equal(fake.charges.size, 40);
+    const opened = fake.connections;
+    assert.ok(opened >= 1 && opened <= 3, `${opened} connections for 40 charges with 3 allowed`);
+    for (let i = 0; i < 10; i++) await gateway.charge(charge(`ord_q${i}`));
+    assert.equal(fake.connections, opened, 'later charges opened no connection');
+  });
+
   it('a 503 is transient; the resilient gateway retries with the same key and the gateway books one charge', async () => {
     fake.script = (_request, attempt) => (attempt <= 2 ? { status: 503, body: { error: 'busy' } } : { status: 201 });
     await assert.rejects(http().charge(charge('ord_5')), TransientGatewayError, 'a bare 503 is a transient failure');
@@ -186,17 +253,28 @@ describe('HTTP payment gateway', () => {
     assert.deepEqual(result, { status: 'succeeded', chargeId: 'ch_1' });
     assert.equal(fake.received.length, 3);
     assert.deepEqual(new Set(fake.received.map((r) => r.idempotencyKey)), new Set(['orderflow-charge-ord_5']));
-    assert.deepEqual(new Set(fake.received.map((r) => JSON.stringify(r.body))).size, 1, 'every attempt sends the same body');
+    assert.deepEqual(
+      new Set(fake.received.map((r) => JSON.stringify(r.body))).size,
+      1,
+      'every attempt sends the same body',
+    );
     assert.equal(fake.charges.size, 1);
   });
 
   it('402 card_declined is a final decline: reported as declined, never retried', async () => {
     fake.script = () => ({ status: 402, body: { code: 'card_declined' } });
-    assert.deepEqual(await resilient(http()).charge(charge('ord_6', 'tok_declined')), { status: 'declined', code: 'card_declined' });
+    assert.deepEqual(await resilient(http()).charge(charge('ord_6', 'tok_declined')), {
+      status: 'declined',
+      code: 'card_declined',
+    });
     assert.equal(fake.received.length, 1);
     fake.reset();
     fake.script = () => ({ status: 402 });
-    assert.deepEqual(await http().charge(charge('ord_7', 'tok_declined')), { status: 'declined', code: 'card_declined' }, 'a 402 without a body');
+    assert.deepEqual(
+      await http().charge(charge('ord_7', 'tok_declined')),
+      { status: 'declined', code: 'card_declined' },
+      'a 402 without a body',
+    );
   });
 
   it('another 4xx is a request error: not retried, not transient', async () => {
@@ -216,7 +294,11 @@ describe('HTTP payment gateway', () => {
     for (const status of [429, 408]) {
       fake.reset();
       fake.script = (_request, attempt) => (attempt === 1 ? { status, body: { error: 'slow down' } } : { status: 201 });
-      await assert.rejects(http().charge(charge(`ord_t${status}`)), TransientGatewayError, `a bare ${status} is transient`);
+      await assert.rejects(
+        http().charge(charge(`ord_t${status}`)),
+        TransientGatewayError,
+        `a bare ${status} is transient`,
+      );
       fake.reset();
       fake.script = (_request, attempt) => (attempt === 1 ? { status, body: { error: 'slow down' } } : { status: 201 });
       assert.equal((await resilient(http()).charge(charge(`ord_t${status}`))).status, 'succeeded');
@@ -238,7 +320,14 @@ describe('HTTP payment gateway', () => {
         assert.ok(error instanceof GatewayRequestError, String(error));
         assert.equal(error.status, undefined, 'nothing was sent, so the gateway gave no status');
       }
-      await assert.rejects(gateway.refund({ idempotencyKey: 'orderflow-refund-ord_bad', chargeId: 'ch_1', amountCents: amountCents as number }), GatewayRequestError);
+      await assert.rejects(
+        gateway.refund({
+          idempotencyKey: 'orderflow-refund-ord_bad',
+          chargeId: 'ch_1',
+          amountCents: amountCents as number,
+        }),
+        GatewayRequestError,
+      );
     }
     assert.equal(fake.received.length, 0, 'no request reached the gateway');
     assert.equal(await timesOpened(metrics), 0);
@@ -271,7 +360,10 @@ describe('HTTP payment gateway', () => {
 
   it('the resilient gateway abandons a hanging attempt at its timeout, retries with the same key, then gives up as transient', async () => {
     fake.script = () => 'hang';
-    await assert.rejects(resilient(http(), { attemptTimeoutMs: 50, maxAttempts: 2 }).charge(charge('ord_10')), TransientGatewayError);
+    await assert.rejects(
+      resilient(http(), { attemptTimeoutMs: 50, maxAttempts: 2 }).charge(charge('ord_10')),
+      TransientGatewayError,
+    );
     assert.equal(fake.received.length, 3, 'the first attempt and two retries');
     assert.deepEqual(new Set(fake.received.map((r) => r.idempotencyKey)), new Set(['orderflow-charge-ord_10']));
   });
@@ -313,7 +405,9 @@ describe('HTTP payment gateway', () => {
       const order = (await admin.request('GET', `/v1/orders/${placed.body.id}`)).body;
       assert.deepEqual([order.status, order.rejectReason], ['rejected', 'payment_failed']);
       assert.equal(fake.received.filter((r) => r.path === '/v1/charges').length, 1, 'sent once, never retried');
-      const [payment] = await app.db.query<{ status: string; last_error: string }>('SELECT status, last_error FROM payments.payments');
+      const [payment] = await app.db.query<{ status: string; last_error: string }>(
+        'SELECT status, last_error FROM payments.payments',
+      );
       assert.equal(payment!.status, 'failed');
       assert.match(payment!.last_error, /HTTP 400: no such token: tok_\ufffd\ufffd/);
       const [dead] = await app.db.query<{ last_error: string }>('SELECT last_error FROM messaging.dead_jobs');
@@ -324,7 +418,8 @@ describe('HTTP payment gateway', () => {
   });
 
   it('an app configured with PAYMENT_GATEWAY_URL pays through it: one charge per order, same key on every retry', async () => {
-    fake.script = (request, attempt) => (request.path === '/v1/charges' && attempt === 1 ? { status: 503 } : { status: 201 });
+    fake.script = (request, attempt) =>
+      request.path === '/v1/charges' && attempt === 1 ? { status: 503 } : { status: 201 };
     const app = await appPayingThroughFake();
     try {
       const admin = client(app, await app.devIssuer!.issue({ sub: 'admin', scope: ALL_SCOPES }));
@@ -336,7 +431,12 @@ describe('HTTP payment gateway', () => {
       const charges = fake.received.filter((r) => r.path === '/v1/charges');
       assert.ok(charges.length >= 2, 'the 503 was retried');
       assert.deepEqual(new Set(charges.map((r) => r.idempotencyKey)).size, 1);
-      assert.deepEqual(charges[0]!.body, { amountCents: 2598, currency: 'EUR', token: 'tok_visa', reference: placed.body.id });
+      assert.deepEqual(charges[0]!.body, {
+        amountCents: 2598,
+        currency: 'EUR',
+        token: 'tok_visa',
+        reference: placed.body.id,
+      });
       assert.deepEqual([...fake.charges.values()], [{ id: 'ch_1', amountCents: 2598, reference: placed.body.id }]);
     } finally {
       await app.close();
@@ -351,8 +451,17 @@ describe('the simulated gateway over HTTP (orderflow gateway)', () => {
   });
   after(() => server.close());
 
-  async function send(method: string, path: string, body: string | undefined, headers: Record<string, string> = { 'idempotency-key': `k-${Math.random()}` }) {
-    const response = await fetch(server.url + path, { method, headers: { 'content-type': 'application/json', ...headers }, ...(body === undefined ? {} : { body }) });
+  async function send(
+    method: string,
+    path: string,
+    body: string | undefined,
+    headers: Record<string, string> = { 'idempotency-key': `k-${Math.random()}` },
+  ) {
+    const response = await fetch(server.url + path, {
+      method,
+      headers: { 'content-type': 'application/json', ...headers },
+      ...(body === undefined ? {} : { body }),
+    });
     return { status: response.status, body: (await response.json()) as { error?: string; id?: string } };
   }
 
@@ -382,7 +491,11 @@ describe('the simulated gateway over HTTP (orderflow gateway)', () => {
     ];
     for (const [method, path, body, status] of cases) {
       const response = await send(method, path, body);
-      assert.equal(response.status, status, `${method} ${path} ${String(body).slice(0, 80)}: ${JSON.stringify(response.body)}`);
+      assert.equal(
+        response.status,
+        status,
+        `${method} ${path} ${String(body).slice(0, 80)}: ${JSON.stringify(response.body)}`,
+      );
       assert.equal(typeof response.body.error, 'string');
     }
     const noKey = await send('POST', '/v1/charges', JSON.stringify(good), {});
@@ -395,10 +508,12 @@ describe('the simulated gateway over HTTP (orderflow gateway)', () => {
     const gateway = new HttpGateway(server.url);
     try {
       const { chargeId } = (await gateway.charge(charge('ord_srv'))) as { chargeId: string };
-      const error = await gateway.refund({ idempotencyKey: 'orderflow-refund-ord_srv', chargeId, amountCents: 9_999 }).then(
-        () => assert.fail('a refund above its charge succeeded'),
-        (e: unknown) => e,
-      );
+      const error = await gateway
+        .refund({ idempotencyKey: 'orderflow-refund-ord_srv', chargeId, amountCents: 9_999 })
+        .then(
+          () => assert.fail('a refund above its charge succeeded'),
+          (e: unknown) => e,
+        );
       assert.ok(error instanceof GatewayRequestError, String(error));
       assert.equal(error.status, 400);
       assert.match(error.message, /larger than its charge/);
