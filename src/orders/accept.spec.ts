@@ -1,7 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { AppError } from '../errors.ts';
-import { hashRequest, price, reserve, sortClaims, type AcceptRequest, type PricedRequest } from './accept.ts';
+import {
+  hashRequest,
+  price,
+  reserve,
+  sortClaims,
+  type AcceptRequest,
+  type PlaceOrder,
+  type PricedRequest,
+} from './accept.ts';
 import { DEFAULT_MONEY_LIMITS } from './pricing.ts';
 
 const prices = new Map([
@@ -99,6 +107,44 @@ describe('accept steps', () => {
       );
       assert.equal(orders[0]!.order.customerId, 'ann');
       assert.equal(orders[0]!.order.totalCents, 500);
+    });
+  });
+
+  describe('hashRequest', () => {
+    it('hashes as it always has: the stored hashes of claimed keys stay valid', () => {
+      // Values computed by the key-sorting canonical JSON the claims were stored with.
+      const order = {
+        payment: { token: 'tok_"é\u2028' },
+        items: [
+          { sku: 'A-1', quantity: 3 },
+          { quantity: 1, sku: 'B' },
+        ],
+      };
+      assert.equal(hashRequest(order), 'ruE6uDRuygHmZG5eGfRnBlTptSNMwNxGf2GOexerRNs');
+      const odd = { items: [{ sku: 'A', quantity: 1, note: 'x' }], payment: { token: 't' } } as unknown as PlaceOrder;
+      assert.equal(hashRequest(odd), '0Rw6VuKkpBE3maI_uGZZ4g68c2uydQZ6iw9K2Qc-0e8');
+    });
+
+    it('is the same in any key order, and differs for any other field or value', () => {
+      const base = hashRequest({ items: [{ sku: 'A', quantity: 2 }], payment: { token: 't' } });
+      assert.equal(hashRequest({ payment: { token: 't' }, items: [{ quantity: 2, sku: 'A' }] }), base);
+      const others: unknown[] = [
+        { items: [{ sku: 'A', quantity: 3 }], payment: { token: 't' } },
+        { items: [{ sku: 'B', quantity: 2 }], payment: { token: 't' } },
+        { items: [{ sku: 'A', quantity: 2 }], payment: { token: 'u' } },
+        {
+          items: [
+            { sku: 'A', quantity: 2 },
+            { sku: 'A', quantity: 2 },
+          ],
+          payment: { token: 't' },
+        },
+        { items: [{ sku: 'A', quantity: 2, extra: 1 }], payment: { token: 't' } },
+        { items: [{ sku: 'A', quantity: '2' }], payment: { token: 't' } },
+        { items: [{ sku: 'A', quantity: 2 }], payment: { token: 't', cvc: '1' } },
+        { items: [{ sku: 'A', quantity: 2 }], payment: { token: 't' }, note: null },
+      ];
+      for (const other of others) assert.notEqual(hashRequest(other as PlaceOrder), base, JSON.stringify(other));
     });
   });
 });

@@ -29,7 +29,16 @@ import { GroupCommit, type GroupCommitOptions, type UnitOutcome } from '../stora
 import { newOrderId } from './ids.ts';
 import type { PaymentPort } from './payment-port.ts';
 import { DEFAULT_MONEY_LIMITS, priceOrder, type MoneyLimits, type PricedOrder, type RequestedLine } from './pricing.ts';
-import { claimIdempotencyKeys, customerKey, findOrders, insertOrders, recordOrderEvents, type NewOrder, type NewOrderEvent, type Order } from './store.ts';
+import {
+  claimIdempotencyKeys,
+  customerKey,
+  findOrders,
+  insertOrders,
+  recordOrderEvents,
+  type NewOrder,
+  type NewOrderEvent,
+  type Order,
+} from './store.ts';
 
 export interface PlaceOrder {
   items: RequestedLine[];
@@ -92,7 +101,12 @@ export function price(
   const refused: RefusedRequest[] = [];
   for (const request of requests) {
     try {
-      priced.push({ request, priced: priceOrder(request.order.items, prices, limits), hash: hashRequest(request.order), orderId: newId() });
+      priced.push({
+        request,
+        priced: priceOrder(request.order.items, prices, limits),
+        hash: hashRequest(request.order),
+        orderId: newId(),
+      });
     } catch (error) {
       if (!(error instanceof AppError)) throw error;
       refused.push({ request, error });
@@ -105,7 +119,12 @@ export function price(
 async function claimKeys(tx: Queryable, priced: readonly PricedRequest[]): Promise<ReturnType<typeof sortClaims>> {
   const earlier = await claimIdempotencyKeys(
     tx,
-    priced.map((p) => ({ customerId: p.request.customerId, key: p.request.idempotencyKey, requestHash: p.hash, orderId: p.orderId })),
+    priced.map((p) => ({
+      customerId: p.request.customerId,
+      key: p.request.idempotencyKey,
+      requestHash: p.hash,
+      orderId: p.orderId,
+    })),
   );
   return sortClaims(priced, earlier);
 }
@@ -127,7 +146,10 @@ export function sortClaims(
       const key = candidate.request.idempotencyKey;
       refused.push({
         request: candidate.request,
-        error: new AppError('idempotency_key_reused', `Idempotency-Key "${key}" was used for a different order; use a new key for a new order`),
+        error: new AppError(
+          'idempotency_key_reused',
+          `Idempotency-Key "${key}" was used for a different order; use a new key for a new order`,
+        ),
       });
     }
   });
@@ -139,28 +161,34 @@ export function sortClaims(
  * levels, which new orders get their stock (pending) and which do not
  * (rejected/out_of_stock), and what to hold per SKU.
  */
-export function reserve(available: ReadonlyMap<string, number>, fresh: readonly PricedRequest[]): { orders: NewOrderRequest[]; toHold: StockLine[] } {
+export function reserve(
+  available: ReadonlyMap<string, number>,
+  fresh: readonly PricedRequest[],
+): { orders: NewOrderRequest[]; toHold: StockLine[] } {
   const { fits, toHold } = allocate(
     available,
     fresh.map((c) => c.priced.lines),
   );
-  const orders = fresh.map(
-    (c, i): NewOrderRequest => ({
-      request: c.request,
-      order: {
-        id: c.orderId,
-        customerId: c.request.customerId,
-        status: fits[i] ? 'pending' : 'rejected',
-        rejectReason: fits[i] ? null : 'out_of_stock',
-        ...c.priced,
-      },
-    }),
-  );
+  const orders = fresh.map((c, i): NewOrderRequest => ({
+    request: c.request,
+    order: {
+      id: c.orderId,
+      customerId: c.request.customerId,
+      status: fits[i] ? 'pending' : 'rejected',
+      rejectReason: fits[i] ? null : 'out_of_stock',
+      ...c.priced,
+    },
+  }));
   return { orders, toHold };
 }
 
 /** Step 4: holds the stock, stores the orders and opens the payments of the pending ones, pipelined in one round trip (see Queryable). */
-async function store(tx: Queryable, payments: PaymentPort, orders: readonly NewOrderRequest[], toHold: readonly StockLine[]): Promise<Order[]> {
+async function store(
+  tx: Queryable,
+  payments: PaymentPort,
+  orders: readonly NewOrderRequest[],
+  toHold: readonly StockLine[],
+): Promise<Order[]> {
   const [stored] = await Promise.all([
     insertOrders(
       tx,
@@ -188,7 +216,10 @@ async function store(tx: Queryable, payments: PaymentPort, orders: readonly NewO
 }
 
 /** Step 5: reads the orders that replayed requests answer with. */
-async function loadReplays(tx: Queryable, replays: readonly ReplayedRequest[]): Promise<{ request: AcceptRequest; order: Order }[]> {
+async function loadReplays(
+  tx: Queryable,
+  replays: readonly ReplayedRequest[],
+): Promise<{ request: AcceptRequest; order: Order }[]> {
   const found = await findOrders(
     tx,
     replays.map((r) => r.orderId),
@@ -226,7 +257,9 @@ export async function acceptBatch(
 
   const outcomes = new Map<AcceptRequest, UnitOutcome<AcceptResult>>();
   for (const { request, error } of [...priced.refused, ...claimed.refused]) outcomes.set(request, { ok: false, error });
-  reserved.orders.forEach(({ request }, i) => outcomes.set(request, { ok: true, value: { order: stored[i]!, replayed: false } }));
+  reserved.orders.forEach(({ request }, i) =>
+    outcomes.set(request, { ok: true, value: { order: stored[i]!, replayed: false } }),
+  );
   for (const { request, order } of replayed) outcomes.set(request, { ok: true, value: { order, replayed: true } });
   return requests.map((request) => {
     const outcome = outcomes.get(request);
@@ -237,7 +270,11 @@ export async function acceptBatch(
 
 /** The history a new order starts with: accepted, then its stock held or its rejection. */
 function acceptEvents(order: NewOrder): NewOrderEvent[] {
-  const accepted: NewOrderEvent = { orderId: order.id, type: 'accepted', detail: { totalCents: order.totalCents, currency: order.currency, customerId: order.customerId } };
+  const accepted: NewOrderEvent = {
+    orderId: order.id,
+    type: 'accepted',
+    detail: { totalCents: order.totalCents, currency: order.currency, customerId: order.customerId },
+  };
   const lines = order.lines.map((l) => ({ sku: l.sku, quantity: l.quantity }));
   return order.status === 'pending'
     ? [accepted, { orderId: order.id, type: 'stock_held', detail: { lines } }]
@@ -248,7 +285,10 @@ function acceptEvents(order: NewOrder): NewOrderEvent[] {
 export class OrderAcceptor {
   readonly #group: GroupCommit<AcceptRequest, AcceptResult>;
 
-  constructor(deps: { db: Database; payments: PaymentPort; metrics: Metrics; moneyLimits?: MoneyLimits }, options: GroupCommitOptions<AcceptRequest> = {}) {
+  constructor(
+    deps: { db: Database; payments: PaymentPort; metrics: Metrics; moneyLimits?: MoneyLimits },
+    options: GroupCommitOptions<AcceptRequest> = {},
+  ) {
     this.#group = new GroupCommit<AcceptRequest, AcceptResult>(
       deps.db,
       (tx, requests) => acceptBatch(tx, deps.payments, requests, deps.moneyLimits),
@@ -269,7 +309,46 @@ export class OrderAcceptor {
 
 /** A stable hash of the request: the same fields in any key order hash the same. */
 export function hashRequest(request: PlaceOrder): string {
-  return createHash('sha256').update(canonicalJson(request)).digest('base64url');
+  return createHash('sha256')
+    .update(placeOrderJson(request) ?? canonicalJson(request))
+    .digest('base64url');
+}
+
+/**
+ * canonicalJson of a request of exactly the shape the route's schema lets
+ * through ({ items: [{ sku, quantity }], payment: { token } }), written
+ * without sorting each object's keys; undefined for any other shape, which
+ * canonicalJson then handles. It must produce canonicalJson's text to the
+ * byte: the hashes of claimed keys are stored, and a replay compares them.
+ */
+function placeOrderJson(request: PlaceOrder): string | undefined {
+  if (
+    !hasKeys(request, 2) ||
+    !Array.isArray(request.items) ||
+    !hasKeys(request.payment, 1) ||
+    typeof request.payment.token !== 'string'
+  )
+    return undefined;
+  let items = '';
+  for (const item of request.items) {
+    if (
+      !hasKeys(item, 2) ||
+      typeof item.sku !== 'string' ||
+      typeof item.quantity !== 'number' ||
+      !Number.isFinite(item.quantity)
+    )
+      return undefined;
+    items += `${items === '' ? '' : ','}{"quantity":${JSON.stringify(item.quantity)},"sku":${JSON.stringify(item.sku)}}`;
+  }
+  return `{"items":[${items}],"payment":{"token":${JSON.stringify(request.payment.token)}}}`;
+}
+
+/** A plain object with exactly `count` own enumerable keys (the named ones are checked by the caller). */
+function hasKeys(value: unknown, count: number): boolean {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
+  let keys = 0;
+  for (const key in value) if (Object.hasOwn(value, key)) keys++;
+  return keys === count;
 }
 
 function canonicalJson(value: unknown): string {
