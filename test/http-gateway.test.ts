@@ -32,7 +32,8 @@ interface Received {
   body: any;
 }
 
-type Answer = { status: number; body?: unknown } | 'hang';
+/** 'cut': a 201 whose body breaks off (the connection is destroyed half-way through it). */
+type Answer = { status: number; body?: unknown } | 'hang' | 'cut';
 
 /**
  * A fake payment gateway. Every request is recorded; script() decides the
@@ -91,6 +92,12 @@ class FakeGateway {
       (r) => r.idempotencyKey === received.idempotencyKey && r.path === received.path,
     ).length;
     const answer = this.script(received, attempt);
+    if (answer === 'cut') {
+      response.writeHead(201, { 'content-type': 'application/json', 'content-length': '64' });
+      response.write('{"id":"ch_');
+      setImmediate(() => response.destroy());
+      return;
+    }
     if (answer === 'hang') {
       this.#hanging.add(response);
       response.on('close', () => {
@@ -366,6 +373,25 @@ describe('HTTP payment gateway', () => {
     );
     assert.equal(fake.received.length, 3, 'the first attempt and two retries');
     assert.deepEqual(new Set(fake.received.map((r) => r.idempotencyKey)), new Set(['orderflow-charge-ord_10']));
+  });
+
+  it('an answer that breaks off is transient, and the resilient gateway retries it with the same key', async () => {
+    fake.script = () => 'cut';
+    const error = await http()
+      .charge(charge('ord_cut'))
+      .then(
+        () => assert.fail('a broken-off answer was taken as a success'),
+        (e: unknown) => e,
+      );
+    assert.ok(error instanceof TransientGatewayError, String(error));
+    assert.match(error.message, /answer lost/);
+    fake.reset();
+    fake.script = (_request, attempt) => (attempt === 1 ? 'cut' : { status: 201 });
+    assert.deepEqual(await resilient(http()).charge(charge('ord_cut')), { status: 'succeeded', chargeId: 'ch_1' });
+    assert.deepEqual(
+      fake.received.map((r) => r.idempotencyKey),
+      ['orderflow-charge-ord_cut', 'orderflow-charge-ord_cut'],
+    );
   });
 
   it('an unreachable gateway is transient', async () => {

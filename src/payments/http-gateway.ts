@@ -15,7 +15,7 @@
 // (at most `connections` sockets, kept open between calls): a charge on a
 // warm connection costs no TCP handshake, and the pool is addressed by path,
 // so no URL is parsed and no origin looked up per call.
-import { errors as undiciErrors, Pool } from 'undici';
+import { errors as undiciErrors, Pool, type Dispatcher } from 'undici';
 import {
   amountProblem,
   GatewayAnswerError,
@@ -129,38 +129,78 @@ export class HttpGateway implements PaymentGateway {
     // The gateway continues our trace (traceparent), if it traces.
     const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': idempotencyKey };
     injectHeaders(headers);
-    let response;
-    try {
-      response = await this.#pool.request({ method: 'POST', path, headers, body: text, signal });
-    } catch (error) {
-      if (isRequestDefect(error))
-        throw new GatewayRequestError(undefined, `payment request not sent: ${(error as Error).message}`, {
-          cause: error,
-        });
-      throw new TransientGatewayError(`payment gateway unreachable: ${(error as Error).message}`, { cause: error });
-    }
-    if (response.statusCode >= 500 || TRANSIENT_STATUSES.has(response.statusCode)) {
-      activeSpan()?.setAttribute('http.response.status_code', response.statusCode);
-      await response.body.dump();
-      throw new TransientGatewayError(`payment gateway answered HTTP ${response.statusCode}`);
+    const { status, answer } = await exchange(this.#pool, { method: 'POST', path, headers, body: text }, signal);
+    if (status >= 500 || TRANSIENT_STATUSES.has(status)) {
+      activeSpan()?.setAttribute('http.response.status_code', status);
+      throw new TransientGatewayError(`payment gateway answered HTTP ${status}`);
     }
     let body: Record<string, unknown> | undefined;
     try {
-      const answer = await response.body.text();
       const parsed: unknown = answer ? JSON.parse(answer) : undefined;
       body =
         typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)
           ? (parsed as Record<string, unknown>)
           : undefined;
     } catch (error) {
-      // The answer broke off on the way (a network error), or is not JSON:
-      // only a success needs its body, and answerId says so then.
-      if (!(error instanceof SyntaxError))
-        throw new TransientGatewayError(`payment gateway answer lost: ${(error as Error).message}`, { cause: error });
+      // Not JSON: only a success needs its body, and answerId says so then.
+      if (!(error instanceof SyntaxError)) throw error;
       body = undefined;
     }
-    return { status: response.statusCode, body };
+    return { status, body };
   }
+}
+
+/**
+ * One request and its whole answer, read straight from undici's dispatch
+ * callbacks: no response stream is built per call (undici's `request`
+ * wraps every answer in a Readable, a few hundred bytes here).
+ * Resolves with the status and the body as UTF-8 text. Rejects with a
+ * GatewayRequestError when undici refuses the request itself (nothing was
+ * sent), else with a TransientGatewayError: unreachable, timed out, aborted
+ * by `signal`, or the answer broke off.
+ */
+function exchange(
+  pool: Pool,
+  options: Dispatcher.DispatchOptions,
+  signal: AbortSignal | undefined,
+): Promise<{ status: number; answer: string }> {
+  return new Promise((resolve, reject) => {
+    let controller: Dispatcher.DispatchController | undefined;
+    let status = 0;
+    let answered = false;
+    const chunks: Buffer[] = [];
+    const abort = () => controller?.abort(new undiciErrors.RequestAbortedError());
+    const fail = (error: Error) => {
+      signal?.removeEventListener('abort', abort);
+      if (isRequestDefect(error))
+        reject(new GatewayRequestError(undefined, `payment request not sent: ${error.message}`, { cause: error }));
+      else if (answered)
+        reject(new TransientGatewayError(`payment gateway answer lost: ${error.message}`, { cause: error }));
+      else reject(new TransientGatewayError(`payment gateway unreachable: ${error.message}`, { cause: error }));
+    };
+    if (signal?.aborted) return fail(new undiciErrors.RequestAbortedError());
+    signal?.addEventListener('abort', abort, { once: true });
+    pool.dispatch(options, {
+      onRequestStart(started) {
+        controller = started;
+        if (signal?.aborted) abort();
+      },
+      onResponseStart(_controller, statusCode) {
+        status = statusCode;
+        answered = true;
+      },
+      onResponseData(_controller, chunk) {
+        chunks.push(chunk);
+      },
+      onResponseEnd() {
+        signal?.removeEventListener('abort', abort);
+        resolve({ status, answer: (chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)).toString('utf8') });
+      },
+      onResponseError(_controller, error) {
+        fail(error);
+      },
+    });
+  });
 }
 
 function answerId(body: Record<string, unknown> | undefined, what: string, status: number): string {
