@@ -7,7 +7,15 @@ import { BENCH_APPLICATION_NAME, type Target } from './targets.ts';
 import { round } from './stats.ts';
 
 /** PostgreSQL's background processes, shared by every database on the server. */
-const SHARED_BACKEND_TYPES = ['walwriter', 'checkpointer', 'background writer', 'autovacuum launcher', 'logical replication launcher', 'archiver', 'walsender'];
+const SHARED_BACKEND_TYPES = [
+  'walwriter',
+  'checkpointer',
+  'background writer',
+  'autovacuum launcher',
+  'logical replication launcher',
+  'archiver',
+  'walsender',
+];
 
 export interface CostPart {
   name: string;
@@ -51,15 +59,25 @@ export async function startCostWindow(target: Target): Promise<CostWindow> {
   const parts = async (): Promise<(CpuPart & { group: CostPart['group'] })[]> => {
     const postgres = embedded ? { backends: [], shared: [] } : await postgresPids(target);
     return [
-      ...servers.map((p) => ({ name: embedded ? `${p.name} (bench process: Orderflow, PGlite, in-process gateway)` : p.name, pids: [p.pid], group: 'orderflow' as const })),
+      ...servers.map((p) => ({
+        name: embedded ? `${p.name} (bench process: Orderflow, PGlite, in-process gateway)` : p.name,
+        pids: [p.pid],
+        group: 'orderflow' as const,
+      })),
       ...(embedded
         ? []
         : [
             { name: 'PostgreSQL backends of this database', pids: postgres.backends, group: 'postgres' as const },
-            { name: 'PostgreSQL shared processes (WAL writer, checkpointer, …; serve every database)', pids: postgres.shared, group: 'apart' as const },
+            {
+              name: 'PostgreSQL shared processes (WAL writer, checkpointer, …; serve every database)',
+              pids: postgres.shared,
+              group: 'apart' as const,
+            },
             { name: 'bench process (simulated HTTP gateway)', pids: [process.pid], group: 'apart' as const },
           ]),
-      ...(nats.length > 0 ? [{ name: 'nats-server (shared with anything else using it)', pids: nats, group: 'apart' as const }] : []),
+      ...(nats.length > 0
+        ? [{ name: 'nats-server (shared with anything else using it)', pids: nats, group: 'apart' as const }]
+        : []),
     ];
   };
   const started = performance.now();
@@ -72,12 +90,22 @@ export async function startCostWindow(target: Target): Promise<CostWindow> {
       const walAfter = embedded ? undefined : await walLsn(target);
       const used = cpuBetween(before, after);
       const perOrder = (seconds: number) => (orders > 0 ? round((seconds * 1000) / orders, 3) : 0);
-      const costParts: CostPart[] = finalParts.map((p) => ({ name: p.name, group: p.group, cpuSeconds: round(used.get(p.name) ?? 0, 2), msPerOrder: perOrder(used.get(p.name) ?? 0) }));
-      for (const [name, seconds] of Object.entries(apart)) costParts.push({ name, group: 'apart', cpuSeconds: round(seconds, 2), msPerOrder: perOrder(seconds) });
-      const sum = (group: CostPart['group']) => perOrder(finalParts.filter((p) => p.group === group).reduce((s, p) => s + (used.get(p.name) ?? 0), 0));
+      const costParts: CostPart[] = finalParts.map((p) => ({
+        name: p.name,
+        group: p.group,
+        cpuSeconds: round(used.get(p.name) ?? 0, 2),
+        msPerOrder: perOrder(used.get(p.name) ?? 0),
+      }));
+      for (const [name, seconds] of Object.entries(apart))
+        costParts.push({ name, group: 'apart', cpuSeconds: round(seconds, 2), msPerOrder: perOrder(seconds) });
+      const sum = (group: CostPart['group']) =>
+        perOrder(finalParts.filter((p) => p.group === group).reduce((s, p) => s + (used.get(p.name) ?? 0), 0));
       let walBytesPerOrder: number | undefined;
       if (walBefore !== undefined && walAfter !== undefined && orders > 0) {
-        const [row] = await target.db.query<{ bytes: string }>('SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::text AS bytes', [walAfter, walBefore]);
+        const [row] = await target.db.query<{ bytes: string }>(
+          'SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::text AS bytes',
+          [walAfter, walBefore],
+        );
         walBytesPerOrder = Math.round(Number(row?.bytes ?? 0) / orders);
       }
       return {
@@ -99,7 +127,10 @@ async function postgresPids(target: Target): Promise<{ backends: number[]; share
         AND ((datname = current_database() AND application_name <> $1) OR backend_type = ANY($2::text[]))`,
     [BENCH_APPLICATION_NAME, SHARED_BACKEND_TYPES],
   );
-  return { backends: rows.filter((r) => r.own).map((r) => Number(r.pid)), shared: rows.filter((r) => !r.own).map((r) => Number(r.pid)) };
+  return {
+    backends: rows.filter((r) => r.own).map((r) => Number(r.pid)),
+    shared: rows.filter((r) => !r.own).map((r) => Number(r.pid)),
+  };
 }
 
 async function walLsn(target: Target): Promise<string | undefined> {
@@ -111,9 +142,16 @@ async function walLsn(target: Target): Promise<string | undefined> {
 export function costFigures(costs: Costs, what: string): { label: string; value: number | string | null }[] {
   const rows: { label: string; value: number | string | null }[] = [
     { label: `CPU ms per ${what}: Orderflow, all processes`, value: costs.orderflowMsPerOrder },
-    ...(costs.parts.some((p) => p.group === 'postgres') ? [{ label: `CPU ms per ${what}: PostgreSQL backends`, value: costs.postgresMsPerOrder }] : []),
+    ...(costs.parts.some((p) => p.group === 'postgres')
+      ? [{ label: `CPU ms per ${what}: PostgreSQL backends`, value: costs.postgresMsPerOrder }]
+      : []),
   ];
-  for (const part of costs.parts) rows.push({ label: `  ${part.name}`, value: `${part.msPerOrder} ms (${part.cpuSeconds} s CPU in ${costs.seconds} s)` });
-  if (costs.walBytesPerOrder !== undefined) rows.push({ label: `WAL bytes per ${what} (whole server)`, value: costs.walBytesPerOrder });
+  for (const part of costs.parts)
+    rows.push({
+      label: `  ${part.name}`,
+      value: `${part.msPerOrder} ms (${part.cpuSeconds} s CPU in ${costs.seconds} s)`,
+    });
+  if (costs.walBytesPerOrder !== undefined)
+    rows.push({ label: `WAL bytes per ${what} (whole server)`, value: costs.walBytesPerOrder });
   return rows;
 }

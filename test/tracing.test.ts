@@ -21,13 +21,24 @@ import { startCluster, type Cluster } from '../scripts/cluster.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
-import { BROKER_URL_VARIABLE, eventually, freshPostgresDatabase, isBrokerMode, modes, requiredServiceUrl, type Mode } from './support/harness.ts';
+import {
+  BROKER_URL_VARIABLE,
+  eventually,
+  freshPostgresDatabase,
+  isBrokerMode,
+  modes,
+  requiredServiceUrl,
+  type Mode,
+} from './support/harness.ts';
 import { SPAN_KIND, startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from './support/otlp.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 /** The gateway behind a proxy that records the headers of each call, to see the trace context arrive. */
-async function recordingGateway(): Promise<{ server: GatewayServer; calls: { path: string; headers: IncomingHttpHeaders }[] }> {
+async function recordingGateway(): Promise<{
+  server: GatewayServer;
+  calls: { path: string; headers: IncomingHttpHeaders }[];
+}> {
   const inner = await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: 0 }) });
   const calls: { path: string; headers: IncomingHttpHeaders }[] = [];
   const proxy = createServer((request, response) => {
@@ -36,9 +47,16 @@ async function recordingGateway(): Promise<{ server: GatewayServer; calls: { pat
     request.on('end', () => {
       calls.push({ path: request.url ?? '', headers: request.headers });
       const headers: Record<string, string> = {};
-      for (const name of ['content-type', 'idempotency-key']) if (typeof request.headers[name] === 'string') headers[name] = request.headers[name];
-      fetch(inner.url + (request.url ?? '/'), { method: request.method, headers, ...(chunks.length > 0 ? { body: Buffer.concat(chunks) } : {}) })
-        .then(async (answer) => response.writeHead(answer.status, { 'content-type': 'application/json' }).end(await answer.text()))
+      for (const name of ['content-type', 'idempotency-key'])
+        if (typeof request.headers[name] === 'string') headers[name] = request.headers[name];
+      fetch(inner.url + (request.url ?? '/'), {
+        method: request.method,
+        headers,
+        ...(chunks.length > 0 ? { body: Buffer.concat(chunks) } : {}),
+      })
+        .then(async (answer) =>
+          response.writeHead(answer.status, { 'content-type': 'application/json' }).end(await answer.text()),
+        )
         .catch((error: unknown) => response.writeHead(502).end(String(error)));
     });
   });
@@ -46,13 +64,19 @@ async function recordingGateway(): Promise<{ server: GatewayServer; calls: { pat
   const url = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
   return {
     calls,
-    server: { url, gateway: inner.gateway, close: async () => (await new Promise((resolve) => proxy.close(resolve)), await inner.close()) },
+    server: {
+      url,
+      gateway: inner.gateway,
+      close: async () => (await new Promise((resolve) => proxy.close(resolve)), await inner.close()),
+    },
   };
 }
 
 /** `npm start`'s environment and node arguments, so the test starts a process exactly as the script does. */
 async function npmStart(): Promise<{ env: Record<string, string>; args: string[] }> {
-  const scripts = (JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts;
+  const scripts = (
+    JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } }
+  ).scripts;
   const words = scripts.start.split(/\s+/);
   const env: Record<string, string> = {};
   while (/^[A-Z_]+=/.test(words[0] ?? '')) {
@@ -76,7 +100,14 @@ async function startEmbedded(env: Record<string, string>, output: string[]): Pro
   // PORT=0: the process picks a free port and logs its URL.
   // Nothing of this test's environment: DATABASE_URL would make it a PostgreSQL process.
   const start = await npmStart();
-  const processEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...start.env, ...env, PORT: '0', HOST: '127.0.0.1', ROLE: 'all' };
+  const processEnv = {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    ...start.env,
+    ...env,
+    PORT: '0',
+    HOST: '127.0.0.1',
+    ROLE: 'all',
+  };
   const child = spawn(process.execPath, start.args, { cwd: ROOT, env: processEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   for (const stream of [child.stdout, child.stderr]) {
     let partial = '';
@@ -114,7 +145,12 @@ async function startEmbedded(env: Record<string, string>, output: string[]): Pro
 }
 
 /** The other modes: `npm run cluster`'s split shape, one process per role, behind HAProxy. */
-async function startSplit(mode: Mode, env: Record<string, string>, gateway: GatewayServer, output: string[]): Promise<Running> {
+async function startSplit(
+  mode: Mode,
+  env: Record<string, string>,
+  gateway: GatewayServer,
+  output: string[],
+): Promise<Running> {
   const database = await freshPostgresDatabase(requiredServiceUrl('DATABASE_URL')!);
   let cluster: Cluster;
   try {
@@ -146,10 +182,21 @@ async function startSplit(mode: Mode, env: Record<string, string>, gateway: Gate
   };
 }
 
-async function call(base: string, token: string, method: string, url: string, body?: unknown, headers: Record<string, string> = {}) {
+async function call(
+  base: string,
+  token: string,
+  method: string,
+  url: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+) {
   const response = await fetch(base + url, {
     method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      ...headers,
+    },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
   });
   return { status: response.status, body: (await response.json()) as Record<string, unknown> };
@@ -158,7 +205,11 @@ async function call(base: string, token: string, method: string, url: string, bo
 /** The one span matching, with a message naming what was looked for. */
 function one(spans: readonly ReceivedSpan[], what: string, match: (span: ReceivedSpan) => boolean): ReceivedSpan {
   const found = spans.filter(match);
-  assert.equal(found.length, 1, `exactly one ${what} span; got ${found.length}: ${JSON.stringify(found.map((s) => s.name))}`);
+  assert.equal(
+    found.length,
+    1,
+    `exactly one ${what} span; got ${found.length}: ${JSON.stringify(found.map((s) => s.name))}`,
+  );
   return found[0]!;
 }
 
@@ -168,7 +219,7 @@ function childOf(parent: ReceivedSpan) {
 
 /** Whether span is below ancestor in its trace, following parents. */
 function descendsFrom(spans: readonly ReceivedSpan[], span: ReceivedSpan, ancestor: ReceivedSpan): boolean {
-  for (let current: ReceivedSpan | undefined = span; current?.parentSpanId; ) {
+  for (let current: ReceivedSpan | undefined = span; current?.parentSpanId;) {
     if (current.traceId !== ancestor.traceId) return false;
     if (current.parentSpanId === ancestor.spanId) return true;
     const parentId: string = current.parentSpanId;
@@ -183,7 +234,14 @@ function descendsFrom(spans: readonly ReceivedSpan[], span: ReceivedSpan, ancest
  * its HTTP request, each below the one before (the gateway spans its
  * children), in the process of its role. Returns the consumer span.
  */
-function checkPath(spans: readonly ReceivedSpan[], mode: Mode, services: Running['services'], start: ReceivedSpan, queue: string, operation: 'charge' | 'refund'): ReceivedSpan {
+function checkPath(
+  spans: readonly ReceivedSpan[],
+  mode: Mode,
+  services: Running['services'],
+  start: ReceivedSpan,
+  queue: string,
+  operation: 'charge' | 'refund',
+): ReceivedSpan {
   // The message continues the trace from where it was queued: the request
   // itself, or a transaction within it.
   const below = (ancestor: ReceivedSpan) => (span: ReceivedSpan) => descendsFrom(spans, span, ancestor);
@@ -196,15 +254,30 @@ function checkPath(spans: readonly ReceivedSpan[], mode: Mode, services: Running
     assert.equal(publish.attributes['messaging.destination.name'], queue);
     parent = publish;
   }
-  const consumer = one(spans, `process ${queue}`, (s) => (isBrokerMode(mode) ? childOf(parent) : below(parent))(s) && s.name === `process ${queue}`);
+  const consumer = one(
+    spans,
+    `process ${queue}`,
+    (s) => (isBrokerMode(mode) ? childOf(parent) : below(parent))(s) && s.name === `process ${queue}`,
+  );
   assert.equal(consumer.kind, SPAN_KIND.consumer);
   assert.equal(consumer.service, services.worker);
   assert.equal(consumer.attributes['messaging.destination.name'], queue);
-  const gatewayCall = one(spans, `payment gateway ${operation}`, (s) => childOf(consumer)(s) && s.name === `payment gateway ${operation}`);
-  const request = one(spans, `POST /v1/${operation}s`, (s) => childOf(gatewayCall)(s) && s.name === `POST /v1/${operation}s`);
+  const gatewayCall = one(
+    spans,
+    `payment gateway ${operation}`,
+    (s) => childOf(consumer)(s) && s.name === `payment gateway ${operation}`,
+  );
+  const request = one(
+    spans,
+    `POST /v1/${operation}s`,
+    (s) => childOf(gatewayCall)(s) && s.name === `POST /v1/${operation}s`,
+  );
   assert.equal(request.kind, SPAN_KIND.client);
   assert.ok(String(request.attributes['url.full']).endsWith(`/v1/${operation}s`));
-  assert.ok(Number(request.attributes['http.response.status_code']) >= 200 && Number(request.attributes['http.response.status_code']) < 300);
+  assert.ok(
+    Number(request.attributes['http.response.status_code']) >= 200 &&
+      Number(request.attributes['http.response.status_code']) < 300,
+  );
   return consumer;
 }
 
@@ -223,25 +296,60 @@ for (const mode of modes()) {
       try {
         const issuer = await openDevIssuer(dataDir);
         // Debug: the pay worker then logs the payment it charges, card token (redacted) included.
-        const env = { ...receiver.env(), DATA_DIR: dataDir, LOG_LEVEL: 'debug', PAYMENT_GATEWAY_URL: gateway.server.url };
-        running = mode === 'embedded' ? await startEmbedded(env, output) : await startSplit(mode, env, gateway.server, output);
+        const env = {
+          ...receiver.env(),
+          DATA_DIR: dataDir,
+          LOG_LEVEL: 'debug',
+          PAYMENT_GATEWAY_URL: gateway.server.url,
+        };
+        running =
+          mode === 'embedded' ? await startEmbedded(env, output) : await startSplit(mode, env, gateway.server, output);
         const admin = await issuer.issue({ sub: 'admin', scope: 'catalog:write orders:read orders:admin' });
         const alice = await issuer.issue({ sub: 'alice', scope: 'orders:write orders:read' });
         secrets.push(admin, alice);
-        assert.equal((await call(running.url, admin, 'POST', '/v1/products', { sku: 'TRACE-1', name: 'Traced', priceCents: 1250, currency: 'EUR', stock: 10 })).status, 201);
+        assert.equal(
+          (
+            await call(running.url, admin, 'POST', '/v1/products', {
+              sku: 'TRACE-1',
+              name: 'Traced',
+              priceCents: 1250,
+              currency: 'EUR',
+              stock: 10,
+            })
+          ).status,
+          201,
+        );
 
         const place = async (key: string) => {
-          const placed = await call(running!.url, alice, 'POST', '/v1/orders', { items: [{ sku: 'TRACE-1', quantity: 1 }], payment: { token: paymentToken } }, { 'idempotency-key': key });
+          const placed = await call(
+            running!.url,
+            alice,
+            'POST',
+            '/v1/orders',
+            { items: [{ sku: 'TRACE-1', quantity: 1 }], payment: { token: paymentToken } },
+            { 'idempotency-key': key },
+          );
           assert.equal(placed.status, 202, JSON.stringify(placed.body));
           const id = String(placed.body.id);
-          await eventually(`order ${id} to be confirmed`, async () => ((await call(running!.url, alice, 'GET', `/v1/orders/${id}`)).body.status === 'confirmed' ? true : undefined), 60_000);
+          await eventually(
+            `order ${id} to be confirmed`,
+            async () =>
+              (await call(running!.url, alice, 'GET', `/v1/orders/${id}`)).body.status === 'confirmed'
+                ? true
+                : undefined,
+            60_000,
+          );
           return id;
         };
         paid = await place('trace-paid');
         cancelled = await place('trace-cancelled');
         const cancel = await call(running.url, alice, 'POST', `/v1/orders/${cancelled}/cancel`, {});
         assert.equal(cancel.status, 200, JSON.stringify(cancel.body));
-        await eventually('the refund to reach the gateway', async () => ([...gateway.server.gateway.refunds.values()].length === 1 ? true : undefined), 60_000);
+        await eventually(
+          'the refund to reach the gateway',
+          async () => ([...gateway.server.gateway.refunds.values()].length === 1 ? true : undefined),
+          60_000,
+        );
       } finally {
         // A graceful stop exports what each process still buffers.
         await running?.stop();
@@ -259,7 +367,13 @@ for (const mode of modes()) {
         assert.equal(http.service, services.api);
         assert.equal(http.parentSpanId, undefined, 'the request starts the trace');
         assert.equal(http.attributes['http.route'], '/v1/orders');
-        const batch = one(spans, 'accept batch', (s) => s.name === 'orders.accept batch' && s.links.some((l) => l.spanId === http.spanId && l.traceId === http.traceId));
+        const batch = one(
+          spans,
+          'accept batch',
+          (s) =>
+            s.name === 'orders.accept batch' &&
+            s.links.some((l) => l.spanId === http.spanId && l.traceId === http.traceId),
+        );
         assert.equal(batch.parentSpanId, undefined, 'a batch serves many traces: it is a trace of its own');
         assert.ok(
           http.links.some((l) => l.spanId === batch.spanId && l.traceId === batch.traceId),
@@ -267,19 +381,34 @@ for (const mode of modes()) {
         );
         // The batch's statements are spans, with the SQL text but never the values bound to it.
         const transaction = one(spans, 'accept transaction', (s) => childOf(batch)(s) && s.name === 'transaction');
-        const insert = one(spans, 'INSERT orders.orders', (s) => childOf(transaction)(s) && s.name === 'INSERT orders.orders');
+        const insert = one(
+          spans,
+          'INSERT orders.orders',
+          (s) => childOf(transaction)(s) && s.name === 'INSERT orders.orders',
+        );
         assert.equal(insert.attributes['db.system'], 'postgresql');
         assert.match(String(insert.attributes['db.query.text']), /INSERT INTO orders\.orders/);
         const consumer = checkPath(spans, mode, services, http, 'payments.charge', 'charge');
         // Confirmed in a record batch linked to the job.
-        const record = one(spans, 'record_charge batch', (s) => s.name === 'payments.record_charge batch' && s.links.some((l) => l.spanId === consumer.spanId));
+        const record = one(
+          spans,
+          'record_charge batch',
+          (s) => s.name === 'payments.record_charge batch' && s.links.some((l) => l.spanId === consumer.spanId),
+        );
         assert.equal(record.service, services.worker);
-        assert.ok(spans.some((s) => s.traceId === record.traceId && s.name === 'UPDATE orders.orders'), 'the confirmation is in the record batch');
+        assert.ok(
+          spans.some((s) => s.traceId === record.traceId && s.name === 'UPDATE orders.orders'),
+          'the confirmation is in the record batch',
+        );
       }
       const paidRequest = one(placeSpans, 'paid order request', (s) => s.attributes['orderflow.order_id'] === paid);
 
       // The cancel and its refund: a trace of its own, down to the gateway.
-      const cancelRequest = one(spans, 'cancel request', (s) => s.kind === SPAN_KIND.server && s.name === 'POST /v1/orders/:id/cancel');
+      const cancelRequest = one(
+        spans,
+        'cancel request',
+        (s) => s.kind === SPAN_KIND.server && s.name === 'POST /v1/orders/:id/cancel',
+      );
       assert.equal(cancelRequest.service, services.api);
       assert.equal(cancelRequest.attributes['orderflow.order_id'], cancelled);
       checkPath(spans, mode, services, cancelRequest, 'payments.refund', 'refund');
@@ -290,20 +419,32 @@ for (const mode of modes()) {
       const clientSpans = spans.filter((s) => s.name === 'POST /v1/charges');
       for (const { headers } of charges) {
         const [, traceId, spanId] = /^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$/.exec(String(headers.traceparent)) ?? [];
-        assert.ok(clientSpans.some((s) => s.traceId === traceId && s.spanId === spanId), `traceparent ${String(headers.traceparent)} names a client span`);
+        assert.ok(
+          clientSpans.some((s) => s.traceId === traceId && s.spanId === spanId),
+          `traceparent ${String(headers.traceparent)} names a client span`,
+        );
       }
 
       // No span left open: every parent and every link target was exported (a span is exported when it ends).
       const ids = new Set(spans.map((s) => `${s.traceId}/${s.spanId}`));
       for (const span of spans) {
-        if (span.parentSpanId) assert.ok(ids.has(`${span.traceId}/${span.parentSpanId}`), `the parent of ${span.name} (${span.service}) was exported`);
-        for (const link of span.links) assert.ok(ids.has(`${link.traceId}/${link.spanId}`), `the link target of ${span.name} was exported`);
+        if (span.parentSpanId)
+          assert.ok(
+            ids.has(`${span.traceId}/${span.parentSpanId}`),
+            `the parent of ${span.name} (${span.service}) was exported`,
+          );
+        for (const link of span.links)
+          assert.ok(ids.has(`${link.traceId}/${link.spanId}`), `the link target of ${span.name} was exported`);
         assert.ok(span.endNs >= span.startNs, `${span.name} ended`);
       }
 
       // Log lines written inside a span carry its ids, and those about an order its id.
-      const lines = output.filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as Record<string, unknown>);
-      const paidConsumer = spans.find((s) => s.traceId === paidRequest.traceId && s.name === 'process payments.charge')!;
+      const lines = output
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as Record<string, unknown>);
+      const paidConsumer = spans.find(
+        (s) => s.traceId === paidRequest.traceId && s.name === 'process payments.charge',
+      )!;
       const charging = lines.filter((l) => l.msg === 'charging the order' && l.order_id === paid);
       assert.equal(charging.length, 1, 'one "charging the order" line for the paid order');
       assert.equal(charging[0]!.trace_id, paidConsumer.traceId);
@@ -312,7 +453,8 @@ for (const mode of modes()) {
 
       // Secrets: neither the bearer tokens nor the card token appear in any log line or span.
       const everything = `${output.join('\n')}\n${JSON.stringify(spans, (_key, value: unknown) => (typeof value === 'bigint' ? String(value) : value))}`;
-      for (const secret of secrets) assert.ok(!everything.includes(secret), `the secret ${secret.slice(0, 12)}… is in no log line and no span`);
+      for (const secret of secrets)
+        assert.ok(!everything.includes(secret), `the secret ${secret.slice(0, 12)}… is in no log line and no span`);
     });
   });
 }

@@ -91,7 +91,11 @@ export function decodeExport(body: OtlpExport): ReceivedSpan[] {
           name: span.name,
           kind: span.kind,
           attributes: attributesOf(span.attributes),
-          links: (span.links ?? []).map((link) => ({ traceId: link.traceId, spanId: link.spanId, attributes: attributesOf(link.attributes) })),
+          links: (span.links ?? []).map((link) => ({
+            traceId: link.traceId,
+            spanId: link.spanId,
+            attributes: attributesOf(link.attributes),
+          })),
           status: span.status?.code ?? 0,
           startNs: BigInt(span.startTimeUnixNano),
           endNs: BigInt(span.endTimeUnixNano),
@@ -120,7 +124,9 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
         spans.push(...decodeExport(JSON.parse(Buffer.concat(chunks).toString('utf8')) as OtlpExport));
         response.writeHead(200, { 'content-type': 'application/json' }).end('{}');
       } catch (error) {
-        response.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: (error as Error).message }));
+        response
+          .writeHead(400, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ error: (error as Error).message }));
       }
     });
   });
