@@ -50,9 +50,10 @@ export interface CostWindow {
  * (a role process, or a node:cluster copy and its supervisor); PostgreSQL's
  * backends of the target's database are one part and its shared background
  * processes another; the load generator (see `stop`) and the bench process itself (which hosts the simulated HTTP gateway in the distributed
- * mode) are reported apart, as is a local nats-server.
+ * mode) are reported apart, as is a local nats-server. `otlpReceiver`: the
+ * bench process also receives the run's spans (--tracing).
  */
-export async function startCostWindow(target: Target): Promise<CostWindow> {
+export async function startCostWindow(target: Target, options: { otlpReceiver?: boolean } = {}): Promise<CostWindow> {
   const servers = await target.processes();
   const embedded = target.mode === 'embedded';
   const nats = target.brokerUrl?.startsWith('nats:') ? await pidsNamed('nats-server') : [];
@@ -73,7 +74,11 @@ export async function startCostWindow(target: Target): Promise<CostWindow> {
               pids: postgres.shared,
               group: 'apart' as const,
             },
-            { name: 'bench process (simulated HTTP gateway)', pids: [process.pid], group: 'apart' as const },
+            {
+              name: `bench process (simulated HTTP gateway${options.otlpReceiver ? ', OTLP receiver' : ''})`,
+              pids: [process.pid],
+              group: 'apart' as const,
+            },
           ]),
       ...(nats.length > 0
         ? [{ name: 'nats-server (shared with anything else using it)', pids: nats, group: 'apart' as const }]

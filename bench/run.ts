@@ -1,6 +1,6 @@
 // npm run bench -- <throughput|flashsale|ceiling|reads|publish> [--mode embedded|distributed]
 //   [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]
-//   [--skip accept-only,flashsale] [--cpu-prof DIR]
+//   [--skip accept-only,flashsale] [--cpu-prof DIR] [--tracing off|on|both]
 // See bench/README.md for what each scenario does and what its figures mean.
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -34,6 +34,7 @@ import {
   waitForReplay,
   type PrivatePostgres,
 } from '../test/support/private-postgres.ts';
+import { startOtlpReceiver, type OtlpReceiver } from '../test/support/otlp.ts';
 import type { ClusterShape } from '../scripts/cluster.ts';
 
 const SCENARIOS = ['throughput', 'flashsale', 'ceiling', 'reads', 'publish'] as const;
@@ -57,7 +58,24 @@ interface Options {
   skip: Set<ExtraPhase>;
   /** Distributed: every server process writes a V8 CPU profile here when it stops. */
   cpuProfileDir: string | undefined;
+  /** Throughput, distributed: the server processes trace (on), do not (off), or both in alternate rounds of one run. */
+  tracing: Tracing;
 }
+
+const TRACING = ['off', 'on', 'both'] as const;
+type Tracing = (typeof TRACING)[number];
+/**
+ * `--tracing both`: the main measurement's rounds, off and on alternating in
+ * pairs (off on on off), so that a drift of the machine over the run and the
+ * tables' growth from round to round weigh on both alike.
+ */
+const TRACING_ROUNDS: readonly boolean[] = [false, true, true, false];
+/**
+ * After a traced round drains, how long its spans may still sit in the
+ * processes' batch span processors: OTEL_BSP_SCHEDULE_DELAY's default (5 s)
+ * and a margin for the export itself.
+ */
+const SPAN_FLUSH_WAIT_MS = 6_500;
 
 /** The throughput scenario's measurements after the main one (distributed mode): see bench/README.md. */
 const EXTRA_PHASES = ['accept-only', 'flashsale'] as const;
@@ -75,12 +93,17 @@ function parseOptions(): Options {
       buyers: { type: 'string', default: '2000' },
       skip: { type: 'string', default: '' },
       'cpu-prof': { type: 'string' },
+      tracing: { type: 'string', default: 'off' },
     },
   });
   const scenario = positionals[0] as Scenario | undefined;
   if (!scenario || !SCENARIOS.includes(scenario)) usage(`name a scenario: ${SCENARIOS.join(', ')}`);
   if (values.mode !== 'embedded' && values.mode !== 'distributed') usage('--mode is embedded or distributed');
   if (values.shape !== 'combined' && values.shape !== 'split') usage('--shape is combined or split');
+  if (!(TRACING as readonly string[]).includes(values.tracing)) usage('--tracing is off, on or both');
+  // Tracing needs the server processes started with the instrumentation loaded first (node --import), which only the distributed mode does.
+  if (values.tracing !== 'off' && (scenario !== 'throughput' || values.mode !== 'distributed'))
+    usage('--tracing on|both needs the throughput scenario in --mode distributed');
   const int = (name: string, raw: string | undefined, min: number) => {
     const n = Number(raw);
     if (!Number.isInteger(n) || n < min) usage(`--${name} must be an integer ≥ ${min}, got ${raw}`);
@@ -102,6 +125,7 @@ function parseOptions(): Options {
     stock: int('stock', values.stock ?? (scenario === 'flashsale' ? '100' : '100000'), 1),
     buyers: int('buyers', values.buyers, 1),
     cpuProfileDir: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
+    tracing: values.tracing as Tracing,
     skip: new Set(
       values.skip
         .split(',')
@@ -117,7 +141,7 @@ function parseOptions(): Options {
 
 function usage(problem: string): never {
   process.stderr.write(
-    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads|publish> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N] [--skip accept-only,flashsale] [--cpu-prof DIR]\n`,
+    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads|publish> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N] [--skip accept-only,flashsale] [--cpu-prof DIR] [--tracing off|on|both]\n`,
   );
   process.exit(2);
 }
@@ -176,12 +200,12 @@ function sampleMemory(target: Target, startEpochMs: () => number): { samples: Me
   return { samples, stop: () => clearInterval(timer) };
 }
 
-/** Confirmations per second since load start, from the orders' updated_at. */
-async function confirmedPerSecond(target: Target, startEpochMs: number): Promise<Map<number, number>> {
+/** Confirmations per second since load start, from the orders' updated_at, of the orders `ids`. */
+async function confirmedPerSecond(target: Target, startEpochMs: number, ids: string[]): Promise<Map<number, number>> {
   const rows = await target.db.query<{ t: number; n: number }>(
     `SELECT floor((extract(epoch FROM updated_at) * 1000 - $1::float8) / 1000)::int + 1 AS t, count(*)::int AS n
-       FROM orders.orders WHERE status = 'confirmed' GROUP BY 1 ORDER BY 1`,
-    [startEpochMs],
+       FROM orders.orders WHERE status = 'confirmed' AND id = ANY($2::text[]) GROUP BY 1 ORDER BY 1`,
+    [startEpochMs, ids],
   );
   return new Map(rows.map((r) => [Number(r.t), Number(r.n)]));
 }
@@ -259,12 +283,14 @@ async function runWithLoad(
   spec: Parameters<typeof runLoad>[0],
   label: string,
   totalS: number,
-  options: { costOf?: (load: LoadResult) => Promise<number>; drain?: boolean } = {},
+  options: { costOf?: (load: LoadResult) => Promise<number>; drain?: boolean; otlpReceiver?: boolean } = {},
 ) {
   let loadStart = Date.now();
   const memory = sampleMemory(target, () => loadStart);
   const progress = new Progress(label, totalS);
-  const window = options.costOf ? await startCostWindow(target) : undefined;
+  const window = options.costOf
+    ? await startCostWindow(target, { otlpReceiver: options.otlpReceiver === true })
+    : undefined;
   let load: LoadResult;
   try {
     loadStart = Date.now();
@@ -300,7 +326,9 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
   const gateway = distributed
     ? await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS }) })
     : undefined;
-  const start = (combinedRole: 'all' | 'api' = 'all') =>
+  // Tracing on: the processes export to a receiver in this process that counts the spans, so a run whose tracing did nothing shows it.
+  const receiver = distributed && options.tracing !== 'off' ? await startOtlpReceiver({ countOnly: true }) : undefined;
+  const start = (combinedRole: 'all' | 'api' = 'all', traced = false) =>
     startTarget(
       options.mode,
       options.shape,
@@ -309,6 +337,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
             databaseUrl: fresh.url,
             gateway,
             combinedRole,
+            env: tracingEnv(traced ? receiver : undefined),
             ...(options.cpuProfileDir ? { cpuProfileDir: options.cpuProfileDir } : {}),
           }
         : {},
@@ -331,37 +360,79 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
   const notes: string[] = [];
   // The system running now; whatever fails, it is stopped before the database is dropped.
   let current: Target | undefined;
-  const switchTo = async (combinedRole?: 'all' | 'api') => {
+  const switchTo = async (combinedRole?: 'all' | 'api', traced = false) => {
     const previous = current;
     current = undefined;
     await previous?.stop();
-    current = await start(combinedRole);
+    current = await start(combinedRole, traced);
     return current;
   };
-  try {
-    say(`starting the ${options.mode} system…`);
-    let target = await switchTo();
-    let shape = target.shape;
-    await seedProducts(
-      target,
-      skus.map((sku) => ({ sku, stock: 1_000_000 })),
-    );
-    const { load, drainMs, memory, costs } = await runWithLoad(
+  let seeded = false;
+  /** One main measurement on a freshly started system: random-SKU orders for --duration seconds, then the drain. */
+  const mainRound = async (traced: boolean, label: string) => {
+    say(`starting the ${options.mode} system${receiver ? `, tracing ${traced ? 'on' : 'off'}` : ''}…`);
+    const target = await switchTo('all', traced);
+    if (!seeded) {
+      await seedProducts(
+        target,
+        skus.map((sku) => ({ sku, stock: 1_000_000 })),
+      );
+      seeded = true;
+    }
+    const confirmedBefore = (await statusCounts(target.db)).confirmed;
+    const spansBefore = spanTotal(receiver);
+    const run = await runWithLoad(
       target,
       await spec(target, { kind: 'throughput', skus }, options.connections, options.durationS),
-      'throughput',
+      label,
       options.durationS,
-      { costOf: async () => (await statusCounts(target.db)).confirmed },
+      {
+        costOf: async () => (await statusCounts(target.db)).confirmed - confirmedBefore,
+        otlpReceiver: receiver !== undefined,
+      },
     );
-    acceptedIds.push(...load.acceptedIds);
-    const confirmed = await confirmedPerSecond(target, load.startedAtEpochMs);
+    acceptedIds.push(...run.load.acceptedIds);
+    // This round's orders only: earlier rounds wrote to the same database.
+    const ids = [...new Set(run.load.acceptedIds)];
+    const confirmed = await confirmedPerSecond(target, run.load.startedAtEpochMs, ids);
     const [span] = await target.db.query<{ n: number; last_ms: number | null }>(
-      `SELECT count(*)::int AS n, extract(epoch FROM max(updated_at)) * 1000 AS last_ms FROM orders.orders WHERE status = 'confirmed'`,
+      `SELECT count(*)::int AS n, extract(epoch FROM max(updated_at)) * 1000 AS last_ms FROM orders.orders WHERE status = 'confirmed' AND id = ANY($1::text[])`,
+      [ids],
     );
     const confirmedCount = Number(span?.n ?? 0);
-    const confirmedSpanS = span?.last_ms ? (Number(span.last_ms) - load.startedAtEpochMs) / 1000 : null;
-    const acceptedPerS = round(load.accepted / (load.elapsedMs / 1000), 1);
-    const confirmedPerS = confirmedSpanS ? round(confirmedCount / confirmedSpanS, 1) : null;
+    const confirmedSpanS = span?.last_ms ? (Number(span.last_ms) - run.load.startedAtEpochMs) / 1000 : null;
+    let spans: Map<string, number> | undefined;
+    if (receiver) {
+      // The processes export in batches: what the last seconds ended is still on its way.
+      if (traced) await new Promise((resolve) => setTimeout(resolve, SPAN_FLUSH_WAIT_MS));
+      spans = spansSince(receiver, spansBefore);
+    }
+    return {
+      ...run,
+      traced,
+      target,
+      confirmed,
+      confirmedCount,
+      acceptedPerS: round(run.load.accepted / (run.load.elapsedMs / 1000), 1),
+      confirmedPerS: confirmedSpanS ? round(confirmedCount / confirmedSpanS, 1) : null,
+      spans,
+    };
+  };
+  try {
+    const rounds: Awaited<ReturnType<typeof mainRound>>[] = [];
+    const plan = options.tracing === 'both' ? TRACING_ROUNDS : [options.tracing === 'on'];
+    for (const [i, traced] of plan.entries()) {
+      rounds.push(
+        await mainRound(
+          traced,
+          plan.length > 1 ? `throughput ${i + 1}/${plan.length}, tracing ${traced ? 'on' : 'off'}` : 'throughput',
+        ),
+      );
+    }
+    // The figures, checks and targets below are the first round's; `--tracing both` adds each round's summary and the on/off ratios.
+    const { load, drainMs, memory, costs, confirmed, acceptedPerS, confirmedPerS } = rounds[0]!;
+    let target = rounds.at(-1)!.target;
+    let shape = target.shape;
 
     let acceptOnly: { perSecond: number; p99Ms: number; costs: Costs | undefined } | undefined;
     let flash: { perSecond: number | null; soldExactly: boolean; detail: string; p99Ms: number } | undefined;
@@ -370,7 +441,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
     if (distributed && (wantAcceptOnly || wantFlash)) {
       if (wantAcceptOnly) {
         say('accept-only: the same shape with ROLE=api, so nothing relays or pays…');
-        const api = await switchTo('api');
+        const api = await switchTo('api', options.tracing === 'on');
         const run = await runWithLoad(
           api,
           await spec(api, { kind: 'throughput', skus }, options.connections, options.durationS),
@@ -388,7 +459,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
           costs: run.costs,
         };
       }
-      target = await switchTo();
+      target = await switchTo('all', options.tracing === 'on');
       say('paying what the accept-only run left pending…');
       if ((await drain(target.db, DRAIN_TIMEOUT_MS * 5)) === undefined)
         notes.push('the accept-only backlog was not paid in time');
@@ -477,6 +548,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
         { label: 'peak server RSS MiB', value: peakRss(memory) },
         { label: 'final server RSS MiB', value: finalRss },
         { label: 'peak RSS of one process MiB', value: peakProcessRss(memory) },
+        ...tracingFigures(options.tracing, rounds),
       ],
       targets: issueTargets({
         options,
@@ -507,6 +579,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
         ...ceiling.notes.map((n) => `ceiling: ${n}`),
         ...modeNotes(options.mode),
         ...costNotes(options.mode),
+        ...(receiver ? tracingNotes(options.tracing) : []),
         ...notes,
       ],
     };
@@ -516,8 +589,135 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
   } finally {
     await current?.stop();
     await gateway?.close();
+    await receiver?.close();
     await fresh?.drop();
   }
+}
+
+/**
+ * The tracing variables of a server process: an OTLP endpoint (traced), else
+ * the SDK explicitly disabled, so that OTEL_* variables in the bench's own
+ * environment cannot turn tracing on in a run that says it is off. Nothing
+ * else is set: protocol (http/protobuf), sampler (parentbased_always_on: every
+ * trace), batching (5 s, 2,048 queued, 512 per export) and service name stay
+ * the SDK's and Orderflow's defaults, as a deployment that only names its
+ * collector runs them.
+ */
+function tracingEnv(receiver: OtlpReceiver | undefined): Record<string, string> {
+  return receiver ? { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint } : { OTEL_SDK_DISABLED: 'true' };
+}
+
+function spanTotal(receiver: OtlpReceiver | undefined): Map<string, number> {
+  return new Map(receiver?.counts ?? []);
+}
+
+/** The spans received since `before` (a copy of the counts), by service. */
+function spansSince(receiver: OtlpReceiver, before: Map<string, number>): Map<string, number> {
+  const since = new Map<string, number>();
+  for (const [service, n] of receiver.counts)
+    if (n - (before.get(service) ?? 0) > 0) since.set(service, n - (before.get(service) ?? 0));
+  return since;
+}
+
+interface TracingRound {
+  traced: boolean;
+  acceptedPerS: number;
+  confirmedPerS: number | null;
+  confirmedCount: number;
+  load: LoadResult;
+  costs: Costs | undefined;
+  spans: Map<string, number> | undefined;
+}
+
+/** The spans a round's processes exported, in total, per confirmed order and by service.name. */
+function describeSpans(measured: TracingRound): string {
+  const spans = measured.spans ?? new Map<string, number>();
+  const total = [...spans.values()].reduce((sum, n) => sum + n, 0);
+  const perOrder = measured.confirmedCount > 0 ? round(total / measured.confirmedCount, 1) : 0;
+  const byService = [...spans].map(([service, n]) => `${service || '(no service.name)'} ${n}`).join(', ');
+  return `${total} (${perOrder} per confirmed order${byService ? `; ${byService}` : ''})`;
+}
+
+/**
+ * `--tracing on`: the spans received. `--tracing both`: each round's figures
+ * and the on/off ratios of their sums (accepted, confirmed) and of CPU per
+ * confirmed order, which a busy machine disturbs least.
+ */
+function tracingFigures(tracing: Tracing, rounds: TracingRound[]): BenchResult['figures'] {
+  if (tracing === 'off') return [];
+  if (tracing === 'on') {
+    const [only] = rounds;
+    const spans = describeSpans(only!);
+    return [
+      {
+        label: 'tracing',
+        value:
+          'on: OTLP/HTTP (protobuf) to a counting receiver in the bench process, sampler parentbased_always_on (the default: every trace)',
+      },
+      {
+        label: 'spans received',
+        value: only!.spans && only!.spans.size > 0 ? spans : `NONE — tracing did nothing: ${spans}`,
+      },
+    ];
+  }
+  const figures: BenchResult['figures'] = [
+    {
+      label: 'tracing',
+      value:
+        'both: rounds off, on, on, off; on = OTLP/HTTP (protobuf) to a counting receiver in the bench process, sampler parentbased_always_on (the default)',
+    },
+  ];
+  for (const [i, r] of rounds.entries()) {
+    const cpu = r.costs
+      ? `, CPU ms per confirmed order: Orderflow ${r.costs.orderflowMsPerOrder}, PostgreSQL ${r.costs.postgresMsPerOrder}, bench process ${r.costs.parts.find((p) => p.name.startsWith('bench process'))?.msPerOrder ?? '—'}`
+      : '';
+    figures.push({
+      label: `round ${i + 1}, tracing ${r.traced ? 'on' : 'off'}`,
+      value: `accepted ${r.acceptedPerS}/s, confirmed ${r.confirmedPerS ?? '—'}/s, p99 ${r.load.latency.p99Ms} ms${cpu}; spans received ${describeSpans(r)}`,
+    });
+  }
+  const on = rounds.filter((r) => r.traced);
+  const off = rounds.filter((r) => !r.traced);
+  const mean = (list: TracingRound[], of: (r: TracingRound) => number | null | undefined) => {
+    const values = list.map(of).filter((v): v is number => typeof v === 'number');
+    return values.length === list.length && values.length > 0
+      ? values.reduce((a, b) => a + b, 0) / values.length
+      : null;
+  };
+  const ratio = (of: (r: TracingRound) => number | null | undefined) => {
+    const a = mean(on, of);
+    const b = mean(off, of);
+    return a !== null && b !== null && b > 0 ? round(a / b, 3) : null;
+  };
+  const silent =
+    on.filter((r) => !r.spans || r.spans.size === 0).length + off.filter((r) => r.spans && r.spans.size > 0).length;
+  figures.push(
+    { label: 'tracing on / off: accepted orders/s', value: ratio((r) => r.acceptedPerS) },
+    { label: 'tracing on / off: confirmed orders/s', value: ratio((r) => r.confirmedPerS) },
+    { label: 'tracing on / off: accept latency p99', value: ratio((r) => r.load.latency.p99Ms) },
+    {
+      label: 'tracing on / off: Orderflow CPU ms per confirmed order',
+      value: ratio((r) => r.costs?.orderflowMsPerOrder),
+    },
+    {
+      label: 'tracing on / off: PostgreSQL CPU ms per confirmed order',
+      value: ratio((r) => r.costs?.postgresMsPerOrder),
+    },
+    {
+      label: 'tracing rounds as intended',
+      value:
+        silent === 0
+          ? 'yes: spans in every on round, none in the off rounds'
+          : `NO — ${silent} round(s) traced when off or exported nothing when on`,
+    },
+  );
+  return figures;
+}
+
+function tracingNotes(tracing: Tracing): string[] {
+  return [
+    `tracing: the OTLP receiver runs in the bench process, so its CPU (decoding the exports) shows in the bench process's line, not Orderflow's; on 2 shared cores it still takes CPU from the system under test.${tracing === 'both' ? ' The figures above the round lines (costs, series, targets) are round 1, tracing off.' : ' The targets are judged with tracing on.'}`,
+  ];
 }
 
 /**
@@ -655,7 +855,7 @@ async function flashsale(options: Options, machine: Machine): Promise<BenchResul
       'flashsale',
       options.durationS,
     );
-    const confirmed = await confirmedPerSecond(target, load.startedAtEpochMs);
+    const confirmed = await confirmedPerSecond(target, load.startedAtEpochMs, [...new Set(load.acceptedIds)]);
     const checks = await finalChecks(target, load, drainMs);
     const counts = await statusCounts(target.db);
     const sold = counts.confirmed + counts.pending;

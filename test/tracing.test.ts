@@ -30,7 +30,13 @@ import {
   requiredServiceUrl,
   type Mode,
 } from './support/harness.ts';
-import { SPAN_KIND, startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from './support/otlp.ts';
+import {
+  countProtobufSpans,
+  SPAN_KIND,
+  startOtlpReceiver,
+  type OtlpReceiver,
+  type ReceivedSpan,
+} from './support/otlp.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -458,3 +464,62 @@ for (const mode of modes()) {
     });
   });
 }
+
+// The bench's tracing runs count spans with this receiver: a count that
+// missed the exporters' default encoding would report tracing as doing nothing.
+describe('the counting receiver (npm run bench -- throughput --tracing on)', () => {
+  /** A process that starts the SDK as instrument.ts does, ends `count` spans and shuts down (which exports them). */
+  const export_ = async (env: Record<string, string>, count: number) => {
+    const script = [
+      `import { trace } from '@opentelemetry/api';`,
+      `import { startTracing } from ${JSON.stringify(path.join(ROOT, 'src', 'observability', 'tracing-sdk.ts'))};`,
+      `import { shutdownTracing } from ${JSON.stringify(path.join(ROOT, 'src', 'observability', 'tracing.ts'))};`,
+      `startTracing(process.env);`,
+      `for (let i = 0; i < ${count}; i++) trace.getTracer('count').startSpan('span ' + i).end();`,
+      `await shutdownTracing();`,
+    ].join('\n');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    assert.equal(code, 0, stderr);
+    assert.equal(stderr, '', 'the export reported no failure');
+  };
+
+  for (const protocol of ['http/protobuf', 'http/json']) {
+    it(`counts every span of an export in ${protocol}, by service, and keeps none`, async () => {
+      const receiver = await startOtlpReceiver({ countOnly: true });
+      try {
+        await export_(
+          {
+            OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
+            OTEL_SERVICE_NAME: 'counted',
+          },
+          7,
+        );
+        await export_(
+          {
+            OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
+            OTEL_SERVICE_NAME: 'other',
+          },
+          3,
+        );
+      } finally {
+        await receiver.close();
+      }
+      assert.deepEqual(Object.fromEntries(receiver.counts), { counted: 7, other: 3 });
+      assert.equal(receiver.spans.length, 0);
+    });
+  }
+
+  it('refuses a truncated protobuf message rather than count part of it', () => {
+    // Field 1 (ResourceSpans), length 5, but only one byte follows.
+    assert.throws(() => countProtobufSpans(Uint8Array.from([0x0a, 0x05, 0x12])), /truncated/);
+  });
+});
