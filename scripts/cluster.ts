@@ -206,10 +206,18 @@ function managedProcess(
   output: (process: string, line: string) => void,
 ): ClusterProcess {
   let child = launch();
+  /** Set while this runner stops the process itself: an expected exit is not reported. */
+  let stopping = false;
   const attach = (c: ChildProcess) => {
     // A program that cannot start (haproxy not installed) is reported here;
     // waitReady then fails, and startCluster stops the processes it started.
     c.on('error', (error) => output(name, `could not start: ${error.message}`));
+    // A process that dies (killed, crashed) says so: nothing restarts it here,
+    // and a silent gap in the cluster is what an operator must not miss. A
+    // drained stop exits 0 and is not news.
+    c.once('exit', (code, signal) => {
+      if (!stopping && (code !== 0 || signal !== null)) output(name, `exited (${signal ?? `code ${code}`}); it is not restarted`);
+    });
     for (const stream of [c.stdout, c.stderr]) {
       let partial = '';
       stream?.setEncoding('utf8');
@@ -230,12 +238,14 @@ function managedProcess(
     },
     async kill() {
       if (child.exitCode !== null || child.signalCode !== null) return;
+      stopping = true;
       const exited = new Promise((resolve) => child.once('exit', resolve));
       child.kill('SIGKILL');
       await exited;
     },
     async restart() {
       await handle.kill();
+      stopping = false;
       child = launch();
       attach(child);
       await waitReady(handle);
