@@ -22,7 +22,17 @@ import fc from 'fast-check';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { TEXT_CHARACTER } from '../src/text.ts';
 import { fuzzParameters } from './support/fuzz.ts';
-import { ALL_SCOPES, client, createProduct, modes, placeOrder, quiesce, snapshot, startTestApp, type TestApp } from './support/harness.ts';
+import {
+  ALL_SCOPES,
+  client,
+  createProduct,
+  modes,
+  placeOrder,
+  quiesce,
+  snapshot,
+  startTestApp,
+  type TestApp,
+} from './support/harness.ts';
 
 interface Request {
   method: string;
@@ -53,17 +63,61 @@ const CONTENT_TYPE = { 'content-type': 'application/json' };
 /** Any unicode: every plane, control characters, lone surrogate halves, U+0000, BOMs, RTL marks. */
 const oddChar = fc.oneof(
   fc.string({ unit: 'binary', minLength: 1, maxLength: 1 }),
-  fc.constantFrom('\u0000', '\u0007', '\n', '\r', '\t', '\u007f', '\u0085', '\ud800', '\udfff', '\ufeff', '\u202e', '\u200b', '\uffff', '😀', '\u{10ffff}', '%', '/', '\\', '"', "'"),
+  fc.constantFrom(
+    '\u0000',
+    '\u0007',
+    '\n',
+    '\r',
+    '\t',
+    '\u007f',
+    '\u0085',
+    '\ud800',
+    '\udfff',
+    '\ufeff',
+    '\u202e',
+    '\u200b',
+    '\uffff',
+    '😀',
+    '\u{10ffff}',
+    '%',
+    '/',
+    '\\',
+    '"',
+    "'",
+  ),
 );
 const oddString = fc.array(oddChar, { maxLength: 40 }).map((chars) => chars.join(''));
 /** Text that breaks the text rule: a forbidden character somewhere. */
 const forbiddenText = fc
-  .tuple(fc.string({ maxLength: 20 }), fc.constantFrom('\u0000', '\u0001', '\n', '\u001f', '\u007f', '\u009f', '\ud800', '\udbff', '\udc00', '\udfff'), fc.string({ maxLength: 20 }))
+  .tuple(
+    fc.string({ maxLength: 20 }),
+    fc.constantFrom('\u0000', '\u0001', '\n', '\u001f', '\u007f', '\u009f', '\ud800', '\udbff', '\udc00', '\udfff'),
+    fc.string({ maxLength: 20 }),
+  )
   .map(([a, bad, b]) => a + bad + b);
 
 /** A JSON text that is not valid JSON. */
 const malformedJson = fc.oneof(
-  fc.constantFrom('{', '}', '[', '{"items": [', '{"a":1,}', "{'a':1}", 'nul', 'tru', '{"a":01}', '{"a":.5}', '{"a":+1}', '\ufeff{}', '{}{}', '{"a" 1}', '{"\\x": 1}', '"\\ud800', '{"a":"\u0000"}', '[1,,2]'),
+  fc.constantFrom(
+    '{',
+    '}',
+    '[',
+    '{"items": [',
+    '{"a":1,}',
+    "{'a':1}",
+    'nul',
+    'tru',
+    '{"a":01}',
+    '{"a":.5}',
+    '{"a":+1}',
+    '\ufeff{}',
+    '{}{}',
+    '{"a" 1}',
+    '{"\\x": 1}',
+    '"\\ud800',
+    '{"a":"\u0000"}',
+    '[1,,2]',
+  ),
   fc.string({ maxLength: 60 }).filter((text) => !isJson(text)),
   fc.json().map((text) => `${text.slice(0, Math.max(0, text.length - 1))}\u0000`),
 );
@@ -77,7 +131,11 @@ function isJson(text: string): boolean {
 }
 
 /** JSON nested past any sane depth, as text (JSON.stringify of such a value would itself overflow). */
-const deepJson = fc.integer({ min: 100, max: 20_000 }).chain((depth) => fc.constantFrom(`${'['.repeat(depth)}${']'.repeat(depth)}`, `${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}`));
+const deepJson = fc
+  .integer({ min: 100, max: 20_000 })
+  .chain((depth) =>
+    fc.constantFrom(`${'['.repeat(depth)}${']'.repeat(depth)}`, `${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}`),
+  );
 
 /** Values of the wrong type or out of range, for an integer field in [min, max]. */
 function badInteger(min: number, max: number) {
@@ -108,23 +166,46 @@ const badText = (maxLength: number) =>
     { arbitrary: fc.integer({ min: maxLength + 1, max: maxLength + 200 }).map((n) => 'é'.repeat(n)), weight: 1 },
     { arbitrary: fc.constantFrom(null, 7, false, [], {}), weight: 1 },
   );
-const badCurrency = fc.oneof(fc.string({ maxLength: 5 }).filter((c) => !Intl.supportedValuesOf('currency').includes(c)), fc.constantFrom('XTS', 'XXX', 'eur', 'EURO', '€', 'E\u0000R', null, 978));
+const badCurrency = fc.oneof(
+  fc.string({ maxLength: 5 }).filter((c) => !Intl.supportedValuesOf('currency').includes(c)),
+  fc.constantFrom('XTS', 'XXX', 'eur', 'EURO', '€', 'E\u0000R', null, 978),
+);
 /** A key no schema of this API has. */
-const unknownKey = fc.oneof(fc.string({ minLength: 1, maxLength: 12 }), fc.constantFrom('__proto__', 'constructor', 'prototype', 'toString', 'id', 'status', 'totalCents', 'customerId'));
+const unknownKey = fc.oneof(
+  fc.string({ minLength: 1, maxLength: 12 }),
+  fc.constantFrom('__proto__', 'constructor', 'prototype', 'toString', 'id', 'status', 'totalCents', 'customerId'),
+);
 
 /** A field of a valid body, replaced by a defect. */
 function mutate(valid: Record<string, unknown>, defects: Record<string, fc.Arbitrary<unknown>>): fc.Arbitrary<unknown> {
   const keys = Object.keys(valid);
   // An unknown field, written into the JSON text so that even "__proto__" is a field of its own.
-  const withUnknown = fc.tuple(unknownKey.filter((k) => !keys.includes(k)), fc.jsonValue()).map(([key, value]) => {
-    const text = JSON.stringify(valid);
-    return JSON.parse(`${text.slice(0, -1)}${keys.length > 0 ? ',' : ''}${JSON.stringify(key)}:${JSON.stringify(value)}}`) as unknown;
-  });
+  const withUnknown = fc
+    .tuple(
+      unknownKey.filter((k) => !keys.includes(k)),
+      fc.jsonValue(),
+    )
+    .map(([key, value]) => {
+      const text = JSON.stringify(valid);
+      return JSON.parse(
+        `${text.slice(0, -1)}${keys.length > 0 ? ',' : ''}${JSON.stringify(key)}:${JSON.stringify(value)}}`,
+      ) as unknown;
+    });
   if (keys.length === 0) return withUnknown;
   return fc.oneof(
-    { arbitrary: fc.constantFrom(...Object.keys(defects)).chain((field) => defects[field]!.map((value) => ({ ...valid, [field]: value }))), weight: 4 },
+    {
+      arbitrary: fc
+        .constantFrom(...Object.keys(defects))
+        .chain((field) => defects[field]!.map((value) => ({ ...valid, [field]: value }))),
+      weight: 4,
+    },
     { arbitrary: withUnknown, weight: 1 },
-    { arbitrary: fc.constantFrom(...keys).map((missing) => Object.fromEntries(Object.entries(valid).filter(([k]) => k !== missing))), weight: 1 },
+    {
+      arbitrary: fc
+        .constantFrom(...keys)
+        .map((missing) => Object.fromEntries(Object.entries(valid).filter(([k]) => k !== missing))),
+      weight: 1,
+    },
   );
 }
 
@@ -135,42 +216,93 @@ function defectiveBody(valid: Record<string, unknown>, defects: Record<string, f
     { arbitrary: malformedJson, weight: 2 },
     { arbitrary: fc.constantFrom('null', '[]', '"text"', '0', 'true', '[{}]'), weight: 1 },
     { arbitrary: deepJson, weight: 1 },
-    { arbitrary: fc.integer({ min: 65 * 1024, max: 200 * 1024 }).map((n) => JSON.stringify({ ...valid, padding: 'x'.repeat(n) })), weight: 1 },
+    {
+      arbitrary: fc
+        .integer({ min: 65 * 1024, max: 200 * 1024 })
+        .map((n) => JSON.stringify({ ...valid, padding: 'x'.repeat(n) })),
+      weight: 1,
+    },
   );
 }
 
 /** Percent-encoding of any string; a lone surrogate has no UTF-8 form, so it is sent as the bytes a careless encoder would write (CESU-8). */
-const encode = (s: string) => encodeURIComponent(s.replace(/[\ud800-\udfff]/gu, '\ue000')).replaceAll('%EE%80%80', '%ED%A0%80');
+const encode = (s: string) =>
+  encodeURIComponent(s.replace(/[\ud800-\udfff]/gu, '\ue000')).replaceAll('%EE%80%80', '%ED%A0%80');
 
 /** A percent-encoded path segment, usually hostile. */
 const hostileSegment = fc.oneof(
   oddString.map((s) => encode(s) || '%00'),
-  fc.constantFrom('%00', '%ZZ', '%', '%%', '%C0%AF', '%ED%A0%80', '%E0%A4%A', '..', '.', '%2e%2e', '%2F', 'a%00b', '%0d%0a', '%FF', '~', '-'),
+  fc.constantFrom(
+    '%00',
+    '%ZZ',
+    '%',
+    '%%',
+    '%C0%AF',
+    '%ED%A0%80',
+    '%E0%A4%A',
+    '..',
+    '.',
+    '%2e%2e',
+    '%2F',
+    'a%00b',
+    '%0d%0a',
+    '%FF',
+    '~',
+    '-',
+  ),
   fc.integer({ min: 60, max: 130 }).map((n) => 'A'.repeat(n)),
   fc.string({ minLength: 1, maxLength: 30 }).map(encode),
 );
-const wellFormedOrderId = fc.array(fc.constantFrom(...ORDER_ID_ALPHABET), { minLength: 26, maxLength: 26 }).map((chars) => `ord_${chars.join('')}`);
+const wellFormedOrderId = fc
+  .array(fc.constantFrom(...ORDER_ID_ALPHABET), { minLength: 26, maxLength: 26 })
+  .map((chars) => `ord_${chars.join('')}`);
 
 /** Query strings: limits, cursors and statuses out of range or of the wrong kind, unknown and repeated keys. */
 const cursorOf = (value: unknown) => Buffer.from(JSON.stringify(value) ?? 'undefined').toString('base64url');
 const hostileParameter = fc.oneof(
-  fc.tuple(fc.constant('limit'), fc.oneof(fc.constantFrom('0', '101', '-1', '1.5', '1e2', '', '00', '%00', 'abc', '9'.repeat(30), '10&limit=20'), fc.integer().map(String))),
+  fc.tuple(
+    fc.constant('limit'),
+    fc.oneof(
+      fc.constantFrom('0', '101', '-1', '1.5', '1e2', '', '00', '%00', 'abc', '9'.repeat(30), '10&limit=20'),
+      fc.integer().map(String),
+    ),
+  ),
   fc.tuple(
     fc.constant('cursor'),
     fc.oneof(
       fc.jsonValue().map(cursorOf),
-      fc.constantFrom(cursorOf(1.5), cursorOf(0), cursorOf(-1), cursorOf(1e300), cursorOf(2 ** 53), cursorOf('\u0000'), cursorOf('a b'), cursorOf('x'.repeat(70)), cursorOf('5'), '%00', '!!', '====', 'x'.repeat(600)),
+      fc.constantFrom(
+        cursorOf(1.5),
+        cursorOf(0),
+        cursorOf(-1),
+        cursorOf(1e300),
+        cursorOf(2 ** 53),
+        cursorOf('\u0000'),
+        cursorOf('a b'),
+        cursorOf('x'.repeat(70)),
+        cursorOf('5'),
+        '%00',
+        '!!',
+        '====',
+        'x'.repeat(600),
+      ),
       fc.oneof(fc.double(), fc.integer(), oddString).map(cursorOf),
       oddString.map(encode),
     ),
   ),
-  fc.tuple(fc.constant('status'), fc.oneof(fc.constantFrom('lost', 'PENDING', '', '%00', 'pending%00'), oddString.map(encode))),
+  fc.tuple(
+    fc.constant('status'),
+    fc.oneof(fc.constantFrom('lost', 'PENDING', '', '%00', 'pending%00'), oddString.map(encode)),
+  ),
   fc.tuple(unknownKey.map(encode), oddString.map(encode)),
 );
 /** Query strings: mostly one hostile parameter among valid ones, so that it is the one that has to be caught; sometimes several. */
 const hostileQuery = fc
   .record({
-    hostile: fc.oneof({ arbitrary: hostileParameter.map((p) => [p]), weight: 3 }, { arbitrary: fc.array(hostileParameter, { minLength: 2, maxLength: 4 }), weight: 1 }),
+    hostile: fc.oneof(
+      { arbitrary: hostileParameter.map((p) => [p]), weight: 3 },
+      { arbitrary: fc.array(hostileParameter, { minLength: 2, maxLength: 4 }), weight: 1 },
+    ),
     valid: fc.subarray([['limit', '7']] as [string, string][]),
   })
   .map(({ hostile, valid }) => [...valid, ...hostile].map(([key, value]) => `${key}=${value}`).join('&'));
@@ -185,15 +317,35 @@ const ROUTES: Route[] = [
   { method: 'GET', path: () => '/metrics' },
   { method: 'GET', path: () => '/v1/openapi.json' },
   { method: 'GET', path: () => '/v1/products' },
-  { method: 'POST', path: () => '/v1/products', body: { sku: 'FZ-NEW', name: 'Kettle', priceCents: 100, currency: 'EUR', stock: 5 } },
+  {
+    method: 'POST',
+    path: () => '/v1/products',
+    body: { sku: 'FZ-NEW', name: 'Kettle', priceCents: 100, currency: 'EUR', stock: 5 },
+  },
   { method: 'GET', path: (sku) => `/v1/products/${sku}` },
   { method: 'POST', path: (sku) => `/v1/products/${sku}/stock`, body: { delta: 5 } },
   { method: 'GET', path: () => '/v1/orders' },
-  { method: 'POST', path: () => '/v1/orders', body: { items: [{ sku: 'FZ-1', quantity: 1 }], payment: { token: 'tok_visa' } } },
+  {
+    method: 'POST',
+    path: () => '/v1/orders',
+    body: { items: [{ sku: 'FZ-1', quantity: 1 }], payment: { token: 'tok_visa' } },
+  },
   { method: 'GET', path: (_sku, id) => `/v1/orders/${id}` },
   { method: 'POST', path: (_sku, id) => `/v1/orders/${id}/cancel`, body: {} },
 ];
-const UNKNOWN_PATHS = ['/', '/v1', '/v1/', '/v2/orders', '/v1/admin/dead-letters', '/v1/orders/x/refund', '/v1/products//stock', '/%2e%2e/etc/passwd', '/v1/products/FZ-1/../../orders', '//v1/orders', '/V1/ORDERS'];
+const UNKNOWN_PATHS = [
+  '/',
+  '/v1',
+  '/v1/',
+  '/v2/orders',
+  '/v1/admin/dead-letters',
+  '/v1/orders/x/refund',
+  '/v1/products//stock',
+  '/%2e%2e/etc/passwd',
+  '/v1/products/FZ-1/../../orders',
+  '//v1/orders',
+  '/V1/ORDERS',
+];
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'PROPFIND', 'SEARCH'];
 
 /** Each family of hostile requests, with the number of requests CI draws from it. */
@@ -209,13 +361,28 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
   // Only /v1 routes need a token; their path is checked after the token, so any path parameter gets 401.
   const tokenAttacks = fc
     .record({
-      route: fc.constantFrom(...ROUTES.filter((r) => r.path('x', 'x').startsWith('/v1/') && r.path('x', 'x') !== '/v1/openapi.json')),
+      route: fc.constantFrom(
+        ...ROUTES.filter((r) => r.path('x', 'x').startsWith('/v1/') && r.path('x', 'x') !== '/v1/openapi.json'),
+      ),
       sku: anySku,
       id: anyId,
       authorization: fc.oneof(
         { arbitrary: fc.constantFrom(...f.tokens.hostile.map((token) => `Bearer ${token}`)), weight: 3 },
         { arbitrary: oddString.filter((s) => !/^\s*$/.test(s)).map((s) => `Bearer ${s}`), weight: 1 },
-        { arbitrary: fc.constantFrom('', 'Bearer', 'Bearer ', 'Basic YWxpY2U6cHc=', 'Bearer a.b', 'Bearer a b c', `Bearer ${f.tokens.admin}x`, `bearer${f.tokens.admin}`, `Token ${f.tokens.admin}`), weight: 1 },
+        {
+          arbitrary: fc.constantFrom(
+            '',
+            'Bearer',
+            'Bearer ',
+            'Basic YWxpY2U6cHc=',
+            'Bearer a.b',
+            'Bearer a b c',
+            `Bearer ${f.tokens.admin}x`,
+            `bearer${f.tokens.admin}`,
+            `Token ${f.tokens.admin}`,
+          ),
+          weight: 1,
+        },
       ),
     })
     .map(({ route, sku, id, authorization }): Request => ({
@@ -228,23 +395,52 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
     }));
 
   // A valid token without the scope a write needs: 403, however good the body.
-  const scopeAttacks = fc.constantFrom<[string, Request]>(
-    [f.tokens.reader, { method: 'POST', url: '/v1/orders', headers: { ...CONTENT_TYPE, 'idempotency-key': 'fz-scope' }, payload: bodyOf(ROUTES[9]!) }],
-    [f.tokens.writer, { method: 'POST', url: '/v1/products', headers: CONTENT_TYPE, payload: bodyOf(ROUTES[5]!) }],
-    [f.tokens.writer, { method: 'POST', url: '/v1/products/FZ-1/stock', headers: CONTENT_TYPE, payload: '{"delta": 1}' }],
-    [f.tokens.catalog, { method: 'POST', url: `/v1/orders/${f.confirmed}/cancel`, headers: CONTENT_TYPE, payload: '{}' }],
-    [f.tokens.none, { method: 'GET', url: '/v1/orders', headers: {} }],
-  ).map(([token, request]) => ({ ...request, headers: { ...request.headers, ...bearer(token) }, expect: [403] }));
+  const scopeAttacks = fc
+    .constantFrom<[string, Request]>(
+      [
+        f.tokens.reader,
+        {
+          method: 'POST',
+          url: '/v1/orders',
+          headers: { ...CONTENT_TYPE, 'idempotency-key': 'fz-scope' },
+          payload: bodyOf(ROUTES[9]!),
+        },
+      ],
+      [f.tokens.writer, { method: 'POST', url: '/v1/products', headers: CONTENT_TYPE, payload: bodyOf(ROUTES[5]!) }],
+      [
+        f.tokens.writer,
+        { method: 'POST', url: '/v1/products/FZ-1/stock', headers: CONTENT_TYPE, payload: '{"delta": 1}' },
+      ],
+      [
+        f.tokens.catalog,
+        { method: 'POST', url: `/v1/orders/${f.confirmed}/cancel`, headers: CONTENT_TYPE, payload: '{}' },
+      ],
+      [f.tokens.none, { method: 'GET', url: '/v1/orders', headers: {} }],
+    )
+    .map(([token, request]) => ({ ...request, headers: { ...request.headers, ...bearer(token) }, expect: [403] }));
 
   // Bodies that break each write's schema, sent with every scope there is.
-  const productDefects = { sku: badSku, name: badText(200), priceCents: badInteger(0, 1_000_000_000), currency: badCurrency, stock: badInteger(0, 1_000_000_000) };
+  const productDefects = {
+    sku: badSku,
+    name: badText(200),
+    priceCents: badInteger(0, 1_000_000_000),
+    currency: badCurrency,
+    stock: badInteger(0, 1_000_000_000),
+  };
   const orderDefects = {
     items: fc.oneof(
       fc.constantFrom([], 'FZ-1', null, {}),
       fc.integer({ min: 101, max: 150 }).map((n) => Array.from({ length: n }, () => ({ sku: 'FZ-1', quantity: 1 }))),
-      fc.oneof(badSku.map((sku) => [{ sku, quantity: 1 }]), badInteger(1, 1_000_000).map((quantity) => [{ sku: 'FZ-1', quantity }]), fc.jsonValue().map((extra) => [{ sku: 'FZ-1', quantity: 1, extra }])),
+      fc.oneof(
+        badSku.map((sku) => [{ sku, quantity: 1 }]),
+        badInteger(1, 1_000_000).map((quantity) => [{ sku: 'FZ-1', quantity }]),
+        fc.jsonValue().map((extra) => [{ sku: 'FZ-1', quantity: 1, extra }]),
+      ),
     ),
-    payment: fc.oneof(badText(255).map((token) => ({ token })), fc.constantFrom(null, {}, 'tok_visa', [], { token: 'tok_visa', cvc: '123' })),
+    payment: fc.oneof(
+      badText(255).map((token) => ({ token })),
+      fc.constantFrom(null, {}, 'tok_visa', [], { token: 'tok_visa', cvc: '123' }),
+    ),
   };
   const contentType = fc.constantFrom(
     'application/json',
@@ -260,14 +456,30 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
     '*/*',
   );
   /** A write with a defective body (and any content type), under every scope there is. */
-  const bodyAttack = (build: (body: string) => Omit<Request, 'headers'> & { headers?: Record<string, string> }, bodies: fc.Arbitrary<string>) =>
-    fc.record({ token: fc.constantFrom(f.tokens.admin, f.tokens.writer, f.tokens.catalog), body: bodies, contentType: fc.oneof({ arbitrary: fc.constant('application/json'), weight: 4 }, { arbitrary: contentType, weight: 1 }) }).map(({ token, body, contentType }): Request => {
-      const request = build(body);
-      return { ...request, headers: { ...bearer(token), ...(contentType ? { 'content-type': contentType } : {}), ...request.headers } };
-    });
+  const bodyAttack = (
+    build: (body: string) => Omit<Request, 'headers'> & { headers?: Record<string, string> },
+    bodies: fc.Arbitrary<string>,
+  ) =>
+    fc
+      .record({
+        token: fc.constantFrom(f.tokens.admin, f.tokens.writer, f.tokens.catalog),
+        body: bodies,
+        contentType: fc.oneof(
+          { arbitrary: fc.constant('application/json'), weight: 4 },
+          { arbitrary: contentType, weight: 1 },
+        ),
+      })
+      .map(({ token, body, contentType }): Request => {
+        const request = build(body);
+        return {
+          ...request,
+          headers: { ...bearer(token), ...(contentType ? { 'content-type': contentType } : {}), ...request.headers },
+        };
+      });
   // Cancel takes only an empty body or {}: anything else, on any order.
   // JSON whitespace is space, tab, CR and LF: the texts of "no body" and of an empty object.
-  const isEmptyOrEmptyObject = (text: string) => /^[ \t\r\n]*(\{[ \t\r\n]*\}[ \t\r\n]*)?$/.test(text) || text.trim() === '';
+  const isEmptyOrEmptyObject = (text: string) =>
+    /^[ \t\r\n]*(\{[ \t\r\n]*\}[ \t\r\n]*)?$/.test(text) || text.trim() === '';
   const cancelBodies = fc
     .oneof(
       fc.jsonValue().map((value) => JSON.stringify(value)),
@@ -276,16 +488,34 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
       deepJson,
     )
     .filter((text) => !isEmptyOrEmptyObject(text));
-  const productBodies = bodyAttack((payload) => ({ method: 'POST', url: '/v1/products', payload }), defectiveBody(ROUTES[5]!.body!, productDefects));
+  const productBodies = bodyAttack(
+    (payload) => ({ method: 'POST', url: '/v1/products', payload }),
+    defectiveBody(ROUTES[5]!.body!, productDefects),
+  );
   const stockBodies = fc
-    .tuple(fc.constantFrom(...KNOWN_SKUS), defectiveBody({ delta: 5 }, { delta: badInteger(-1_000_000_000, 1_000_000_000) }))
-    .chain(([sku, body]) => bodyAttack((payload) => ({ method: 'POST', url: `/v1/products/${sku}/stock`, payload }), fc.constant(body)));
+    .tuple(
+      fc.constantFrom(...KNOWN_SKUS),
+      defectiveBody({ delta: 5 }, { delta: badInteger(-1_000_000_000, 1_000_000_000) }),
+    )
+    .chain(([sku, body]) =>
+      bodyAttack((payload) => ({ method: 'POST', url: `/v1/products/${sku}/stock`, payload }), fc.constant(body)),
+    );
   const orderBodies = fc
-    .tuple(fc.oneof(fc.constant('fz-body'), forbiddenText, fc.constant(''), fc.constant('k'.repeat(256))), defectiveBody(ROUTES[9]!.body!, orderDefects))
-    .chain(([key, body]) => bodyAttack((payload) => ({ method: 'POST', url: '/v1/orders', payload, headers: { 'idempotency-key': key } }), fc.constant(body)));
+    .tuple(
+      fc.oneof(fc.constant('fz-body'), forbiddenText, fc.constant(''), fc.constant('k'.repeat(256))),
+      defectiveBody(ROUTES[9]!.body!, orderDefects),
+    )
+    .chain(([key, body]) =>
+      bodyAttack(
+        (payload) => ({ method: 'POST', url: '/v1/orders', payload, headers: { 'idempotency-key': key } }),
+        fc.constant(body),
+      ),
+    );
   const cancels = fc
     .tuple(fc.constantFrom(f.confirmed, f.cancelled), cancelBodies)
-    .chain(([id, body]) => bodyAttack((payload) => ({ method: 'POST', url: `/v1/orders/${id}/cancel`, payload }), fc.constant(body)));
+    .chain(([id, body]) =>
+      bodyAttack((payload) => ({ method: 'POST', url: `/v1/orders/${id}/cancel`, payload }), fc.constant(body)),
+    );
 
   // Well-formed orders that must still be refused (422), or replays that change nothing (200).
   const orderAttacks = fc
@@ -293,61 +523,146 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
       items: fc.oneof(
         fc.constant([{ sku: 'NOPE-1', quantity: 1 }]),
         fc.constant([{ sku: 'FZ-GOLD', quantity: 1 }]),
-        fc.integer({ min: 2, max: 100 }).map((n) => Array.from({ length: n }, () => ({ sku: 'FZ-GOLD', quantity: 1_000_000 }))),
-        fc.constant([{ sku: 'FZ-1', quantity: 1 }, { sku: 'FZ-USD', quantity: 1 }]),
+        fc
+          .integer({ min: 2, max: 100 })
+          .map((n) => Array.from({ length: n }, () => ({ sku: 'FZ-GOLD', quantity: 1_000_000 }))),
+        fc.constant([
+          { sku: 'FZ-1', quantity: 1 },
+          { sku: 'FZ-USD', quantity: 1 },
+        ]),
         fc.constant([{ sku: 'FZ-FREE', quantity: 3 }]),
       ),
       token: oddString.filter((s) => s.length > 0 && CARD_TOKEN.test(s)),
     })
     .chain(({ items, token }) =>
       fc.constantFrom<Request>(
-        { method: 'POST', url: '/v1/orders', headers: { ...CONTENT_TYPE, ...bearer(f.tokens.writer), 'idempotency-key': `fz-${token.length}` }, payload: JSON.stringify({ items, payment: { token } }) },
+        {
+          method: 'POST',
+          url: '/v1/orders',
+          headers: { ...CONTENT_TYPE, ...bearer(f.tokens.writer), 'idempotency-key': `fz-${token.length}` },
+          payload: JSON.stringify({ items, payment: { token } }),
+        },
         // The fixture's key with another body: 422; with its own body: the stored order, 200.
-        { method: 'POST', url: '/v1/orders', headers: { ...CONTENT_TYPE, ...bearer(f.tokens.writer), 'idempotency-key': f.replay.key }, payload: JSON.stringify({ items, payment: { token } }) },
-        { method: 'POST', url: '/v1/orders', headers: { ...CONTENT_TYPE, ...bearer(f.tokens.writer), 'idempotency-key': f.replay.key }, payload: f.replay.body, replay: true },
+        {
+          method: 'POST',
+          url: '/v1/orders',
+          headers: { ...CONTENT_TYPE, ...bearer(f.tokens.writer), 'idempotency-key': f.replay.key },
+          payload: JSON.stringify({ items, payment: { token } }),
+        },
+        {
+          method: 'POST',
+          url: '/v1/orders',
+          headers: { ...CONTENT_TYPE, ...bearer(f.tokens.writer), 'idempotency-key': f.replay.key },
+          payload: f.replay.body,
+          replay: true,
+        },
       ),
     );
 
   // Path parameters of every form, on every route, with valid bodies: they name nothing that can change.
-  const pathAttacks = fc.record({ route: anyRoute, sku: fc.oneof(fc.constant('NOPE-1'), hostileSegment), id: fc.oneof(fc.constant(f.cancelled), wellFormedOrderId, hostileSegment), token: validToken }).map(({ route, sku, id, token }): Request => ({
-    method: route.method,
-    url: route.path(sku, id),
-    headers: { ...CONTENT_TYPE, ...bearer(token), 'idempotency-key': 'fz-path' },
-    // A product body with a taken SKU (409) rather than a new one; an order naming no product (422).
-    payload: route.body === undefined ? undefined : JSON.stringify(route.path('x', 'x') === '/v1/products' ? { ...route.body, sku: 'FZ-1' } : route.path('x', 'x') === '/v1/orders' ? { ...route.body, items: [{ sku: 'NOPE-1', quantity: 1 }] } : route.body),
-  }));
+  const pathAttacks = fc
+    .record({
+      route: anyRoute,
+      sku: fc.oneof(fc.constant('NOPE-1'), hostileSegment),
+      id: fc.oneof(fc.constant(f.cancelled), wellFormedOrderId, hostileSegment),
+      token: validToken,
+    })
+    .map(({ route, sku, id, token }): Request => ({
+      method: route.method,
+      url: route.path(sku, id),
+      headers: { ...CONTENT_TYPE, ...bearer(token), 'idempotency-key': 'fz-path' },
+      // A product body with a taken SKU (409) rather than a new one; an order naming no product (422).
+      payload:
+        route.body === undefined
+          ? undefined
+          : JSON.stringify(
+              route.path('x', 'x') === '/v1/products'
+                ? { ...route.body, sku: 'FZ-1' }
+                : route.path('x', 'x') === '/v1/orders'
+                  ? { ...route.body, items: [{ sku: 'NOPE-1', quantity: 1 }] }
+                  : route.body,
+            ),
+    }));
 
   // Reads with hostile query strings.
-  const queryAttacks = fc.record({ path: fc.constantFrom('/v1/products', '/v1/orders', '/healthz', `/v1/orders/${f.confirmed}`), query: hostileQuery, token: validToken }).map(({ path, query, token }): Request => ({ method: 'GET', url: `${path}?${query}`, headers: bearer(token) }));
+  const queryAttacks = fc
+    .record({
+      path: fc.constantFrom('/v1/products', '/v1/orders', '/healthz', `/v1/orders/${f.confirmed}`),
+      query: hostileQuery,
+      token: validToken,
+    })
+    .map(({ path, query, token }): Request => ({ method: 'GET', url: `${path}?${query}`, headers: bearer(token) }));
 
   // Methods a path does not take, and paths that do not exist.
-  const methodConfusion = fc.record({ method: fc.constantFrom(...METHODS), route: anyRoute, unknown: fc.constantFrom(...UNKNOWN_PATHS), useUnknown: fc.boolean(), token: validToken }).map(({ method, route, unknown, useUnknown, token }): Request => {
-    const url = useUnknown ? unknown : route.path('FZ-1', f.cancelled);
-    // Only the exact method a write route takes may carry its valid body, and then only where it changes nothing.
-    const safeBody = method === 'POST' && !useUnknown && route.method === 'POST' ? (url === '/v1/products' ? { ...route.body, sku: 'FZ-1' } : url === '/v1/orders' ? { items: [{ sku: 'NOPE-1', quantity: 1 }], payment: { token: 'tok_visa' } } : url.endsWith('/stock') ? { delta: 'x' } : route.body) : { probe: true };
-    // On a known path, a method none of its routes takes is 405.
-    const allowed = ROUTES.filter((r) => r.path('FZ-1', f.cancelled) === url).flatMap((r) => (r.method === 'GET' ? ['GET', 'HEAD'] : [r.method]));
-    return {
-      method,
-      url,
-      headers: { ...CONTENT_TYPE, ...bearer(token), 'idempotency-key': 'fz-method' },
-      payload: method === 'GET' || method === 'HEAD' ? undefined : JSON.stringify(safeBody),
-      ...(!useUnknown && !allowed.includes(method) ? { expect: [405] } : {}),
-    };
-  });
+  const methodConfusion = fc
+    .record({
+      method: fc.constantFrom(...METHODS),
+      route: anyRoute,
+      unknown: fc.constantFrom(...UNKNOWN_PATHS),
+      useUnknown: fc.boolean(),
+      token: validToken,
+    })
+    .map(({ method, route, unknown, useUnknown, token }): Request => {
+      const url = useUnknown ? unknown : route.path('FZ-1', f.cancelled);
+      // Only the exact method a write route takes may carry its valid body, and then only where it changes nothing.
+      const safeBody =
+        method === 'POST' && !useUnknown && route.method === 'POST'
+          ? url === '/v1/products'
+            ? { ...route.body, sku: 'FZ-1' }
+            : url === '/v1/orders'
+              ? { items: [{ sku: 'NOPE-1', quantity: 1 }], payment: { token: 'tok_visa' } }
+              : url.endsWith('/stock')
+                ? { delta: 'x' }
+                : route.body
+          : { probe: true };
+      // On a known path, a method none of its routes takes is 405.
+      const allowed = ROUTES.filter((r) => r.path('FZ-1', f.cancelled) === url).flatMap((r) =>
+        r.method === 'GET' ? ['GET', 'HEAD'] : [r.method],
+      );
+      return {
+        method,
+        url,
+        headers: { ...CONTENT_TYPE, ...bearer(token), 'idempotency-key': 'fz-method' },
+        payload: method === 'GET' || method === 'HEAD' ? undefined : JSON.stringify(safeBody),
+        ...(!useUnknown && !allowed.includes(method) ? { expect: [405] } : {}),
+      };
+    });
 
   // Header abuse on reads: odd values everywhere, repeated and oversized (within the inject path; sockets test the size limit).
   const headerAbuse = fc
     .record({
       path: fc.constantFrom('/v1/products', '/v1/orders', `/v1/products/FZ-1`, '/healthz'),
       extra: fc.dictionary(
-        fc.oneof(fc.constantFrom('x-request-id', 'accept', 'accept-version', 'content-type', 'idempotency-key', 'x-forwarded-for', 'content-encoding', 'if-none-match', 'range'), fc.stringMatching(/^[a-z][a-z0-9-]{0,15}$/)),
-        fc.oneof(fc.string({ unit: 'binary-ascii', maxLength: 40 }), fc.integer({ min: 1, max: 8_000 }).map((n) => 'v'.repeat(n))),
+        fc.oneof(
+          fc.constantFrom(
+            'x-request-id',
+            'accept',
+            'accept-version',
+            'content-type',
+            'idempotency-key',
+            'x-forwarded-for',
+            'content-encoding',
+            'if-none-match',
+            'range',
+          ),
+          fc.stringMatching(/^[a-z][a-z0-9-]{0,15}$/),
+        ),
+        fc.oneof(
+          fc.string({ unit: 'binary-ascii', maxLength: 40 }),
+          fc.integer({ min: 1, max: 8_000 }).map((n) => 'v'.repeat(n)),
+        ),
         { maxKeys: 4 },
       ),
       token: validToken,
     })
-    .map(({ path, extra, token }): Request => ({ method: 'GET', url: path, headers: { ...Object.fromEntries(Object.entries(extra).filter(([, v]) => /^[\t\x20-\x7e]*$/.test(v))), ...bearer(token) } }));
+    .map(({ path, extra, token }): Request => ({
+      method: 'GET',
+      url: path,
+      headers: {
+        ...Object.fromEntries(Object.entries(extra).filter(([, v]) => /^[\t\x20-\x7e]*$/.test(v))),
+        ...bearer(token),
+      },
+    }));
 
   return {
     'token attacks': { requests: tokenAttacks, runs: 300 },
@@ -376,13 +691,15 @@ interface Answer {
 function assertAnswer(request: Pick<Request, 'method' | 'url' | 'replay' | 'expect'>, answer: Answer): void {
   const what = `${request.method} ${request.url.slice(0, 200)} → ${answer.status} ${answer.body.slice(0, 300)}`;
   assert.ok(answer.status < 500, `a 5xx: ${what}`);
-  if (request.expect !== undefined) assert.ok(request.expect.includes(answer.status), `expected ${request.expect.join(' or ')}: ${what}`);
+  if (request.expect !== undefined)
+    assert.ok(request.expect.includes(answer.status), `expected ${request.expect.join(' or ')}: ${what}`);
   if (answer.status >= 400) {
     assert.match(String(answer.headers['content-type']), /^application\/problem\+json/, `not problem+json: ${what}`);
     if (request.method !== 'HEAD') {
       const problem = JSON.parse(answer.body) as Record<string, unknown>;
       assert.equal(problem.status, answer.status, what);
-      for (const field of ['type', 'title', 'detail']) assert.equal(typeof problem[field], 'string', `problem.${field}: ${what}`);
+      for (const field of ['type', 'title', 'detail'])
+        assert.equal(typeof problem[field], 'string', `problem.${field}: ${what}`);
       assert.match(String(problem.type), /^\/problems\/[a-z-]+$/, what);
     }
   } else if (request.method === 'POST') {
@@ -398,7 +715,9 @@ function exchange(port: number, payload: string | Buffer): Promise<Buffer> {
     const socket = net.connect(port, '127.0.0.1');
     const chunks: Buffer[] = [];
     socket.on('data', (chunk) => chunks.push(chunk));
-    socket.on('error', (error: NodeJS.ErrnoException) => (error.code === 'ECONNRESET' || error.code === 'EPIPE' ? resolve(Buffer.concat(chunks)) : reject(error)));
+    socket.on('error', (error: NodeJS.ErrnoException) =>
+      error.code === 'ECONNRESET' || error.code === 'EPIPE' ? resolve(Buffer.concat(chunks)) : reject(error),
+    );
     socket.on('close', () => resolve(Buffer.concat(chunks)));
     socket.end(payload);
   });
@@ -415,7 +734,8 @@ function parseResponses(bytes: Buffer): Answer[] {
     const match = /^HTTP\/1\.[01] (\d{3}) /.exec(statusLine ?? '');
     assert.ok(match, `not a status line: ${JSON.stringify(statusLine)}`);
     const headers: Record<string, string> = {};
-    for (const line of lines) headers[line.slice(0, line.indexOf(':')).toLowerCase()] = line.slice(line.indexOf(':') + 1).trim();
+    for (const line of lines)
+      headers[line.slice(0, line.indexOf(':')).toLowerCase()] = line.slice(line.indexOf(':') + 1).trim();
     rest = rest.slice(end + 4);
     let body = '';
     if (headers['transfer-encoding'] === 'chunked') {
@@ -455,27 +775,87 @@ function rawCases(token: string): { name: string; payload: string; answers: numb
     { name: 'HTTP/2 preface', payload: 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', answers: 1 },
     { name: 'an invalid method token', payload: 'G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n', answers: 1 },
     { name: 'a header without a colon', payload: 'GET /healthz HTTP/1.1\r\nHost: x\r\nNo-Colon\r\n\r\n', answers: 1 },
-    { name: 'a space in a header name', payload: 'GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n', answers: 1 },
+    {
+      name: 'a space in a header name',
+      payload: 'GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n',
+      answers: 1,
+    },
     { name: 'NUL in a header value', payload: 'GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\u0000b\r\n\r\n', answers: 1 },
     { name: 'a bare LF line end', payload: 'GET /healthz HTTP/1.1\nHost: x\n\n', answers: 1 },
-    { name: 'an authorization header over 16 KiB', payload: get('/v1/products', `Host: x\r\nAuthorization: Bearer ${'a'.repeat(20_000)}\r\n`), answers: 1 },
-    { name: 'an Idempotency-Key over 16 KiB', payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nIdempotency-Key: ${'k'.repeat(20_000)}\r\nContent-Length: 2\r\n\r\n{}`, answers: 1 },
-    { name: 'two thousand headers', payload: get('/healthz', `Host: x\r\n${Array.from({ length: 2_000 }, (_, i) => `X-H${i}: v`).join('\r\n')}\r\n`), answers: 1 },
+    {
+      name: 'an authorization header over 16 KiB',
+      payload: get('/v1/products', `Host: x\r\nAuthorization: Bearer ${'a'.repeat(20_000)}\r\n`),
+      answers: 1,
+    },
+    {
+      name: 'an Idempotency-Key over 16 KiB',
+      payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nIdempotency-Key: ${'k'.repeat(20_000)}\r\nContent-Length: 2\r\n\r\n{}`,
+      answers: 1,
+    },
+    {
+      name: 'two thousand headers',
+      payload: get('/healthz', `Host: x\r\n${Array.from({ length: 2_000 }, (_, i) => `X-H${i}: v`).join('\r\n')}\r\n`),
+      answers: 1,
+    },
     { name: 'a URL over 16 KiB', payload: get(`/v1/products?x=${'a'.repeat(20_000)}`), answers: 1 },
-    { name: 'a URL over 8 KiB', payload: get(`/v1/products?x=${'a'.repeat(9_000)}`, `Host: x\r\nAuthorization: Bearer ${token}\r\n`), answers: 1 },
-    { name: 'a path segment over 100 characters', payload: get(`/v1/orders/${'A'.repeat(200)}`, `Host: x\r\nAuthorization: Bearer ${token}\r\n`), answers: 1 },
-    { name: 'bad percent-encoding', payload: get('/v1/orders/%ZZ', `Host: x\r\nAuthorization: Bearer ${token}\r\n`), answers: 1 },
-    { name: 'an encoded lone surrogate', payload: get('/v1/products/%ED%A0%80', `Host: x\r\nAuthorization: Bearer ${token}\r\n`), answers: 1 },
+    {
+      name: 'a URL over 8 KiB',
+      payload: get(`/v1/products?x=${'a'.repeat(9_000)}`, `Host: x\r\nAuthorization: Bearer ${token}\r\n`),
+      answers: 1,
+    },
+    {
+      name: 'a path segment over 100 characters',
+      payload: get(`/v1/orders/${'A'.repeat(200)}`, `Host: x\r\nAuthorization: Bearer ${token}\r\n`),
+      answers: 1,
+    },
+    {
+      name: 'bad percent-encoding',
+      payload: get('/v1/orders/%ZZ', `Host: x\r\nAuthorization: Bearer ${token}\r\n`),
+      answers: 1,
+    },
+    {
+      name: 'an encoded lone surrogate',
+      payload: get('/v1/products/%ED%A0%80', `Host: x\r\nAuthorization: Bearer ${token}\r\n`),
+      answers: 1,
+    },
     { name: 'no Host in HTTP/1.1', payload: 'GET /healthz HTTP/1.1\r\n\r\n', answers: 1 },
-    { name: 'Content-Length and Transfer-Encoding together', payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`, answers: 1 },
-    { name: 'two different Content-Lengths', payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}`, answers: 1 },
-    { name: 'a negative Content-Length', payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n`, answers: 1 },
-    { name: 'a bad chunk size', payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n`, answers: 1 },
+    {
+      name: 'Content-Length and Transfer-Encoding together',
+      payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
+      answers: 1,
+    },
+    {
+      name: 'two different Content-Lengths',
+      payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}`,
+      answers: 1,
+    },
+    {
+      name: 'a negative Content-Length',
+      payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n`,
+      answers: 1,
+    },
+    {
+      name: 'a bad chunk size',
+      payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n`,
+      answers: 1,
+    },
     { name: 'an unknown Expect', payload: get('/healthz', 'Host: x\r\nExpect: 200-ok\r\n'), answers: 1 },
     { name: 'CONNECT', payload: 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', answers: 1 },
-    { name: 'a body longer than its Content-Length, then garbage', payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}GARBAGE\r\n\r\n`, answers: [1, 2] },
-    { name: 'a good request pipelined with a bad one', payload: `${get('/healthz')}BAD REQUEST\r\n\r\n`, answers: [1, 2] },
-    { name: 'a chunked body over 64 KiB', payload: `POST /v1/products HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${(70 * 1024).toString(16)}\r\n${'x'.repeat(70 * 1024)}\r\n0\r\n\r\n`, answers: 1 },
+    {
+      name: 'a body longer than its Content-Length, then garbage',
+      payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}GARBAGE\r\n\r\n`,
+      answers: [1, 2],
+    },
+    {
+      name: 'a good request pipelined with a bad one',
+      payload: `${get('/healthz')}BAD REQUEST\r\n\r\n`,
+      answers: [1, 2],
+    },
+    {
+      name: 'a chunked body over 64 KiB',
+      payload: `POST /v1/products HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${(70 * 1024).toString(16)}\r\n${'x'.repeat(70 * 1024)}\r\n0\r\n\r\n`,
+      answers: 1,
+    },
   ];
 }
 
@@ -542,7 +922,12 @@ for (const mode of modes()) {
         await test.test(family, () =>
           fc.assert(
             fc.asyncProperty(requests, async (request) => {
-              const response = await t.app.server.inject({ method: request.method as 'GET', url: request.url, headers: request.headers, ...(request.payload === undefined ? {} : { payload: request.payload }) });
+              const response = await t.app.server.inject({
+                method: request.method as 'GET',
+                url: request.url,
+                headers: request.headers,
+                ...(request.payload === undefined ? {} : { payload: request.payload }),
+              });
               assertAnswer(request, { status: response.statusCode, headers: response.headers, body: response.body });
             }),
             fuzzParameters(runs),
@@ -555,8 +940,12 @@ for (const mode of modes()) {
       for (const { name, payload, answers } of rawCases(fixture.tokens.admin)) {
         const responses = parseResponses(await exchange(port, payload));
         const [least, most] = typeof answers === 'number' ? [answers, answers] : answers;
-        assert.ok(responses.length >= least && responses.length <= most, `${name}: ${responses.length} answers (${responses.map((r) => r.status).join(', ')})`);
-        for (const answer of responses) assertAnswer({ method: name.startsWith('a good') ? 'GET' : 'raw', url: name }, answer);
+        assert.ok(
+          responses.length >= least && responses.length <= most,
+          `${name}: ${responses.length} answers (${responses.map((r) => r.status).join(', ')})`,
+        );
+        for (const answer of responses)
+          assertAnswer({ method: name.startsWith('a good') ? 'GET' : 'raw', url: name }, answer);
         assert.ok(responses.at(-1)!.status >= 400, `${name} was refused`);
       }
       // Generated garbage where a request line and headers belong.

@@ -19,7 +19,10 @@ export function Text(options: TStringOptions = {}) {
   return Type.String({ ...options, pattern: `^${TEXT_CHARACTER}*$` });
 }
 
-export const Currency = Type.String({ format: 'iso-4217', description: 'An ISO 4217 currency code in circulation, e.g. EUR' });
+export const Currency = Type.String({
+  format: 'iso-4217',
+  description: 'An ISO 4217 currency code in circulation, e.g. EUR',
+});
 
 // Path parameters: a value of the wrong form names nothing, and is answered 404 (see problems.ts).
 export const SkuParams = Type.Object({ sku: Sku });
@@ -46,7 +49,12 @@ export function problemOf(...codes: ErrorCode[]) {
 export const LimitQuery = Type.Object(
   {
     limit: Type.Optional(Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1–100, default 50' })),
-    cursor: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]{1,512}$', description: 'nextCursor of the previous page, as it was given' })),
+    cursor: Type.Optional(
+      Type.String({
+        pattern: '^[A-Za-z0-9_-]{1,512}$',
+        description: 'nextCursor of the previous page, as it was given',
+      }),
+    ),
   },
   { additionalProperties: false },
 );

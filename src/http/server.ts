@@ -15,7 +15,16 @@ import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { activeSpan, tracingEnabled } from '../observability/tracing.ts';
 import { openApi } from './openapi.ts';
-import { clientErrorHandler, connectHandler, createErrorHandler, expectationHandler, type ErrorHandlerOptions, MAX_PATH_PARAMETER_LENGTH, MAX_URL_LENGTH, sendProblem } from './problems.ts';
+import {
+  clientErrorHandler,
+  connectHandler,
+  createErrorHandler,
+  expectationHandler,
+  type ErrorHandlerOptions,
+  MAX_PATH_PARAMETER_LENGTH,
+  MAX_URL_LENGTH,
+  sendProblem,
+} from './problems.ts';
 import { SCHEMA_FORMATS } from './schemas.ts';
 
 declare module 'fastify' {
@@ -51,7 +60,15 @@ export function buildServer(options: ServerOptions): Server {
     bodyLimit: BODY_LIMIT_BYTES,
     // Fastify's own closing answer is not problem+json; the hook below is.
     return503OnClosing: false,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true, useDefaults: false, formats: SCHEMA_FORMATS } },
+    ajv: {
+      customOptions: {
+        removeAdditional: false,
+        coerceTypes: false,
+        allErrors: true,
+        useDefaults: false,
+        formats: SCHEMA_FORMATS,
+      },
+    },
     requestIdHeader: 'x-request-id',
     routerOptions: { maxParamLength: MAX_PATH_PARAMETER_LENGTH },
     // Errors raised before a route is found go through the error catalogue too.
@@ -67,7 +84,8 @@ export function buildServer(options: ServerOptions): Server {
     if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
       throw new AppError('malformed_request', 'an HTTP/1.1 request must carry a Host header (RFC 9112, section 3.2)');
     }
-    if (request.url.length > MAX_URL_LENGTH) throw new AppError('uri_too_long', `the request target is longer than ${MAX_URL_LENGTH} characters`);
+    if (request.url.length > MAX_URL_LENGTH)
+      throw new AppError('uri_too_long', `the request target is longer than ${MAX_URL_LENGTH} characters`);
   });
 
   // An empty body is how clients say "no options" (cancel); a route whose
@@ -80,7 +98,10 @@ export function buildServer(options: ServerOptions): Server {
     try {
       done(null, JSON.parse(text));
     } catch (error) {
-      done(new AppError('malformed_json', `the request body is not valid JSON: ${(error as Error).message}`), undefined);
+      done(
+        new AppError('malformed_json', `the request body is not valid JSON: ${(error as Error).message}`),
+        undefined,
+      );
     }
   });
 
@@ -127,7 +148,8 @@ export function buildServer(options: ServerOptions): Server {
   // accept latency SLO (deploy/prometheus/rules/slo.yml) would miss what a
   // fresh process answered before its first scrape.
   app.addHook('onRoute', (route) => {
-    for (const method of [route.method].flat()) if (method !== 'HEAD') options.metrics.httpDuration.zero({ method, route: route.url });
+    for (const method of [route.method].flat())
+      if (method !== 'HEAD') options.metrics.httpDuration.zero({ method, route: route.url });
   });
 
   app.addHook('onResponse', async (request, reply) => {
