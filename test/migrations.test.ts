@@ -2,8 +2,9 @@
 // run applies nothing, and several processes starting at once (separate
 // connections racing for the advisory lock) all succeed with each migration
 // recorded exactly once. On PostgreSQL (a brand-new database) and on the
-// embedded PGlite.
+// embedded PGlite. The architecture document lists them all.
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { describe, it } from 'node:test';
 import { loadMigrations, migrate } from '../src/storage/migrate.ts';
 import type { Database } from '../src/storage/database.ts';
@@ -97,5 +98,13 @@ describe('migrations (embedded PGlite in memory)', () => {
     } finally {
       await db.close();
     }
+  });
+});
+
+describe('migrations in the docs', () => {
+  it("architecture.md's table lists every migration the build ships, in order, and no other", async () => {
+    const text = await readFile(new URL('../docs/architecture.md', import.meta.url), 'utf8');
+    const listed = [...text.matchAll(/^\| `(\d+_[^`]+\.sql)` \|/gm)].map((m) => m[1]);
+    assert.deepEqual(listed, (await loadMigrations()).map((m) => m.name));
   });
 });
