@@ -9,7 +9,20 @@ import { networkInterfaces } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { CHARGE_QUEUE } from '../src/payments/payments.ts';
 import { PoisonGateway } from './support/gateways.ts';
-import { ALL_SCOPES, assertRefused, client, createProduct, eventually, modes, placeOrder, quiesce, snapshot, startTestApp, type Client, type TestApp } from './support/harness.ts';
+import {
+  ALL_SCOPES,
+  assertRefused,
+  client,
+  createProduct,
+  eventually,
+  modes,
+  placeOrder,
+  quiesce,
+  snapshot,
+  startTestApp,
+  type Client,
+  type TestApp,
+} from './support/harness.ts';
 
 const OPERATOR = 'orders:admin orders:read orders:write catalog:write operations:write';
 
@@ -36,9 +49,18 @@ for (const mode of modes()) {
 
     /** The app on a real socket, on every interface (listened once). */
     let listening: Promise<URL> | undefined;
-    const port = async () => Number((await (listening ??= t.app.server.listen({ port: 0, host: '0.0.0.0' }).then((url) => new URL(url)))).port);
+    const port = async () =>
+      Number(
+        (await (listening ??= t.app.server.listen({ port: 0, host: '0.0.0.0' }).then((url) => new URL(url)))).port,
+      );
 
-    const refused = (c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) => assertRefused(t.app, c, method, url, status, options);
+    const refused = (
+      c: Client,
+      method: string,
+      url: string,
+      status: number,
+      options: Parameters<Client['request']>[2] = {},
+    ) => assertRefused(t.app, c, method, url, status, options);
 
     const detail = async (id: string) => {
       const response = await operator.request('GET', `/v1/admin/orders/${id}`);
@@ -66,7 +88,8 @@ for (const mode of modes()) {
         }
       });
       it("every admin route: a customer's token is 403", async () => {
-        for (const [method, url, body] of routes) await refused(alice, method, url, 403, body === undefined ? {} : { body });
+        for (const [method, url, body] of routes)
+          await refused(alice, method, url, 403, body === undefined ? {} : { body });
       });
       it('re-drive and discard need operations:write; orders:admin alone only reads', async () => {
         const reader = client(t.app, await t.token('auditor', 'orders:admin'));
@@ -94,13 +117,31 @@ for (const mode of modes()) {
         ];
         for (const [query, path] of cases) {
           const problem = await refused(operator, 'GET', `/v1/admin/orders?${query}`, 400);
-          assert.ok(problem.errors?.some((e: { path: string }) => e.path === path), `${query}: expected an error at ${path}: ${JSON.stringify(problem)}`);
+          assert.ok(
+            problem.errors?.some((e: { path: string }) => e.path === path),
+            `${query}: expected an error at ${path}: ${JSON.stringify(problem)}`,
+          );
         }
       });
       it('bad dead-letter queries and bodies: 400', async () => {
         await refused(operator, 'GET', '/v1/admin/dead-letters?queue=NOT%20A%20QUEUE', 400);
-        await refused(operator, 'GET', `/v1/admin/dead-letters?cursor=${Buffer.from('"no-such-position"').toString('base64url')}`, 400);
-        for (const body of [{}, { ids: [] }, { ids: 'all' }, { ids: [1] }, { ids: ['1', '1'] }, { ids: Array.from({ length: 101 }, (_, i) => String(i)) }, { ids: ['1'], force: true }, [], null]) {
+        await refused(
+          operator,
+          'GET',
+          `/v1/admin/dead-letters?cursor=${Buffer.from('"no-such-position"').toString('base64url')}`,
+          400,
+        );
+        for (const body of [
+          {},
+          { ids: [] },
+          { ids: 'all' },
+          { ids: [1] },
+          { ids: ['1', '1'] },
+          { ids: Array.from({ length: 101 }, (_, i) => String(i)) },
+          { ids: ['1'], force: true },
+          [],
+          null,
+        ]) {
           await refused(operator, 'POST', '/v1/admin/dead-letters/redrive', 400, { body });
           await refused(operator, 'POST', '/v1/admin/dead-letters/discard', 400, { body });
         }
@@ -120,7 +161,10 @@ for (const mode of modes()) {
         assert.deepEqual(types(body), ['accepted', 'stock_held', 'charge_attempted', 'charged', 'confirmed']);
         assert.deepEqual(body.events[0].detail, { totalCents: 2500, currency: 'EUR', customerId: 'alice' });
         assert.deepEqual(body.events[1].detail, { lines: [{ sku: 'ADM-1', quantity: 2 }] });
-        assert.deepEqual(body.paymentAttempts.map((e: { detail: unknown }) => e.detail), [{ attempt: 1, outcome: 'succeeded' }]);
+        assert.deepEqual(
+          body.paymentAttempts.map((e: { detail: unknown }) => e.detail),
+          [{ attempt: 1, outcome: 'succeeded' }],
+        );
         const charged = body.events[3].detail;
         assert.equal(charged.amountCents, 2500);
         assert.match(charged.chargeId, /^ch_/);
@@ -129,9 +173,16 @@ for (const mode of modes()) {
         assert.equal(body.payment.chargeId, charged.chargeId);
         assert.equal(body.payment.amountCents, 2500);
         assert.ok(!('cardToken' in body.payment), 'the card token is never shown');
-        assert.deepEqual(body.moneyMovements.map((e: { type: string }) => e.type), ['charged']);
+        assert.deepEqual(
+          body.moneyMovements.map((e: { type: string }) => e.type),
+          ['charged'],
+        );
         const ids = body.events.map((e: { id: number }) => e.id);
-        assert.deepEqual(ids, [...ids].sort((a, b) => a - b), 'oldest first');
+        assert.deepEqual(
+          ids,
+          [...ids].sort((a, b) => a - b),
+          'oldest first',
+        );
       });
 
       it('a declined order and one out of stock carry their reasons; the latter never had a payment', async () => {
@@ -157,12 +208,24 @@ for (const mode of modes()) {
         assert.equal(cancelled.status, 200);
         await quiesce(t.app);
         const body = await detail(placed.body.id);
-        assert.deepEqual(types(body), ['accepted', 'stock_held', 'charge_attempted', 'charged', 'confirmed', 'cancel_requested', 'refund_requested', 'refunded']);
+        assert.deepEqual(types(body), [
+          'accepted',
+          'stock_held',
+          'charge_attempted',
+          'charged',
+          'confirmed',
+          'cancel_requested',
+          'refund_requested',
+          'refunded',
+        ]);
         assert.deepEqual(body.events[5].detail, { by: 'ops', was: 'confirmed' });
         const refunded = body.events[7].detail;
         assert.match(refunded.refundId, /^re_/);
         assert.equal(refunded.amountCents, 900);
-        assert.deepEqual(body.moneyMovements.map((e: { type: string }) => e.type), ['charged', 'refund_requested', 'refunded']);
+        assert.deepEqual(
+          body.moneyMovements.map((e: { type: string }) => e.type),
+          ['charged', 'refund_requested', 'refunded'],
+        );
         assert.equal(body.payment.status, 'refunded');
         assert.deepEqual(gateway.netCharged(placed.body.id), { charges: 1, netCents: 0 });
       });
@@ -174,7 +237,14 @@ for (const mode of modes()) {
 
       it('is never out of step: every order has exactly one accepted event and one event per status it reached', async () => {
         await quiesce(t.app);
-        const rows = await t.app.db.query<{ id: string; status: string; accepted: number; confirmed: number; rejected: number; cancelled: number }>(
+        const rows = await t.app.db.query<{
+          id: string;
+          status: string;
+          accepted: number;
+          confirmed: number;
+          rejected: number;
+          cancelled: number;
+        }>(
           `SELECT o.id, o.status,
                   count(*) FILTER (WHERE e.type = 'accepted')::int AS accepted, count(*) FILTER (WHERE e.type = 'confirmed')::int AS confirmed,
                   count(*) FILTER (WHERE e.type = 'rejected')::int AS rejected, count(*) FILTER (WHERE e.type = 'cancel_requested')::int AS cancelled
@@ -195,33 +265,57 @@ for (const mode of modes()) {
       before(async () => {
         const carol = client(t.app, await t.token('carol', 'orders:write orders:read'));
         carolOrders = [];
-        for (let i = 0; i < 3; i++) carolOrders.push((await placeOrder(carol, [{ sku: i === 1 ? 'ADM-2' : 'ADM-1', quantity: 1 }])).body.id);
+        for (let i = 0; i < 3; i++)
+          carolOrders.push((await placeOrder(carol, [{ sku: i === 1 ? 'ADM-2' : 'ADM-1', quantity: 1 }])).body.id);
         await quiesce(t.app);
       });
 
       it("finds one customer's orders, newest first, a page at a time", async () => {
         const first = await operator.request('GET', '/v1/admin/orders?customerId=carol&limit=2');
         assert.equal(first.status, 200);
-        assert.deepEqual(first.body.items.map((o: { id: string }) => o.id), [carolOrders[2], carolOrders[1]]);
+        assert.deepEqual(
+          first.body.items.map((o: { id: string }) => o.id),
+          [carolOrders[2], carolOrders[1]],
+        );
         assert.equal(typeof first.body.nextCursor, 'string');
-        const second = await operator.request('GET', `/v1/admin/orders?customerId=carol&limit=2&cursor=${first.body.nextCursor}`);
-        assert.deepEqual(second.body.items.map((o: { id: string }) => o.id), [carolOrders[0]]);
+        const second = await operator.request(
+          'GET',
+          `/v1/admin/orders?customerId=carol&limit=2&cursor=${first.body.nextCursor}`,
+        );
+        assert.deepEqual(
+          second.body.items.map((o: { id: string }) => o.id),
+          [carolOrders[0]],
+        );
         assert.equal(second.body.nextCursor, null);
       });
 
       it('by SKU, status, reject reason and creation time, combined', async () => {
         const bySku = await operator.request('GET', '/v1/admin/orders?customerId=carol&sku=ADM-2');
-        assert.deepEqual(bySku.body.items.map((o: { id: string }) => o.id), [carolOrders[1]]);
+        assert.deepEqual(
+          bySku.body.items.map((o: { id: string }) => o.id),
+          [carolOrders[1]],
+        );
         const confirmed = await operator.request('GET', '/v1/admin/orders?status=confirmed&limit=100');
         assert.ok(confirmed.body.items.length >= 3);
         assert.ok(confirmed.body.items.every((o: { status: string }) => o.status === 'confirmed'));
         const declined = await operator.request('GET', '/v1/admin/orders?rejectReason=payment_declined');
-        assert.ok(declined.body.items.length >= 1 && declined.body.items.every((o: { rejectReason: string }) => o.rejectReason === 'payment_declined'));
-        const newest = (await operator.request('GET', `/v1/admin/orders/${carolOrders[2]}`)).body.order.createdAt as string;
-        const oldest = (await operator.request('GET', `/v1/admin/orders/${carolOrders[0]}`)).body.order.createdAt as string;
-        const range = await operator.request('GET', `/v1/admin/orders?customerId=carol&from=${encodeURIComponent(oldest)}&to=${encodeURIComponent(newest)}`);
+        assert.ok(
+          declined.body.items.length >= 1 &&
+            declined.body.items.every((o: { rejectReason: string }) => o.rejectReason === 'payment_declined'),
+        );
+        const newest = (await operator.request('GET', `/v1/admin/orders/${carolOrders[2]}`)).body.order
+          .createdAt as string;
+        const oldest = (await operator.request('GET', `/v1/admin/orders/${carolOrders[0]}`)).body.order
+          .createdAt as string;
+        const range = await operator.request(
+          'GET',
+          `/v1/admin/orders?customerId=carol&from=${encodeURIComponent(oldest)}&to=${encodeURIComponent(newest)}`,
+        );
         assert.ok(!range.body.items.some((o: { id: string }) => o.id === carolOrders[2]), 'to is exclusive');
-        assert.ok(range.body.items.some((o: { id: string }) => o.id === carolOrders[0]), 'from is inclusive');
+        assert.ok(
+          range.body.items.some((o: { id: string }) => o.id === carolOrders[0]),
+          'from is inclusive',
+        );
         const future = await operator.request('GET', '/v1/admin/orders?from=2999-01-01T00:00:00Z');
         assert.deepEqual(future.body, { items: [], nextCursor: null });
       });
@@ -234,9 +328,22 @@ for (const mode of modes()) {
         assert.equal(placed.status, 202);
         const list = await operator.request('GET', '/v1/admin/products?limit=100');
         const last = list.body.items.find((p: { sku: string }) => p.sku === 'ADM-LAST');
-        assert.deepEqual(last, { sku: 'ADM-LAST', name: 'Product ADM-LAST', priceCents: 999, currency: 'EUR', stock: 1, available: 0, held: 1 });
-        assert.equal((await operator.request('POST', '/v1/products/ADM-LAST/stock', { body: { delta: 4 } })).status, 200);
-        const again = (await operator.request('GET', '/v1/admin/products?limit=100')).body.items.find((p: { sku: string }) => p.sku === 'ADM-LAST');
+        assert.deepEqual(last, {
+          sku: 'ADM-LAST',
+          name: 'Product ADM-LAST',
+          priceCents: 999,
+          currency: 'EUR',
+          stock: 1,
+          available: 0,
+          held: 1,
+        });
+        assert.equal(
+          (await operator.request('POST', '/v1/products/ADM-LAST/stock', { body: { delta: 4 } })).status,
+          200,
+        );
+        const again = (await operator.request('GET', '/v1/admin/products?limit=100')).body.items.find(
+          (p: { sku: string }) => p.sku === 'ADM-LAST',
+        );
         assert.deepEqual([again.stock, again.held, again.available], [5, 1, 4]);
       });
 
@@ -245,7 +352,10 @@ for (const mode of modes()) {
         const ok = await operator.request('GET', '/v1/admin/invariants');
         assert.equal(ok.status, 200);
         assert.deepEqual(ok.body.oversoldSkus, []);
-        assert.deepEqual([ok.body.pendingOrders.count, ok.body.pendingOrders.overdue, ok.body.pendingOrders.deadlineSeconds], [0, 0, 3600]);
+        assert.deepEqual(
+          [ok.body.pendingOrders.count, ok.body.pendingOrders.overdue, ok.body.pendingOrders.deadlineSeconds],
+          [0, 0, 3600],
+        );
         // Only a broken database could oversell; make it look that way by hand.
         await t.app.db.query("UPDATE inventory.stock SET held = 0, on_hand = 0 WHERE sku = 'ADM-LAST'");
         try {
@@ -261,9 +371,22 @@ for (const mode of modes()) {
       const letters = async () => {
         const response = await operator.request('GET', `/v1/admin/dead-letters?queue=${CHARGE_QUEUE}`);
         assert.equal(response.status, 200, JSON.stringify(response.body));
-        return response.body.items as { id: string; queue: string; orderId: string | null; reason: string; attempts: number | null; ageSeconds: number | null; body: string }[];
+        return response.body.items as {
+          id: string;
+          queue: string;
+          orderId: string | null;
+          reason: string;
+          attempts: number | null;
+          ageSeconds: number | null;
+          body: string;
+        }[];
       };
-      const letterOf = (orderId: string) => eventually(`the dead letter of ${orderId}`, async () => (await letters()).find((l) => l.orderId === orderId), 15_000);
+      const letterOf = (orderId: string) =>
+        eventually(
+          `the dead letter of ${orderId}`,
+          async () => (await letters()).find((l) => l.orderId === orderId),
+          15_000,
+        );
 
       it('a charge the gateway refuses is listed with its queue, reason, attempts and age; re-driven after the fix, the order confirms', async () => {
         const placed = await placeOrder(alice, [{ sku: 'ADM-1', quantity: 3 }], 'tok_refused');
@@ -273,11 +396,20 @@ for (const mode of modes()) {
         assert.equal(letter.queue, CHARGE_QUEUE);
         assert.match(letter.reason, /payment can never succeed: .*no such token/);
         assert.equal(letter.attempts, 1);
-        assert.ok(letter.ageSeconds !== null && letter.ageSeconds >= 0 && letter.ageSeconds < 60, `age ${letter.ageSeconds}`);
+        assert.ok(
+          letter.ageSeconds !== null && letter.ageSeconds >= 0 && letter.ageSeconds < 60,
+          `age ${letter.ageSeconds}`,
+        );
         assert.deepEqual(JSON.parse(letter.body), { orderId: id });
         const before = await detail(id);
-        assert.deepEqual([before.order.status, before.order.rejectReason, before.payment.status], ['rejected', 'payment_failed', 'failed']);
-        assert.deepEqual(before.paymentAttempts.map((e: { detail: { outcome: string } }) => e.detail.outcome), ['refused']);
+        assert.deepEqual(
+          [before.order.status, before.order.rejectReason, before.payment.status],
+          ['rejected', 'payment_failed', 'failed'],
+        );
+        assert.deepEqual(
+          before.paymentAttempts.map((e: { detail: { outcome: string } }) => e.detail.outcome),
+          ['refused'],
+        );
 
         // Still refused: the re-drive runs the charge again, which fails again, into a new dead letter.
         const again = await operator.request('POST', '/v1/admin/dead-letters/redrive', { body: { ids: [letter.id] } });
@@ -290,17 +422,36 @@ for (const mode of modes()) {
 
         gateway.cured = true;
         try {
-          const redriven = await operator.request('POST', '/v1/admin/dead-letters/redrive', { body: { ids: [second.id] } });
-          assert.deepEqual(redriven.body.results, [{ id: second.id, outcome: 'redriven', orderId: id, reopened: true }]);
+          const redriven = await operator.request('POST', '/v1/admin/dead-letters/redrive', {
+            body: { ids: [second.id] },
+          });
+          assert.deepEqual(redriven.body.results, [
+            { id: second.id, outcome: 'redriven', orderId: id, reopened: true },
+          ]);
           await quiesce(t.app);
           const after = await detail(id);
           assert.equal(after.order.status, 'confirmed');
           assert.deepEqual(types(after), [
-            'accepted', 'stock_held', 'charge_attempted', 'rejected',
-            'stock_held', 'redriven', 'charge_attempted', 'rejected',
-            'stock_held', 'redriven', 'charge_attempted', 'charged', 'confirmed',
+            'accepted',
+            'stock_held',
+            'charge_attempted',
+            'rejected',
+            'stock_held',
+            'redriven',
+            'charge_attempted',
+            'rejected',
+            'stock_held',
+            'redriven',
+            'charge_attempted',
+            'charged',
+            'confirmed',
           ]);
-          assert.equal(after.events.filter((e: { type: string; detail: { by?: string } }) => e.type === 'redriven' && e.detail.by === 'ops').length, 2);
+          assert.equal(
+            after.events.filter(
+              (e: { type: string; detail: { by?: string } }) => e.type === 'redriven' && e.detail.by === 'ops',
+            ).length,
+            2,
+          );
           assert.deepEqual(gateway.netCharged(id), { charges: 1, netCents: 3750 });
           assert.equal((await letters()).filter((l) => l.orderId === id).length, 0, 'the re-driven letters are gone');
         } finally {
@@ -319,16 +470,23 @@ for (const mode of modes()) {
         assert.equal((await placeOrder(bob, [{ sku: 'ADM-ONE', quantity: 1 }])).body.status, 'pending');
         await quiesce(t.app);
         const before = await snapshot(t.app.db);
-        const refusedRedrive = await operator.request('POST', '/v1/admin/dead-letters/redrive', { body: { ids: [letter.id, 'no-such-letter'] } });
+        const refusedRedrive = await operator.request('POST', '/v1/admin/dead-letters/redrive', {
+          body: { ids: [letter.id, 'no-such-letter'] },
+        });
         assert.equal(refusedRedrive.status, 200);
         assert.equal(refusedRedrive.body.results[0].outcome, 'refused');
         assert.match(refusedRedrive.body.results[0].detail, /cannot hold its stock again/);
         assert.deepEqual(refusedRedrive.body.results[1], { id: 'no-such-letter', outcome: 'not_found', orderId: null });
         await quiesce(t.app);
         assert.deepEqual(await snapshot(t.app.db), before, 'a refused re-drive wrote nothing');
-        assert.ok((await letters()).some((l) => l.id === letter.id), 'the letter is kept');
+        assert.ok(
+          (await letters()).some((l) => l.id === letter.id),
+          'the letter is kept',
+        );
 
-        const discarded = await operator.request('POST', '/v1/admin/dead-letters/discard', { body: { ids: [letter.id] } });
+        const discarded = await operator.request('POST', '/v1/admin/dead-letters/discard', {
+          body: { ids: [letter.id] },
+        });
         assert.deepEqual(discarded.body.results, [{ id: letter.id, outcome: 'discarded', orderId: id }]);
         assert.ok(!(await letters()).some((l) => l.id === letter.id));
         const history = await detail(id);
@@ -340,13 +498,15 @@ for (const mode of modes()) {
 
       it('lists a page at a time', async () => {
         const ids = [];
-        for (let i = 0; i < 3; i++) ids.push((await placeOrder(alice, [{ sku: 'ADM-2', quantity: 1 }], 'tok_refused')).body.id as string);
+        for (let i = 0; i < 3; i++)
+          ids.push((await placeOrder(alice, [{ sku: 'ADM-2', quantity: 1 }], 'tok_refused')).body.id as string);
         await quiesce(t.app);
         for (const id of ids) await letterOf(id);
         const seen: string[] = [];
         let cursor: string | null = null;
         do {
-          const page: { status: number; body: { items: { orderId: string }[]; nextCursor: string | null } } = await operator.request('GET', `/v1/admin/dead-letters?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+          const page: { status: number; body: { items: { orderId: string }[]; nextCursor: string | null } } =
+            await operator.request('GET', `/v1/admin/dead-letters?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
           assert.equal(page.status, 200);
           assert.ok(page.body.items.length <= 2);
           seen.push(...page.body.items.map((l) => l.orderId));
@@ -354,7 +514,8 @@ for (const mode of modes()) {
         } while (cursor);
         for (const id of ids) assert.equal(seen.filter((s) => s === id).length, 1, `${id} listed once`);
         const all = (await letters()).map((l) => l.id);
-        const results = (await operator.request('POST', '/v1/admin/dead-letters/discard', { body: { ids: all } })).body.results;
+        const results = (await operator.request('POST', '/v1/admin/dead-letters/discard', { body: { ids: all } })).body
+          .results;
         assert.ok(results.every((r: { outcome: string }) => r.outcome === 'discarded'));
         assert.deepEqual(await letters(), []);
       });
@@ -382,7 +543,10 @@ for (const mode of modes()) {
 
       it('streams them as Server-Sent Events', async () => {
         const controller = new AbortController();
-        const response = await fetch(`http://127.0.0.1:${await port()}/v1/admin/figures/stream`, { headers: { authorization: `Bearer ${await t.token('ops', OPERATOR)}` }, signal: controller.signal });
+        const response = await fetch(`http://127.0.0.1:${await port()}/v1/admin/figures/stream`, {
+          headers: { authorization: `Bearer ${await t.token('ops', OPERATOR)}` },
+          signal: controller.signal,
+        });
         assert.equal(response.status, 200);
         assert.match(response.headers.get('content-type') ?? '', /^text\/event-stream/);
         const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
@@ -400,7 +564,8 @@ for (const mode of modes()) {
           }
         }
         controller.abort();
-        for (const event of events as { processes: unknown[]; totals: { processes: number } }[]) assert.equal(event.totals.processes, event.processes.length);
+        for (const event of events as { processes: unknown[]; totals: { processes: number } }[])
+          assert.equal(event.totals.processes, event.processes.length);
       });
     });
 
@@ -411,7 +576,13 @@ for (const mode of modes()) {
         assert.equal(page.status, 200);
         assert.match(String(page.headers['content-type']), /^text\/html/);
         assert.equal((await anyone.request('GET', '/console')).status, 302);
-        for (const file of ['preact.mjs', 'preact-hooks.mjs', 'htm-preact.mjs', 'uPlot.esm.js', 'eventsource-parser-stream.js']) {
+        for (const file of [
+          'preact.mjs',
+          'preact-hooks.mjs',
+          'htm-preact.mjs',
+          'uPlot.esm.js',
+          'eventsource-parser-stream.js',
+        ]) {
           const vendor = await anyone.request('GET', `/console/vendor/${file}`);
           assert.equal(vendor.status, 200, file);
           assert.match(String(vendor.headers['content-type']), /javascript/, file);
@@ -420,35 +591,74 @@ for (const mode of modes()) {
       });
 
       const embedded = mode === 'embedded';
-      it(embedded ? 'mints an operator token for a loopback peer only' : 'mints no token outside the embedded shape', async () => {
-        const anyone = client(t.app);
-        const local = await t.app.server.inject({ method: 'POST', url: '/console/dev-token', remoteAddress: '127.0.0.1' });
-        assert.equal(local.statusCode, embedded ? 200 : 404, local.body);
-        const options = await t.app.server.inject({ method: 'GET', url: '/console/session-options', remoteAddress: '127.0.0.1' });
-        assert.deepEqual(options.json(), { devToken: embedded });
-        if (embedded) {
-          const { token } = local.json<{ token: string }>();
-          assert.equal((await client(t.app, token).request('GET', '/v1/admin/orders')).status, 200);
-        }
-        for (const remoteAddress of ['192.0.2.10', '::ffff:192.0.2.10', '2001:db8::1']) {
-          for (const headers of [{}, { 'x-forwarded-for': '127.0.0.1' }, { 'x-real-ip': '127.0.0.1', forwarded: 'for=127.0.0.1' }]) {
-            const remote = await t.app.server.inject({ method: 'POST', url: '/console/dev-token', remoteAddress, headers });
-            assert.equal(remote.statusCode, embedded ? 403 : 404, `${remoteAddress} ${JSON.stringify(headers)}: ${remote.body}`);
-            assert.match(String(remote.headers['content-type']), /^application\/problem\+json/);
-            assert.deepEqual((await t.app.server.inject({ method: 'GET', url: '/console/session-options', remoteAddress, headers })).json(), { devToken: false });
+      it(
+        embedded ? 'mints an operator token for a loopback peer only' : 'mints no token outside the embedded shape',
+        async () => {
+          const anyone = client(t.app);
+          const local = await t.app.server.inject({
+            method: 'POST',
+            url: '/console/dev-token',
+            remoteAddress: '127.0.0.1',
+          });
+          assert.equal(local.statusCode, embedded ? 200 : 404, local.body);
+          const options = await t.app.server.inject({
+            method: 'GET',
+            url: '/console/session-options',
+            remoteAddress: '127.0.0.1',
+          });
+          assert.deepEqual(options.json(), { devToken: embedded });
+          if (embedded) {
+            const { token } = local.json<{ token: string }>();
+            assert.equal((await client(t.app, token).request('GET', '/v1/admin/orders')).status, 200);
           }
-        }
-        assert.equal((await anyone.request('GET', '/console/session-options')).status, 200);
-      });
+          for (const remoteAddress of ['192.0.2.10', '::ffff:192.0.2.10', '2001:db8::1']) {
+            for (const headers of [
+              {},
+              { 'x-forwarded-for': '127.0.0.1' },
+              { 'x-real-ip': '127.0.0.1', forwarded: 'for=127.0.0.1' },
+            ]) {
+              const remote = await t.app.server.inject({
+                method: 'POST',
+                url: '/console/dev-token',
+                remoteAddress,
+                headers,
+              });
+              assert.equal(
+                remote.statusCode,
+                embedded ? 403 : 404,
+                `${remoteAddress} ${JSON.stringify(headers)}: ${remote.body}`,
+              );
+              assert.match(String(remote.headers['content-type']), /^application\/problem\+json/);
+              assert.deepEqual(
+                (
+                  await t.app.server.inject({ method: 'GET', url: '/console/session-options', remoteAddress, headers })
+                ).json(),
+                { devToken: false },
+              );
+            }
+          }
+          assert.equal((await anyone.request('GET', '/console/session-options')).status, 200);
+        },
+      );
 
-      const external = Object.values(networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal);
-      it('refuses a token over a real socket from a non-loopback address', { skip: !embedded || !external ? 'needs the embedded shape and a non-loopback address on this machine' : false }, async () => {
-        const response = await fetch(`http://${external!.address}:${await port()}/console/dev-token`, { method: 'POST', headers: { 'x-forwarded-for': '127.0.0.1' } });
-        assert.equal(response.status, 403);
-        const loopback = await fetch(`http://127.0.0.1:${await port()}/console/dev-token`, { method: 'POST' });
-        assert.equal(loopback.status, 200);
-      });
+      const external = Object.values(networkInterfaces())
+        .flat()
+        .find((a) => a && a.family === 'IPv4' && !a.internal);
+      it(
+        'refuses a token over a real socket from a non-loopback address',
+        {
+          skip: !embedded || !external ? 'needs the embedded shape and a non-loopback address on this machine' : false,
+        },
+        async () => {
+          const response = await fetch(`http://${external!.address}:${await port()}/console/dev-token`, {
+            method: 'POST',
+            headers: { 'x-forwarded-for': '127.0.0.1' },
+          });
+          assert.equal(response.status, 403);
+          const loopback = await fetch(`http://127.0.0.1:${await port()}/console/dev-token`, { method: 'POST' });
+          assert.equal(loopback.status, 200);
+        },
+      );
     });
   });
 }
-

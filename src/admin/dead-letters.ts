@@ -56,14 +56,29 @@ export interface DeadLetterDeps {
  * (pending, its stock held again) so the charge can succeed once the cause
  * is fixed; see reopenForPayment. `by` is the operator (the token's sub).
  */
-export async function redriveDeadLetters(deps: DeadLetterDeps, ids: readonly string[], by: string): Promise<SettleResult[]> {
+export async function redriveDeadLetters(
+  deps: DeadLetterDeps,
+  ids: readonly string[],
+  by: string,
+): Promise<SettleResult[]> {
   const outcomes = await deps.store.settle(ids, async (tx, letter) => {
     const payload = parseBody(letter);
-    if (!payload) throw new AppError('validation_failed', 'the message is not a JSON object: a re-drive would fail the same way; discard it');
+    if (!payload)
+      throw new AppError(
+        'validation_failed',
+        'the message is not a JSON object: a re-drive would fail the same way; discard it',
+      );
     const orderId = orderIdOf(letter);
     const reopened = letter.queue === CHARGE_QUEUE && orderId !== null && (await reopenIfPaymentFailed(tx, orderId));
     await deps.queue.enqueueMany(tx, letter.queue, [{ payload, ...(letter.key ? { key: letter.key } : {}) }]);
-    if (orderId) await recordOrderEvents(tx, [{ orderId, type: 'redriven', detail: { queue: letter.queue, letterId: letter.id, by, reopened, reason: letter.reason } }]);
+    if (orderId)
+      await recordOrderEvents(tx, [
+        {
+          orderId,
+          type: 'redriven',
+          detail: { queue: letter.queue, letterId: letter.id, by, reopened, reason: letter.reason },
+        },
+      ]);
     return { orderId, reopened };
   });
   return outcomes.map((o): SettleResult => {
@@ -74,10 +89,21 @@ export async function redriveDeadLetters(deps: DeadLetterDeps, ids: readonly str
 }
 
 /** Discards each letter, recording `dead_letter_discarded` in its order's history. */
-export async function discardDeadLetters(deps: DeadLetterDeps, ids: readonly string[], by: string): Promise<SettleResult[]> {
+export async function discardDeadLetters(
+  deps: DeadLetterDeps,
+  ids: readonly string[],
+  by: string,
+): Promise<SettleResult[]> {
   const outcomes = await deps.store.settle(ids, async (tx, letter) => {
     const orderId = orderIdOf(letter);
-    if (orderId) await recordOrderEvents(tx, [{ orderId, type: 'dead_letter_discarded', detail: { queue: letter.queue, letterId: letter.id, by, reason: letter.reason } }]);
+    if (orderId)
+      await recordOrderEvents(tx, [
+        {
+          orderId,
+          type: 'dead_letter_discarded',
+          detail: { queue: letter.queue, letterId: letter.id, by, reason: letter.reason },
+        },
+      ]);
     return orderId;
   });
   return outcomes.map((o): SettleResult => {

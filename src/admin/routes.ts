@@ -17,7 +17,14 @@ import { LimitQuery, Problem, Sku, SKU_PATTERN, Text } from '../http/schemas.ts'
 import { principalOf, type Routes } from '../http/server.ts';
 import type { DeadLetterStore } from '../messaging/dead-letters.ts';
 import type { JobQueue } from '../messaging/queue.ts';
-import { confirmedQuantities, findOrder, orderHistory, ORDER_EVENT_TYPES, pendingOrderStats, searchOrders } from '../orders/history.ts';
+import {
+  confirmedQuantities,
+  findOrder,
+  orderHistory,
+  ORDER_EVENT_TYPES,
+  pendingOrderStats,
+  searchOrders,
+} from '../orders/history.ts';
 import { ORDER_ID_PATTERN } from '../orders/ids.ts';
 import { ORDER_STATUSES, REJECT_REASONS } from '../orders/state-machine.ts';
 import { paymentSummary } from '../payments/payments.ts';
@@ -41,8 +48,11 @@ export interface AdminDeps {
 
 const errors = { 400: Problem, 401: Problem, 403: Problem };
 // A path id that cannot be an order's names nothing: 404 (see http/problems.ts).
-const OrderIdParams = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }) });
-const Page = <T extends ReturnType<typeof Type.Object>>(item: T) => Type.Object({ items: Type.Array(item), nextCursor: Type.Union([Type.String(), Type.Null()]) });
+const OrderIdParams = Type.Object({
+  id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }),
+});
+const Page = <T extends ReturnType<typeof Type.Object>>(item: T) =>
+  Type.Object({ items: Type.Array(item), nextCursor: Type.Union([Type.String(), Type.Null()]) });
 
 const Order = Type.Object({
   id: Type.String(),
@@ -56,7 +66,10 @@ const Order = Type.Object({
   updatedAt: Type.String({ format: 'date-time' }),
 });
 
-const Detail = Type.Record(Type.String(), Type.Unknown(), { description: 'What the event carries, camelCase: reason, amountCents and currency, chargeId, refundId, attempt and outcome, error, by (who acted)' });
+const Detail = Type.Record(Type.String(), Type.Unknown(), {
+  description:
+    'What the event carries, camelCase: reason, amountCents and currency, chargeId, refundId, attempt and outcome, error, by (who acted)',
+});
 const OrderEvent = Type.Object({
   id: Type.Integer({ description: 'Increasing in the order events were recorded' }),
   type: Type.Enum(ORDER_EVENT_TYPES),
@@ -66,23 +79,32 @@ const OrderEvent = Type.Object({
 
 const AdminOrder = Type.Object({
   order: Order,
-  payment: Type.Union([
-    Type.Object({
-      status: Type.String({ description: 'pending, charging, succeeded, declined, refunded, failed or refund_failed' }),
-      amountCents: Type.Integer(),
-      currency: Type.String(),
-      chargeId: Type.Union([Type.String(), Type.Null()]),
-      refundId: Type.Union([Type.String(), Type.Null()]),
-      lastError: Type.Union([Type.String(), Type.Null()]),
-      refundRequestedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
-      createdAt: Type.String({ format: 'date-time' }),
-      updatedAt: Type.String({ format: 'date-time' }),
-    }),
-    Type.Null(),
-  ], { description: 'Null for an order rejected out_of_stock at once: it never had a payment' }),
+  payment: Type.Union(
+    [
+      Type.Object({
+        status: Type.String({
+          description: 'pending, charging, succeeded, declined, refunded, failed or refund_failed',
+        }),
+        amountCents: Type.Integer(),
+        currency: Type.String(),
+        chargeId: Type.Union([Type.String(), Type.Null()]),
+        refundId: Type.Union([Type.String(), Type.Null()]),
+        lastError: Type.Union([Type.String(), Type.Null()]),
+        refundRequestedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+        createdAt: Type.String({ format: 'date-time' }),
+        updatedAt: Type.String({ format: 'date-time' }),
+      }),
+      Type.Null(),
+    ],
+    { description: 'Null for an order rejected out_of_stock at once: it never had a payment' },
+  ),
   events: Type.Array(OrderEvent, { description: 'The append-only history, oldest first' }),
-  paymentAttempts: Type.Array(OrderEvent, { description: 'The charge_attempted events: each attempt with its outcome (succeeded, declined, transient, refused)' }),
-  moneyMovements: Type.Array(OrderEvent, { description: 'charged, refund_requested, refunded and refund_failed events: what moved at the gateway' }),
+  paymentAttempts: Type.Array(OrderEvent, {
+    description: 'The charge_attempted events: each attempt with its outcome (succeeded, declined, transient, refused)',
+  }),
+  moneyMovements: Type.Array(OrderEvent, {
+    description: 'charged, refund_requested, refunded and refund_failed events: what moved at the gateway',
+  }),
 });
 
 const SearchQuery = Type.Object(
@@ -92,7 +114,9 @@ const SearchQuery = Type.Object(
     rejectReason: Type.Optional(Type.Enum(REJECT_REASONS)),
     customerId: Type.Optional(Text({ minLength: 1, maxLength: 255, description: "A customer's id (a token's sub)" })),
     sku: Type.Optional(Sku),
-    from: Type.Optional(Type.String({ format: 'date-time', description: 'Orders created at or after this RFC 3339 time' })),
+    from: Type.Optional(
+      Type.String({ format: 'date-time', description: 'Orders created at or after this RFC 3339 time' }),
+    ),
     to: Type.Optional(Type.String({ format: 'date-time', description: 'Orders created before this RFC 3339 time' })),
   },
   { additionalProperties: false },
@@ -102,24 +126,41 @@ const DeadLetter = Type.Object({
   id: Type.String({ description: 'Opaque; pass it back to re-drive or discard' }),
   queue: Type.String(),
   body: Type.String({ description: 'The message as it was dead-lettered' }),
-  orderId: Type.Union([Type.String(), Type.Null()], { description: 'The order the message is about, when it names one' }),
+  orderId: Type.Union([Type.String(), Type.Null()], {
+    description: 'The order the message is about, when it names one',
+  }),
   reason: Type.String({ description: 'Why it was given up on (the last error)' }),
-  attempts: Type.Union([Type.Integer(), Type.Null()], { description: 'Deliveries it had; null where the broker did not record it' }),
+  attempts: Type.Union([Type.Integer(), Type.Null()], {
+    description: 'Deliveries it had; null where the broker did not record it',
+  }),
   diedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
   ageSeconds: Type.Union([Type.Number(), Type.Null()], { description: 'Seconds since it was dead-lettered' }),
 });
 
 const DeadLetterIds = Type.Object(
-  { ids: Type.Array(Type.String({ minLength: 1, maxLength: 300, pattern: '^[\\x21-\\x7e]+$' }), { minItems: 1, maxItems: 100, uniqueItems: true }) },
+  {
+    ids: Type.Array(Type.String({ minLength: 1, maxLength: 300, pattern: '^[\\x21-\\x7e]+$' }), {
+      minItems: 1,
+      maxItems: 100,
+      uniqueItems: true,
+    }),
+  },
   { additionalProperties: false },
 );
 const SettleResults = Type.Object({
   results: Type.Array(
     Type.Object({
       id: Type.String(),
-      outcome: Type.Union([Type.Literal('redriven'), Type.Literal('discarded'), Type.Literal('not_found'), Type.Literal('refused')]),
+      outcome: Type.Union([
+        Type.Literal('redriven'),
+        Type.Literal('discarded'),
+        Type.Literal('not_found'),
+        Type.Literal('refused'),
+      ]),
       orderId: Type.Union([Type.String(), Type.Null()]),
-      reopened: Type.Optional(Type.Boolean({ description: 'The charge of an order rejected payment_failed: the order is pending again' })),
+      reopened: Type.Optional(
+        Type.Boolean({ description: 'The charge of an order rejected payment_failed: the order is pending again' }),
+      ),
       detail: Type.Optional(Type.String({ description: 'Why it was refused (left in place)' })),
     }),
   ),
@@ -156,7 +197,8 @@ export function adminRoutes(deps: AdminDeps): Routes {
       config: { scopes: ['orders:admin'] },
       schema: {
         tags: ['admin'],
-        summary: 'Search orders of every customer by status, reject reason, customer, SKU and creation time, newest first',
+        summary:
+          'Search orders of every customer by status, reject reason, customer, SKU and creation time, newest first',
         querystring: SearchQuery,
         response: { 200: Page(Order), ...errors },
       },
@@ -165,7 +207,9 @@ export function adminRoutes(deps: AdminDeps): Routes {
         const from = query.from === undefined ? undefined : new Date(query.from);
         const to = query.to === undefined ? undefined : new Date(query.to);
         if (from && to && from.getTime() >= to.getTime()) {
-          throw new AppError('validation_failed', '"from" must be before "to"', [{ path: '/querystring/from', message: 'must be before to' }]);
+          throw new AppError('validation_failed', '"from" must be before "to"', [
+            { path: '/querystring/from', message: 'must be before to' },
+          ]);
         }
         const filter = {
           status: query.status,
@@ -178,7 +222,10 @@ export function adminRoutes(deps: AdminDeps): Routes {
           beforeSeq: decodeCursor(query.cursor, isSequence),
         };
         const page = await reads.read((source) => searchOrders(source, filter));
-        return { items: page.items, nextCursor: page.more && page.lastSeq !== undefined ? encodeCursor(page.lastSeq) : null };
+        return {
+          items: page.items,
+          nextCursor: page.more && page.lastSeq !== undefined ? encodeCursor(page.lastSeq) : null,
+        };
       },
     });
 
@@ -193,14 +240,24 @@ export function adminRoutes(deps: AdminDeps): Routes {
       handler: async (request) => {
         const { id } = request.params;
         // Read together: the primary, so the history is as new as the order.
-        const [order, payment, events] = await Promise.all([findOrder(db, id), paymentSummary(db, id), orderHistory(db, id)]);
+        const [order, payment, events] = await Promise.all([
+          findOrder(db, id),
+          paymentSummary(db, id),
+          orderHistory(db, id),
+        ]);
         if (!order) throw new AppError('not_found', `no order with id "${id}"`);
         return {
           order,
           payment: payment ?? null,
           events,
           paymentAttempts: events.filter((e) => e.type === 'charge_attempted'),
-          moneyMovements: events.filter((e) => e.type === 'charged' || e.type === 'refund_requested' || e.type === 'refunded' || e.type === 'refund_failed'),
+          moneyMovements: events.filter(
+            (e) =>
+              e.type === 'charged' ||
+              e.type === 'refund_requested' ||
+              e.type === 'refunded' ||
+              e.type === 'refund_failed',
+          ),
         };
       },
     });
@@ -214,7 +271,9 @@ export function adminRoutes(deps: AdminDeps): Routes {
         response: { 200: Page(AdminProduct), ...errors },
       },
       handler: async (request) => {
-        const page = await reads.read((source) => listProducts(source, parseLimit(request.query.limit), decodeCursor(request.query.cursor, isSku)));
+        const page = await reads.read((source) =>
+          listProducts(source, parseLimit(request.query.limit), decodeCursor(request.query.cursor, isSku)),
+        );
         return {
           items: page.items.map((p) => ({ ...p, held: p.stock - p.available })),
           nextCursor: page.more && page.last !== undefined ? encodeCursor(page.last) : null,
@@ -230,12 +289,18 @@ export function adminRoutes(deps: AdminDeps): Routes {
         description: 'Reads every confirmed order line: poll it every few seconds at most, not per request.',
         response: {
           200: Type.Object({
-            oversoldSkus: Type.Array(Type.Object({ sku: Type.String(), stock: Type.Integer(), confirmedQuantity: Type.Integer() }), {
-              description: 'SKUs whose confirmed orders add up to more than the stock on hand (contract invariant 1); empty when all is well',
-            }),
+            oversoldSkus: Type.Array(
+              Type.Object({ sku: Type.String(), stock: Type.Integer(), confirmedQuantity: Type.Integer() }),
+              {
+                description:
+                  'SKUs whose confirmed orders add up to more than the stock on hand (contract invariant 1); empty when all is well',
+              },
+            ),
             pendingOrders: Type.Object({
               count: Type.Integer(),
-              overdue: Type.Integer({ description: 'Pending for longer than the deadline (the sweeper re-drives them)' }),
+              overdue: Type.Integer({
+                description: 'Pending for longer than the deadline (the sweeper re-drives them)',
+              }),
               oldestAgeSeconds: Type.Number(),
               deadlineSeconds: Type.Number(),
             }),
@@ -244,7 +309,10 @@ export function adminRoutes(deps: AdminDeps): Routes {
         },
       },
       handler: async () => {
-        const [sold, pending] = await Promise.all([confirmedQuantities(db), pendingOrderStats(db, deps.pendingDeadlineMs)]);
+        const [sold, pending] = await Promise.all([
+          confirmedQuantities(db),
+          pendingOrderStats(db, deps.pendingDeadlineMs),
+        ]);
         const stock = await stockLevels(db, [...sold.keys()]);
         const oversoldSkus = [...sold]
           .filter(([sku, quantity]) => quantity > (stock.get(sku)?.onHand ?? 0))
@@ -257,8 +325,12 @@ export function adminRoutes(deps: AdminDeps): Routes {
       config: { scopes: ['orders:admin', 'operations:write'] },
       schema: {
         tags: ['admin'],
-        summary: 'Dead letters of every queue (or one), oldest first, where this deployment keeps them: database, NATS or RabbitMQ',
-        querystring: Type.Object({ ...LimitQuery.properties, queue: Type.Optional(Type.String({ pattern: '^[a-z][a-z0-9._-]{0,63}$' })) }, { additionalProperties: false }),
+        summary:
+          'Dead letters of every queue (or one), oldest first, where this deployment keeps them: database, NATS or RabbitMQ',
+        querystring: Type.Object(
+          { ...LimitQuery.properties, queue: Type.Optional(Type.String({ pattern: '^[a-z][a-z0-9._-]{0,63}$' })) },
+          { additionalProperties: false },
+        ),
         response: { 200: Page(DeadLetter), ...errors },
       },
       handler: async (request) => {
@@ -278,7 +350,8 @@ export function adminRoutes(deps: AdminDeps): Routes {
             reason: letter.reason,
             attempts: letter.attempts,
             diedAt: letter.diedAt,
-            ageSeconds: letter.diedAt === null ? null : Math.max(0, Math.round((now - Date.parse(letter.diedAt)) / 100) / 10),
+            ageSeconds:
+              letter.diedAt === null ? null : Math.max(0, Math.round((now - Date.parse(letter.diedAt)) / 100) / 10),
           })),
           nextCursor: page.next === undefined ? null : encodeCursor(page.next),
         };
@@ -296,7 +369,9 @@ export function adminRoutes(deps: AdminDeps): Routes {
         body: DeadLetterIds,
         response: { 200: SettleResults, ...errors },
       },
-      handler: async (request) => ({ results: await redriveDeadLetters(settling, request.body.ids, principalOf(request).customerId) }),
+      handler: async (request) => ({
+        results: await redriveDeadLetters(settling, request.body.ids, principalOf(request).customerId),
+      }),
     });
 
     app.post('/v1/admin/dead-letters/discard', {
@@ -307,7 +382,9 @@ export function adminRoutes(deps: AdminDeps): Routes {
         body: DeadLetterIds,
         response: { 200: SettleResults, ...errors },
       },
-      handler: async (request) => ({ results: await discardDeadLetters(settling, request.body.ids, principalOf(request).customerId) }),
+      handler: async (request) => ({
+        results: await discardDeadLetters(settling, request.body.ids, principalOf(request).customerId),
+      }),
     });
 
     app.get('/v1/admin/figures', {
@@ -315,7 +392,13 @@ export function adminRoutes(deps: AdminDeps): Routes {
       schema: {
         tags: ['admin'],
         summary: 'Live figures of every process of the deployment, and their totals (one reading)',
-        response: { 200: Type.Object({}, { additionalProperties: true, description: 'DeploymentFigures: at, processes[], totals (see docs/api.md)' }), ...errors },
+        response: {
+          200: Type.Object(
+            {},
+            { additionalProperties: true, description: 'DeploymentFigures: at, processes[], totals (see docs/api.md)' },
+          ),
+          ...errors,
+        },
       },
       handler: async () => deploymentFigures(db),
     });
@@ -325,12 +408,23 @@ export function adminRoutes(deps: AdminDeps): Routes {
       schema: {
         tags: ['admin'],
         summary: 'The live figures as Server-Sent Events: a `figures` event about every second',
-        response: { 200: { type: 'string', description: 'text/event-stream; each event\'s data is one reading of GET /v1/admin/figures' }, ...errors },
+        response: {
+          200: {
+            type: 'string',
+            description: "text/event-stream; each event's data is one reading of GET /v1/admin/figures",
+          },
+          ...errors,
+        },
       },
       handler: async (request, reply) => {
         reply.hijack();
         const raw = reply.raw;
-        raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+        raw.writeHead(200, {
+          'content-type': 'text/event-stream; charset=utf-8',
+          'cache-control': 'no-store',
+          connection: 'keep-alive',
+          'x-accel-buffering': 'no',
+        });
         // The browser reconnects after this many ms if the stream drops.
         raw.write('retry: 2000\n\n');
         let timer: NodeJS.Timeout | undefined;

@@ -39,13 +39,23 @@ export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = p
   return async (app) => {
     app.post('/v1/products', {
       config: { scopes: ['catalog:write'] },
-      schema: { tags: ['catalog'], summary: 'Create a product', body: NewProduct, response: { 201: Product, 409: problemOf('sku_exists'), ...errors } },
+      schema: {
+        tags: ['catalog'],
+        summary: 'Create a product',
+        body: NewProduct,
+        response: { 201: Product, 409: problemOf('sku_exists'), ...errors },
+      },
       handler: async (request, reply) => reply.code(201).send(await createProduct(db, request.body, cache)),
     });
 
     app.get('/v1/products/:sku', {
       config: { scopes: [] },
-      schema: { tags: ['catalog'], summary: 'Read a product and its available stock', params: SkuParams, response: { 200: Product, ...errors } },
+      schema: {
+        tags: ['catalog'],
+        summary: 'Read a product and its available stock',
+        params: SkuParams,
+        response: { 200: Product, ...errors },
+      },
       handler: async (request) => getProduct(db, request.params.sku, cache),
     });
 
@@ -55,7 +65,10 @@ export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = p
         tags: ['catalog'],
         summary: 'List products by SKU',
         querystring: LimitQuery,
-        response: { 200: Type.Object({ items: Type.Array(Product), nextCursor: Type.Union([Type.String(), Type.Null()]) }), ...errors },
+        response: {
+          200: Type.Object({ items: Type.Array(Product), nextCursor: Type.Union([Type.String(), Type.Null()]) }),
+          ...errors,
+        },
       },
       handler: async (request) => {
         const limit = parseLimit(request.query.limit);
@@ -71,7 +84,10 @@ export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = p
         tags: ['catalog'],
         summary: 'Add (positive delta) or remove (negative delta) stock',
         params: SkuParams,
-        body: Type.Object({ delta: Type.Integer({ minimum: -MAX_STOCK, maximum: MAX_STOCK }) }, { additionalProperties: false }),
+        body: Type.Object(
+          { delta: Type.Integer({ minimum: -MAX_STOCK, maximum: MAX_STOCK }) },
+          { additionalProperties: false },
+        ),
         response: { 200: Product, 409: problemOf('insufficient_stock', 'stock_limit_exceeded'), ...errors },
       },
       handler: async (request) => changeStock(db, request.params.sku, request.body.delta),

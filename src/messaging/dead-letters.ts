@@ -37,7 +37,8 @@ export interface DeadLetterPage {
   next: string | undefined;
 }
 
-export type SettleOutcome<T> = { id: string; found: true; value: T } | { id: string; found: true; error: unknown } | { id: string; found: false };
+export type SettleOutcome<T> =
+  { id: string; found: true; value: T } | { id: string; found: true; error: unknown } | { id: string; found: false };
 
 export interface DeadLetterStore {
   /** Dead letters, oldest first, of one queue or of every queue it knows. */
@@ -48,12 +49,17 @@ export interface DeadLetterStore {
    * where it is, and its outcome carries the error. Ids it does not hold are
    * `found: false`. In id order given.
    */
-  settle<T>(ids: readonly string[], change: (tx: Queryable, letter: DeadLetter) => Promise<T>): Promise<SettleOutcome<T>[]>;
+  settle<T>(
+    ids: readonly string[],
+    change: (tx: Queryable, letter: DeadLetter) => Promise<T>,
+  ): Promise<SettleOutcome<T>[]>;
 }
 
 /** The error for a cursor (`after`) that names no position in this mode's dead letters: 400. */
 export function invalidDeadLetterCursor(): AppError {
-  return new AppError('validation_failed', 'cursor is not one this API returned', [{ path: '/querystring/cursor', message: 'invalid cursor' }]);
+  return new AppError('validation_failed', 'cursor is not one this API returned', [
+    { path: '/querystring/cursor', message: 'invalid cursor' },
+  ]);
 }
 
 /** What a broker adapter provides for its dead letters (see NatsBroker, RabbitMqBroker). */
@@ -64,7 +70,11 @@ export interface BrokerDeadLetters {
    * settle resolves is removed from the broker, one whose settle throws is
    * left in place. Ids it does not find are skipped.
    */
-  settleDead(queues: readonly string[], ids: readonly string[], settle: (letter: DeadLetter) => Promise<void>): Promise<void>;
+  settleDead(
+    queues: readonly string[],
+    ids: readonly string[],
+    settle: (letter: DeadLetter) => Promise<void>,
+  ): Promise<void>;
 }
 
 /** The database queue's dead letters (messaging.dead_jobs). */
@@ -83,7 +93,9 @@ export function databaseDeadLetters(db: Database): DeadLetterStore {
             const letter = await takeDeadJob(tx, id);
             return letter ? { value: await change(tx, letter) } : undefined;
           });
-          outcomes.push(settled ? ({ id, found: true, value: settled.value } as const) : ({ id, found: false } as const));
+          outcomes.push(
+            settled ? ({ id, found: true, value: settled.value } as const) : ({ id, found: false } as const),
+          );
         } catch (error) {
           outcomes.push({ id, found: true, error } as const);
         }
@@ -97,8 +109,12 @@ export function databaseDeadLetters(db: Database): DeadLetterStore {
 export function brokerDeadLetters(db: Database, broker: BrokerDeadLetters, queues: readonly string[]): DeadLetterStore {
   const known = (queue: string | undefined) => (queue === undefined ? queues : queues.filter((q) => q === queue));
   return {
-    list: ({ queue, limit, after }) => broker.listDead(known(queue), { limit, ...(after !== undefined ? { after } : {}) }),
-    async settle<T>(ids: readonly string[], change: (tx: Queryable, letter: DeadLetter) => Promise<T>): Promise<SettleOutcome<T>[]> {
+    list: ({ queue, limit, after }) =>
+      broker.listDead(known(queue), { limit, ...(after !== undefined ? { after } : {}) }),
+    async settle<T>(
+      ids: readonly string[],
+      change: (tx: Queryable, letter: DeadLetter) => Promise<T>,
+    ): Promise<SettleOutcome<T>[]> {
       const results = new Map<string, SettleOutcome<T>>();
       await broker.settleDead(queues, ids, async (letter) => {
         try {

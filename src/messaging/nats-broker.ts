@@ -20,8 +20,24 @@ import { connect, createInbox, headers, nanos, type Msg, type NatsConnection } f
 import type { Logger } from 'pino';
 import { BROKER, JOBS } from '../tunables.ts';
 import { consumeLoop, type ConsumeAttempt, type ConsumeSession } from './consume-loop.ts';
-import { invalidDeadLetterCursor, type BrokerDeadLetters, type DeadLetter, type DeadLetterPage } from './dead-letters.ts';
-import { attemptCount, DEFAULT_BROKER_PREFIX, traceHeaders, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
+import {
+  invalidDeadLetterCursor,
+  type BrokerDeadLetters,
+  type DeadLetter,
+  type DeadLetterPage,
+} from './dead-letters.ts';
+import {
+  attemptCount,
+  DEFAULT_BROKER_PREFIX,
+  traceHeaders,
+  withTimeout,
+  type Broker,
+  type BrokerOptions,
+  type Delivery,
+  type DeliveryHandler,
+  type OutgoingMessage,
+  type Subscription,
+} from './broker.ts';
 
 export interface NatsBrokerOptions extends BrokerOptions {
   /** A delivery not acknowledged within this time is delivered again (a consumer that died mid-message). */
@@ -80,7 +96,9 @@ class PublishAcks {
     this.#nc = nc;
     this.#inbox = createInbox();
     // The client subscribes again by itself after a reconnect.
-    nc.subscribe(`${this.#inbox}.*`, { callback: (error, msg) => (error ? this.#failAll(error) : this.#acknowledged(msg)) });
+    nc.subscribe(`${this.#inbox}.*`, {
+      callback: (error, msg) => (error ? this.#failAll(error) : this.#acknowledged(msg)),
+    });
   }
 
   /**
@@ -88,7 +106,10 @@ class PublishAcks {
    * stream has stored (or recognised as a duplicate) every one; rejects with
    * the first refusal, or when `timeoutMs` passes first.
    */
-  publish(messages: readonly { subject: string; data: string; headers: ReturnType<typeof headers> }[], timeoutMs: number): Promise<void> {
+  publish(
+    messages: readonly { subject: string; data: string; headers: ReturnType<typeof headers> }[],
+    timeoutMs: number,
+  ): Promise<void> {
     const tokens: number[] = [];
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => settle(new Error(`NATS publish timed out after ${timeoutMs} ms`)), timeoutMs);
@@ -130,14 +151,18 @@ class PublishAcks {
 /** Why JetStream did not store a published message, or undefined if it did (a PubAck naming the stream). */
 function pubAckError(msg: Msg): Error | undefined {
   // 503: nothing listens on the subject, i.e. no stream captures it.
-  if (msg.headers?.hasError) return new Error(`JetStream did not take the message: ${msg.headers.code} ${msg.headers.description}`);
+  if (msg.headers?.hasError)
+    return new Error(`JetStream did not take the message: ${msg.headers.code} ${msg.headers.description}`);
   let ack: { stream?: string; error?: { code?: number; err_code?: number; description?: string } };
   try {
     ack = JSON.parse(msg.string()) as typeof ack;
   } catch {
     return new Error('JetStream answered a publish with something other than a PubAck');
   }
-  if (ack.error) return new Error(`JetStream refused the message: ${ack.error.description ?? 'no description'} (${ack.error.err_code ?? ack.error.code})`);
+  if (ack.error)
+    return new Error(
+      `JetStream refused the message: ${ack.error.description ?? 'no description'} (${ack.error.err_code ?? ack.error.code})`,
+    );
   return ack.stream ? undefined : new Error('JetStream answered a publish without naming a stream');
 }
 
@@ -196,7 +221,9 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
     const attempt = (async () => {
       const nc = await connect({
         servers: `${this.#url.hostname}:${this.#url.port || '4222'}`,
-        ...(this.#url.username ? { user: decodeURIComponent(this.#url.username), pass: decodeURIComponent(this.#url.password) } : {}),
+        ...(this.#url.username
+          ? { user: decodeURIComponent(this.#url.username), pass: decodeURIComponent(this.#url.password) }
+          : {}),
         name: `orderflow-${this.#prefix}`,
         timeout: BROKER.connectTimeoutMs,
         maxReconnectAttempts: -1,
@@ -298,7 +325,13 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
   }
 
   consume(queue: string, handler: DeliveryHandler, options: { concurrency: number }): Subscription {
-    return consumeLoop({ name: 'NATS', log: this.#log, live: this.#subscriptions }, queue, handler, options, (session) => this.#subscribeOnce(queue, session));
+    return consumeLoop(
+      { name: 'NATS', log: this.#log, live: this.#subscriptions },
+      queue,
+      handler,
+      options,
+      (session) => this.#subscribeOnce(queue, session),
+    );
   }
 
   /**
@@ -366,7 +399,11 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
     if (!link.up) throw new Error('NATS is unreachable; the client is reconnecting');
     // In a work-queue stream a message stays stored until it is acknowledged,
     // so this counts waiting, delayed and in-flight messages alike.
-    const info = await withTimeout('NATS stream info', this.#publishTimeoutMs, jsm.streams.info(this.#stream, { subjects_filter: subject }));
+    const info = await withTimeout(
+      'NATS stream info',
+      this.#publishTimeoutMs,
+      jsm.streams.info(this.#stream, { subjects_filter: subject }),
+    );
     return info.state.subjects?.[subject] ?? 0;
   }
 
@@ -394,7 +431,11 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
     for (;;) {
       // A "next by subject" request (NATS 2.9+): the client's type lists only the other request forms.
       const query = { seq, next_by_subj: subject } as unknown as { seq: number };
-      const stored = await withTimeout('NATS message get', this.#publishTimeoutMs, jsm.streams.getMessage(this.#stream, query));
+      const stored = await withTimeout(
+        'NATS message get',
+        this.#publishTimeoutMs,
+        jsm.streams.getMessage(this.#stream, query),
+      );
       if (!stored) break;
       seq = stored.seq + 1;
       const letter = this.#deadLetter(stored);
@@ -408,13 +449,21 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
     return { items, next: more ? items.at(-1)?.id : undefined };
   }
 
-  async settleDead(queues: readonly string[], ids: readonly string[], settle: (letter: DeadLetter) => Promise<void>): Promise<void> {
+  async settleDead(
+    queues: readonly string[],
+    ids: readonly string[],
+    settle: (letter: DeadLetter) => Promise<void>,
+  ): Promise<void> {
     const { jsm } = await this.#connect();
     for (const id of ids) {
       if (!/^\d{1,15}$/.test(id)) continue;
       let stored;
       try {
-        stored = await withTimeout('NATS message get', this.#publishTimeoutMs, jsm.streams.getMessage(this.#stream, { seq: Number(id) }));
+        stored = await withTimeout(
+          'NATS message get',
+          this.#publishTimeoutMs,
+          jsm.streams.getMessage(this.#stream, { seq: Number(id) }),
+        );
       } catch (error) {
         // Deleted or never there (JetStream answers 404 "no message found").
         if (/no message found/i.test((error as Error).message)) continue;
@@ -428,11 +477,21 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
       } catch {
         continue; // left in place; the caller has the error
       }
-      await withTimeout('NATS message delete', this.#publishTimeoutMs, jsm.streams.deleteMessage(this.#stream, stored.seq));
+      await withTimeout(
+        'NATS message delete',
+        this.#publishTimeoutMs,
+        jsm.streams.deleteMessage(this.#stream, stored.seq),
+      );
     }
   }
 
-  #deadLetter(stored: { seq: number; subject: string; time: Date; header?: { get(name: string): string } | undefined; string(): string }): DeadLetter {
+  #deadLetter(stored: {
+    seq: number;
+    subject: string;
+    time: Date;
+    header?: { get(name: string): string } | undefined;
+    string(): string;
+  }): DeadLetter {
     const attempts = Number(stored.header?.get(DEAD_ATTEMPTS_HEADER) || NaN);
     return {
       id: String(stored.seq),
@@ -461,4 +520,3 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
     await connected?.nc.close();
   }
 }
-

@@ -237,11 +237,22 @@ interface DeadJobRow {
 const DEAD_JOB_COLUMNS = 'id::text AS id, queue, payload::text AS body, key, attempts, last_error, died_at';
 
 function toDeadLetter(row: DeadJobRow): DeadLetter {
-  return { id: row.id, queue: row.queue, body: row.body, reason: row.last_error ?? '', attempts: row.attempts, diedAt: row.died_at.toISOString(), key: row.key };
+  return {
+    id: row.id,
+    queue: row.queue,
+    body: row.body,
+    reason: row.last_error ?? '',
+    attempts: row.attempts,
+    diedAt: row.died_at.toISOString(),
+    key: row.key,
+  };
 }
 
 /** A page of messaging.dead_jobs in job order, after the job id `after`; AppError validation_failed for an `after` that is no job id. */
-export async function deadJobs(db: Queryable, options: { queue?: string; limit: number; after?: string }): Promise<DeadLetterPage> {
+export async function deadJobs(
+  db: Queryable,
+  options: { queue?: string; limit: number; after?: string },
+): Promise<DeadLetterPage> {
   if (options.after !== undefined && !/^\d{1,18}$/.test(options.after)) {
     throw invalidDeadLetterCursor();
   }
@@ -256,6 +267,9 @@ export async function deadJobs(db: Queryable, options: { queue?: string; limit: 
 
 /** Deletes one dead job in the caller's transaction and returns it; undefined when there is none with this id. */
 export async function takeDeadJob(tx: Queryable, id: string): Promise<DeadLetter | undefined> {
-  const rows = await tx.query<DeadJobRow>(`DELETE FROM messaging.dead_jobs WHERE id = $1::bigint RETURNING ${DEAD_JOB_COLUMNS}`, [id]);
+  const rows = await tx.query<DeadJobRow>(
+    `DELETE FROM messaging.dead_jobs WHERE id = $1::bigint RETURNING ${DEAD_JOB_COLUMNS}`,
+    [id],
+  );
   return rows[0] ? toDeadLetter(rows[0]) : undefined;
 }

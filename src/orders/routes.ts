@@ -19,14 +19,19 @@ import { getOrder, listOrders } from './store.ts';
 const MAX_ORDER_LINES = 100;
 
 // A path id of the wrong form names nothing, and is answered 404 (see http/problems.ts).
-const OrderIdParams = Type.Object({ id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }) });
+const OrderIdParams = Type.Object({
+  id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }),
+});
 
 const Order = Type.Object({
   id: Type.String(),
   customerId: Type.String(),
   status: Type.Enum(ORDER_STATUSES),
   items: Type.Array(Type.Object({ sku: Type.String(), quantity: Type.Integer(), priceCents: Type.Integer() })),
-  totalCents: Type.Integer({ description: 'The exact sum of quantity × priceCents over the items, in minor units; at most MAX_ORDER_TOTAL_CENTS (99,999,999 unless configured)' }),
+  totalCents: Type.Integer({
+    description:
+      'The exact sum of quantity × priceCents over the items, in minor units; at most MAX_ORDER_TOTAL_CENTS (99,999,999 unless configured)',
+  }),
   currency: Type.String(),
   rejectReason: Type.Union([Type.Enum(REJECT_REASONS), Type.Null()]),
   createdAt: Type.String({ format: 'date-time' }),
@@ -36,7 +41,10 @@ const Order = Type.Object({
 const PlaceOrder = Type.Object(
   {
     items: Type.Array(
-      Type.Object({ sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: 1_000_000 }) }, { additionalProperties: false }),
+      Type.Object(
+        { sku: Sku, quantity: Type.Integer({ minimum: 1, maximum: 1_000_000 }) },
+        { additionalProperties: false },
+      ),
       { minItems: 1, maxItems: MAX_ORDER_LINES },
     ),
     payment: Type.Object({ token: Text({ minLength: 1, maxLength: 255 }) }, { additionalProperties: false }),
@@ -45,7 +53,11 @@ const PlaceOrder = Type.Object(
 );
 
 const IdempotencyHeaders = Type.Object({
-  'idempotency-key': Text({ minLength: 1, maxLength: 255, description: 'Chosen by the client, one per order it means to place' }),
+  'idempotency-key': Text({
+    minLength: 1,
+    maxLength: 255,
+    description: 'Chosen by the client, one per order it means to place',
+  }),
 });
 
 // Response headers as @fastify/swagger reads them, for the OpenAPI document.
@@ -77,9 +89,23 @@ export function orderRoutes(deps: {
         headers: IdempotencyHeaders,
         body: PlaceOrder,
         response: {
-          200: { ...Order, description: 'A replay (same key, same body): the order the key placed, as it is now', headers: OrderLocation },
-          202: { ...Order, description: 'The new order; already rejected with out_of_stock when the stock cannot cover it', headers: OrderLocation },
-          422: problemOf('unknown_sku', 'mixed_currencies', 'amount_too_large', 'amount_too_small', 'idempotency_key_reused'),
+          200: {
+            ...Order,
+            description: 'A replay (same key, same body): the order the key placed, as it is now',
+            headers: OrderLocation,
+          },
+          202: {
+            ...Order,
+            description: 'The new order; already rejected with out_of_stock when the stock cannot cover it',
+            headers: OrderLocation,
+          },
+          422: problemOf(
+            'unknown_sku',
+            'mixed_currencies',
+            'amount_too_large',
+            'amount_too_small',
+            'idempotency_key_reused',
+          ),
           429: Problem,
           ...errors,
         },
@@ -98,7 +124,12 @@ export function orderRoutes(deps: {
 
     app.get('/v1/orders/:id', {
       config: { scopes: ['orders:read', 'orders:admin'] },
-      schema: { tags: ['orders'], summary: 'Read an order', params: OrderIdParams, response: { 200: Order, ...errors } },
+      schema: {
+        tags: ['orders'],
+        summary: 'Read an order',
+        params: OrderIdParams,
+        response: { 200: Order, ...errors },
+      },
       handler: async (request) => getOrder(db, request.params.id, ownerFilter(principalOf(request))),
     });
 
@@ -111,7 +142,10 @@ export function orderRoutes(deps: {
           { ...LimitQuery.properties, status: Type.Optional(Type.Enum(ORDER_STATUSES)) },
           { additionalProperties: false },
         ),
-        response: { 200: Type.Object({ items: Type.Array(Order), nextCursor: Type.Union([Type.String(), Type.Null()]) }), ...errors },
+        response: {
+          200: Type.Object({ items: Type.Array(Order), nextCursor: Type.Union([Type.String(), Type.Null()]) }),
+          ...errors,
+        },
       },
       handler: async (request) => {
         const filter = {
@@ -121,7 +155,10 @@ export function orderRoutes(deps: {
           beforeSeq: decodeCursor(request.query.cursor, isSequence),
         };
         const page = await reads.read((source) => listOrders(source, filter));
-        return { items: page.items, nextCursor: page.more && page.lastSeq !== undefined ? encodeCursor(page.lastSeq) : null };
+        return {
+          items: page.items,
+          nextCursor: page.more && page.lastSeq !== undefined ? encodeCursor(page.lastSeq) : null,
+        };
       },
     });
 
