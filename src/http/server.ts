@@ -25,7 +25,7 @@ import {
   MAX_URL_LENGTH,
   sendProblem,
 } from './problems.ts';
-import { SCHEMA_FORMATS } from './schemas.ts';
+import { NoQuery, SCHEMA_FORMAT_OVERRIDES, SCHEMA_FORMATS } from './schemas.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -68,6 +68,10 @@ export function buildServer(options: ServerOptions): Server {
         useDefaults: false,
         formats: SCHEMA_FORMATS,
       },
+      // After the standard formats are added, which would replace these.
+      onCreate: (ajv: { addFormat(name: string, validate: (value: string) => boolean): unknown }) => {
+        for (const [name, validate] of Object.entries(SCHEMA_FORMAT_OVERRIDES)) ajv.addFormat(name, validate);
+      },
     },
     requestIdHeader: 'x-request-id',
     routerOptions: { maxParamLength: MAX_PATH_PARAMETER_LENGTH },
@@ -77,6 +81,15 @@ export function buildServer(options: ServerOptions): Server {
     // Node would answer a missing Host with a bare 400; the hook below answers it as a problem.
     http: { requireHostHeader: false },
   }).withTypeProvider<TypeBoxTypeProvider>();
+  // A query parameter no route reads is an error, as an unknown body field
+  // is: a route of the API that declares no query string takes none, so a
+  // misspelt filter is never silently ignored. (Outside /v1, health checks,
+  // metrics and static files keep HTTP's leniency.)
+  app.addHook('onRoute', (route) => {
+    if (!route.url.startsWith('/v1/')) return;
+    route.schema ??= {};
+    route.schema.querystring ??= NoQuery;
+  });
   app.server.on('checkExpectation', expectationHandler);
   app.server.on('connect', connectHandler);
 
