@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { AppError } from '../errors.ts';
 import type { DeadLetter, DeadLetterStore } from '../messaging/dead-letters.ts';
 import type { JobQueue, JsonObject } from '../messaging/queue.ts';
-import { findOrder, recordOrderEvents } from '../orders/history.ts';
+import { findOrder, orderHistory, recordOrderEvents } from '../orders/history.ts';
 import { ORDER_ID_PATTERN } from '../orders/ids.ts';
 import { reopenForPayment } from '../orders/lifecycle.ts';
 import { retryPayment } from '../orders/state-machine.ts';
@@ -69,6 +69,7 @@ export async function redriveDeadLetters(
         'the message is not a JSON object: a re-drive would fail the same way; discard it',
       );
     const orderId = orderIdOf(letter);
+    if (await alreadySettled(tx, orderId, letter)) return SETTLED_BEFORE;
     const reopened = letter.queue === CHARGE_QUEUE && orderId !== null && (await reopenIfPaymentFailed(tx, orderId));
     await deps.queue.enqueueMany(tx, letter.queue, [{ payload, ...(letter.key ? { key: letter.key } : {}) }]);
     if (orderId)
@@ -84,6 +85,7 @@ export async function redriveDeadLetters(
   return outcomes.map((o): SettleResult => {
     if (!o.found) return { id: o.id, outcome: 'not_found', orderId: null };
     if ('error' in o) return { id: o.id, outcome: 'refused', orderId: null, detail: refusal(deps.log, o.id, o.error) };
+    if (o.value === SETTLED_BEFORE) return { id: o.id, outcome: 'not_found', orderId: null };
     return { id: o.id, outcome: 'redriven', orderId: o.value.orderId, reopened: o.value.reopened };
   });
 }
@@ -96,6 +98,7 @@ export async function discardDeadLetters(
 ): Promise<SettleResult[]> {
   const outcomes = await deps.store.settle(ids, async (tx, letter) => {
     const orderId = orderIdOf(letter);
+    if (await alreadySettled(tx, orderId, letter)) return SETTLED_BEFORE;
     if (orderId)
       await recordOrderEvents(tx, [
         {
@@ -109,8 +112,29 @@ export async function discardDeadLetters(
   return outcomes.map((o): SettleResult => {
     if (!o.found) return { id: o.id, outcome: 'not_found', orderId: null };
     if ('error' in o) return { id: o.id, outcome: 'refused', orderId: null, detail: refusal(deps.log, o.id, o.error) };
+    if (o.value === SETTLED_BEFORE) return { id: o.id, outcome: 'not_found', orderId: null };
     return { id: o.id, outcome: 'discarded', orderId: o.value };
   });
+}
+
+/** What a settle returns for a letter another settle already re-drove or discarded: it is only removed, and reported not_found. */
+const SETTLED_BEFORE = Symbol('settled before');
+
+/**
+ * Whether the order's history already records this letter re-driven or
+ * discarded: a settle that ran while another one held the letter (the
+ * store runs them one after the other), or after a crash left a settled
+ * letter in its broker.
+ */
+async function alreadySettled(tx: Queryable, orderId: string | null, letter: DeadLetter): Promise<boolean> {
+  if (orderId === null) return false;
+  const events = await orderHistory(tx, orderId);
+  return events.some(
+    (e) =>
+      (e.type === 'redriven' || e.type === 'dead_letter_discarded') &&
+      e.detail.letterId === letter.id &&
+      e.detail.queue === letter.queue,
+  );
 }
 
 async function reopenIfPaymentFailed(tx: Queryable, orderId: string): Promise<boolean> {

@@ -7,13 +7,17 @@
 // Settling a letter runs the caller's change in one database transaction
 // (queue the message again, write the order's history) and removes the
 // letter: in that same transaction for the database queue, right after it
-// commits for a broker. A crash between the two leaves the letter in place,
-// so a re-drive may happen twice; it goes through the same idempotent path
-// as a first delivery (the inbox, the state machine, one idempotency key per
-// payment), which absorbs the repeat.
+// commits for a broker. Two settles of one broker letter at once run one
+// after the other (an advisory lock on its id), so the second can see in the
+// database what the first did (the admin module reads the order's history)
+// although the first has not yet removed the letter. A crash between the
+// commit and the removal leaves the letter in place; a later settle finds it
+// settled and only removes it. A repeat that got through anyway goes the
+// same idempotent path as a first delivery (the inbox, the state machine,
+// one idempotency key per payment), which absorbs it.
 import { AppError } from '../errors.ts';
 import type { Database, Queryable } from '../storage/database.ts';
-import { deadJobs, takeDeadJob } from './store.ts';
+import { deadJobs, lockDeadLetter, takeDeadJob } from './store.ts';
 
 export interface DeadLetter {
   /** Opaque, unique within the mode: a job id, a stream sequence, or queue and message id. */
@@ -118,7 +122,10 @@ export function brokerDeadLetters(db: Database, broker: BrokerDeadLetters, queue
       const results = new Map<string, SettleOutcome<T>>();
       await broker.settleDead(queues, ids, async (letter) => {
         try {
-          const value = await db.transaction((tx) => change(tx, letter));
+          const value = await db.transaction(async (tx) => {
+            await lockDeadLetter(tx, letter.id);
+            return change(tx, letter);
+          });
           results.set(letter.id, { id: letter.id, found: true, value });
         } catch (error) {
           results.set(letter.id, { id: letter.id, found: true, error });

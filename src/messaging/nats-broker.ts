@@ -149,6 +149,16 @@ class PublishAcks {
 }
 
 /** Why JetStream did not store a published message, or undefined if it did (a PubAck naming the stream). */
+/**
+ * A dead letter's id (or a listing cursor) as the stream sequence it names:
+ * JetStream numbers messages from 1 and refuses a request for 0 as a bad
+ * request, not as "no message"; undefined for anything that is not a
+ * sequence (it names no letter).
+ */
+function streamSequence(id: string): number | undefined {
+  return /^[1-9]\d{0,14}$/.test(id) ? Number(id) : undefined;
+}
+
 function pubAckError(msg: Msg): Error | undefined {
   // 503: nothing listens on the subject, i.e. no stream captures it.
   if (msg.headers?.hasError)
@@ -421,7 +431,7 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
    * disturbs them. The cursor is the last sequence read.
    */
   async listDead(queues: readonly string[], options: { limit: number; after?: string }): Promise<DeadLetterPage> {
-    if (options.after !== undefined && !/^\d{1,15}$/.test(options.after)) throw invalidDeadLetterCursor();
+    if (options.after !== undefined && streamSequence(options.after) === undefined) throw invalidDeadLetterCursor();
     const items: DeadLetter[] = [];
     if (queues.length === 0) return { items, next: undefined };
     const { jsm } = await this.#connect();
@@ -456,13 +466,14 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
   ): Promise<void> {
     const { jsm } = await this.#connect();
     for (const id of ids) {
-      if (!/^\d{1,15}$/.test(id)) continue;
+      const seq = streamSequence(id);
+      if (seq === undefined) continue;
       let stored;
       try {
         stored = await withTimeout(
           'NATS message get',
           this.#publishTimeoutMs,
-          jsm.streams.getMessage(this.#stream, { seq: Number(id) }),
+          jsm.streams.getMessage(this.#stream, { seq }),
         );
       } catch (error) {
         // Deleted or never there (JetStream answers 404 "no message found").
@@ -477,11 +488,16 @@ export class NatsBroker implements Broker, BrokerDeadLetters {
       } catch {
         continue; // left in place; the caller has the error
       }
-      await withTimeout(
-        'NATS message delete',
-        this.#publishTimeoutMs,
-        jsm.streams.deleteMessage(this.#stream, stored.seq),
-      );
+      try {
+        await withTimeout(
+          'NATS message delete',
+          this.#publishTimeoutMs,
+          jsm.streams.deleteMessage(this.#stream, stored.seq),
+        );
+      } catch (error) {
+        // Removed meanwhile by a settle that found it settled (see messaging/dead-letters.ts): gone either way.
+        if (!/no message found/i.test((error as Error).message)) throw error;
+      }
     }
   }
 

@@ -187,6 +187,18 @@ export async function tryRelayLock(tx: Queryable): Promise<boolean> {
   return lock?.locked ?? false;
 }
 
+/** The first key of the lock one dead letter is settled under (the second is a hash of its id). */
+const DEAD_LETTER_LOCK = 727_003;
+
+/**
+ * Waits for, and takes, the transaction-scoped lock of one dead letter: two
+ * settles of the same letter (two operators, two processes) run one after
+ * the other, so the second sees what the first committed.
+ */
+export async function lockDeadLetter(tx: Queryable, id: string): Promise<void> {
+  await tx.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [DEAD_LETTER_LOCK, id]);
+}
+
 // --- inbox (broker mode: what a consumer has applied) -----------------------
 
 /**
@@ -234,6 +246,9 @@ interface DeadJobRow {
   [column: string]: unknown;
 }
 
+// The id is read as text (a bigint may pass 2^53), under the column's own
+// name: an ORDER BY must name the table's column (dead_jobs.id), or it sorts
+// the text and "10" comes before "9".
 const DEAD_JOB_COLUMNS = 'id::text AS id, queue, payload::text AS body, key, attempts, last_error, died_at';
 
 function toDeadLetter(row: DeadJobRow): DeadLetter {
@@ -258,7 +273,7 @@ export async function deadJobs(
   }
   const rows = await db.query<DeadJobRow>(
     `SELECT ${DEAD_JOB_COLUMNS} FROM messaging.dead_jobs
-      WHERE ($1::text IS NULL OR queue = $1) AND ($2::bigint IS NULL OR id > $2) ORDER BY id LIMIT $3`,
+      WHERE ($1::text IS NULL OR queue = $1) AND ($2::bigint IS NULL OR id > $2) ORDER BY dead_jobs.id LIMIT $3`,
     [options.queue ?? null, options.after ?? null, options.limit + 1],
   );
   const page = rows.slice(0, options.limit);
