@@ -4,12 +4,16 @@
 // confusion and token attacks, then raw HTTP/1.1 over a socket (framing the
 // parser refuses, oversized headers, a missing Host, CONNECT, Expect). No
 // answer may be a 5xx, every error must be problem+json, and afterwards a
-// snapshot of every table must be what it was before.
+// snapshot of every table (and of a broker's dead letters) must be what it
+// was before. The admin API and the console are covered like the rest: search
+// filters, cursors, dead-letter ids and bodies, the figures stream (over a
+// socket, since its 200 never ends), files and the development token.
 //
 // Every generated request is built to change nothing: a write carries at
 // least one defect (a bad token or scope, a body that breaks the schema, a
 // SKU that does not exist, an amount over the maximum), or names something
-// it cannot change (a cancelled order, a product that does not exist), or
+// it cannot change (a cancelled order, a product that does not exist, a dead
+// letter that is not there), or
 // replays an idempotency key with its own body. So any success of a write,
 // or any change in the snapshot, is a bug.
 //
@@ -21,18 +25,29 @@ import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { TEXT_CHARACTER } from '../src/text.ts';
+import { OPERATOR_SCOPES } from '../src/admin/console.ts';
 import { fuzzParameters } from './support/fuzz.ts';
+import { PoisonGateway } from './support/gateways.ts';
 import {
   ALL_SCOPES,
   client,
   createProduct,
+  eventually,
   modes,
   placeOrder,
   quiesce,
   snapshot,
   startTestApp,
+  type Client,
   type TestApp,
 } from './support/harness.ts';
+
+/** Every dead letter the admin API lists, with the order it names. */
+async function deadLetterIds(operator: Client): Promise<{ id: string; orderId: string | null }[]> {
+  const response = await operator.request('GET', '/v1/admin/dead-letters?limit=100');
+  assert.equal(response.status, 200, JSON.stringify(response.body));
+  return response.body.items.map((l: { id: string; orderId: string | null }) => ({ id: l.id, orderId: l.orderId }));
+}
 
 interface Request {
   method: string;
@@ -41,15 +56,30 @@ interface Request {
   payload?: string;
   /** A POST that may succeed because it changes nothing: a replay of an idempotency key with its own body. */
   replay?: boolean;
+  /** A POST that may succeed because what it names is not there: a re-drive or discard of dead letters that do not exist (each must be not_found). */
+  namesNothing?: boolean;
+  /** The peer address the request comes from (inject's default is loopback). */
+  remoteAddress?: string;
   /** The statuses this request may get, where its family decides them (a bad token: 401, or a path no route matches). */
   expect?: readonly number[];
 }
 
 interface Fixture {
-  tokens: { admin: string; reader: string; writer: string; catalog: string; none: string; hostile: string[] };
+  tokens: {
+    admin: string;
+    operator: string;
+    redriver: string;
+    reader: string;
+    writer: string;
+    catalog: string;
+    none: string;
+    hostile: string[];
+  };
   confirmed: string;
   cancelled: string;
   replay: { key: string; body: string };
+  /** The id of the one dead letter the fixture made (a charge the gateway refuses): no request may settle it. */
+  letter: string;
 }
 
 const ORDER_ID_ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
@@ -307,9 +337,92 @@ const hostileQuery = fc
   })
   .map(({ hostile, valid }) => [...valid, ...hostile].map(([key, value]) => `${key}=${value}`).join('&'));
 
+/** A date-time that is no instant, or none the database can hold: impossible dates, leap seconds, years 0 and past 9999, offsets out of range, local times. */
+const badTimestamp = fc.oneof(
+  {
+    arbitrary: fc.constantFrom(
+      'yesterday',
+      '',
+      '2026-13-01T00:00:00Z',
+      '2026-02-30T00:00:00Z',
+      '2026-11-30',
+      '2026-11-30T10:00:00',
+      '2026-11-30 10:00:00Z',
+      '0000-01-01T00:00:00Z',
+      '9999-12-31T23:59:60Z',
+      '2026-06-30T23:59:60Z',
+      '2026-11-30T24:00:00Z',
+      '2026-11-30T10:00:00+24:00',
+      '2026-11-30T10:00:00%2B99:99',
+      '+275760-09-13T00:00:00Z',
+      '-000001-01-01T00:00:00Z',
+      '10000-01-01T00:00:00Z',
+      '1e12',
+      '0',
+      '2026-11-30T10:00:00.%00Z',
+      '2026-11-30T10:00:00Z%00',
+      '0001-01-01T00:00:00%2B00:01',
+      '9999-12-31T23:59:59-00:01',
+      '2026-11-30T10:00:00%2B23:60',
+    ),
+    weight: 4,
+  },
+  // Any instant JavaScript holds, most of them outside the years 1–9999 (written with six digits and a sign).
+  { arbitrary: fc.date({ noInvalidDate: true }).map((d) => encode(d.toISOString())), weight: 1 },
+  { arbitrary: oddString.map(encode), weight: 1 },
+);
+const goodTimestamp = fc
+  .date({ min: new Date('2000-01-01T00:00:00Z'), max: new Date('2100-01-01T00:00:00Z'), noInvalidDate: true })
+  .map((d) => encode(d.toISOString()));
+/** The search's own filters, broken (and a time range reversed or empty): each must be a 400 naming it, never a query. */
+const hostileSearchParameter = fc.oneof(
+  hostileParameter,
+  fc.tuple(
+    fc.constant('rejectReason'),
+    fc.oneof(fc.constantFrom('bored', 'PAYMENT_FAILED', '', 'payment_failed%00'), oddString.map(encode)),
+  ),
+  fc.tuple(
+    fc.constant('customerId'),
+    fc.oneof(fc.constantFrom('', '%00', 'a%0Ab', `${'c'.repeat(256)}`), forbiddenText.map(encode)),
+  ),
+  fc.tuple(
+    fc.constant('sku'),
+    badSku.filter((v): v is string => typeof v === 'string').map(encode),
+  ),
+  fc.tuple(fc.constantFrom('from', 'to'), badTimestamp),
+  fc
+    .tuple(goodTimestamp, goodTimestamp)
+    .map(([a, b]): [string, string] => ['from', `${a < b ? b : a}&to=${a < b ? a : b}`]),
+  fc.tuple(
+    fc.constant('queue'),
+    fc.oneof(fc.constantFrom('', 'PAYMENTS', 'a b', '.x', 'x'.repeat(65), '%00'), oddString.map(encode)),
+  ),
+);
+const hostileSearchQuery = fc
+  .record({
+    hostile: fc.oneof(
+      { arbitrary: hostileSearchParameter.map((p) => [p]), weight: 3 },
+      { arbitrary: fc.array(hostileSearchParameter, { minLength: 2, maxLength: 4 }), weight: 1 },
+    ),
+    valid: fc.subarray([
+      ['limit', '7'],
+      ['status', 'confirmed'],
+      ['sku', 'FZ-1'],
+    ] as [string, string][]),
+  })
+  .map(({ hostile, valid }) => [...valid, ...hostile].map(([key, value]) => `${key}=${value}`).join('&'));
+
 // --- request families --------------------------------------------------------
 
-type Route = { method: string; path: (sku: string, id: string) => string; body?: Record<string, unknown> };
+type Route = {
+  method: string;
+  path: (sku: string, id: string) => string;
+  body?: Record<string, unknown>;
+  namesNothing?: boolean;
+};
+
+/** A dead-letter id no mode has given out: its valid body settles nothing. */
+const NO_LETTER = 'fz-no-such-letter';
 
 const ROUTES: Route[] = [
   { method: 'GET', path: () => '/healthz' },
@@ -332,13 +445,36 @@ const ROUTES: Route[] = [
   },
   { method: 'GET', path: (_sku, id) => `/v1/orders/${id}` },
   { method: 'POST', path: (_sku, id) => `/v1/orders/${id}/cancel`, body: {} },
+  { method: 'GET', path: () => '/v1/admin/orders' },
+  { method: 'GET', path: (_sku, id) => `/v1/admin/orders/${id}` },
+  { method: 'GET', path: () => '/v1/admin/products' },
+  { method: 'GET', path: () => '/v1/admin/invariants' },
+  { method: 'GET', path: () => '/v1/admin/dead-letters' },
+  { method: 'POST', path: () => '/v1/admin/dead-letters/redrive', body: { ids: [NO_LETTER] }, namesNothing: true },
+  { method: 'POST', path: () => '/v1/admin/dead-letters/discard', body: { ids: [NO_LETTER] }, namesNothing: true },
+  { method: 'GET', path: () => '/v1/admin/figures' },
+  { method: 'GET', path: () => '/console/' },
+  { method: 'GET', path: () => '/console/session-options' },
+  { method: 'GET', path: (sku) => `/console/vendor/${sku}` },
 ];
+/**
+ * The figures stream never ends once it is answered 200, so it is kept out of
+ * the families that may use a good token and query, and sent over a socket
+ * by its own family, where an answer 200 is a failure rather than a hang.
+ */
+const STREAM_PATH = '/v1/admin/figures/stream';
 const UNKNOWN_PATHS = [
   '/',
   '/v1',
   '/v1/',
   '/v2/orders',
-  '/v1/admin/dead-letters',
+  '/v1/admin',
+  '/v1/admin/',
+  '/v1/admin/dead-letters/1',
+  '/v1/admin/figures/stream/x',
+  '/console/nope.js',
+  '/console/../package.json',
+  '/console/vendor/',
   '/v1/orders/x/refund',
   '/v1/products//stock',
   '/%2e%2e/etc/passwd',
@@ -349,11 +485,19 @@ const UNKNOWN_PATHS = [
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'PROPFIND', 'SEARCH'];
 
 /** Each family of hostile requests, with the number of requests CI draws from it. */
-function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>; runs: number }> {
+function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>; runs: number; overSocket?: boolean }> {
   const anyRoute = fc.constantFrom(...ROUTES);
   const anySku = fc.oneof(fc.constantFrom(...KNOWN_SKUS, 'NOPE-1'), hostileSegment);
   const anyId = fc.oneof(fc.constantFrom(f.confirmed, f.cancelled), wellFormedOrderId, hostileSegment);
-  const validToken = fc.constantFrom(f.tokens.admin, f.tokens.reader, f.tokens.writer, f.tokens.catalog, f.tokens.none);
+  const validToken = fc.constantFrom(
+    f.tokens.admin,
+    f.tokens.operator,
+    f.tokens.redriver,
+    f.tokens.reader,
+    f.tokens.writer,
+    f.tokens.catalog,
+    f.tokens.none,
+  );
   const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
   const bodyOf = (route: Route) => (route.body ? JSON.stringify(route.body) : undefined);
 
@@ -361,8 +505,9 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
   // Only /v1 routes need a token; their path is checked after the token, so any path parameter gets 401.
   const tokenAttacks = fc
     .record({
-      route: fc.constantFrom(
+      route: fc.constantFrom<Route>(
         ...ROUTES.filter((r) => r.path('x', 'x').startsWith('/v1/') && r.path('x', 'x') !== '/v1/openapi.json'),
+        { method: 'GET', path: () => STREAM_PATH },
       ),
       sku: anySku,
       id: anyId,
@@ -390,8 +535,9 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
       url: route.path(sku, id),
       headers: authorization === '' ? { ...CONTENT_TYPE } : { ...CONTENT_TYPE, authorization },
       payload: bodyOf(route),
-      // A path that matches no route (it does not decode, a segment is too long, a dot segment moves it) fails before any token check.
-      expect: [401, 400, 404, 414],
+      // A path that matches no route (it does not decode, a segment is too long, a dot segment moves it) fails before any token check;
+      // one that a dot segment moves onto another route's path is 405 there.
+      expect: [401, 400, 404, 405, 414],
     }));
 
   // A valid token without the scope a write needs: 403, however good the body.
@@ -416,6 +562,40 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
         { method: 'POST', url: `/v1/orders/${f.confirmed}/cancel`, headers: CONTENT_TYPE, payload: '{}' },
       ],
       [f.tokens.none, { method: 'GET', url: '/v1/orders', headers: {} }],
+      // The admin routes: orders:admin reads, operations:write settles dead letters; neither implies the other.
+      [f.tokens.writer, { method: 'GET', url: '/v1/admin/orders', headers: {} }],
+      [f.tokens.reader, { method: 'GET', url: `/v1/admin/orders/${f.confirmed}`, headers: {} }],
+      [f.tokens.writer, { method: 'GET', url: '/v1/admin/products', headers: {} }],
+      [f.tokens.catalog, { method: 'GET', url: '/v1/admin/invariants', headers: {} }],
+      [f.tokens.catalog, { method: 'GET', url: '/v1/admin/dead-letters', headers: {} }],
+      [f.tokens.redriver, { method: 'GET', url: '/v1/admin/figures', headers: {} }],
+      [
+        f.tokens.admin,
+        {
+          method: 'POST',
+          url: '/v1/admin/dead-letters/redrive',
+          headers: CONTENT_TYPE,
+          payload: JSON.stringify({ ids: [f.letter] }),
+        },
+      ],
+      [
+        f.tokens.admin,
+        {
+          method: 'POST',
+          url: '/v1/admin/dead-letters/discard',
+          headers: CONTENT_TYPE,
+          payload: JSON.stringify({ ids: [f.letter] }),
+        },
+      ],
+      [
+        f.tokens.writer,
+        {
+          method: 'POST',
+          url: '/v1/admin/dead-letters/redrive',
+          headers: CONTENT_TYPE,
+          payload: JSON.stringify({ ids: [f.letter] }),
+        },
+      ],
     )
     .map(([token, request]) => ({ ...request, headers: { ...request.headers, ...bearer(token) }, expect: [403] }));
 
@@ -582,6 +762,7 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
                   ? { ...route.body, items: [{ sku: 'NOPE-1', quantity: 1 }] }
                   : route.body,
             ),
+      ...(route.namesNothing ? { namesNothing: true } : {}),
     }));
 
   // Reads with hostile query strings.
@@ -625,6 +806,7 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
         headers: { ...CONTENT_TYPE, ...bearer(token), 'idempotency-key': 'fz-method' },
         payload: method === 'GET' || method === 'HEAD' ? undefined : JSON.stringify(safeBody),
         ...(!useUnknown && !allowed.includes(method) ? { expect: [405] } : {}),
+        ...(!useUnknown && route.namesNothing && method === 'POST' ? { namesNothing: true } : {}),
       };
     });
 
@@ -664,6 +846,143 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
       },
     }));
 
+  // The admin reads with hostile filters, cursors and limits: never a 5xx, never a query the database refuses.
+  const adminQueries = fc
+    .record({
+      path: fc.constantFrom(
+        '/v1/admin/orders',
+        '/v1/admin/products',
+        '/v1/admin/dead-letters',
+        '/v1/admin/invariants',
+        '/v1/admin/figures',
+        `/v1/admin/orders/${f.confirmed}`,
+      ),
+      query: hostileSearchQuery,
+      token: fc.constantFrom(f.tokens.admin, f.tokens.operator),
+    })
+    .map(({ path, query, token }): Request => ({ method: 'GET', url: `${path}?${query}`, headers: bearer(token) }));
+
+  // Re-drive and discard bodies that break the schema, with the fixture's letter among the ids where one fits.
+  const idDefects = {
+    ids: fc.oneof(
+      badString(/^[\x21-\x7e]{1,300}$/, 300).map((id) => [id]),
+      badString(/^[\x21-\x7e]{1,300}$/, 300).map((id) => [f.letter, id]),
+      fc.constantFrom([], [f.letter, f.letter], 'all', f.letter, null, {}, [1], [null], [[f.letter]], { 0: f.letter }),
+      fc.integer({ min: 101, max: 130 }).map((n) => [f.letter, ...Array.from({ length: n }, (_, i) => `fz-${i}`)]),
+    ),
+  };
+  const settleBodies = fc
+    .tuple(fc.constantFrom('redrive', 'discard'), defectiveBody({ ids: [f.letter] }, idDefects))
+    .chain(([verb, body]) =>
+      bodyAttack((payload) => ({ method: 'POST', url: `/v1/admin/dead-letters/${verb}`, payload }), fc.constant(body)),
+    )
+    .map((request): Request => ({ ...request, headers: { ...request.headers, ...bearer(f.tokens.operator) } }));
+
+  // Well-formed ids that name no dead letter in this mode (a job id, a stream sequence, a queue and message id, anything printable): 200, each not_found, nothing settled.
+  const strayIds = fc.array(
+    fc
+      .oneof(
+        fc.constantFrom(
+          '0',
+          '-1',
+          '00',
+          '1.5',
+          '9'.repeat(18),
+          '9'.repeat(19),
+          '9'.repeat(300),
+          '999999999999999',
+          `${Number.MAX_SAFE_INTEGER}`,
+          'payments.charge:x',
+          'payments.charge:',
+          ':',
+          'nope:1',
+          'x'.repeat(300),
+        ),
+        fc.bigInt({ min: 0n, max: 10n ** 20n }).map(String),
+        fc.stringMatching(/^[\x21-\x7e]{1,40}$/),
+      )
+      .filter((id) => id !== f.letter),
+    { minLength: 1, maxLength: 20 },
+  );
+  const strayLetters = fc
+    .record({ verb: fc.constantFrom('redrive', 'discard'), ids: strayIds.map((ids) => [...new Set(ids)]) })
+    .map(({ verb, ids }): Request => ({
+      method: 'POST',
+      url: `/v1/admin/dead-letters/${verb}`,
+      headers: { ...CONTENT_TYPE, ...bearer(f.tokens.operator) },
+      payload: JSON.stringify({ ids }),
+      namesNothing: true,
+    }));
+
+  // The figures stream: any query, any token without orders:admin, any bad token. Sent over a socket (see streamAnswer).
+  const streamAttacks = fc.oneof(
+    fc
+      .record({ query: hostileSearchQuery, token: fc.constantFrom(f.tokens.admin, f.tokens.operator) })
+      .map(({ query, token }): Request => ({
+        method: 'GET',
+        url: `${STREAM_PATH}?${query}`,
+        headers: bearer(token),
+        expect: [400],
+      })),
+    fc
+      .constantFrom(f.tokens.reader, f.tokens.writer, f.tokens.catalog, f.tokens.none, f.tokens.redriver)
+      .map((token): Request => ({ method: 'GET', url: STREAM_PATH, headers: bearer(token), expect: [403] })),
+    fc
+      .constantFrom(...f.tokens.hostile, '')
+      .map((token): Request => ({
+        method: 'GET',
+        url: STREAM_PATH,
+        headers: token === '' ? {} : bearer(token),
+        expect: [401],
+      })),
+  );
+
+  // The console's files and its development token: hostile file names, traversal, and a token asked for from another machine.
+  const consoleAttacks = fc.oneof(
+    fc
+      .record({
+        method: fc.constantFrom('GET', 'HEAD'),
+        prefix: fc.constantFrom('/console/', '/console/vendor/'),
+        name: fc.oneof(
+          hostileSegment,
+          fc.constantFrom(
+            '..%2F..%2Fpackage.json',
+            '..%5C..%5Cpackage.json',
+            '%2e%2e/%2e%2e/package.json',
+            'index.html%00.js',
+            'vendor/../../src/main.ts',
+            '.env',
+            'vendor/%2E%2E%2Fpackage.json',
+            'app.js/',
+            'preact.mjs%00',
+          ),
+        ),
+      })
+      .map(({ method, prefix, name }): Request => ({ method, url: `${prefix}${name}`, headers: {} })),
+    fc
+      .record({
+        remoteAddress: fc.constantFrom('192.0.2.10', '::ffff:192.0.2.10', '2001:db8::1', '10.0.0.1', '::ffff:7f00:1'),
+        forwarded: fc.constantFrom<Record<string, string>>(
+          {},
+          { 'x-forwarded-for': '127.0.0.1' },
+          { forwarded: 'for=127.0.0.1', 'x-real-ip': '::1' },
+        ),
+        body: fc.oneof(
+          fc.constant(undefined),
+          fc.jsonValue().map((v) => JSON.stringify(v)),
+          malformedJson,
+        ),
+      })
+      .map(({ remoteAddress, forwarded, body }): Request => ({
+        method: 'POST',
+        url: '/console/dev-token',
+        headers: { ...CONTENT_TYPE, ...forwarded },
+        payload: body,
+        remoteAddress,
+        expect: [400, 403, 404, 413],
+      })),
+  );
+
   return {
     'token attacks': { requests: tokenAttacks, runs: 300 },
     'valid tokens without the scope': { requests: scopeAttacks, runs: 20 },
@@ -676,6 +995,11 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
     'hostile query strings': { requests: queryAttacks, runs: 300 },
     'method confusion and unknown paths': { requests: methodConfusion, runs: 200 },
     'header abuse': { requests: headerAbuse, runs: 100 },
+    'admin filters, cursors and limits': { requests: adminQueries, runs: 300 },
+    'dead-letter bodies that break the schema': { requests: settleBodies, runs: 200 },
+    'dead letters that are not there': { requests: strayLetters, runs: 100 },
+    'console files and the development token': { requests: consoleAttacks, runs: 150 },
+    'the figures stream with a bad query or token': { requests: streamAttacks, runs: 60, overSocket: true },
   };
 }
 
@@ -687,8 +1011,11 @@ interface Answer {
   body: string;
 }
 
-/** Every answer: never a 5xx; an error is problem+json with its own status; a write never succeeds unless it is a replay. */
-function assertAnswer(request: Pick<Request, 'method' | 'url' | 'replay' | 'expect'>, answer: Answer): void {
+/** Every answer: never a 5xx; an error is problem+json with its own status; a write never succeeds unless it is a replay, or names nothing and says so. */
+function assertAnswer(
+  request: Pick<Request, 'method' | 'url' | 'replay' | 'namesNothing' | 'expect'>,
+  answer: Answer,
+): void {
   const what = `${request.method} ${request.url.slice(0, 200)} → ${answer.status} ${answer.body.slice(0, 300)}`;
   assert.ok(answer.status < 500, `a 5xx: ${what}`);
   if (request.expect !== undefined)
@@ -702,9 +1029,36 @@ function assertAnswer(request: Pick<Request, 'method' | 'url' | 'replay' | 'expe
         assert.equal(typeof problem[field], 'string', `problem.${field}: ${what}`);
       assert.match(String(problem.type), /^\/problems\/[a-z-]+$/, what);
     }
+  } else if (request.method === 'POST' && request.namesNothing === true) {
+    const { results } = JSON.parse(answer.body) as { results: { outcome: string }[] };
+    assert.ok(
+      answer.status === 200 && results.length > 0 && results.every((r) => r.outcome === 'not_found'),
+      `settled a dead letter: ${what}`,
+    );
   } else if (request.method === 'POST') {
     assert.ok(request.replay === true && answer.status === 200, `a write succeeded: ${what}`);
   }
+}
+
+/**
+ * Sends a request over a real socket: the way to ask for a stream, whose
+ * answer 200 never ends (inject would wait for it forever). A 200 is read no
+ * further: the connection is dropped and the answer returned with no body.
+ */
+async function overSocket(port: number, request: Request): Promise<Answer> {
+  const controller = new AbortController();
+  const response = await fetch(`http://127.0.0.1:${port}${request.url}`, {
+    method: request.method,
+    headers: request.headers,
+    signal: controller.signal,
+    ...(request.payload === undefined ? {} : { body: request.payload }),
+  });
+  const headers = Object.fromEntries(response.headers);
+  if (response.status < 300) {
+    controller.abort();
+    return { status: response.status, headers, body: '' };
+  }
+  return { status: response.status, headers, body: await response.text() };
 }
 
 // --- raw HTTP/1.1 over a socket ------------------------------------------------
@@ -866,10 +1220,12 @@ for (const mode of modes()) {
     let t: TestApp;
     let fixture: Fixture;
     let before_: Record<string, unknown[]>;
+    /** A broker keeps its dead letters outside the database: they are compared too. */
+    let lettersBefore: unknown[];
     let port: number;
 
     before(async () => {
-      t = await startTestApp(mode);
+      t = await startTestApp(mode, { gateway: new PoisonGateway() });
       const issuer = t.app.devIssuer!;
       const admin = client(t.app, await issuer.issue({ sub: 'fz-admin', scope: ALL_SCOPES }));
       await createProduct(admin, { sku: 'FZ-1', stock: 1_000, priceCents: 1_299 });
@@ -883,7 +1239,13 @@ for (const mode of modes()) {
       const cancelled = await placeOrder(writer, [{ sku: 'FZ-1', quantity: 1 }]);
       await quiesce(t.app);
       assert.equal((await writer.request('POST', `/v1/orders/${cancelled.body.id}/cancel`)).status, 200);
+      // A charge the gateway refuses: one dead letter, which no generated request may settle.
+      const poisoned = await placeOrder(writer, [{ sku: 'FZ-1', quantity: 1 }], 'tok_refused');
       await quiesce(t.app);
+      const operatorToken = await issuer.issue({ sub: 'fz-operator', scope: OPERATOR_SCOPES });
+      const letter = await eventually('the fixture dead letter', async () =>
+        (await deadLetterIds(client(t.app, operatorToken))).find((l) => l.orderId === poisoned.body.id),
+      );
       const now = Math.floor(Date.now() / 1000);
       const stranger = await openDevIssuer(undefined);
       const [header, payload, signature] = writerToken.split('.') as [string, string, string];
@@ -891,6 +1253,8 @@ for (const mode of modes()) {
       fixture = {
         tokens: {
           admin: await issuer.issue({ sub: 'fz-admin', scope: ALL_SCOPES }),
+          operator: operatorToken,
+          redriver: await issuer.issue({ sub: 'fz-redriver', scope: 'operations:write' }),
           reader: await issuer.issue({ sub: 'fz-writer', scope: 'orders:read' }),
           writer: writerToken,
           catalog: await issuer.issue({ sub: 'fz-catalog', scope: 'catalog:write' }),
@@ -911,22 +1275,26 @@ for (const mode of modes()) {
         confirmed: confirmed.body.id as string,
         cancelled: cancelled.body.id as string,
         replay: { key: 'fz-replay', body: JSON.stringify(replayBody) },
+        letter: letter.id,
       };
       before_ = await snapshot(t.app.db);
+      lettersBefore = await deadLetterIds(client(t.app, operatorToken));
       port = Number(new URL(await t.app.server.listen({ port: 0, host: '127.0.0.1' })).port);
     });
     after(() => t?.close());
 
     it('generated requests over every route: no 5xx, every error problem+json, no write', async (test) => {
-      for (const [family, { requests, runs }] of Object.entries(families(fixture))) {
+      for (const [family, { requests, runs, overSocket: socket }] of Object.entries(families(fixture))) {
         await test.test(family, () =>
           fc.assert(
             fc.asyncProperty(requests, async (request) => {
+              if (socket) return assertAnswer(request, await overSocket(port, request));
               const response = await t.app.server.inject({
                 method: request.method as 'GET',
                 url: request.url,
                 headers: request.headers,
                 ...(request.payload === undefined ? {} : { payload: request.payload }),
+                ...(request.remoteAddress === undefined ? {} : { remoteAddress: request.remoteAddress }),
               });
               assertAnswer(request, { status: response.statusCode, headers: response.headers, body: response.body });
             }),
@@ -961,6 +1329,7 @@ for (const mode of modes()) {
     it('every table is as it was before the hostile requests', async () => {
       await quiesce(t.app);
       assert.deepEqual(await snapshot(t.app.db), before_);
+      assert.deepEqual(await deadLetterIds(client(t.app, fixture.tokens.operator)), lettersBefore);
     });
   });
 }
