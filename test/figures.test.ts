@@ -12,6 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { freePort } from './support/programs.ts';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
+import { figuresReadings } from './support/sse.ts';
 
 const MAIN = new URL('../src/main.ts', import.meta.url).pathname;
 
@@ -63,7 +64,6 @@ describe('live figures across processes (postgres)', () => {
     const controller = new AbortController();
     const response = await fetch(`${api}/v1/admin/figures/stream`, { headers, signal: controller.signal });
     assert.equal(response.status, 200);
-    const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
     let placing = true;
     const placed = (async () => {
       for (let i = 0; placing; i++) {
@@ -76,22 +76,13 @@ describe('live figures across processes (postgres)', () => {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
     })();
-    let text = '';
     let seen: Reading | undefined;
     try {
       const deadline = Date.now() + 30_000;
-      while (!seen && Date.now() < deadline) {
-        const { value, done } = await reader.read();
-        assert.ok(!done, 'the stream stays open');
-        text += value;
-        for (let end = text.indexOf('\n\n'); end >= 0; end = text.indexOf('\n\n')) {
-          const data = /^event: figures\ndata: (.*)$/m.exec(text.slice(0, end));
-          text = text.slice(end + 2);
-          if (!data) continue;
-          const reading = JSON.parse(data[1]!) as Reading;
-          const roles = reading.processes.map((p) => p.role).sort();
-          if (roles.join() === 'api,worker' && reading.totals.orders.confirmedPerSecond > 0) seen = reading;
-        }
+      for await (const reading of figuresReadings<Reading>(response)) {
+        const roles = reading.processes.map((p) => p.role).sort();
+        if (roles.join() === 'api,worker' && reading.totals.orders.confirmedPerSecond > 0) seen = reading;
+        if (seen || Date.now() >= deadline) break;
       }
     } finally {
       placing = false;

@@ -10,10 +10,10 @@
 // functions; it owns no tables.
 import { Type } from 'typebox';
 import type { Logger } from 'pino';
-import { listProducts } from '../catalog/products.ts';
+import { productPage } from '../catalog/routes.ts';
 import { AppError } from '../errors.ts';
 import { decodeCursor, encodeCursor, parseLimit } from '../http/pagination.ts';
-import { LimitQuery, Problem, Sku, SKU_PATTERN, Text } from '../http/schemas.ts';
+import { LimitQuery, Problem, Sku, Text } from '../http/schemas.ts';
 import { principalOf, type Routes } from '../http/server.ts';
 import type { DeadLetterStore } from '../messaging/dead-letters.ts';
 import type { JobQueue } from '../messaging/queue.ts';
@@ -25,7 +25,7 @@ import {
   pendingOrderStats,
   searchOrders,
 } from '../orders/history.ts';
-import { ORDER_ID_PATTERN } from '../orders/ids.ts';
+import { isSequence, Order, OrderIdParams } from '../orders/routes.ts';
 import { ORDER_STATUSES, REJECT_REASONS } from '../orders/state-machine.ts';
 import { paymentSummary } from '../payments/payments.ts';
 import { stockLevels } from '../inventory/stock.ts';
@@ -47,24 +47,8 @@ export interface AdminDeps {
 }
 
 const errors = { 400: Problem, 401: Problem, 403: Problem };
-// A path id that cannot be an order's names nothing: 404 (see http/problems.ts).
-const OrderIdParams = Type.Object({
-  id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }),
-});
 const Page = <T extends ReturnType<typeof Type.Object>>(item: T) =>
   Type.Object({ items: Type.Array(item), nextCursor: Type.Union([Type.String(), Type.Null()]) });
-
-const Order = Type.Object({
-  id: Type.String(),
-  customerId: Type.String(),
-  status: Type.Enum(ORDER_STATUSES),
-  items: Type.Array(Type.Object({ sku: Type.String(), quantity: Type.Integer(), priceCents: Type.Integer() })),
-  totalCents: Type.Integer(),
-  currency: Type.String(),
-  rejectReason: Type.Union([Type.Enum(REJECT_REASONS), Type.Null()]),
-  createdAt: Type.String({ format: 'date-time' }),
-  updatedAt: Type.String({ format: 'date-time' }),
-});
 
 const Detail = Type.Record(Type.String(), Type.Unknown(), {
   description:
@@ -176,9 +160,6 @@ const AdminProduct = Type.Object({
   held: Type.Integer({ description: 'Held by pending orders and sold to confirmed ones' }),
 });
 
-/** An orders cursor holds the insertion sequence of a page's last order. */
-const isSequence = (key: unknown): key is number => typeof key === 'number' && Number.isSafeInteger(key) && key >= 1;
-const isSku = (key: unknown): key is string => typeof key === 'string' && SKU_PATTERN.test(key);
 /** A dead-letter cursor holds the mode's own position (checked by the store). */
 const isPosition = (key: unknown): key is string => typeof key === 'string' && /^[\x21-\x7e]{1,300}$/.test(key);
 
@@ -271,13 +252,8 @@ export function adminRoutes(deps: AdminDeps): Routes {
         response: { 200: Page(AdminProduct), ...errors },
       },
       handler: async (request) => {
-        const page = await reads.read((source) =>
-          listProducts(source, parseLimit(request.query.limit), decodeCursor(request.query.cursor, isSku)),
-        );
-        return {
-          items: page.items.map((p) => ({ ...p, held: p.stock - p.available })),
-          nextCursor: page.more && page.last !== undefined ? encodeCursor(page.last) : null,
-        };
+        const page = await productPage(reads, request.query);
+        return { items: page.items.map((p) => ({ ...p, held: p.stock - p.available })), nextCursor: page.nextCursor };
       },
     });
 
@@ -358,34 +334,37 @@ export function adminRoutes(deps: AdminDeps): Routes {
       },
     });
 
-    app.post('/v1/admin/dead-letters/redrive', {
-      config: { scopes: ['operations:write'] },
-      schema: {
-        tags: ['admin'],
+    const settlers = [
+      {
+        verb: 'redrive',
+        settle: redriveDeadLetters,
         summary: 'Re-drive dead letters: each is queued again, through the same path as its first delivery',
         description:
           'Each letter is settled on its own: redriven, not_found, or refused (left in place, with the reason). ' +
           'A charge whose order was rejected payment_failed with nothing charged re-opens the order: pending again, its stock held again.',
-        body: DeadLetterIds,
-        response: { 200: SettleResults, ...errors },
       },
-      handler: async (request) => ({
-        results: await redriveDeadLetters(settling, request.body.ids, principalOf(request).customerId),
-      }),
-    });
-
-    app.post('/v1/admin/dead-letters/discard', {
-      config: { scopes: ['operations:write'] },
-      schema: {
-        tags: ['admin'],
+      {
+        verb: 'discard',
+        settle: discardDeadLetters,
         summary: 'Discard dead letters for good; the order history records it',
-        body: DeadLetterIds,
-        response: { 200: SettleResults, ...errors },
+        description: 'Each letter is settled on its own: discarded or not_found.',
       },
-      handler: async (request) => ({
-        results: await discardDeadLetters(settling, request.body.ids, principalOf(request).customerId),
-      }),
-    });
+    ];
+    for (const { verb, settle, summary, description } of settlers) {
+      app.post(`/v1/admin/dead-letters/${verb}`, {
+        config: { scopes: ['operations:write'] },
+        schema: {
+          tags: ['admin'],
+          summary,
+          description,
+          body: DeadLetterIds,
+          response: { 200: SettleResults, ...errors },
+        },
+        handler: async (request) => ({
+          results: await settle(settling, request.body.ids, principalOf(request).customerId),
+        }),
+      });
+    }
 
     app.get('/v1/admin/figures', {
       config: { scopes: ['orders:admin'] },

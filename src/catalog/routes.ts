@@ -7,7 +7,7 @@ import { Currency, LimitQuery, Problem, problemOf, Sku, SKU_PATTERN, SkuParams, 
 import { MAX_STOCK } from '../inventory/stock.ts';
 import type { Database } from '../storage/database.ts';
 import { primaryReads, type ReadRouter } from '../storage/read-replica.ts';
-import { changeStock, createProduct, getProduct, listProducts } from './products.ts';
+import { changeStock, createProduct, getProduct, listProducts, type Product as ProductRecord } from './products.ts';
 
 const Product = Type.Object({
   sku: Type.String(),
@@ -33,6 +33,22 @@ const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
 /** A products cursor holds the last SKU of a page. */
 const isSku = (key: unknown): key is string => typeof key === 'string' && SKU_PATTERN.test(key);
+
+/**
+ * A page of products by SKU, from a LimitQuery (limit 1–100, default 50; the
+ * cursor a previous page gave): the customers' list and the operators' (with
+ * held stock, admin/routes.ts) page alike. A cursor this API did not give is
+ * an AppError validation_failed (400).
+ */
+export async function productPage(
+  reads: ReadRouter,
+  query: { limit?: string; cursor?: string },
+): Promise<{ items: ProductRecord[]; nextCursor: string | null }> {
+  const limit = parseLimit(query.limit);
+  const after = decodeCursor(query.cursor, isSku);
+  const page = await reads.read((source) => listProducts(source, limit, after));
+  return { items: page.items, nextCursor: page.more && page.last !== undefined ? encodeCursor(page.last) : null };
+}
 
 /** `reads` serves the product list (a replica when one is configured); everything else uses `db`, the primary. */
 export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = primaryReads(db)): Routes {
@@ -70,12 +86,7 @@ export function catalogRoutes(db: Database, cache?: Cache, reads: ReadRouter = p
           ...errors,
         },
       },
-      handler: async (request) => {
-        const limit = parseLimit(request.query.limit);
-        const after = decodeCursor(request.query.cursor, isSku);
-        const page = await reads.read((source) => listProducts(source, limit, after));
-        return { items: page.items, nextCursor: page.more && page.last !== undefined ? encodeCursor(page.last) : null };
-      },
+      handler: async (request) => productPage(reads, request.query),
     });
 
     app.post('/v1/products/:sku/stock', {

@@ -19,11 +19,12 @@ import { getOrder, listOrders } from './store.ts';
 const MAX_ORDER_LINES = 100;
 
 // A path id of the wrong form names nothing, and is answered 404 (see http/problems.ts).
-const OrderIdParams = Type.Object({
+export const OrderIdParams = Type.Object({
   id: Type.String({ pattern: ORDER_ID_PATTERN, description: '"ord_" and 26 characters of Crockford base32' }),
 });
 
-const Order = Type.Object({
+/** An order as the API shows it, to its customer and to an operator (admin/routes.ts). */
+export const Order = Type.Object({
   id: Type.String(),
   customerId: Type.String(),
   status: Type.Enum(ORDER_STATUSES),
@@ -63,8 +64,9 @@ const IdempotencyHeaders = Type.Object({
 // Response headers as @fastify/swagger reads them, for the OpenAPI document.
 const OrderLocation = { location: { type: 'string', description: 'The order: /v1/orders/{id}' } };
 
-/** An orders cursor holds the insertion sequence of a page's last order: a positive safe integer. */
-const isSequence = (key: unknown): key is number => typeof key === 'number' && Number.isSafeInteger(key) && key >= 1;
+/** An orders cursor holds the insertion sequence of a page's last order: a positive safe integer (here and in the admin search). */
+export const isSequence = (key: unknown): key is number =>
+  typeof key === 'number' && Number.isSafeInteger(key) && key >= 1;
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
 
 /** `reads` serves order lists (a replica when one is configured); an order by id, and every write, use `db`, the primary. */
