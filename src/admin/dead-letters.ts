@@ -61,15 +61,13 @@ export async function redriveDeadLetters(
   ids: readonly string[],
   by: string,
 ): Promise<SettleResult[]> {
-  const outcomes = await deps.store.settle(ids, async (tx, letter) => {
+  return settleEach(deps, ids, async (tx, letter, orderId) => {
     const payload = parseBody(letter);
     if (!payload)
       throw new AppError(
         'validation_failed',
         'the message is not a JSON object: a re-drive would fail the same way; discard it',
       );
-    const orderId = orderIdOf(letter);
-    if (await alreadySettled(tx, orderId, letter)) return SETTLED_BEFORE;
     const reopened = letter.queue === CHARGE_QUEUE && orderId !== null && (await reopenIfPaymentFailed(tx, orderId));
     await deps.queue.enqueueMany(tx, letter.queue, [{ payload, ...(letter.key ? { key: letter.key } : {}) }]);
     if (orderId)
@@ -80,13 +78,7 @@ export async function redriveDeadLetters(
           detail: { queue: letter.queue, letterId: letter.id, by, reopened, reason: letter.reason },
         },
       ]);
-    return { orderId, reopened };
-  });
-  return outcomes.map((o): SettleResult => {
-    if (!o.found) return { id: o.id, outcome: 'not_found', orderId: null };
-    if ('error' in o) return { id: o.id, outcome: 'refused', orderId: null, detail: refusal(deps.log, o.id, o.error) };
-    if (o.value === SETTLED_BEFORE) return { id: o.id, outcome: 'not_found', orderId: null };
-    return { id: o.id, outcome: 'redriven', orderId: o.value.orderId, reopened: o.value.reopened };
+    return { outcome: 'redriven', orderId, reopened };
   });
 }
 
@@ -96,9 +88,7 @@ export async function discardDeadLetters(
   ids: readonly string[],
   by: string,
 ): Promise<SettleResult[]> {
-  const outcomes = await deps.store.settle(ids, async (tx, letter) => {
-    const orderId = orderIdOf(letter);
-    if (await alreadySettled(tx, orderId, letter)) return SETTLED_BEFORE;
+  return settleEach(deps, ids, async (tx, letter, orderId) => {
     if (orderId)
       await recordOrderEvents(tx, [
         {
@@ -107,13 +97,32 @@ export async function discardDeadLetters(
           detail: { queue: letter.queue, letterId: letter.id, by, reason: letter.reason },
         },
       ]);
-    return orderId;
+    return { outcome: 'discarded', orderId };
+  });
+}
+
+/**
+ * Settles each letter with change (in the transaction the store opens for
+ * it, given the order the letter names) and words each outcome: not_found
+ * for a letter the store does not hold or that another settle already
+ * re-drove or discarded, refused (with the reason) where change threw, and
+ * what change returned otherwise.
+ */
+async function settleEach(
+  deps: DeadLetterDeps,
+  ids: readonly string[],
+  change: (tx: Queryable, letter: DeadLetter, orderId: string | null) => Promise<Omit<SettleResult, 'id'>>,
+): Promise<SettleResult[]> {
+  const outcomes = await deps.store.settle(ids, async (tx, letter) => {
+    const orderId = orderIdOf(letter);
+    if (await alreadySettled(tx, orderId, letter)) return SETTLED_BEFORE;
+    return change(tx, letter, orderId);
   });
   return outcomes.map((o): SettleResult => {
     if (!o.found) return { id: o.id, outcome: 'not_found', orderId: null };
     if ('error' in o) return { id: o.id, outcome: 'refused', orderId: null, detail: refusal(deps.log, o.id, o.error) };
     if (o.value === SETTLED_BEFORE) return { id: o.id, outcome: 'not_found', orderId: null };
-    return { id: o.id, outcome: 'discarded', orderId: o.value };
+    return { id: o.id, ...o.value };
   });
 }
 
