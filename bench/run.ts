@@ -1,6 +1,6 @@
-// npm run bench -- <throughput|flashsale|ceiling|reads|publish> [--mode embedded|distributed]
+// npm run bench -- <throughput|flashsale|ceiling|reads|publish|hotpath> [--mode embedded|distributed]
 //   [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N]
-//   [--skip accept-only,flashsale] [--cpu-prof DIR] [--tracing off|on|both]
+//   [--skip accept-only,flashsale] [--cpu-prof DIR] [--tracing off|on|both] [--compare REV,...] [--rounds N]
 // See bench/README.md for what each scenario does and what its figures mean.
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -25,6 +25,7 @@ import {
 import { treeCpuSeconds } from './cpu.ts';
 import { costFigures, startCostWindow, type Costs } from './costs.ts';
 import { measurePublish } from './publish.ts';
+import { measureHotpath, type HotpathFigure } from './hotpath.ts';
 import { startGatewayServer } from '../src/payments/gateway-server.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
 import { encodeCursor } from '../src/http/pagination.ts';
@@ -37,7 +38,7 @@ import {
 import { startOtlpReceiver, type OtlpReceiver } from '../test/support/otlp.ts';
 import type { ClusterShape } from '../scripts/cluster.ts';
 
-const SCENARIOS = ['throughput', 'flashsale', 'ceiling', 'reads', 'publish'] as const;
+const SCENARIOS = ['throughput', 'flashsale', 'ceiling', 'reads', 'publish', 'hotpath'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const STARTED_AT = new Date().toISOString();
@@ -60,6 +61,10 @@ interface Options {
   cpuProfileDir: string | undefined;
   /** Throughput, distributed: the server processes trace (on), do not (off), or both in alternate rounds of one run. */
   tracing: Tracing;
+  /** Hotpath: git revisions whose implementations are measured beside this checkout's. */
+  compare: string[];
+  /** Hotpath: measured rounds per implementation. */
+  rounds: number;
 }
 
 const TRACING = ['off', 'on', 'both'] as const;
@@ -94,6 +99,8 @@ function parseOptions(): Options {
       skip: { type: 'string', default: '' },
       'cpu-prof': { type: 'string' },
       tracing: { type: 'string', default: 'off' },
+      compare: { type: 'string', default: '' },
+      rounds: { type: 'string', default: '5' },
     },
   });
   const scenario = positionals[0] as Scenario | undefined;
@@ -124,6 +131,8 @@ function parseOptions(): Options {
     // The flash sale scenario's default is a small sale; throughput's flash-sale phase sells 100,000.
     stock: int('stock', values.stock ?? (scenario === 'flashsale' ? '100' : '100000'), 1),
     buyers: int('buyers', values.buyers, 1),
+    compare: values.compare.split(',').filter(Boolean),
+    rounds: int('rounds', values.rounds, 1),
     cpuProfileDir: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
     tracing: values.tracing as Tracing,
     skip: new Set(
@@ -141,7 +150,7 @@ function parseOptions(): Options {
 
 function usage(problem: string): never {
   process.stderr.write(
-    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads|publish> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N] [--skip accept-only,flashsale] [--cpu-prof DIR] [--tracing off|on|both]\n`,
+    `bench: ${problem}\nusage: npm run bench -- <throughput|flashsale|ceiling|reads|publish|hotpath> [--mode embedded|distributed] [--shape combined|split] [--connections N] [--duration S] [--stock N] [--buyers N] [--skip accept-only,flashsale] [--cpu-prof DIR] [--tracing off|on|both] [--compare REV,...] [--rounds N]\n`,
   );
   process.exit(2);
 }
@@ -945,6 +954,80 @@ async function publishScenario(options: Options, machine: Machine): Promise<Benc
   };
 }
 
+/** CPU per call of the gateway client, order ids and the request hash, against older revisions (bench/hotpath.ts). */
+async function hotpathScenario(options: Options, machine: Machine): Promise<BenchResult> {
+  const counts = { charges: 10_000, ids: 200_000, hashes: 100_000 };
+  say(
+    `hotpath: ${options.rounds} rounds alternating between this checkout${options.compare.map((r) => `, ${r}`).join('')}; ${counts.charges} charges from ${options.connections} callers, ${counts.ids} ids, ${counts.hashes} hashes a round`,
+  );
+  const measured = await measureHotpath({
+    compare: options.compare,
+    rounds: options.rounds,
+    callers: options.connections,
+    ...counts,
+  });
+  // Implementations in the order given, oldest first, this checkout last: each step's ratio is to the one before.
+  const figures: BenchResult['figures'] = [];
+  for (const piece of ['gateway charge', 'order id', 'request hash'] as const) {
+    const list = measured.figures.filter((f) => f.piece === piece);
+    const ordered = [...list.slice(1), list[0]!];
+    for (const f of ordered) {
+      figures.push({
+        label: `${piece}, ${f.implementation}: CPU µs per call (median; rounds ${f.cpuUsPerCallRounds.join(' / ')})`,
+        value: f.cpuUsPerCall,
+      });
+      if (f.connectionsRounds)
+        figures.push({
+          label: `${piece}, ${f.implementation}: TCP connections opened per round`,
+          value: f.connectionsRounds.join(' / '),
+        });
+    }
+    const ratio = (a: HotpathFigure, b: HotpathFigure) => `${round(a.cpuUsPerCall / b.cpuUsPerCall, 2)} ×`;
+    for (let i = 1; i < ordered.length; i++)
+      figures.push({
+        label: `${piece}, ${ordered[i]!.implementation} / ${ordered[i - 1]!.implementation}`,
+        value: ratio(ordered[i]!, ordered[i - 1]!),
+      });
+    if (ordered.length > 2)
+      figures.push({
+        label: `${piece}, ${ordered.at(-1)!.implementation} / ${ordered[0]!.implementation}`,
+        value: ratio(ordered.at(-1)!, ordered[0]!),
+      });
+  }
+  const gateway = measured.figures.filter((f) => f.connectionsRounds);
+  return {
+    ...base(options, machine, `this process; the simulated HTTP gateway (no latency) in a child process, not counted`),
+    mode: 'in-process',
+    options: {
+      callers: options.connections,
+      rounds: options.rounds,
+      compare: options.compare.join(',') || 'none',
+      ...counts,
+    },
+    figures,
+    latency: undefined,
+    ceiling: undefined,
+    series: [],
+    memory: [],
+    errors: {},
+    checks: [
+      {
+        name: `no round opened more TCP connections than its ${options.connections} callers`,
+        ok: gateway.every((f) => f.connectionsRounds!.every((n) => n <= options.connections)),
+        detail: gateway.map((f) => `${f.implementation}: ${f.connectionsRounds!.join(' / ')}`).join('; '),
+      },
+    ],
+    notes: [
+      'CPU is this process only (process.cpuUsage, user + system), the median of the measured rounds after one warm-up round each; the gateway server runs in a child process and is not counted. Each gateway round uses a new client, so its connections are opened inside the round.',
+      ...(measured.otherDependencies.length > 0
+        ? [
+            `${measured.otherDependencies.join(', ')}: package-lock.json or patches differ from this checkout's, whose node_modules their code ran on.`,
+          ]
+        : []),
+    ],
+  };
+}
+
 async function ceilingOnly(options: Options, machine: Machine): Promise<BenchResult> {
   const brokerUrl = options.mode === 'distributed' ? await resolveBrokerUrl() : undefined;
   const ceiling = await ceilingStep(options, options.durationS, brokerUrl);
@@ -1376,14 +1459,18 @@ try {
           ? await readsScenario(options, machine)
           : options.scenario === 'publish'
             ? await publishScenario(options, machine)
-            : await ceilingOnly(options, machine);
+            : options.scenario === 'hotpath'
+              ? await hotpathScenario(options, machine)
+              : await ceilingOnly(options, machine);
 } catch (error) {
   process.stderr.write(
     `\nbench: the run failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
   );
   process.exit(1);
 }
-if (machine.postgres === undefined) machine.postgres = result.ceiling?.serverVersion ?? 'PGlite (embedded)';
+if (machine.postgres === undefined)
+  machine.postgres =
+    result.ceiling?.serverVersion ?? (result.scenario === 'hotpath' ? 'not used' : 'PGlite (embedded)');
 const files = await writeResult(result);
 printTable(result);
 process.stdout.write(`results: ${files.json}\nchart:   ${files.svg}\n`);
