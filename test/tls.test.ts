@@ -22,7 +22,9 @@ import { makeTestCertificates, type TestCertificates } from './support/tls.ts';
 const root = path.resolve(import.meta.dirname, '..');
 
 const databaseUrl = requiredServiceUrl('DATABASE_URL');
-const skip = skipUnlessInstalled('the TLS test', { haproxy: ['-v'], nginx: ['-v'], openssl: ['version'] }) ?? (databaseUrl === undefined ? 'set DATABASE_URL to run the TLS test' : undefined);
+const skip =
+  skipUnlessInstalled('the TLS test', { haproxy: ['-v'], nginx: ['-v'], openssl: ['version'] }) ??
+  (databaseUrl === undefined ? 'set DATABASE_URL to run the TLS test' : undefined);
 
 interface LoadBalancer {
   readonly name: 'haproxy' | 'nginx';
@@ -33,7 +35,13 @@ interface LoadBalancer {
 
 type Start = (upstreams: string[], dir: string, certificates: TestCertificates) => Promise<LoadBalancer>;
 
-function supervise(name: LoadBalancer['name'], child: ChildProcess, httpPort: number, httpsPort: number, cleanup: () => Promise<void>): LoadBalancer {
+function supervise(
+  name: LoadBalancer['name'],
+  child: ChildProcess,
+  httpPort: number,
+  httpsPort: number,
+  cleanup: () => Promise<void>,
+): LoadBalancer {
   let output = '';
   child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -85,8 +93,14 @@ const startNginx: Start = async (upstreams, dir, certificates) => {
   await mkdir(path.join(conf, 'tls'), { recursive: true });
   await mkdir(path.join(conf, 'tmp'));
   const tlsConf = await readFile(path.join(root, 'deploy/nginx/nginx-tls.conf'), 'utf8');
-  assert.ok(tlsConf.includes('127.0.0.1:8080') && tlsConf.includes('127.0.0.1:8443 ') && tlsConf.includes(':8443$request_uri'), 'nginx-tls.conf listens where its comments say');
-  await writeFile(path.join(conf, 'nginx-tls.conf'), tlsConf.replaceAll('127.0.0.1:8080', `127.0.0.1:${httpPort}`).replaceAll('8443', String(httpsPort)));
+  assert.ok(
+    tlsConf.includes('127.0.0.1:8080') && tlsConf.includes('127.0.0.1:8443 ') && tlsConf.includes(':8443$request_uri'),
+    'nginx-tls.conf listens where its comments say',
+  );
+  await writeFile(
+    path.join(conf, 'nginx-tls.conf'),
+    tlsConf.replaceAll('127.0.0.1:8080', `127.0.0.1:${httpPort}`).replaceAll('8443', String(httpsPort)),
+  );
   await cp(path.join(root, 'deploy/nginx/api-proxy.conf'), path.join(conf, 'api-proxy.conf'));
   await writeFile(
     path.join(conf, 'api-upstream.conf'),
@@ -94,7 +108,9 @@ const startNginx: Start = async (upstreams, dir, certificates) => {
   );
   await cp(certificates.certFile, path.join(conf, 'tls/orderflow.crt'));
   await cp(certificates.keyFile, path.join(conf, 'tls/orderflow.key'));
-  const child = spawn('nginx', ['-p', conf, '-c', path.join(conf, 'nginx-tls.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('nginx', ['-p', conf, '-c', path.join(conf, 'nginx-tls.conf'), '-g', 'daemon off;'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   return supervise('nginx', child, httpPort, httpsPort, () => rm(conf, { recursive: true, force: true }));
 };
 
@@ -138,7 +154,9 @@ describe('TLS at the load balancers', { skip }, () => {
     await eventually(
       `${lb.name} to answer /readyz over HTTPS`,
       async () => {
-        const response = await fetch(`https://127.0.0.1:${lb.httpsPort}/readyz`, { dispatcher: client }).catch(() => undefined);
+        const response = await fetch(`https://127.0.0.1:${lb.httpsPort}/readyz`, { dispatcher: client }).catch(
+          () => undefined,
+        );
         return response?.status === 200 ? true : undefined;
       },
       30_000,
@@ -159,7 +177,12 @@ describe('TLS at the load balancers', { skip }, () => {
         const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
         const sku = `TLS-${name}`;
 
-        const product = await fetch(`${base}/v1/products`, { method: 'POST', dispatcher: client, headers, body: JSON.stringify({ sku, name: 'Mug', priceCents: 1299, currency: 'EUR', stock: 5 }) });
+        const product = await fetch(`${base}/v1/products`, {
+          method: 'POST',
+          dispatcher: client,
+          headers,
+          body: JSON.stringify({ sku, name: 'Mug', priceCents: 1299, currency: 'EUR', stock: 5 }),
+        });
         assert.equal(product.status, 201, await product.text());
         assert.equal(product.headers.get('strict-transport-security'), 'max-age=31536000');
 
@@ -178,18 +201,26 @@ describe('TLS at the load balancers', { skip }, () => {
         });
 
         // Plain HTTP: only a redirect to the same path over HTTPS, method kept.
-        const plain = await fetch(`http://localhost:${lb.httpPort}/v1/orders/${id}?x=1`, { redirect: 'manual', headers });
+        const plain = await fetch(`http://localhost:${lb.httpPort}/v1/orders/${id}?x=1`, {
+          redirect: 'manual',
+          headers,
+        });
         assert.equal(plain.status, 308);
         assert.equal(plain.headers.get('location'), `https://localhost:${lb.httpsPort}/v1/orders/${id}?x=1`);
 
         // A client that trusts only the system's CAs refuses the certificate.
-        await assert.rejects(fetch(`${base}/readyz`), (error: Error) => /certificate/i.test(String((error.cause as Error | undefined)?.message ?? error.message)));
+        await assert.rejects(fetch(`${base}/readyz`), (error: Error) =>
+          /certificate/i.test(String((error.cause as Error | undefined)?.message ?? error.message)),
+        );
 
         // ALPN offers HTTP/2; TLS 1.2 and 1.3 are accepted, older versions refused by the server.
         assert.equal(await handshake(lb.httpsPort, { ALPNProtocols: ['h2', 'http/1.1'] }), 'h2');
-        for (const version of ['TLSv1.2', 'TLSv1.3'] as const) await handshake(lb.httpsPort, { minVersion: version, maxVersion: version });
-        await assert.rejects(handshake(lb.httpsPort, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }), (error: NodeJS.ErrnoException) =>
-          /ALERT_PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL|NO_PROTOCOLS_AVAILABLE/.test(String(error.code)),
+        for (const version of ['TLSv1.2', 'TLSv1.3'] as const)
+          await handshake(lb.httpsPort, { minVersion: version, maxVersion: version });
+        await assert.rejects(
+          handshake(lb.httpsPort, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }),
+          (error: NodeJS.ErrnoException) =>
+            /ALERT_PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL|NO_PROTOCOLS_AVAILABLE/.test(String(error.code)),
         );
       } finally {
         await lb.stop();
@@ -222,13 +253,24 @@ describe('TLS at the load balancers', { skip }, () => {
   }
 
   /** A TLS handshake to localhost that verifies the certificate; resolves to the ALPN protocol. */
-  function handshake(port: number, options: { ALPNProtocols?: string[]; minVersion?: 'TLSv1' | 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3'; maxVersion?: 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3'; ciphers?: string }): Promise<string | false> {
+  function handshake(
+    port: number,
+    options: {
+      ALPNProtocols?: string[];
+      minVersion?: 'TLSv1' | 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3';
+      maxVersion?: 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3';
+      ciphers?: string;
+    },
+  ): Promise<string | false> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ host: '127.0.0.1', port, servername: 'localhost', ca: certificates.ca, ...options }, () => {
-        const protocol = socket.alpnProtocol ?? false;
-        socket.end();
-        resolve(protocol);
-      });
+      const socket = connect(
+        { host: '127.0.0.1', port, servername: 'localhost', ca: certificates.ca, ...options },
+        () => {
+          const protocol = socket.alpnProtocol ?? false;
+          socket.end();
+          resolve(protocol);
+        },
+      );
       socket.once('error', reject);
     });
   }
