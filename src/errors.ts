@@ -1,6 +1,9 @@
 // The error catalogue: every error a client can see, declared once with its
 // HTTP status and title. Modules throw AppError with a code from this table;
 // the HTTP layer turns it into RFC 9457 problem+json (src/http/problems.ts).
+// The load balancers' own answers (deploy/haproxy, deploy/nginx) use the same
+// types, so a few codes here (407, 410, 425, 501, 502, 504) are only ever
+// sent by them; test/lb-problems.test.ts holds their bodies to this table.
 
 export const ERRORS = {
   validation_failed: { status: 400, title: 'The request is not valid' },
@@ -11,12 +14,14 @@ export const ERRORS = {
   forbidden: { status: 403, title: 'The token lacks the scope this operation needs' },
   not_found: { status: 404, title: 'Not found' },
   method_not_allowed: { status: 405, title: 'Method not allowed' },
+  proxy_authentication_required: { status: 407, title: 'Proxy authentication is required' },
   request_timeout: { status: 408, title: 'The request was not received in time' },
   sku_exists: { status: 409, title: 'A product with this SKU already exists' },
   insufficient_stock: { status: 409, title: 'Not enough available stock' },
   stock_limit_exceeded: { status: 409, title: 'The change would take stock above its maximum' },
   order_not_cancellable: { status: 409, title: 'The order can no longer be cancelled' },
   order_not_retryable: { status: 409, title: "The order's payment cannot be retried" },
+  gone: { status: 410, title: 'This resource is no longer served' },
   idempotency_key_reused: { status: 422, title: 'Idempotency-Key was already used with a different request' },
   unknown_sku: { status: 422, title: 'The order names a SKU that does not exist' },
   mixed_currencies: { status: 422, title: 'All items of an order must share one currency' },
@@ -26,10 +31,14 @@ export const ERRORS = {
   uri_too_long: { status: 414, title: 'The request URL, or a segment of its path, is too long' },
   unsupported_media_type: { status: 415, title: 'The request body must be application/json' },
   expectation_failed: { status: 417, title: 'The Expect header asks for something this server does not do' },
+  too_early: { status: 425, title: 'The request came as TLS early data, which could be replayed' },
   rate_limited: { status: 429, title: 'Too many requests' },
   header_fields_too_large: { status: 431, title: 'The request headers are too large' },
   internal: { status: 500, title: 'Internal server error' },
+  not_implemented: { status: 501, title: 'The request asks for something this server does not implement' },
+  bad_gateway: { status: 502, title: 'An api process gave no valid answer; retry later' },
   unavailable: { status: 503, title: 'A dependency is unavailable; retry later' },
+  gateway_timeout: { status: 504, title: 'An api process did not answer in time; retry later' },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
