@@ -5,114 +5,24 @@
 // reads an order over HTTPS; plain HTTP is redirected; HTTP/2 is offered;
 // TLS below 1.2 is refused; the api processes learn the scheme.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect } from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { Agent, fetch } from 'undici';
-import { HAPROXY_CONFIG, haproxyServers, startCluster, type Cluster } from '../scripts/cluster.ts';
+import { startCluster, type Cluster } from '../scripts/cluster.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
-import { freePort, skipUnlessInstalled } from './support/programs.ts';
+import { startHaproxy, startNginx, type LoadBalancer } from './support/load-balancers.ts';
+import { skipUnlessInstalled } from './support/programs.ts';
 import { makeTestCertificates, type TestCertificates } from './support/tls.ts';
-
-const root = path.resolve(import.meta.dirname, '..');
 
 const databaseUrl = requiredServiceUrl('DATABASE_URL');
 const skip =
   skipUnlessInstalled('the TLS test', { haproxy: ['-v'], nginx: ['-v'], openssl: ['version'] }) ??
   (databaseUrl === undefined ? 'set DATABASE_URL to run the TLS test' : undefined);
-
-interface LoadBalancer {
-  readonly name: 'haproxy' | 'nginx';
-  readonly httpPort: number;
-  readonly httpsPort: number;
-  stop(): Promise<void>;
-}
-
-type Start = (upstreams: string[], dir: string, certificates: TestCertificates) => Promise<LoadBalancer>;
-
-function supervise(
-  name: LoadBalancer['name'],
-  child: ChildProcess,
-  httpPort: number,
-  httpsPort: number,
-  cleanup: () => Promise<void>,
-): LoadBalancer {
-  let output = '';
-  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.on('exit', (code) => {
-    if (code !== 0 && code !== null) process.stderr.write(`${name} exited with ${code}:\n${output}\n`);
-  });
-  return {
-    name,
-    httpPort,
-    httpsPort,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((resolve) => child.once('exit', resolve));
-        child.kill('SIGTERM');
-        await exited;
-      }
-      await cleanup();
-    },
-  };
-}
-
-/** HAProxy with deploy/haproxy/haproxy.cfg as it is, TLS on, and the upstreams as its server list. */
-const startHaproxy: Start = async (upstreams, dir, certificates) => {
-  const [httpPort, httpsPort, statsPort] = [await freePort(), await freePort(), await freePort()];
-  const servers = path.join(dir, `haproxy-servers-${httpsPort}.cfg`);
-  await writeFile(servers, haproxyServers(upstreams));
-  const child = spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG, '-f', servers], {
-    env: {
-      ...process.env,
-      ORDERFLOW_LB_BIND: `127.0.0.1:${httpPort}`,
-      ORDERFLOW_LB_STATS: `127.0.0.1:${statsPort}`,
-      ORDERFLOW_TLS_CERT: certificates.pemFile,
-      ORDERFLOW_LB_TLS_BIND: `127.0.0.1:${httpsPort}`,
-      ORDERFLOW_LB_HTTPS_PORT: String(httpsPort),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  return supervise('haproxy', child, httpPort, httpsPort, () => rm(servers, { force: true }));
-};
-
-/**
- * nginx with deploy/nginx/nginx-tls.conf and api-proxy.conf as they are but
- * for their listen ports, the upstreams as api-upstream.conf (the file an
- * operator edits), and the certificate where nginx-tls.conf expects it.
- */
-const startNginx: Start = async (upstreams, dir, certificates) => {
-  const [httpPort, httpsPort] = [await freePort(), await freePort()];
-  const conf = path.join(dir, `nginx-${httpsPort}`);
-  await mkdir(path.join(conf, 'tls'), { recursive: true });
-  await mkdir(path.join(conf, 'tmp'));
-  const tlsConf = await readFile(path.join(root, 'deploy/nginx/nginx-tls.conf'), 'utf8');
-  assert.ok(
-    tlsConf.includes('127.0.0.1:8080') && tlsConf.includes('127.0.0.1:8443 ') && tlsConf.includes(':8443$request_uri'),
-    'nginx-tls.conf listens where its comments say',
-  );
-  await writeFile(
-    path.join(conf, 'nginx-tls.conf'),
-    tlsConf.replaceAll('127.0.0.1:8080', `127.0.0.1:${httpPort}`).replaceAll('8443', String(httpsPort)),
-  );
-  await cp(path.join(root, 'deploy/nginx/api-proxy.conf'), path.join(conf, 'api-proxy.conf'));
-  await writeFile(
-    path.join(conf, 'api-upstream.conf'),
-    `upstream orderflow_api {\n  least_conn;\n${upstreams.map((u) => `  server ${u} max_fails=2 fail_timeout=5s;\n`).join('')}  keepalive 64;\n}\n`,
-  );
-  await cp(certificates.certFile, path.join(conf, 'tls/orderflow.crt'));
-  await cp(certificates.keyFile, path.join(conf, 'tls/orderflow.key'));
-  const child = spawn('nginx', ['-p', conf, '-c', path.join(conf, 'nginx-tls.conf'), '-g', 'daemon off;'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  return supervise('nginx', child, httpPort, httpsPort, () => rm(conf, { recursive: true, force: true }));
-};
 
 describe('TLS at the load balancers', { skip }, () => {
   let dir: string;
@@ -154,7 +64,7 @@ describe('TLS at the load balancers', { skip }, () => {
     await eventually(
       `${lb.name} to answer /readyz over HTTPS`,
       async () => {
-        const response = await fetch(`https://127.0.0.1:${lb.httpsPort}/readyz`, { dispatcher: client }).catch(
+        const response = await fetch(`https://127.0.0.1:${lb.httpsPort!}/readyz`, { dispatcher: client }).catch(
           () => undefined,
         );
         return response?.status === 200 ? true : undefined;
@@ -171,7 +81,7 @@ describe('TLS at the load balancers', { skip }, () => {
       const lb = await start(apiAddresses(), dir, certificates);
       try {
         await ready(lb);
-        const base = `https://localhost:${lb.httpsPort}`;
+        const base = `https://localhost:${lb.httpsPort!}`;
         const issuer = await openDevIssuer(dataDir);
         const token = await issuer.issue({ sub: `tls-${name}`, scope: 'catalog:write orders:write orders:read' });
         const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
@@ -206,7 +116,7 @@ describe('TLS at the load balancers', { skip }, () => {
           headers,
         });
         assert.equal(plain.status, 308);
-        assert.equal(plain.headers.get('location'), `https://localhost:${lb.httpsPort}/v1/orders/${id}?x=1`);
+        assert.equal(plain.headers.get('location'), `https://localhost:${lb.httpsPort!}/v1/orders/${id}?x=1`);
 
         // A client that trusts only the system's CAs refuses the certificate.
         await assert.rejects(fetch(`${base}/readyz`), (error: Error) =>
@@ -214,11 +124,11 @@ describe('TLS at the load balancers', { skip }, () => {
         );
 
         // ALPN offers HTTP/2; TLS 1.2 and 1.3 are accepted, older versions refused by the server.
-        assert.equal(await handshake(lb.httpsPort, { ALPNProtocols: ['h2', 'http/1.1'] }), 'h2');
+        assert.equal(await handshake(lb.httpsPort!, { ALPNProtocols: ['h2', 'http/1.1'] }), 'h2');
         for (const version of ['TLSv1.2', 'TLSv1.3'] as const)
-          await handshake(lb.httpsPort, { minVersion: version, maxVersion: version });
+          await handshake(lb.httpsPort!, { minVersion: version, maxVersion: version });
         await assert.rejects(
-          handshake(lb.httpsPort, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }),
+          handshake(lb.httpsPort!, { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }),
           (error: NodeJS.ErrnoException) =>
             /ALERT_PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL|NO_PROTOCOLS_AVAILABLE/.test(String(error.code)),
         );
@@ -238,7 +148,7 @@ describe('TLS at the load balancers', { skip }, () => {
       const lb = await start([`127.0.0.1:${(upstream.address() as { port: number }).port}`], dir, certificates);
       try {
         await ready(lb);
-        const response = await fetch(`https://localhost:${lb.httpsPort}/v1/echo`, { dispatcher: client });
+        const response = await fetch(`https://localhost:${lb.httpsPort!}/v1/echo`, { dispatcher: client });
         assert.equal(response.status, 200);
         await response.text();
         assert.equal(seen.length, 1);
