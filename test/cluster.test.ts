@@ -117,6 +117,8 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
               break;
             }
             assert.ok(response.status === 503 || response.status === 502, `order ${n}: unexpected ${response.status} ${JSON.stringify(response.body)}`);
+            // Whether an api process or HAProxy answered, the refusal is a problem.
+            assert.match(String(response.body?.type), /^\/problems\/(unavailable|bad-gateway)$/, `order ${n}: ${response.status} ${JSON.stringify(response.body)}`);
           } catch (error) {
             if (error instanceof assert.AssertionError) throw error;
           }
