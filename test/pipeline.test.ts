@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { chargeKey } from '../src/payments/payments.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
-import { GatedGateway, LostReplyGateway, OutageGateway } from './support/gateways.ts';
+import { FailingChargesGateway, GatedGateway, HeldAnswerGateway, LostReplyGateway, NoVoidGateway, OutageGateway } from './support/gateways.ts';
 import {
   ALL_SCOPES,
   client,
@@ -49,6 +49,54 @@ function assertLedger(gateway: SimulatedGateway, order: { id: string; status: st
   const net = gateway.netCharged(order.id);
   assert.equal(net.netCents, expected, `order ${order.id} (${order.status}) nets ${net.netCents} cents at the gateway, expected ${expected}`);
   if (order.status === 'confirmed') assert.equal(net.charges, 1, `confirmed order ${order.id} has ${net.charges} charges`);
+}
+
+async function paymentStatus(t: TestApp, id: string): Promise<string | undefined> {
+  return (await t.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [id]))[0]?.status;
+}
+
+interface HistoryEvent {
+  type: string;
+  detail: Record<string, unknown>;
+}
+
+/** The order's history, oldest first, as the admin API returns it. */
+async function history(admin: Client, id: string): Promise<HistoryEvent[]> {
+  const response = await admin.request('GET', `/v1/admin/orders/${id}`);
+  assert.equal(response.status, 200, JSON.stringify(response.body));
+  return response.body.events as HistoryEvent[];
+}
+
+/**
+ * The gateway's ledger and the order's history tell the same story: every
+ * charge the gateway made for the order is in the history as `charged`, once,
+ * with its id, and before its refund; a history with a refund has a charge;
+ * a cancelled or rejected order nets zero, and its payment ends settled.
+ */
+async function assertMoneyStory(t: TestApp, admin: Client, gateway: SimulatedGateway, id: string): Promise<HistoryEvent[]> {
+  const events = await history(admin, id);
+  const order = await readOrder(admin, id);
+  const types = events.map((e) => e.type);
+  const ledger = [...gateway.charges.values()].filter((c) => c.reference === id);
+  const charged = events.filter((e) => e.type === 'charged');
+  assert.deepEqual(
+    charged.map((e) => e.detail.chargeId),
+    ledger.map((c) => c.id),
+    `order ${id}: the history's charges are the gateway's (${types.join(', ')})`,
+  );
+  const refunded = events.filter((e) => e.type === 'refunded');
+  const refunds = [...gateway.refunds.values()].filter((r) => ledger.some((c) => c.id === r.chargeId));
+  assert.deepEqual(
+    refunded.map((e) => e.detail.refundId),
+    refunds.map((r) => r.id),
+    `order ${id}: the history's refunds are the gateway's (${types.join(', ')})`,
+  );
+  if (refunded.length > 0) assert.ok(types.indexOf('charged') < types.indexOf('refunded'), `order ${id}: charged before refunded (${types.join(', ')})`);
+  assertLedger(gateway, order);
+  if (order.status !== 'confirmed') {
+    assert.ok(['voided', 'refunded', 'declined', 'failed'].includes((await paymentStatus(t, id)) ?? 'none'), `order ${id}: payment ${await paymentStatus(t, id)} is settled`);
+  }
+  return events;
 }
 
 /** Starts an app with a product and an admin client; closes it after the test. */
@@ -197,39 +245,156 @@ for (const mode of modes()) {
     });
 
     describe('cancel', () => {
-      it('a cancel while the charge is in flight nets zero at the gateway and restores the stock', async () => {
+      it('a cancel while the charge is on its way to the gateway voids its key: the charge arriving later is declined, nothing is charged', async () => {
         const gateway = new GatedGateway();
         await withApp(mode, { gateway }, async ({ t: g, admin: a, shopper }) => {
           await createProduct(a, { sku: 'FLIGHT-1', stock: 5, priceCents: 4200 });
           const placed = await placeOrder(shopper, [{ sku: 'FLIGHT-1', quantity: 2 }]);
           assert.equal(placed.status, 202);
-          await gateway.started; // the pay worker has sent the charge and waits for the answer
-          const payment = await g.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [placed.body.id]);
-          assert.equal(payment[0]?.status, 'charging');
+          await gateway.started; // the pay worker has sent the charge; the gateway has not booked it
+          assert.equal(await paymentStatus(g, placed.body.id), 'charging');
           const cancelled = await shopper.request('POST', `/v1/orders/${placed.body.id}/cancel`);
           assert.equal(cancelled.status, 200, JSON.stringify(cancelled.body));
           assert.equal(cancelled.body.status, 'cancelled');
           assert.equal(await available(a, 'FLIGHT-1'), 5);
-          gateway.release(); // the charge goes through after the cancel
+          // The refund voids the key before the charge gets there.
+          await eventually('the charge key to be voided', async () => ((await paymentStatus(g, placed.body.id)) === 'voided' ? true : undefined));
+          gateway.release();
           await quiesce(g.app);
           const order = await readOrder(a, placed.body.id);
           assert.equal(order.status, 'cancelled');
-          assert.deepEqual(gateway.netCharged(order.id), { charges: 1, netCents: 0 });
-          assert.equal(gateway.refunds.size, 1, 'refunded exactly once');
+          assert.deepEqual(gateway.netCharged(order.id), { charges: 0, netCents: 0 });
+          assert.equal(await paymentStatus(g, order.id), 'voided');
+          const events = await assertMoneyStory(g, a, gateway, order.id);
+          assert.deepEqual(
+            events.filter((e) => e.type === 'charge_attempted').map((e) => [e.detail.outcome]),
+            [['declined']],
+            'the charge that arrived after the void was declined',
+          );
           assert.equal(await available(a, 'FLIGHT-1'), 5);
         });
       });
 
-      it('a cancel before the workers run charges nothing and restores the stock', async () => {
+      it("a cancel while a booked charge's answer is on its way refunds that charge, and the history has it before the refund", async () => {
+        const gateway = new HeldAnswerGateway();
+        await withApp(mode, { gateway }, async ({ t: g, admin: a, shopper }) => {
+          await createProduct(a, { sku: 'FLIGHT-2', stock: 5, priceCents: 4200 });
+          const placed = await placeOrder(shopper, [{ sku: 'FLIGHT-2', quantity: 1 }]);
+          const id = placed.body.id as string;
+          await gateway.booked; // the gateway has made the charge; the pay worker waits for the answer
+          assert.equal((await shopper.request('POST', `/v1/orders/${id}/cancel`)).status, 200);
+          // The refund learns of the charge from the void and refunds it before the pay worker hears back.
+          await eventually('the refund', async () => ((await paymentStatus(g, id)) === 'refunded' ? true : undefined));
+          gateway.release();
+          await quiesce(g.app);
+          assert.equal((await readOrder(a, id)).status, 'cancelled');
+          assert.deepEqual(gateway.netCharged(id), { charges: 1, netCents: 0 });
+          const types = (await assertMoneyStory(g, a, gateway, id)).map((e) => e.type);
+          assert.deepEqual(types, ['accepted', 'stock_held', 'cancel_requested', 'refund_requested', 'charged', 'refunded']);
+          assert.equal(await paymentStatus(g, id), 'refunded');
+        });
+      });
+
+      it('a cancel after a transient failure charges nothing afterwards, also once the gateway answers again', async () => {
+        // The charge failed with a 503 (nothing charged), then the order was
+        // cancelled: twenty orders, each cancelled between its failed
+        // attempts. Charges are served again only once every key is voided,
+        // which a replay of the charge would have charged.
+        const gateway = new FailingChargesGateway();
+        await withApp(mode, { gateway, maxAttempts: 500 }, async ({ t: g, admin: a, shopper }) => {
+          await createProduct(a, { sku: 'FLAKY-1', stock: 100, priceCents: 310 });
+          const ids = await Promise.all(
+            Array.from({ length: 20 }, async () => {
+              const placed = await placeOrder(shopper, [{ sku: 'FLAKY-1', quantity: 1 }], 'tok_flaky');
+              assert.equal(placed.status, 202);
+              const id = placed.body.id as string;
+              await eventually(`a failed charge attempt of ${id}`, async () => ((await history(a, id)).some((e) => e.type === 'charge_attempted' && e.detail.outcome === 'transient') ? true : undefined));
+              const cancelled = await shopper.request('POST', `/v1/orders/${id}/cancel`);
+              assert.equal(cancelled.status, 200, JSON.stringify(cancelled.body));
+              return id;
+            }),
+          );
+          await eventually('every charge key voided', async () => ((await Promise.all(ids.map((id) => paymentStatus(g, id)))).every((s) => s === 'voided') ? true : undefined));
+          gateway.chargesDown = false;
+          await quiesce(g.app);
+          assert.equal(gateway.charges.size, 0, 'nothing was charged after the cancels');
+          assert.equal(gateway.refunds.size, 0);
+          for (const id of ids) {
+            assert.equal((await readOrder(a, id)).status, 'cancelled');
+            const types = (await assertMoneyStory(g, a, gateway, id)).map((e) => e.type);
+            const at = (type: string) => types.indexOf(type);
+            assert.ok(at('cancel_requested') < at('refund_requested') && at('refund_requested') < at('charge_voided'), `order ${id}: ${types.join(', ')}`);
+            assert.ok(!types.includes('charged') && !types.includes('refunded'), `order ${id}: ${types.join(', ')}`);
+            const detail = (await a.request('GET', `/v1/admin/orders/${id}`)).body;
+            assert.deepEqual(detail.moneyMovements.map((e: HistoryEvent) => e.type), ['refund_requested', 'charge_voided']);
+            assert.equal(detail.payment.status, 'voided');
+          }
+          assert.equal(await available(a, 'FLAKY-1'), 100);
+        });
+      });
+
+      it('cancels racing flaky charges (tok_flaky) many times: each order nets zero, and every charge made is in its history before its refund', async () => {
+        const gateway = new SimulatedGateway({ flakyFailureRate: 0.5 });
+        await withApp(mode, { gateway }, async ({ t: g, admin: a, shopper }) => {
+          await createProduct(a, { sku: 'RACE-1', stock: 100, priceCents: 275 });
+          // Cancels at every point of the charge: at once, after the first
+          // attempt is recorded, or whenever the order is no longer fresh.
+          const ids = await Promise.all(
+            Array.from({ length: 40 }, async (_, i) => {
+              const placed = await placeOrder(shopper, [{ sku: 'RACE-1', quantity: 1 }], 'tok_flaky');
+              const id = placed.body.id as string;
+              if (i % 2 === 1) await eventually(`a charge attempt of ${id}`, async () => ((await history(a, id)).some((e) => e.type === 'charge_attempted') ? true : undefined));
+              const cancelled = await shopper.request('POST', `/v1/orders/${id}/cancel`);
+              assert.equal(cancelled.status, 200, JSON.stringify(cancelled.body));
+              return id;
+            }),
+          );
+          await quiesce(g.app);
+          await eventually('every payment settled', async () =>
+            (await Promise.all(ids.map((id) => paymentStatus(g, id)))).every((s) => s !== 'charging' && s !== 'pending') ? true : undefined,
+          );
+          for (const id of ids) {
+            assert.equal((await readOrder(a, id)).status, 'cancelled');
+            await assertMoneyStory(g, a, gateway, id);
+          }
+          assert.equal(await available(a, 'RACE-1'), 100);
+        });
+      });
+
+      it('on a gateway without a void, a cancel after a transient failure learns by replaying the charge: the charge it makes is in the history, then refunded', async () => {
+        const gateway = new NoVoidGateway();
+        await withApp(mode, { gateway, maxAttempts: 500 }, async ({ t: g, admin: a, shopper }) => {
+          await createProduct(a, { sku: 'NOVOID-1', stock: 2, priceCents: 990 });
+          const placed = await placeOrder(shopper, [{ sku: 'NOVOID-1', quantity: 1 }], 'tok_flaky');
+          const id = placed.body.id as string;
+          await eventually('a failed charge attempt', async () => ((await history(a, id)).some((e) => e.type === 'charge_attempted') ? true : undefined));
+          assert.equal((await shopper.request('POST', `/v1/orders/${id}/cancel`)).status, 200);
+          await eventually('the refund to ask for a void', async () => (gateway.voidCalls >= 1 ? true : undefined));
+          gateway.down = false;
+          await quiesce(g.app);
+          await eventually('the refund', async () => ((await paymentStatus(g, id)) === 'refunded' ? true : undefined));
+          assert.deepEqual(gateway.netCharged(id), { charges: 1, netCents: 0 });
+          await assertMoneyStory(g, a, gateway, id);
+        });
+      });
+
+      it('a cancel before the workers run charges nothing, voids the payment and restores the stock', async () => {
         await withApp(mode, { startWorkers: false }, async ({ t: g, admin: a, shopper }) => {
           await createProduct(a, { sku: 'EARLY-1', stock: 3, priceCents: 100 });
           const placed = await placeOrder(shopper, [{ sku: 'EARLY-1', quantity: 3 }]);
           assert.equal(await available(a, 'EARLY-1'), 0);
           assert.equal((await shopper.request('POST', `/v1/orders/${placed.body.id}/cancel`)).status, 200);
+          assert.equal(await paymentStatus(g, placed.body.id), 'voided', 'a payment never sent ends voided, not pending');
           g.app.startWorkers();
           await quiesce(g.app);
           assert.equal((await readOrder(a, placed.body.id)).status, 'cancelled');
           assert.deepEqual(g.gateway.netCharged(placed.body.id), { charges: 0, netCents: 0 });
+          assert.equal(g.gateway.chargeCalls + g.gateway.voidCalls, 0, 'the gateway was never called');
+          assert.equal(await paymentStatus(g, placed.body.id), 'voided');
+          assert.deepEqual(
+            (await history(a, placed.body.id)).map((e) => e.type),
+            ['accepted', 'stock_held', 'cancel_requested', 'charge_voided'],
+          );
           assert.equal(await available(a, 'EARLY-1'), 3);
         });
       });
@@ -361,8 +526,9 @@ for (const mode of modes()) {
           );
           assert.equal(await g.app.sweeper!.sweep(), 1, 'only the overdue refund is re-driven, not the confirmed order');
           await quiesce(g.app);
-          assert.equal(await paymentStatus(), 'refunded');
-          assert.equal(gateway.netCharged(id).netCents, 0);
+          // Nothing was ever charged: the re-driven refund voids the key instead of charging it to learn that.
+          assert.equal(await paymentStatus(), 'voided');
+          assert.deepEqual(gateway.netCharged(id), { charges: 0, netCents: 0 });
           assert.deepEqual(gateway.netCharged(kept.body.id), { charges: 1, netCents: 400 });
           assert.equal(await g.app.sweeper!.sweep(), 0, 'a settled payment is not re-driven');
         });

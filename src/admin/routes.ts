@@ -47,6 +47,9 @@ export interface AdminDeps {
 }
 
 const errors = { 400: Problem, 401: Problem, 403: Problem };
+
+/** The events that tell what happened to an order's money at the gateway. */
+const MONEY_MOVEMENTS = new Set<string>(['charged', 'refund_requested', 'refunded', 'refund_failed', 'charge_voided']);
 const Page = <T extends ReturnType<typeof Type.Object>>(item: T) =>
   Type.Object({ items: Type.Array(item), nextCursor: Type.Union([Type.String(), Type.Null()]) });
 
@@ -67,7 +70,7 @@ const AdminOrder = Type.Object({
     [
       Type.Object({
         status: Type.String({
-          description: 'pending, charging, succeeded, declined, refunded, failed or refund_failed',
+          description: 'pending, charging, succeeded, declined, refunded, failed, refund_failed or voided',
         }),
         amountCents: Type.Integer(),
         currency: Type.String(),
@@ -87,7 +90,8 @@ const AdminOrder = Type.Object({
     description: 'The charge_attempted events: each attempt with its outcome (succeeded, declined, transient, refused)',
   }),
   moneyMovements: Type.Array(OrderEvent, {
-    description: 'charged, refund_requested, refunded and refund_failed events: what moved at the gateway',
+    description:
+      'charged, refund_requested, refunded, refund_failed and charge_voided events: what moved at the gateway, and a charge voided with nothing charged',
   }),
 });
 
@@ -232,13 +236,7 @@ export function adminRoutes(deps: AdminDeps): Routes {
           payment: payment ?? null,
           events,
           paymentAttempts: events.filter((e) => e.type === 'charge_attempted'),
-          moneyMovements: events.filter(
-            (e) =>
-              e.type === 'charged' ||
-              e.type === 'refund_requested' ||
-              e.type === 'refunded' ||
-              e.type === 'refund_failed',
-          ),
+          moneyMovements: events.filter((e) => MONEY_MOVEMENTS.has(e.type)),
         };
       },
     });

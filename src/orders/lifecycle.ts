@@ -26,10 +26,12 @@ async function lockOrder(tx: Queryable, orderId: string, customerId?: string): P
 /**
  * Payment succeeded: each pending order becomes confirmed (its held stock is
  * now sold). For a batch of paid orders: lock them in id order, let the
- * state machine decide, move the ones it allows.
+ * state machine decide, move the ones it allows. `locked`: the statuses the
+ * caller read when it locked these orders itself in this transaction
+ * (lockOrderStatuses), which saves a round trip.
  */
-export async function confirmOrders(tx: Queryable, orderIds: readonly string[]): Promise<Map<string, Outcome>> {
-  const before = await lockOrderStatuses(tx, orderIds);
+export async function confirmOrders(tx: Queryable, orderIds: readonly string[], locked?: Map<string, OrderStatus>): Promise<Map<string, Outcome>> {
+  const before = locked ?? (await lockOrderStatuses(tx, orderIds));
   const { from, to } = transitionsOf('confirm');
   const moving = orderIds.filter((id) => {
     const status = before.get(id);

@@ -260,6 +260,7 @@ export const ORDER_EVENT_TYPES = [
   'refund_failed',
   'redriven',
   'dead_letter_discarded',
+  'charge_voided',
 ] as const;
 export type OrderEventType = (typeof ORDER_EVENT_TYPES)[number];
 

@@ -53,9 +53,15 @@ export async function startGatewayServer(options: { port?: number; host?: string
 async function route(gateway: SimulatedGateway, request: IncomingMessage, response: ServerResponse): Promise<void> {
   const path = (request.url ?? '/').split('?')[0];
   if (request.method === 'GET' && path === '/v1/ledger') {
-    return reply(response, 200, { charges: [...gateway.charges.values()], refunds: [...gateway.refunds.values()], chargeCalls: gateway.chargeCalls });
+    return reply(response, 200, {
+      charges: [...gateway.charges.values()],
+      refunds: [...gateway.refunds.values()],
+      voided: [...gateway.voided],
+      chargeCalls: gateway.chargeCalls,
+      voidCalls: gateway.voidCalls,
+    });
   }
-  if (path !== '/v1/charges' && path !== '/v1/refunds') return reply(response, 404, { error: 'not found' });
+  if (path !== '/v1/charges' && path !== '/v1/refunds' && path !== '/v1/voids') return reply(response, 404, { error: 'not found' });
   if (request.method !== 'POST') return reply(response, 405, { error: 'use POST' }, { allow: 'POST' });
   const idempotencyKey = request.headers['idempotency-key'];
   if (typeof idempotencyKey !== 'string' || idempotencyKey === '') throw new BadRequest(400, 'Idempotency-Key header required');
@@ -69,6 +75,10 @@ async function route(gateway: SimulatedGateway, request: IncomingMessage, respon
       reference: field(body, 'reference', 'string'),
     });
     return result.status === 'succeeded' ? reply(response, 201, { id: result.chargeId, status: 'succeeded' }) : reply(response, 402, { code: result.code });
+  }
+  if (path === '/v1/voids') {
+    const voided = await gateway.voidCharge({ chargeKey: field(body, 'chargeKey', 'string'), reference: field(body, 'reference', 'string') });
+    return reply(response, 200, voided.status === 'succeeded' ? { status: 'succeeded', id: voided.chargeId } : voided);
   }
   const refund = await gateway.refund({ idempotencyKey, chargeId: field(body, 'chargeId', 'string'), amountCents: field(body, 'amountCents', 'number') });
   return reply(response, 201, { id: refund.refundId });

@@ -31,9 +31,34 @@ export interface RefundRequest {
   amountCents: number;
 }
 
+/** A void of the charge made, or not, under a charge's idempotency key: how an unknown charge outcome is settled without charging. */
+export interface VoidRequest {
+  /** The charge's idempotency key (not a key of the void's own: voiding is idempotent by nature). */
+  chargeKey: string;
+  /** Our order id, for the gateway's records. */
+  reference: string;
+}
+
+/**
+ * What the gateway knows of the charge key once voided:
+ *   voided       no charge was made under the key, and none ever will be (a
+ *                charge sent with it later is declined, code charge_voided);
+ *   succeeded    a charge exists under the key (one in flight was waited for);
+ *   declined     the key's first answer was a decline: nothing was charged;
+ *   unsupported  the gateway has no void (it answered 404, 405 or 501): only
+ *                a replay of the charge can tell, and that may charge now.
+ */
+export type VoidResult = { status: 'voided' } | ChargeResult | { status: 'unsupported' };
+
 export interface PaymentGateway {
   charge(request: ChargeRequest, signal?: AbortSignal): Promise<ChargeResult>;
   refund(request: RefundRequest, signal?: AbortSignal): Promise<{ refundId: string }>;
+  /**
+   * Settles a charge whose answer we never learned without making one: the
+   * charge under the key if there is one, else the key is spent so that no
+   * charge can be made with it, also by a request still on its way.
+   */
+  voidCharge(request: VoidRequest, signal?: AbortSignal): Promise<VoidResult>;
 }
 
 /** A failure worth retrying with the same idempotency key: 5xx, timeout, connection error. */

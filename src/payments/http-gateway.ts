@@ -25,8 +25,20 @@ import {
   type ChargeResult,
   type PaymentGateway,
   type RefundRequest,
+  type VoidRequest,
+  type VoidResult,
 } from './gateway.ts';
 import { activeSpan, injectHeaders, inSpan, SpanKind } from '../observability/tracing.ts';
+
+/**
+ * Answers to a void from a gateway that has none: the route is unknown (404),
+ * does not take POST (405) or is not implemented (501). The contract's
+ * gateway offers charges and refunds only, so such a gateway is expected.
+ */
+const NO_VOID_STATUSES = new Set([404, 405, 501]);
+
+/** What a call that carries no amount (a void) passes for it. */
+const NO_AMOUNT = Symbol('no amount');
 
 /** Statuses that say "not now" rather than "not this": 408 Request Timeout, 429 Too Many Requests (RFC 9110, RFC 6585). */
 const TRANSIENT_STATUSES = new Set([408, 429]);
@@ -97,12 +109,29 @@ export class HttpGateway implements PaymentGateway {
     throw new GatewayRequestError(status, `payment gateway refused the refund with HTTP ${status}${errorOf(body)}`);
   }
 
+  /**
+   * `POST /v1/voids` `{ chargeKey, reference }` with its own Idempotency-Key
+   * (the order's void key) → 200 `{ status: "voided" }`, `{ status:
+   * "succeeded", id }` or `{ status: "declined", code }`; 404, 405 or 501:
+   * the gateway has no void (`unsupported`).
+   */
+  async voidCharge(req: VoidRequest, signal?: AbortSignal): Promise<VoidResult> {
+    const { status, body } = await this.#post('/v1/voids', `${req.chargeKey}-void`, NO_AMOUNT, { chargeKey: req.chargeKey, reference: req.reference }, signal);
+    if (NO_VOID_STATUSES.has(status)) return { status: 'unsupported' };
+    if (status < 200 || status >= 300) throw new GatewayRequestError(status, `payment gateway refused the void with HTTP ${status}${errorOf(body)}`);
+    if (body?.status === 'voided') return { status: 'voided' };
+    if (body?.status === 'declined') return { status: 'declined', code: typeof body.code === 'string' ? body.code : 'card_declined' };
+    if (body?.status === 'succeeded') return { status: 'succeeded', chargeId: answerId(body, 'charge', status) };
+    throw new GatewayAnswerError(`payment gateway answered the void with HTTP ${status} but no status we know: a charge may exist`);
+  }
+
   close(): Promise<void> {
     return this.#pool.close();
   }
 
+  /** `amountCents`: checked before sending; NO_AMOUNT for a void, which moves no money. */
   async #post(path: string, idempotencyKey: string, amountCents: unknown, payload: object, signal?: AbortSignal) {
-    const invalid = amountProblem(amountCents);
+    const invalid = amountCents === NO_AMOUNT ? undefined : amountProblem(amountCents);
     if (invalid !== undefined) throw new GatewayRequestError(undefined, `payment request not sent: ${invalid}`);
     let text: string;
     try {

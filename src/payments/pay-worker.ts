@@ -25,7 +25,7 @@ import { PermanentJobError, type Job, type JobQueue } from '../messaging/queue.t
 import type { Metrics } from '../observability/metrics.ts';
 import { tagOrder } from '../observability/tracing.ts';
 import { acceptTimeOf } from '../orders/ids.ts';
-import { recordOrderEvents } from '../orders/history.ts';
+import { recordOrderEvents, type NewOrderEvent } from '../orders/history.ts';
 import { confirmOrders, lockOrderStatuses, refundIfOwed, rejectOrder, statusesOf } from '../orders/lifecycle.ts';
 import type { PaymentPort } from '../orders/payment-port.ts';
 import { awaitsPayment, refusesRefund } from '../orders/state-machine.ts';
@@ -35,7 +35,7 @@ import { GROUP_COMMIT, PAYMENTS } from '../tunables.ts';
 import { storableText } from '../text.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
 import { CHARGE_QUEUE, chargeKey, chargeOutcomeUnknown, mayRefund, OrderJobPayload, paymentPort, REFUND_QUEUE, refundKey } from './payments.ts';
-import { findPayment, markDeclined, markFailed, markRefunded, markRefundFailed, markSucceeded, startCharging, type Payment } from './store.ts';
+import { findPayment, markDeclined, markFailed, markRefunded, markRefundFailed, markSucceeded, markVoided, startCharging, type Payment } from './store.ts';
 
 export interface PayWorkerDeps {
   db: Database;
@@ -119,24 +119,33 @@ async function startChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPor
  * Confirms the paid orders and records their charges. An order cancelled (or
  * given up on) while its charge was in flight gets its money back; one
  * already confirmed was confirmed by a duplicate delivery with this very
- * charge (one idempotency key), and keeps it.
+ * charge (one idempotency key), and keeps it. A charge enters the order's
+ * history once, before the confirmation, and only from the transaction that
+ * recorded it first: a duplicate delivery, or a refund that learned of the
+ * charge from the gateway and refunded it already, wrote it before.
  */
 async function recordChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPort, paid: readonly PaidJob[]): Promise<UnitOutcome<boolean>[]> {
   const orderIds = paid.map((p) => p.job.payload.orderId);
-  // Pipelined, one round trip (see Queryable): confirmOrders has locked the orders before their payments are touched.
-  const [outcomes] = await Promise.all([
-    confirmOrders(tx, orderIds),
-    recordOrderEvents(
-      tx,
-      paid.flatMap(({ job, payment, chargeId }) => [
-        { orderId: job.payload.orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: 'succeeded' } },
-        { orderId: job.payload.orderId, type: 'charged', detail: { chargeId, amountCents: payment.amountCents, currency: payment.currency } },
-      ]),
-    ),
+  // Pipelined, one round trip (see Queryable): the orders are locked before their payments are touched.
+  const [locked, firsts] = await Promise.all([
+    lockOrderStatuses(tx, orderIds),
     markSucceeded(
       tx,
       paid.map((p) => ({ orderId: p.job.payload.orderId, chargeId: p.chargeId })),
     ),
+  ]);
+  // Pipelined too: the charges' events are written before confirmOrders writes `confirmed`.
+  const [, outcomes] = await Promise.all([
+    recordOrderEvents(
+      tx,
+      paid
+        .filter(({ job }) => firsts.has(job.payload.orderId))
+        .flatMap(({ job, payment, chargeId }) => [
+          { orderId: job.payload.orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: 'succeeded' } },
+          { orderId: job.payload.orderId, type: 'charged', detail: { chargeId, amountCents: payment.amountCents, currency: payment.currency } },
+        ]),
+    ),
+    confirmOrders(tx, orderIds, locked),
     queue.markDoneMany(
       tx,
       paid.map((p) => p.job),
@@ -242,10 +251,18 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   }
   await db.transaction(async (tx) => {
     if (settled.kind === 'refunded') {
-      await markRefunded(tx, orderId, settled.chargeId, settled.refundId);
-      await recordOrderEvents(tx, [
-        { orderId, type: 'refunded', detail: { refundId: settled.refundId, chargeId: settled.chargeId, amountCents: payment.amountCents, currency: payment.currency } },
-      ]);
+      const recorded = await markRefunded(tx, orderId, settled.chargeId, settled.refundId);
+      // The refund learned of the charge from the gateway (a lost answer, or a
+      // charge still in flight when the order was cancelled): the history gets
+      // the charge first, so every charge is in it, and before its refund.
+      const events: NewOrderEvent[] = [];
+      if (recorded && !recorded.chargeWasRecorded)
+        events.push({ orderId, type: 'charged', detail: { chargeId: settled.chargeId, amountCents: payment.amountCents, currency: payment.currency, learnedBy: settled.learnedBy } });
+      if (recorded)
+        events.push({ orderId, type: 'refunded', detail: { refundId: settled.refundId, chargeId: settled.chargeId, amountCents: payment.amountCents, currency: payment.currency } });
+      await recordOrderEvents(tx, events);
+    } else if (settled.kind === 'voided') {
+      if (await markVoided(tx, orderId)) await recordOrderEvents(tx, [{ orderId, type: 'charge_voided', detail: { sent: true } }]);
     } else if (settled.kind === 'declined') await markDeclined(tx, orderId);
     else await markFailed(tx, orderId, settled.reason);
     await job.markDone(tx);
@@ -254,25 +271,37 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
 
 /**
  * The gateway calls of a refund. A payment whose charge's answer we never
- * learned replays the charge key first: the gateway's first answer (or the
- * charge made now, which is then refunded: either way the order nets zero).
- * A declined replay, or one the gateway refuses, means nothing was charged.
+ * learned is settled by voiding its charge key: the gateway answers with the
+ * charge if one was made (waiting for one still in flight), else spends the
+ * key so that none can be made. Nothing is charged after a cancel this way;
+ * a charge that exists is then refunded. Only a gateway without a void
+ * (unsupported) leaves the replay of the charge key, which returns the first
+ * answer or makes the charge now (then refunded: the order nets zero either
+ * way). A declined answer, or a replay the gateway refuses, means nothing was
+ * charged.
  */
 async function settleRefund(gateway: PaymentGateway, payment: Payment) {
   let chargeId = payment.chargeId;
+  let learnedBy: 'void' | 'replay' | undefined;
   if (chargeOutcomeUnknown(payment.status) || chargeId === null) {
-    let replay: ChargeResult;
-    try {
-      replay = await charge(gateway, payment);
-    } catch (error) {
-      if (!(error instanceof GatewayRequestError)) throw error;
-      return { kind: 'nothing_charged', reason: `the charge was refused, so there is nothing to refund: ${error.message}` } as const;
+    const voided = await gateway.voidCharge({ chargeKey: chargeKey(payment.orderId), reference: payment.orderId });
+    let answer: ChargeResult;
+    if (voided.status === 'voided') return { kind: 'voided' } as const;
+    if (voided.status !== 'unsupported') answer = voided;
+    else {
+      try {
+        answer = await charge(gateway, payment);
+      } catch (error) {
+        if (!(error instanceof GatewayRequestError)) throw error;
+        return { kind: 'nothing_charged', reason: `the charge was refused, so there is nothing to refund: ${error.message}` } as const;
+      }
     }
-    if (replay.status === 'declined') return { kind: 'declined' } as const;
-    chargeId = replay.chargeId;
+    if (answer.status === 'declined') return { kind: 'declined' } as const;
+    chargeId = answer.chargeId;
+    learnedBy = voided.status === 'unsupported' ? 'replay' : 'void';
   }
   const { refundId } = await gateway.refund({ idempotencyKey: refundKey(payment.orderId), chargeId, amountCents: payment.amountCents });
-  return { kind: 'refunded', chargeId, refundId } as const;
+  return { kind: 'refunded', chargeId, refundId, learnedBy } as const;
 }
 
 /** An error's message as text the database can store (it becomes part of an order's history). */

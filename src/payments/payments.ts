@@ -8,7 +8,10 @@
 //   failed        → the gateway refused the charge request itself, or it could
 //                   not be sent: nothing was charged, nothing is owed back;
 //   refund_failed → the refund can never succeed as it stands: money may be
-//                   held, and an operator must settle it (last_error says why).
+//                   held, and an operator must settle it (last_error says why);
+//   voided        → no charge was made under its key and none ever will be:
+//                   never sent before its order was cancelled or rejected, or
+//                   its unknown answer settled by the gateway's void.
 import { Type } from 'typebox';
 import { AppError } from '../errors.ts';
 import type { JobQueue } from '../messaging/queue.ts';
@@ -17,7 +20,7 @@ import { ORDER_ID_PATTERN } from '../orders/ids.ts';
 import { recordOrderEvents } from '../orders/history.ts';
 import type { PaymentPort, PaymentRequest } from '../orders/payment-port.ts';
 import type { Queryable } from '../storage/database.ts';
-import { findPayment, insertPayments, markRefundRequested, reopenFailed, type PaymentStatus } from './store.ts';
+import { findPayment, insertPayments, markRefundRequested, reopenFailed, voidUnsent, type PaymentStatus } from './store.ts';
 
 export { paymentSummary, type PaymentSummary } from './store.ts';
 
@@ -84,12 +87,17 @@ export async function queueCharges(tx: Queryable, queue: JobQueue, charges: read
 /**
  * Queues a refund of the order's payment if a charge may exist (charging or
  * succeeded), and notes when it was asked for (the sweeper re-drives it from
- * then on). The order side decides whether money is owed back (orders'
+ * then on); a payment never sent is voided there and then, since no charge
+ * can follow (the caller holds the order's lock and the order is no longer
+ * pending). The order side decides whether money is owed back (orders'
  * refundIfOwed); this only knows whether any may have moved.
  */
 async function refundIfCharged(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
   const owed = await markRefundRequested(tx, orderId);
-  if (!owed) return;
+  if (!owed) {
+    if (await voidUnsent(tx, orderId)) await recordOrderEvents(tx, [{ orderId, type: 'charge_voided', detail: { sent: false } }]);
+    return;
+  }
   await redriveRefunds(tx, queue, [orderId]);
   if (owed.first) await recordOrderEvents(tx, [{ orderId, type: 'refund_requested', detail: { amountCents: owed.amountCents, currency: owed.currency } }]);
 }

@@ -6,7 +6,17 @@
 // a positive safe integer of minor units and a refund larger than its charge.
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { amountProblem, GatewayRequestError, TransientGatewayError, type ChargeRequest, type ChargeResult, type PaymentGateway, type RefundRequest } from './gateway.ts';
+import {
+  amountProblem,
+  GatewayRequestError,
+  TransientGatewayError,
+  type ChargeRequest,
+  type ChargeResult,
+  type PaymentGateway,
+  type RefundRequest,
+  type VoidRequest,
+  type VoidResult,
+} from './gateway.ts';
 
 export interface LedgerCharge {
   id: string;
@@ -42,8 +52,12 @@ export class SimulatedGateway implements PaymentGateway {
   readonly #refundReplies = new Map<string, Promise<{ refundId: string }>>();
   readonly #latencyMs: number;
   readonly #flakyFailureRate: number;
+  /** Charge keys voided with nothing charged under them: a charge sent with one is declined. */
+  readonly voided = new Set<string>();
   /** Every charge call received, replays included: proves retries happened. */
   chargeCalls = 0;
+  /** Every void call received. */
+  voidCalls = 0;
 
   constructor(options: SimulatedGatewayOptions = {}) {
     this.#latencyMs = options.latencyMs ?? 0;
@@ -80,6 +94,29 @@ export class SimulatedGateway implements PaymentGateway {
       this.refunds.set(id, { id, chargeId: request.chargeId, amountCents: request.amountCents });
       return { refundId: id };
     });
+  }
+
+  async voidCharge(request: VoidRequest): Promise<VoidResult> {
+    this.voidCalls++;
+    await this.#latency();
+    // The key's first answer decides, as for a replay; a charge still in
+    // flight is waited for. Only a key with no answer, and no call in flight,
+    // is voided: its place is taken by a decline, so that a charge arriving
+    // later can never be made under it.
+    for (;;) {
+      if (this.voided.has(request.chargeKey)) return { status: 'voided' };
+      const existing = this.#chargeReplies.get(request.chargeKey);
+      if (!existing) {
+        this.voided.add(request.chargeKey);
+        this.#chargeReplies.set(request.chargeKey, Promise.resolve({ status: 'declined', code: 'charge_voided' }));
+        return { status: 'voided' };
+      }
+      try {
+        return await existing;
+      } catch {
+        // A failed call is forgotten (see #once): the key is free again, so look once more.
+      }
+    }
   }
 
   /** Net amount charged for an order reference: charges minus refunds. */

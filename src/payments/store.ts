@@ -5,7 +5,7 @@ import type { Queryable } from '../storage/database.ts';
 import { storableText } from '../text.ts';
 import type { PaymentRequest } from '../orders/payment-port.ts';
 
-export type PaymentStatus = 'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded' | 'failed' | 'refund_failed';
+export type PaymentStatus = 'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded' | 'failed' | 'refund_failed' | 'voided';
 
 export interface Payment {
   orderId: string;
@@ -105,18 +105,45 @@ export async function startCharging(tx: Queryable, orderIds: readonly string[]):
   return new Map(rows.map((row) => [row.order_id, toPayment(row)]));
 }
 
-/** Records successful charges, except where a refund already settled the payment. */
-export async function markSucceeded(
-  tx: Queryable,
-  charges: readonly { orderId: string; chargeId: string }[],
-): Promise<void> {
-  if (charges.length === 0) return;
-  await tx.query(
+/**
+ * Records successful charges, except where a refund already settled the
+ * payment; returns the orders whose charge this recorded first (the others'
+ * charge was recorded by a duplicate delivery or by their refund), so that
+ * each charge enters the order's history once.
+ */
+export async function markSucceeded(tx: Queryable, charges: readonly { orderId: string; chargeId: string }[]): Promise<Set<string>> {
+  if (charges.length === 0) return new Set();
+  const rows = await tx.query<{ order_id: string }>(
     `UPDATE payments.payments p SET status = 'succeeded', charge_id = c.charge_id, updated_at = now()
        FROM unnest($1::text[], $2::text[]) AS c(order_id, charge_id)
-      WHERE p.order_id = c.order_id AND p.status IN ('pending', 'charging')`,
+      WHERE p.order_id = c.order_id AND p.status IN ('pending', 'charging')
+      RETURNING p.order_id`,
     [charges.map((c) => c.orderId), charges.map((c) => c.chargeId)],
   );
+  return new Set(rows.map((r) => r.order_id));
+}
+
+/**
+ * A payment whose charge was never sent will never be: its order is no
+ * longer pending (the caller holds the order's lock, so no pay worker can be
+ * starting it). True if the payment was pending and is now voided.
+ */
+export async function voidUnsent(tx: Queryable, orderId: string): Promise<boolean> {
+  const rows = await tx.query(`UPDATE payments.payments SET status = 'voided', updated_at = now() WHERE order_id = $1 AND status = 'pending' RETURNING order_id`, [orderId]);
+  return rows.length > 0;
+}
+
+/**
+ * The gateway voided the charge key of a payment whose charge's answer was
+ * unknown: nothing was charged and nothing can be. True if this moved the
+ * payment (false: settled already, by another delivery of the refund).
+ */
+export async function markVoided(tx: Queryable, orderId: string): Promise<boolean> {
+  const rows = await tx.query(
+    `UPDATE payments.payments SET status = 'voided', updated_at = now() WHERE order_id = $1 AND status IN ('charging', 'refund_failed') AND charge_id IS NULL RETURNING order_id`,
+    [orderId],
+  );
+  return rows.length > 0;
 }
 
 export async function markDeclined(tx: Queryable, orderId: string): Promise<void> {
@@ -147,11 +174,20 @@ export async function markRefundFailed(tx: Queryable, orderId: string, reason: s
   );
 }
 
-export async function markRefunded(tx: Queryable, orderId: string, chargeId: string, refundId: string): Promise<void> {
-  await tx.query(
-    `UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1`,
+/**
+ * Records a refund, once: undefined when the payment was refunded already
+ * (another delivery of the refund job), else whether its charge was already
+ * recorded (false: the refund learned of the charge itself, from the
+ * gateway, and the order's history has not seen it yet).
+ */
+export async function markRefunded(tx: Queryable, orderId: string, chargeId: string, refundId: string): Promise<{ chargeWasRecorded: boolean } | undefined> {
+  // The subquery reads the row as the statement found it (one snapshot per statement): the charge id before this update.
+  const [row] = await tx.query<{ recorded: boolean }>(
+    `UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1 AND status <> 'refunded'
+     RETURNING (SELECT charge_id IS NOT NULL FROM payments.payments WHERE order_id = $1) AS recorded`,
     [orderId, chargeId, refundId],
   );
+  return row ? { chargeWasRecorded: row.recorded } : undefined;
 }
 
 /** A payment the gateway refused (failed) goes back to pending, for an operator's re-drive; false for any other payment. */

@@ -99,6 +99,8 @@ function describe(event, currency) {
       return `refund of ${money(d.amountCents, d.currency ?? currency)} failed — ${d.error}`;
     case 'redriven':
       return `re-driven by ${d.by} from the ${d.queue} dead letters${d.reopened ? '; the order is pending again' : ''}`;
+    case 'charge_voided':
+      return d.sent ? 'charge voided at the gateway: nothing was charged, and nothing can be' : 'charge voided: it was never sent';
     case 'dead_letter_discarded':
       return `dead letter of ${d.queue} discarded by ${d.by}`;
     default:
