@@ -209,6 +209,43 @@ describe('HTTP payment gateway', () => {
     );
   });
 
+  it('voids with POST /v1/voids { chargeKey, reference } under a key of its own, and reads the three answers', async () => {
+    const answers: Record<string, unknown> = {
+      ord_v1: { status: 'voided' },
+      ord_v2: { status: 'succeeded', id: 'ch_42' },
+      ord_v3: { status: 'declined', code: 'card_declined' },
+    };
+    fake.script = (request) => ({ status: 200, body: answers[request.body.reference] });
+    const gateway = http();
+    const void_ = (orderId: string) => gateway.voidCharge({ chargeKey: `orderflow-charge-${orderId}`, reference: orderId });
+    assert.deepEqual(await void_('ord_v1'), { status: 'voided' });
+    assert.deepEqual(await void_('ord_v2'), { status: 'succeeded', chargeId: 'ch_42' });
+    assert.deepEqual(await void_('ord_v3'), { status: 'declined', code: 'card_declined' });
+    assert.deepEqual(fake.received[0] && [fake.received[0].method, fake.received[0].path, fake.received[0].idempotencyKey, fake.received[0].body], [
+      'POST',
+      '/v1/voids',
+      'orderflow-charge-ord_v1-void',
+      { chargeKey: 'orderflow-charge-ord_v1', reference: 'ord_v1' },
+    ]);
+  });
+
+  it('a gateway without a void (404, 405, 501) is told apart from one that fails: unsupported, transient, request error, unreadable answer', async () => {
+    const gateway = http();
+    const void_ = () => gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_nv', reference: 'ord_nv' });
+    for (const status of [404, 405, 501]) {
+      fake.script = () => ({ status, body: { error: 'not here' } });
+      assert.deepEqual(await void_(), { status: 'unsupported' }, `HTTP ${status}`);
+    }
+    fake.script = () => ({ status: 503 });
+    await assert.rejects(void_(), TransientGatewayError);
+    fake.script = () => ({ status: 400, body: { error: 'bad key' } });
+    await assert.rejects(void_(), (e: unknown) => e instanceof GatewayRequestError && e.status === 400);
+    fake.script = () => ({ status: 200, body: { status: 'maybe' } });
+    await assert.rejects(void_(), GatewayAnswerError);
+    fake.script = () => ({ status: 200, body: { status: 'succeeded' } });
+    await assert.rejects(void_(), GatewayAnswerError, 'a charge without its id may exist');
+  });
+
   it('reuses its connections: 20 more charges, refunds, declines and a retried 503 open no TCP connection', async () => {
     fake.script = (request, attempt) =>
       request.body?.token === 'tok_declined'
@@ -512,6 +549,8 @@ describe('the simulated gateway over HTTP (orderflow gateway)', () => {
       ['POST', '/v1/refunds', JSON.stringify({ chargeId: charged.id, amountCents: 2599 }), 400],
       ['POST', '/v1/refunds', JSON.stringify({ chargeId: charged.id, amountCents: 1.5 }), 400],
       ['POST', '/v1/refunds', JSON.stringify({ chargeId: 7, amountCents: 100 }), 400],
+      ['POST', '/v1/voids', JSON.stringify({ chargeKey: 7, reference: 'r' }), 400],
+      ['POST', '/v1/voids', JSON.stringify({ chargeKey: 'k' }), 400],
       ['GET', '/v1/charges', undefined, 405],
       ['POST', '/v1/elsewhere', '{}', 404],
     ];
@@ -528,6 +567,23 @@ describe('the simulated gateway over HTTP (orderflow gateway)', () => {
     assert.equal(noKey.status, 400);
     assert.equal(server.gateway.charges.size, 1, 'only the good charge was booked');
     assert.equal(server.gateway.refunds.size, 0);
+  });
+
+  it('voids a charge key over HTTP: the charge made under it, or the key spent so that a charge sent later is declined', async () => {
+    const gateway = new HttpGateway(server.url);
+    try {
+      const made = (await gateway.charge(charge('ord_made'))) as { chargeId: string };
+      assert.deepEqual(await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_made', reference: 'ord_made' }), { status: 'succeeded', chargeId: made.chargeId });
+      const booked = server.gateway.charges.size;
+      assert.deepEqual(await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_none', reference: 'ord_none' }), { status: 'voided' });
+      assert.deepEqual(await gateway.charge(charge('ord_none')), { status: 'declined', code: 'charge_voided' });
+      assert.deepEqual(await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_none', reference: 'ord_none' }), { status: 'voided' }, 'a void is idempotent');
+      assert.equal(server.gateway.charges.size, booked, 'nothing was charged under the voided key');
+      const ledger = (await (await fetch(`${server.url}/v1/ledger`)).json()) as { voided: string[] };
+      assert.ok(ledger.voided.includes('orderflow-charge-ord_none'));
+    } finally {
+      await gateway.close();
+    }
   });
 
   it('HttpGateway maps its request errors: a refund above the charge is a GatewayRequestError with the status', async () => {

@@ -116,7 +116,7 @@ export class HttpGateway implements PaymentGateway {
    * the gateway has no void (`unsupported`).
    */
   async voidCharge(req: VoidRequest, signal?: AbortSignal): Promise<VoidResult> {
-    const { status, body } = await this.#post('/v1/voids', `${req.chargeKey}-void`, NO_AMOUNT, { chargeKey: req.chargeKey, reference: req.reference }, signal);
+    const { status, body } = await this.#post('/v1/voids', `${req.chargeKey}-void`, NO_AMOUNT, { chargeKey: req.chargeKey, reference: req.reference }, signal, NO_VOID_STATUSES);
     if (NO_VOID_STATUSES.has(status)) return { status: 'unsupported' };
     if (status < 200 || status >= 300) throw new GatewayRequestError(status, `payment gateway refused the void with HTTP ${status}${errorOf(body)}`);
     if (body?.status === 'voided') return { status: 'voided' };
@@ -129,8 +129,11 @@ export class HttpGateway implements PaymentGateway {
     return this.#pool.close();
   }
 
-  /** `amountCents`: checked before sending; NO_AMOUNT for a void, which moves no money. */
-  async #post(path: string, idempotencyKey: string, amountCents: unknown, payload: object, signal?: AbortSignal) {
+  /**
+   * `amountCents`: checked before sending; NO_AMOUNT for a void, which moves
+   * no money. `answered`: statuses the caller reads itself, also 5xx ones.
+   */
+  async #post(path: string, idempotencyKey: string, amountCents: unknown, payload: object, signal?: AbortSignal, answered?: ReadonlySet<number>) {
     const invalid = amountCents === NO_AMOUNT ? undefined : amountProblem(amountCents);
     if (invalid !== undefined) throw new GatewayRequestError(undefined, `payment request not sent: ${invalid}`);
     let text: string;
@@ -147,19 +150,19 @@ export class HttpGateway implements PaymentGateway {
       `POST ${path}`,
       { kind: SpanKind.CLIENT, attributes: { 'http.request.method': 'POST', 'url.full': this.#shownUrl + path } },
       async (span) => {
-        const answer = await this.#send(this.#pathPrefix + path, idempotencyKey, text, signal);
+        const answer = await this.#send(this.#pathPrefix + path, idempotencyKey, text, signal, answered);
         span?.setAttribute('http.response.status_code', answer.status);
         return answer;
       },
     );
   }
 
-  async #send(path: string, idempotencyKey: string, text: string, signal?: AbortSignal) {
+  async #send(path: string, idempotencyKey: string, text: string, signal?: AbortSignal, answered?: ReadonlySet<number>) {
     // The gateway continues our trace (traceparent), if it traces.
     const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': idempotencyKey };
     injectHeaders(headers);
     const { status, answer } = await exchange(this.#pool, { method: 'POST', path, headers, body: text }, signal);
-    if (status >= 500 || TRANSIENT_STATUSES.has(status)) {
+    if ((status >= 500 || TRANSIENT_STATUSES.has(status)) && !answered?.has(status)) {
       activeSpan()?.setAttribute('http.response.status_code', status);
       throw new TransientGatewayError(`payment gateway answered HTTP ${status}`);
     }
