@@ -217,16 +217,25 @@ describe('HTTP payment gateway', () => {
     };
     fake.script = (request) => ({ status: 200, body: answers[request.body.reference] });
     const gateway = http();
-    const void_ = (orderId: string) => gateway.voidCharge({ chargeKey: `orderflow-charge-${orderId}`, reference: orderId });
+    const void_ = (orderId: string) =>
+      gateway.voidCharge({ chargeKey: `orderflow-charge-${orderId}`, reference: orderId });
     assert.deepEqual(await void_('ord_v1'), { status: 'voided' });
     assert.deepEqual(await void_('ord_v2'), { status: 'succeeded', chargeId: 'ch_42' });
     assert.deepEqual(await void_('ord_v3'), { status: 'declined', code: 'card_declined' });
-    assert.deepEqual(fake.received[0] && [fake.received[0].method, fake.received[0].path, fake.received[0].idempotencyKey, fake.received[0].body], [
-      'POST',
-      '/v1/voids',
-      'orderflow-charge-ord_v1-void',
-      { chargeKey: 'orderflow-charge-ord_v1', reference: 'ord_v1' },
-    ]);
+    assert.deepEqual(
+      fake.received[0] && [
+        fake.received[0].method,
+        fake.received[0].path,
+        fake.received[0].idempotencyKey,
+        fake.received[0].body,
+      ],
+      [
+        'POST',
+        '/v1/voids',
+        'orderflow-charge-ord_v1-void',
+        { chargeKey: 'orderflow-charge-ord_v1', reference: 'ord_v1' },
+      ],
+    );
   });
 
   it('a gateway without a void (404, 405, 501) is told apart from one that fails: unsupported, transient, request error, unreadable answer', async () => {
@@ -573,11 +582,20 @@ describe('the simulated gateway over HTTP (orderflow gateway)', () => {
     const gateway = new HttpGateway(server.url);
     try {
       const made = (await gateway.charge(charge('ord_made'))) as { chargeId: string };
-      assert.deepEqual(await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_made', reference: 'ord_made' }), { status: 'succeeded', chargeId: made.chargeId });
+      assert.deepEqual(await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_made', reference: 'ord_made' }), {
+        status: 'succeeded',
+        chargeId: made.chargeId,
+      });
       const booked = server.gateway.charges.size;
-      assert.deepEqual(await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_none', reference: 'ord_none' }), { status: 'voided' });
+      assert.deepEqual(await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_none', reference: 'ord_none' }), {
+        status: 'voided',
+      });
       assert.deepEqual(await gateway.charge(charge('ord_none')), { status: 'declined', code: 'charge_voided' });
-      assert.deepEqual(await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_none', reference: 'ord_none' }), { status: 'voided' }, 'a void is idempotent');
+      assert.deepEqual(
+        await gateway.voidCharge({ chargeKey: 'orderflow-charge-ord_none', reference: 'ord_none' }),
+        { status: 'voided' },
+        'a void is idempotent',
+      );
       assert.equal(server.gateway.charges.size, booked, 'nothing was charged under the voided key');
       const ledger = (await (await fetch(`${server.url}/v1/ledger`)).json()) as { voided: string[] };
       assert.ok(ledger.voided.includes('orderflow-charge-ord_none'));

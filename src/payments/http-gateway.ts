@@ -116,13 +116,24 @@ export class HttpGateway implements PaymentGateway {
    * the gateway has no void (`unsupported`).
    */
   async voidCharge(req: VoidRequest, signal?: AbortSignal): Promise<VoidResult> {
-    const { status, body } = await this.#post('/v1/voids', `${req.chargeKey}-void`, NO_AMOUNT, { chargeKey: req.chargeKey, reference: req.reference }, signal, NO_VOID_STATUSES);
+    const { status, body } = await this.#post(
+      '/v1/voids',
+      `${req.chargeKey}-void`,
+      NO_AMOUNT,
+      { chargeKey: req.chargeKey, reference: req.reference },
+      signal,
+      NO_VOID_STATUSES,
+    );
     if (NO_VOID_STATUSES.has(status)) return { status: 'unsupported' };
-    if (status < 200 || status >= 300) throw new GatewayRequestError(status, `payment gateway refused the void with HTTP ${status}${errorOf(body)}`);
+    if (status < 200 || status >= 300)
+      throw new GatewayRequestError(status, `payment gateway refused the void with HTTP ${status}${errorOf(body)}`);
     if (body?.status === 'voided') return { status: 'voided' };
-    if (body?.status === 'declined') return { status: 'declined', code: typeof body.code === 'string' ? body.code : 'card_declined' };
+    if (body?.status === 'declined')
+      return { status: 'declined', code: typeof body.code === 'string' ? body.code : 'card_declined' };
     if (body?.status === 'succeeded') return { status: 'succeeded', chargeId: answerId(body, 'charge', status) };
-    throw new GatewayAnswerError(`payment gateway answered the void with HTTP ${status} but no status we know: a charge may exist`);
+    throw new GatewayAnswerError(
+      `payment gateway answered the void with HTTP ${status} but no status we know: a charge may exist`,
+    );
   }
 
   close(): Promise<void> {
@@ -133,7 +144,14 @@ export class HttpGateway implements PaymentGateway {
    * `amountCents`: checked before sending; NO_AMOUNT for a void, which moves
    * no money. `answered`: statuses the caller reads itself, also 5xx ones.
    */
-  async #post(path: string, idempotencyKey: string, amountCents: unknown, payload: object, signal?: AbortSignal, answered?: ReadonlySet<number>) {
+  async #post(
+    path: string,
+    idempotencyKey: string,
+    amountCents: unknown,
+    payload: object,
+    signal?: AbortSignal,
+    answered?: ReadonlySet<number>,
+  ) {
     const invalid = amountCents === NO_AMOUNT ? undefined : amountProblem(amountCents);
     if (invalid !== undefined) throw new GatewayRequestError(undefined, `payment request not sent: ${invalid}`);
     let text: string;
@@ -157,7 +175,13 @@ export class HttpGateway implements PaymentGateway {
     );
   }
 
-  async #send(path: string, idempotencyKey: string, text: string, signal?: AbortSignal, answered?: ReadonlySet<number>) {
+  async #send(
+    path: string,
+    idempotencyKey: string,
+    text: string,
+    signal?: AbortSignal,
+    answered?: ReadonlySet<number>,
+  ) {
     // The gateway continues our trace (traceparent), if it traces.
     const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': idempotencyKey };
     injectHeaders(headers);
