@@ -20,7 +20,6 @@ const USAGE = `usage: orderflow <command>
 
 Configuration comes from environment variables; see the README.`;
 
-
 /**
  * WEB_CONCURRENCY > 1: this process forks that many copies of itself that
  * share the listening port (node:cluster hands connections out in turn), so
@@ -38,7 +37,9 @@ function superviseCopies(config: Config): void {
       // restarted forever; after a few quick deaths in a row, give up loudly.
       quickExits = Date.now() - started < 5_000 ? quickExits + 1 : 0;
       if (quickExits >= 5) {
-        process.stderr.write('orderflow: serving processes keep exiting right after they start; giving up (see their errors above)\n');
+        process.stderr.write(
+          'orderflow: serving processes keep exiting right after they start; giving up (see their errors above)\n',
+        );
         process.exit(1);
       }
       process.stderr.write(`orderflow: a serving process exited (${signal ?? `code ${code}`}); starting another\n`);
@@ -95,7 +96,9 @@ async function serve(config: Config): Promise<void> {
     stopping = true;
     app.log.info({ signal }, 'shutting down: draining requests and jobs');
     const force = setTimeout(() => {
-      app.log.error('shutdown took too long; exiting (what this process still held is delivered again: after its lease, its ack wait, or at once)');
+      app.log.error(
+        'shutdown took too long; exiting (what this process still held is delivered again: after its lease, its ack wait, or at once)',
+      );
       process.exit(1);
     }, PROCESS.shutdownGraceMs);
     force.unref();
@@ -125,14 +128,18 @@ async function runMigrate(config: Config): Promise<void> {
 }
 
 async function token(config: Config, args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' } } });
+  const { values } = parseArgs({
+    args,
+    options: { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' } },
+  });
   if (!values.sub) throw new UsageError('token needs --sub <customer id>');
   const scope = values.scope ?? 'orders:write orders:read';
   const { SCOPES } = await import('./identity/verifier.ts');
   const unknown = scope.split(' ').filter((s) => s && !(SCOPES as readonly string[]).includes(s));
   if (unknown.length > 0) throw new UsageError(`unknown scope ${unknown.join(', ')}; known: ${SCOPES.join(', ')}`);
   const ttlSeconds = values.ttl === undefined ? 3600 : Number(values.ttl);
-  if (!Number.isInteger(ttlSeconds) || ttlSeconds <= 0) throw new UsageError('--ttl must be a positive number of seconds');
+  if (!Number.isInteger(ttlSeconds) || ttlSeconds <= 0)
+    throw new UsageError('--ttl must be a positive number of seconds');
   if (config.auth) throw new UsageError('tokens come from your identity provider when AUTH_JWKS_URL is set');
   const { openDevIssuer } = await import('./identity/dev-issuer.ts');
   const issuer = await openDevIssuer(config.dataDir);
@@ -145,7 +152,11 @@ async function gateway(config: Config, args: string[]): Promise<void> {
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError('--port must be a port number');
   const { startGatewayServer } = await import('./payments/gateway-server.ts');
   const { SimulatedGateway } = await import('./payments/simulated-gateway.ts');
-  const server = await startGatewayServer({ port, host: values.host, gateway: new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }) });
+  const server = await startGatewayServer({
+    port,
+    host: values.host,
+    gateway: new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }),
+  });
   process.stdout.write(`simulated payment gateway listening on ${server.url} (ledger: GET ${server.url}/v1/ledger)\n`);
   const stop = () => void server.close().then(() => process.exit(0));
   process.once('SIGTERM', stop);

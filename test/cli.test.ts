@@ -31,13 +31,18 @@ function start(args: string[], env: Record<string, string>): ChildProcess {
 }
 
 /** Runs the CLI to completion. */
-async function run(args: string[], env: Record<string, string>): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+async function run(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
   const child = start(args, env);
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.once('close', (c, sig) => resolve([c, sig])));
+  const [code, signal] = await new Promise<[number | null, string | null]>((resolve) =>
+    child.once('close', (c, sig) => resolve([c, sig])),
+  );
   return { code, signal, stdout, stderr };
 }
 
@@ -47,7 +52,9 @@ async function run(args: string[], env: Record<string, string>): Promise<{ code:
  */
 async function serve(env: Record<string, string>, t: { after(fn: () => Promise<void> | void): void }) {
   const child = start(['serve'], env);
-  const exited = new Promise<[number | null, string | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
+  const exited = new Promise<[number | null, string | null]>((resolve) =>
+    child.once('exit', (code, signal) => resolve([code, signal])),
+  );
   t.after(async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await exited;
@@ -61,7 +68,9 @@ async function serve(env: Record<string, string>, t: { after(fn: () => Promise<v
       const match = /listening on (https?:\/\/\S+?)[\s,]/.exec(stdout);
       if (match) resolve(match[1]!);
     });
-    void exited.then(([code]) => reject(new Error(`serve exited (${code}) before listening:\n${stdout}\n${stderrText}`)));
+    void exited.then(([code]) =>
+      reject(new Error(`serve exited (${code}) before listening:\n${stdout}\n${stderrText}`)),
+    );
   });
   return { child, exited, url, stderr: () => stderrText };
 }
@@ -139,7 +148,9 @@ describe('command line', () => {
     assert.equal(health.status, 200);
     assert.deepEqual(await health.json(), { status: 'ok' });
     // The token command signs with the key in DATA_DIR, which the server verifies with.
-    const orders = await fetch(new URL('/v1/orders', url), { headers: { authorization: `Bearer ${minted.stdout.trim()}` } });
+    const orders = await fetch(new URL('/v1/orders', url), {
+      headers: { authorization: `Bearer ${minted.stdout.trim()}` },
+    });
     assert.equal(orders.status, 200, await orders.clone().text());
     assert.deepEqual(await orders.json(), { items: [], nextCursor: null });
     child.kill('SIGTERM');
@@ -147,7 +158,9 @@ describe('command line', () => {
     // a graceful stop of an idle process.
     const [code, signal] = await Promise.race([
       exited,
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('serve did not exit within 10 s of SIGTERM')), 10_000).unref()),
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error('serve did not exit within 10 s of SIGTERM')), 10_000).unref(),
+      ),
     ]);
     assert.equal(signal, null);
     assert.equal(code, 0, stderr());
@@ -157,36 +170,53 @@ describe('command line', () => {
 describe('serve with WEB_CONCURRENCY', () => {
   const baseUrl = requiredServiceUrl('DATABASE_URL');
 
-  it('runs that many serving processes on one port, replaces one that dies, and stops them all on SIGTERM', { skip: baseUrl === undefined ? 'DATABASE_URL is not set' : undefined }, async (t) => {
-    const database = await freshPostgresDatabase(baseUrl!);
-    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-'));
-    t.after(async () => {
-      await database.drop();
-      await rm(dataDir, { recursive: true, force: true });
-    });
-    const { child, exited, url, stderr } = await serve(cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn', WEB_CONCURRENCY: '2', DATABASE_URL: database.url }), t);
-    t.after(() => {
-      for (const pid of copiesOf(child.pid!)) process.kill(pid, 'SIGKILL');
-    });
-    const copies = await eventually('two serving processes', async () => (copiesOf(child.pid!).length === 2 ? copiesOf(child.pid!) : undefined));
-    // node:cluster hands new connections to the copies in turn, so six ready
-    // answers on fresh connections in a row mean both copies are serving.
-    let readyInARow = 0;
-    await eventually('both copies to serve', async () => ((readyInARow = (await readyOnFreshConnection(url)) ? readyInARow + 1 : 0) >= 6 ? true : undefined), 60_000);
+  it(
+    'runs that many serving processes on one port, replaces one that dies, and stops them all on SIGTERM',
+    { skip: baseUrl === undefined ? 'DATABASE_URL is not set' : undefined },
+    async (t) => {
+      const database = await freshPostgresDatabase(baseUrl!);
+      const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-'));
+      t.after(async () => {
+        await database.drop();
+        await rm(dataDir, { recursive: true, force: true });
+      });
+      const { child, exited, url, stderr } = await serve(
+        cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn', WEB_CONCURRENCY: '2', DATABASE_URL: database.url }),
+        t,
+      );
+      t.after(() => {
+        for (const pid of copiesOf(child.pid!)) process.kill(pid, 'SIGKILL');
+      });
+      const copies = await eventually('two serving processes', async () =>
+        copiesOf(child.pid!).length === 2 ? copiesOf(child.pid!) : undefined,
+      );
+      // node:cluster hands new connections to the copies in turn, so six ready
+      // answers on fresh connections in a row mean both copies are serving.
+      let readyInARow = 0;
+      await eventually(
+        'both copies to serve',
+        async () => ((readyInARow = (await readyOnFreshConnection(url)) ? readyInARow + 1 : 0) >= 6 ? true : undefined),
+        60_000,
+      );
 
-    process.kill(copies[0]!, 'SIGKILL');
-    const replaced = await eventually('the killed copy to be replaced', async () => {
-      const now = copiesOf(child.pid!);
-      return now.length === 2 && !now.includes(copies[0]!) ? now : undefined;
-    });
-    assert.ok(replaced.includes(copies[1]!), 'the other copy kept running');
-    await eventually('the port to answer again', async () => ((await readyOnFreshConnection(url)) ? true : undefined), 60_000);
+      process.kill(copies[0]!, 'SIGKILL');
+      const replaced = await eventually('the killed copy to be replaced', async () => {
+        const now = copiesOf(child.pid!);
+        return now.length === 2 && !now.includes(copies[0]!) ? now : undefined;
+      });
+      assert.ok(replaced.includes(copies[1]!), 'the other copy kept running');
+      await eventually(
+        'the port to answer again',
+        async () => ((await readyOnFreshConnection(url)) ? true : undefined),
+        60_000,
+      );
 
-    child.kill('SIGTERM');
-    const [code] = await exited;
-    assert.equal(code, 0, stderr());
-    assert.deepEqual(copiesOf(child.pid!), [], 'no serving process outlives the supervisor');
-  });
+      child.kill('SIGTERM');
+      const [code] = await exited;
+      assert.equal(code, 0, stderr());
+      assert.deepEqual(copiesOf(child.pid!), [], 'no serving process outlives the supervisor');
+    },
+  );
 });
 
 /** GET /readyz on a new connection (no keep-alive), with a deadline: true when it answers 200. */

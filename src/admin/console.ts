@@ -54,7 +54,14 @@ export function consoleRoutes(deps: {
   devIssuer: DevIssuer | undefined;
 }): Routes {
   return async (app) => {
-    await app.register(fastifyStatic, { root: CONSOLE_DIR, prefix: '/console/', index: ['index.html'], schemaHide: true, cacheControl: false, etag: true });
+    await app.register(fastifyStatic, {
+      root: CONSOLE_DIR,
+      prefix: '/console/',
+      index: ['index.html'],
+      schemaHide: true,
+      cacheControl: false,
+      etag: true,
+    });
     app.get('/console', { schema: { hide: true } }, (_request, reply) => reply.redirect('/console/'));
 
     const vendor = Object.fromEntries(
@@ -63,11 +70,15 @@ export function consoleRoutes(deps: {
         return [name, file === undefined ? resolved : path.join(path.dirname(resolved), file)];
       }),
     );
-    app.get('/console/vendor/:file', { schema: { hide: true, params: Type.Object({ file: Type.String({ maxLength: 64 }) }) } }, (request, reply) => {
-      const file = vendor[request.params.file];
-      if (!file) throw new AppError('not_found', `no console file ${request.params.file}`);
-      return reply.sendFile(path.basename(file), path.dirname(file));
-    });
+    app.get(
+      '/console/vendor/:file',
+      { schema: { hide: true, params: Type.Object({ file: Type.String({ maxLength: 64 }) }) } },
+      (request, reply) => {
+        const file = vendor[request.params.file];
+        if (!file) throw new AppError('not_found', `no console file ${request.params.file}`);
+        return reply.sendFile(path.basename(file), path.dirname(file));
+      },
+    );
 
     // What the sign-in page offers: the token button only where it would work for this request.
     app.get('/console/session-options', { schema: { hide: true } }, async (request) => ({
@@ -77,15 +88,30 @@ export function consoleRoutes(deps: {
     app.post('/console/dev-token', {
       schema: {
         hide: true,
-        response: { 200: Type.Object({ token: Type.String(), scope: Type.String(), expiresInSeconds: Type.Integer() }), 403: Problem, 404: Problem },
+        response: {
+          200: Type.Object({ token: Type.String(), scope: Type.String(), expiresInSeconds: Type.Integer() }),
+          403: Problem,
+          404: Problem,
+        },
       },
       handler: async (request) => {
-        if (!deps.devIssuer) throw new AppError('not_found', 'tokens come from the identity provider: there is no development issuer here');
+        if (!deps.devIssuer)
+          throw new AppError(
+            'not_found',
+            'tokens come from the identity provider: there is no development issuer here',
+          );
         if (!isLoopback(request.raw.socket.remoteAddress)) {
-          throw new AppError('forbidden', 'a development token is minted only for a request from this machine (its TCP peer, not a forwarded header)');
+          throw new AppError(
+            'forbidden',
+            'a development token is minted only for a request from this machine (its TCP peer, not a forwarded header)',
+          );
         }
         const expiresInSeconds = 8 * 3600;
-        return { token: await deps.devIssuer.issue({ sub: 'operator', scope: OPERATOR_SCOPES, ttlSeconds: expiresInSeconds }), scope: OPERATOR_SCOPES, expiresInSeconds };
+        return {
+          token: await deps.devIssuer.issue({ sub: 'operator', scope: OPERATOR_SCOPES, ttlSeconds: expiresInSeconds }),
+          scope: OPERATOR_SCOPES,
+          expiresInSeconds,
+        };
       },
     });
   };

@@ -55,7 +55,8 @@ function fieldErrors(error: FastifyError): FieldError[] {
 
 /** Classifies an error thrown anywhere while serving a request. */
 export function classify(error: unknown): { code: ErrorCode; detail: string; errors?: FieldError[] } {
-  if (error instanceof AppError) return { code: error.code, detail: error.message, ...(error.errors ? { errors: error.errors } : {}) };
+  if (error instanceof AppError)
+    return { code: error.code, detail: error.message, ...(error.errors ? { errors: error.errors } : {}) };
   if (error instanceof DatabaseUnavailableError || error instanceof joseErrors.JWKSTimeout) {
     return { code: 'unavailable', detail: error.message };
   }
@@ -66,7 +67,8 @@ export function classify(error: unknown): { code: ErrorCode; detail: string; err
     // A path whose parameter cannot be an id of anything (a SKU or order id
     // of the wrong form, U+0000, ...) names nothing: not found, like any
     // other id that names nothing, and it never reaches the database.
-    if (fastifyError.validationContext === 'params') return { code: 'not_found', detail: `no such resource: ${detail}` };
+    if (fastifyError.validationContext === 'params')
+      return { code: 'not_found', detail: `no such resource: ${detail}` };
     return { code: 'validation_failed', detail, errors };
   }
   switch (fastifyError.code) {
@@ -85,7 +87,8 @@ export function classify(error: unknown): { code: ErrorCode; detail: string; err
       return { code: 'uri_too_long', detail: `a path segment is longer than ${MAX_PATH_PARAMETER_LENGTH} characters` };
   }
   if (error instanceof SyntaxError) return { code: 'malformed_json', detail: error.message };
-  if (typeof fastifyError.statusCode === 'number' && fastifyError.statusCode === 429) return { code: 'rate_limited', detail: fastifyError.message };
+  if (typeof fastifyError.statusCode === 'number' && fastifyError.statusCode === 429)
+    return { code: 'rate_limited', detail: fastifyError.message };
   if (typeof fastifyError.statusCode === 'number' && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
     return { code: 'validation_failed', detail: fastifyError.message };
   }
@@ -130,7 +133,8 @@ export function createErrorHandler(options: ErrorHandlerOptions = {}): ErrorHand
       unlogged++;
       const at = now();
       if (at - lastLine >= intervalMs) {
-        const cause = error instanceof Error ? { type: error.name, message: error.message } : { message: String(error) };
+        const cause =
+          error instanceof Error ? { type: error.name, message: error.message } : { message: String(error) };
         request.log.warn({ cause, refused: unlogged }, 'requests refused: unavailable (503)');
         lastLine = at;
         unlogged = 0;
@@ -147,7 +151,12 @@ export function createErrorHandler(options: ErrorHandlerOptions = {}): ErrorHand
 function rawProblem(code: ErrorCode, detail: string, headers: Record<string, string> = {}): string {
   const problem = toProblem(code, detail);
   const body = JSON.stringify(problem);
-  const fields = { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': String(Buffer.byteLength(body)), connection: 'close', ...headers };
+  const fields = {
+    'content-type': PROBLEM_CONTENT_TYPE,
+    'content-length': String(Buffer.byteLength(body)),
+    connection: 'close',
+    ...headers,
+  };
   return `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status]}\r\n${Object.entries(fields)
     .map(([name, value]) => `${name}: ${value}\r\n`)
     .join('')}\r\n${body}`;
@@ -171,10 +180,16 @@ export function clientErrorHandler(error: NodeJS.ErrnoException & { reason?: str
   }
   const answer =
     error.code === 'HPE_HEADER_OVERFLOW'
-      ? rawProblem('header_fields_too_large', 'the request line and headers are larger than this server accepts (16 KiB)')
+      ? rawProblem(
+          'header_fields_too_large',
+          'the request line and headers are larger than this server accepts (16 KiB)',
+        )
       : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? rawProblem('request_timeout', 'the request was not received in time')
-        : rawProblem('malformed_request', `the request could not be parsed as HTTP/1.1 (${error.code ?? 'unknown'}${error.reason ? `: ${error.reason}` : ''})`);
+        : rawProblem(
+            'malformed_request',
+            `the request could not be parsed as HTTP/1.1 (${error.code ?? 'unknown'}${error.reason ? `: ${error.reason}` : ''})`,
+          );
   socket.end(answer);
 }
 
@@ -186,5 +201,10 @@ export function connectHandler(_request: unknown, socket: Duplex): void {
 /** An Expect header other than 100-continue (RFC 9110 §10.1.1): 417. */
 export function expectationHandler(_request: unknown, response: ServerResponse): void {
   const body = JSON.stringify(toProblem('expectation_failed', 'only "Expect: 100-continue" is understood'));
-  response.writeHead(ERRORS.expectation_failed.status, { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': Buffer.byteLength(body) }).end(body);
+  response
+    .writeHead(ERRORS.expectation_failed.status, {
+      'content-type': PROBLEM_CONTENT_TYPE,
+      'content-length': Buffer.byteLength(body),
+    })
+    .end(body);
 }

@@ -33,7 +33,12 @@ function SignIn({ onSignedIn, message }) {
   const [error, setError] = useState(message);
   const [devToken, setDevToken] = useState(false);
   useEffect(() => {
-    fetch('/console/session-options').then((r) => r.json()).then((o) => setDevToken(o.devToken), () => setDevToken(false));
+    fetch('/console/session-options')
+      .then((r) => r.json())
+      .then(
+        (o) => setDevToken(o.devToken),
+        () => setDevToken(false),
+      );
   }, []);
   const signIn = async (candidate) => {
     session.token = candidate.trim();
@@ -42,7 +47,11 @@ function SignIn({ onSignedIn, message }) {
       onSignedIn();
     } catch (e) {
       session.token = null;
-      setError(e instanceof ApiError && e.status === 403 ? 'This token lacks the orders:admin scope.' : `Sign-in failed: ${e.message}`);
+      setError(
+        e instanceof ApiError && e.status === 403
+          ? 'This token lacks the orders:admin scope.'
+          : `Sign-in failed: ${e.message}`,
+      );
     }
   };
   const mint = async () => {
@@ -56,12 +65,22 @@ function SignIn({ onSignedIn, message }) {
       <h1>Orderflow console</h1>
       <form onSubmit=${(e) => (e.preventDefault(), signIn(token))}>
         <label for="token">Bearer token (needs the <code>orders:admin</code> scope)</label>
-        <textarea id="token" rows="4" value=${token} onInput=${(e) => setToken(e.target.value)} autocomplete="off" spellcheck="false" required></textarea>
+        <textarea
+          id="token"
+          rows="4"
+          value=${token}
+          onInput=${(e) => setToken(e.target.value)}
+          autocomplete="off"
+          spellcheck="false"
+          required
+        ></textarea>
         <button type="submit">Sign in</button>
       </form>
-      ${devToken &&
-      html`<p>This is the embedded shape with the development issuer, and you are on this machine:</p>
-        <button type="button" class="secondary" onClick=${mint}>Mint an operator token and sign in</button>`}
+      ${
+        devToken &&
+        html`<p>This is the embedded shape with the development issuer, and you are on this machine:</p>
+          <button type="button" class="secondary" onClick=${mint}>Mint an operator token and sign in</button>`
+      }
       ${error && html`<p class="error" role="alert">${error}</p>`}
     </main>
   `;
@@ -104,7 +123,8 @@ function App() {
     addEventListener('orderflow:signed-out', signedOut);
     return () => removeEventListener('orderflow:signed-out', signedOut);
   }, []);
-  if (!signedIn) return html`<${SignIn} message=${message} onSignedIn=${() => (setMessage(undefined), setSignedIn(true))} />`;
+  if (!signedIn)
+    return html`<${SignIn} message=${message} onSignedIn=${() => (setMessage(undefined), setSignedIn(true))} />`;
   return html`<${Shell} route=${route} onSignOut=${() => ((session.token = null), setSignedIn(false))} />`;
 }
 
