@@ -5,7 +5,20 @@
 // hold: a list never misses what was committed before it was asked for.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { ALL_SCOPES, assertRefused, client, createProduct, modes, newKey, placeOrder, quiesce, snapshot, startTestApp, type Client, type TestApp } from './support/harness.ts';
+import {
+  ALL_SCOPES,
+  assertRefused,
+  client,
+  createProduct,
+  modes,
+  newKey,
+  placeOrder,
+  quiesce,
+  snapshot,
+  startTestApp,
+  type Client,
+  type TestApp,
+} from './support/harness.ts';
 
 for (const mode of modes({ replica: true })) {
   describe(`HTTP contract (${mode})`, () => {
@@ -25,7 +38,13 @@ for (const mode of modes({ replica: true })) {
     });
     after(() => t.close());
 
-    const refused = (c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) => assertRefused(t.app, c, method, url, status, options);
+    const refused = (
+      c: Client,
+      method: string,
+      url: string,
+      status: number,
+      options: Parameters<Client['request']>[2] = {},
+    ) => assertRefused(t.app, c, method, url, status, options);
 
     describe('operations', () => {
       it('GET /healthz answers 200 without auth', async () => {
@@ -49,7 +68,10 @@ for (const mode of modes({ replica: true })) {
     describe('authentication and authorization', () => {
       it('no token: 401', async () => {
         await refused(client(t.app), 'GET', '/v1/products', 401);
-        await refused(client(t.app), 'POST', '/v1/orders', 401, { headers: { 'idempotency-key': newKey() }, body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } } });
+        await refused(client(t.app), 'POST', '/v1/orders', 401, {
+          headers: { 'idempotency-key': newKey() },
+          body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } },
+        });
       });
       it('a malformed or forged token: 401', async () => {
         await refused(client(t.app, 'not-a-jwt'), 'GET', '/v1/products', 401);
@@ -62,10 +84,15 @@ for (const mode of modes({ replica: true })) {
         await refused(client(t.app, expired), 'GET', '/v1/orders', 401);
       });
       it('a valid token without the scope: 403', async () => {
-        await refused(alice, 'POST', '/v1/products', 403, { body: { sku: 'X-1', name: 'x', priceCents: 1, currency: 'EUR', stock: 1 } });
+        await refused(alice, 'POST', '/v1/products', 403, {
+          body: { sku: 'X-1', name: 'x', priceCents: 1, currency: 'EUR', stock: 1 },
+        });
         await refused(alice, 'POST', '/v1/products/MUG-1/stock', 403, { body: { delta: 5 } });
         const readOnly = client(t.app, await t.token('alice', 'orders:read'));
-        await refused(readOnly, 'POST', '/v1/orders', 403, { headers: { 'idempotency-key': newKey() }, body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } } });
+        await refused(readOnly, 'POST', '/v1/orders', 403, {
+          headers: { 'idempotency-key': newKey() },
+          body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } },
+        });
         const writeOnly = client(t.app, await t.token('alice', 'orders:write'));
         await refused(writeOnly, 'GET', '/v1/orders', 403);
       });
@@ -73,15 +100,26 @@ for (const mode of modes({ replica: true })) {
 
     describe('catalog', () => {
       it('creates a product (201) and reads it back with available stock', async () => {
-        const created = await admin.request('POST', '/v1/products', { body: { sku: 'NEW_1', name: 'Kettle', priceCents: 4999, currency: 'EUR', stock: 7 } });
+        const created = await admin.request('POST', '/v1/products', {
+          body: { sku: 'NEW_1', name: 'Kettle', priceCents: 4999, currency: 'EUR', stock: 7 },
+        });
         assert.equal(created.status, 201);
-        assert.deepEqual(created.body, { sku: 'NEW_1', name: 'Kettle', priceCents: 4999, currency: 'EUR', stock: 7, available: 7 });
+        assert.deepEqual(created.body, {
+          sku: 'NEW_1',
+          name: 'Kettle',
+          priceCents: 4999,
+          currency: 'EUR',
+          stock: 7,
+          available: 7,
+        });
         const read = await alice.request('GET', '/v1/products/NEW_1');
         assert.equal(read.status, 200);
         assert.deepEqual(read.body, created.body);
       });
       it('an existing SKU: 409', async () => {
-        await refused(admin, 'POST', '/v1/products', 409, { body: { sku: 'MUG-1', name: 'Again', priceCents: 1, currency: 'EUR', stock: 1 } });
+        await refused(admin, 'POST', '/v1/products', 409, {
+          body: { sku: 'MUG-1', name: 'Again', priceCents: 1, currency: 'EUR', stock: 1 },
+        });
       });
       it('bad product bodies: 400 with the offending paths, nothing written', async () => {
         const cases: [unknown, string][] = [
@@ -164,7 +202,17 @@ for (const mode of modes({ replica: true })) {
         assert.equal(response.status, 202);
         const order = response.body;
         assert.equal(response.headers.location, `/v1/orders/${order.id}`);
-        assert.deepEqual(Object.keys(order).sort(), ['createdAt', 'currency', 'customerId', 'id', 'items', 'rejectReason', 'status', 'totalCents', 'updatedAt']);
+        assert.deepEqual(Object.keys(order).sort(), [
+          'createdAt',
+          'currency',
+          'customerId',
+          'id',
+          'items',
+          'rejectReason',
+          'status',
+          'totalCents',
+          'updatedAt',
+        ]);
         assert.equal(order.customerId, 'alice');
         assert.equal(order.status, 'pending');
         assert.equal(order.totalCents, 2 * 1299 + 450);
@@ -222,7 +270,10 @@ for (const mode of modes({ replica: true })) {
           [{ items: [line, { sku: 'NOPE', quantity: 1 }], payment: pay }, 422, '/items/1/sku'],
         ];
         for (const [body, status, path] of cases) {
-          const problem = await refused(alice, 'POST', '/v1/orders', status, { headers: { 'idempotency-key': newKey() }, body });
+          const problem = await refused(alice, 'POST', '/v1/orders', status, {
+            headers: { 'idempotency-key': newKey() },
+            body,
+          });
           assert.ok(
             problem.errors?.some((e: { path: string }) => e.path === path),
             `expected an error at ${path} for ${JSON.stringify(body).slice(0, 120)}: ${JSON.stringify(problem.errors)}`,
@@ -235,33 +286,51 @@ for (const mode of modes({ replica: true })) {
         await createProduct(admin, { sku: 'SILVER-1', stock: 1_000_000_000, priceCents: 33_333_333 });
         // Each field is in range; their product (1e15 per line) and sum (1e16, past 2^53) are not.
         const tenBars = Array.from({ length: 10 }, () => ({ sku: 'GOLD-1', quantity: 1_000_000 }));
-        const lines = await refused(alice, 'POST', '/v1/orders', 422, { headers: { 'idempotency-key': newKey() }, body: { items: tenBars, payment: { token: 'tok_visa' } } });
+        const lines = await refused(alice, 'POST', '/v1/orders', 422, {
+          headers: { 'idempotency-key': newKey() },
+          body: { items: tenBars, payment: { token: 'tok_visa' } },
+        });
         assert.equal(lines.type, '/problems/amount-too-large');
         assert.deepEqual(
           lines.errors.map((e: { path: string }) => e.path),
           tenBars.map((_, i) => `/items/${i}`),
         );
         // Three lines of 33,333,333 are each allowed and total 99,999,999, the default maximum; a fourth is not.
-        const atMost = await placeOrder(alice, [1, 2, 3].map(() => ({ sku: 'SILVER-1', quantity: 1 })));
+        const atMost = await placeOrder(
+          alice,
+          [1, 2, 3].map(() => ({ sku: 'SILVER-1', quantity: 1 })),
+        );
         assert.equal(atMost.status, 202, JSON.stringify(atMost.body));
         assert.equal(atMost.body.totalCents, 99_999_999);
         const total = await refused(alice, 'POST', '/v1/orders', 422, {
           headers: { 'idempotency-key': newKey() },
           body: { items: [1, 2, 3, 4].map(() => ({ sku: 'SILVER-1', quantity: 1 })), payment: { token: 'tok_visa' } },
         });
-        assert.deepEqual(total.errors.map((e: { path: string }) => e.path), ['/items']);
+        assert.deepEqual(
+          total.errors.map((e: { path: string }) => e.path),
+          ['/items'],
+        );
       });
 
       it('an order that totals 0: 422 amount-too-small, nothing written', async () => {
         await createProduct(admin, { sku: 'FREE-1', stock: 10, priceCents: 0 });
-        const problem = await refused(alice, 'POST', '/v1/orders', 422, { headers: { 'idempotency-key': newKey() }, body: { items: [{ sku: 'FREE-1', quantity: 2 }], payment: { token: 'tok_visa' } } });
+        const problem = await refused(alice, 'POST', '/v1/orders', 422, {
+          headers: { 'idempotency-key': newKey() },
+          body: { items: [{ sku: 'FREE-1', quantity: 2 }], payment: { token: 'tok_visa' } },
+        });
         assert.equal(problem.type, '/problems/amount-too-small');
       });
 
       it('items in two currencies: 422, nothing written', async () => {
         await refused(alice, 'POST', '/v1/orders', 422, {
           headers: { 'idempotency-key': newKey() },
-          body: { items: [{ sku: 'MUG-1', quantity: 1 }, { sku: 'USD-1', quantity: 1 }], payment: { token: 'tok_visa' } },
+          body: {
+            items: [
+              { sku: 'MUG-1', quantity: 1 },
+              { sku: 'USD-1', quantity: 1 },
+            ],
+            payment: { token: 'tok_visa' },
+          },
         });
       });
 
@@ -269,8 +338,14 @@ for (const mode of modes({ replica: true })) {
         const headers = { 'idempotency-key': newKey() };
         await refused(alice, 'POST', '/v1/orders', 400, { headers, rawBody: '{"items": [' });
         await refused(alice, 'POST', '/v1/orders', 400, { headers, rawBody: '' });
-        await refused(alice, 'POST', '/v1/orders', 415, { headers: { ...headers, 'content-type': 'text/plain' }, rawBody: 'hello' });
-        const huge = JSON.stringify({ items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'x'.repeat(70 * 1024) } });
+        await refused(alice, 'POST', '/v1/orders', 415, {
+          headers: { ...headers, 'content-type': 'text/plain' },
+          rawBody: 'hello',
+        });
+        const huge = JSON.stringify({
+          items: [{ sku: 'MUG-1', quantity: 1 }],
+          payment: { token: 'x'.repeat(70 * 1024) },
+        });
         await refused(alice, 'POST', '/v1/orders', 413, { headers, rawBody: huge });
       });
 
@@ -342,9 +417,15 @@ for (const mode of modes({ replica: true })) {
       describe('read replica', () => {
         it('served the lists, and never fell back for a reason other than lag', async () => {
           const counted = (await t.app.metrics.routedReads.get()).values;
-          const served = (database: string, reason: string) => counted.find((v) => v.labels.database === database && v.labels.reason === reason)?.value ?? 0;
+          const served = (database: string, reason: string) =>
+            counted.find((v) => v.labels.database === database && v.labels.reason === reason)?.value ?? 0;
           assert.ok(served('replica', 'caught_up') > 0, JSON.stringify(counted));
-          for (const reason of ['down', 'promoted', 'error']) assert.equal(served('primary', reason), 0, `fell back to the primary (${reason}): ${JSON.stringify(counted)}`);
+          for (const reason of ['down', 'promoted', 'error'])
+            assert.equal(
+              served('primary', reason),
+              0,
+              `fell back to the primary (${reason}): ${JSON.stringify(counted)}`,
+            );
         });
       });
     }
@@ -359,62 +440,164 @@ for (const mode of modes({ replica: true })) {
           ['GET', (v) => `/v1/orders/${v}`, undefined],
           ['POST', (v) => `/v1/orders/${v}/cancel`, {}],
         ];
-        const malformed = ['%00', 'a%00b', '%0A', 'has%20space', '%F0%9F%98%80', `${'A'.repeat(65)}`, ORDER.toLowerCase(), `${ORDER}0`, ORDER.replace('W', 'U'), 'ord_'];
+        const malformed = [
+          '%00',
+          'a%00b',
+          '%0A',
+          'has%20space',
+          '%F0%9F%98%80',
+          `${'A'.repeat(65)}`,
+          ORDER.toLowerCase(),
+          `${ORDER}0`,
+          ORDER.replace('W', 'U'),
+          'ord_',
+        ];
         for (const [method, url, body] of routes) {
           for (const value of malformed) {
             // A well-formed SKU in an order route, and an order id in a product route, are well-formed enough to look up.
-            if (url('x').startsWith('/v1/products') && /^[A-Za-z0-9._-]{1,64}$/.test(decodeURIComponent(value))) continue;
+            if (url('x').startsWith('/v1/products') && /^[A-Za-z0-9._-]{1,64}$/.test(decodeURIComponent(value)))
+              continue;
             const problem = await refused(admin, method, url(value), 404, body === undefined ? {} : { body });
             assert.equal(problem.type, '/problems/not-found');
           }
-          assert.equal((await refused(admin, method, url('A'.repeat(101)), 414, body === undefined ? {} : { body })).type, '/problems/uri-too-long');
+          assert.equal(
+            (await refused(admin, method, url('A'.repeat(101)), 414, body === undefined ? {} : { body })).type,
+            '/problems/uri-too-long',
+          );
           for (const value of ['%ZZ', '%E0%A4%A', '%ED%A0%80', '%C0%80']) {
-            assert.equal((await refused(admin, method, url(value), 400, body === undefined ? {} : { body })).type, '/problems/malformed-url');
+            assert.equal(
+              (await refused(admin, method, url(value), 400, body === undefined ? {} : { body })).type,
+              '/problems/malformed-url',
+            );
           }
         }
-        assert.equal((await refused(admin, 'GET', `/v1/products?cursor=${'A'.repeat(8_200)}`, 414)).type, '/problems/uri-too-long');
+        assert.equal(
+          (await refused(admin, 'GET', `/v1/products?cursor=${'A'.repeat(8_200)}`, 414)).type,
+          '/problems/uri-too-long',
+        );
       });
 
       it('text the database cannot store, or control characters in a one-line field, is 400 at its path', async () => {
-        const bad = ['a\u0000b', '\u0000', 'bell\u0007', 'two\nlines', 'tab\there', 'del\u007f', 'c1\u0085', 'lone \ud800 high', 'lone \udfff low', '\udc00\ud800'];
+        const bad = [
+          'a\u0000b',
+          '\u0000',
+          'bell\u0007',
+          'two\nlines',
+          'tab\there',
+          'del\u007f',
+          'c1\u0085',
+          'lone \ud800 high',
+          'lone \udfff low',
+          '\udc00\ud800',
+        ];
         for (const text of bad) {
-          const name = await refused(admin, 'POST', '/v1/products', 400, { body: { sku: 'TXT-1', name: text, priceCents: 1, currency: 'EUR', stock: 1 } });
-          assert.deepEqual(name.errors.map((e: { path: string }) => e.path), ['/name'], JSON.stringify(text));
-          const token = await refused(alice, 'POST', '/v1/orders', 400, { headers: { 'idempotency-key': newKey() }, body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: text } } });
-          assert.deepEqual(token.errors.map((e: { path: string }) => e.path), ['/payment/token'], JSON.stringify(text));
-          const key = await refused(alice, 'POST', '/v1/orders', 400, { headers: { 'idempotency-key': `k-${text}` }, body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } } });
-          assert.deepEqual(key.errors.map((e: { path: string }) => e.path), ['/headers/idempotency-key'], JSON.stringify(text));
+          const name = await refused(admin, 'POST', '/v1/products', 400, {
+            body: { sku: 'TXT-1', name: text, priceCents: 1, currency: 'EUR', stock: 1 },
+          });
+          assert.deepEqual(
+            name.errors.map((e: { path: string }) => e.path),
+            ['/name'],
+            JSON.stringify(text),
+          );
+          const token = await refused(alice, 'POST', '/v1/orders', 400, {
+            headers: { 'idempotency-key': newKey() },
+            body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: text } },
+          });
+          assert.deepEqual(
+            token.errors.map((e: { path: string }) => e.path),
+            ['/payment/token'],
+            JSON.stringify(text),
+          );
+          const key = await refused(alice, 'POST', '/v1/orders', 400, {
+            headers: { 'idempotency-key': `k-${text}` },
+            body: { items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } },
+          });
+          assert.deepEqual(
+            key.errors.map((e: { path: string }) => e.path),
+            ['/headers/idempotency-key'],
+            JSON.stringify(text),
+          );
         }
         // Text outside the BMP (a surrogate pair) and other scripts are text like any other.
-        const created = await admin.request('POST', '/v1/products', { body: { sku: 'TXT-2', name: 'Tasse ☕ 😀 茶碗', priceCents: 1, currency: 'EUR', stock: 1 } });
+        const created = await admin.request('POST', '/v1/products', {
+          body: { sku: 'TXT-2', name: 'Tasse ☕ 😀 茶碗', priceCents: 1, currency: 'EUR', stock: 1 },
+        });
         assert.equal(created.status, 201, JSON.stringify(created.body));
         assert.equal((await alice.request('GET', '/v1/products/TXT-2')).body.name, 'Tasse ☕ 😀 茶碗');
       });
 
       it('a cursor that decodes to something out of range or of the wrong kind is 400', async () => {
         const cursor = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
-        const productCursors = [cursor(123), cursor('\u0000'), cursor('has space'), cursor(null), cursor({}), cursor(['A']), cursor('x'.repeat(65)), '!!', '%00', 'AAAA====', 'x'.repeat(513)];
+        const productCursors = [
+          cursor(123),
+          cursor('\u0000'),
+          cursor('has space'),
+          cursor(null),
+          cursor({}),
+          cursor(['A']),
+          cursor('x'.repeat(65)),
+          '!!',
+          '%00',
+          'AAAA====',
+          'x'.repeat(513),
+        ];
         for (const c of productCursors) await refused(alice, 'GET', `/v1/products?cursor=${c}`, 400);
-        const orderCursors = [cursor(1.5), cursor(0), cursor(-1), cursor(1e300), cursor(2 ** 53), cursor('5'), cursor(null), cursor(true), 'Infinity'];
+        const orderCursors = [
+          cursor(1.5),
+          cursor(0),
+          cursor(-1),
+          cursor(1e300),
+          cursor(2 ** 53),
+          cursor('5'),
+          cursor(null),
+          cursor(true),
+          'Infinity',
+        ];
         for (const c of orderCursors) await refused(alice, 'GET', `/v1/orders?cursor=${c}`, 400);
-        for (const limit of ['1.5', '-1', '1e2', '%00', '', '00', '1&limit=2']) await refused(alice, 'GET', `/v1/orders?limit=${limit}`, 400);
-        assert.equal((await alice.request('GET', `/v1/orders?cursor=${cursor(Number.MAX_SAFE_INTEGER)}`)).status, 200, 'the largest sequence is a cursor');
+        for (const limit of ['1.5', '-1', '1e2', '%00', '', '00', '1&limit=2'])
+          await refused(alice, 'GET', `/v1/orders?limit=${limit}`, 400);
+        assert.equal(
+          (await alice.request('GET', `/v1/orders?cursor=${cursor(Number.MAX_SAFE_INTEGER)}`)).status,
+          200,
+          'the largest sequence is a cursor',
+        );
       });
 
       it('currency must be an ISO 4217 code in circulation', async () => {
         for (const currency of ['XYZ', 'eur', 'EURO', 'EU', 'XTS', 'XXX', '€', 'E\u0000R']) {
-          const problem = await refused(admin, 'POST', '/v1/products', 400, { body: { sku: 'CUR-1', name: 'x', priceCents: 1, currency, stock: 1 } });
-          assert.deepEqual(problem.errors.map((e: { path: string }) => e.path), ['/currency'], currency);
+          const problem = await refused(admin, 'POST', '/v1/products', 400, {
+            body: { sku: 'CUR-1', name: 'x', priceCents: 1, currency, stock: 1 },
+          });
+          assert.deepEqual(
+            problem.errors.map((e: { path: string }) => e.path),
+            ['/currency'],
+            currency,
+          );
         }
-        for (const [sku, currency] of [['CUR-JPY', 'JPY'], ['CUR-CHF', 'CHF'], ['CUR-KWD', 'KWD']]) {
-          assert.equal((await admin.request('POST', '/v1/products', { body: { sku, name: 'x', priceCents: 1, currency, stock: 1 } })).status, 201, currency);
+        for (const [sku, currency] of [
+          ['CUR-JPY', 'JPY'],
+          ['CUR-CHF', 'CHF'],
+          ['CUR-KWD', 'KWD'],
+        ]) {
+          assert.equal(
+            (
+              await admin.request('POST', '/v1/products', {
+                body: { sku, name: 'x', priceCents: 1, currency, stock: 1 },
+              })
+            ).status,
+            201,
+            currency,
+          );
         }
       });
 
       it('cancel takes an empty body or {}: JSON null, an array, a string, a number is 400', async () => {
         const order = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }])).body;
         for (const rawBody of ['null', '[]', '"x"', '0', 'true', '{"a":1}', '[{}]']) {
-          await refused(alice, 'POST', `/v1/orders/${order.id}/cancel`, 400, { rawBody, headers: { 'content-type': 'application/json' } });
+          await refused(alice, 'POST', `/v1/orders/${order.id}/cancel`, 400, {
+            rawBody,
+            headers: { 'content-type': 'application/json' },
+          });
         }
         assert.notEqual((await alice.request('GET', `/v1/orders/${order.id}`)).body.status, 'cancelled');
       });
@@ -433,10 +616,18 @@ for (const mode of modes({ replica: true })) {
         for (const [method, url, allow] of cases) {
           await quiesce(t.app);
           const before = await snapshot(t.app.db);
-          const response = await admin.request(method, url, method === 'GET' || method === 'OPTIONS' ? {} : { body: {} });
+          const response = await admin.request(
+            method,
+            url,
+            method === 'GET' || method === 'OPTIONS' ? {} : { body: {} },
+          );
           assert.equal(response.status, 405, `${method} ${url}`);
           assert.match(String(response.headers['content-type']), /^application\/problem\+json/);
-          assert.deepEqual(String(response.headers.allow).split(', ').sort(), allow.split(', ').sort(), `${method} ${url}`);
+          assert.deepEqual(
+            String(response.headers.allow).split(', ').sort(),
+            allow.split(', ').sort(),
+            `${method} ${url}`,
+          );
           assert.deepEqual(await snapshot(t.app.db), before);
         }
         await refused(admin, 'DELETE', '/v1/nothing-here', 404);
@@ -464,7 +655,15 @@ for (const mode of modes({ replica: true })) {
         const two = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }])).body;
         assert.equal((await alice.request('POST', `/v1/orders/${one.id}/cancel`, { body: {} })).status, 200);
         await refused(alice, 'POST', `/v1/orders/${two.id}/cancel`, 400, { body: { reason: 'changed my mind' } });
-        assert.equal((await alice.request('POST', `/v1/orders/${two.id}/cancel`, { rawBody: '', headers: { 'content-type': 'application/json' } })).status, 200);
+        assert.equal(
+          (
+            await alice.request('POST', `/v1/orders/${two.id}/cancel`, {
+              rawBody: '',
+              headers: { 'content-type': 'application/json' },
+            })
+          ).status,
+          200,
+        );
       });
 
       it('a rejected order cannot be cancelled: 409', async () => {

@@ -16,7 +16,13 @@ import { RabbitMqBroker } from '../../src/messaging/rabbitmq-broker.ts';
 import { PAYMENT_QUEUES } from '../../src/payments/payments.ts';
 import { SimulatedGateway } from '../../src/payments/simulated-gateway.ts';
 import type { Queryable } from '../../src/storage/database.ts';
-import { privatePostgresUnavailable, startPrivatePrimary, startPrivateStandby, waitForReplay, type PrivatePostgres } from './private-postgres.ts';
+import {
+  privatePostgresUnavailable,
+  startPrivatePrimary,
+  startPrivateStandby,
+  waitForReplay,
+  type PrivatePostgres,
+} from './private-postgres.ts';
 
 /**
  * Where a test app keeps its data: PGlite in memory (embedded); a fresh
@@ -49,7 +55,8 @@ export function modes(options: { replica?: boolean } = {}): Mode[] {
   for (const mode of ['nats', 'rabbitmq'] as const) {
     if (all || (process.env.DATABASE_URL && process.env[BROKER_URL_VARIABLE[mode]])) result.push(mode);
   }
-  if (options.replica && (all || (process.env.DATABASE_URL && privatePostgresUnavailable() === undefined))) result.push('replica');
+  if (options.replica && (all || (process.env.DATABASE_URL && privatePostgresUnavailable() === undefined)))
+    result.push('replica');
   return result;
 }
 
@@ -67,7 +74,9 @@ export function replicatedPostgres(): Promise<ReplicatedPostgres> {
 }
 
 /** A private primary with a streaming standby; the caller destroys both (standby first). */
-export async function startReplicatedPostgres(standbySettings: Record<string, string> = {}): Promise<ReplicatedPostgres> {
+export async function startReplicatedPostgres(
+  standbySettings: Record<string, string> = {},
+): Promise<ReplicatedPostgres> {
   const unavailable = privatePostgresUnavailable();
   if (unavailable) throw new Error(`the replica mode needs private PostgreSQL servers: ${unavailable}`);
   const primary = await startPrivatePrimary();
@@ -83,7 +92,9 @@ export async function startReplicatedPostgres(standbySettings: Record<string, st
  * The PostgreSQL URL for service tests. Undefined means "skip" — unless
  * REQUIRE_SERVICES=1, where a missing server is a failure, not a skip.
  */
-export function requiredServiceUrl(variable: 'DATABASE_URL' | 'REDIS_URL' | 'NATS_URL' | 'RABBITMQ_URL'): string | undefined {
+export function requiredServiceUrl(
+  variable: 'DATABASE_URL' | 'REDIS_URL' | 'NATS_URL' | 'RABBITMQ_URL',
+): string | undefined {
   const value = process.env[variable];
   if (!value && process.env.REQUIRE_SERVICES === '1') {
     throw new Error(`${variable} must be set when REQUIRE_SERVICES=1`);
@@ -115,13 +126,21 @@ export function freshBrokerPrefix(): string {
 }
 
 /** A broker adapter for a test server (broker modes). */
-export function testBroker(mode: BrokerMode, prefix: string, url = requiredServiceUrl(BROKER_URL_VARIABLE[mode])!): NatsBroker | RabbitMqBroker {
+export function testBroker(
+  mode: BrokerMode,
+  prefix: string,
+  url = requiredServiceUrl(BROKER_URL_VARIABLE[mode])!,
+): NatsBroker | RabbitMqBroker {
   const log = pino({ level: 'silent' });
   return mode === 'nats' ? new NatsBroker(url, log, { prefix }) : new RabbitMqBroker(url, log, { prefix });
 }
 
 /** Deletes what a test created on the broker under its prefix (best effort: a test must not fail on cleanup). */
-export async function deleteBrokerTopology(mode: BrokerMode, prefix: string, queues: readonly string[] = PAYMENT_QUEUES): Promise<void> {
+export async function deleteBrokerTopology(
+  mode: BrokerMode,
+  prefix: string,
+  queues: readonly string[] = PAYMENT_QUEUES,
+): Promise<void> {
   try {
     await deleteTopology(requiredServiceUrl(BROKER_URL_VARIABLE[mode])!, prefix, queues);
   } catch {
@@ -159,7 +178,9 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
   let dropDatabase: (() => Promise<void>) | undefined;
   let databaseUrl = options.databaseUrl;
   const brokerPrefix = isBrokerMode(mode) ? (options.brokerPrefix ?? freshBrokerPrefix()) : undefined;
-  const brokerUrl = isBrokerMode(mode) ? (options.brokerUrl ?? requiredServiceUrl(BROKER_URL_VARIABLE[mode])) : undefined;
+  const brokerUrl = isBrokerMode(mode)
+    ? (options.brokerUrl ?? requiredServiceUrl(BROKER_URL_VARIABLE[mode]))
+    : undefined;
   let databaseReadUrl: string | undefined;
   if (mode === 'replica' && databaseUrl === undefined) {
     const { primary, standby } = options.replicated ?? (await replicatedPostgres());
@@ -200,7 +221,9 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
   // Replica mode is about reads served by the replica: start once they are.
   if (databaseReadUrl && config.databaseReadUrl === databaseReadUrl) {
     try {
-      await eventually('the app to route reads to the replica', async () => ((await app.metrics.readReplicaUp.get()).values[0]?.value === 1 ? true : undefined));
+      await eventually('the app to route reads to the replica', async () =>
+        (await app.metrics.readReplicaUp.get()).values[0]?.value === 1 ? true : undefined,
+      );
     } catch (error) {
       await app.close();
       await dropDatabase?.();
@@ -214,7 +237,8 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
     token: (sub, scope) => app.devIssuer!.issue({ sub, scope }),
     close: async () => {
       await app.close();
-      if (isBrokerMode(mode) && brokerPrefix && options.brokerPrefix === undefined) await deleteBrokerTopology(mode, brokerPrefix);
+      if (isBrokerMode(mode) && brokerPrefix && options.brokerPrefix === undefined)
+        await deleteBrokerTopology(mode, brokerPrefix);
       await dropDatabase?.();
     },
   };
@@ -223,7 +247,11 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
 export const ALL_SCOPES = 'orders:write orders:read orders:admin catalog:write';
 
 export interface Client {
-  request(method: string, url: string, options?: { body?: unknown; rawBody?: string; headers?: Record<string, string> }): Promise<{
+  request(
+    method: string,
+    url: string,
+    options?: { body?: unknown; rawBody?: string; headers?: Record<string, string> },
+  ): Promise<{
     status: number;
     headers: OutgoingHttpHeaders;
     // Tests inspect arbitrary JSON answers.
@@ -235,12 +263,21 @@ export interface Client {
 export function client(app: App, token?: string): Client {
   return {
     async request(method, url, options = {}) {
-      const headers: Record<string, string> = { ...(token ? { authorization: `Bearer ${token}` } : {}), ...options.headers };
+      const headers: Record<string, string> = {
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+        ...options.headers,
+      };
       let payload: string | undefined;
       if (options.rawBody !== undefined) payload = options.rawBody;
       else if (options.body !== undefined) payload = JSON.stringify(options.body);
-      if (payload !== undefined && !Object.keys(headers).some((h) => h.toLowerCase() === 'content-type')) headers['content-type'] = 'application/json';
-      const response = await app.server.inject({ method: method as 'GET', url, headers, ...(payload !== undefined ? { payload } : {}) });
+      if (payload !== undefined && !Object.keys(headers).some((h) => h.toLowerCase() === 'content-type'))
+        headers['content-type'] = 'application/json';
+      const response = await app.server.inject({
+        method: method as 'GET',
+        url,
+        headers,
+        ...(payload !== undefined ? { payload } : {}),
+      });
       const text = response.body;
       let body: unknown = text;
       try {
@@ -282,14 +319,22 @@ export async function snapshot(db: Queryable): Promise<Record<string, unknown[]>
  * problem+json, writing nothing (a snapshot of every table before and after,
  * with the pipeline quiet); returns the problem.
  */
-export async function assertRefused(app: App, c: Client, method: string, url: string, status: number, options: Parameters<Client['request']>[2] = {}) {
+export async function assertRefused(
+  app: App,
+  c: Client,
+  method: string,
+  url: string,
+  status: number,
+  options: Parameters<Client['request']>[2] = {},
+) {
   await quiesce(app);
   const before = await snapshot(app.db);
   const response = await c.request(method, url, options);
   assert.equal(response.status, status, `${method} ${url}: ${JSON.stringify(response.body)}`);
   assert.match(String(response.headers['content-type']), /^application\/problem\+json/);
   assert.equal(response.body.status, status);
-  for (const field of ['type', 'title', 'detail']) assert.equal(typeof response.body[field], 'string', `problem.${field}`);
+  for (const field of ['type', 'title', 'detail'])
+    assert.equal(typeof response.body[field], 'string', `problem.${field}`);
   await quiesce(app);
   assert.deepEqual(await snapshot(app.db), before, 'a refused request changed the database');
   return response.body;
@@ -330,9 +375,18 @@ export async function quiesce(app: App, timeoutMs = 30_000): Promise<void> {
   );
 }
 
-export async function createProduct(c: Client, product: { sku: string; stock: number; priceCents?: number; currency?: string; name?: string }) {
+export async function createProduct(
+  c: Client,
+  product: { sku: string; stock: number; priceCents?: number; currency?: string; name?: string },
+) {
   const response = await c.request('POST', '/v1/products', {
-    body: { name: product.name ?? `Product ${product.sku}`, priceCents: product.priceCents ?? 1000, currency: product.currency ?? 'EUR', sku: product.sku, stock: product.stock },
+    body: {
+      name: product.name ?? `Product ${product.sku}`,
+      priceCents: product.priceCents ?? 1000,
+      currency: product.currency ?? 'EUR',
+      sku: product.sku,
+      stock: product.stock,
+    },
   });
   assert.equal(response.status, 201, JSON.stringify(response.body));
   return response.body;
@@ -343,6 +397,11 @@ export function newKey(): string {
   return `key-${process.pid}-${Date.now()}-${keyCounter++}`;
 }
 
-export async function placeOrder(c: Client, items: { sku: string; quantity: number }[], token = 'tok_visa', key = newKey()) {
+export async function placeOrder(
+  c: Client,
+  items: { sku: string; quantity: number }[],
+  token = 'tok_visa',
+  key = newKey(),
+) {
   return c.request('POST', '/v1/orders', { headers: { 'idempotency-key': key }, body: { items, payment: { token } } });
 }
