@@ -38,7 +38,10 @@ export function remoteVerifier(options: { jwksUrl: string; issuer: string; audie
       return await remote(header, token);
     } catch (error) {
       if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys) throw error;
-      throw new AppError('unavailable', `the identity provider's key set cannot be fetched: ${(error as Error).message}`);
+      throw new AppError(
+        'unavailable',
+        `the identity provider's key set cannot be fetched: ${(error as Error).message}`,
+      );
     }
   };
   return verifierFor(keys, options);
@@ -74,12 +77,23 @@ function verifierFor(keys: JWTVerifyGetKey, options: { issuer: string; audience:
       throw error;
     }
     if (typeof payload.sub !== 'string' || !SUBJECT.test(payload.sub)) {
-      throw new AppError('unauthorized', 'bearer token rejected: its "sub" claim must be 1-255 characters of text, with no control characters');
+      throw new AppError(
+        'unauthorized',
+        'bearer token rejected: its "sub" claim must be 1-255 characters of text, with no control characters',
+      );
     }
     if (payload.iat !== undefined && payload.iat > Date.now() / 1000 + CLOCK_SKEW_SECONDS) {
-      throw new AppError('unauthorized', `bearer token rejected: it was issued (iat) more than ${CLOCK_SKEW_SECONDS} s in the future`);
+      throw new AppError(
+        'unauthorized',
+        `bearer token rejected: it was issued (iat) more than ${CLOCK_SKEW_SECONDS} s in the future`,
+      );
     }
-    const scopes = typeof payload.scope === 'string' ? payload.scope.split(' ') : Array.isArray(payload.scp) ? payload.scp.map(String) : [];
+    const scopes =
+      typeof payload.scope === 'string'
+        ? payload.scope.split(' ')
+        : Array.isArray(payload.scp)
+          ? payload.scp.map(String)
+          : [];
     const principal: Principal = { customerId: payload.sub, scopes: new Set(scopes.filter((s) => s.length > 0)) };
     const ttl = payload.exp! * 1000 - Date.now();
     if (ttl > 0) verified.set(token, principal, { ttl });
