@@ -4,6 +4,7 @@
 // mode the lists are read from a streaming standby, and the same assertions
 // hold: a list never misses what was committed before it was asked for.
 import assert from 'node:assert/strict';
+import { gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import {
   ALL_SCOPES,
@@ -631,6 +632,150 @@ for (const mode of modes({ replica: true })) {
           assert.deepEqual(await snapshot(t.app.db), before);
         }
         await refused(admin, 'DELETE', '/v1/nothing-here', 404);
+      });
+    });
+
+    describe('the bytes of a body: UTF-8 JSON, unencoded, each member once, on every route that takes one', () => {
+      /**
+       * Every route that takes a body, with a body it would take; "@@" marks
+       * where a defect goes (inside a string where there is one), and `twice`
+       * names one member twice.
+       */
+      const bodyRoutes = async () => {
+        const operator = client(t.app, await t.token('operator', 'operations:write'));
+        const order = (await placeOrder(alice, [{ sku: 'MUG-1', quantity: 1 }])).body;
+        await quiesce(t.app);
+        const key = { 'idempotency-key': newKey() };
+        return [
+          {
+            c: admin,
+            url: '/v1/products',
+            text: '{"sku":"UTF-1","name":"Kettle@@","priceCents":100,"currency":"EUR","stock":5}',
+            twice: '{"sku":"UTF-1","name":"Kettle","priceCents":100,"currency":"EUR","stock":5,"sku":"UTF-2"}',
+          },
+          { c: admin, url: '/v1/products/MUG-1/stock', text: '{"delta":1@@}', twice: '{"delta":1,"delta":1}' },
+          {
+            c: alice,
+            url: '/v1/orders',
+            headers: key,
+            text: '{"items":[{"sku":"MUG-1","quantity":1}],"payment":{"token":"tok_@@visa"}}',
+            twice: '{"items":[{"sku":"MUG-1","quantity":1,"sku":"TEA.2"}],"payment":{"token":"tok_visa"}}',
+          },
+          { c: alice, url: `/v1/orders/${order.id}/cancel`, text: '{@@}', twice: '{"reason":"x","reason":"y"}' },
+          {
+            c: operator,
+            url: '/v1/admin/dead-letters/redrive',
+            text: '{"ids":["1@@"]}',
+            twice: '{"ids":["1"],"ids":["2"]}',
+          },
+          {
+            c: operator,
+            url: '/v1/admin/dead-letters/discard',
+            text: '{"ids":["1@@"]}',
+            twice: '{"ids":["1"],"ids":["2"]}',
+          },
+        ];
+      };
+      const withBytes = (text: string, bytes: number[]) => {
+        const [head, tail] = text.split('@@') as [string, string];
+        return Buffer.concat([Buffer.from(head), Buffer.from(bytes), Buffer.from(tail)]);
+      };
+
+      it('bytes that are not UTF-8 are 400 malformed-json, never U+FFFD in their place', async () => {
+        // A byte that never occurs in UTF-8, a lone continuation byte, an overlong "/", an encoded
+        // surrogate (CESU-8), a sequence cut short, a code point past U+10FFFF.
+        const invalid = [
+          [0xff, 0xfe],
+          [0x80],
+          [0xc0, 0xaf],
+          [0xed, 0xa0, 0x80],
+          [0xe2, 0x82],
+          [0xf4, 0x90, 0x80, 0x80],
+        ];
+        for (const { c, url, headers, text } of await bodyRoutes()) {
+          for (const bytes of invalid) {
+            const problem = await refused(c, 'POST', url, 400, {
+              headers: { ...headers, 'content-type': 'application/json' },
+              rawBody: withBytes(text, bytes),
+            });
+            assert.equal(problem.type, '/problems/malformed-json', `${url} ${bytes}`);
+            assert.match(problem.detail, /not valid UTF-8/);
+          }
+        }
+        // The same body in valid UTF-8 (é, U+10FFFF) is taken.
+        const created = await admin.request('POST', '/v1/products', {
+          headers: { 'content-type': 'application/json' },
+          rawBody: withBytes(
+            '{"sku":"UTF-1","name":"Kettle@@","priceCents":100,"currency":"EUR","stock":5}',
+            [0xc3, 0xa9, 0xf4, 0x8f, 0xbf, 0xbd],
+          ),
+        });
+        assert.equal(created.status, 201, JSON.stringify(created.body));
+        assert.equal(created.body.name, 'Kettleé\u{10fffd}');
+      });
+
+      it('a Content-Encoding other than identity is 415 with Accept-Encoding: identity; a charset other than UTF-8 is 415', async () => {
+        for (const { c, url, headers, text } of await bodyRoutes()) {
+          const body = text.replace('@@', '');
+          for (const encoding of ['gzip', 'deflate', 'br', 'x-unknown', 'identity, gzip']) {
+            const rawBody = encoding === 'gzip' ? gzipSync(body) : body;
+            const problem = await refused(c, 'POST', url, 415, {
+              headers: { ...headers, 'content-type': 'application/json', 'content-encoding': encoding },
+              rawBody,
+            });
+            assert.equal(problem.type, '/problems/unsupported-content-encoding', `${url} ${encoding}`);
+          }
+          for (const charset of ['latin1', 'ISO-8859-1', '"utf-16"', 'us-ascii', 'windows-1252']) {
+            const problem = await refused(c, 'POST', url, 415, {
+              headers: { ...headers, 'content-type': `application/json; charset=${charset}` },
+              rawBody: body,
+            });
+            assert.equal(problem.type, '/problems/unsupported-media-type', `${url} ${charset}`);
+          }
+        }
+        const response = await admin.request('POST', '/v1/products/MUG-1/stock', {
+          headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' },
+          rawBody: '{"delta":1}',
+        });
+        assert.equal(response.headers['accept-encoding'], 'identity');
+        // identity, and a charset of UTF-8 however it is spelt, are what a body is anyway.
+        for (const [encoding, type] of [
+          ['identity', 'application/json; charset=utf-8'],
+          ['Identity', 'application/json;charset="UTF-8"'],
+        ]) {
+          const stock = await admin.request('POST', '/v1/products/MUG-1/stock', {
+            headers: { 'content-type': type!, 'content-encoding': encoding! },
+            rawBody: '{"delta":0}',
+          });
+          assert.equal(stock.status, 200, JSON.stringify(stock.body));
+        }
+      });
+
+      it('an object that names a member twice is 400 duplicate-json-member, whichever value would have won', async () => {
+        for (const { c, url, headers, twice } of await bodyRoutes()) {
+          const problem = await refused(c, 'POST', url, 400, {
+            headers: { ...headers, 'content-type': 'application/json' },
+            rawBody: twice,
+          });
+          assert.equal(problem.type, '/problems/duplicate-json-member', url);
+        }
+        // The same name spelt with an escape is the same name; the same name in two objects is no duplicate.
+        const escaped = await refused(admin, 'POST', '/v1/products', 400, {
+          rawBody: '{"sku":"UTF-3","name":"x","priceCents":1,"currency":"EUR","stock":1,"\\u0073ku":"UTF-4"}',
+        });
+        assert.match(escaped.detail, /"sku" appears twice in the object at \//);
+        const nested = await refused(alice, 'POST', '/v1/orders', 400, {
+          headers: { 'idempotency-key': newKey() },
+          rawBody:
+            '{"items":[{"sku":"MUG-1","quantity":1},{"sku":"MUG-1","quantity":2,"quantity":1}],"payment":{"token":"tok_visa"}}',
+        });
+        assert.match(nested.detail, /"quantity" appears twice in the object at \/items\/1/);
+        const order = await alice.request('POST', '/v1/orders', {
+          headers: { 'idempotency-key': newKey() },
+          rawBody:
+            '{"items":[{"sku":"MUG-1","quantity":1},{"sku":"TEA.2","quantity":1}],"payment":{"token":"tok_visa"}}',
+        });
+        assert.equal(order.status, 202, JSON.stringify(order.body));
       });
     });
 

@@ -9,6 +9,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { errors as joseErrors } from 'jose';
 import { AppError, ERRORS, type ErrorCode, type FieldError } from '../errors.ts';
 import { DatabaseUnavailableError } from '../storage/database.ts';
+import { ACCEPTED_CONTENT_ENCODING } from './json-body.ts';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 /** The longest path parameter the router matches (every id is far shorter); a longer one is 414. */
@@ -83,12 +84,20 @@ export function classify(error: unknown): { code: ErrorCode; detail: string; err
       return { code: 'malformed_request', detail: fastifyError.message };
     case 'FST_ERR_BAD_URL':
       return { code: 'malformed_url', detail: 'the request path is not validly percent-encoded UTF-8' };
+    // The console's file server refuses a path with dot segments ("/console/%2e%2e/x")
+    // or one not in canonical form ("/console//x") as 403: such a path names no file it serves.
+    case 'FST_STATIC_FORBIDDEN_PATH':
+      return { code: 'not_found', detail: 'no such file: a path with dot or empty segments names none' };
     case 'FST_ERR_MAX_PARAM_LENGTH':
       return { code: 'uri_too_long', detail: `a path segment is longer than ${MAX_PATH_PARAMETER_LENGTH} characters` };
   }
   if (error instanceof SyntaxError) return { code: 'malformed_json', detail: error.message };
   if (typeof fastifyError.statusCode === 'number' && fastifyError.statusCode === 429)
     return { code: 'rate_limited', detail: fastifyError.message };
+  // The file server's own refusals (a leading dot segment is 403 there): no file at that path.
+  if (fastifyError.statusCode === 403 || fastifyError.statusCode === 404) {
+    return { code: 'not_found', detail: 'no such file: a path with dot or empty segments names none' };
+  }
   if (typeof fastifyError.statusCode === 'number' && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
     return { code: 'validation_failed', detail: fastifyError.message };
   }
@@ -98,6 +107,8 @@ export function classify(error: unknown): { code: ErrorCode; detail: string; err
 export function sendProblem(reply: FastifyReply, code: ErrorCode, detail: string, errors?: FieldError[]): FastifyReply {
   const problem = toProblem(code, detail, errors);
   if (problem.status === 503) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+  // RFC 9110 (section 15.5.16): a 415 for a content coding says which codings would do.
+  if (code === 'unsupported_content_encoding') reply.header('accept-encoding', ACCEPTED_CONTENT_ENCODING);
   return reply.code(problem.status).type(PROBLEM_CONTENT_TYPE).send(problem);
 }
 

@@ -14,6 +14,7 @@ import { AppError } from '../errors.ts';
 import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { activeSpan, tracingEnabled } from '../observability/tracing.ts';
+import { parseJsonBody } from './json-body.ts';
 import { openApi } from './openapi.ts';
 import {
   clientErrorHandler,
@@ -103,18 +104,15 @@ export function buildServer(options: ServerOptions): Server {
 
   // An empty body is how clients say "no options" (cancel); a route whose
   // schema requires a body still rejects it.
-  // JSON is the only body this API reads; anything else is a 415.
+  // JSON is the only body this API reads; anything else is a 415. What JSON
+  // it takes (UTF-8, no content coding, no member named twice) is decided
+  // once, in json-body.ts.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
-    const text = body as string;
-    if (text.trim() === '') return done(null, undefined);
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
     try {
-      done(null, JSON.parse(text));
+      done(null, parseJsonBody(body as Buffer, request.headers));
     } catch (error) {
-      done(
-        new AppError('malformed_json', `the request body is not valid JSON: ${(error as Error).message}`),
-        undefined,
-      );
+      done(error as Error, undefined);
     }
   });
 
@@ -193,6 +191,9 @@ export function buildServer(options: ServerOptions): Server {
     const path = request.url.split('?')[0] ?? '/';
     const allowed = allowedMethods(path);
     if (allowed.length === 0) return sendProblem(reply, 'not_found', `no route for ${request.method} ${path}`);
+    // A route with this method matched and found nothing there (the console's
+    // file server under /console/*): the path names nothing, the method is fine.
+    if (allowed.includes(request.method as HTTPMethod)) return sendProblem(reply, 'not_found', `nothing at ${path}`);
     reply.header('allow', allowed.join(', '));
     return sendProblem(reply, 'method_not_allowed', `${path} takes ${allowed.join(', ')}, not ${request.method}`);
   });

@@ -250,7 +250,7 @@ export interface Client {
   request(
     method: string,
     url: string,
-    options?: { body?: unknown; rawBody?: string; headers?: Record<string, string> },
+    options?: { body?: unknown; rawBody?: string | Buffer; headers?: Record<string, string> },
   ): Promise<{
     status: number;
     headers: OutgoingHttpHeaders;
@@ -267,7 +267,7 @@ export function client(app: App, token?: string): Client {
         ...(token ? { authorization: `Bearer ${token}` } : {}),
         ...options.headers,
       };
-      let payload: string | undefined;
+      let payload: string | Buffer | undefined;
       if (options.rawBody !== undefined) payload = options.rawBody;
       else if (options.body !== undefined) payload = JSON.stringify(options.body);
       if (payload !== undefined && !Object.keys(headers).some((h) => h.toLowerCase() === 'content-type'))
