@@ -13,6 +13,7 @@ export const ERRORS = {
   malformed_request: { status: 400, title: 'The request is not valid HTTP/1.1' },
   unauthorized: { status: 401, title: 'A valid bearer token is required' },
   forbidden: { status: 403, title: 'The token lacks the scope this operation needs' },
+  dev_token_refused: {
     status: 403,
     title: 'A development token is minted only for a loopback request to a loopback address',
   },

@@ -5,8 +5,10 @@
 // where each mode keeps them, live figures, the invariants, and the
 // console's development token, minted only for a loopback peer.
 import assert from 'node:assert/strict';
+import http, { type IncomingHttpHeaders } from 'node:http';
 import { networkInterfaces } from 'node:os';
 import { after, before, describe, it } from 'node:test';
+import { DEV_TOKEN_HEADER } from '../src/admin/console.ts';
 import { CHARGE_QUEUE } from '../src/payments/payments.ts';
 import { PoisonGateway } from './support/gateways.ts';
 import { figuresReadings } from './support/sse.ts';
@@ -54,6 +56,32 @@ for (const mode of modes()) {
       Number(
         (await (listening ??= t.app.server.listen({ port: 0, host: '0.0.0.0' }).then((url) => new URL(url)))).port,
       );
+
+    /**
+     * A request to the app over a real socket to 127.0.0.1, with the headers
+     * given, Host included (fetch would write its own): what the development
+     * token's rule reads is the socket and these headers.
+     */
+    const overSocket = async (method: string, path: string, headers: Record<string, string> = {}) => {
+      const p = await port();
+      return new Promise<{ status: number; headers: IncomingHttpHeaders; body: string }>((resolve, reject) => {
+        const request = http.request({
+          host: '127.0.0.1',
+          port: p,
+          method,
+          path,
+          headers: { host: `127.0.0.1:${p}`, ...headers },
+        });
+        request.on('error', reject);
+        request.on('response', (response) => {
+          let body = '';
+          response.setEncoding('utf8');
+          response.on('data', (chunk: string) => (body += chunk));
+          response.on('end', () => resolve({ status: response.statusCode!, headers: response.headers, body }));
+        });
+        request.end();
+      });
+    };
 
     const refused = (
       c: Client,
@@ -645,20 +673,12 @@ for (const mode of modes()) {
         embedded ? 'mints an operator token for a loopback peer only' : 'mints no token outside the embedded shape',
         async () => {
           const anyone = client(t.app);
-          const local = await t.app.server.inject({
-            method: 'POST',
-            url: '/console/dev-token',
-            remoteAddress: '127.0.0.1',
-          });
-          assert.equal(local.statusCode, embedded ? 200 : 404, local.body);
-          const options = await t.app.server.inject({
-            method: 'GET',
-            url: '/console/session-options',
-            remoteAddress: '127.0.0.1',
-          });
-          assert.deepEqual(options.json(), { devToken: embedded });
+          const local = await overSocket('POST', '/console/dev-token', { [DEV_TOKEN_HEADER]: 'dev-token' });
+          assert.equal(local.status, embedded ? 200 : 404, local.body);
+          const options = await overSocket('GET', '/console/session-options');
+          assert.deepEqual(JSON.parse(options.body), { devToken: embedded });
           if (embedded) {
-            const { token } = local.json<{ token: string }>();
+            const { token } = JSON.parse(local.body) as { token: string };
             assert.equal((await client(t.app, token).request('GET', '/v1/admin/orders')).status, 200);
           }
           for (const remoteAddress of ['192.0.2.10', '::ffff:192.0.2.10', '2001:db8::1']) {
@@ -679,6 +699,7 @@ for (const mode of modes()) {
                 `${remoteAddress} ${JSON.stringify(headers)}: ${remote.body}`,
               );
               assert.match(String(remote.headers['content-type']), /^application\/problem\+json/);
+              if (embedded) assert.equal(remote.json<{ type: string }>().type, '/problems/dev-token-refused');
               assert.deepEqual(
                 (
                   await t.app.server.inject({ method: 'GET', url: '/console/session-options', remoteAddress, headers })
@@ -691,6 +712,79 @@ for (const mode of modes()) {
         },
       );
 
+      it(
+        embedded
+          ? 'mints a token only for a loopback Host with its own port, its own Origin, and the console header: not for a rebound name'
+          : 'has no token for any Host or Origin outside the embedded shape',
+        async () => {
+          const p = await port();
+          const mint = { [DEV_TOKEN_HEADER]: 'dev-token' };
+          // What the console sends from each loopback name: taken.
+          for (const host of [`127.0.0.1:${p}`, `localhost:${p}`, `LOCALHOST:${p}`, `127.1.2.3:${p}`]) {
+            for (const headers of [mint, { ...mint, origin: `http://${host}` }]) {
+              const response = await overSocket('POST', '/console/dev-token', { ...headers, host });
+              assert.equal(
+                response.status,
+                embedded ? 200 : 404,
+                `${host} ${JSON.stringify(headers)}: ${response.body}`,
+              );
+            }
+            assert.deepEqual(JSON.parse((await overSocket('GET', '/console/session-options', { host })).body), {
+              devToken: embedded,
+            });
+          }
+          // A page whose name was rebound to 127.0.0.1 sends its own Host and Origin; another
+          // origin, another port, or no console header is refused too.
+          const refusedHeaders: Record<string, string>[] = [
+            { ...mint, host: `attacker.example:${p}`, origin: `http://attacker.example:${p}` },
+            { ...mint, host: `attacker.example:${p}` },
+            { ...mint, host: `127.0.0.1.attacker.example:${p}` },
+            { ...mint, host: `localhost.:${p}` },
+            { ...mint, host: `127.0.0.1:${p === 1 ? 2 : 1}` },
+            { ...mint, host: '127.0.0.1' },
+            { ...mint, host: `127.0.0.1:${p}`, origin: `http://attacker.example:${p}` },
+            { ...mint, host: `127.0.0.1:${p}`, origin: `http://localhost:${p}` },
+            { ...mint, host: `127.0.0.1:${p}`, origin: `https://127.0.0.1:${p}` },
+            { ...mint, host: `127.0.0.1:${p}`, origin: 'null' },
+            { host: `127.0.0.1:${p}` },
+            { host: `127.0.0.1:${p}`, origin: `http://127.0.0.1:${p}` },
+          ];
+          for (const headers of refusedHeaders) {
+            const response = await overSocket('POST', '/console/dev-token', headers);
+            assert.equal(response.status, embedded ? 403 : 404, `${JSON.stringify(headers)}: ${response.body}`);
+            assert.match(String(response.headers['content-type']), /^application\/problem\+json/);
+            if (embedded) {
+              const problem = JSON.parse(response.body) as { type: string; title: string };
+              assert.equal(problem.type, '/problems/dev-token-refused');
+              assert.doesNotMatch(problem.title, /scope/);
+            }
+          }
+          for (const host of [`attacker.example:${p}`, `localhost:${p === 1 ? 2 : 1}`]) {
+            assert.deepEqual(JSON.parse((await overSocket('GET', '/console/session-options', { host })).body), {
+              devToken: false,
+            });
+          }
+        },
+      );
+
+      it('a console path with dot or empty segments, or naming no file, is 404 problem+json', async () => {
+        for (const path of [
+          '/console/%2e%2e/package.json',
+          '/console/%2e%2e/%2e%2e/package.json',
+          '/console/../package.json',
+          '/console/a/%2e%2e/index.html',
+          '/console//index.html',
+          '/console/..%2fpackage.json',
+          '/console/.env',
+          '/console/no-such-file.js',
+        ]) {
+          const response = await overSocket('GET', path);
+          assert.equal(response.status, 404, `${path}: ${response.body}`);
+          assert.match(String(response.headers['content-type']), /^application\/problem\+json/, path);
+          assert.equal((JSON.parse(response.body) as { type: string }).type, '/problems/not-found', path);
+        }
+      });
+
       const external = Object.values(networkInterfaces())
         .flat()
         .find((a) => a && a.family === 'IPv4' && !a.internal);
@@ -702,10 +796,19 @@ for (const mode of modes()) {
         async () => {
           const response = await fetch(`http://${external!.address}:${await port()}/console/dev-token`, {
             method: 'POST',
-            headers: { 'x-forwarded-for': '127.0.0.1' },
+            headers: { 'x-forwarded-for': '127.0.0.1', [DEV_TOKEN_HEADER]: 'dev-token' },
           });
           assert.equal(response.status, 403);
-          const loopback = await fetch(`http://127.0.0.1:${await port()}/console/dev-token`, { method: 'POST' });
+          const problem = (await response.json()) as { type: string; title: string };
+          assert.equal(problem.type, '/problems/dev-token-refused');
+          assert.equal(
+            problem.title,
+            'A development token is minted only for a loopback request to a loopback address',
+          );
+          const loopback = await fetch(`http://127.0.0.1:${await port()}/console/dev-token`, {
+            method: 'POST',
+            headers: { [DEV_TOKEN_HEADER]: 'dev-token' },
+          });
           assert.equal(loopback.status, 200);
         },
       );

@@ -55,7 +55,10 @@ function SignIn({ onSignedIn, message }) {
     }
   };
   const mint = async () => {
-    const response = await fetch('/console/dev-token', { method: 'POST' });
+    const response = await fetch('/console/dev-token', {
+      method: 'POST',
+      headers: { 'x-orderflow-console': 'dev-token' },
+    });
     const body = await response.json();
     if (!response.ok) return setError(body.detail);
     await signIn(body.token);
