@@ -134,7 +134,10 @@ async function token(config: Config, args: string[]): Promise<void> {
   });
   if (!values.sub) throw new UsageError('token needs --sub <customer id>');
   const scope = values.scope ?? 'orders:write orders:read';
-  const { SCOPES } = await import('./identity/verifier.ts');
+  const { isSubject, SCOPES, SUBJECT_RULE } = await import('./identity/verifier.ts');
+  // The server would refuse the token (401): refuse to print it.
+  if (!isSubject(values.sub))
+    throw new UsageError(`--sub ${JSON.stringify(values.sub)} cannot name a customer: ${SUBJECT_RULE}`);
   const unknown = scope.split(' ').filter((s) => s && !(SCOPES as readonly string[]).includes(s));
   if (unknown.length > 0) throw new UsageError(`unknown scope ${unknown.join(', ')}; known: ${SCOPES.join(', ')}`);
   const ttlSeconds = values.ttl === undefined ? 3600 : Number(values.ttl);
@@ -143,6 +146,15 @@ async function token(config: Config, args: string[]): Promise<void> {
   if (config.auth) throw new UsageError('tokens come from your identity provider when AUTH_JWKS_URL is set');
   const { openDevIssuer } = await import('./identity/dev-issuer.ts');
   const issuer = await openDevIssuer(config.dataDir);
+  // A token is accepted only by a server that uses the same key, that is the
+  // same DATA_DIR: say which key signed it (stderr, so that stdout stays the token).
+  const keyFile = issuer.keyFile!;
+  process.stderr.write(
+    issuer.createdKey
+      ? `orderflow: no development key was in DATA_DIR=${config.dataDir}; created a new one in ${keyFile}. ` +
+          'A server started with another DATA_DIR refuses this token (signature verification failed).\n'
+      : `orderflow: signed with the development key in ${keyFile} (DATA_DIR=${config.dataDir})\n`,
+  );
   process.stdout.write(`${await issuer.issue({ sub: values.sub, scope, ttlSeconds })}\n`);
 }
 

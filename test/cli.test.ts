@@ -127,6 +127,41 @@ describe('command line', () => {
     assert.match(noSub.stderr, /--sub/);
   });
 
+  it('token refuses a --sub the server would refuse (a control character, over 255 characters): no token, exit non-zero', async () => {
+    for (const sub of ['a\tb', '\u001b[31mred', 'line\nbreak', 'x'.repeat(256), 'del\u007f']) {
+      const result = await run(['token', '--sub', sub], cleanEnv(dataDir));
+      assert.notEqual(result.code, 0, JSON.stringify(sub));
+      assert.equal(result.stdout, '', JSON.stringify(sub));
+      assert.match(result.stderr, /--sub .* cannot name a customer: its "sub" claim must be 1-255 characters of text/);
+      assert.ok(!result.stderr.includes('    at '), 'no stack trace');
+    }
+    // The longest and the least ordinary subjects the server takes are signed.
+    for (const sub of ['x'.repeat(255), 'Zoë 😀']) {
+      assert.equal((await run(['token', '--sub', sub], cleanEnv(dataDir))).code, 0, JSON.stringify(sub));
+    }
+  });
+
+  it('token says on stderr which key file signed, and when it made a new key', async () => {
+    const fresh = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-key-'));
+    try {
+      const keyFile = path.join(fresh, 'dev-issuer-key.json');
+      const first = await run(['token', '--sub', 'alice'], cleanEnv(fresh));
+      assert.equal(first.code, 0, first.stderr);
+      assert.ok(first.stderr.includes(`created a new one in ${keyFile}`), first.stderr);
+      assert.match(first.stderr, /another DATA_DIR refuses this token/);
+      assert.equal(lines(first.stdout).length, 1, 'stdout is the token alone');
+      const second = await run(['token', '--sub', 'alice'], cleanEnv(fresh));
+      assert.equal(second.code, 0, second.stderr);
+      assert.ok(
+        second.stderr.includes(`signed with the development key in ${keyFile} (DATA_DIR=${fresh})`),
+        second.stderr,
+      );
+      assert.doesNotMatch(second.stderr, /created/);
+    } finally {
+      await rm(fresh, { recursive: true, force: true });
+    }
+  });
+
   // migrate and serve share DATA_DIR: serve then opens the database migrate made.
   it('migrate applies the migrations, then reports the database up to date', async () => {
     const first = await run(['migrate'], cleanEnv(dataDir));

@@ -13,16 +13,23 @@ const ALGORITHM = 'EdDSA';
 
 export interface DevIssuer {
   readonly publicJwk: JWK;
+  /** The file the private key is kept in (DATA_DIR/dev-issuer-key.json); undefined for a key held in memory only. */
+  readonly keyFile: string | undefined;
+  /** True when this call made the key (no file held one yet): tokens signed before by another key are refused. */
+  readonly createdKey: boolean;
   /** A signed token; issuedAt (epoch seconds, default now) lets tests sign one dated in the future. */
   issue(claims: { sub: string; scope: string; ttlSeconds?: number; issuedAt?: number }): Promise<string>;
 }
 
 export async function openDevIssuer(dataDir: string | undefined): Promise<DevIssuer> {
-  const privateJwk = dataDir === undefined ? await newKey() : await loadOrCreateKey(dataDir);
+  const { jwk: privateJwk, created } =
+    dataDir === undefined ? { jwk: await newKey(), created: true } : await loadOrCreateKey(dataDir);
   const privateKey = await importJWK(privateJwk, ALGORITHM);
   const { d: _private, ...publicJwk } = privateJwk;
   return {
     publicJwk,
+    keyFile: dataDir === undefined ? undefined : path.join(dataDir, KEY_FILE),
+    createdKey: created,
     issue: ({ sub, scope, ttlSeconds = 3600, issuedAt }) =>
       new SignJWT({ scope })
         .setProtectedHeader({ alg: ALGORITHM, kid: privateJwk.kid })
@@ -41,10 +48,10 @@ async function newKey(): Promise<JWK> {
   return { ...jwk, alg: ALGORITHM, use: 'sig', kid: `dev-${Date.now().toString(36)}` };
 }
 
-async function loadOrCreateKey(dataDir: string): Promise<JWK> {
+async function loadOrCreateKey(dataDir: string): Promise<{ jwk: JWK; created: boolean }> {
   const file = path.join(dataDir, KEY_FILE);
   try {
-    return JSON.parse(await readFile(file, 'utf8')) as JWK;
+    return { jwk: JSON.parse(await readFile(file, 'utf8')) as JWK, created: false };
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
   }
@@ -58,10 +65,10 @@ async function loadOrCreateKey(dataDir: string): Promise<JWK> {
   await writeFile(own, JSON.stringify(jwk), { mode: 0o600 });
   try {
     await link(own, file);
-    return jwk;
+    return { jwk, created: true };
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-    return JSON.parse(await readFile(file, 'utf8')) as JWK;
+    return { jwk: JSON.parse(await readFile(file, 'utf8')) as JWK, created: false };
   } finally {
     await unlink(own);
   }

@@ -29,6 +29,18 @@ export const CLOCK_SKEW_SECONDS = 60;
 /** A `sub` this API can use as a customer id: 1-255 characters of text (src/text.ts). */
 const SUBJECT = new RegExp(`^${TEXT_CHARACTER}{1,255}$`, 'u');
 
+/** The rule isSubject checks, as a sentence about a token. */
+export const SUBJECT_RULE = 'its "sub" claim must be 1-255 characters of text, with no control characters';
+
+/**
+ * True when a token's `sub` claim can name a customer (SUBJECT_RULE). The
+ * verifier refuses a token whose `sub` cannot, and the token command refuses
+ * to sign one, by this one rule.
+ */
+export function isSubject(sub: unknown): sub is string {
+  return typeof sub === 'string' && SUBJECT.test(sub);
+}
+
 export function remoteVerifier(options: { jwksUrl: string; issuer: string; audience: string }): VerifyToken {
   const remote = createRemoteJWKSet(new URL(options.jwksUrl), { timeoutDuration: 5_000, cooldownDuration: 30_000 });
   // A key set we cannot fetch says nothing about the token: the client should
@@ -76,12 +88,7 @@ function verifierFor(keys: JWTVerifyGetKey, options: { issuer: string; audience:
       }
       throw error;
     }
-    if (typeof payload.sub !== 'string' || !SUBJECT.test(payload.sub)) {
-      throw new AppError(
-        'unauthorized',
-        'bearer token rejected: its "sub" claim must be 1-255 characters of text, with no control characters',
-      );
-    }
+    if (!isSubject(payload.sub)) throw new AppError('unauthorized', `bearer token rejected: ${SUBJECT_RULE}`);
     if (payload.iat !== undefined && payload.iat > Date.now() / 1000 + CLOCK_SKEW_SECONDS) {
       throw new AppError(
         'unauthorized',
