@@ -641,7 +641,8 @@ for (const mode of modes()) {
         assert.equal(response.status, 200);
         assert.match(response.headers.get('content-type') ?? '', /^text\/event-stream/);
         const events: { processes: unknown[]; totals: { processes: number } }[] = [];
-        for await (const reading of figuresReadings<(typeof events)[number]>(response)) if (events.push(reading) === 2) break;
+        for await (const reading of figuresReadings<(typeof events)[number]>(response))
+          if (events.push(reading) === 2) break;
         controller.abort();
         for (const event of events) assert.equal(event.totals.processes, event.processes.length);
       });

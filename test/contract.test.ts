@@ -698,7 +698,7 @@ for (const mode of modes({ replica: true })) {
               headers: { ...headers, 'content-type': 'application/json' },
               rawBody: withBytes(text, bytes),
             });
-            assert.equal(problem.type, '/problems/malformed-json', `${url} ${bytes}`);
+            assert.equal(problem.type, '/problems/malformed-json', `${url} ${bytes.join(',')}`);
             assert.match(problem.detail, /not valid UTF-8/);
           }
         }
