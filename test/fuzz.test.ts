@@ -385,10 +385,7 @@ const hostileSearchParameter = fc.oneof(
     fc.constant('customerId'),
     fc.oneof(fc.constantFrom('', '%00', 'a%0Ab', `${'c'.repeat(256)}`), forbiddenText.map(encode)),
   ),
-  fc.tuple(
-    fc.constant('sku'),
-    badSku.filter((v): v is string => typeof v === 'string').map(encode),
-  ),
+  fc.tuple(fc.constant('sku'), badSku.filter((v): v is string => typeof v === 'string').map(encode)),
   fc.tuple(fc.constantFrom('from', 'to'), badTimestamp),
   fc
     .tuple(goodTimestamp, goodTimestamp)
@@ -927,14 +924,12 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
     fc
       .constantFrom(f.tokens.reader, f.tokens.writer, f.tokens.catalog, f.tokens.none, f.tokens.redriver)
       .map((token): Request => ({ method: 'GET', url: STREAM_PATH, headers: bearer(token), expect: [403] })),
-    fc
-      .constantFrom(...f.tokens.hostile, '')
-      .map((token): Request => ({
-        method: 'GET',
-        url: STREAM_PATH,
-        headers: token === '' ? {} : bearer(token),
-        expect: [401],
-      })),
+    fc.constantFrom(...f.tokens.hostile, '').map((token): Request => ({
+      method: 'GET',
+      url: STREAM_PATH,
+      headers: token === '' ? {} : bearer(token),
+      expect: [401],
+    })),
   );
 
   // The console's files and its development token: hostile file names, traversal, and a token asked for from another machine.
