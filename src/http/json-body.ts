@@ -19,6 +19,9 @@ import { AppError } from '../errors.ts';
 /** The content codings a request body may have: none. */
 export const ACCEPTED_CONTENT_ENCODING = 'identity';
 
+/** The charset labels of UTF-8 a client may name (the Encoding Standard's labels "utf-8" and "utf8"). */
+const UTF8_CHARSETS = new Set(['utf-8', 'utf8']);
+
 // fatal: a malformed sequence is an error, not U+FFFD. ignoreBOM: a leading
 // BOM stays in the text, where JSON.parse refuses it (RFC 8259 section 8.1:
 // implementations MUST NOT add one).
@@ -31,7 +34,7 @@ const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
  * @param body the raw bytes, at most the server's body limit
  * @param headers the request's Content-Type and Content-Encoding, as Node gives them (lower-case names)
  * @throws AppError unsupported_content_encoding (415) for a Content-Encoding other than identity;
- *   unsupported_media_type (415) for a charset parameter other than utf-8;
+ *   unsupported_media_type (415) for a charset parameter other than utf-8 (or utf8);
  *   malformed_json (400) for bytes that are not UTF-8 or text that is not JSON;
  *   duplicate_json_member (400) for an object that names a member twice
  */
@@ -47,7 +50,7 @@ export function parseJsonBody(
     );
   }
   const charset = charsetOf(headers['content-type'] ?? '');
-  if (charset !== undefined && charset !== 'utf-8') {
+  if (charset !== undefined && !UTF8_CHARSETS.has(charset)) {
     throw new AppError('unsupported_media_type', `the request body must be UTF-8 JSON, not charset=${charset}`);
   }
   let text: string;
