@@ -1,5 +1,7 @@
 // Generated hostile requests over every route, in every mode: malformed JSON,
 // wrong types, unknown fields, huge and deeply nested bodies, odd unicode,
+// body bytes that are not UTF-8, content codings, charsets and members named
+// twice (on every route that takes a body),
 // bad cursors and limits, hostile path parameters, header abuse, method
 // confusion and token attacks, then raw HTTP/1.1 over a socket (framing the
 // parser refuses, oversized headers, a missing Host, CONNECT, Expect). No
@@ -20,7 +22,9 @@
 // CI runs a fixed seed; FUZZ_RUNS and FUZZ_SEED widen a local run
 // (test/support/fuzz.ts). A failure prints fast-check's seed and path.
 import assert from 'node:assert/strict';
+import { isUtf8 } from 'node:buffer';
 import net from 'node:net';
+import { gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
@@ -53,7 +57,7 @@ interface Request {
   method: string;
   url: string;
   headers: Record<string, string>;
-  payload?: string;
+  payload?: string | Buffer;
   /** A POST that may succeed because it changes nothing: a replay of an idempotency key with its own body. */
   replay?: boolean;
   /** A POST that may succeed because what it names is not there: a re-drive or discard of dead letters that do not exist (each must be not_found). */
@@ -62,6 +66,8 @@ interface Request {
   remoteAddress?: string;
   /** The statuses this request may get, where its family decides them (a bad token: 401, or a path no route matches). */
   expect?: readonly number[];
+  /** The problem type this request must get, where its family decides it (a defect that another refusal could hide). */
+  problem?: string;
 }
 
 interface Fixture {
@@ -978,6 +984,149 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
       })),
   );
 
+  // The bytes of a body, on every route that takes one, under a token that
+  // may use it: a body the route would take but for one defect, which alone
+  // must refuse it. Bytes that are not UTF-8 anywhere (400), a content coding
+  // (415), a charset other than UTF-8 (415), a member named twice, in any
+  // object of the body, spelt alike or with an escape (400).
+  const takenBodies: { route: Route; url: string; body: Record<string, unknown>; headers: Record<string, string> }[] =
+    ROUTES.filter((route) => route.body !== undefined).map((route) => {
+      const url = route.path('FZ-1', f.confirmed);
+      const token = url.startsWith('/v1/admin/') ? f.tokens.operator : f.tokens.admin;
+      // A new product, a real dead letter: taken, each would change something.
+      const body =
+        url === '/v1/products'
+          ? { ...route.body, sku: 'FZ-BYTES' }
+          : url.startsWith('/v1/admin/dead-letters/')
+            ? { ids: [f.letter] }
+            : route.body!;
+      return { route, url, body, headers: { ...bearer(token), 'idempotency-key': 'fz-bytes' } };
+    });
+  const notUtf8 = fc.oneof(
+    fc.constantFrom(
+      [0xff],
+      [0xfe, 0xff],
+      [0x80],
+      [0xc0, 0xaf],
+      [0xed, 0xa0, 0x80],
+      [0xe2, 0x82],
+      [0xf4, 0x90, 0x80, 0x80],
+      [0xf8, 0x88, 0x80, 0x80, 0x80],
+    ),
+    fc
+      .uint8Array({ minLength: 1, maxLength: 8 })
+      .filter((bytes) => !isUtf8(bytes))
+      .map((bytes) => [...bytes]),
+  );
+  /** The body as text with one member of one of its objects (an invented one in an empty object) named again. */
+  const twice = (body: Record<string, unknown>) => {
+    const objects: Record<string, unknown>[] = [];
+    const walk = (value: unknown) => {
+      if (Array.isArray(value)) value.forEach(walk);
+      else if (value !== null && typeof value === 'object') {
+        objects.push(value as Record<string, unknown>);
+        Object.values(value).forEach(walk);
+      }
+    };
+    walk(body);
+    return fc
+      .record({
+        at: fc.nat({ max: objects.length - 1 }),
+        name: unknownKey,
+        other: fc.jsonValue(),
+        same: fc.boolean(),
+        escaped: fc.boolean(),
+        pick: fc.nat(),
+      })
+      .map(({ at, name, other, same, escaped, pick }) => {
+        const target = objects[at]!;
+        const names = Object.keys(target);
+        const repeated = names.length > 0 ? names[pick % names.length]! : name;
+        // The same value again, or another: the body is refused for the name alone either way.
+        const again = same && names.length > 0 ? target[repeated] : other;
+        // The first character as \uXXXX: the same name to JSON, another spelling to a byte comparison.
+        const spelt = escaped
+          ? `"\\u${repeated.charCodeAt(0).toString(16).padStart(4, '0')}${JSON.stringify(repeated.slice(1)).slice(1)}`
+          : JSON.stringify(repeated);
+        const extra = names.length > 0 ? [] : [`${JSON.stringify(name)}:${JSON.stringify(again)}`];
+        const text = (value: unknown): string => {
+          if (Array.isArray(value)) return `[${value.map(text).join(',')}]`;
+          if (value === null || typeof value !== 'object') return JSON.stringify(value);
+          const members = Object.entries(value).map(([k, v]) => `${JSON.stringify(k)}:${text(v)}`);
+          if (value === target) members.push(...extra, `${spelt}:${JSON.stringify(again)}`);
+          return `{${members.join(',')}}`;
+        };
+        return text(body);
+      });
+  };
+  const bodyBytes = fc.constantFrom(...takenBodies).chain(({ url, body, headers }) => {
+    const text = JSON.stringify(body);
+    const request = (payload: string | Buffer, extra: Record<string, string>, problem: string): Request => ({
+      method: 'POST',
+      url,
+      headers: { ...CONTENT_TYPE, ...headers, ...extra },
+      payload,
+      expect: [
+        problem === '/problems/unsupported-media-type' || problem === '/problems/unsupported-content-encoding'
+          ? 415
+          : 400,
+      ],
+      problem,
+    });
+    return fc.oneof(
+      fc
+        .tuple(notUtf8, fc.nat({ max: text.length }))
+        .map(([bytes, at]) =>
+          request(
+            Buffer.concat([Buffer.from(text.slice(0, at)), Buffer.from(bytes), Buffer.from(text.slice(at))]),
+            {},
+            '/problems/malformed-json',
+          ),
+        ),
+      fc
+        .constantFrom(
+          'gzip',
+          'x-gzip',
+          'deflate',
+          'br',
+          'zstd',
+          'compress',
+          'GZIP',
+          'identity, gzip',
+          'gzip, identity',
+          '*',
+          'aes128gcm',
+        )
+        .map((encoding) =>
+          request(
+            /gzip/i.test(encoding) ? gzipSync(text) : text,
+            { 'content-encoding': encoding },
+            '/problems/unsupported-content-encoding',
+          ),
+        ),
+      fc
+        .oneof(
+          fc.constantFrom(
+            'latin1',
+            'ISO-8859-1',
+            'utf-16',
+            'UTF-16LE',
+            'us-ascii',
+            'windows-1252',
+            'utf-7',
+            '"utf-32"',
+            'utf-8x',
+            '',
+          ),
+          fc.stringMatching(/^[A-Za-z0-9_-]{1,12}$/).filter((name) => !['utf-8', 'utf8'].includes(name.toLowerCase())),
+        )
+        .map((charset) =>
+          request(text, { 'content-type': `application/json; charset=${charset}` }, '/problems/unsupported-media-type'),
+        ),
+      twice(body).map((duplicated) => request(duplicated, {}, '/problems/duplicate-json-member')),
+    );
+  });
+
   return {
     'token attacks': { requests: tokenAttacks, runs: 300 },
     'valid tokens without the scope': { requests: scopeAttacks, runs: 20 },
@@ -994,6 +1143,7 @@ function families(f: Fixture): Record<string, { requests: fc.Arbitrary<Request>;
     'dead-letter bodies that break the schema': { requests: settleBodies, runs: 200 },
     'dead letters that are not there': { requests: strayLetters, runs: 100 },
     'console files and the development token': { requests: consoleAttacks, runs: 150 },
+    'bodies not UTF-8, encoded, in another charset, or naming a member twice': { requests: bodyBytes, runs: 300 },
     'the figures stream with a bad query or token': { requests: streamAttacks, runs: 60, overSocket: true },
   };
 }
@@ -1008,7 +1158,7 @@ interface Answer {
 
 /** Every answer: never a 5xx; an error is problem+json with its own status; a write never succeeds unless it is a replay, or names nothing and says so. */
 function assertAnswer(
-  request: Pick<Request, 'method' | 'url' | 'replay' | 'namesNothing' | 'expect'>,
+  request: Pick<Request, 'method' | 'url' | 'replay' | 'namesNothing' | 'expect' | 'problem'>,
   answer: Answer,
 ): void {
   const what = `${request.method} ${request.url.slice(0, 200)} → ${answer.status} ${answer.body.slice(0, 300)}`;
@@ -1023,6 +1173,7 @@ function assertAnswer(
       for (const field of ['type', 'title', 'detail'])
         assert.equal(typeof problem[field], 'string', `problem.${field}: ${what}`);
       assert.match(String(problem.type), /^\/problems\/[a-z-]+$/, what);
+      if (request.problem !== undefined) assert.equal(problem.type, request.problem, what);
     }
   } else if (request.method === 'POST' && request.namesNothing === true) {
     const { results } = JSON.parse(answer.body) as { results: { outcome: string }[] };
