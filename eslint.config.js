@@ -58,18 +58,31 @@ const TOP_LEVEL_FILES = new Set(['errors', 'text', 'deadline', 'currencies', 'ba
 function moduleBoundaries(name) {
   const up = TOP_LEVEL_FILES.has(name) ? './' : '../';
   const allowed = MAY_IMPORT[name] ?? [];
-  const forbidden = Object.keys(MAY_IMPORT).filter((other) => other !== name && !allowed.includes(other) && !SHARED.includes(other));
+  const forbidden = Object.keys(MAY_IMPORT).filter(
+    (other) => other !== name && !allowed.includes(other) && !SHARED.includes(other),
+  );
   return {
     files: TOP_LEVEL_FILES.has(name) ? [`src/${name}.ts`, `src/${name}.spec.ts`] : [`src/${name}/**/*.ts`],
     rules: {
-      'no-restricted-imports': ['error', {
-        patterns: [
-          ...(forbidden.length > 0
-            ? [{ group: forbidden.flatMap((other) => [`${up}${other}/*`, `${up}${other}.ts`]), message: `${name} may import only ${[...allowed, ...SHARED].join(', ')} (see MAY_IMPORT in eslint.config.js and docs/architecture.md)` }]
-            : []),
-          { group: [`${up}*/store.ts`], message: "another module's SQL is private: call its public functions instead" },
-        ],
-      }],
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            ...(forbidden.length > 0
+              ? [
+                  {
+                    group: forbidden.flatMap((other) => [`${up}${other}/*`, `${up}${other}.ts`]),
+                    message: `${name} may import only ${[...allowed, ...SHARED].join(', ')} (see MAY_IMPORT in eslint.config.js and docs/architecture.md)`,
+                  },
+                ]
+              : []),
+            {
+              group: [`${up}*/store.ts`],
+              message: "another module's SQL is private: call its public functions instead",
+            },
+          ],
+        },
+      ],
     },
   };
 }
@@ -80,15 +93,30 @@ export default tseslint.config(
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {
-      parserOptions: { projectService: { allowDefaultProject: ['eslint.config.js'] }, tsconfigRootDir: import.meta.dirname },
+      parserOptions: {
+        projectService: { allowDefaultProject: ['eslint.config.js'] },
+        tsconfigRootDir: import.meta.dirname,
+      },
     },
     rules: {
       // node:test's describe/it return promises the runner itself tracks.
-      '@typescript-eslint/no-floating-promises': ['error', {
-        allowForKnownSafeCalls: [{ from: 'package', package: 'node:test', name: ['describe', 'it', 'test', 'suite', 'before', 'after', 'beforeEach', 'afterEach'] }],
-      }],
+      '@typescript-eslint/no-floating-promises': [
+        'error',
+        {
+          allowForKnownSafeCalls: [
+            {
+              from: 'package',
+              package: 'node:test',
+              name: ['describe', 'it', 'test', 'suite', 'before', 'after', 'beforeEach', 'afterEach'],
+            },
+          ],
+        },
+      ],
       '@typescript-eslint/no-misused-promises': ['error', { checksVoidReturn: { arguments: false } }],
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true },
+      ],
       // Fastify plugins and handlers are async by contract, awaiting or not.
       '@typescript-eslint/require-await': 'off',
       '@typescript-eslint/consistent-type-imports': 'error',
@@ -99,7 +127,14 @@ export default tseslint.config(
     // The composition root wires every module, but reads none's SQL.
     files: ['src/app.ts', 'src/main.ts'],
     rules: {
-      'no-restricted-imports': ['error', { patterns: [{ group: ['./*/store.ts'], message: "another module's SQL is private: call its public functions instead" }] }],
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            { group: ['./*/store.ts'], message: "another module's SQL is private: call its public functions instead" },
+          ],
+        },
+      ],
     },
   },
   {
@@ -124,7 +159,26 @@ export default tseslint.config(
       parserOptions: { projectService: false, project: false, program: null },
       sourceType: 'module',
       globals: Object.fromEntries(
-        ['window', 'document', 'location', 'fetch', 'sessionStorage', 'CustomEvent', 'ResizeObserver', 'TextDecoderStream', 'URLSearchParams', 'Intl', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'addEventListener', 'removeEventListener', 'AbortController', 'console'].map((name) => [name, 'readonly']),
+        [
+          'window',
+          'document',
+          'location',
+          'fetch',
+          'sessionStorage',
+          'CustomEvent',
+          'ResizeObserver',
+          'TextDecoderStream',
+          'URLSearchParams',
+          'Intl',
+          'setTimeout',
+          'clearTimeout',
+          'setInterval',
+          'clearInterval',
+          'addEventListener',
+          'removeEventListener',
+          'AbortController',
+          'console',
+        ].map((name) => [name, 'readonly']),
       ),
     },
   },

@@ -3,12 +3,16 @@
 // in its RSS.
 import { runCeiling, type CeilingOptions, type CeilingResult } from './ceiling.ts';
 
-export type CeilingChildMessage = { kind: 'progress'; t: number; perSecond: number } | { kind: 'done'; result: CeilingResult } | { kind: 'error'; message: string };
+export type CeilingChildMessage =
+  | { kind: 'progress'; t: number; perSecond: number }
+  | { kind: 'done'; result: CeilingResult }
+  | { kind: 'error'; message: string };
 
 process.once('message', (options: Omit<CeilingOptions, 'onProgress'>) => {
   const send = (message: CeilingChildMessage) => process.send?.(message);
   runCeiling({ ...options, onProgress: (t, perSecond) => send({ kind: 'progress', t, perSecond }) }).then(
     (result) => send({ kind: 'done', result }),
-    (error: unknown) => send({ kind: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+    (error: unknown) =>
+      send({ kind: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
   );
 });

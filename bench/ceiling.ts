@@ -19,13 +19,26 @@ import { fileURLToPath } from 'node:url';
 import { PRICES_SQL } from '../src/catalog/store.ts';
 import { HOLD_STOCK_SQL, LOCK_STOCK_SQL } from '../src/inventory/store.ts';
 import { INSERT_JOBS_SQL, INSERT_OUTBOX_SQL } from '../src/messaging/store.ts';
-import { CLAIM_KEYS_SQL, INSERT_ORDER_EVENTS_SQL, INSERT_ORDER_LINES_SQL, INSERT_ORDERS_SQL } from '../src/orders/store.ts';
+import {
+  CLAIM_KEYS_SQL,
+  INSERT_ORDER_EVENTS_SQL,
+  INSERT_ORDER_LINES_SQL,
+  INSERT_ORDERS_SQL,
+} from '../src/orders/store.ts';
 import { INSERT_PAYMENTS_SQL } from '../src/payments/store.ts';
 import type { Database } from '../src/storage/database.ts';
 import { migrate } from '../src/storage/migrate.ts';
 import { openPGlite } from '../src/storage/pglite.ts';
 import { openPostgres } from '../src/storage/postgres.ts';
-import { newHistogram, recordMs, round, summarize, summarizeValues, type LatencySummary, type SecondSample } from './stats.ts';
+import {
+  newHistogram,
+  recordMs,
+  round,
+  summarize,
+  summarizeValues,
+  type LatencySummary,
+  type SecondSample,
+} from './stats.ts';
 import type { CeilingChildMessage } from './ceiling-child.ts';
 import { findPostgresProgram } from '../test/support/private-postgres.ts';
 import { freshDatabase, postgresBaseUrl, type Mode } from './targets.ts';
@@ -67,9 +80,10 @@ export async function seedCeilingCatalog(db: Database): Promise<void> {
      SELECT 'SKU-' || lpad(n::text, 4, '0'), 'Bench product ' || n, 1000, 'EUR' FROM generate_series(1, $1::int) n`,
     [CEILING_SKUS],
   );
-  await db.query(`INSERT INTO inventory.stock (sku, on_hand) SELECT 'SKU-' || lpad(n::text, 4, '0'), 1000000000 FROM generate_series(1, $1::int) n`, [
-    CEILING_SKUS,
-  ]);
+  await db.query(
+    `INSERT INTO inventory.stock (sku, on_hand) SELECT 'SKU-' || lpad(n::text, 4, '0'), 1000000000 FROM generate_series(1, $1::int) n`,
+    [CEILING_SKUS],
+  );
 }
 
 export async function versionOf(db: Database): Promise<string> {
@@ -86,7 +100,9 @@ export function runCeilingIsolated(options: CeilingOptions): Promise<CeilingResu
   if (options.mode !== 'embedded') return runCeiling(options);
   const { onProgress, ...rest } = options;
   return new Promise((resolve, reject) => {
-    const child = fork(fileURLToPath(new URL('./ceiling-child.ts', import.meta.url)), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(fileURLToPath(new URL('./ceiling-child.ts', import.meta.url)), [], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
     let settled = false;
     child.on('message', (message: CeilingChildMessage) => {
       if (message.kind === 'progress') return onProgress?.(message.t, message.perSecond);
@@ -161,22 +177,51 @@ function acceptStatements(broker: boolean): Statement[] {
     {
       name: 'order row',
       sql: INSERT_ORDERS_SQL,
-      pgbench: [`ARRAY[${PG.orderId}]`, `ARRAY[${PG.customer}]`, `ARRAY['pending']`, 'ARRAY[:tot]', `ARRAY['EUR']`, 'ARRAY[NULL]'],
+      pgbench: [
+        `ARRAY[${PG.orderId}]`,
+        `ARRAY[${PG.customer}]`,
+        `ARRAY['pending']`,
+        'ARRAY[:tot]',
+        `ARRAY['EUR']`,
+        'ARRAY[NULL]',
+      ],
       values: (o) => [[o.orderId], [o.customer], ['pending'], [o.total], ['EUR'], [null]],
     },
     {
       name: 'line rows',
       sql: INSERT_ORDER_LINES_SQL,
       pgbench: [`ARRAY[${PG.orderId}, ${PG.orderId}]`, 'ARRAY[1, 2]', PG_SKUS, PG_QUANTITIES, 'ARRAY[1000, 1000]'],
-      values: (o) => [[o.orderId, o.orderId], [1, 2], [o.lo, o.hi], [o.qlo, o.qhi], [1000, 1000]],
+      values: (o) => [
+        [o.orderId, o.orderId],
+        [1, 2],
+        [o.lo, o.hi],
+        [o.qlo, o.qhi],
+        [1000, 1000],
+      ],
     },
     {
       name: 'history rows',
       sql: INSERT_ORDER_EVENTS_SQL,
-      pgbench: [`ARRAY[${PG.orderId}, ${PG.orderId}]`, `ARRAY['accepted', 'stock_held']`, `ARRAY['{"totalCents": ' || :tot::text || '}', '{}']`],
-      values: (o) => [[o.orderId, o.orderId], ['accepted', 'stock_held'], [JSON.stringify({ totalCents: o.total }), '{}']],
+      pgbench: [
+        `ARRAY[${PG.orderId}, ${PG.orderId}]`,
+        `ARRAY['accepted', 'stock_held']`,
+        `ARRAY['{"totalCents": ' || :tot::text || '}', '{}']`,
+      ],
+      values: (o) => [
+        [o.orderId, o.orderId],
+        ['accepted', 'stock_held'],
+        [JSON.stringify({ totalCents: o.total }), '{}'],
+      ],
     },
-    { name: 'hold stock', sql: HOLD_STOCK_SQL, pgbench: [PG_SKUS, PG_QUANTITIES], values: (o) => [[o.lo, o.hi], [o.qlo, o.qhi]] },
+    {
+      name: 'hold stock',
+      sql: HOLD_STOCK_SQL,
+      pgbench: [PG_SKUS, PG_QUANTITIES],
+      values: (o) => [
+        [o.lo, o.hi],
+        [o.qlo, o.qhi],
+      ],
+    },
     {
       name: 'payment row',
       sql: INSERT_PAYMENTS_SQL,
@@ -338,7 +383,21 @@ async function runPgbench(options: CeilingOptions): Promise<CeilingResult> {
     const script = path.join(work, 'accept-order.sql');
     await writeFile(script, pgbenchScript(options.broker));
     const logPrefix = path.join(work, 'txn');
-    const args = ['-n', '-M', 'prepared', '-f', script, '-c', String(clients), '-j', String(Math.min(2, clients)), '-T', String(options.durationS), '-P', '1'];
+    const args = [
+      '-n',
+      '-M',
+      'prepared',
+      '-f',
+      script,
+      '-c',
+      String(clients),
+      '-j',
+      String(Math.min(2, clients)),
+      '-T',
+      String(options.durationS),
+      '-P',
+      '1',
+    ];
     args.push('-l', `--log-prefix=${logPrefix}`, fresh.url);
     const { stdout, code } = await new Promise<{ stdout: string; code: number | null }>((resolve, reject) => {
       const child = spawn(pgbench, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -353,7 +412,18 @@ async function runPgbench(options: CeilingOptions): Promise<CeilingResult> {
         }
       });
       child.on('error', reject);
-      child.on('exit', (exitCode) => resolve({ stdout: out + '\n' + err.split('\n').filter((l) => !l.startsWith('progress:')).join('\n'), code: exitCode }));
+      child.on('exit', (exitCode) =>
+        resolve({
+          stdout:
+            out +
+            '\n' +
+            err
+              .split('\n')
+              .filter((l) => !l.startsWith('progress:'))
+              .join('\n'),
+          code: exitCode,
+        }),
+      );
     });
     const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout);
     if (code !== 0 || !tps) throw new Error(`pgbench failed (exit ${code}):\n${stdout.trim()}`);
@@ -364,7 +434,8 @@ async function runPgbench(options: CeilingOptions): Promise<CeilingResult> {
     for (const file of (await readdir(work)).filter((f) => f.startsWith('txn.'))) {
       for (const line of (await readFile(path.join(work, file), 'utf8')).split('\n')) {
         const fields = line.split(' ').map(Number);
-        if (fields.length >= 6 && fields.every(Number.isFinite)) done.push({ endMs: fields[4]! * 1000 + fields[5]! / 1000, ms: fields[2]! / 1000 });
+        if (fields.length >= 6 && fields.every(Number.isFinite))
+          done.push({ endMs: fields[4]! * 1000 + fields[5]! / 1000, ms: fields[2]! / 1000 });
       }
     }
     const firstEnd = Math.min(...done.map((d) => d.endMs - d.ms));

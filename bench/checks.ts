@@ -19,7 +19,9 @@ export interface StatusCounts {
 }
 
 export async function statusCounts(db: Queryable): Promise<StatusCounts> {
-  const rows = await db.query<{ status: string; n: number }>('SELECT status, count(*)::int AS n FROM orders.orders GROUP BY status');
+  const rows = await db.query<{ status: string; n: number }>(
+    'SELECT status, count(*)::int AS n FROM orders.orders GROUP BY status',
+  );
   const counts: StatusCounts = { pending: 0, confirmed: 0, rejected: 0, cancelled: 0, total: 0 };
   for (const row of rows) {
     if (row.status in counts) counts[row.status as keyof Omit<StatusCounts, 'total'>] = Number(row.n);
@@ -32,7 +34,9 @@ export async function statusCounts(db: Queryable): Promise<StatusCounts> {
 export async function drain(db: Queryable, timeoutMs: number): Promise<number | undefined> {
   const start = performance.now();
   for (;;) {
-    const [row] = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM orders.orders WHERE status = 'pending'`);
+    const [row] = await db.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM orders.orders WHERE status = 'pending'`,
+    );
     if (Number(row?.n) === 0) return performance.now() - start;
     if (performance.now() - start > timeoutMs) return undefined;
     await new Promise((resolve) => setTimeout(resolve, 100));
@@ -61,11 +65,19 @@ export async function checkInvariants(db: Queryable, ledger: Ledger, acceptedIds
                    GROUP BY l.sku) q ON q.sku = s.sku`,
   );
   const oversold = stock.filter((s) => Number(s.confirmed) > Number(s.on_hand));
-  const mismatched = stock.filter((s) => Number(s.held) !== Number(s.holding) || Number(s.on_hand) - Number(s.held) < 0);
+  const mismatched = stock.filter(
+    (s) => Number(s.held) !== Number(s.holding) || Number(s.on_hand) - Number(s.held) < 0,
+  );
   checks.push({
     name: 'no oversell (confirmed ≤ stock per SKU)',
     ok: oversold.length === 0,
-    detail: oversold.length === 0 ? `${stock.length} SKUs` : oversold.slice(0, 5).map((s) => `${s.sku}: confirmed ${s.confirmed} > stock ${s.on_hand}`).join('; '),
+    detail:
+      oversold.length === 0
+        ? `${stock.length} SKUs`
+        : oversold
+            .slice(0, 5)
+            .map((s) => `${s.sku}: confirmed ${s.confirmed} > stock ${s.on_hand}`)
+            .join('; '),
   });
   checks.push({
     name: 'available = stock − held by pending/confirmed',
@@ -73,13 +85,19 @@ export async function checkInvariants(db: Queryable, ledger: Ledger, acceptedIds
     detail:
       mismatched.length === 0
         ? `${stock.length} SKUs`
-        : mismatched.slice(0, 5).map((s) => `${s.sku}: held ${s.held}, orders hold ${s.holding}, stock ${s.on_hand}`).join('; '),
+        : mismatched
+            .slice(0, 5)
+            .map((s) => `${s.sku}: held ${s.held}, orders hold ${s.holding}, stock ${s.on_hand}`)
+            .join('; '),
   });
 
   // One net charge per confirmed order, nothing net for the others, nothing for unknown orders.
-  const orders = await db.query<{ id: string; status: string; total_cents: number }>('SELECT id, status, total_cents FROM orders.orders');
+  const orders = await db.query<{ id: string; status: string; total_cents: number }>(
+    'SELECT id, status, total_cents FROM orders.orders',
+  );
   const refunded = new Map<string, number>();
-  for (const refund of ledger.refunds) refunded.set(refund.chargeId, (refunded.get(refund.chargeId) ?? 0) + refund.amountCents);
+  for (const refund of ledger.refunds)
+    refunded.set(refund.chargeId, (refunded.get(refund.chargeId) ?? 0) + refund.amountCents);
   const byOrder = new Map<string, { charges: number; net: number }>();
   for (const charge of ledger.charges) {
     const entry = byOrder.get(charge.reference) ?? { charges: 0, net: 0 };
@@ -96,18 +114,26 @@ export async function checkInvariants(db: Queryable, ledger: Ledger, acceptedIds
     if (order.status === 'confirmed' && (entry.charges !== 1 || entry.net !== Number(order.total_cents))) {
       problems.push(`${order.id} confirmed: ${entry.charges} net charges, net ${entry.net} of ${order.total_cents}`);
     }
-    if (order.status !== 'confirmed' && order.status !== 'pending' && entry.net !== 0) problems.push(`${order.id} ${order.status}: nets ${entry.net}`);
+    if (order.status !== 'confirmed' && order.status !== 'pending' && entry.net !== 0)
+      problems.push(`${order.id} ${order.status}: nets ${entry.net}`);
   }
-  for (const reference of byOrder.keys()) if (!known.has(reference)) problems.push(`charge for unknown order ${reference}`);
+  for (const reference of byOrder.keys())
+    if (!known.has(reference)) problems.push(`charge for unknown order ${reference}`);
   checks.push({
     name: 'one net charge per confirmed order (gateway ledger)',
     ok: problems.length === 0,
-    detail: problems.length === 0 ? `${ledger.charges.length} charges, ${ledger.refunds.length} refunds` : `${problems.length} problems: ${problems.slice(0, 5).join('; ')}`,
+    detail:
+      problems.length === 0
+        ? `${ledger.charges.length} charges, ${ledger.refunds.length} refunds`
+        : `${problems.length} problems: ${problems.slice(0, 5).join('; ')}`,
   });
 
   // Every 202 can be read back.
   const unique = [...new Set(acceptedIds)];
-  const [found] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM orders.orders WHERE id = ANY($1::text[])', [unique]);
+  const [found] = await db.query<{ n: number }>(
+    'SELECT count(*)::int AS n FROM orders.orders WHERE id = ANY($1::text[])',
+    [unique],
+  );
   checks.push({
     name: 'every 202 answer readable',
     ok: Number(found?.n) === unique.length,

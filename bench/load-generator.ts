@@ -22,7 +22,12 @@ function send(message: ChildMessage): void {
 
 async function run(spec: LoadSpec): Promise<LoadResult> {
   const origin = new URL(spec.url).origin;
-  const pool = new Pool(origin, { connections: spec.connections, pipelining: 1, headersTimeout: 60_000, bodyTimeout: 60_000 });
+  const pool = new Pool(origin, {
+    connections: spec.connections,
+    pipelining: 1,
+    headersTimeout: 60_000,
+    bodyTimeout: 60_000,
+  });
   const total = newHistogram();
   let window = newHistogram();
   const counts = { accepted: 0, rejected: 0, failed: 0, retries: 0 };
@@ -96,7 +101,12 @@ async function run(spec: LoadSpec): Promise<LoadResult> {
   const get = async (token: string, requestPath: string): Promise<void> => {
     const began = performance.now();
     try {
-      const response = await pool.request({ origin, path: requestPath, method: 'GET', headers: { authorization: `Bearer ${token}` } });
+      const response = await pool.request({
+        origin,
+        path: requestPath,
+        method: 'GET',
+        headers: { authorization: `Bearer ${token}` },
+      });
       await response.body.text();
       if (response.statusCode >= 200 && response.statusCode < 300) {
         const ms = performance.now() - began;
@@ -142,7 +152,12 @@ async function run(spec: LoadSpec): Promise<LoadResult> {
         const lines = randomInt(1, 4);
         const chosen = new Set<string>();
         while (chosen.size < lines) chosen.add(skus[randomInt(skus.length)]!);
-        record(await place(token, [...chosen].map((sku) => ({ sku, quantity: randomInt(1, 4) }))));
+        record(
+          await place(
+            token,
+            [...chosen].map((sku) => ({ sku, quantity: randomInt(1, 4) })),
+          ),
+        );
       }
     });
   } else if (workload.kind === 'reads') {
@@ -192,6 +207,7 @@ process.once('message', (message: ParentMessage) => {
   if (message.kind !== 'start') return;
   run(message.spec).then(
     (result) => send({ kind: 'done', result }),
-    (error: unknown) => send({ kind: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+    (error: unknown) =>
+      send({ kind: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
   );
 });

@@ -64,7 +64,8 @@ export interface LoadResult {
 }
 
 export type ParentMessage = { kind: 'start'; spec: LoadSpec } | { kind: 'stop' };
-export type ChildMessage = { kind: 'tick'; tick: LoadTick } | { kind: 'done'; result: LoadResult } | { kind: 'error'; message: string };
+export type ChildMessage =
+  { kind: 'tick'; tick: LoadTick } | { kind: 'done'; result: LoadResult } | { kind: 'error'; message: string };
 
 const GENERATOR = fileURLToPath(new URL('./load-generator.ts', import.meta.url));
 

@@ -7,7 +7,14 @@
 // outages; the figures are quoted in docs/architecture.md ("When something
 // fails"). See bench/README.md.
 import { parseArgs } from 'node:util';
-import { OutageRig, outageSteps, stepName, type Answer, type OutageMode, type StepReport } from '../test/support/outages.ts';
+import {
+  OutageRig,
+  outageSteps,
+  stepName,
+  type Answer,
+  type OutageMode,
+  type StepReport,
+} from '../test/support/outages.ts';
 import { summarizeValues } from './stats.ts';
 
 const { values } = parseArgs({
@@ -30,7 +37,10 @@ const ordersPerSecond = Number(values.rate);
 function statuses(answers: readonly Answer[]): string {
   const counts = new Map<number, number>();
   for (const a of answers) counts.set(a.status, (counts.get(a.status) ?? 0) + 1);
-  return [...counts].sort(([a], [b]) => a - b).map(([status, n]) => `${n}× ${status === 0 ? 'no answer' : status}`).join(', ');
+  return [...counts]
+    .sort(([a], [b]) => a - b)
+    .map(([status, n]) => `${n}× ${status === 0 ? 'no answer' : status}`)
+    .join(', ');
 }
 
 function row(report: StepReport): string[] {
@@ -43,13 +53,17 @@ function row(report: StepReport): string[] {
     stepName(report.step),
     (report.outageMs / 1000).toFixed(1),
     statuses(report.during),
-    refused.length === 0 ? '–' : `${summarizeValues(refusedMs).p50Ms.toFixed(0)} / ${summarizeValues(refusedMs).maxMs.toFixed(0)}`,
+    refused.length === 0
+      ? '–'
+      : `${summarizeValues(refusedMs).p50Ms.toFixed(0)} / ${summarizeValues(refusedMs).maxMs.toFixed(0)}`,
     refused.length === 0 ? '–' : `${withRetryAfter}/${refused.length}`,
     readyz,
     `${Math.max(...metricsMs).toFixed(0)}`,
     (report.acceptingAfterMs / 1000).toFixed(2),
     (report.caughtUpAfterMs / 1000).toFixed(2),
-    report.pidsAfter.join(',') === report.pidsBefore.join(',') ? 'yes' : `NO: ${report.pidsBefore.join(',')} → ${report.pidsAfter.join(',')}`,
+    report.pidsAfter.join(',') === report.pidsBefore.join(',')
+      ? 'yes'
+      : `NO: ${report.pidsBefore.join(',')} → ${report.pidsAfter.join(',')}`,
   ];
 }
 
@@ -66,8 +80,15 @@ const header = [
   'same processes',
 ];
 
-process.stderr.write(`outages: starting private servers and the combined shape (${mode}), ${clients} clients, ${ordersPerSecond} new orders/s\n`);
-const rig = await OutageRig.start(mode, { clients, ordersPerSecond, outageMs, onOutput: (name, line) => process.stderr.write(`[${name}] ${line}\n`) });
+process.stderr.write(
+  `outages: starting private servers and the combined shape (${mode}), ${clients} clients, ${ordersPerSecond} new orders/s\n`,
+);
+const rig = await OutageRig.start(mode, {
+  clients,
+  ordersPerSecond,
+  outageMs,
+  onOutput: (name, line) => process.stderr.write(`[${name}] ${line}\n`),
+});
 const rows: string[][] = [];
 try {
   for (const step of outageSteps(mode)) {
@@ -75,8 +96,11 @@ try {
     rows.push(row(await rig.run(step)));
   }
   const checks = await rig.finish();
-  for (const check of checks) process.stderr.write(`outages: ${check.ok ? 'ok  ' : 'FAIL'} ${check.name}: ${check.detail}\n`);
-  process.stdout.write(`\nmode ${mode}, ${clients} clients, ${ordersPerSecond} new orders/s, ${rig.load.accepted.size} orders accepted\n\n`);
+  for (const check of checks)
+    process.stderr.write(`outages: ${check.ok ? 'ok  ' : 'FAIL'} ${check.name}: ${check.detail}\n`);
+  process.stdout.write(
+    `\nmode ${mode}, ${clients} clients, ${ordersPerSecond} new orders/s, ${rig.load.accepted.size} orders accepted\n\n`,
+  );
   process.stdout.write(`| ${header.join(' | ')} |\n|${header.map(() => '---').join('|')}|\n`);
   for (const r of rows) process.stdout.write(`| ${r.join(' | ')} |\n`);
   if (checks.some((c) => !c.ok)) process.exitCode = 1;

@@ -27,7 +27,10 @@ const QUEUE = 'payments.charge';
  * batches of `batch` (the relay's batch is up to 500, each awaited before the
  * next, as the relay does).
  */
-export async function measurePublish(url: string, options: { rounds: number; perRound: number; batch: number }): Promise<PublishMeasurement[]> {
+export async function measurePublish(
+  url: string,
+  options: { rounds: number; perRound: number; batch: number },
+): Promise<PublishMeasurement[]> {
   const prefix = `pubbench${randomBytes(4).toString('hex')}`;
   const broker = new NatsBroker(url, pino({ level: 'silent' }), { prefix });
   const parsed = new URL(url);
@@ -35,15 +38,25 @@ export async function measurePublish(url: string, options: { rounds: number; per
   const js = jetstream(nc);
   let seq = 0;
   const batchOf = () =>
-    Array.from({ length: options.batch }, () => ({ id: `m${seq++}`, queue: QUEUE, payload: { orderId: `ord_${String(seq).padStart(26, '0')}` }, maxAttempts: 10 }));
+    Array.from({ length: options.batch }, () => ({
+      id: `m${seq++}`,
+      queue: QUEUE,
+      payload: { orderId: `ord_${String(seq).padStart(26, '0')}` },
+      maxAttempts: 10,
+    }));
   const ways = {
-    'adapter: one acknowledgement inbox, one deadline per batch': (messages: ReturnType<typeof batchOf>) => broker.publish(messages),
+    'adapter: one acknowledgement inbox, one deadline per batch': (messages: ReturnType<typeof batchOf>) =>
+      broker.publish(messages),
     'before: one JetStream request per message (js.publish)': async (messages: ReturnType<typeof batchOf>) => {
       await Promise.all(
         messages.map((message) => {
           const h = headers();
           h.set('Orderflow-Max-Attempts', String(message.maxAttempts));
-          return js.publish(broker.subject(message.queue), JSON.stringify(message.payload), { msgID: message.id, headers: h, timeout: 5_000 });
+          return js.publish(broker.subject(message.queue), JSON.stringify(message.payload), {
+            msgID: message.id,
+            headers: h,
+            timeout: 5_000,
+          });
         }),
       );
     },
@@ -70,5 +83,10 @@ export async function measurePublish(url: string, options: { rounds: number; per
     await broker.close();
     await nc.close();
   }
-  return [...totals].map(([label, t]) => ({ label, messages: t.messages, cpuUsPerMessage: round(t.cpuUs / t.messages, 2), perSecond: round(t.messages / (t.ms / 1000), 1) }));
+  return [...totals].map(([label, t]) => ({
+    label,
+    messages: t.messages,
+    cpuUsPerMessage: round(t.cpuUs / t.messages, 2),
+    perSecond: round(t.messages / (t.ms / 1000), 1),
+  }));
 }

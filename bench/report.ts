@@ -49,13 +49,31 @@ export function printTable(result: BenchResult): void {
     ['scenario', `${result.scenario} (${result.mode})`],
     ['shape', result.shape],
     ['machine', `${result.machine.cpu}, ${result.machine.cores} cores, ${result.machine.ramGiB} GiB RAM`],
-    ['software', `Node ${result.machine.node}, PostgreSQL ${result.machine.postgres ?? 'n/a'}, ${result.machine.platform}`],
-    ['options', Object.entries(result.options).map(([k, v]) => `${k}=${v}`).join(' ')],
-    ...result.figures.map(({ label, value }): [string, string] => [label, value === null ? '—' : typeof value === 'number' ? format(value) : value]),
+    [
+      'software',
+      `Node ${result.machine.node}, PostgreSQL ${result.machine.postgres ?? 'n/a'}, ${result.machine.platform}`,
+    ],
+    [
+      'options',
+      Object.entries(result.options)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' '),
+    ],
+    ...result.figures.map(({ label, value }): [string, string] => [
+      label,
+      value === null ? '—' : typeof value === 'number' ? format(value) : value,
+    ]),
   ];
-  if (Object.keys(result.errors).length > 0) rows.push(['errors', Object.entries(result.errors).map(([k, v]) => `${k}×${v}`).join(' ')]);
+  if (Object.keys(result.errors).length > 0)
+    rows.push([
+      'errors',
+      Object.entries(result.errors)
+        .map(([k, v]) => `${k}×${v}`)
+        .join(' '),
+    ]);
   for (const check of result.checks) rows.push([`${check.ok ? 'ok  ' : 'FAIL'} ${check.name}`, check.detail]);
-  for (const t of result.targets ?? []) rows.push([`${t.met === null ? 'n/a   ' : t.met ? 'met   ' : 'MISSED'} ${t.target}`, t.result]);
+  for (const t of result.targets ?? [])
+    rows.push([`${t.met === null ? 'n/a   ' : t.met ? 'met   ' : 'MISSED'} ${t.target}`, t.result]);
   const width = Math.max(...rows.map(([k]) => k.length));
   const line = '─'.repeat(Math.min(100, width + 60));
   const out = [line, ...rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`), line];
@@ -64,7 +82,9 @@ export function printTable(result: BenchResult): void {
 }
 
 function format(value: number): string {
-  return Number.isInteger(value) ? value.toLocaleString('en-US') : value.toLocaleString('en-US', { maximumFractionDigits: 2 });
+  return Number.isInteger(value)
+    ? value.toLocaleString('en-US')
+    : value.toLocaleString('en-US', { maximumFractionDigits: 2 });
 }
 
 export async function writeResult(result: BenchResult): Promise<{ json: string; svg: string }> {
@@ -92,14 +112,33 @@ const MARGIN = { left: 64, right: 150, top: 28, bottom: 30 };
 export function chart(result: BenchResult): string {
   const panels: { title: string; unit: string; lines: Line[] }[] = [];
   const s = result.series;
-  const throughput: Line[] = [{ name: result.scenario === 'ceiling' ? 'transactions/s' : result.scenario === 'reads' ? 'reads/s' : 'accepted/s', color: '#2563eb', points: s.map((x) => [x.t, x.accepted]) }];
-  if (s.some((x) => x.confirmed !== undefined)) throughput.push({ name: 'confirmed/s', color: '#16a34a', points: s.map((x) => [x.t, x.confirmed ?? 0]) });
+  const throughput: Line[] = [
+    {
+      name: result.scenario === 'ceiling' ? 'transactions/s' : result.scenario === 'reads' ? 'reads/s' : 'accepted/s',
+      color: '#2563eb',
+      points: s.map((x) => [x.t, x.accepted]),
+    },
+  ];
+  if (s.some((x) => x.confirmed !== undefined))
+    throughput.push({ name: 'confirmed/s', color: '#16a34a', points: s.map((x) => [x.t, x.confirmed ?? 0]) });
   if (result.ceiling && result.scenario !== 'ceiling' && s.length > 0) {
-    throughput.push({ name: 'ceiling', color: '#9ca3af', dashed: true, points: [[0, result.ceiling.perSecond], [s.at(-1)!.t, result.ceiling.perSecond]] });
+    throughput.push({
+      name: 'ceiling',
+      color: '#9ca3af',
+      dashed: true,
+      points: [
+        [0, result.ceiling.perSecond],
+        [s.at(-1)!.t, result.ceiling.perSecond],
+      ],
+    });
   }
   panels.push({ title: 'Throughput per second', unit: '/s', lines: throughput });
   const latency: Line[] = [];
-  for (const [key, name, color] of [['p50Ms', 'p50', '#0891b2'], ['p95Ms', 'p95', '#d97706'], ['p99Ms', 'p99', '#dc2626']] as const) {
+  for (const [key, name, color] of [
+    ['p50Ms', 'p50', '#0891b2'],
+    ['p95Ms', 'p95', '#d97706'],
+    ['p99Ms', 'p99', '#dc2626'],
+  ] as const) {
     const points = s.filter((x) => x[key] !== undefined && x.accepted > 0).map((x): [number, number] => [x.t, x[key]!]);
     if (points.length > 0) latency.push({ name, color, points });
   }
@@ -113,7 +152,10 @@ export function chart(result: BenchResult): string {
       lines: names.map((name, i) => ({
         name,
         color: palette[i % palette.length]!,
-        points: result.memory.map((m): [number, number] => [m.t, m.processes.find((p) => p.name === name)?.rssMiB ?? 0]),
+        points: result.memory.map((m): [number, number] => [
+          m.t,
+          m.processes.find((p) => p.name === name)?.rssMiB ?? 0,
+        ]),
       })),
     });
   }
@@ -147,22 +189,32 @@ function linePanel(panel: { title: string; unit: string; lines: Line[] }, top: n
   const yMax = niceMax(Math.max(1, ...panel.lines.flatMap((l) => l.points.map(([, y]) => y))));
   const sx = (x: number) => x0 + (x / xMax) * (x1 - x0);
   const sy = (y: number) => y1 - (y / yMax) * (y1 - y0);
-  const parts: string[] = [`<text x="${x0}" y="${top + 18}" font-weight="600">${escape(panel.title)} (${escape(panel.unit)})</text>`];
+  const parts: string[] = [
+    `<text x="${x0}" y="${top + 18}" font-weight="600">${escape(panel.title)} (${escape(panel.unit)})</text>`,
+  ];
   for (let i = 0; i <= 4; i++) {
     const v = (yMax / 4) * i;
     parts.push(`<line x1="${x0}" x2="${x1}" y1="${sy(v).toFixed(1)}" y2="${sy(v).toFixed(1)}" stroke="#e5e7eb"/>`);
-    parts.push(`<text x="${x0 - 6}" y="${(sy(v) + 4).toFixed(1)}" text-anchor="end" fill="#555">${shortNumber(v)}</text>`);
+    parts.push(
+      `<text x="${x0 - 6}" y="${(sy(v) + 4).toFixed(1)}" text-anchor="end" fill="#555">${shortNumber(v)}</text>`,
+    );
   }
   const step = niceMax(xMax / 6);
   for (let x = 0; x <= xMax + 1e-9; x += step) {
-    parts.push(`<text x="${sx(x).toFixed(1)}" y="${y1 + 14}" text-anchor="middle" fill="#555">${shortNumber(x)}</text>`);
+    parts.push(
+      `<text x="${sx(x).toFixed(1)}" y="${y1 + 14}" text-anchor="middle" fill="#555">${shortNumber(x)}</text>`,
+    );
   }
   parts.push(`<line x1="${x0}" x2="${x1}" y1="${y1}" y2="${y1}" stroke="#9ca3af"/>`);
   panel.lines.forEach((line, i) => {
     const d = line.points.map(([x, y], j) => `${j === 0 ? 'M' : 'L'}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ');
-    parts.push(`<path d="${d}" fill="none" stroke="${line.color}" stroke-width="1.8"${line.dashed ? ' stroke-dasharray="6 4"' : ''}/>`);
+    parts.push(
+      `<path d="${d}" fill="none" stroke="${line.color}" stroke-width="1.8"${line.dashed ? ' stroke-dasharray="6 4"' : ''}/>`,
+    );
     const ly = y0 + 4 + i * 16;
-    parts.push(`<line x1="${x1 + 14}" x2="${x1 + 34}" y1="${ly}" y2="${ly}" stroke="${line.color}" stroke-width="2"${line.dashed ? ' stroke-dasharray="4 3"' : ''}/>`);
+    parts.push(
+      `<line x1="${x1 + 14}" x2="${x1 + 34}" y1="${ly}" y2="${ly}" stroke="${line.color}" stroke-width="2"${line.dashed ? ' stroke-dasharray="4 3"' : ''}/>`,
+    );
     parts.push(`<text x="${x1 + 40}" y="${ly + 4}">${escape(line.name)}</text>`);
   });
   return parts.join('\n');

@@ -84,7 +84,9 @@ function reachable(host: string, port: number, timeoutMs = 500): Promise<boolean
 }
 
 /** A brand-new database on the server (the way the test harness makes one), and its dropper. */
-export async function freshDatabase(baseUrl: string): Promise<{ url: string; name: string; drop: () => Promise<void> }> {
+export async function freshDatabase(
+  baseUrl: string,
+): Promise<{ url: string; name: string; drop: () => Promise<void> }> {
   const name = `orderflow_bench_${randomBytes(6).toString('hex')}`;
   const admin = postgres(baseUrl, { max: 1, onnotice: () => {} });
   try {
@@ -123,7 +125,11 @@ export interface DistributedOptions {
   cpuProfileDir?: string;
 }
 
-export async function startTarget(mode: Mode, shape: ClusterShape = 'combined', options: DistributedOptions = {}): Promise<Target> {
+export async function startTarget(
+  mode: Mode,
+  shape: ClusterShape = 'combined',
+  options: DistributedOptions = {},
+): Promise<Target> {
   return mode === 'embedded' ? startEmbedded() : startDistributed(shape, options);
 }
 
@@ -144,7 +150,13 @@ function tuningFromEnvironment(): Record<string, string> {
 async function startEmbedded(): Promise<Target> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-bench-'));
   const gateway = new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS });
-  const config = loadConfig({ ...tuningFromEnvironment(), PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'warn' });
+  const config = loadConfig({
+    ...tuningFromEnvironment(),
+    PORT: '0',
+    HOST: '127.0.0.1',
+    DATA_DIR: dataDir,
+    LOG_LEVEL: 'warn',
+  });
   const lines: string[] = [];
   const log = pino({ level: 'warn' }, { write: (line: string) => void pushLine(lines, 'app', line.trimEnd()) });
   // As `serve` does: the database's files are created in a child process, whose memory is then returned.
@@ -204,14 +216,19 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
     await fresh.drop();
     await rm(dataDir, { recursive: true, force: true });
     // What the processes said before one failed to start is the reason.
-    throw new Error(`${(error as Error).message}; the processes logged:\n${lines.slice(-20).join('\n')}`, { cause: error });
+    throw new Error(`${(error as Error).message}; the processes logged:\n${lines.slice(-20).join('\n')}`, {
+      cause: error,
+    });
   }
   const started = cluster;
   // Named, so that the bench's own queries are not counted as Orderflow's PostgreSQL backends.
   const benchUrl = new URL(fresh.url);
   benchUrl.searchParams.set('application_name', BENCH_APPLICATION_NAME);
   const db = openPostgres(benchUrl.toString(), 4);
-  const counts = started.processes.reduce<Record<string, number>>((acc, p) => ({ ...acc, [p.role]: (acc[p.role] ?? 0) + 1 }), {});
+  const counts = started.processes.reduce<Record<string, number>>(
+    (acc, p) => ({ ...acc, [p.role]: (acc[p.role] ?? 0) + 1 }),
+    {},
+  );
   return {
     mode: 'distributed',
     url: started.url,
@@ -221,7 +238,9 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
         ? counts.api
           ? '2 processes (node:cluster, WEB_CONCURRENCY=2), ROLE=api only: accepting, nothing relayed or paid, no load balancer'
           : `2 processes (node:cluster, WEB_CONCURRENCY=2), each api + worker${counts.all && brokerUrl ? ' + relay' : ''}, no load balancer`
-        : `HAProxy → ${counts.api ?? 0} api, ${counts.worker ?? 0} worker` + (counts.relay ? `, ${counts.relay} relay` : '') + ' processes') +
+        : `HAProxy → ${counts.api ?? 0} api, ${counts.worker ?? 0} worker` +
+          (counts.relay ? `, ${counts.relay} relay` : '') +
+          ' processes') +
       `; PostgreSQL database ${fresh.name}; ${brokerUrl ? `broker ${new URL(brokerUrl).protocol.replace(':', '')}` : 'database queue'}; HTTP simulated gateway (${GATEWAY_LATENCY_MS} ms)`,
     db,
     issue: (sub, scope) => issuer.issue({ sub, scope }),
@@ -254,7 +273,9 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
 }
 
 /** Each role process, and the serving copies node:cluster forked (combined shape). */
-async function serverProcesses(cluster: { processes: { name: string; child: { pid?: number } }[] }): Promise<{ name: string; pid: number }[]> {
+async function serverProcesses(cluster: {
+  processes: { name: string; child: { pid?: number } }[];
+}): Promise<{ name: string; pid: number }[]> {
   const result: { name: string; pid: number }[] = [];
   for (const p of cluster.processes) {
     const pid = p.child.pid;

@@ -38,7 +38,12 @@ export const HAPROXY_CONFIG = path.join(ROOT, 'deploy', 'haproxy', 'haproxy.cfg'
 // heap it has no need for on a machine with plenty of RAM.
 // Tracing loads first, as with `npm start` (src/observability/instrument.ts):
 // it stays off unless the OTEL_* variables turn it on.
-export const SERVE_FLAGS = ['--max-semi-space-size=4', '--max-old-space-size=160', '--import', path.join(ROOT, 'src', 'observability', 'instrument.ts')];
+export const SERVE_FLAGS = [
+  '--max-semi-space-size=4',
+  '--max-old-space-size=160',
+  '--import',
+  path.join(ROOT, 'src', 'observability', 'instrument.ts'),
+];
 
 export interface ClusterOptions {
   databaseUrl: string;
@@ -99,7 +104,9 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const basePort = options.basePort ?? 8080;
   const output = options.onOutput ?? ((name, line) => process.stderr.write(`[${name}] ${line}\n`));
   const brokerPrefix = options.isolatedBroker && options.brokerUrl ? `c${randomBytes(5).toString('hex')}` : undefined;
-  const gateway = options.gateway ?? (await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: options.gatewayLatencyMs ?? 20 }) }));
+  const gateway =
+    options.gateway ??
+    (await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: options.gatewayLatencyMs ?? 20 }) }));
   const closeGateway = () => (options.gateway ? Promise.resolve() : gateway.close());
   const env: Record<string, string> = {
     ...inheritedEnv(),
@@ -117,7 +124,17 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   /** The HAProxy servers file of the split shape. */
   let lbDir: string | undefined;
   const serving = (name: string, role: ClusterProcess['role'], port: number, roleEnv: Record<string, string>) =>
-    managedProcess(name, role, port, () => spawn(process.execPath, [...SERVE_FLAGS, ...(options.nodeFlags ?? []), MAIN, 'serve'], { env: { ...env, ...roleEnv, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] }), output);
+    managedProcess(
+      name,
+      role,
+      port,
+      () =>
+        spawn(process.execPath, [...SERVE_FLAGS, ...(options.nodeFlags ?? []), MAIN, 'serve'], {
+          env: { ...env, ...roleEnv, PORT: String(port) },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        }),
+      output,
+    );
   try {
     // Migrate once up front so the roles do not race for the advisory lock at start.
     await run(process.execPath, [MAIN, 'migrate'], env, 'migrate', output);
@@ -140,9 +157,26 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
 
       lbDir = await mkdtemp(path.join(tmpdir(), 'orderflow-haproxy-'));
       const servers = path.join(lbDir, 'servers.cfg');
-      await writeFile(servers, haproxyServers(processes.filter((p) => p.role === 'api').map((p) => `127.0.0.1:${p.port}`)));
-      const lbEnv = { ...inheritedEnv(), ORDERFLOW_LB_BIND: `127.0.0.1:${basePort}`, ORDERFLOW_LB_STATS: `127.0.0.1:${port}` };
-      const lb = managedProcess('haproxy', 'lb', basePort, () => spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG, '-f', servers], { env: lbEnv, stdio: ['ignore', 'pipe', 'pipe'] }), output);
+      await writeFile(
+        servers,
+        haproxyServers(processes.filter((p) => p.role === 'api').map((p) => `127.0.0.1:${p.port}`)),
+      );
+      const lbEnv = {
+        ...inheritedEnv(),
+        ORDERFLOW_LB_BIND: `127.0.0.1:${basePort}`,
+        ORDERFLOW_LB_STATS: `127.0.0.1:${port}`,
+      };
+      const lb = managedProcess(
+        'haproxy',
+        'lb',
+        basePort,
+        () =>
+          spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG, '-f', servers], {
+            env: lbEnv,
+            stdio: ['ignore', 'pipe', 'pipe'],
+          }),
+        output,
+      );
       processes.push(lb);
       await waitReady(lb);
     }
@@ -185,14 +219,21 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
  */
 export function haproxyServers(addresses: readonly string[]): string {
   if (addresses.length === 0) throw new Error('HAProxy needs at least one api process');
-  return ['backend api from api-policy', ...addresses.map((address, i) => `  server api${i + 1} ${address} check`), ''].join('\n');
+  return [
+    'backend api from api-policy',
+    ...addresses.map((address, i) => `  server api${i + 1} ${address} check`),
+    '',
+  ].join('\n');
 }
 
 /** The processes a process started (Linux): the serving copies of a combined shape's supervisor. */
 export async function childPids(pid: number): Promise<number[]> {
   try {
     const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8');
-    return text.split(' ').filter((t) => t.trim() !== '').map(Number);
+    return text
+      .split(' ')
+      .filter((t) => t.trim() !== '')
+      .map(Number);
   } catch {
     return [];
   }
@@ -216,7 +257,8 @@ function managedProcess(
     // and a silent gap in the cluster is what an operator must not miss. A
     // drained stop exits 0 and is not news.
     c.once('exit', (code, signal) => {
-      if (!stopping && (code !== 0 || signal !== null)) output(name, `exited (${signal ?? `code ${code}`}); it is not restarted`);
+      if (!stopping && (code !== 0 || signal !== null))
+        output(name, `exited (${signal ?? `code ${code}`}); it is not restarted`);
     });
     for (const stream of [c.stdout, c.stderr]) {
       let partial = '';
@@ -280,7 +322,13 @@ async function terminate(child: ChildProcess, graceMs = 20_000): Promise<void> {
   clearTimeout(timer);
 }
 
-function run(command: string, args: string[], env: Record<string, string>, name: string, output: (process: string, line: string) => void): Promise<void> {
+function run(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  name: string,
+  output: (process: string, line: string) => void,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let text = '';
@@ -301,7 +349,21 @@ function inheritedEnv(): Record<string, string> {
   for (const [key, value] of Object.entries(process.env)) {
     if (value === undefined) continue;
     if (
-      ['DATABASE_URL', 'DATABASE_READ_URL', 'BROKER_URL', 'BROKER_PREFIX', 'REDIS_URL', 'CACHE_URL', 'PAYMENT_GATEWAY_URL', 'ROLE', 'PORT', 'HOST', 'AUTH_JWKS_URL', 'AUTH_ISSUER', 'AUTH_AUDIENCE'].includes(key)
+      [
+        'DATABASE_URL',
+        'DATABASE_READ_URL',
+        'BROKER_URL',
+        'BROKER_PREFIX',
+        'REDIS_URL',
+        'CACHE_URL',
+        'PAYMENT_GATEWAY_URL',
+        'ROLE',
+        'PORT',
+        'HOST',
+        'AUTH_JWKS_URL',
+        'AUTH_ISSUER',
+        'AUTH_AUDIENCE',
+      ].includes(key)
     )
       continue;
     env[key] = value;

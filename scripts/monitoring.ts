@@ -80,17 +80,26 @@ export async function startPrometheus(options: {
     // The rule files, with every `for` shortened like the intervals.
     const ruleFiles: string[] = [];
     for (const file of (await readdir(path.join(PROMETHEUS_DIR, 'rules'))).filter((f) => f.endsWith('.yml'))) {
-      const rules = parseYaml(await readFile(path.join(PROMETHEUS_DIR, 'rules', file), 'utf8')) as { groups: { rules: { for?: string }[] }[] };
-      for (const group of rules.groups) for (const rule of group.rules) if (rule.for) rule.for = `${Math.max(1, Math.round(seconds(rule.for) / SPEEDUP))}s`;
+      const rules = parseYaml(await readFile(path.join(PROMETHEUS_DIR, 'rules', file), 'utf8')) as {
+        groups: { rules: { for?: string }[] }[];
+      };
+      for (const group of rules.groups)
+        for (const rule of group.rules)
+          if (rule.for) rule.for = `${Math.max(1, Math.round(seconds(rule.for) / SPEEDUP))}s`;
       await writeFile(path.join(dir, file), toYaml(rules));
       ruleFiles.push(path.join(dir, file));
     }
     config.rule_files = ruleFiles;
-    config.alerting = options.alertmanagerUrl ? { alertmanagers: [{ static_configs: [{ targets: [new URL(options.alertmanagerUrl).host] }] }] } : undefined;
+    config.alerting = options.alertmanagerUrl
+      ? { alertmanagers: [{ static_configs: [{ targets: [new URL(options.alertmanagerUrl).host] }] }] }
+      : undefined;
     for (const job of config.scrape_configs) {
       const group = (t: ScrapeTarget) => (job.job_name === 'haproxy' ? t.role === 'lb' : t.role !== 'lb');
       const file = path.join(dir, `${job.job_name}-targets.yml`);
-      await writeFile(file, toYaml(options.targets.filter(group).map((t) => ({ targets: [t.address], labels: { role: t.role } }))));
+      await writeFile(
+        file,
+        toYaml(options.targets.filter(group).map((t) => ({ targets: [t.address], labels: { role: t.role } }))),
+      );
       job.file_sd_configs = [{ files: [file], refresh_interval: '1s' }];
     }
     await writeFile(path.join(dir, 'prometheus.yml'), toYaml(config));
@@ -99,7 +108,12 @@ export async function startPrometheus(options: {
     const url = `http://127.0.0.1:${port}`;
     const child = spawn(
       options.binary,
-      [`--config.file=${path.join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'],
+      [
+        `--config.file=${path.join(dir, 'prometheus.yml')}`,
+        `--storage.tsdb.path=${path.join(dir, 'data')}`,
+        `--web.listen-address=127.0.0.1:${port}`,
+        '--log.level=warn',
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     forwardOutput(child, options.onOutput);
@@ -115,7 +129,14 @@ export async function startPrometheus(options: {
       api,
       query: async (expr) => (await api<{ result: Sample[] }>('query', { query: expr })).result,
       queryRange: async (expr, start, end, step) =>
-        (await api<{ result: RangeSeries[] }>('query_range', { query: expr, start: String(start), end: String(end), step: String(step) })).result,
+        (
+          await api<{ result: RangeSeries[] }>('query_range', {
+            query: expr,
+            start: String(start),
+            end: String(end),
+            step: String(step),
+          })
+        ).result,
       stop: async () => {
         await terminate(child);
         await rm(dir, { recursive: true, force: true });
@@ -132,14 +153,21 @@ export async function startPrometheus(options: {
  * receiver's webhook pointed at webhookUrl (its path keeps the receiver's
  * name: /page, /ticket) and the grouping delays shortened like the rules'.
  */
-export async function startAlertmanager(options: { binary: string; webhookUrl: string; onOutput?: (line: string) => void }): Promise<Alertmanager> {
+export async function startAlertmanager(options: {
+  binary: string;
+  webhookUrl: string;
+  onOutput?: (line: string) => void;
+}): Promise<Alertmanager> {
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-alertmanager-'));
   try {
-    const config = parseYaml(await readFile(path.join(PROMETHEUS_DIR, 'alertmanager.yml'), 'utf8')) as AlertmanagerConfig;
+    const config = parseYaml(
+      await readFile(path.join(PROMETHEUS_DIR, 'alertmanager.yml'), 'utf8'),
+    ) as AlertmanagerConfig;
     config.route.group_wait = '1s';
     config.route.group_interval = '1s';
     for (const receiver of config.receivers) {
-      for (const webhook of receiver.webhook_configs ?? []) webhook.url = new URL(`/${receiver.name}`, options.webhookUrl).href;
+      for (const webhook of receiver.webhook_configs ?? [])
+        webhook.url = new URL(`/${receiver.name}`, options.webhookUrl).href;
     }
     await writeFile(path.join(dir, 'alertmanager.yml'), toYaml(config));
     const port = await freePort();
@@ -200,7 +228,12 @@ function forwardOutput(child: ChildProcess, onOutput: ((line: string) => void) |
   }
 }
 
-async function waitFor(child: ChildProcess, name: string, ready: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+async function waitFor(
+  child: ChildProcess,
+  name: string,
+  ready: () => Promise<boolean>,
+  timeoutMs = 30_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let spawnError: Error | undefined;
   child.once('error', (error) => (spawnError = error));
@@ -288,7 +321,9 @@ export async function startMonitoredCluster(options: {
     const webhookUrl = `http://127.0.0.1:${(webhook.address() as { port: number }).port}`;
 
     const gatewayPort = await freePort();
-    const gateway = spawn(process.execPath, [MAIN, 'gateway', '--port', String(gatewayPort), '--host', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const gateway = spawn(process.execPath, [MAIN, 'gateway', '--port', String(gatewayPort), '--host', '127.0.0.1'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     forwardOutput(gateway, (line) => output('gateway', line));
     const stopGateway = async () => {
       if (gateway.exitCode !== null || gateway.signalCode !== null) return;
@@ -323,7 +358,11 @@ export async function startMonitoredCluster(options: {
     stops.push(() => cluster.stop());
 
     const alertmanager = options.alertmanagerBinary
-      ? await startAlertmanager({ binary: options.alertmanagerBinary, webhookUrl, onOutput: (line) => output('alertmanager', line) })
+      ? await startAlertmanager({
+          binary: options.alertmanagerBinary,
+          webhookUrl,
+          onOutput: (line) => output('alertmanager', line),
+        })
       : undefined;
     if (alertmanager) stops.push(() => alertmanager.stop());
 
@@ -332,7 +371,10 @@ export async function startMonitoredCluster(options: {
     const statsPort = Math.max(...processes.map((p) => p.port)) + 1;
     const prometheus = await startPrometheus({
       binary: options.prometheusBinary,
-      targets: [...processes.map((p) => ({ address: `127.0.0.1:${p.port}`, role: p.role })), { address: `127.0.0.1:${statsPort}`, role: 'lb' }],
+      targets: [
+        ...processes.map((p) => ({ address: `127.0.0.1:${p.port}`, role: p.role })),
+        { address: `127.0.0.1:${statsPort}`, role: 'lb' },
+      ],
       alertmanagerUrl: alertmanager?.url,
       onOutput: (line) => output('prometheus', line),
     });
@@ -352,20 +394,41 @@ export async function startMonitoredCluster(options: {
  * unknown SKU) so the error panels have something to show. Resolves with
  * the ids of the accepted orders.
  */
-export async function driveCheckout(baseUrl: string, issuer: DevIssuer, options: { orders: number; clients?: number; skuPrefix?: string }): Promise<string[]> {
+export async function driveCheckout(
+  baseUrl: string,
+  issuer: DevIssuer,
+  options: { orders: number; clients?: number; skuPrefix?: string },
+): Promise<string[]> {
   const prefix = options.skuPrefix ?? 'SKU';
   const admin = await issuer.issue({ sub: 'admin', scope: 'catalog:write' });
-  const call = async (token: string, method: string, url: string, body?: unknown, headers: Record<string, string> = {}) => {
+  const call = async (
+    token: string,
+    method: string,
+    url: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ) => {
     const response = await fetch(baseUrl + url, {
       method,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        ...headers,
+      },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     return { status: response.status, body: (await response.json()) as Record<string, unknown> };
   };
   for (let i = 0; i < 10; i++) {
-    const created = await call(admin, 'POST', '/v1/products', { sku: `${prefix}-${i}`, name: `Item ${i}`, priceCents: 500 + i, currency: 'EUR', stock: 1_000_000 });
-    if (created.status !== 201) throw new Error(`creating ${prefix}-${i}: ${created.status} ${JSON.stringify(created.body)}`);
+    const created = await call(admin, 'POST', '/v1/products', {
+      sku: `${prefix}-${i}`,
+      name: `Item ${i}`,
+      priceCents: 500 + i,
+      currency: 'EUR',
+      stock: 1_000_000,
+    });
+    if (created.status !== 201)
+      throw new Error(`creating ${prefix}-${i}: ${created.status} ${JSON.stringify(created.body)}`);
   }
   const accepted: string[] = [];
   let next = 0;
@@ -377,8 +440,21 @@ export async function driveCheckout(baseUrl: string, issuer: DevIssuer, options:
       if (n % 5 === 0) await call(token, 'GET', `/v1/products/${sku}`);
       // Mistakes real clients make, spread over the run: an order that does not exist, a SKU that does not.
       if (n % 20 === 7) await call(token, 'GET', '/v1/orders/ord_00000000000000000000000000');
-      if (n % 20 === 13) await call(token, 'POST', '/v1/orders', { items: [{ sku: 'NO-SUCH-SKU', quantity: 1 }], payment: { token: 'tok_visa' } }, { 'idempotency-key': `${prefix}-unknown-${n}` });
-      const placed = await call(token, 'POST', '/v1/orders', { items: [{ sku, quantity: 1 }], payment: { token: n % 10 === 3 ? 'tok_declined' : 'tok_visa' } }, { 'idempotency-key': `${prefix}-order-${n}` });
+      if (n % 20 === 13)
+        await call(
+          token,
+          'POST',
+          '/v1/orders',
+          { items: [{ sku: 'NO-SUCH-SKU', quantity: 1 }], payment: { token: 'tok_visa' } },
+          { 'idempotency-key': `${prefix}-unknown-${n}` },
+        );
+      const placed = await call(
+        token,
+        'POST',
+        '/v1/orders',
+        { items: [{ sku, quantity: 1 }], payment: { token: n % 10 === 3 ? 'tok_declined' : 'tok_visa' } },
+        { 'idempotency-key': `${prefix}-order-${n}` },
+      );
       if (placed.status !== 202) throw new Error(`order ${n}: ${placed.status} ${JSON.stringify(placed.body)}`);
       accepted.push(placed.body.id as string);
     }

@@ -35,7 +35,13 @@ interface PanelData {
 }
 
 /** Every panel of the dashboard with the series its queries return over [start, end]. */
-export async function panelData(dashboard: Dashboard, prometheus: Prometheus, start: number, end: number, step: number): Promise<PanelData[]> {
+export async function panelData(
+  dashboard: Dashboard,
+  prometheus: Prometheus,
+  start: number,
+  end: number,
+  step: number,
+): Promise<PanelData[]> {
   const queries = dashboardQueries(dashboard);
   const panels: PanelData[] = [];
   for (const panel of dashboard.panels ?? []) {
@@ -45,8 +51,13 @@ export async function panelData(dashboard: Dashboard, prometheus: Prometheus, st
     for (const query of queries.filter((q) => q.panel === panel.title)) {
       // $__rate_interval as Grafana makes it for a 5 s scrape: 20 s windows.
       for (const result of await prometheus.queryRange(instantiate(query.expr, 5), start, end, step)) {
-        const name = query.legend.replace(/\{\{\s*(\w+)\s*\}\}/g, (_, label: string) => result.metric[label] ?? '').trim() || query.refId;
-        data.series.push({ name, points: result.values.map(([t, v]) => [t, Number.isFinite(Number(v)) ? Number(v) : null]) });
+        const name =
+          query.legend.replace(/\{\{\s*(\w+)\s*\}\}/g, (_, label: string) => result.metric[label] ?? '').trim() ||
+          query.refId;
+        data.series.push({
+          name,
+          points: result.values.map(([t, v]) => [t, Number.isFinite(Number(v)) ? Number(v) : null]),
+        });
       }
     }
     panels.push(data);
@@ -57,7 +68,10 @@ export async function panelData(dashboard: Dashboard, prometheus: Prometheus, st
 /** An HTML page drawing the panels with uPlot, Grafana's 24-column grid, 30 px per grid row. */
 export async function dashboardPage(title: string, panels: PanelData[], width: number): Promise<string> {
   const uplotDir = path.dirname(createRequire(import.meta.url).resolve('uplot/package.json'));
-  const [script, style] = await Promise.all([readFile(path.join(uplotDir, 'dist/uPlot.iife.min.js'), 'utf8'), readFile(path.join(uplotDir, 'dist/uPlot.min.css'), 'utf8')]);
+  const [script, style] = await Promise.all([
+    readFile(path.join(uplotDir, 'dist/uPlot.iife.min.js'), 'utf8'),
+    readFile(path.join(uplotDir, 'dist/uPlot.min.css'), 'utf8'),
+  ]);
   return `<!doctype html><html><head><meta charset="utf-8"><title>${title}</title>
 <style>${style}
 body { margin: 0; background: #111217; color: #ccccdc; font: 12px system-ui, sans-serif; width: ${width}px; }
@@ -136,10 +150,18 @@ document.body.dataset.ready = 'yes';
 }
 
 /** Draws the dashboard's panels from Prometheus over [start, end] (epoch seconds) into a PNG at `out`, 1600 px wide. */
-export async function renderDashboard(dashboard: Dashboard, prometheus: Prometheus, options: { start: number; end: number; out: string; title?: string }): Promise<void> {
+export async function renderDashboard(
+  dashboard: Dashboard,
+  prometheus: Prometheus,
+  options: { start: number; end: number; out: string; title?: string },
+): Promise<void> {
   const width = 1600;
   const step = Math.max(1, Math.round((options.end - options.start) / 300));
-  const html = await dashboardPage(options.title ?? dashboard.title ?? '', await panelData(dashboard, prometheus, options.start, options.end, step), width);
+  const html = await dashboardPage(
+    options.title ?? dashboard.title ?? '',
+    await panelData(dashboard, prometheus, options.start, options.end, step),
+    width,
+  );
   const browser = await chromium.launch({ executablePath: findChromium(), args: ['--no-sandbox'] });
   try {
     const page = await browser.newPage({ viewport: { width, height: 900 }, deviceScaleFactor: 1 });
@@ -156,7 +178,13 @@ export async function renderDashboard(dashboard: Dashboard, prometheus: Promethe
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { out: { type: 'string', default: path.join(ROOT, 'docs', 'img', 'checkout-dashboard.png') }, healthy: { type: 'string', default: '60' }, outage: { type: 'string', default: '30' } } });
+  const { values } = parseArgs({
+    options: {
+      out: { type: 'string', default: path.join(ROOT, 'docs', 'img', 'checkout-dashboard.png') },
+      healthy: { type: 'string', default: '60' },
+      outage: { type: 'string', default: '30' },
+    },
+  });
   const databaseUrl = process.env.DATABASE_URL;
   if (!databaseUrl) throw new Error('set DATABASE_URL (and BROKER_URL, REDIS_URL): see the top of this file');
   const name = `orderflow_render_${process.pid}`;
@@ -207,7 +235,9 @@ async function main(): Promise<void> {
 
 /** Chromium (Debian's chromium, or Chrome) from PATH. */
 function findChromium(): string {
-  for (const candidate of (process.env.PATH ?? '').split(':').flatMap((dir) => ['chromium', 'chromium-browser', 'google-chrome'].map((b) => path.join(dir, b)))) {
+  for (const candidate of (process.env.PATH ?? '')
+    .split(':')
+    .flatMap((dir) => ['chromium', 'chromium-browser', 'google-chrome'].map((b) => path.join(dir, b)))) {
     try {
       accessSync(candidate, constants.X_OK);
       return candidate;

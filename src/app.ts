@@ -93,7 +93,10 @@ export interface App {
   close(): Promise<void>;
 }
 
-export async function openDatabase(config: Config, options: { inMemory?: boolean; metrics?: Metrics } = {}): Promise<Database> {
+export async function openDatabase(
+  config: Config,
+  options: { inMemory?: boolean; metrics?: Metrics } = {},
+): Promise<Database> {
   if (config.databaseUrl === undefined) return openPGlite(options.inMemory ? undefined : config.dataDir);
   const circuit = options.metrics?.databaseCircuitOpen;
   const db = openPostgres(config.databaseUrl, config.databasePoolSize, {
@@ -108,7 +111,10 @@ export async function openDatabase(config: Config, options: { inMemory?: boolean
     } catch (error) {
       if (attempt >= PROCESS.databaseConnectAttempts) {
         await db.close();
-        throw new ConfigError('DATABASE_URL', `cannot reach ${redactUrl(config.databaseUrl)}: ${(error as Error).message}`);
+        throw new ConfigError(
+          'DATABASE_URL',
+          `cannot reach ${redactUrl(config.databaseUrl)}: ${(error as Error).message}`,
+        );
       }
       await new Promise((resolve) => setTimeout(resolve, backoffMs(attempt, PROCESS.databaseConnectRetry)));
     }
@@ -123,7 +129,10 @@ function checkSupported(config: Config): void {
 }
 
 function openBroker(url: string, log: Logger, options: AppOptions): Broker {
-  const settings = { prefix: options.brokerPrefix ?? options.config.brokerPrefix, defaultMaxAttempts: options.queue?.defaultMaxAttempts };
+  const settings = {
+    prefix: options.brokerPrefix ?? options.config.brokerPrefix,
+    defaultMaxAttempts: options.queue?.defaultMaxAttempts,
+  };
   return new URL(url).protocol === 'nats:'
     ? new NatsBroker(url, log, { ...settings, streamReplicas: options.config.natsStreamReplicas })
     : new RabbitMqBroker(url, log, settings);
@@ -165,7 +174,11 @@ async function openCore(options: AppOptions, stops: Stops): Promise<Core & { lat
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics({ orderOutcomes: ORDER_OUTCOMES });
   const opened = await openDatabase(config, { ...options, metrics });
-  const db = measureDatabase(tracingEnabled() ? traceDatabase(opened) : opened, metrics, config.databaseUrl === undefined ? 1 : config.databasePoolSize);
+  const db = measureDatabase(
+    tracingEnabled() ? traceDatabase(opened) : opened,
+    metrics,
+    config.databaseUrl === undefined ? 1 : config.databasePoolSize,
+  );
   stops.add(() => db.close());
   await migrate(db);
   const latestMigration = (await loadMigrations()).at(-1)?.version ?? 0;
@@ -188,7 +201,9 @@ async function openCore(options: AppOptions, stops: Stops): Promise<Core & { lat
  */
 function wireMessaging(core: Core): { queue: JobQueue; broker: Broker | undefined } {
   const { config, options, log, metrics, db, stops } = core;
-  const broker = config.brokerUrl ? openBroker(config.brokerUrl, log.child({ component: 'broker' }), options) : undefined;
+  const broker = config.brokerUrl
+    ? openBroker(config.brokerUrl, log.child({ component: 'broker' }), options)
+    : undefined;
   if (broker) stops.add(() => broker.close());
   const queue: JobQueue = broker
     ? new BrokerQueue(db, broker, log.child({ component: 'queue' }), metrics, options.queue)
@@ -199,7 +214,10 @@ function wireMessaging(core: Core): { queue: JobQueue; broker: Broker | undefine
 /** The relay role (all, relay; broker mode only): publishes the outbox. */
 function wireRelay(core: Core, queue: JobQueue, broker: Broker): Relay {
   const { options, log, metrics, db, stops } = core;
-  const relay = new Relay(db, broker, log.child({ component: 'relay' }), metrics, { idlePollMs: options.queue?.pollIntervalMs, ...options.relay });
+  const relay = new Relay(db, broker, log.child({ component: 'relay' }), metrics, {
+    idlePollMs: options.queue?.pollIntervalMs,
+    ...options.relay,
+  });
   queue.onEnqueue(() => relay.wake());
   // The relay publishes the payment queues: their series start at 0 (see metrics.ts).
   for (const name of PAYMENT_QUEUES) metrics.relayPublished.inc({ queue: name }, 0);
@@ -214,17 +232,25 @@ function wireRelay(core: Core, queue: JobQueue, broker: Broker): Relay {
  */
 function wireWorker(core: Core, queue: JobQueue): { startSweeper(): Sweeper } {
   const { config, options, log, metrics, db, stops } = core;
-  const httpGateway = options.gateway || !config.paymentGatewayUrl ? undefined : new HttpGateway(config.paymentGatewayUrl);
+  const httpGateway =
+    options.gateway || !config.paymentGatewayUrl ? undefined : new HttpGateway(config.paymentGatewayUrl);
   if (httpGateway) stops.add(() => httpGateway.close());
   const inner = options.gateway ?? httpGateway ?? new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs });
   const gateway = new ResilientGateway(inner, metrics, options.resilience);
-  registerPayWorker({ db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) }, config.workerConcurrency, config.groupCommitMaxBatch);
+  registerPayWorker(
+    { db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) },
+    config.workerConcurrency,
+    config.groupCommitMaxBatch,
+  );
   // The consumers finish and ack what they hold while the gateway and the broker are still open.
   stops.add(() => queue.stop());
   let sweeper: Sweeper | undefined;
   // Before the consumers stop: a pass may be queueing jobs.
   stops.add(async () => sweeper?.stop());
-  return { startSweeper: () => (sweeper ??= startSweeper({ db, queue, log: log.child({ component: 'sweeper' }) }, config.pendingDeadlineMs)) };
+  return {
+    startSweeper: () =>
+      (sweeper ??= startSweeper({ db, queue, log: log.child({ component: 'sweeper' }) }, config.pendingDeadlineMs)),
+  };
 }
 
 /**
@@ -242,7 +268,9 @@ async function wireApi(
   extra: { broker: Broker | undefined; devIssuer: DevIssuer | undefined },
 ): Promise<{ cache: string; redis: boolean; replica: boolean }> {
   const { config, options, log, metrics, db, stops } = core;
-  const redis = config.redisUrl ? connectRedis(config.redisUrl, { log: log.child({ component: 'redis' }), metrics }) : undefined;
+  const redis = config.redisUrl
+    ? connectRedis(config.redisUrl, { log: log.child({ component: 'redis' }), metrics })
+    : undefined;
   if (redis) stops.add(() => redis.close());
   const cacheDeps = { metrics, log: log.child({ component: 'cache' }) };
   const localTtl = { localTtlMs: options.cacheLocalTtlMs };
@@ -262,7 +290,9 @@ async function wireApi(
     ? new ReplicaReads(
         {
           primary: db,
-          replica: openPostgres(config.databaseReadUrl, config.databasePoolSize, { timeoutMs: config.databaseTimeoutMs }),
+          replica: openPostgres(config.databaseReadUrl, config.databasePoolSize, {
+            timeoutMs: config.databaseTimeoutMs,
+          }),
           metrics,
           log: log.child({ component: 'read-replica' }),
         },
@@ -282,7 +312,10 @@ async function wireApi(
       ordersPerMinute: config.rateLimitOrdersPerMinute,
       moneyLimits: config.moneyLimits,
       // Half the pool commits accepts; reads keep the rest.
-      groupCommit: { maxBatch: config.groupCommitMaxBatch, maxInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)) },
+      groupCommit: {
+        maxBatch: config.groupCommitMaxBatch,
+        maxInFlight: Math.max(1, Math.floor(config.databasePoolSize / 2)),
+      },
     }),
   );
   await server.register(
@@ -314,14 +347,16 @@ export async function createApp(options: AppOptions): Promise<App> {
   try {
     const core = await openCore({ ...options, log: early }, stops);
     const { log, metrics, db, latestMigration } = core;
-    const devIssuer = config.auth === undefined ? await openDevIssuer(options.inMemory ? undefined : config.dataDir) : undefined;
+    const devIssuer =
+      config.auth === undefined ? await openDevIssuer(options.inMemory ? undefined : config.dataDir) : undefined;
     const verifyToken = config.auth
       ? remoteVerifier(config.auth)
       : localVerifier(devIssuer!.publicJwk, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE });
 
     const { queue, broker } = wireMessaging(core);
     const worker = config.role === 'all' || config.role === 'worker' ? wireWorker(core, queue) : undefined;
-    const relay = broker && (config.role === 'all' || config.role === 'relay') ? wireRelay(core, queue, broker) : undefined;
+    const relay =
+      broker && (config.role === 'all' || config.role === 'relay') ? wireRelay(core, queue, broker) : undefined;
 
     const figures = new FiguresReporter({
       db,
@@ -339,10 +374,14 @@ export async function createApp(options: AppOptions): Promise<App> {
     const server = buildServer({ log, metrics, verifyToken });
     // Accept latencies for the live figures (their percentiles are exact, not bucketed).
     server.addHook('onResponse', async (request, reply) => {
-      if (request.method === 'POST' && request.routeOptions.url === '/v1/orders') figures.observeAccept(reply.elapsedTime);
+      if (request.method === 'POST' && request.routeOptions.url === '/v1/orders')
+        figures.observeAccept(reply.elapsedTime);
     });
     await server.register(operationsRoutes({ db, metrics, queue, latestMigration }));
-    const api = config.role === 'all' || config.role === 'api' ? await wireApi(core, server, queue, { broker, devIssuer }) : undefined;
+    const api =
+      config.role === 'all' || config.role === 'api'
+        ? await wireApi(core, server, queue, { broker, devIssuer })
+        : undefined;
     // Stopped first: new requests get 503, those in flight finish.
     stops.add(() => server.close());
 

@@ -48,7 +48,8 @@ describe('loadConfig', () => {
     it(`names ${variable} when ${JSON.stringify(env)}`, () => {
       assert.throws(
         () => loadConfig(env),
-        (error: unknown) => error instanceof ConfigError && error.variable === variable && error.message.startsWith(`${variable}: `),
+        (error: unknown) =>
+          error instanceof ConfigError && error.variable === variable && error.message.startsWith(`${variable}: `),
       );
     });
   }
@@ -72,8 +73,14 @@ describe('loadConfig', () => {
 
   it('money limits: 99,999,999 minor units for a line and an order unless set; a line defaults to the order maximum', () => {
     assert.deepEqual(loadConfig({}).moneyLimits, { maxLineTotalCents: 99_999_999, maxOrderTotalCents: 99_999_999 });
-    assert.deepEqual(loadConfig({ MAX_ORDER_TOTAL_CENTS: '999999999999' }).moneyLimits, { maxLineTotalCents: 999_999_999_999, maxOrderTotalCents: 999_999_999_999 });
-    assert.deepEqual(loadConfig({ MAX_ORDER_TOTAL_CENTS: '5000', MAX_LINE_TOTAL_CENTS: '2000' }).moneyLimits, { maxLineTotalCents: 2000, maxOrderTotalCents: 5000 });
+    assert.deepEqual(loadConfig({ MAX_ORDER_TOTAL_CENTS: '999999999999' }).moneyLimits, {
+      maxLineTotalCents: 999_999_999_999,
+      maxOrderTotalCents: 999_999_999_999,
+    });
+    assert.deepEqual(loadConfig({ MAX_ORDER_TOTAL_CENTS: '5000', MAX_LINE_TOTAL_CENTS: '2000' }).moneyLimits, {
+      maxLineTotalCents: 2000,
+      maxOrderTotalCents: 5000,
+    });
   });
 
   it('hides a database password in its error', () => {

@@ -88,7 +88,10 @@ function url(env: Env, name: string, protocols: readonly string[]): string | und
     throw new ConfigError(name, `not a valid URL: "${redactUrl(raw)}"`);
   }
   if (!protocols.includes(parsed.protocol)) {
-    throw new ConfigError(name, `expected a ${protocols.map((p) => p + '//').join(' or ')} URL, got "${parsed.protocol}//…"`);
+    throw new ConfigError(
+      name,
+      `expected a ${protocols.map((p) => p + '//').join(' or ')} URL, got "${parsed.protocol}//…"`,
+    );
   }
   return raw;
 }
@@ -96,7 +99,8 @@ function url(env: Env, name: string, protocols: readonly string[]): string | und
 function keyPrefix(env: Env, name: string, fallback: string): string {
   const raw = optional(env, name);
   if (raw === undefined) return fallback;
-  if (!/^[A-Za-z0-9:._{}-]{1,100}$/.test(raw)) throw new ConfigError(name, `expected 1–100 characters of A-Z a-z 0-9 : . _ - { }, got "${raw}"`);
+  if (!/^[A-Za-z0-9:._{}-]{1,100}$/.test(raw))
+    throw new ConfigError(name, `expected 1–100 characters of A-Z a-z 0-9 : . _ - { }, got "${raw}"`);
   return raw;
 }
 
@@ -105,7 +109,8 @@ function brokerPrefix(env: Env): string {
   if (raw === undefined) return 'orderflow';
   // Letters, digits, - and _ are valid in NATS stream names and subject
   // tokens and in RabbitMQ names alike.
-  if (!/^[A-Za-z0-9_-]{1,32}$/.test(raw)) throw new ConfigError('BROKER_PREFIX', `expected 1–32 characters of A-Z a-z 0-9 _ -, got "${raw}"`);
+  if (!/^[A-Za-z0-9_-]{1,32}$/.test(raw))
+    throw new ConfigError('BROKER_PREFIX', `expected 1–32 characters of A-Z a-z 0-9 _ -, got "${raw}"`);
   return raw;
 }
 
@@ -146,16 +151,31 @@ export function loadConfig(env: Env = process.env): Config {
   if (role !== 'all' && optional(env, 'DATABASE_URL') === undefined) {
     // The embedded database lives inside one process; roles split across
     // processes only when they share a PostgreSQL server.
-    throw new ConfigError('ROLE', `ROLE=${role} runs one part of a distributed deployment and needs DATABASE_URL; use ROLE=all for the embedded shape`);
+    throw new ConfigError(
+      'ROLE',
+      `ROLE=${role} runs one part of a distributed deployment and needs DATABASE_URL; use ROLE=all for the embedded shape`,
+    );
   }
   if (optional(env, 'DATABASE_READ_URL') !== undefined && optional(env, 'DATABASE_URL') === undefined) {
-    throw new ConfigError('DATABASE_READ_URL', 'a read replica needs its primary in DATABASE_URL; the embedded database has no replicas');
+    throw new ConfigError(
+      'DATABASE_READ_URL',
+      'a read replica needs its primary in DATABASE_URL; the embedded database has no replicas',
+    );
   }
   const webConcurrency = integer(env, 'WEB_CONCURRENCY', 1, 1, 64);
   if (webConcurrency > 1 && optional(env, 'DATABASE_URL') === undefined) {
-    throw new ConfigError('WEB_CONCURRENCY', 'several processes need a shared PostgreSQL server (DATABASE_URL); the embedded database belongs to one process');
+    throw new ConfigError(
+      'WEB_CONCURRENCY',
+      'several processes need a shared PostgreSQL server (DATABASE_URL); the embedded database belongs to one process',
+    );
   }
-  const maxOrderTotalCents = integer(env, 'MAX_ORDER_TOTAL_CENTS', DEFAULT_MAX_TOTAL_CENTS, 1, MAX_CONFIGURABLE_TOTAL_CENTS);
+  const maxOrderTotalCents = integer(
+    env,
+    'MAX_ORDER_TOTAL_CENTS',
+    DEFAULT_MAX_TOTAL_CENTS,
+    1,
+    MAX_CONFIGURABLE_TOTAL_CENTS,
+  );
   // A line cannot come to more than its order, so that is also its ceiling.
   const maxLineTotalCents = integer(env, 'MAX_LINE_TOTAL_CENTS', maxOrderTotalCents, 1, maxOrderTotalCents);
   const logLevel = optional(env, 'LOG_LEVEL') ?? 'info';

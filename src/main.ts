@@ -72,7 +72,9 @@ async function serve(config: Config): Promise<void> {
     // The embedded database takes seconds to start (tens on its first start,
     // when it is created): say so, or `npm start` looks hung.
     if (cluster.isPrimary || cluster.worker?.id === 1) {
-      process.stdout.write(`Starting Orderflow on the embedded database in ${config.dataDir} (the first start creates it and takes about 20 s)…\n`);
+      process.stdout.write(
+        `Starting Orderflow on the embedded database in ${config.dataDir} (the first start creates it and takes about 20 s)…\n`,
+      );
     }
     const { initEmbeddedDataDir } = await import('./storage/pglite.ts');
     await initEmbeddedDataDir(config.dataDir);

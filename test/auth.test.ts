@@ -26,7 +26,10 @@ interface Signer {
 
 async function newSigner(alg: 'RS256' | 'EdDSA', kid: string): Promise<{ signer: Signer; publicJwk: JWK }> {
   const { privateKey, publicKey } = await generateKeyPair(alg, alg === 'EdDSA' ? { crv: 'Ed25519' } : {});
-  return { signer: { key: privateKey, kid, alg }, publicJwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' } };
+  return {
+    signer: { key: privateKey, kid, alg },
+    publicJwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' },
+  };
 }
 
 function sign(
@@ -45,11 +48,16 @@ function sign(
 
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
 
-function assertProblem(response: { status: number; headers: Record<string, unknown>; body: any }, status: number, what: string) {
+function assertProblem(
+  response: { status: number; headers: Record<string, unknown>; body: any },
+  status: number,
+  what: string,
+) {
   assert.equal(response.status, status, `${what}: ${JSON.stringify(response.body)}`);
   assert.match(String(response.headers['content-type']), /^application\/problem\+json/, what);
   assert.equal(response.body.status, status, what);
-  for (const field of ['type', 'title', 'detail']) assert.equal(typeof response.body[field], 'string', `${what}: problem.${field}`);
+  for (const field of ['type', 'title', 'detail'])
+    assert.equal(typeof response.body[field], 'string', `${what}: problem.${field}`);
 }
 
 /** A tiny identity provider: serves its JWKS at /.well-known/jwks.json and counts the fetches. */
@@ -85,7 +93,10 @@ for (const mode of modes()) {
       // A DATA_DIR holding a development key, as `orderflow token` would leave
       // behind: with an outside provider configured it must not be trusted.
       dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-auth-'));
-      t = await startTestApp(mode, { dataDir, env: { AUTH_JWKS_URL: idp.url, AUTH_ISSUER: ISSUER, AUTH_AUDIENCE: AUDIENCE } });
+      t = await startTestApp(mode, {
+        dataDir,
+        env: { AUTH_JWKS_URL: idp.url, AUTH_ISSUER: ISSUER, AUTH_AUDIENCE: AUDIENCE },
+      });
       const admin = client(t.app, await sign(rsa, { sub: 'admin', scope: 'catalog:write orders:admin' }));
       await createProduct(admin, { sku: 'AUTH-1', stock: 100, priceCents: 250 });
     });
@@ -114,7 +125,10 @@ for (const mode of modes()) {
     });
 
     it('a token issued within the clock-skew allowance (60 s) ahead of this clock is accepted', async () => {
-      const ahead = client(t.app, await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 30 }));
+      const ahead = client(
+        t.app,
+        await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 30 }),
+      );
       assert.equal((await ahead.request('GET', '/v1/orders')).status, 200);
     });
 
@@ -125,9 +139,15 @@ for (const mode of modes()) {
       const cases: [string, string][] = [
         ['wrong audience', await sign(rsa, { sub: 'alice', scope: 'orders:read', aud: 'someone-else' })],
         ['wrong issuer', await sign(rsa, { sub: 'alice', scope: 'orders:read', iss: 'https://evil.example.test/' })],
-        ['expired', await sign(rsa, { sub: 'alice', scope: 'orders:read', expiresIn: Math.floor(Date.now() / 1000) - 120 })],
+        [
+          'expired',
+          await sign(rsa, { sub: 'alice', scope: 'orders:read', expiresIn: Math.floor(Date.now() / 1000) - 120 }),
+        ],
         ['signed by another key', await sign(other.signer, { sub: 'alice', scope: 'orders:read' })],
-        ['a tampered payload', `${header}.${b64({ ...JSON.parse(Buffer.from(payload!, 'base64url').toString()), sub: 'mallory' })}.${valid.split('.')[2]}`],
+        [
+          'a tampered payload',
+          `${header}.${b64({ ...JSON.parse(Buffer.from(payload!, 'base64url').toString()), sub: 'mallory' })}.${valid.split('.')[2]}`,
+        ],
         ['alg none', `${b64({ alg: 'none', typ: 'JWT' })}.${payload}.`],
         ['alg none with a kid', `${b64({ alg: 'none', kid: 'rsa-1' })}.${payload}.`],
         ['HS256', hs256(payload!)],
@@ -136,8 +156,14 @@ for (const mode of modes()) {
         ['a sub with U+0000', await sign(rsa, { sub: 'ali\u0000ce', scope: 'orders:read' })],
         ['a sub with a line break', await sign(rsa, { sub: 'alice\nadmin', scope: 'orders:read' })],
         ['a sub of 256 characters', await sign(rsa, { sub: 'a'.repeat(256), scope: 'orders:read' })],
-        ['issued 5 minutes in the future', await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 300 })],
-        ['issued 61 s in the future', await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 62 })],
+        [
+          'issued 5 minutes in the future',
+          await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 300 }),
+        ],
+        [
+          'issued 61 s in the future',
+          await sign(rsa, { sub: 'alice', scope: 'orders:read', iat: Math.floor(Date.now() / 1000) + 62 }),
+        ],
         ['not a JWT', 'abc.def'],
       ];
       for (const [what, token] of cases) {
@@ -149,7 +175,13 @@ for (const mode of modes()) {
     it('a valid token without the scope: 403 problem+json, nothing written', async () => {
       const reader = client(t.app, await sign(rsa, { sub: 'carol', scope: 'orders:read' }));
       assertProblem(await placeOrder(reader, [{ sku: 'AUTH-1', quantity: 1 }]), 403, 'orders:write missing');
-      assertProblem(await reader.request('POST', '/v1/products', { body: { sku: 'NOPE-1', name: 'x', priceCents: 1, currency: 'EUR', stock: 1 } }), 403, 'catalog:write missing');
+      assertProblem(
+        await reader.request('POST', '/v1/products', {
+          body: { sku: 'NOPE-1', name: 'x', priceCents: 1, currency: 'EUR', stock: 1 },
+        }),
+        403,
+        'catalog:write missing',
+      );
       const noScope = client(t.app, await sign(rsa, { sub: 'carol' }));
       assertProblem(await noScope.request('GET', '/v1/orders'), 403, 'no scope claim');
       const orders = await t.app.db.query("SELECT id FROM orders.orders WHERE customer_id = 'carol'");
@@ -175,10 +207,15 @@ function hs256(payload: string): string {
 describe('outside identity provider down', () => {
   /** Starts an app whose JWKS URL is jwksUrl and asks it to authenticate a well-formed token. */
   async function authenticateAgainst(jwksUrl: string) {
-    const t = await startTestApp('embedded', { env: { AUTH_JWKS_URL: jwksUrl, AUTH_ISSUER: ISSUER, AUTH_AUDIENCE: AUDIENCE } });
+    const t = await startTestApp('embedded', {
+      env: { AUTH_JWKS_URL: jwksUrl, AUTH_ISSUER: ISSUER, AUTH_AUDIENCE: AUDIENCE },
+    });
     try {
       const { signer } = await newSigner('RS256', 'rsa-1');
-      return await client(t.app, await sign(signer, { sub: 'alice', scope: 'orders:read' })).request('GET', '/v1/orders');
+      return await client(t.app, await sign(signer, { sub: 'alice', scope: 'orders:read' })).request(
+        'GET',
+        '/v1/orders',
+      );
     } finally {
       await t.close();
     }
@@ -196,7 +233,9 @@ describe('outside identity provider down', () => {
   });
 
   it('JWKS endpoint answering 503: 503 problem+json with Retry-After, not a 401 blaming the token', async () => {
-    const down = createServer((_request, response) => response.writeHead(503, { 'content-type': 'text/plain' }).end('maintenance'));
+    const down = createServer((_request, response) =>
+      response.writeHead(503, { 'content-type': 'text/plain' }).end('maintenance'),
+    );
     await new Promise<void>((resolve) => down.listen(0, '127.0.0.1', resolve));
     try {
       const { port } = down.address() as AddressInfo;

@@ -16,7 +16,17 @@ import { pino } from 'pino';
 import { MemcachedCache } from '../src/cache/memcached-cache.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
 import { freePort, installed } from './support/programs.ts';
-import { ALL_SCOPES, client, createProduct, eventually, placeOrder, requiredServiceUrl, startTestApp, type Client, type TestApp } from './support/harness.ts';
+import {
+  ALL_SCOPES,
+  client,
+  createProduct,
+  eventually,
+  placeOrder,
+  requiredServiceUrl,
+  startTestApp,
+  type Client,
+  type TestApp,
+} from './support/harness.ts';
 
 const redisUrl = requiredServiceUrl('REDIS_URL');
 const databaseUrl = requiredServiceUrl('DATABASE_URL');
@@ -38,7 +48,9 @@ async function deleteKeys(redis: Redis, prefix: string): Promise<void> {
 /** A Prometheus sample: the series with exactly these labels, or the sum of every series when labels is omitted. */
 async function metric(t: TestApp, name: string, labels?: string): Promise<number> {
   const lines = (await t.app.metrics.registry.metrics()).split('\n');
-  const series = lines.filter((l) => (labels === undefined ? l.startsWith(`${name}{`) || l.startsWith(`${name} `) : l.startsWith(`${name}${labels} `)));
+  const series = lines.filter((l) =>
+    labels === undefined ? l.startsWith(`${name}{`) || l.startsWith(`${name} `) : l.startsWith(`${name}${labels} `),
+  );
   return series.reduce((sum, l) => sum + Number(l.split(' ').at(-1)), 0);
 }
 
@@ -82,7 +94,10 @@ const redisBackend: Backend = {
   name: 'Redis',
   hitLabel: 'redis_hit',
   upMetric: 'orderflow_redis_up',
-  sharedSkip: redisUrl === undefined || databaseUrl === undefined ? 'set REDIS_URL and DATABASE_URL to run the Redis tests' : undefined,
+  sharedSkip:
+    redisUrl === undefined || databaseUrl === undefined
+      ? 'set REDIS_URL and DATABASE_URL to run the Redis tests'
+      : undefined,
   privateSkip: installed('redis-server', ['--version']) ? undefined : 'redis-server is not installed',
   env: (url, prefix) => ({ REDIS_URL: url, REDIS_KEY_PREFIX: prefix }),
   sharedUrl: async () => redisUrl!,
@@ -96,7 +111,11 @@ const redisBackend: Backend = {
     };
   },
   async startPrivate(port) {
-    const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    const child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      { stdio: 'ignore' },
+    );
     await waitForServer(this.inspect(this.url(port)), `redis-server on port ${port}`);
     return child;
   },
@@ -111,7 +130,11 @@ const memcachedBackend: Backend = {
   name: 'Memcached',
   hitLabel: 'memcached_hit',
   upMetric: 'orderflow_memcached_up',
-  sharedSkip: !installed('memcached', ['--version']) ? 'memcached is not installed' : databaseUrl === undefined ? 'set DATABASE_URL to run the Memcached tests' : undefined,
+  sharedSkip: !installed('memcached', ['--version'])
+    ? 'memcached is not installed'
+    : databaseUrl === undefined
+      ? 'set DATABASE_URL to run the Memcached tests'
+      : undefined,
   privateSkip: installed('memcached', ['--version']) ? undefined : 'memcached is not installed',
   env: (url, prefix) => ({ CACHE_URL: url, CACHE_KEY_PREFIX: prefix }),
   async sharedUrl() {
@@ -125,7 +148,8 @@ const memcachedBackend: Backend = {
     const { hostname, port } = new URL(url);
     const memcached = new MemcacheClient({ server: `${hostname}:${port}`, cmdTimeout: 500, connectTimeout: 500 });
     return {
-      holdsProduct: async (prefix, sku) => (await memcached.get(`${prefix}e:catalog:product:${sku}`).catch(() => undefined)) !== undefined,
+      holdsProduct: async (prefix, sku) =>
+        (await memcached.get(`${prefix}e:catalog:product:${sku}`).catch(() => undefined)) !== undefined,
       // Every key carries the test's own prefix and expires; nothing to sweep.
       cleanUp: async () => {},
       close: () => memcached.shutdown(),
@@ -162,7 +186,8 @@ after(async () => {
 
 for (const backend of [redisBackend, memcachedBackend]) {
   const { name } = backend;
-  if (requireAll && (backend.sharedSkip || backend.privateSkip)) throw new Error(`the ${name} tests cannot run (REQUIRE_SERVICES=1): ${backend.sharedSkip ?? backend.privateSkip}`);
+  if (requireAll && (backend.sharedSkip || backend.privateSkip))
+    throw new Error(`the ${name} tests cannot run (REQUIRE_SERVICES=1): ${backend.sharedSkip ?? backend.privateSkip}`);
 
   describe(`${name} as the shared cache (PostgreSQL + ${name})`, { skip: backend.sharedSkip }, () => {
     let url: string;
@@ -200,7 +225,9 @@ for (const backend of [redisBackend, memcachedBackend]) {
         await createProduct(admin, { sku: 'CACHED-1', stock: 10, priceCents: 500, name: 'Original name' });
 
         assert.equal((await admin.request('GET', '/v1/products/CACHED-1')).status, 200);
-        await eventually(`the product in ${name}`, async () => ((await inspector.holdsProduct(prefix, 'CACHED-1')) ? true : undefined));
+        await eventually(`the product in ${name}`, async () =>
+          (await inspector.holdsProduct(prefix, 'CACHED-1')) ? true : undefined,
+        );
 
         // Changed behind the cache's back: a cached read still shows the old
         // name, which proves it did not ask the database.
@@ -211,7 +238,10 @@ for (const backend of [redisBackend, memcachedBackend]) {
         assert.equal(await metric(a, 'orderflow_cache_lookups_total', '{result="local_hit"}'), 1);
 
         // B has never read it: its answer comes from the shared cache, not from its LRU.
-        const fromShared = await client(b.app, await b.token('reader', 'orders:read')).request('GET', '/v1/products/CACHED-1');
+        const fromShared = await client(b.app, await b.token('reader', 'orders:read')).request(
+          'GET',
+          '/v1/products/CACHED-1',
+        );
         assert.equal(fromShared.body.name, 'Original name');
         assert.equal(await metric(b, 'orderflow_cache_lookups_total', `{result="${backend.hitLabel}"}`), 1);
         assert.equal(await metric(b, 'orderflow_cache_lookups_total', '{result="miss"}'), 0);
@@ -254,7 +284,9 @@ for (const backend of [redisBackend, memcachedBackend]) {
         // its stock row is gone, so neither answers with the cached product.
         await createProduct(adminA, { sku: 'SHARED-2', stock: 3, name: 'Before the restore', priceCents: 100 });
         assert.equal((await read(adminB, 'SHARED-2')).name, 'Before the restore');
-        await eventually(`SHARED-2 in ${name}`, async () => ((await inspector.holdsProduct(prefix, 'SHARED-2')) ? true : undefined));
+        await eventually(`SHARED-2 in ${name}`, async () =>
+          (await inspector.holdsProduct(prefix, 'SHARED-2')) ? true : undefined,
+        );
         await a.app.db.query("DELETE FROM inventory.stock WHERE sku = 'SHARED-2'");
         await a.app.db.query("DELETE FROM catalog.products WHERE sku = 'SHARED-2'");
         assert.equal((await adminB.request('GET', '/v1/products/SHARED-2')).status, 404);
@@ -263,11 +295,25 @@ for (const backend of [redisBackend, memcachedBackend]) {
         // once, and B drops its old copy (the invalidation message, or its
         // LRU's TTL; either way the shared entry is no longer served).
         await createProduct(adminA, { sku: 'SHARED-2', stock: 3, name: 'After the restore', priceCents: 200 });
-        assert.deepEqual(await read(adminA, 'SHARED-2'), { sku: 'SHARED-2', name: 'After the restore', priceCents: 200, currency: 'EUR', stock: 3, available: 3 });
-        await eventually('B to see the new product', async () => ((await read(adminB, 'SHARED-2')).priceCents === 200 ? true : undefined), 2_000);
+        assert.deepEqual(await read(adminA, 'SHARED-2'), {
+          sku: 'SHARED-2',
+          name: 'After the restore',
+          priceCents: 200,
+          currency: 'EUR',
+          stock: 3,
+          available: 3,
+        });
+        await eventually(
+          'B to see the new product',
+          async () => ((await read(adminB, 'SHARED-2')).priceCents === 200 ? true : undefined),
+          2_000,
+        );
         if (name === 'Memcached') {
           // A third process, with an empty LRU, never gets the old entry from Memcached.
-          const c = await startTestApp('postgres', { env: backend.env(url, prefix), databaseUrl: a.app.config.databaseUrl! });
+          const c = await startTestApp('postgres', {
+            env: backend.env(url, prefix),
+            databaseUrl: a.app.config.databaseUrl!,
+          });
           apps.unshift(c);
           assert.equal((await read(client(c.app, await c.token('reader', 'orders:read')), 'SHARED-2')).priceCents, 200);
         }
@@ -283,7 +329,9 @@ for (const backend of [redisBackend, memcachedBackend]) {
         const url = await backend.sharedUrl();
         const prefix = uniquePrefix();
         const quiet = { metrics: createMetrics(), log: pino({ level: 'silent' }) };
-        const [a, b, c] = [0, 1, 2].map(() => new MemcachedCache(url, { ...quiet, metrics: createMetrics() }, { prefix }));
+        const [a, b, c] = [0, 1, 2].map(
+          () => new MemcachedCache(url, { ...quiet, metrics: createMetrics() }, { prefix }),
+        );
         const raw = new MemcacheClient({ server: new URL(url).host, cmdTimeout: 500 });
         try {
           // B starts a load (it has read the key's version), A's write commits and invalidates, then B's load returns the old row.
@@ -293,11 +341,19 @@ for (const backend of [redisBackend, memcachedBackend]) {
           await a!.invalidate(['race:key']);
           finish!('old row');
           assert.equal(await slow, 'old row');
-          await eventually('B to store what it loaded', async () => ((await raw.get(`${prefix}e:race:key`)) !== undefined ? true : undefined));
+          await eventually('B to store what it loaded', async () =>
+            (await raw.get(`${prefix}e:race:key`)) !== undefined ? true : undefined,
+          );
           // The stored entry carries the version from before the invalidation: C does not take it.
           assert.equal(await c!.getOrLoad('race:key', async () => 'new row'), 'new row');
-          await eventually('C to store what it loaded', async () => (String((await raw.get(`${prefix}e:race:key`))?.value).includes('new row') ? true : undefined));
-          assert.equal(await a!.getOrLoad('race:key', async () => 'not asked'), 'new row', 'A gets the current entry from Memcached');
+          await eventually('C to store what it loaded', async () =>
+            String((await raw.get(`${prefix}e:race:key`))?.value).includes('new row') ? true : undefined,
+          );
+          assert.equal(
+            await a!.getOrLoad('race:key', async () => 'not asked'),
+            'new row',
+            'A gets the current entry from Memcached',
+          );
         } finally {
           for (const cache of [a, b, c]) await cache!.close();
           raw.shutdown();
@@ -322,7 +378,10 @@ for (const backend of [redisBackend, memcachedBackend]) {
           assert.equal(product.body.available, 10 - i);
           assert.equal((await placeOrder(admin, [{ sku: 'DOWN-1', quantity: 1 }])).status, 202);
         }
-        assert.ok(Date.now() - started < 2_000, `requests took ${Date.now() - started} ms: something waited for ${name}`);
+        assert.ok(
+          Date.now() - started < 2_000,
+          `requests took ${Date.now() - started} ms: something waited for ${name}`,
+        );
         assert.ok((await metric(t, 'orderflow_cache_errors_total')) > 0, 'cache errors are counted');
         const text = (await client(t.app).request('GET', '/metrics')).body as string;
         assert.match(text, new RegExp(`^${backend.upMetric} 0$`, 'm'));
@@ -337,7 +396,10 @@ for (const backend of [redisBackend, memcachedBackend]) {
       const port = await freePort();
       let server = await backend.startPrivate(port);
       const prefix = uniquePrefix();
-      const t = await startTestApp('embedded', { env: { ...backend.env(backend.url(port), prefix), RATE_LIMIT_ORDERS_PER_MINUTE: '100000' }, cacheLocalTtlMs: 50 });
+      const t = await startTestApp('embedded', {
+        env: { ...backend.env(backend.url(port), prefix), RATE_LIMIT_ORDERS_PER_MINUTE: '100000' },
+        cacheLocalTtlMs: 50,
+      });
       const inspector = backend.inspect(backend.url(port));
       try {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
@@ -347,7 +409,9 @@ for (const backend of [redisBackend, memcachedBackend]) {
         });
         for (const sku of ['OUTAGE-1', 'OUTAGE-2']) await createProduct(admin, { sku, stock: 100_000 });
         assert.equal((await admin.request('GET', '/v1/products/OUTAGE-1')).status, 200);
-        await eventually(`the product in ${name}`, async () => ((await inspector.holdsProduct(prefix, 'OUTAGE-1')) ? true : undefined));
+        await eventually(`the product in ${name}`, async () =>
+          (await inspector.holdsProduct(prefix, 'OUTAGE-1')) ? true : undefined,
+        );
 
         // Traffic flows the whole time: product reads (through the cache) and orders.
         const failures: string[] = [];
@@ -357,7 +421,8 @@ for (const backend of [redisBackend, memcachedBackend]) {
           const sku = i % 2 === 0 ? 'OUTAGE-1' : 'OUTAGE-2';
           for (let n = 0; n < 5_000 && !stop; n++) {
             const read = await admin.request('GET', `/v1/products/${sku}`);
-            if (read.status !== 200 || read.body.name !== `Product ${sku}`) failures.push(`read ${sku}: ${read.status} ${JSON.stringify(read.body)}`);
+            if (read.status !== 200 || read.body.name !== `Product ${sku}`)
+              failures.push(`read ${sku}: ${read.status} ${JSON.stringify(read.body)}`);
             const placed = await placeOrder(admin, [{ sku, quantity: 1 }]);
             if (placed.status !== 202) failures.push(`order: ${placed.status} ${JSON.stringify(placed.body)}`);
             answered++;
@@ -366,20 +431,33 @@ for (const backend of [redisBackend, memcachedBackend]) {
         const outage = (async () => {
           await eventually('traffic with the cache up', async () => (answered >= 50 ? true : undefined));
           await stopServer(server);
-          await eventually('the app to notice', async () => ((await metric(t, backend.upMetric)) === 0 ? true : undefined));
+          await eventually('the app to notice', async () =>
+            (await metric(t, backend.upMetric)) === 0 ? true : undefined,
+          );
           const errorsBefore = await metric(t, 'orderflow_cache_errors_total');
           const during = answered;
           await eventually('traffic during the outage', async () => (answered >= during + 100 ? true : undefined));
-          assert.ok((await metric(t, 'orderflow_cache_errors_total')) > errorsBefore, 'the failed or skipped cache operations are counted');
+          assert.ok(
+            (await metric(t, 'orderflow_cache_errors_total')) > errorsBefore,
+            'the failed or skipped cache operations are counted',
+          );
 
           server = await backend.startPrivate(port);
-          await eventually('the app to reconnect', async () => ((await metric(t, backend.upMetric)) === 1 ? true : undefined), 10_000);
+          await eventually(
+            'the app to reconnect',
+            async () => ((await metric(t, backend.upMetric)) === 1 ? true : undefined),
+            10_000,
+          );
           // The new server is empty: the next reads fill it again, and hit it.
           const hitsBefore = await metric(t, 'orderflow_cache_lookups_total', `{result="${backend.hitLabel}"}`);
-          await eventually('the cache to be used again', async () => {
-            const hits = await metric(t, 'orderflow_cache_lookups_total', `{result="${backend.hitLabel}"}`);
-            return hits > hitsBefore && (await inspector.holdsProduct(prefix, 'OUTAGE-2')) ? true : undefined;
-          }, 10_000);
+          await eventually(
+            'the cache to be used again',
+            async () => {
+              const hits = await metric(t, 'orderflow_cache_lookups_total', `{result="${backend.hitLabel}"}`);
+              return hits > hitsBefore && (await inspector.holdsProduct(prefix, 'OUTAGE-2')) ? true : undefined;
+            },
+            10_000,
+          );
         })();
         try {
           await outage;
@@ -415,7 +493,15 @@ describe('Redis rate limits', { skip: redisBackend.sharedSkip }, () => {
       const line = [{ sku: 'LIMITED-1', quantity: 1 }];
 
       // A request refused by auth is not counted against anyone.
-      assert.equal((await client(a.app).request('POST', '/v1/orders', { headers: { 'idempotency-key': 'x' }, body: { items: line, payment: { token: 'tok_visa' } } })).status, 401);
+      assert.equal(
+        (
+          await client(a.app).request('POST', '/v1/orders', {
+            headers: { 'idempotency-key': 'x' },
+            body: { items: line, payment: { token: 'tok_visa' } },
+          })
+        ).status,
+        401,
+      );
 
       for (const c of [aliceA, aliceA, aliceB]) assert.equal((await placeOrder(c, line)).status, 202);
       const throttled = await placeOrder(aliceB, line);
@@ -424,12 +510,21 @@ describe('Redis rate limits', { skip: redisBackend.sharedSkip }, () => {
       assert.equal(throttled.body.type, '/problems/rate-limited');
       assert.equal(throttled.body.status, 429);
       const retryAfter = Number(throttled.headers['retry-after']);
-      assert.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 60, `Retry-After: ${throttled.headers['retry-after']}`);
+      assert.ok(
+        Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 60,
+        `Retry-After: ${throttled.headers['retry-after']}`,
+      );
       assert.equal((await placeOrder(aliceA, line)).status, 429, 'A enforces the limit B counted towards');
 
       assert.equal((await placeOrder(bobA, line)).status, 202, 'another customer is not affected');
-      assert.equal(await redis.exists(`${prefix}rate-limit:POST/v1/orders-alice`), 1, 'the counter is keyed by the customer');
-      const orders = await a.app.db.query<{ n: number }>("SELECT count(*)::int AS n FROM orders.orders WHERE customer_id = 'alice'");
+      assert.equal(
+        await redis.exists(`${prefix}rate-limit:POST/v1/orders-alice`),
+        1,
+        'the counter is keyed by the customer',
+      );
+      const orders = await a.app.db.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM orders.orders WHERE customer_id = 'alice'",
+      );
       assert.equal(orders[0]!.n, 3, 'a throttled order is not stored');
     } finally {
       await b.close();
@@ -439,32 +534,41 @@ describe('Redis rate limits', { skip: redisBackend.sharedSkip }, () => {
     }
   });
 
-  it('with Memcached as the cache, the limit stays shared in Redis', { skip: memcachedBackend.sharedSkip }, async () => {
-    const prefix = uniquePrefix();
-    const env = { REDIS_URL: redisUrl!, REDIS_KEY_PREFIX: prefix, ...memcachedBackend.env(await memcachedBackend.sharedUrl(), prefix), RATE_LIMIT_ORDERS_PER_MINUTE: '2' };
-    const a = await startTestApp('postgres', { env });
-    const b = await startTestApp('postgres', { env, databaseUrl: a.app.config.databaseUrl! });
-    const redis = new Redis(redisUrl!, { maxRetriesPerRequest: 1 });
-    try {
-      const admin = client(a.app, await a.token('admin', ALL_SCOPES));
-      await createProduct(admin, { sku: 'BOTH-1', stock: 100 });
-      assert.equal((await admin.request('GET', '/v1/products/BOTH-1')).status, 200);
-      const line = [{ sku: 'BOTH-1', quantity: 1 }];
-      const carolA = client(a.app, await a.token('carol', 'orders:write'));
-      const carolB = client(b.app, await b.token('carol', 'orders:write'));
-      assert.equal((await placeOrder(carolA, line)).status, 202);
-      assert.equal((await placeOrder(carolB, line)).status, 202);
-      assert.equal((await placeOrder(carolA, line)).status, 429, 'A counts what B admitted: the counter is in Redis');
-      assert.equal(await redis.exists(`${prefix}rate-limit:POST/v1/orders-carol`), 1);
-      assert.equal(await redis.exists(`${prefix}catalog:product:BOTH-1`), 0, 'the cache is not in Redis');
-      assert.equal(await metric(a, 'orderflow_memcached_up'), 1);
-    } finally {
-      await b.close();
-      await a.close();
-      await deleteKeys(redis, prefix);
-      redis.disconnect();
-    }
-  });
+  it(
+    'with Memcached as the cache, the limit stays shared in Redis',
+    { skip: memcachedBackend.sharedSkip },
+    async () => {
+      const prefix = uniquePrefix();
+      const env = {
+        REDIS_URL: redisUrl!,
+        REDIS_KEY_PREFIX: prefix,
+        ...memcachedBackend.env(await memcachedBackend.sharedUrl(), prefix),
+        RATE_LIMIT_ORDERS_PER_MINUTE: '2',
+      };
+      const a = await startTestApp('postgres', { env });
+      const b = await startTestApp('postgres', { env, databaseUrl: a.app.config.databaseUrl! });
+      const redis = new Redis(redisUrl!, { maxRetriesPerRequest: 1 });
+      try {
+        const admin = client(a.app, await a.token('admin', ALL_SCOPES));
+        await createProduct(admin, { sku: 'BOTH-1', stock: 100 });
+        assert.equal((await admin.request('GET', '/v1/products/BOTH-1')).status, 200);
+        const line = [{ sku: 'BOTH-1', quantity: 1 }];
+        const carolA = client(a.app, await a.token('carol', 'orders:write'));
+        const carolB = client(b.app, await b.token('carol', 'orders:write'));
+        assert.equal((await placeOrder(carolA, line)).status, 202);
+        assert.equal((await placeOrder(carolB, line)).status, 202);
+        assert.equal((await placeOrder(carolA, line)).status, 429, 'A counts what B admitted: the counter is in Redis');
+        assert.equal(await redis.exists(`${prefix}rate-limit:POST/v1/orders-carol`), 1);
+        assert.equal(await redis.exists(`${prefix}catalog:product:BOTH-1`), 0, 'the cache is not in Redis');
+        assert.equal(await metric(a, 'orderflow_memcached_up'), 1);
+      } finally {
+        await b.close();
+        await a.close();
+        await deleteKeys(redis, prefix);
+        redis.disconnect();
+      }
+    },
+  );
 });
 
 describe('rate limits without Redis', () => {

@@ -31,42 +31,54 @@ function sample(text: string, series: string): number | undefined {
 }
 
 describe('metrics of node:cluster copies', { skip: databaseUrl === undefined && 'set DATABASE_URL' }, () => {
-  it('every scrape adds up both copies: exact counters whichever copy answers, shared gauges not doubled', { timeout: 180_000 }, async () => {
-    const database = await freshPostgresDatabase(databaseUrl!);
-    const cluster = await startCluster({
-      databaseUrl: database.url,
-      shape: 'combined',
-      copies: 2,
-      basePort: 20_000 + Math.floor(Math.random() * 20_000),
-      env: { DATABASE_POOL_SIZE: '3' },
-      readyTimeoutMs: 120_000,
-      onOutput: () => {},
-    });
-    try {
-      const copies = await childPids(cluster.process('all').child.pid!);
-      assert.equal(copies.length, 2, 'two serving copies');
-      const health = `${cluster.url}/healthz`;
-      // waitReady's /readyz calls went to one copy or both: count from here on.
-      const before = sample((await get(`${cluster.url}/metrics`)).body, 'orderflow_http_requests_total{method="GET",route="/healthz",status="200"}') ?? 0;
-      for (let i = 0; i < 30; i++) assert.equal((await get(health)).status, 200);
+  it(
+    'every scrape adds up both copies: exact counters whichever copy answers, shared gauges not doubled',
+    { timeout: 180_000 },
+    async () => {
+      const database = await freshPostgresDatabase(databaseUrl!);
+      const cluster = await startCluster({
+        databaseUrl: database.url,
+        shape: 'combined',
+        copies: 2,
+        basePort: 20_000 + Math.floor(Math.random() * 20_000),
+        env: { DATABASE_POOL_SIZE: '3' },
+        readyTimeoutMs: 120_000,
+        onOutput: () => {},
+      });
+      try {
+        const copies = await childPids(cluster.process('all').child.pid!);
+        assert.equal(copies.length, 2, 'two serving copies');
+        const health = `${cluster.url}/healthz`;
+        // waitReady's /readyz calls went to one copy or both: count from here on.
+        const before =
+          sample(
+            (await get(`${cluster.url}/metrics`)).body,
+            'orderflow_http_requests_total{method="GET",route="/healthz",status="200"}',
+          ) ?? 0;
+        for (let i = 0; i < 30; i++) assert.equal((await get(health)).status, 200);
 
-      for (let scrape = 0; scrape < 6; scrape++) {
-        const { status, body } = await get(`${cluster.url}/metrics`);
-        assert.equal(status, 200);
-        assert.equal(sample(body, 'orderflow_cluster_copies_scraped'), 2, 'both copies answered');
-        assert.equal(sample(body, 'orderflow_cluster_copies'), 2);
-        assert.equal(sample(body, 'orderflow_http_requests_total{method="GET",route="/healthz",status="200"}'), before + 30, `scrape ${scrape}: all 30 requests, whichever copy served them`);
-        // Per copy, summed: both pools.
-        assert.equal(sample(body, 'orderflow_db_pool_size'), 6);
-        // The same fact in both copies: once, not twice.
-        assert.equal(sample(body, 'orderflow_ready'), 1);
-        assert.equal(sample(body, 'orderflow_database_circuit_open'), 0);
-        assert.equal(sample(body, 'orderflow_backlog_up{source="database"}'), 1);
-        assert.match(body, /^orderflow_info\{[^}]*database="postgres"[^}]*\} 1$/m);
+        for (let scrape = 0; scrape < 6; scrape++) {
+          const { status, body } = await get(`${cluster.url}/metrics`);
+          assert.equal(status, 200);
+          assert.equal(sample(body, 'orderflow_cluster_copies_scraped'), 2, 'both copies answered');
+          assert.equal(sample(body, 'orderflow_cluster_copies'), 2);
+          assert.equal(
+            sample(body, 'orderflow_http_requests_total{method="GET",route="/healthz",status="200"}'),
+            before + 30,
+            `scrape ${scrape}: all 30 requests, whichever copy served them`,
+          );
+          // Per copy, summed: both pools.
+          assert.equal(sample(body, 'orderflow_db_pool_size'), 6);
+          // The same fact in both copies: once, not twice.
+          assert.equal(sample(body, 'orderflow_ready'), 1);
+          assert.equal(sample(body, 'orderflow_database_circuit_open'), 0);
+          assert.equal(sample(body, 'orderflow_backlog_up{source="database"}'), 1);
+          assert.match(body, /^orderflow_info\{[^}]*database="postgres"[^}]*\} 1$/m);
+        }
+      } finally {
+        await cluster.stop();
+        await database.drop();
       }
-    } finally {
-      await cluster.stop();
-      await database.drop();
-    }
-  });
+    },
+  );
 });

@@ -38,7 +38,8 @@ describe('cluster: 3 api + 2 workers + relay behind HAProxy', { skip: skipReason
       await cluster.process('api1').restart();
       await cluster.process('worker1').restart();
       return 'api1 and worker1 SIGKILLed and restarted';
-    }));
+    }),
+  );
 });
 
 describe('cluster: 2 node:cluster copies, every role in each', { skip: skipReason }, () => {
@@ -57,7 +58,8 @@ describe('cluster: 2 node:cluster copies, every role in each', { skip: skipReaso
         30_000,
       );
       return 'one serving copy SIGKILLed and replaced';
-    }));
+    }),
+  );
 });
 
 /** Places ORDERS orders through the cluster, runs chaos a third of the way in, and checks every promise at quiescence. */
@@ -90,11 +92,19 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
     const base = cluster.url;
 
     for (let i = 0; i < SKUS; i++) {
-      const response = await call(base, admin, 'POST', '/v1/products', { sku: `SKU-${i}`, name: `Item ${i}`, priceCents: 100 + i, currency: 'EUR', stock: stockOf(i) });
+      const response = await call(base, admin, 'POST', '/v1/products', {
+        sku: `SKU-${i}`,
+        name: `Item ${i}`,
+        priceCents: 100 + i,
+        currency: 'EUR',
+        stock: stockOf(i),
+      });
       assert.equal(response.status, 201, JSON.stringify(response.body));
     }
 
-    const customers = await Promise.all(Array.from({ length: 8 }, (_, i) => issuer.issue({ sub: `customer-${i}`, scope: 'orders:write orders:read' })));
+    const customers = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => issuer.issue({ sub: `customer-${i}`, scope: 'orders:write orders:read' })),
+    );
     const accepted = new Map<string, string>(); // order id → customer token
     let next = 0;
     let placedAnswers = 0;
@@ -103,22 +113,39 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
       while (next < ORDERS) {
         const n = next++;
         const lines = 1 + (n % 3);
-        const items = Array.from({ length: lines }, (_, j) => ({ sku: `SKU-${(n * 7 + j * 13) % SKUS}`, quantity: 1 + ((n + j) % 2) }));
+        const items = Array.from({ length: lines }, (_, j) => ({
+          sku: `SKU-${(n * 7 + j * 13) % SKUS}`,
+          quantity: 1 + ((n + j) % 2),
+        }));
         const paymentToken = n % 17 === 0 ? 'tok_declined' : n % 11 === 0 ? 'tok_flaky' : 'tok_visa';
         const key = `order-${n}`;
         // A real client retries a failed request with the same key until
         // it gets an answer; that is what makes the kills survivable.
         for (let attempt = 1; ; attempt++) {
           try {
-            const response = await call(base, token, 'POST', '/v1/orders', { items, payment: { token: paymentToken } }, { 'idempotency-key': key });
+            const response = await call(
+              base,
+              token,
+              'POST',
+              '/v1/orders',
+              { items, payment: { token: paymentToken } },
+              { 'idempotency-key': key },
+            );
             if (response.status === 202 || response.status === 200) {
               accepted.set(response.body.id as string, token);
               placedAnswers++;
               break;
             }
-            assert.ok(response.status === 503 || response.status === 502, `order ${n}: unexpected ${response.status} ${JSON.stringify(response.body)}`);
+            assert.ok(
+              response.status === 503 || response.status === 502,
+              `order ${n}: unexpected ${response.status} ${JSON.stringify(response.body)}`,
+            );
             // Whether an api process or HAProxy answered, the refusal is a problem.
-            assert.match(String(response.body?.type), /^\/problems\/(unavailable|bad-gateway)$/, `order ${n}: ${response.status} ${JSON.stringify(response.body)}`);
+            assert.match(
+              String(response.body?.type),
+              /^\/problems\/(unavailable|bad-gateway)$/,
+              `order ${n}: ${response.status} ${JSON.stringify(response.body)}`,
+            );
           } catch (error) {
             if (error instanceof assert.AssertionError) throw error;
           }
@@ -131,7 +158,11 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
     let chaosDone = '';
     const underFire = async () => {
       // Wait until the load is well under way, then kill.
-      await eventually('a third of the orders to be placed', async () => (placedAnswers > ORDERS / 3 ? true : undefined), 120_000);
+      await eventually(
+        'a third of the orders to be placed',
+        async () => (placedAnswers > ORDERS / 3 ? true : undefined),
+        120_000,
+      );
       chaosDone = await chaos(cluster!);
     };
 
@@ -173,7 +204,11 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
         const product = await call(base, admin, 'GET', `/v1/products/${sku}`);
         assert.equal(product.status, 200);
         assert.ok(sold!.confirmed <= product.body.stock, `${sku} oversold: ${sold!.confirmed} > ${product.body.stock}`);
-        assert.equal(product.body.available, product.body.stock - sold!.confirmed, `${sku}: available != stock - confirmed`);
+        assert.equal(
+          product.body.available,
+          product.body.stock - sold!.confirmed,
+          `${sku}: available != stock - confirmed`,
+        );
       }
 
       // 2. Exactly one net charge per confirmed order, zero for the rest, counted at the gateway.
@@ -186,9 +221,14 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
           assert.equal(netCents, 0, `${status} order ${id} nets ${netCents}`);
         }
       }
-      assert.ok((statuses.get('confirmed') ?? 0) > ORDERS / 2, `most orders confirm: ${JSON.stringify(Object.fromEntries(statuses))}`);
+      assert.ok(
+        (statuses.get('confirmed') ?? 0) > ORDERS / 2,
+        `most orders confirm: ${JSON.stringify(Object.fromEntries(statuses))}`,
+      );
       assert.ok((statuses.get('rejected') ?? 0) > 0, 'declined cards and scarce SKUs reject some orders');
-      process.stdout.write(`# cluster (${shape}): ${ORDERS} orders, ${JSON.stringify(Object.fromEntries(statuses))}, ${chaosDone}\n`);
+      process.stdout.write(
+        `# cluster (${shape}): ${ORDERS} orders, ${JSON.stringify(Object.fromEntries(statuses))}, ${chaosDone}\n`,
+      );
     } finally {
       await sql.end();
     }
@@ -202,10 +242,21 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
   }
 }
 
-async function call(base: string, token: string, method: string, url: string, body?: unknown, headers: Record<string, string> = {}) {
+async function call(
+  base: string,
+  token: string,
+  method: string,
+  url: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+) {
   const response = await fetch(base + url, {
     method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      ...headers,
+    },
     body: body === undefined ? undefined : JSON.stringify(body),
     signal: AbortSignal.timeout(30_000),
   });

@@ -14,10 +14,29 @@ import { after, before, describe, it } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { PoisonGateway } from './support/gateways.ts';
 import { skipUnlessInstalled } from './support/programs.ts';
-import { ALL_SCOPES, client, createProduct, eventually, placeOrder, quiesce, startTestApp, type Client, type TestApp } from './support/harness.ts';
+import {
+  ALL_SCOPES,
+  client,
+  createProduct,
+  eventually,
+  placeOrder,
+  quiesce,
+  startTestApp,
+  type Client,
+  type TestApp,
+} from './support/harness.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
 const ARTIFACTS = path.resolve(process.env.ARTIFACTS_DIR ?? 'artifacts', 'console');
 const LAPTOP = { width: 1280, height: 860 };
 const PHONE = { width: 390, height: 844 };
@@ -100,8 +119,16 @@ describe('console in Chromium (embedded)', { skip }, () => {
     })();
     try {
       // A reading with orders in it: the figure is above zero.
-      await page.waitForFunction(`/^([1-9]|0[.,]\\d*[1-9])/.test(document.querySelector('[data-figure="accepted"]')?.textContent ?? '')`, undefined, { timeout: 20_000 });
-      await page.waitForFunction(`Number(document.querySelector('[data-chart="orders"]')?.getAttribute('data-readings')) >= ${readingsBefore + 3}`, undefined, { timeout: 20_000 });
+      await page.waitForFunction(
+        `/^([1-9]|0[.,]\\d*[1-9])/.test(document.querySelector('[data-figure="accepted"]')?.textContent ?? '')`,
+        undefined,
+        { timeout: 20_000 },
+      );
+      await page.waitForFunction(
+        `Number(document.querySelector('[data-chart="orders"]')?.getAttribute('data-readings')) >= ${readingsBefore + 3}`,
+        undefined,
+        { timeout: 20_000 },
+      );
     } finally {
       placing = false;
       await placed;
@@ -128,7 +155,9 @@ describe('console in Chromium (embedded)', { skip }, () => {
     await shot('orders');
     await row.getByRole('link').click();
     await page.waitForSelector('[data-timeline] li[data-event="confirmed"]');
-    const timeline = await page.locator('[data-timeline] li').evaluateAll((items) => items.map((li) => li.getAttribute('data-event')));
+    const timeline = await page
+      .locator('[data-timeline] li')
+      .evaluateAll((items) => items.map((li) => li.getAttribute('data-event')));
     assert.deepEqual(timeline, ['accepted', 'stock_held', 'charge_attempted', 'charged', 'confirmed']);
     assert.equal(await page.locator('[data-table="money"] tr[data-movement="charged"]').count(), 1);
   });
@@ -144,7 +173,9 @@ describe('console in Chromium (embedded)', { skip }, () => {
     await row.getByRole('status').waitFor();
     const afterwards = (await seller.request('GET', '/v1/products/CON-TEA')).body;
     assert.deepEqual([afterwards.stock, afterwards.available], [before.stock + 7, before.available + 7]);
-    await page.waitForFunction(`document.querySelector('tr[data-sku="CON-TEA"] [data-field="stock"]')?.textContent === '${before.stock + 7} units'`);
+    await page.waitForFunction(
+      `document.querySelector('tr[data-sku="CON-TEA"] [data-field="stock"]')?.textContent === '${before.stock + 7} units'`,
+    );
     assert.equal(await row.locator('[data-field="held"]').textContent(), `${before.stock - before.available} units`);
     await shot('catalog');
   });
@@ -167,20 +198,27 @@ describe('console in Chromium (embedded)', { skip }, () => {
     await row.waitFor({ state: 'detached' });
     await go(`#/orders/${id}`);
     await page.waitForSelector('[data-timeline] li[data-event="confirmed"]');
-    assert.ok(await page.locator('[data-timeline] li[data-event="redriven"]').count() === 1);
+    assert.ok((await page.locator('[data-timeline] li[data-event="redriven"]').count()) === 1);
     assert.deepEqual(gateway.netCharged(id), { charges: 1, netCents: 3897 });
   });
 
   it('orders: cancels a confirmed order and sees its refund in the timeline and money movements', async () => {
     const placed = await placeOrder(shopper, [{ sku: 'CON-MUG', quantity: 1 }]);
     const id = placed.body.id as string;
-    await eventually('the order to confirm', async () => ((await shopper.request('GET', `/v1/orders/${id}`)).body.status === 'confirmed' ? true : undefined));
+    await eventually('the order to confirm', async () =>
+      (await shopper.request('GET', `/v1/orders/${id}`)).body.status === 'confirmed' ? true : undefined,
+    );
     await go(`#/orders/${id}`);
     await page.getByRole('button', { name: 'Cancel order…' }).click();
     await page.getByRole('button', { name: 'Yes, cancel the order' }).click();
     await page.waitForSelector('[data-timeline] li[data-event="refunded"]');
     assert.equal(await page.locator('[data-status="cancelled"]').count(), 1);
-    assert.deepEqual(await page.locator('[data-table="money"] tbody tr').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-movement'))), ['charged', 'refund_requested', 'refunded']);
+    assert.deepEqual(
+      await page
+        .locator('[data-table="money"] tbody tr')
+        .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-movement'))),
+      ['charged', 'refund_requested', 'refunded'],
+    );
     assert.match((await page.locator('tr[data-movement="refunded"]').textContent()) ?? '', /€12\.99/);
     assert.deepEqual(gateway.netCharged(id), { charges: 1, netCents: 0 });
     await shotBothWidths('order-detail');

@@ -42,7 +42,10 @@ for (const engine of engines) {
     });
     after(() => drop());
 
-    const notes = async () => (await db.query<{ id: number; body: string }>('SELECT id, body FROM notes ORDER BY id')).map((r) => `${r.id}:${r.body}`);
+    const notes = async () =>
+      (await db.query<{ id: number; body: string }>('SELECT id, body FROM notes ORDER BY id')).map(
+        (r) => `${r.id}:${r.body}`,
+      );
 
     it('runs statements issued together in the order issued, and commits them', async () => {
       await db.exec('DELETE FROM notes');
@@ -90,7 +93,14 @@ for (const engine of engines) {
     it('reads int8 as exact numbers, numeric as text, in and out of a transaction', async () => {
       const query = `SELECT 9007199254740991::int8 AS max, (-9007199254740991)::int8 AS min, 99999999::int8 AS cents, 0::int8 AS zero,
         12345678901234567890::numeric AS big, sum(x)::numeric AS summed FROM (VALUES (9007199254740991::int8), (1::int8)) AS v(x)`;
-      const expected = { max: 9007199254740991, min: -9007199254740991, cents: 99999999, zero: 0, big: '12345678901234567890', summed: '9007199254740992' };
+      const expected = {
+        max: 9007199254740991,
+        min: -9007199254740991,
+        cents: 99999999,
+        zero: 0,
+        big: '12345678901234567890',
+        summed: '9007199254740992',
+      };
       assert.deepEqual({ ...(await db.query(query))[0] }, expected);
       assert.deepEqual({ ...(await db.transaction((tx) => tx.query(query)))[0] }, expected);
     });
@@ -140,13 +150,19 @@ describe('database port: PostgreSQL going away', { skip: privateServersUnavailab
   });
 
   const unavailable = (what: string, call: () => Promise<unknown>) =>
-    assert.rejects(call(), (error: unknown) => error instanceof DatabaseUnavailableError, `${what} rejects with DatabaseUnavailableError`);
+    assert.rejects(
+      call(),
+      (error: unknown) => error instanceof DatabaseUnavailableError,
+      `${what} rejects with DatabaseUnavailableError`,
+    );
   const ids = async () => (await db.query<{ id: number }>('SELECT id FROM notes ORDER BY id')).map((r) => r.id);
 
   it('a statement running past the timeout is cancelled by PostgreSQL; a transaction may ask for more time', async () => {
     await unavailable('a slow query', () => db.query('SELECT pg_sleep(3)'));
     await unavailable('a slow transaction', () => db.transaction((tx) => tx.query('SELECT pg_sleep(3)')));
-    const [row] = await db.transaction((tx) => tx.query<{ ok: number }>('SELECT 1 AS ok FROM pg_sleep(1.2)'), { timeoutMs: 5_000 });
+    const [row] = await db.transaction((tx) => tx.query<{ ok: number }>('SELECT 1 AS ok FROM pg_sleep(1.2)'), {
+      timeoutMs: 5_000,
+    });
     assert.equal(row?.ok, 1);
   });
 
@@ -156,7 +172,9 @@ describe('database port: PostgreSQL going away', { skip: privateServersUnavailab
     proxy.frozen = true;
     proxy.mode = 'blackhole';
     try {
-      await unavailable('a transaction on a connection gone quiet', () => quiet.transaction((tx) => tx.query('INSERT INTO notes VALUES (1, $1)', ['never committed'])));
+      await unavailable('a transaction on a connection gone quiet', () =>
+        quiet.transaction((tx) => tx.query('INSERT INTO notes VALUES (1, $1)', ['never committed'])),
+      );
       await unavailable('a query', () => quiet.query('SELECT 1'));
     } finally {
       proxy.frozen = false;
@@ -180,7 +198,10 @@ describe('database port: PostgreSQL going away', { skip: privateServersUnavailab
             await tx.query('SELECT pg_sleep(0.2)');
             return id;
           })
-          .then((id) => ({ id }), (error: unknown) => ({ error })),
+          .then(
+            (id) => ({ id }),
+            (error: unknown) => ({ error }),
+          ),
       );
       await new Promise((resolve) => setTimeout(resolve, 50));
       await server.stop(mode);
@@ -192,7 +213,9 @@ describe('database port: PostgreSQL going away', { skip: privateServersUnavailab
         // seen yet; a new connection is refused, and the circuit opens.
         for (let call = 0; circuit.at(-1) !== true; call++) {
           assert.ok(call < 20, 'the circuit opened');
-          await unavailable('a call while the server is down', () => (call % 2 ? db.query('SELECT 1') : db.transaction((tx) => tx.query('SELECT 1'))));
+          await unavailable('a call while the server is down', () =>
+            call % 2 ? db.query('SELECT 1') : db.transaction((tx) => tx.query('SELECT 1')),
+          );
         }
         await unavailable('a call while the circuit is open', () => db.query('SELECT 1'));
       } finally {
@@ -201,7 +224,11 @@ describe('database port: PostgreSQL going away', { skip: privateServersUnavailab
       await eventuallyServes(db);
       assert.equal(circuit.at(-1), false, 'the circuit closed again');
       const answered = (await Promise.all(inFlight)).flatMap((o) => ('id' in o ? [o.id] : []));
-      assert.deepEqual(await ids(), answered.sort((a, b) => a - b), 'exactly the transactions answered as committed are there');
+      assert.deepEqual(
+        await ids(),
+        answered.sort((a, b) => a - b),
+        'exactly the transactions answered as committed are there',
+      );
     });
   }
 });

@@ -31,38 +31,62 @@ describe('load balancer configuration', () => {
   after(() => rm(dir, { recursive: true, force: true }));
 
   const haproxyCheck = (files: string[], env: Record<string, string> = {}) => {
-    const result = spawnSync('haproxy', ['-c', ...files.flatMap((f) => ['-f', f])], { encoding: 'utf8', env: { ...process.env, ...env } });
+    const result = spawnSync('haproxy', ['-c', ...files.flatMap((f) => ['-f', f])], {
+      encoding: 'utf8',
+      env: { ...process.env, ...env },
+    });
     assert.equal(result.status, 0, result.stdout + result.stderr);
   };
 
-  it('HAProxy accepts haproxy.cfg with servers found through DNS', { skip: skipUnlessInstalled('the HAProxy check', haproxy) }, () => {
-    haproxyCheck([HAPROXY_CONFIG, path.join(root, 'deploy/haproxy/servers-dns.cfg')], { ORDERFLOW_API_DNS: 'localhost:8081' });
-  });
+  it(
+    'HAProxy accepts haproxy.cfg with servers found through DNS',
+    { skip: skipUnlessInstalled('the HAProxy check', haproxy) },
+    () => {
+      haproxyCheck([HAPROXY_CONFIG, path.join(root, 'deploy/haproxy/servers-dns.cfg')], {
+        ORDERFLOW_API_DNS: 'localhost:8081',
+      });
+    },
+  );
 
-  it('HAProxy accepts haproxy.cfg with a generated list of any number of servers', { skip: skipUnlessInstalled('the HAProxy check', haproxy) }, () => {
-    haproxyCheck([HAPROXY_CONFIG, servers]);
-  });
+  it(
+    'HAProxy accepts haproxy.cfg with a generated list of any number of servers',
+    { skip: skipUnlessInstalled('the HAProxy check', haproxy) },
+    () => {
+      haproxyCheck([HAPROXY_CONFIG, servers]);
+    },
+  );
 
-  it('HAProxy accepts haproxy.cfg with TLS on', { skip: skipUnlessInstalled('the HAProxy TLS check', { ...haproxy, ...openssl }) }, () => {
-    haproxyCheck([HAPROXY_CONFIG, servers], { ORDERFLOW_TLS_CERT: certificates!.pemFile });
-  });
+  it(
+    'HAProxy accepts haproxy.cfg with TLS on',
+    { skip: skipUnlessInstalled('the HAProxy TLS check', { ...haproxy, ...openssl }) },
+    () => {
+      haproxyCheck([HAPROXY_CONFIG, servers], { ORDERFLOW_TLS_CERT: certificates!.pemFile });
+    },
+  );
 
   it('haproxyServers refuses an empty list', () => {
     assert.throws(() => haproxyServers([]), /at least one api process/);
   });
 
   for (const config of ['nginx.conf', 'nginx-tls.conf']) {
-    it(`nginx accepts deploy/nginx/${config}`, { skip: skipUnlessInstalled('the nginx check', { ...nginx, ...openssl }) }, async () => {
-      // A copy of deploy/nginx, with the TLS files nginx-tls.conf expects next to it.
-      const conf = path.join(dir, `conf-${config}`);
-      await cp(path.join(root, 'deploy/nginx'), conf, { recursive: true, filter: (source) => !source.includes(`${path.sep}tls`) });
-      await mkdir(path.join(conf, 'tls'));
-      await cp(certificates!.certFile, path.join(conf, 'tls/orderflow.crt'));
-      await cp(certificates!.keyFile, path.join(conf, 'tls/orderflow.key'));
-      const prefix = path.join(dir, `prefix-${config}`);
-      await mkdir(path.join(prefix, 'tmp'), { recursive: true });
-      const result = spawnSync('nginx', ['-t', '-p', prefix, '-c', path.join(conf, config)], { encoding: 'utf8' });
-      assert.equal(result.status, 0, result.stdout + result.stderr);
-    });
+    it(
+      `nginx accepts deploy/nginx/${config}`,
+      { skip: skipUnlessInstalled('the nginx check', { ...nginx, ...openssl }) },
+      async () => {
+        // A copy of deploy/nginx, with the TLS files nginx-tls.conf expects next to it.
+        const conf = path.join(dir, `conf-${config}`);
+        await cp(path.join(root, 'deploy/nginx'), conf, {
+          recursive: true,
+          filter: (source) => !source.includes(`${path.sep}tls`),
+        });
+        await mkdir(path.join(conf, 'tls'));
+        await cp(certificates!.certFile, path.join(conf, 'tls/orderflow.crt'));
+        await cp(certificates!.keyFile, path.join(conf, 'tls/orderflow.key'));
+        const prefix = path.join(dir, `prefix-${config}`);
+        await mkdir(path.join(prefix, 'tmp'), { recursive: true });
+        const result = spawnSync('nginx', ['-t', '-p', prefix, '-c', path.join(conf, config)], { encoding: 'utf8' });
+        assert.equal(result.status, 0, result.stdout + result.stderr);
+      },
+    );
   }
 });

@@ -20,7 +20,10 @@ import { exposedMetricNames, loadRules, PROMETHEUS_SYNTHETIC, selectedMetricName
 
 /** Grafana's dashboard model (schema version 42 and on) as the JSON Schema of @grafana/schema's generated Dashboard type. */
 function grafanaDashboardSchema(): object {
-  const types = path.join(path.dirname(createRequire(import.meta.url).resolve('@grafana/schema/package.json')), 'dist/types/raw/dashboard/x/types.gen.d.ts');
+  const types = path.join(
+    path.dirname(createRequire(import.meta.url).resolve('@grafana/schema/package.json')),
+    'dist/types/raw/dashboard/x/types.gen.d.ts',
+  );
   // Interfaces become objects with additionalProperties: false, so a misspelt field fails too.
   return createGenerator({ path: types, type: 'Dashboard', skipTypeCheck: true }).createSchema('Dashboard');
 }
@@ -44,7 +47,10 @@ describe('Grafana dashboards (deploy/grafana)', () => {
     const good = dashboards()[0]!.dashboard;
     assert.ok(validate(JSON.parse(JSON.stringify(good))));
     assert.equal(validate({ ...good, refesh: '30s' }), false);
-    assert.equal(validate({ ...good, panels: [{ ...good.panels![1], gridPos: { x: 0, y: 0, w: 'wide', h: 8 } }] }), false);
+    assert.equal(
+      validate({ ...good, panels: [{ ...good.panels![1], gridPos: { x: 0, y: 0, w: 'wide', h: 8 } }] }),
+      false,
+    );
   });
 
   it('every dashboard offers the role and instance variables, and every Orderflow query filters by them', () => {
@@ -54,7 +60,11 @@ describe('Grafana dashboards (deploy/grafana)', () => {
       for (const query of dashboardQueries(dashboard)) {
         // Recorded SLO ratios and the count of ready api processes are deployment-wide on purpose.
         if (/orderflow:|role=~"api\|all"/.test(query.expr)) continue;
-        assert.match(query.expr, /role=~"\$role",instance=~"\$instance"/, `${path.basename(file)} "${query.panel}": ${query.expr}`);
+        assert.match(
+          query.expr,
+          /role=~"\$role",instance=~"\$instance"/,
+          `${path.basename(file)} "${query.panel}": ${query.expr}`,
+        );
       }
     }
   });
@@ -64,15 +74,27 @@ describe('Grafana dashboards (deploy/grafana)', () => {
       const panels = (dashboard.panels ?? []).filter((p) => p.type !== 'row');
       assert.ok(panels.length >= 8, `${path.basename(file)} has ${panels.length} panels`);
       const queries = dashboardQueries(dashboard);
-      for (const panel of panels) assert.ok(queries.some((q) => q.panel === panel.title), `"${panel.title}" has no query`);
-      for (const query of queries) assert.doesNotThrow(() => selectedMetricNames(instantiate(query.expr)), `${path.basename(file)} "${query.panel}"`);
+      for (const panel of panels)
+        assert.ok(
+          queries.some((q) => q.panel === panel.title),
+          `"${panel.title}" has no query`,
+        );
+      for (const query of queries)
+        assert.doesNotThrow(
+          () => selectedMetricNames(instantiate(query.expr)),
+          `${path.basename(file)} "${query.panel}"`,
+        );
     }
   });
 
   describe('queries select only what Orderflow exposes or records', () => {
     let app: App;
     before(async () => {
-      app = await createApp({ config: loadConfig({ PORT: '0', LOG_LEVEL: 'silent' }), inMemory: true, log: pino({ level: 'silent' }) });
+      app = await createApp({
+        config: loadConfig({ PORT: '0', LOG_LEVEL: 'silent' }),
+        inMemory: true,
+        log: pino({ level: 'silent' }),
+      });
     });
     after(() => app.close());
 
@@ -83,7 +105,10 @@ describe('Grafana dashboards (deploy/grafana)', () => {
       for (const { file, dashboard } of dashboards()) {
         for (const query of dashboardQueries(dashboard)) {
           for (const name of selectedMetricNames(instantiate(query.expr))) {
-            assert.ok(exposed.has(name) || recorded.has(name) || PROMETHEUS_SYNTHETIC.has(name), `${path.basename(file)} "${query.panel}" selects ${name}, which Orderflow does not expose`);
+            assert.ok(
+              exposed.has(name) || recorded.has(name) || PROMETHEUS_SYNTHETIC.has(name),
+              `${path.basename(file)} "${query.panel}" selects ${name}, which Orderflow does not expose`,
+            );
           }
         }
       }

@@ -8,9 +8,24 @@ import { AppError } from '../src/errors.ts';
 import { acceptBatch, OrderAcceptor, type AcceptRequest } from '../src/orders/accept.ts';
 import { paymentPort } from '../src/payments/payments.ts';
 import { GatedGateway } from './support/gateways.ts';
-import { ALL_SCOPES, client, createProduct, eventually, modes, placeOrder, quiesce, snapshot, startTestApp } from './support/harness.ts';
+import {
+  ALL_SCOPES,
+  client,
+  createProduct,
+  eventually,
+  modes,
+  placeOrder,
+  quiesce,
+  snapshot,
+  startTestApp,
+} from './support/harness.ts';
 
-const order = (customerId: string, idempotencyKey: string, items: { sku: string; quantity: number }[], token = 'tok_visa'): AcceptRequest => ({
+const order = (
+  customerId: string,
+  idempotencyKey: string,
+  items: { sku: string; quantity: number }[],
+  token = 'tok_visa',
+): AcceptRequest => ({
   customerId,
   idempotencyKey,
   order: { items, payment: { token } },
@@ -24,7 +39,9 @@ for (const mode of modes()) {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
         await createProduct(admin, { sku: 'HOT', stock: 3 });
         await createProduct(admin, { sku: 'COLD', stock: 100 });
-        const first = await t.app.db.transaction((tx) => acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k1', [{ sku: 'COLD', quantity: 1 }])]));
+        const first = await t.app.db.transaction((tx) =>
+          acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k1', [{ sku: 'COLD', quantity: 1 }])]),
+        );
         assert.ok(first[0]!.ok);
 
         const outcomes = await t.app.db.transaction((tx) =>
@@ -44,7 +61,9 @@ for (const mode of modes()) {
         const [a, b, replay, other, c, d, e] = outcomes;
         assert.ok(a?.ok && a.value.order.status === 'pending');
         assert.ok(b && !b.ok && b.error instanceof AppError && b.error.code === 'unknown_sku');
-        assert.ok(replay?.ok && replay.value.replayed && first[0]?.ok && replay.value.order.id === first[0].value.order.id);
+        assert.ok(
+          replay?.ok && replay.value.replayed && first[0]?.ok && replay.value.order.id === first[0].value.order.id,
+        );
         assert.ok(other?.ok && other.value.order.status === 'pending' && !other.value.replayed);
         assert.ok(c?.ok && c.value.order.status === 'rejected' && c.value.order.rejectReason === 'out_of_stock');
         assert.ok(d?.ok && d.value.order.status === 'pending');
@@ -64,10 +83,16 @@ for (const mode of modes()) {
       try {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
         await createProduct(admin, { sku: 'S', stock: 10 });
-        await t.app.db.transaction((tx) => acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k', [{ sku: 'S', quantity: 1 }])]));
+        await t.app.db.transaction((tx) =>
+          acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k', [{ sku: 'S', quantity: 1 }])]),
+        );
         const before = await snapshot(t.app.db);
-        const [reused] = await t.app.db.transaction((tx) => acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k', [{ sku: 'S', quantity: 2 }])]));
-        assert.ok(reused && !reused.ok && reused.error instanceof AppError && reused.error.code === 'idempotency_key_reused');
+        const [reused] = await t.app.db.transaction((tx) =>
+          acceptBatch(tx, paymentPort(t.app.queue), [order('ann', 'k', [{ sku: 'S', quantity: 2 }])]),
+        );
+        assert.ok(
+          reused && !reused.ok && reused.error instanceof AppError && reused.error.code === 'idempotency_key_reused',
+        );
         assert.deepEqual(await snapshot(t.app.db), before);
       } finally {
         await t.close();
@@ -79,11 +104,19 @@ for (const mode of modes()) {
       try {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
         await createProduct(admin, { sku: 'S', stock: 1_000 });
-        const acceptor = new OrderAcceptor({ db: t.app.db, payments: paymentPort(t.app.queue), metrics: t.app.metrics }, { maxInFlight: 1, maxBatch: 64 });
+        const acceptor = new OrderAcceptor(
+          { db: t.app.db, payments: paymentPort(t.app.queue), metrics: t.app.metrics },
+          { maxInFlight: 1, maxBatch: 64 },
+        );
         const before = await batchCount(t.app.metrics, 'orderflow_accept_batch_size');
         // Submitted in one turn of the event loop: one batch of 40 (+1 for the repeated key).
         const results = await Promise.all([
-          ...Array.from({ length: 40 }, (_, i) => acceptor.accept(`c${i % 4}`, `k${i}`, { items: [{ sku: 'S', quantity: 1 }], payment: { token: 'tok_visa' } })),
+          ...Array.from({ length: 40 }, (_, i) =>
+            acceptor.accept(`c${i % 4}`, `k${i}`, {
+              items: [{ sku: 'S', quantity: 1 }],
+              payment: { token: 'tok_visa' },
+            }),
+          ),
           acceptor.accept('c0', 'k0', { items: [{ sku: 'S', quantity: 1 }], payment: { token: 'tok_visa' } }),
         ]);
         assert.equal(new Set(results.map((r) => r.order.id)).size, 40, 'the repeated key returns the same order');
@@ -107,14 +140,17 @@ for (const mode of modes()) {
         const shopper = client(t.app, await t.token('dora', 'orders:write orders:read'));
         await createProduct(admin, { sku: 'B', stock: 10, priceCents: 700 });
         const ids: string[] = [];
-        for (let i = 0; i < 4; i++) ids.push((await placeOrder(shopper, [{ sku: 'B', quantity: 1 }])).body.id as string);
+        for (let i = 0; i < 4; i++)
+          ids.push((await placeOrder(shopper, [{ sku: 'B', quantity: 1 }])).body.id as string);
         const [paid1, paid2, cancelledInFlight, cancelledEarly] = ids as [string, string, string, string];
         // Cancelled before the workers run: its start-charging step settles it without a charge.
         assert.equal((await shopper.request('POST', `/v1/orders/${cancelledEarly}/cancel`)).status, 200);
         const before = await batchCount(t.app.metrics, 'orderflow_worker_batch_size');
 
         t.app.startWorkers();
-        await eventually('the three pending charges to reach the gateway', async () => (gateway.arrived >= 3 ? true : undefined));
+        await eventually('the three pending charges to reach the gateway', async () =>
+          gateway.arrived >= 3 ? true : undefined,
+        );
         assert.equal((await shopper.request('POST', `/v1/orders/${cancelledInFlight}/cancel`)).status, 200);
         gateway.release(); // all three answers come back together: their results are recorded as one batch
         await quiesce(t.app);
@@ -138,7 +174,9 @@ for (const mode of modes()) {
 
 /** How many batches a group-commit histogram has seen, and how many units they held. */
 async function batchCount(metrics: { registry: { getSingleMetric(name: string): unknown } }, name: string) {
-  const metric = metrics.registry.getSingleMetric(name) as { get(): Promise<{ values: { metricName?: string; value: number }[] }> };
+  const metric = metrics.registry.getSingleMetric(name) as {
+    get(): Promise<{ values: { metricName?: string; value: number }[] }>;
+  };
   const { values } = await metric.get();
   return {
     count: values.find((v) => v.metricName === `${name}_count`)?.value ?? 0,

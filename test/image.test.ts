@@ -33,7 +33,11 @@ const MAX_IMAGE_BYTES = 250e6;
 /** Orderflow drains for at most 25 s (src/main.ts); podman stop waits longer before SIGKILL. */
 const STOP_TIMEOUT_S = 35;
 
-const skip = skipUnlessInstalled('the image test', { podman: ['--version'], runc: ['--version'], mmdebstrap: ['--version'] });
+const skip = skipUnlessInstalled('the image test', {
+  podman: ['--version'],
+  runc: ['--version'],
+  mmdebstrap: ['--version'],
+});
 
 async function podman(...args: string[]): Promise<string> {
   try {
@@ -41,7 +45,9 @@ async function podman(...args: string[]): Promise<string> {
     return stdout.trim();
   } catch (error) {
     const e = error as { stderr?: string; stdout?: string; message: string };
-    throw new Error(`podman ${args.join(' ')} failed: ${e.message}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`, { cause: error });
+    throw new Error(`podman ${args.join(' ')} failed: ${e.message}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`, {
+      cause: error,
+    });
   }
 }
 
@@ -51,7 +57,9 @@ function caBundle(): string | undefined {
   return candidates.find((file) => file !== undefined && file !== '' && existsSync(file));
 }
 
-const lockfile = JSON.parse(readFileSync(path.join(root, 'package-lock.json'), 'utf8')) as { packages: Record<string, { version: string; dev?: boolean }> };
+const lockfile = JSON.parse(readFileSync(path.join(root, 'package-lock.json'), 'utf8')) as {
+  packages: Record<string, { version: string; dev?: boolean }>;
+};
 const pinnedNode = lockfile.packages['node_modules/node']!.version;
 /** Packages the lockfile installs for development only (a devDependency that production code also needs is not one). */
 const devOnly = Object.entries(lockfile.packages)
@@ -83,7 +91,10 @@ describe('container image', { skip }, () => {
       );
       if (!exists) {
         const started = Date.now();
-        await run(path.join(root, 'scripts', 'base-image.sh'), [], { env: { ...podmanEnv, BASE_IMAGE_TAG: base }, maxBuffer: 64 * 1024 * 1024 });
+        await run(path.join(root, 'scripts', 'base-image.sh'), [], {
+          env: { ...podmanEnv, BASE_IMAGE_TAG: base },
+          maxBuffer: 64 * 1024 * 1024,
+        });
         timings.push(`base image ${((Date.now() - started) / 1000).toFixed(1)} s`);
       }
     }
@@ -155,13 +166,19 @@ describe('container image', { skip }, () => {
       Config: { User: string; Labels: Record<string, string>; Entrypoint: string[]; Env: string[] };
       Healthcheck?: { Test: string[] };
     }[];
-    assert.ok(info!.Size <= MAX_IMAGE_BYTES, `image is ${(info!.Size / 1e6).toFixed(1)} MB, target ${MAX_IMAGE_BYTES / 1e6} MB`);
+    assert.ok(
+      info!.Size <= MAX_IMAGE_BYTES,
+      `image is ${(info!.Size / 1e6).toFixed(1)} MB, target ${MAX_IMAGE_BYTES / 1e6} MB`,
+    );
     timings.push(`size ${(info!.Size / 1e6).toFixed(1)} MB`);
     assert.equal(info!.Config.User, '1000:1000');
     assert.equal(info!.Config.Labels['org.opencontainers.image.version'], packageJson.version);
     assert.equal(info!.Config.Labels['org.opencontainers.image.revision'], revision);
     assert.equal(info!.Config.Labels['org.opencontainers.image.source'], 'https://example.invalid/orderflow');
-    assert.ok(info!.Healthcheck?.Test.join(' ').includes('/readyz'), `HEALTHCHECK probes /readyz: ${JSON.stringify(info!.Healthcheck)}`);
+    assert.ok(
+      info!.Healthcheck?.Test.join(' ').includes('/readyz'),
+      `HEALTHCHECK probes /readyz: ${JSON.stringify(info!.Healthcheck)}`,
+    );
 
     // No devDependency (the pinned `node` binary package above all), no npm, no build secret.
     const listing = await podman(
@@ -180,147 +197,201 @@ describe('container image', { skip }, () => {
          specs: fs.readdirSync('/app/src', { recursive: true }).filter((f) => String(f).endsWith('.spec.ts')),
        }))`,
     );
-    const contents = JSON.parse(listing) as { version: string; modules: string[]; npm: boolean; secrets: boolean; specs: string[] };
+    const contents = JSON.parse(listing) as {
+      version: string;
+      modules: string[];
+      npm: boolean;
+      secrets: boolean;
+      specs: string[];
+    };
     assert.equal(contents.version, `v${pinnedNode}`, 'the base provides the pinned Node');
     assert.ok(devOnly.includes('node') && devOnly.includes('typescript'), 'the lockfile marks development packages');
-    assert.deepEqual(devOnly.filter((name) => contents.modules.includes(name)), [], 'development-only packages in the image');
-    assert.ok(contents.modules.includes('fastify') && contents.modules.includes('@electric-sql/pglite'), 'production dependencies are there');
+    assert.deepEqual(
+      devOnly.filter((name) => contents.modules.includes(name)),
+      [],
+      'development-only packages in the image',
+    );
+    assert.ok(
+      contents.modules.includes('fastify') && contents.modules.includes('@electric-sql/pglite'),
+      'production dependencies are there',
+    );
     assert.equal(contents.npm, false, 'npm stays out of the runtime image');
     assert.equal(contents.secrets, false, 'the npm_ca build secret is not in the image');
     assert.deepEqual(contents.specs, [], 'unit specs stay out (.dockerignore)');
   });
 
-  it('embedded: starts read-only, serves /readyz and an order through the published port, stops cleanly', { timeout: 300_000 }, async () => {
-    const name = `orderflow-test-embedded-${randomBytes(4).toString('hex')}`;
-    const started = Date.now();
-    await start(name, ['--publish', '127.0.0.1::8080', '--tmpfs', '/tmp']);
-    const port = Number((await podman('port', name, '8080/tcp')).split(':').pop());
-    await ready(name, port);
-    timings.push(`embedded ready ${((Date.now() - started) / 1000).toFixed(1)} s after podman run`);
+  it(
+    'embedded: starts read-only, serves /readyz and an order through the published port, stops cleanly',
+    { timeout: 300_000 },
+    async () => {
+      const name = `orderflow-test-embedded-${randomBytes(4).toString('hex')}`;
+      const started = Date.now();
+      await start(name, ['--publish', '127.0.0.1::8080', '--tmpfs', '/tmp']);
+      const port = Number((await podman('port', name, '8080/tcp')).split(':').pop());
+      await ready(name, port);
+      timings.push(`embedded ready ${((Date.now() - started) / 1000).toFixed(1)} s after podman run`);
 
-    // The HEALTHCHECK command works inside the container (podman runs it on demand without systemd).
-    await podman('healthcheck', 'run', name);
-    // The root filesystem is read-only; DATA_DIR is not.
-    await assert.rejects(podman('exec', name, 'touch', '/app/x'), /Read-only file system/);
-    await podman('exec', name, 'touch', '/data/x');
+      // The HEALTHCHECK command works inside the container (podman runs it on demand without systemd).
+      await podman('healthcheck', 'run', name);
+      // The root filesystem is read-only; DATA_DIR is not.
+      await assert.rejects(podman('exec', name, 'touch', '/app/x'), /Read-only file system/);
+      await podman('exec', name, 'touch', '/data/x');
 
-    const admin = await token(name, 'admin', 'catalog:write orders:read orders:write');
-    const base = `http://127.0.0.1:${port}`;
-    const headers = { authorization: `Bearer ${admin}`, 'content-type': 'application/json' };
-    const product = await fetch(`${base}/v1/products`, { method: 'POST', headers, body: JSON.stringify({ sku: 'MUG-1', name: 'Mug', priceCents: 1299, currency: 'EUR', stock: 5 }) });
-    assert.equal(product.status, 201, await product.text());
-    const order = await fetch(`${base}/v1/orders`, {
-      method: 'POST',
-      headers: { ...headers, 'idempotency-key': 'image-embedded-1' },
-      body: JSON.stringify({ items: [{ sku: 'MUG-1', quantity: 2 }], payment: { token: 'tok_visa' } }),
-    });
-    assert.equal(order.status, 202, await order.clone().text());
-    const { id } = (await order.json()) as { id: string };
-    await eventually('the order to be confirmed', async () => {
-      const response = await fetch(`${base}/v1/orders/${id}`, { headers });
-      const body = (await response.json()) as { status: string };
-      return body.status === 'confirmed' ? true : undefined;
-    });
+      const admin = await token(name, 'admin', 'catalog:write orders:read orders:write');
+      const base = `http://127.0.0.1:${port}`;
+      const headers = { authorization: `Bearer ${admin}`, 'content-type': 'application/json' };
+      const product = await fetch(`${base}/v1/products`, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ sku: 'MUG-1', name: 'Mug', priceCents: 1299, currency: 'EUR', stock: 5 }),
+      });
+      assert.equal(product.status, 201, await product.text());
+      const order = await fetch(`${base}/v1/orders`, {
+        method: 'POST',
+        headers: { ...headers, 'idempotency-key': 'image-embedded-1' },
+        body: JSON.stringify({ items: [{ sku: 'MUG-1', quantity: 2 }], payment: { token: 'tok_visa' } }),
+      });
+      assert.equal(order.status, 202, await order.clone().text());
+      const { id } = (await order.json()) as { id: string };
+      await eventually('the order to be confirmed', async () => {
+        const response = await fetch(`${base}/v1/orders/${id}`, { headers });
+        const body = (await response.json()) as { status: string };
+        return body.status === 'confirmed' ? true : undefined;
+      });
 
-    assert.equal(await stop(name), 0, `exit code after podman stop:\n${await podman('logs', name)}`);
-  });
+      assert.equal(await stop(name), 0, `exit code after podman stop:\n${await podman('logs', name)}`);
+    },
+  );
 
   describe('distributed: api, worker and relay containers', () => {
     const databaseUrl = requiredServiceUrl('DATABASE_URL');
     const natsUrl = requiredServiceUrl('NATS_URL');
     const redisUrl = requiredServiceUrl('REDIS_URL');
-    const needs = databaseUrl && natsUrl && redisUrl ? undefined : 'set DATABASE_URL, NATS_URL and REDIS_URL to run the distributed image test';
+    const needs =
+      databaseUrl && natsUrl && redisUrl
+        ? undefined
+        : 'set DATABASE_URL, NATS_URL and REDIS_URL to run the distributed image test';
 
-    it('confirms every accepted order across a worker stopped mid-charge', { skip: needs, timeout: 300_000 }, async () => {
-      const database = await freshPostgresDatabase(databaseUrl!);
-      const brokerPrefix = freshBrokerPrefix();
-      const gateway = new GatedGateway({ latencyMs: 0 });
-      const gatewayServer = await startGatewayServer({ gateway });
-      // One DATA_DIR for the roles, as processes on one machine share it: the development issuer's key.
-      const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-image-'));
-      await chmod(dataDir, 0o777);
-      const suffix = randomBytes(4).toString('hex');
-      const env = [
-        `DATABASE_URL=${database.url}`,
-        `BROKER_URL=${natsUrl}`,
-        `BROKER_PREFIX=${brokerPrefix}`,
-        `REDIS_URL=${redisUrl}`,
-        `REDIS_KEY_PREFIX=${brokerPrefix}:`,
-        `PAYMENT_GATEWAY_URL=${gatewayServer.url}`,
-        'HOST=127.0.0.1',
-        'LOG_LEVEL=info',
-      ].flatMap((e) => ['--env', e]);
-      const shared = ['--network', 'host', '--volume', `${dataDir}:/data`, ...env];
-      try {
-        const migrated = await podman('run', '--rm', '--read-only', ...shared, image, 'migrate');
-        assert.match(migrated, /applied/);
+    it(
+      'confirms every accepted order across a worker stopped mid-charge',
+      { skip: needs, timeout: 300_000 },
+      async () => {
+        const database = await freshPostgresDatabase(databaseUrl!);
+        const brokerPrefix = freshBrokerPrefix();
+        const gateway = new GatedGateway({ latencyMs: 0 });
+        const gatewayServer = await startGatewayServer({ gateway });
+        // One DATA_DIR for the roles, as processes on one machine share it: the development issuer's key.
+        const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-image-'));
+        await chmod(dataDir, 0o777);
+        const suffix = randomBytes(4).toString('hex');
+        const env = [
+          `DATABASE_URL=${database.url}`,
+          `BROKER_URL=${natsUrl}`,
+          `BROKER_PREFIX=${brokerPrefix}`,
+          `REDIS_URL=${redisUrl}`,
+          `REDIS_KEY_PREFIX=${brokerPrefix}:`,
+          `PAYMENT_GATEWAY_URL=${gatewayServer.url}`,
+          'HOST=127.0.0.1',
+          'LOG_LEVEL=info',
+        ].flatMap((e) => ['--env', e]);
+        const shared = ['--network', 'host', '--volume', `${dataDir}:/data`, ...env];
+        try {
+          const migrated = await podman('run', '--rm', '--read-only', ...shared, image, 'migrate');
+          assert.match(migrated, /applied/);
 
-        const ports = { api: await freePort(), worker: await freePort(), relay: await freePort(), worker2: await freePort() };
-        const names = { api: `orderflow-test-api-${suffix}`, worker: `orderflow-test-worker-${suffix}`, relay: `orderflow-test-relay-${suffix}`, worker2: `orderflow-test-worker2-${suffix}` };
-        const started = Date.now();
-        await start(names.api, [...shared, '--env', 'ROLE=api', '--env', `PORT=${ports.api}`]);
-        // Four charges at a time, so that most orders are still in the broker when it stops.
-        await start(names.worker, [...shared, '--env', 'ROLE=worker', '--env', `PORT=${ports.worker}`, '--env', 'WORKER_CONCURRENCY=4']);
-        await start(names.relay, [...shared, '--env', 'ROLE=relay', '--env', `PORT=${ports.relay}`]);
-        await ready(names.api, ports.api);
-        timings.push(`api ready ${((Date.now() - started) / 1000).toFixed(1)} s after podman run`);
-        await ready(names.worker, ports.worker);
-        await ready(names.relay, ports.relay);
+          const ports = {
+            api: await freePort(),
+            worker: await freePort(),
+            relay: await freePort(),
+            worker2: await freePort(),
+          };
+          const names = {
+            api: `orderflow-test-api-${suffix}`,
+            worker: `orderflow-test-worker-${suffix}`,
+            relay: `orderflow-test-relay-${suffix}`,
+            worker2: `orderflow-test-worker2-${suffix}`,
+          };
+          const started = Date.now();
+          await start(names.api, [...shared, '--env', 'ROLE=api', '--env', `PORT=${ports.api}`]);
+          // Four charges at a time, so that most orders are still in the broker when it stops.
+          await start(names.worker, [
+            ...shared,
+            '--env',
+            'ROLE=worker',
+            '--env',
+            `PORT=${ports.worker}`,
+            '--env',
+            'WORKER_CONCURRENCY=4',
+          ]);
+          await start(names.relay, [...shared, '--env', 'ROLE=relay', '--env', `PORT=${ports.relay}`]);
+          await ready(names.api, ports.api);
+          timings.push(`api ready ${((Date.now() - started) / 1000).toFixed(1)} s after podman run`);
+          await ready(names.worker, ports.worker);
+          await ready(names.relay, ports.relay);
 
-        const base = `http://127.0.0.1:${ports.api}`;
-        const admin = await token(names.api, 'admin', 'catalog:write orders:read orders:write');
-        const headers = { authorization: `Bearer ${admin}`, 'content-type': 'application/json' };
-        const product = await fetch(`${base}/v1/products`, { method: 'POST', headers, body: JSON.stringify({ sku: 'MUG-1', name: 'Mug', priceCents: 1299, currency: 'EUR', stock: 1000 }) });
-        assert.equal(product.status, 201, await product.text());
+          const base = `http://127.0.0.1:${ports.api}`;
+          const admin = await token(names.api, 'admin', 'catalog:write orders:read orders:write');
+          const headers = { authorization: `Bearer ${admin}`, 'content-type': 'application/json' };
+          const product = await fetch(`${base}/v1/products`, {
+            method: 'POST',
+            headers,
+            body: JSON.stringify({ sku: 'MUG-1', name: 'Mug', priceCents: 1299, currency: 'EUR', stock: 1000 }),
+          });
+          assert.equal(product.status, 201, await product.text());
 
-        const ORDERS = 20;
-        const accepted = await Promise.all(
-          Array.from({ length: ORDERS }, async (_, i) => {
-            const response = await fetch(`${base}/v1/orders`, {
-              method: 'POST',
-              headers: { ...headers, 'idempotency-key': `image-${i}` },
-              body: JSON.stringify({ items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } }),
-            });
-            assert.equal(response.status, 202, await response.clone().text());
-            return ((await response.json()) as { id: string }).id;
-          }),
-        );
+          const ORDERS = 20;
+          const accepted = await Promise.all(
+            Array.from({ length: ORDERS }, async (_, i) => {
+              const response = await fetch(`${base}/v1/orders`, {
+                method: 'POST',
+                headers: { ...headers, 'idempotency-key': `image-${i}` },
+                body: JSON.stringify({ items: [{ sku: 'MUG-1', quantity: 1 }], payment: { token: 'tok_visa' } }),
+              });
+              assert.equal(response.status, 202, await response.clone().text());
+              return ((await response.json()) as { id: string }).id;
+            }),
+          );
 
-        // A charge is at the gateway, held there: stop the worker now. It must
-        // finish what it holds before it exits, so let the gateway answer
-        // only once it is draining.
-        await gateway.started;
-        const stopping = stop(names.worker);
-        await eventually('the worker to start draining', async () => ((await podman('logs', names.worker)).includes('shutting down') ? true : undefined), 30_000);
-        gateway.release();
-        assert.equal(await stopping, 0, `worker exit code after podman stop:\n${await podman('logs', names.worker)}`);
+          // A charge is at the gateway, held there: stop the worker now. It must
+          // finish what it holds before it exits, so let the gateway answer
+          // only once it is draining.
+          await gateway.started;
+          const stopping = stop(names.worker);
+          await eventually(
+            'the worker to start draining',
+            async () => ((await podman('logs', names.worker)).includes('shutting down') ? true : undefined),
+            30_000,
+          );
+          gateway.release();
+          assert.equal(await stopping, 0, `worker exit code after podman stop:\n${await podman('logs', names.worker)}`);
 
-        // What the stopped worker had not taken waits in the broker for the next one.
-        await start(names.worker2, [...shared, '--env', 'ROLE=worker', '--env', `PORT=${ports.worker2}`]);
-        await ready(names.worker2, ports.worker2);
-        await eventually(
-          'every accepted order to be confirmed',
-          async () => {
-            for (const id of accepted) {
-              const response = await fetch(`${base}/v1/orders/${id}`, { headers });
-              const body = (await response.json()) as { status: string };
-              if (body.status !== 'confirmed') return undefined;
-            }
-            return true;
-          },
-          120_000,
-        );
-        for (const id of accepted) assert.equal(gateway.netCharged(id).charges, 1, `order ${id} charged once`);
+          // What the stopped worker had not taken waits in the broker for the next one.
+          await start(names.worker2, [...shared, '--env', 'ROLE=worker', '--env', `PORT=${ports.worker2}`]);
+          await ready(names.worker2, ports.worker2);
+          await eventually(
+            'every accepted order to be confirmed',
+            async () => {
+              for (const id of accepted) {
+                const response = await fetch(`${base}/v1/orders/${id}`, { headers });
+                const body = (await response.json()) as { status: string };
+                if (body.status !== 'confirmed') return undefined;
+              }
+              return true;
+            },
+            120_000,
+          );
+          for (const id of accepted) assert.equal(gateway.netCharged(id).charges, 1, `order ${id} charged once`);
 
-        for (const name of [names.api, names.relay, names.worker2]) {
-          assert.equal(await stop(name), 0, `${name} exit code after podman stop:\n${await podman('logs', name)}`);
+          for (const name of [names.api, names.relay, names.worker2]) {
+            assert.equal(await stop(name), 0, `${name} exit code after podman stop:\n${await podman('logs', name)}`);
+          }
+        } finally {
+          await gatewayServer.close();
+          await deleteBrokerTopology(natsUrl!, brokerPrefix, PAYMENT_QUEUES).catch(() => {});
+          await database.drop();
+          await rm(dataDir, { recursive: true, force: true });
         }
-      } finally {
-        await gatewayServer.close();
-        await deleteBrokerTopology(natsUrl!, brokerPrefix, PAYMENT_QUEUES).catch(() => {});
-        await database.drop();
-        await rm(dataDir, { recursive: true, force: true });
-      }
-    });
+      },
+    );
   });
 });

@@ -9,7 +9,13 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { configVariables, crossReferenceProblems, parseManifests, schemaProblems, type KubeObject } from './support/kubernetes.ts';
+import {
+  configVariables,
+  crossReferenceProblems,
+  parseManifests,
+  schemaProblems,
+  type KubeObject,
+} from './support/kubernetes.ts';
 import { skipUnlessInstalled } from './support/programs.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -31,7 +37,9 @@ const externalSecrets = {
 };
 
 async function render(overlay: string): Promise<KubeObject[]> {
-  const { stdout } = await run('kubectl', ['kustomize', path.join(overlaysDir, overlay)], { maxBuffer: 16 * 1024 * 1024 });
+  const { stdout } = await run('kubectl', ['kustomize', path.join(overlaysDir, overlay)], {
+    maxBuffer: 16 * 1024 * 1024,
+  });
   return parseManifests(stdout);
 }
 
@@ -50,23 +58,34 @@ describe('Kubernetes manifests', { skip }, () => {
       it('every object is valid against its schema, with no unknown field', async () => {
         const problems: string[] = [];
         for (const object of rendered.get(overlay)!) {
-          for (const problem of await schemaProblems(object)) problems.push(`${object.kind} ${object.metadata.name}: ${problem}`);
+          for (const problem of await schemaProblems(object))
+            problems.push(`${object.kind} ${object.metadata.name}: ${problem}`);
         }
         assert.deepEqual(problems, []);
       });
 
       it('every reference holds: selectors, ports, autoscaling targets, configuration, probes, hardening', () => {
-        assert.deepEqual(crossReferenceProblems(rendered.get(overlay)!, { externalSecrets: overlay === 'dev' ? {} : externalSecrets }), []);
+        assert.deepEqual(
+          crossReferenceProblems(rendered.get(overlay)!, { externalSecrets: overlay === 'dev' ? {} : externalSecrets }),
+          [],
+        );
       });
 
       it('runs the api, worker and relay roles, each scaled by exactly one autoscaler or a fixed count', () => {
         const objects = rendered.get(overlay)!;
         const deployments = objects.filter((o) => o.kind === 'Deployment').map((o) => o.metadata.name);
         assert.deepEqual(deployments.toSorted(), ['orderflow-api', 'orderflow-relay', 'orderflow-worker']);
-        const autoscaled = objects.filter((o) => o.kind === 'HorizontalPodAutoscaler' || o.kind === 'ScaledObject').map((o) => o.spec.scaleTargetRef.name);
+        const autoscaled = objects
+          .filter((o) => o.kind === 'HorizontalPodAutoscaler' || o.kind === 'ScaledObject')
+          .map((o) => o.spec.scaleTargetRef.name);
         for (const name of deployments) {
-          const fixed = objects.find((o) => o.kind === 'Deployment' && o.metadata.name === name)!.spec.replicas !== undefined;
-          assert.equal(Number(fixed) + autoscaled.filter((n) => n === name).length, 1, `${name}: ${fixed ? 'a replica count' : 'no replica count'} and ${autoscaled.filter((n) => n === name).length} autoscalers`);
+          const fixed =
+            objects.find((o) => o.kind === 'Deployment' && o.metadata.name === name)!.spec.replicas !== undefined;
+          assert.equal(
+            Number(fixed) + autoscaled.filter((n) => n === name).length,
+            1,
+            `${name}: ${fixed ? 'a replica count' : 'no replica count'} and ${autoscaled.filter((n) => n === name).length} autoscalers`,
+          );
         }
       });
     });
@@ -76,7 +95,9 @@ describe('Kubernetes manifests', { skip }, () => {
     const keda = rendered.get('production')!.find((o) => o.kind === 'ScaledObject')!;
     assert.equal(keda.spec.triggers[0].type, 'prometheus');
     assert.match(keda.spec.triggers[0].metadata.query, /orderflow_job_backlog\{queue="payments\.charge"\}/);
-    const fallback = rendered.get('production-without-keda')!.find((o) => o.kind === 'HorizontalPodAutoscaler' && o.metadata.name === 'orderflow-worker')!;
+    const fallback = rendered
+      .get('production-without-keda')!
+      .find((o) => o.kind === 'HorizontalPodAutoscaler' && o.metadata.name === 'orderflow-worker')!;
     assert.equal(fallback.spec.metrics[0].external.metric.name, 'orderflow_job_backlog');
     assert.equal(fallback.spec.metrics[0].external.target.averageValue, keda.spec.triggers[0].metadata.threshold);
     assert.equal(rendered.get('production-without-keda')!.filter((o) => o.kind === 'ScaledObject').length, 0);
@@ -91,19 +112,24 @@ describe('Kubernetes manifests', { skip }, () => {
 
   it('docs/deploy.md names every Secret the operator creates', () => {
     const guide = readFileSync(path.join(root, 'docs', 'deploy.md'), 'utf8');
-    for (const name of Object.keys(externalSecrets)) assert.ok(guide.includes(name), `docs/deploy.md does not mention ${name}`);
+    for (const name of Object.keys(externalSecrets))
+      assert.ok(guide.includes(name), `docs/deploy.md does not mention ${name}`);
   });
 
   // The checks themselves, on broken copies of real objects.
   describe('the checks catch what they exist for', () => {
     const objects = () => structuredClone(rendered.get('dev')!);
-    const find = (list: KubeObject[], kind: string, name: string) => list.find((o) => o.kind === kind && o.metadata.name === name)!;
+    const find = (list: KubeObject[], kind: string, name: string) =>
+      list.find((o) => o.kind === kind && o.metadata.name === name)!;
 
     it('a misspelled field, at the top of a spec and deep in a container', async () => {
       const deployment = find(objects(), 'Deployment', 'orderflow-api');
       deployment.spec.replicass = 2;
       deployment.spec.template.spec.containers[0].imagePullPolice = 'Always';
-      assert.deepEqual((await schemaProblems(deployment)).toSorted(), ['unknown field /spec/replicass', 'unknown field /spec/template/spec/containers/0/imagePullPolice']);
+      assert.deepEqual((await schemaProblems(deployment)).toSorted(), [
+        'unknown field /spec/replicass',
+        'unknown field /spec/template/spec/containers/0/imagePullPolice',
+      ]);
     });
 
     it('a wrong type, a value outside an enum, a missing required field', async () => {
@@ -128,14 +154,21 @@ describe('Kubernetes manifests', { skip }, () => {
     });
 
     it('maps stay open: any label or ConfigMap key is fine', async () => {
-      const config = find(objects(), 'ConfigMap', rendered.get('dev')!.find((o) => o.kind === 'ConfigMap')!.metadata.name);
+      const config = find(
+        objects(),
+        'ConfigMap',
+        rendered.get('dev')!.find((o) => o.kind === 'ConfigMap')!.metadata.name,
+      );
       config.data.ANYTHING = 'x';
       config.metadata.labels = { ...config.metadata.labels, 'example.com/anything': 'x' };
       assert.deepEqual(await schemaProblems(config), []);
     });
 
     it('a kind no schema covers', async () => {
-      assert.deepEqual(await schemaProblems({ apiVersion: 'example.com/v1', kind: 'Widget', metadata: { name: 'w' } }), ['no schema for example.com/v1 Widget']);
+      assert.deepEqual(
+        await schemaProblems({ apiVersion: 'example.com/v1', kind: 'Widget', metadata: { name: 'w' } }),
+        ['no schema for example.com/v1 Widget'],
+      );
     });
 
     const crossProblems = (list: KubeObject[]) => crossReferenceProblems(list, { externalSecrets: {} });
@@ -155,8 +188,16 @@ describe('Kubernetes manifests', { skip }, () => {
       find(list, 'Deployment', 'orderflow-relay').spec.selector.matchLabels['app.kubernetes.io/component'] = 'relays';
       find(list, 'HorizontalPodAutoscaler', 'orderflow-api').spec.scaleTargetRef.name = 'orderflow-apis';
       const problems = crossProblems(list);
-      assert.ok(problems.includes('Deployment orderflow-relay: selector does not match its pod template\'s labels'), problems.join('\n'));
-      assert.ok(problems.includes('HorizontalPodAutoscaler orderflow-api: scales Deployment orderflow-apis, which does not exist'), problems.join('\n'));
+      assert.ok(
+        problems.includes("Deployment orderflow-relay: selector does not match its pod template's labels"),
+        problems.join('\n'),
+      );
+      assert.ok(
+        problems.includes(
+          'HorizontalPodAutoscaler orderflow-api: scales Deployment orderflow-apis, which does not exist',
+        ),
+        problems.join('\n'),
+      );
     });
 
     it('a misspelled variable, a configuration Orderflow refuses, a variable from a missing Secret', () => {
@@ -164,11 +205,22 @@ describe('Kubernetes manifests', { skip }, () => {
       const worker = find(list, 'Deployment', 'orderflow-worker').spec.template.spec.containers[0];
       worker.env.push({ name: 'DATABSE_URL', value: 'postgres://x' });
       worker.env.find((e: any) => e.name === 'ROLE').value = 'payer';
-      find(list, 'Deployment', 'orderflow-api').spec.template.spec.containers[0].env.find((e: any) => e.name === 'REDIS_URL').valueFrom.secretKeyRef.name = 'orderflow-cache';
+      find(list, 'Deployment', 'orderflow-api').spec.template.spec.containers[0].env.find(
+        (e: any) => e.name === 'REDIS_URL',
+      ).valueFrom.secretKeyRef.name = 'orderflow-cache';
       const problems = crossProblems(list).join('\n');
-      assert.match(problems, /Deployment orderflow-worker container orderflow: sets DATABSE_URL, which Orderflow does not read/);
-      assert.match(problems, /Deployment orderflow-worker container orderflow: Orderflow would refuse this configuration: ROLE: expected one of all, api, worker, relay, got "payer"/);
-      assert.match(problems, /Deployment orderflow-api container orderflow: REDIS_URL comes from Secret orderflow-cache key url, which does not exist/);
+      assert.match(
+        problems,
+        /Deployment orderflow-worker container orderflow: sets DATABSE_URL, which Orderflow does not read/,
+      );
+      assert.match(
+        problems,
+        /Deployment orderflow-worker container orderflow: Orderflow would refuse this configuration: ROLE: expected one of all, api, worker, relay, got "payer"/,
+      );
+      assert.match(
+        problems,
+        /Deployment orderflow-api container orderflow: REDIS_URL comes from Secret orderflow-cache key url, which does not exist/,
+      );
     });
 
     it('a probe on a route Orderflow does not serve, a writable root filesystem, a grace period shorter than the drain', () => {
@@ -185,7 +237,16 @@ describe('Kubernetes manifests', { skip }, () => {
 
     it('knows the variables src/config.ts reads', () => {
       const variables = configVariables();
-      for (const name of ['ROLE', 'PORT', 'DATABASE_URL', 'BROKER_URL', 'REDIS_URL', 'AUTH_JWKS_URL', 'WORKER_CONCURRENCY']) assert.ok(variables.has(name), name);
+      for (const name of [
+        'ROLE',
+        'PORT',
+        'DATABASE_URL',
+        'BROKER_URL',
+        'REDIS_URL',
+        'AUTH_JWKS_URL',
+        'WORKER_CONCURRENCY',
+      ])
+        assert.ok(variables.has(name), name);
     });
   });
 });

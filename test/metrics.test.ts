@@ -5,7 +5,19 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
-import { ALL_SCOPES, client, createProduct, eventually, isBrokerMode, modes, placeOrder, quiesce, startTestApp, type Client, type TestApp } from './support/harness.ts';
+import {
+  ALL_SCOPES,
+  client,
+  createProduct,
+  eventually,
+  isBrokerMode,
+  modes,
+  placeOrder,
+  quiesce,
+  startTestApp,
+  type Client,
+  type TestApp,
+} from './support/harness.ts';
 
 /** The value of the one sample named `series` (name and labels exactly as exposed), or undefined. */
 function sample(text: string, series: string): number | undefined {
@@ -40,7 +52,8 @@ for (const mode of modes()) {
       }
 
       const buyer = client(t.app, await t.token('alice', 'orders:write orders:read'));
-      for (const token of ['tok_visa', 'tok_declined', 'tok_flaky']) assert.equal((await placeOrder(buyer, [{ sku: 'MUG-1', quantity: 1 }], token)).status, 202);
+      for (const token of ['tok_visa', 'tok_declined', 'tok_flaky'])
+        assert.equal((await placeOrder(buyer, [{ sku: 'MUG-1', quantity: 1 }], token)).status, 202);
       assert.equal((await placeOrder(buyer, [{ sku: 'LAST-1', quantity: 2 }])).body.rejectReason, 'out_of_stock');
       await quiesce(t.app);
 
@@ -60,7 +73,13 @@ for (const mode of modes()) {
       assert.equal(sample(text, 'orderflow_ready'), 1);
       const database = mode === 'embedded' ? 'pglite' : 'postgres';
       const backend = isBrokerMode(mode) ? mode : 'database';
-      assert.equal(sample(text, `orderflow_info{database="${database}",queue_backend="${backend}",cache="memory",redis="no",read_replica="no"}`), 1);
+      assert.equal(
+        sample(
+          text,
+          `orderflow_info{database="${database}",queue_backend="${backend}",cache="memory",redis="no",read_replica="no"}`,
+        ),
+        1,
+      );
       assert.equal(sample(text, 'orderflow_db_pool_size'), mode === 'embedded' ? 1 : t.app.config.databasePoolSize);
       assert.ok(sample(text, 'orderflow_db_pool_busy_seconds_total')! > 0, 'the statements so far took time');
     });
@@ -90,20 +109,29 @@ for (const mode of modes()) {
       }
     });
 
-    it('database queue: reports the dead letters held in messaging.dead_jobs', { skip: isBrokerMode(mode) && 'a broker holds its own dead letters' }, async () => {
-      // The payment_failed order's refund replays the charge, fails both its attempts and is already dead.
-      const held = async () => (await t.app.db.query<{ n: number }>(`SELECT count(*)::int AS n FROM messaging.dead_jobs WHERE queue = 'payments.refund'`))[0]!.n;
-      const before = await held();
-      assert.equal(sample(await scrape(), 'orderflow_dead_jobs{queue="payments.refund"}'), before);
-      await t.app.db.query(
-        `INSERT INTO messaging.dead_jobs (id, queue, payload, attempts, last_error, created_at) VALUES (-1, 'payments.refund', '{"orderId":"ord_x"}', 10, 'test', now())`,
-      );
-      try {
-        assert.equal(sample(await scrape(), 'orderflow_dead_jobs{queue="payments.refund"}'), before + 1);
-        assert.equal(sample(await scrape(), 'orderflow_dead_jobs{queue="payments.charge"}'), 0);
-      } finally {
-        await t.app.db.query('DELETE FROM messaging.dead_jobs WHERE id = -1');
-      }
-    });
+    it(
+      'database queue: reports the dead letters held in messaging.dead_jobs',
+      { skip: isBrokerMode(mode) && 'a broker holds its own dead letters' },
+      async () => {
+        // The payment_failed order's refund replays the charge, fails both its attempts and is already dead.
+        const held = async () =>
+          (
+            await t.app.db.query<{ n: number }>(
+              `SELECT count(*)::int AS n FROM messaging.dead_jobs WHERE queue = 'payments.refund'`,
+            )
+          )[0]!.n;
+        const before = await held();
+        assert.equal(sample(await scrape(), 'orderflow_dead_jobs{queue="payments.refund"}'), before);
+        await t.app.db.query(
+          `INSERT INTO messaging.dead_jobs (id, queue, payload, attempts, last_error, created_at) VALUES (-1, 'payments.refund', '{"orderId":"ord_x"}', 10, 'test', now())`,
+        );
+        try {
+          assert.equal(sample(await scrape(), 'orderflow_dead_jobs{queue="payments.refund"}'), before + 1);
+          assert.equal(sample(await scrape(), 'orderflow_dead_jobs{queue="payments.charge"}'), 0);
+        } finally {
+          await t.app.db.query('DELETE FROM messaging.dead_jobs WHERE id = -1');
+        }
+      },
+    );
   });
 }

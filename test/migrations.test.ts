@@ -13,7 +13,9 @@ import { openPostgres } from '../src/storage/postgres.ts';
 import { freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 
 async function recorded(db: Database): Promise<{ version: number; name: string }[]> {
-  const rows = await db.query<{ version: number; name: string }>('SELECT version, name FROM public.schema_migrations ORDER BY version');
+  const rows = await db.query<{ version: number; name: string }>(
+    'SELECT version, name FROM public.schema_migrations ORDER BY version',
+  );
   return rows.map((r) => ({ version: r.version, name: r.name }));
 }
 
@@ -30,7 +32,16 @@ async function assertSchema(db: Database): Promise<void> {
       WHERE table_schema IN ('catalog', 'inventory', 'orders', 'payments', 'messaging')`,
   );
   const tables = new Set(rows.map((r) => r.name));
-  for (const table of ['catalog.products', 'inventory.stock', 'orders.orders', 'orders.order_lines', 'orders.idempotency_keys', 'payments.payments', 'messaging.jobs', 'messaging.dead_jobs']) {
+  for (const table of [
+    'catalog.products',
+    'inventory.stock',
+    'orders.orders',
+    'orders.order_lines',
+    'orders.idempotency_keys',
+    'payments.payments',
+    'messaging.jobs',
+    'messaging.dead_jobs',
+  ]) {
     assert.ok(tables.has(table), `missing table ${table}`);
   }
 }
@@ -43,7 +54,10 @@ describe('migrations (postgres)', () => {
     const fresh = await freshPostgresDatabase(base);
     const db = openPostgres(fresh.url, 2);
     try {
-      assert.deepEqual(await migrate(db), expected.map((m) => m.name));
+      assert.deepEqual(
+        await migrate(db),
+        expected.map((m) => m.name),
+      );
       await assertSchema(db);
       assert.deepEqual(await recorded(db), expected);
       assert.deepEqual(await migrate(db), [], 'a second run applied something');
@@ -70,7 +84,11 @@ describe('migrations (postgres)', () => {
         const failures = results.filter((r) => r.status === 'rejected').map((r) => String(r.reason));
         assert.deepEqual(failures, [], `round ${round}: concurrent migrate() failed`);
         const applied = results.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
-        assert.deepEqual(applied.sort(), expected.map((m) => m.name).sort(), `round ${round}: each migration applied by exactly one caller`);
+        assert.deepEqual(
+          applied.sort(),
+          expected.map((m) => m.name).sort(),
+          `round ${round}: each migration applied by exactly one caller`,
+        );
         assert.deepEqual(await recorded(dbs[0]!), expected);
         await assertSchema(dbs[0]!);
       } finally {
@@ -87,10 +105,7 @@ describe('migrations (embedded PGlite in memory)', () => {
     const db = await openPGlite(undefined);
     try {
       const results = await Promise.all([migrate(db), migrate(db), migrate(db), migrate(db)]);
-      assert.deepEqual(
-        results.flat().sort(),
-        expected.map((m) => m.name).sort(),
-      );
+      assert.deepEqual(results.flat().sort(), expected.map((m) => m.name).sort());
       await assertSchema(db);
       assert.deepEqual(await recorded(db), expected);
       assert.deepEqual(await migrate(db), []);
@@ -105,6 +120,9 @@ describe('migrations in the docs', () => {
   it("architecture.md's table lists every migration the build ships, in order, and no other", async () => {
     const text = await readFile(new URL('../docs/architecture.md', import.meta.url), 'utf8');
     const listed = [...text.matchAll(/^\| `(\d+_[^`]+\.sql)` \|/gm)].map((m) => m[1]);
-    assert.deepEqual(listed, (await loadMigrations()).map((m) => m.name));
+    assert.deepEqual(
+      listed,
+      (await loadMigrations()).map((m) => m.name),
+    );
   });
 });

@@ -28,7 +28,11 @@ const chromium = skipUnlessInstalled('drawing the checkout dashboard', { chromiu
 const skip =
   databaseUrl === undefined || natsUrl === undefined || redisUrl === undefined
     ? 'set DATABASE_URL, NATS_URL and REDIS_URL to run the monitoring test'
-    : skipUnlessInstalled('the monitoring test', { prometheus: ['--version'], [alertmanager]: ['--version'], haproxy: ['-v'] });
+    : skipUnlessInstalled('the monitoring test', {
+        prometheus: ['--version'],
+        [alertmanager]: ['--version'],
+        haproxy: ['-v'],
+      });
 
 interface Target {
   health: string;
@@ -93,15 +97,23 @@ describe('monitoring: Prometheus and Alertmanager on a running cluster', { skip,
       const targets = await eventually(
         'every target to be scraped successfully',
         async () => {
-          const { activeTargets } = await stack.prometheus.api<{ activeTargets: Target[] }>('targets', { state: 'active' });
-          return activeTargets.length === 5 && activeTargets.every((t) => t.health === 'up') ? activeTargets : undefined;
+          const { activeTargets } = await stack.prometheus.api<{ activeTargets: Target[] }>('targets', {
+            state: 'active',
+          });
+          return activeTargets.length === 5 && activeTargets.every((t) => t.health === 'up')
+            ? activeTargets
+            : undefined;
         },
         30_000,
       );
       const roles = targets.map((t) => `${t.labels.job}/${t.labels.role}`).sort();
       assert.deepEqual(roles, ['haproxy/lb', 'orderflow/api', 'orderflow/api', 'orderflow/relay', 'orderflow/worker']);
       const up = await stack.prometheus.query('sum by (role) (up{job="orderflow"})');
-      assert.deepEqual(Object.fromEntries(up.map((s) => [s.metric.role, s.value[1]])), { api: '2', relay: '1', worker: '1' });
+      assert.deepEqual(Object.fromEntries(up.map((s) => [s.metric.role, s.value[1]])), {
+        api: '2',
+        relay: '1',
+        worker: '1',
+      });
     }));
 
   it('loads every rule of deploy/prometheus, and every rule evaluates without error', () =>
@@ -121,7 +133,8 @@ describe('monitoring: Prometheus and Alertmanager on a running cluster', { skip,
         groups.flatMap((g) => g.rules.map((r) => r.name)).sort(),
         expected.map((r) => r.alert ?? r.record).sort(),
       );
-      for (const rule of groups.flatMap((g) => g.rules)) assert.equal(rule.health, 'ok', `${rule.name}: ${rule.lastError}`);
+      for (const rule of groups.flatMap((g) => g.rules))
+        assert.equal(rule.health, 'ok', `${rule.name}: ${rule.lastError}`);
     }));
 
   it('every dashboard query returns data from the cluster under load', () =>
@@ -153,9 +166,15 @@ describe('monitoring: Prometheus and Alertmanager on a running cluster', { skip,
       // Nothing is broken, so no alert about a broken part may fire. The
       // latency alerts (the two SLOs, the event loop) are left out: how fast
       // a shared 2-core machine answers is not for a test to assert.
-      const timing = new Set(['OrderflowAcceptLatencyBudgetBurn', 'OrderflowSettleBudgetBurn', 'OrderflowEventLoopLagHigh']);
+      const timing = new Set([
+        'OrderflowAcceptLatencyBudgetBurn',
+        'OrderflowSettleBudgetBurn',
+        'OrderflowEventLoopLagHigh',
+      ]);
       const { alerts } = await stack.prometheus.api<{ alerts: Alert[] }>('alerts');
-      const firing = alerts.filter((a) => a.state === 'firing' && !timing.has(a.labels.alertname!)).map((a) => a.labels.alertname);
+      const firing = alerts
+        .filter((a) => a.state === 'firing' && !timing.has(a.labels.alertname!))
+        .map((a) => a.labels.alertname);
       assert.deepEqual(firing, [], 'a healthy cluster fires no alert about a broken part');
     }));
 
@@ -163,14 +182,20 @@ describe('monitoring: Prometheus and Alertmanager on a running cluster', { skip,
     withLog(async () => {
       await stack.stopGateway();
       // Charges now fail; the worker's breaker opens after a few of them.
-      const placed = await driveCheckout(stack.cluster.url, stack.issuer, { orders: 20, clients: 2, skuPrefix: 'OUTAGE' });
+      const placed = await driveCheckout(stack.cluster.url, stack.issuer, {
+        orders: 20,
+        clients: 2,
+        skuPrefix: 'OUTAGE',
+      });
       assert.equal(placed.length, 20);
       const worker = stack.cluster.process('worker1');
       const alert = await eventually(
         'the breaker alert to fire in Prometheus',
         async () => {
           const { alerts } = await stack.prometheus.api<{ alerts: Alert[] }>('alerts');
-          return alerts.find((a) => a.labels.alertname === 'OrderflowPaymentGatewayCircuitOpen' && a.state === 'firing');
+          return alerts.find(
+            (a) => a.labels.alertname === 'OrderflowPaymentGatewayCircuitOpen' && a.state === 'firing',
+          );
         },
         60_000,
       );
@@ -178,7 +203,12 @@ describe('monitoring: Prometheus and Alertmanager on a running cluster', { skip,
       assert.equal(alert.labels.severity, 'page');
       const notification = await eventually(
         'Alertmanager to deliver the page',
-        async () => stack.notifications.find((n) => n.status === 'firing' && n.alerts.some((a) => a.labels.alertname === 'OrderflowPaymentGatewayCircuitOpen')),
+        async () =>
+          stack.notifications.find(
+            (n) =>
+              n.status === 'firing' &&
+              n.alerts.some((a) => a.labels.alertname === 'OrderflowPaymentGatewayCircuitOpen'),
+          ),
         60_000,
       );
       assert.equal(notification.receiver, 'page');
@@ -188,14 +218,18 @@ describe('monitoring: Prometheus and Alertmanager on a running cluster', { skip,
       assert.equal(delivered.annotations.runbook, 'docs/operations.md#orderflowpaymentgatewaycircuitopen');
     }));
 
-  it('draws the checkout dashboard from what Prometheus recorded (scripts/render-dashboard.ts)', { skip: chromium }, () =>
-    withLog(async () => {
-      const out = path.join(dataDir, 'checkout.png');
-      await renderDashboard(checkoutDashboard(), stack.prometheus, { start: started, end: Date.now() / 1000, out });
-      const png = await readFile(out);
-      assert.equal(png.subarray(1, 4).toString('latin1'), 'PNG');
-      // IHDR: width and height, big-endian, at bytes 16 and 20.
-      assert.equal(png.readUInt32BE(16), 1600);
-      assert.ok(png.readUInt32BE(20) > 1500, 'every row of panels is drawn');
-    }));
+  it(
+    'draws the checkout dashboard from what Prometheus recorded (scripts/render-dashboard.ts)',
+    { skip: chromium },
+    () =>
+      withLog(async () => {
+        const out = path.join(dataDir, 'checkout.png');
+        await renderDashboard(checkoutDashboard(), stack.prometheus, { start: started, end: Date.now() / 1000, out });
+        const png = await readFile(out);
+        assert.equal(png.subarray(1, 4).toString('latin1'), 'PNG');
+        // IHDR: width and height, big-endian, at bytes 16 and 20.
+        assert.equal(png.readUInt32BE(16), 1600);
+        assert.ok(png.readUInt32BE(20) > 1500, 'every row of panels is drawn');
+      }),
+  );
 });

@@ -40,7 +40,9 @@ const CONTRACT_ROUTES: Record<string, { success: number[]; errors: number[]; sco
 /** "METHOD /path" of every route the contract lists (some more than once, as later versions amend them), with {params} as OpenAPI writes them. */
 async function contractRoutes(): Promise<string[]> {
   const text = await readFile(new URL('../docs/api-contract.md', import.meta.url), 'utf8');
-  return [...new Set([...text.matchAll(/^- `(GET|POST|PUT|PATCH|DELETE) (\/[^`?\s]*)/gm)].map((m) => `${m[1]} ${m[2]}`))];
+  return [
+    ...new Set([...text.matchAll(/^- `(GET|POST|PUT|PATCH|DELETE) (\/[^`?\s]*)/gm)].map((m) => `${m[1]} ${m[2]}`)),
+  ];
 }
 
 describe('OpenAPI document', () => {
@@ -76,7 +78,7 @@ describe('OpenAPI document', () => {
     assert.deepEqual([bearer.type, bearer.scheme, bearer.bearerFormat], ['http', 'bearer', 'JWT']);
   });
 
-  it('the route table of this test is the contract\'s', async () => {
+  it("the route table of this test is the contract's", async () => {
     assert.deepEqual((await contractRoutes()).sort(), Object.keys(CONTRACT_ROUTES).sort());
   });
 
@@ -94,15 +96,28 @@ describe('OpenAPI document', () => {
         ...(hasBody ? [400, 413] : []),
         503,
       ];
-      for (const status of required) assert.ok(statuses.includes(status), `${route} does not document ${status} (it has ${statuses.join(', ')})`);
+      for (const status of required)
+        assert.ok(statuses.includes(status), `${route} does not document ${status} (it has ${statuses.join(', ')})`);
 
-      const security = expected.scopes === undefined ? [] : expected.scopes.length === 0 ? [{ bearer: [] }] : expected.scopes.map((s) => ({ bearer: [s] }));
+      const security =
+        expected.scopes === undefined
+          ? []
+          : expected.scopes.length === 0
+            ? [{ bearer: [] }]
+            : expected.scopes.map((s) => ({ bearer: [s] }));
       assert.deepEqual(op.security, security, `${route} security`);
 
       for (const [status, response] of Object.entries<any>(op.responses)) {
-        assert.ok(response.description && response.description !== 'Default Response', `${route} ${status} has no description`);
+        assert.ok(
+          response.description && response.description !== 'Default Response',
+          `${route} ${status} has no description`,
+        );
         if (Number(status) < 400) continue;
-        assert.deepEqual(response.content, { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } }, `${route} ${status}`);
+        assert.deepEqual(
+          response.content,
+          { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
+          `${route} ${status}`,
+        );
       }
       assert.ok(op.responses[503].headers?.['Retry-After'], `${route} 503 names Retry-After`);
     });
@@ -122,7 +137,13 @@ describe('OpenAPI document', () => {
 
   it('names the problem types a route can answer where a status has several meanings', () => {
     const placing = operation('POST /v1/orders').responses[422].description;
-    for (const type of ['unknown-sku', 'mixed-currencies', 'amount-too-large', 'amount-too-small', 'idempotency-key-reused']) {
+    for (const type of [
+      'unknown-sku',
+      'mixed-currencies',
+      'amount-too-large',
+      'amount-too-small',
+      'idempotency-key-reused',
+    ]) {
       assert.ok(placing.includes(`/problems/${type}`), `POST /v1/orders 422 does not name ${type}: ${placing}`);
     }
     assert.match(operation('POST /v1/products/{sku}/stock').responses[409].description, /stock-limit-exceeded/);

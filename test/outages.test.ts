@@ -26,9 +26,17 @@ const ANSWER_BOUND_MS = 12_000;
 
 function assertAnswered(answers: readonly Answer[], what: string): void {
   const unanswered = answers.filter((a) => a.status === 0);
-  assert.equal(unanswered.length, 0, `${what}: ${unanswered.length} requests got no answer (connection refused or cut)`);
+  assert.equal(
+    unanswered.length,
+    0,
+    `${what}: ${unanswered.length} requests got no answer (connection refused or cut)`,
+  );
   const unexpected = answers.filter((a) => ![200, 202, 503].includes(a.status));
-  assert.deepEqual(unexpected.map((a) => a.status), [], `${what}: only 2xx and 503 answers`);
+  assert.deepEqual(
+    unexpected.map((a) => a.status),
+    [],
+    `${what}: only 2xx and 503 answers`,
+  );
   for (const refused of answers.filter((a) => a.status === 503)) {
     assert.ok(refused.problemJson, `${what}: a 503 is problem+json`);
     assert.ok(Number(refused.retryAfter) > 0, `${what}: a 503 carries Retry-After`);
@@ -53,7 +61,11 @@ function assertStep(report: StepReport): void {
     // answered" is what proves the reads are bounded.
     const copies = /^orderflow_cluster_copies (\d+)$/m.exec(metrics.body)?.[1];
     assert.equal(copies, String(report.pidsBefore.length), '/metrics counts the serving copies');
-    assert.equal(/^orderflow_cluster_copies_scraped (\d+)$/m.exec(metrics.body)?.[1], copies, `/metrics adds up every serving copy (${copies}): none waited on the missing dependency`);
+    assert.equal(
+      /^orderflow_cluster_copies_scraped (\d+)$/m.exec(metrics.body)?.[1],
+      copies,
+      `/metrics adds up every serving copy (${copies}): none waited on the missing dependency`,
+    );
     assert.ok(metrics.ms < ANSWER_BOUND_MS, `/metrics answered in ${Math.round(metrics.ms)} ms`);
   }
   const refused = during.filter((a) => a.status === 503).length;
@@ -69,14 +81,21 @@ function assertStep(report: StepReport): void {
       assert.equal(refused, 0, 'orders are accepted while the broker is down');
       assert.deepEqual([...new Set(statuses('/readyz'))], [200], '/readyz stays ready');
       assert.ok(
-        metricsBodies.some((body) => body.includes('orderflow_backlog_up{source="broker"} 0') && /^orderflow_outbox_backlog\{queue="payments\.charge"\} [1-9]/m.test(body)),
+        metricsBodies.some(
+          (body) =>
+            body.includes('orderflow_backlog_up{source="broker"} 0') &&
+            /^orderflow_outbox_backlog\{queue="payments\.charge"\} [1-9]/m.test(body),
+        ),
         '/metrics shows the outbox growing, and the broker figures as unavailable',
       );
       break;
     case 'redis':
       assert.equal(refused, 0, 'orders are accepted while Redis is down');
       assert.deepEqual([...new Set(statuses('/readyz'))], [200], '/readyz stays ready');
-      assert.ok(metricsBodies.some((body) => /^orderflow_redis_up 0$/m.test(body)), '/metrics says Redis is down');
+      assert.ok(
+        metricsBodies.some((body) => /^orderflow_redis_up 0$/m.test(body)),
+        '/metrics says Redis is down',
+      );
       break;
     case 'gateway':
       assert.equal(refused, 0, 'orders are accepted while the payment gateway is down');
@@ -87,7 +106,8 @@ function assertStep(report: StepReport): void {
 
 for (const { mode, servers } of MODES) {
   const missing = privateServersUnavailable(...servers);
-  if (missing && process.env.REQUIRE_SERVICES === '1') throw new Error(`the outage tests (${mode}) need private servers (REQUIRE_SERVICES=1): ${missing}`);
+  if (missing && process.env.REQUIRE_SERVICES === '1')
+    throw new Error(`the outage tests (${mode}) need private servers (REQUIRE_SERVICES=1): ${missing}`);
 
   describe(`dependency outages under load (${mode}, ROLE=all WEB_CONCURRENCY=2)`, { skip: missing }, () => {
     let rig: OutageRig;
@@ -112,22 +132,28 @@ for (const { mode, servers } of MODES) {
     after(() => rig?.stop());
 
     for (const step of outageSteps(mode)) {
-      it(`${stepName(step)}: no process exits, every request is answered, the same processes catch up`, { timeout: 180_000 }, () =>
-        withLogs(async () => {
-          const report = await rig.run(step);
-          assertStep(report);
-          assert.equal((await rig.probe('/readyz')).status, 200, 'ready again');
-        }),
+      it(
+        `${stepName(step)}: no process exits, every request is answered, the same processes catch up`,
+        { timeout: 180_000 },
+        () =>
+          withLogs(async () => {
+            const report = await rig.run(step);
+            assertStep(report);
+            assert.equal((await rig.probe('/readyz')).status, 200, 'ready again');
+          }),
       );
     }
 
-    it('every promise holds afterwards: every order terminal, no oversell, one net charge per confirmed order', { timeout: 180_000 }, () =>
-      withLogs(async () => {
-        const checks = await rig.finish();
-        for (const check of checks) assert.ok(check.ok, `${check.name}: ${check.detail}`);
-        assertAnswered(rig.load.answers, 'over the whole run');
-        assert.equal((await rig.servingPids()).length, 2);
-      }),
+    it(
+      'every promise holds afterwards: every order terminal, no oversell, one net charge per confirmed order',
+      { timeout: 180_000 },
+      () =>
+        withLogs(async () => {
+          const checks = await rig.finish();
+          for (const check of checks) assert.ok(check.ok, `${check.name}: ${check.detail}`);
+          assertAnswered(rig.load.answers, 'over the whole run');
+          assert.equal((await rig.servingPids()).length, 2);
+        }),
     );
   });
 }

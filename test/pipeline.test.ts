@@ -8,7 +8,14 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { chargeKey } from '../src/payments/payments.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
-import { FailingChargesGateway, GatedGateway, HeldAnswerGateway, LostReplyGateway, NoVoidGateway, OutageGateway } from './support/gateways.ts';
+import {
+  FailingChargesGateway,
+  GatedGateway,
+  HeldAnswerGateway,
+  LostReplyGateway,
+  NoVoidGateway,
+  OutageGateway,
+} from './support/gateways.ts';
 import {
   ALL_SCOPES,
   client,
@@ -47,12 +54,18 @@ async function available(admin: Client, sku: string): Promise<number> {
 function assertLedger(gateway: SimulatedGateway, order: { id: string; status: string; totalCents: number }) {
   const expected = order.status === 'confirmed' ? order.totalCents : 0;
   const net = gateway.netCharged(order.id);
-  assert.equal(net.netCents, expected, `order ${order.id} (${order.status}) nets ${net.netCents} cents at the gateway, expected ${expected}`);
-  if (order.status === 'confirmed') assert.equal(net.charges, 1, `confirmed order ${order.id} has ${net.charges} charges`);
+  assert.equal(
+    net.netCents,
+    expected,
+    `order ${order.id} (${order.status}) nets ${net.netCents} cents at the gateway, expected ${expected}`,
+  );
+  if (order.status === 'confirmed')
+    assert.equal(net.charges, 1, `confirmed order ${order.id} has ${net.charges} charges`);
 }
 
 async function paymentStatus(t: TestApp, id: string): Promise<string | undefined> {
-  return (await t.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [id]))[0]?.status;
+  return (await t.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [id]))[0]
+    ?.status;
 }
 
 interface HistoryEvent {
@@ -73,7 +86,12 @@ async function history(admin: Client, id: string): Promise<HistoryEvent[]> {
  * with its id, and before its refund; a history with a refund has a charge;
  * a cancelled or rejected order nets zero, and its payment ends settled.
  */
-async function assertMoneyStory(t: TestApp, admin: Client, gateway: SimulatedGateway, id: string): Promise<HistoryEvent[]> {
+async function assertMoneyStory(
+  t: TestApp,
+  admin: Client,
+  gateway: SimulatedGateway,
+  id: string,
+): Promise<HistoryEvent[]> {
   const events = await history(admin, id);
   const order = await readOrder(admin, id);
   const types = events.map((e) => e.type);
@@ -91,10 +109,17 @@ async function assertMoneyStory(t: TestApp, admin: Client, gateway: SimulatedGat
     refunds.map((r) => r.id),
     `order ${id}: the history's refunds are the gateway's (${types.join(', ')})`,
   );
-  if (refunded.length > 0) assert.ok(types.indexOf('charged') < types.indexOf('refunded'), `order ${id}: charged before refunded (${types.join(', ')})`);
+  if (refunded.length > 0)
+    assert.ok(
+      types.indexOf('charged') < types.indexOf('refunded'),
+      `order ${id}: charged before refunded (${types.join(', ')})`,
+    );
   assertLedger(gateway, order);
   if (order.status !== 'confirmed') {
-    assert.ok(['voided', 'refunded', 'declined', 'failed'].includes((await paymentStatus(t, id)) ?? 'none'), `order ${id}: payment ${await paymentStatus(t, id)} is settled`);
+    assert.ok(
+      ['voided', 'refunded', 'declined', 'failed'].includes((await paymentStatus(t, id)) ?? 'none'),
+      `order ${id}: payment ${await paymentStatus(t, id)} is settled`,
+    );
   }
   return events;
 }
@@ -149,8 +174,11 @@ for (const mode of modes()) {
         await createProduct(admin, { sku: 'RACE-1', stock: 100, priceCents: 700 });
         const racer = client(t.app, await t.token('racer', SHOPPER_SCOPES));
         const key = newKey();
-        const responses = await Promise.all(Array.from({ length: 20 }, () => placeOrder(racer, [{ sku: 'RACE-1', quantity: 3 }], 'tok_visa', key)));
-        for (const r of responses) assert.ok([200, 202].includes(r.status), `a racing request answered ${r.status}: ${JSON.stringify(r.body)}`);
+        const responses = await Promise.all(
+          Array.from({ length: 20 }, () => placeOrder(racer, [{ sku: 'RACE-1', quantity: 3 }], 'tok_visa', key)),
+        );
+        for (const r of responses)
+          assert.ok([200, 202].includes(r.status), `a racing request answered ${r.status}: ${JSON.stringify(r.body)}`);
         const ids = new Set(responses.map((r) => r.body.id as string));
         assert.equal(ids.size, 1, `racing requests got ${ids.size} different orders`);
         const [id] = ids;
@@ -191,9 +219,15 @@ for (const mode of modes()) {
 
     it('300 concurrent orders for 50 units: exactly 50 confirmed, 250 out_of_stock, one charge per confirmed', async () => {
       await createProduct(admin, { sku: 'HOT-1', stock: 50, priceCents: 999 });
-      const customers = await Promise.all(['c1', 'c2', 'c3', 'c4', 'c5', 'c6'].map(async (sub) => client(t.app, await t.token(sub, SHOPPER_SCOPES))));
+      const customers = await Promise.all(
+        ['c1', 'c2', 'c3', 'c4', 'c5', 'c6'].map(async (sub) => client(t.app, await t.token(sub, SHOPPER_SCOPES))),
+      );
       const chargesBefore = t.gateway.charges.size;
-      const responses = await Promise.all(Array.from({ length: 300 }, (_, i) => placeOrder(customers[i % customers.length]!, [{ sku: 'HOT-1', quantity: 1 }])));
+      const responses = await Promise.all(
+        Array.from({ length: 300 }, (_, i) =>
+          placeOrder(customers[i % customers.length]!, [{ sku: 'HOT-1', quantity: 1 }]),
+        ),
+      );
       for (const r of responses) assert.equal(r.status, 202, JSON.stringify(r.body));
       const atOnce = responses.filter((r) => r.body.status === 'rejected');
       assert.equal(atOnce.length, 250, 'orders rejected at acceptance');
@@ -218,7 +252,9 @@ for (const mode of modes()) {
       const callsBefore = t.gateway.chargeCalls;
       // Each call fails with probability 1/2: over 20 orders at least one
       // retry happens except with probability 2^-20.
-      const placed = await Promise.all(Array.from({ length: 20 }, () => placeOrder(frank, [{ sku: 'FLAKY-1', quantity: 1 }], 'tok_flaky')));
+      const placed = await Promise.all(
+        Array.from({ length: 20 }, () => placeOrder(frank, [{ sku: 'FLAKY-1', quantity: 1 }], 'tok_flaky')),
+      );
       for (const r of placed) assert.equal(r.status, 202);
       await quiesce(t.app);
       for (const r of placed) {
@@ -226,7 +262,10 @@ for (const mode of modes()) {
         assert.equal(order.status, 'confirmed', `order ${order.id}: ${order.status} ${order.rejectReason}`);
         assert.deepEqual(t.gateway.netCharged(order.id), { charges: 1, netCents: 300 });
       }
-      assert.ok(t.gateway.chargeCalls - callsBefore > 20, `only ${t.gateway.chargeCalls - callsBefore} charge calls for 20 flaky orders: nothing was retried`);
+      assert.ok(
+        t.gateway.chargeCalls - callsBefore > 20,
+        `only ${t.gateway.chargeCalls - callsBefore} charge calls for 20 flaky orders: nothing was retried`,
+      );
       assert.equal(await available(admin, 'FLAKY-1'), 80);
     });
 
@@ -258,7 +297,9 @@ for (const mode of modes()) {
           assert.equal(cancelled.body.status, 'cancelled');
           assert.equal(await available(a, 'FLIGHT-1'), 5);
           // The refund voids the key before the charge gets there.
-          await eventually('the charge key to be voided', async () => ((await paymentStatus(g, placed.body.id)) === 'voided' ? true : undefined));
+          await eventually('the charge key to be voided', async () =>
+            (await paymentStatus(g, placed.body.id)) === 'voided' ? true : undefined,
+          );
           gateway.release();
           await quiesce(g.app);
           const order = await readOrder(a, placed.body.id);
@@ -290,7 +331,14 @@ for (const mode of modes()) {
           assert.equal((await readOrder(a, id)).status, 'cancelled');
           assert.deepEqual(gateway.netCharged(id), { charges: 1, netCents: 0 });
           const types = (await assertMoneyStory(g, a, gateway, id)).map((e) => e.type);
-          assert.deepEqual(types, ['accepted', 'stock_held', 'cancel_requested', 'refund_requested', 'charged', 'refunded']);
+          assert.deepEqual(types, [
+            'accepted',
+            'stock_held',
+            'cancel_requested',
+            'refund_requested',
+            'charged',
+            'refunded',
+          ]);
           assert.equal(await paymentStatus(g, id), 'refunded');
         });
       });
@@ -308,13 +356,19 @@ for (const mode of modes()) {
               const placed = await placeOrder(shopper, [{ sku: 'FLAKY-1', quantity: 1 }], 'tok_flaky');
               assert.equal(placed.status, 202);
               const id = placed.body.id as string;
-              await eventually(`a failed charge attempt of ${id}`, async () => ((await history(a, id)).some((e) => e.type === 'charge_attempted' && e.detail.outcome === 'transient') ? true : undefined));
+              await eventually(`a failed charge attempt of ${id}`, async () =>
+                (await history(a, id)).some((e) => e.type === 'charge_attempted' && e.detail.outcome === 'transient')
+                  ? true
+                  : undefined,
+              );
               const cancelled = await shopper.request('POST', `/v1/orders/${id}/cancel`);
               assert.equal(cancelled.status, 200, JSON.stringify(cancelled.body));
               return id;
             }),
           );
-          await eventually('every charge key voided', async () => ((await Promise.all(ids.map((id) => paymentStatus(g, id)))).every((s) => s === 'voided') ? true : undefined));
+          await eventually('every charge key voided', async () =>
+            (await Promise.all(ids.map((id) => paymentStatus(g, id)))).every((s) => s === 'voided') ? true : undefined,
+          );
           gateway.chargesDown = false;
           await quiesce(g.app);
           assert.equal(gateway.charges.size, 0, 'nothing was charged after the cancels');
@@ -323,10 +377,16 @@ for (const mode of modes()) {
             assert.equal((await readOrder(a, id)).status, 'cancelled');
             const types = (await assertMoneyStory(g, a, gateway, id)).map((e) => e.type);
             const at = (type: string) => types.indexOf(type);
-            assert.ok(at('cancel_requested') < at('refund_requested') && at('refund_requested') < at('charge_voided'), `order ${id}: ${types.join(', ')}`);
+            assert.ok(
+              at('cancel_requested') < at('refund_requested') && at('refund_requested') < at('charge_voided'),
+              `order ${id}: ${types.join(', ')}`,
+            );
             assert.ok(!types.includes('charged') && !types.includes('refunded'), `order ${id}: ${types.join(', ')}`);
             const detail = (await a.request('GET', `/v1/admin/orders/${id}`)).body;
-            assert.deepEqual(detail.moneyMovements.map((e: HistoryEvent) => e.type), ['refund_requested', 'charge_voided']);
+            assert.deepEqual(
+              detail.moneyMovements.map((e: HistoryEvent) => e.type),
+              ['refund_requested', 'charge_voided'],
+            );
             assert.equal(detail.payment.status, 'voided');
           }
           assert.equal(await available(a, 'FLAKY-1'), 100);
@@ -343,7 +403,10 @@ for (const mode of modes()) {
             Array.from({ length: 40 }, async (_, i) => {
               const placed = await placeOrder(shopper, [{ sku: 'RACE-1', quantity: 1 }], 'tok_flaky');
               const id = placed.body.id as string;
-              if (i % 2 === 1) await eventually(`a charge attempt of ${id}`, async () => ((await history(a, id)).some((e) => e.type === 'charge_attempted') ? true : undefined));
+              if (i % 2 === 1)
+                await eventually(`a charge attempt of ${id}`, async () =>
+                  (await history(a, id)).some((e) => e.type === 'charge_attempted') ? true : undefined,
+                );
               const cancelled = await shopper.request('POST', `/v1/orders/${id}/cancel`);
               assert.equal(cancelled.status, 200, JSON.stringify(cancelled.body));
               return id;
@@ -351,7 +414,9 @@ for (const mode of modes()) {
           );
           await quiesce(g.app);
           await eventually('every payment settled', async () =>
-            (await Promise.all(ids.map((id) => paymentStatus(g, id)))).every((s) => s !== 'charging' && s !== 'pending') ? true : undefined,
+            (await Promise.all(ids.map((id) => paymentStatus(g, id)))).every((s) => s !== 'charging' && s !== 'pending')
+              ? true
+              : undefined,
           );
           for (const id of ids) {
             assert.equal((await readOrder(a, id)).status, 'cancelled');
@@ -367,7 +432,9 @@ for (const mode of modes()) {
           await createProduct(a, { sku: 'NOVOID-1', stock: 2, priceCents: 990 });
           const placed = await placeOrder(shopper, [{ sku: 'NOVOID-1', quantity: 1 }], 'tok_flaky');
           const id = placed.body.id as string;
-          await eventually('a failed charge attempt', async () => ((await history(a, id)).some((e) => e.type === 'charge_attempted') ? true : undefined));
+          await eventually('a failed charge attempt', async () =>
+            (await history(a, id)).some((e) => e.type === 'charge_attempted') ? true : undefined,
+          );
           assert.equal((await shopper.request('POST', `/v1/orders/${id}/cancel`)).status, 200);
           await eventually('the refund to ask for a void', async () => (gateway.voidCalls >= 1 ? true : undefined));
           gateway.down = false;
@@ -384,7 +451,11 @@ for (const mode of modes()) {
           const placed = await placeOrder(shopper, [{ sku: 'EARLY-1', quantity: 3 }]);
           assert.equal(await available(a, 'EARLY-1'), 0);
           assert.equal((await shopper.request('POST', `/v1/orders/${placed.body.id}/cancel`)).status, 200);
-          assert.equal(await paymentStatus(g, placed.body.id), 'voided', 'a payment never sent ends voided, not pending');
+          assert.equal(
+            await paymentStatus(g, placed.body.id),
+            'voided',
+            'a payment never sent ends voided, not pending',
+          );
           g.app.startWorkers();
           await quiesce(g.app);
           assert.equal((await readOrder(a, placed.body.id)).status, 'cancelled');
@@ -409,17 +480,23 @@ for (const mode of modes()) {
           const id = placed.body.id as string;
           // A second copy of the charge message, as a broker redelivery or a
           // sweeper re-drive produces while the first is still in flight.
-          await g.app.db.query(`INSERT INTO ${queueTable(mode)} (queue, payload, max_attempts) VALUES ('payments.charge', $1::text::jsonb, 5)`, [
-            JSON.stringify({ orderId: id }),
-          ]);
+          await g.app.db.query(
+            `INSERT INTO ${queueTable(mode)} (queue, payload, max_attempts) VALUES ('payments.charge', $1::text::jsonb, 5)`,
+            [JSON.stringify({ orderId: id })],
+          );
           g.app.startWorkers();
-          await eventually('both deliveries to reach the gateway', async () => (gateway.arrived >= 2 ? true : undefined));
+          await eventually('both deliveries to reach the gateway', async () =>
+            gateway.arrived >= 2 ? true : undefined,
+          );
           gateway.release();
           await quiesce(g.app);
           const order = await readOrder(a, id);
           assert.equal(order.status, 'confirmed');
           assertLedger(gateway, order);
-          const payment = await g.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [id]);
+          const payment = await g.app.db.query<{ status: string }>(
+            'SELECT status FROM payments.payments WHERE order_id = $1',
+            [id],
+          );
           assert.equal(payment[0]!.status, 'succeeded');
         });
       });
@@ -452,7 +529,9 @@ for (const mode of modes()) {
         const gateway = new LostReplyGateway();
         await withApp(mode, { gateway, maxAttempts: 1 }, async ({ t: g, admin: a, shopper }) => {
           gateway.loseAnswer = async (request) => {
-            const rows = await g.app.db.query<{ status: string }>('SELECT status FROM orders.orders WHERE id = $1', [request.reference]);
+            const rows = await g.app.db.query<{ status: string }>('SELECT status FROM orders.orders WHERE id = $1', [
+              request.reference,
+            ]);
             return rows[0]?.status === 'pending';
           };
           await createProduct(a, { sku: 'LOST-1', stock: 1, priceCents: 1500 });
@@ -476,14 +555,18 @@ for (const mode of modes()) {
           const placed = await placeOrder(shopper, [{ sku: 'STUCK-1', quantity: 1 }]);
           assert.equal(placed.body.status, 'pending');
           // Workers (and the relay) are off, so the charge is still in this mode's queue table.
-          const deleted = await g.app.db.query(`DELETE FROM ${queueTable(mode)} WHERE queue = 'payments.charge' RETURNING id`);
+          const deleted = await g.app.db.query(
+            `DELETE FROM ${queueTable(mode)} WHERE queue = 'payments.charge' RETURNING id`,
+          );
           assert.equal(deleted.length, 1, 'the charge job existed');
           g.app.startWorkers();
           const sweeper = g.app.sweeper;
           assert.ok(sweeper, 'startWorkers() starts the sweeper');
           assert.equal(await sweeper.sweep(), 0, 'an order younger than the deadline is left alone');
           // Age the order past PENDING_DEADLINE_MS instead of waiting for it.
-          await g.app.db.query("UPDATE orders.orders SET updated_at = now() - interval '1 day' WHERE id = $1", [placed.body.id]);
+          await g.app.db.query("UPDATE orders.orders SET updated_at = now() - interval '1 day' WHERE id = $1", [
+            placed.body.id,
+          ]);
           assert.equal(await sweeper.sweep(), 1);
           await quiesce(g.app);
           const order = await readOrder(a, placed.body.id);
@@ -503,7 +586,10 @@ for (const mode of modes()) {
           // whether money moved while the gateway is down, and dies too.
           await quiesce(g.app);
           assert.equal((await readOrder(a, id)).rejectReason, 'payment_failed');
-          const paymentStatus = async () => (await g.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [id]))[0]!.status;
+          const paymentStatus = async () =>
+            (
+              await g.app.db.query<{ status: string }>('SELECT status FROM payments.payments WHERE order_id = $1', [id])
+            )[0]!.status;
           assert.equal(await paymentStatus(), 'charging', 'the refund never happened');
           if (!isBrokerMode(mode)) {
             // A broker keeps its dead letters itself.
@@ -524,7 +610,11 @@ for (const mode of modes()) {
           await g.app.db.query(
             "UPDATE payments.payments SET updated_at = updated_at - interval '1 day', refund_requested_at = refund_requested_at - interval '1 day'",
           );
-          assert.equal(await g.app.sweeper!.sweep(), 1, 'only the overdue refund is re-driven, not the confirmed order');
+          assert.equal(
+            await g.app.sweeper!.sweep(),
+            1,
+            'only the overdue refund is re-driven, not the confirmed order',
+          );
           await quiesce(g.app);
           // Nothing was ever charged: the re-driven refund voids the key instead of charging it to learn that.
           assert.equal(await paymentStatus(), 'voided');
@@ -543,7 +633,13 @@ for (const mode of modes()) {
           // A worker sent the charge (the gateway took it), then crashed before
           // recording the answer; its job is gone.
           await g.app.db.query("UPDATE payments.payments SET status = 'charging' WHERE order_id = $1", [id]);
-          await gateway.charge({ idempotencyKey: chargeKey(id), amountCents: 1440, currency: 'EUR', token: 'tok_visa', reference: id });
+          await gateway.charge({
+            idempotencyKey: chargeKey(id),
+            amountCents: 1440,
+            currency: 'EUR',
+            token: 'tok_visa',
+            reference: id,
+          });
           await g.app.db.query(`DELETE FROM ${queueTable(mode)}`);
           await g.app.db.query("UPDATE orders.orders SET updated_at = now() - interval '1 day' WHERE id = $1", [id]);
           g.app.startWorkers();

@@ -22,14 +22,32 @@ import { CHARGE_QUEUE, redriveRefunds, REFUND_QUEUE } from '../src/payments/paym
 import { startSweeper } from '../src/payments/sweeper.ts';
 import { deadLetters } from './support/dead-letters.ts';
 import { PoisonGateway } from './support/gateways.ts';
-import { ALL_SCOPES, client, createProduct, modes, placeOrder, quiesce, startTestApp, type Client } from './support/harness.ts';
+import {
+  ALL_SCOPES,
+  client,
+  createProduct,
+  modes,
+  placeOrder,
+  quiesce,
+  startTestApp,
+  type Client,
+} from './support/harness.ts';
 
-async function counter(app: App, name: 'jobsProcessed' | 'gatewayCircuitOpened', labels: Record<string, string> = {}): Promise<number> {
+async function counter(
+  app: App,
+  name: 'jobsProcessed' | 'gatewayCircuitOpened',
+  labels: Record<string, string> = {},
+): Promise<number> {
   const values = (await app.metrics[name].get()).values as { labels: Record<string, string | number>; value: number }[];
-  return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
+  return values
+    .filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l))
+    .reduce((sum, v) => sum + v.value, 0);
 }
 
-async function paymentStatuses(app: App, orderIds: readonly string[]): Promise<Map<string, { status: string; lastError: string | null }>> {
+async function paymentStatuses(
+  app: App,
+  orderIds: readonly string[],
+): Promise<Map<string, { status: string; lastError: string | null }>> {
   const rows = await app.db.query<{ order_id: string; status: string; last_error: string | null }>(
     'SELECT order_id, status, last_error FROM payments.payments WHERE order_id = ANY($1::text[])',
     [orderIds],
@@ -47,7 +65,11 @@ async function placeAll(shopper: Client, sku: string, tokens: readonly string[])
 async function injectRaw(app: App, queue: string, messages: readonly { body: string; id?: string }[]): Promise<void> {
   const { broker } = app;
   if (!broker) {
-    for (const { body } of messages) await app.db.query('INSERT INTO messaging.jobs (queue, payload, max_attempts) VALUES ($1, $2::text::jsonb, 10)', [queue, body]);
+    for (const { body } of messages)
+      await app.db.query('INSERT INTO messaging.jobs (queue, payload, max_attempts) VALUES ($1, $2::text::jsonb, 10)', [
+        queue,
+        body,
+      ]);
     return;
   }
   await broker.pending(queue); // the stream, or the queue the exchange routes to, exists before the first publish
@@ -70,7 +92,11 @@ async function injectRaw(app: App, queue: string, messages: readonly { body: str
     const connection = await connectAmqp(url.toString());
     try {
       const channel = await connection.createConfirmChannel();
-      for (const { body, id } of messages) channel.publish(broker.exchange, queue, Buffer.from(body), { persistent: true, ...(id !== undefined ? { messageId: id } : {}) });
+      for (const { body, id } of messages)
+        channel.publish(broker.exchange, queue, Buffer.from(body), {
+          persistent: true,
+          ...(id !== undefined ? { messageId: id } : {}),
+        });
       await channel.waitForConfirms();
       await channel.close();
     } finally {
@@ -92,12 +118,27 @@ for (const mode of modes()) {
         await createProduct(admin, { sku: 'POISON-1', stock: 100, priceCents: 700 });
 
         // The run without poison, for comparison.
-        const baseline = await placeAll(bea, 'NORMAL-1', Array.from({ length: 20 }, () => 'tok_visa'));
+        const baseline = await placeAll(
+          bea,
+          'NORMAL-1',
+          Array.from({ length: 20 }, () => 'tok_visa'),
+        );
         await quiesce(t.app);
 
         // Ten poison payments from one customer, racing twenty normal ones.
-        const poisonTokens = [...Array.from({ length: 4 }, () => 'tok_refused'), ...Array.from({ length: 3 }, () => 'tok_local_fault'), ...Array.from({ length: 3 }, () => 'tok_unreadable')];
-        const [poison, normal] = await Promise.all([placeAll(mallory, 'POISON-1', poisonTokens), placeAll(bea, 'NORMAL-1', Array.from({ length: 20 }, () => 'tok_visa'))]);
+        const poisonTokens = [
+          ...Array.from({ length: 4 }, () => 'tok_refused'),
+          ...Array.from({ length: 3 }, () => 'tok_local_fault'),
+          ...Array.from({ length: 3 }, () => 'tok_unreadable'),
+        ];
+        const [poison, normal] = await Promise.all([
+          placeAll(mallory, 'POISON-1', poisonTokens),
+          placeAll(
+            bea,
+            'NORMAL-1',
+            Array.from({ length: 20 }, () => 'tok_visa'),
+          ),
+        ]);
         await quiesce(t.app);
 
         // The normal orders: confirmed, one gateway call each, with or without poison around them.
@@ -106,8 +147,16 @@ for (const mode of modes()) {
           assert.equal(gateway.calls.get(id), 1, `order ${id} was charged in one call`);
           assert.deepEqual(gateway.netCharged(id), { charges: 1, netCents: 500 });
         }
-        assert.equal(await counter(t.app, 'jobsProcessed', { queue: CHARGE_QUEUE, outcome: 'retry' }), 0, 'no charge job was retried');
-        assert.equal(await counter(t.app, 'jobsProcessed', { queue: REFUND_QUEUE, outcome: 'retry' }), 0, 'no refund job was retried');
+        assert.equal(
+          await counter(t.app, 'jobsProcessed', { queue: CHARGE_QUEUE, outcome: 'retry' }),
+          0,
+          'no charge job was retried',
+        );
+        assert.equal(
+          await counter(t.app, 'jobsProcessed', { queue: REFUND_QUEUE, outcome: 'retry' }),
+          0,
+          'no refund job was retried',
+        );
         assert.equal(await counter(t.app, 'gatewayCircuitOpened'), 0, 'the circuit breaker never opened');
 
         // The poison orders: rejected at once, stock back, each charge attempted once.
@@ -138,14 +187,24 @@ for (const mode of modes()) {
             assert.match(payment.lastError ?? '', /refund can never succeed/);
           }
         });
-        assert.deepEqual(gateway.netCharged(poison[9]!), { charges: 1, netCents: 700 }, 'the unreadable charge went through: the operator settles it');
+        assert.deepEqual(
+          gateway.netCharged(poison[9]!),
+          { charges: 1, netCents: 700 },
+          'the unreadable charge went through: the operator settles it',
+        );
 
         // Dead-lettered with their reasons, where an operator looks.
         const deadCharges = await deadLetters(t.app, CHARGE_QUEUE);
-        assert.deepEqual(deadCharges.map((d) => (JSON.parse(d.body) as { orderId: string }).orderId).sort(), [...poison].sort());
+        assert.deepEqual(
+          deadCharges.map((d) => (JSON.parse(d.body) as { orderId: string }).orderId).sort(),
+          [...poison].sort(),
+        );
         for (const letter of deadCharges) assert.match(letter.reason, /^payment can never succeed: /);
         const deadRefunds = await deadLetters(t.app, REFUND_QUEUE);
-        assert.deepEqual(deadRefunds.map((d) => (JSON.parse(d.body) as { orderId: string }).orderId).sort(), poison.slice(7).sort());
+        assert.deepEqual(
+          deadRefunds.map((d) => (JSON.parse(d.body) as { orderId: string }).orderId).sort(),
+          poison.slice(7).sort(),
+        );
         for (const letter of deadRefunds) assert.match(letter.reason, /^refund can never succeed: /);
 
         // Nothing for the sweeper to re-drive, even with no deadline at all.
@@ -175,10 +234,22 @@ for (const mode of modes()) {
       try {
         const admin = client(t.app, await t.token('admin', ALL_SCOPES));
         await createProduct(admin, { sku: 'AFTER-1', stock: 10, priceCents: 900 });
-        const shapes = ['{"orderId": 42}', '"ord_01M8ATWWD9YJEQ51WDS1D0RG3W"', '[]', '{}', 'null', '{"orderId": "ord_../../etc"}'];
+        const shapes = [
+          '{"orderId": 42}',
+          '"ord_01M8ATWWD9YJEQ51WDS1D0RG3W"',
+          '[]',
+          '{}',
+          'null',
+          '{"orderId": "ord_../../etc"}',
+        ];
         // Only a broker takes bodies that are not JSON (a jsonb column refuses them, and U+0000).
         const broken = t.app.broker
-          ? [{ body: 'not json' }, { body: '' }, { body: '{"orderId": "\\u0000"}' }, { body: '{"orderId": "ord_01M8ATWWD9YJEQ51WDS1D0RG3W"}', id: 'id with spaces' }]
+          ? [
+              { body: 'not json' },
+              { body: '' },
+              { body: '{"orderId": "\\u0000"}' },
+              { body: '{"orderId": "ord_01M8ATWWD9YJEQ51WDS1D0RG3W"}', id: 'id with spaces' },
+            ]
           : [];
         await injectRaw(t.app, CHARGE_QUEUE, [...shapes.map((body) => ({ body })), ...broken]);
         await injectRaw(t.app, REFUND_QUEUE, [{ body: '{"order": "ord_01M8ATWWD9YJEQ51WDS1D0RG3W"}' }]);
@@ -193,7 +264,10 @@ for (const mode of modes()) {
           assert.ok(dead.some((d) => /body is not JSON/.test(d.reason)));
           assert.ok(dead.some((d) => /id "id with spaces" cannot be recorded/.test(d.reason)));
         }
-        assert.ok(dead.some((d) => /\/orderId must be string/.test(d.reason)), `the reason names the field: ${JSON.stringify(dead)}`);
+        assert.ok(
+          dead.some((d) => /\/orderId must be string/.test(d.reason)),
+          `the reason names the field: ${JSON.stringify(dead)}`,
+        );
         const deadRefunds = await deadLetters(t.app, REFUND_QUEUE);
         assert.equal(deadRefunds.length, 1);
         assert.match(deadRefunds[0]!.reason, /malformed payload: .*orderId/);

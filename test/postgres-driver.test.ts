@@ -12,12 +12,15 @@ import { startPrivatePrimary, type PrivatePostgres } from './support/private-pos
 import { privateServersUnavailable, startTcpProxy } from './support/servers.ts';
 
 const missing = privateServersUnavailable('postgresql');
-if (missing && process.env.REQUIRE_SERVICES === '1') throw new Error(`the driver tests need a private PostgreSQL (REQUIRE_SERVICES=1): ${missing}`);
+if (missing && process.env.REQUIRE_SERVICES === '1')
+  throw new Error(`the driver tests need a private PostgreSQL (REQUIRE_SERVICES=1): ${missing}`);
 
 /** Settles within ms, or fails the test: the driver must never leave a caller waiting forever. */
 async function settles<T>(what: string, promise: Promise<T>, ms = 10_000): Promise<PromiseSettledResult<T>> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms)));
+  const timeout = new Promise<never>(
+    (_, reject) => (timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms)),
+  );
   try {
     const [result] = await Promise.race([Promise.allSettled([promise]), timeout]);
     return result;
@@ -96,9 +99,12 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     const pid = await backendPid(reserved);
     // A statement with parameters the connection has not prepared yet is
     // described first, and the ones after it wait in the reservation's queue.
-    const statements = [reserved`SELECT pg_sleep(5), ${1}::int AS a`, reserved`SELECT ${2}::int AS b`, reserved`SELECT ${3}::text AS c`, reserved`SELECT 4`].map(
-      (statement, i) => settles(`statement ${i}`, statement),
-    );
+    const statements = [
+      reserved`SELECT pg_sleep(5), ${1}::int AS a`,
+      reserved`SELECT ${2}::int AS b`,
+      reserved`SELECT ${3}::text AS c`,
+      reserved`SELECT 4`,
+    ].map((statement, i) => settles(`statement ${i}`, statement));
     await sleep(100);
     await terminate(pid);
     for (const result of await Promise.all(statements)) assert.equal(result.status, 'rejected');
@@ -115,15 +121,25 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     const pid = await backendPid(reserved);
     await terminate(pid);
     // The pool reconnects the same connection object for the next query.
-    const next = settles('a pool query', sql`SELECT 1 AS n`.then((rows) => [...rows]));
+    const next = settles(
+      'a pool query',
+      sql`SELECT 1 AS n`.then((rows) => [...rows]),
+    );
     await sleep(200);
-    const late = await settles('an INSERT on the dead reservation', reserved`INSERT INTO notes VALUES (2, 'outside any transaction?')`);
+    const late = await settles(
+      'an INSERT on the dead reservation',
+      reserved`INSERT INTO notes VALUES (2, 'outside any transaction?')`,
+    );
     const commit = await settles('a COMMIT on the dead reservation', reserved`COMMIT`);
     assert.equal(codeOf(late), 'CONNECTION_CLOSED');
     assert.equal(codeOf(commit), 'CONNECTION_CLOSED');
     reserved.release();
     assert.deepEqual(await next, { status: 'fulfilled', value: [{ n: 1 }] });
-    assert.deepEqual([...(await admin`SELECT id FROM notes`)], [], 'the killed transaction rolled back and nothing ran after it');
+    assert.deepEqual(
+      [...(await admin`SELECT id FROM notes`)],
+      [],
+      'the killed transaction rolled back and nothing ran after it',
+    );
   });
 
   it('releasing a reservation after its connection closed hands no dead connection to the pool (#1168)', async () => {
@@ -133,7 +149,8 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     await terminate(pid);
     await settles('a statement after the kill', reserved`SELECT 1`);
     reserved.release();
-    for (let i = 0; i < 3; i++) assert.equal((await settles(`pool query ${i}`, sql`SELECT 1 AS n`)).status, 'fulfilled');
+    for (let i = 0; i < 3; i++)
+      assert.equal((await settles(`pool query ${i}`, sql`SELECT 1 AS n`)).status, 'fulfilled');
     const again = await settles('a new reservation', sql.reserve());
     assert.equal(again.status, 'fulfilled');
     if (again.status === 'fulfilled') again.value.release();
@@ -145,7 +162,15 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     const proxy = await startTcpProxy(server.port);
     proxy.mode = () => (++attempts <= 2 ? 'reset' : 'forward');
     try {
-      const sql = postgres({ host: '127.0.0.1', port: proxy.port, user: 'postgres', database: 'postgres', max: 1, backoff: () => 0.05, onnotice: () => {} });
+      const sql = postgres({
+        host: '127.0.0.1',
+        port: proxy.port,
+        user: 'postgres',
+        database: 'postgres',
+        max: 1,
+        backoff: () => 0.05,
+        onnotice: () => {},
+      });
       pools.push(sql);
       // The first connects for itself; the second waits in the pool's queue,
       // and upstream was taken out of it to reconnect with, then never answered.
@@ -172,7 +197,15 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     await new Promise<void>((resolve) => closer.listen(0, '127.0.0.1', resolve));
     try {
       const port = (closer.address() as { port: number }).port;
-      const sql = postgres({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres', max: 1, connect_timeout: 2, onnotice: () => {} });
+      const sql = postgres({
+        host: '127.0.0.1',
+        port,
+        user: 'postgres',
+        database: 'postgres',
+        max: 1,
+        connect_timeout: 2,
+        onnotice: () => {},
+      });
       pools.push(sql);
       const result = await settles('a query to a server that hangs up', sql`SELECT 1`, 5_000);
       assert.equal(codeOf(result), 'CONNECTION_CLOSED');
@@ -182,7 +215,7 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     }
   });
 
-  it('a connection dropped while it reads the server\'s types fails the query; the failure is handled, and the next connection works', async () => {
+  it("a connection dropped while it reads the server's types fails the query; the failure is handled, and the next connection works", async () => {
     // Cut when the driver asks for the array types, the first thing it does on every new connection.
     let cut = true;
     const proxy = await startTcpProxy(server.port);
@@ -191,9 +224,20 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
     process.on('unhandledRejection', onUnhandled);
     try {
-      const sql = postgres({ host: '127.0.0.1', port: proxy.port, user: 'postgres', database: 'postgres', max: 1, backoff: () => 0.05, onnotice: () => {} });
+      const sql = postgres({
+        host: '127.0.0.1',
+        port: proxy.port,
+        user: 'postgres',
+        database: 'postgres',
+        max: 1,
+        backoff: () => 0.05,
+        onnotice: () => {},
+      });
       pools.push(sql);
-      assert.equal(codeOf(await settles('a query on a connection cut while it starts', sql`SELECT 1`)), 'CONNECTION_CLOSED');
+      assert.equal(
+        codeOf(await settles('a query on a connection cut while it starts', sql`SELECT 1`)),
+        'CONNECTION_CLOSED',
+      );
       cut = false;
       assert.equal((await settles('a query on the next connection', sql`SELECT 1`)).status, 'fulfilled');
       await sleep(50);
@@ -220,7 +264,11 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
           }
           try {
             // Pipelined as the storage port sends it: BEGIN with the first statements.
-            await Promise.all([reserved`BEGIN`, reserved`INSERT INTO counters (n) VALUES (${1})`, reserved`SELECT pg_sleep(0.002)`]);
+            await Promise.all([
+              reserved`BEGIN`,
+              reserved`INSERT INTO counters (n) VALUES (${1})`,
+              reserved`SELECT pg_sleep(0.002)`,
+            ]);
             await reserved`UPDATE counters SET n = n + 1 WHERE id = (SELECT max(id) FROM counters)`;
             await reserved`COMMIT`;
             committed++;
@@ -239,18 +287,30 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
       await sleep(500);
       const duringOutage = committed;
       await server.start();
-      await settles('a commit after the restart', (async () => {
-        while (committed === duringOutage) await sleep(10);
-      })(), 30_000);
+      await settles(
+        'a commit after the restart',
+        (async () => {
+          while (committed === duringOutage) await sleep(10);
+        })(),
+        30_000,
+      );
       running = false;
       await settles('every worker to finish', Promise.all(workers), 30_000);
       // Every connection of the pool is back: none was lost to a reservation
       // refused during the outage, or to one handed out while reconnecting.
-      const all = await settles('ten reservations at once', Promise.all(Array.from({ length: 10 }, () => sql.reserve())));
+      const all = await settles(
+        'ten reservations at once',
+        Promise.all(Array.from({ length: 10 }, () => sql.reserve())),
+      );
       assert.equal(all.status, 'fulfilled');
       if (all.status === 'fulfilled') for (const r of all.value) r.release();
       assert.ok(failures.size > 0, 'transactions were in flight when the server went away');
-      for (const code of failures.keys()) assert.match(code, /^(CONNECTION_CLOSED|CONNECTION_DESTROYED|ECONNREFUSED|ECONNRESET|57P0[123]|08\w{3})$/, `failure code ${code}`);
+      for (const code of failures.keys())
+        assert.match(
+          code,
+          /^(CONNECTION_CLOSED|CONNECTION_DESTROYED|ECONNREFUSED|ECONNRESET|57P0[123]|08\w{3})$/,
+          `failure code ${code}`,
+        );
     });
   }
 });

@@ -13,7 +13,13 @@ import { pino } from 'pino';
 import { parse as parseYaml } from 'yaml';
 import { createApp, type App } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
-import { exposedMetricNames, loadRules, PROMETHEUS_DIR, PROMETHEUS_SYNTHETIC, selectedMetricNames } from './support/promql.ts';
+import {
+  exposedMetricNames,
+  loadRules,
+  PROMETHEUS_DIR,
+  PROMETHEUS_SYNTHETIC,
+  selectedMetricNames,
+} from './support/promql.ts';
 import { skipUnlessInstalled } from './support/programs.ts';
 
 // promtool comes with Debian's prometheus package, amtool with prometheus-alertmanager.
@@ -28,18 +34,29 @@ function run(program: string, args: string[]): string {
 
 interface UnitTests {
   rule_files: string[];
-  tests: { name: string; alert_rule_test?: { alertname: string; exp_alerts?: { exp_labels?: Record<string, string> }[] }[] }[];
+  tests: {
+    name: string;
+    alert_rule_test?: { alertname: string; exp_alerts?: { exp_labels?: Record<string, string> }[] }[];
+  }[];
 }
 
 async function unitTestFiles(): Promise<string[]> {
-  return (await readdir(path.join(PROMETHEUS_DIR, 'tests'))).filter((f) => f.endsWith('.test.yml')).sort().map((f) => path.join('tests', f));
+  return (await readdir(path.join(PROMETHEUS_DIR, 'tests')))
+    .filter((f) => f.endsWith('.test.yml'))
+    .sort()
+    .map((f) => path.join('tests', f));
 }
 
 describe('Prometheus rules (deploy/prometheus)', () => {
   it('promtool accepts prometheus.yml and every rule file it loads', { skip: promtool }, async () => {
     const out = run('promtool', ['check', 'config', 'prometheus.yml']);
     const ruleFiles = (await readdir(path.join(PROMETHEUS_DIR, 'rules'))).filter((f) => f.endsWith('.yml'));
-    for (const file of ruleFiles) assert.match(out, new RegExp(`Checking rules/${file.replace('.', '\\.')}\\s+SUCCESS`), `prometheus.yml loads rules/${file}`);
+    for (const file of ruleFiles)
+      assert.match(
+        out,
+        new RegExp(`Checking rules/${file.replace('.', '\\.')}\\s+SUCCESS`),
+        `prometheus.yml loads rules/${file}`,
+      );
   });
 
   it('promtool test rules: every unit test passes', { skip: promtool }, async () => {
@@ -68,16 +85,34 @@ describe('Prometheus rules (deploy/prometheus)', () => {
     assert.ok(alerts.length >= 14, `expected the full set of alerts, found ${alerts.length}`);
     for (const rule of alerts) {
       assert.ok(tested.has(rule.file), `${rule.file} has no unit test file`);
-      assert.ok(['page', 'ticket'].includes(rule.labels?.severity ?? ''), `${rule.alert}: severity must be page or ticket`);
-      assert.ok(fired.has(`${rule.alert}/${rule.labels!.severity}`), `${rule.alert} (severity ${rule.labels!.severity}) never fires in a unit test`);
+      assert.ok(
+        ['page', 'ticket'].includes(rule.labels?.severity ?? ''),
+        `${rule.alert}: severity must be page or ticket`,
+      );
+      assert.ok(
+        fired.has(`${rule.alert}/${rule.labels!.severity}`),
+        `${rule.alert} (severity ${rule.labels!.severity}) never fires in a unit test`,
+      );
       assert.ok(quiet.has(rule.alert!), `${rule.alert} has no unit test where it stays quiet`);
-      assert.match(rule.annotations?.runbook ?? '', new RegExp(`^docs/operations\\.md#${rule.alert!.toLowerCase()}$`), `${rule.alert}: runbook annotation`);
+      assert.match(
+        rule.annotations?.runbook ?? '',
+        new RegExp(`^docs/operations\\.md#${rule.alert!.toLowerCase()}$`),
+        `${rule.alert}: runbook annotation`,
+      );
     }
   });
 
   it('each runbook annotation names a section of docs/operations.md', async () => {
     const docs = await readFile(path.resolve(PROMETHEUS_DIR, '../../docs/operations.md'), 'utf8');
-    const headings = new Set([...docs.matchAll(/^#+ (.+)$/gm)].map((m) => m[1]!.trim().toLowerCase().replace(/[^a-z0-9 -]/g, '').replace(/ /g, '-')));
+    const headings = new Set(
+      [...docs.matchAll(/^#+ (.+)$/gm)].map((m) =>
+        m[1]!
+          .trim()
+          .toLowerCase()
+          .replace(/[^a-z0-9 -]/g, '')
+          .replace(/ /g, '-'),
+      ),
+    );
     for (const rule of await loadRules()) {
       if (rule.alert === undefined) continue;
       const anchor = rule.annotations!.runbook!.split('#')[1]!;
@@ -92,7 +127,11 @@ describe('Prometheus rules (deploy/prometheus)', () => {
   describe('the rules select only what Orderflow exposes or records', () => {
     let app: App;
     before(async () => {
-      app = await createApp({ config: loadConfig({ PORT: '0', LOG_LEVEL: 'silent' }), inMemory: true, log: pino({ level: 'silent' }) });
+      app = await createApp({
+        config: loadConfig({ PORT: '0', LOG_LEVEL: 'silent' }),
+        inMemory: true,
+        log: pino({ level: 'silent' }),
+      });
     });
     after(() => app.close());
 
@@ -104,7 +143,10 @@ describe('Prometheus rules (deploy/prometheus)', () => {
       const recorded = new Set(rules.flatMap((r) => (r.record ? [r.record] : [])));
       for (const rule of rules) {
         for (const name of selectedMetricNames(rule.expr)) {
-          assert.ok(exposed.has(name) || recorded.has(name) || PROMETHEUS_SYNTHETIC.has(name), `${rule.alert ?? rule.record} (${rule.file}) selects ${name}, which Orderflow does not expose`);
+          assert.ok(
+            exposed.has(name) || recorded.has(name) || PROMETHEUS_SYNTHETIC.has(name),
+            `${rule.alert ?? rule.record} (${rule.file}) selects ${name}, which Orderflow does not expose`,
+          );
         }
       }
     });

@@ -25,7 +25,9 @@ import {
   type TestApp,
 } from './support/harness.ts';
 
-const skip = modes({ replica: true }).includes('replica') ? undefined : 'set DATABASE_URL (and install the PostgreSQL server programs) to run the read replica tests';
+const skip = modes({ replica: true }).includes('replica')
+  ? undefined
+  : 'set DATABASE_URL (and install the PostgreSQL server programs) to run the read replica tests';
 
 interface LogLine {
   level: number;
@@ -34,7 +36,10 @@ interface LogLine {
 }
 
 /** An app in replica mode on this file's own primary and standby, logging into `lines`. */
-async function replicaApp(pair: ReplicatedPostgres, env: Record<string, string> = {}): Promise<{ t: TestApp; lines: LogLine[]; admin: Client }> {
+async function replicaApp(
+  pair: ReplicatedPostgres,
+  env: Record<string, string> = {},
+): Promise<{ t: TestApp; lines: LogLine[]; admin: Client }> {
   const lines: LogLine[] = [];
   const log = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
   const t = await startTestApp('replica', { replicated: pair, env, log });
@@ -85,12 +90,18 @@ describe('read replica (a private primary and its streaming standby)', { skip },
       await pauseReplay(standby);
       const placed = await placeOrder(alice, [{ sku: 'RYW-1', quantity: 3 }]);
       assert.equal(placed.status, 202);
-      assert.equal((await standby`SELECT 1 FROM orders.orders WHERE id = ${placed.body.id}`).length, 0, 'the paused standby does not have the order');
+      assert.equal(
+        (await standby`SELECT 1 FROM orders.orders WHERE id = ${placed.body.id}`).length,
+        0,
+        'the paused standby does not have the order',
+      );
 
       const servedBefore = await routed(t.app, 'replica', 'caught_up');
       const ordersList = alice.request('GET', '/v1/orders');
       const productList = alice.request('GET', '/v1/products');
-      await eventually('both lists to wait for the standby', async () => ((await gauge(t.app, 'replicaWaiting')) >= 2 ? true : undefined));
+      await eventually('both lists to wait for the standby', async () =>
+        (await gauge(t.app, 'replicaWaiting')) >= 2 ? true : undefined,
+      );
       // The order by id never waits: it is read from the primary.
       assert.equal((await alice.request('GET', `/v1/orders/${placed.body.id}`)).status, 200);
       await standby`SELECT pg_wal_replay_resume()`;
@@ -101,7 +112,11 @@ describe('read replica (a private primary and its streaming standby)', { skip },
         products.map((p: { sku: string; available: number }) => [p.sku, p.available]),
         [['RYW-1', 7]],
       );
-      assert.equal(await routed(t.app, 'replica', 'caught_up'), servedBefore + 2, 'both lists were served by the standby');
+      assert.equal(
+        await routed(t.app, 'replica', 'caught_up'),
+        servedBefore + 2,
+        'both lists were served by the standby',
+      );
     } finally {
       await standby`SELECT pg_wal_replay_resume()`.catch(() => undefined);
       await standby.end();
@@ -116,17 +131,28 @@ describe('read replica (a private primary and its streaming standby)', { skip },
       await createProduct(admin, { sku: 'LAG-1', stock: 10 });
       await pauseReplay(standby);
       const placed = await placeOrder(admin, [{ sku: 'LAG-1', quantity: 1 }]);
-      assert.deepEqual(ids(await admin.request('GET', '/v1/orders')), [placed.body.id], 'served by the primary, with the order');
+      assert.deepEqual(
+        ids(await admin.request('GET', '/v1/orders')),
+        [placed.body.id],
+        'served by the primary, with the order',
+      );
       assert.equal(await routed(t.app, 'primary', 'lagging'), 1);
       assert.equal(await gauge(t.app, 'readReplicaUp'), 0);
-      assert.ok(lines.some((l) => l.reason === 'lagging' && /has not replayed/.test(l.msg)), JSON.stringify(lines));
+      assert.ok(
+        lines.some((l) => l.reason === 'lagging' && /has not replayed/.test(l.msg)),
+        JSON.stringify(lines),
+      );
       // Until it has caught up, reads do not even wait for it.
       assert.equal((await admin.request('GET', '/v1/products')).body.items[0].available, 9);
       assert.equal(await routed(t.app, 'primary', 'lagging'), 2);
       assert.equal((await client(t.app).request('GET', '/readyz')).status, 200, 'readiness is about the primary');
 
       await standby`SELECT pg_wal_replay_resume()`;
-      await eventually('the standby to be used again', async () => ((await gauge(t.app, 'readReplicaUp')) === 1 ? true : undefined), 10_000);
+      await eventually(
+        'the standby to be used again',
+        async () => ((await gauge(t.app, 'readReplicaUp')) === 1 ? true : undefined),
+        10_000,
+      );
       assert.ok(lines.some((l) => /has caught up/.test(l.msg)));
       const served = await routed(t.app, 'replica', 'caught_up');
       assert.deepEqual(ids(await admin.request('GET', '/v1/orders')), [placed.body.id]);
@@ -147,7 +173,9 @@ describe('read replica (a private primary and its streaming standby)', { skip },
       const stock = customers * ordersEach;
       await createProduct(admin, { sku: 'DELAY-1', stock });
       const primaryAvailable = async () => {
-        const [row] = await t.app.db.query<{ available: number }>("SELECT on_hand - held AS available FROM inventory.stock WHERE sku = 'DELAY-1'");
+        const [row] = await t.app.db.query<{ available: number }>(
+          "SELECT on_hand - held AS available FROM inventory.stock WHERE sku = 'DELAY-1'",
+        );
         return Number(row!.available);
       };
       await Promise.all(
@@ -164,18 +192,28 @@ describe('read replica (a private primary and its streaming standby)', { skip },
             // Nothing is ever released here, so available only falls: a list
             // as fresh as its request never shows more than the primary did before it.
             const ceiling = await primaryAvailable();
-            const listed = (await buyer.request('GET', '/v1/products')).body.items.find((p: { sku: string }) => p.sku === 'DELAY-1');
-            assert.ok(listed.available <= ceiling, `the list showed ${listed.available} available after the primary had ${ceiling}`);
+            const listed = (await buyer.request('GET', '/v1/products')).body.items.find(
+              (p: { sku: string }) => p.sku === 'DELAY-1',
+            );
+            assert.ok(
+              listed.available <= ceiling,
+              `the list showed ${listed.available} available after the primary had ${ceiling}`,
+            );
           }
         }),
       );
-      const sold = (await admin.request('GET', '/v1/products')).body.items.find((p: { sku: string }) => p.sku === 'DELAY-1');
+      const sold = (await admin.request('GET', '/v1/products')).body.items.find(
+        (p: { sku: string }) => p.sku === 'DELAY-1',
+      );
       assert.equal(sold.available, 0, 'sold out is sold out on the list too');
       const everyone = await admin.request('GET', '/v1/orders?limit=100');
       assert.equal(everyone.body.items.length, stock);
 
       const reads = 2 * stock + 2;
-      assert.ok((await routed(t.app, 'replica', 'caught_up')) + (await routed(t.app, 'primary', 'lagging')) === reads, 'every list was routed');
+      assert.ok(
+        (await routed(t.app, 'replica', 'caught_up')) + (await routed(t.app, 'primary', 'lagging')) === reads,
+        'every list was routed',
+      );
       assert.ok((await routed(t.app, 'replica', 'caught_up')) > 0, 'the standby served lists while it was delayed');
       // The delay was real: some lists waited for replay well past a normal lag.
       const wait = (await t.app.metrics.replicaWait.get()).values;
@@ -209,7 +247,8 @@ describe('read replica (a private primary and its streaming standby)', { skip },
           if (placed.status === 202) mine.unshift(placed.body.id);
           const list = await buyer.request('GET', '/v1/orders?limit=100');
           check('list orders', list, 200);
-          if (list.status === 200 && ids(list).join() !== mine.slice(0, 100).join()) failures.push(`the list missed the buyer's orders in phase ${phase}`);
+          if (list.status === 200 && ids(list).join() !== mine.slice(0, 100).join())
+            failures.push(`the list missed the buyer's orders in phase ${phase}`);
           check('list products', await buyer.request('GET', '/v1/products'), 200);
           check('read order', await buyer.request('GET', `/v1/orders/${placed.body.id}`), 200);
           completed++;
@@ -220,18 +259,32 @@ describe('read replica (a private primary and its streaming standby)', { skip },
         await eventually('some load with the standby up', async () => (completed >= 40 ? true : undefined), 60_000);
         await pair.standby.stop('immediate');
         phase = 'stopped';
-        await eventually('some load with the standby down', async () => (rounds.stopped >= 80 ? true : undefined), 60_000);
+        await eventually(
+          'some load with the standby down',
+          async () => (rounds.stopped >= 80 ? true : undefined),
+          60_000,
+        );
         assert.equal((await client(t.app).request('GET', '/readyz')).status, 200, 'ready while the standby is down');
         await pair.standby.start();
-        await eventually('the standby to be used again', async () => ((await gauge(t.app, 'readReplicaUp')) === 1 ? true : undefined), 20_000);
+        await eventually(
+          'the standby to be used again',
+          async () => ((await gauge(t.app, 'readReplicaUp')) === 1 ? true : undefined),
+          20_000,
+        );
         phase = 'restarted';
       })();
       await Promise.all([outage, ...loops]);
 
       assert.deepEqual(failures, []);
       assert.ok(rounds.restarted > 0, 'the load went on after the standby was back');
-      assert.ok((await routed(t.app, 'primary', 'down')) + (await routed(t.app, 'primary', 'error')) > 0, 'reads fell back while it was down');
-      assert.ok(lines.some((l) => l.reason === 'down' && /unreachable/.test(l.msg)) || lines.some((l) => l.reason === 'error'), JSON.stringify(lines.slice(-5)));
+      assert.ok(
+        (await routed(t.app, 'primary', 'down')) + (await routed(t.app, 'primary', 'error')) > 0,
+        'reads fell back while it was down',
+      );
+      assert.ok(
+        lines.some((l) => l.reason === 'down' && /unreachable/.test(l.msg)) || lines.some((l) => l.reason === 'error'),
+        JSON.stringify(lines.slice(-5)),
+      );
       const served = await routed(t.app, 'replica', 'caught_up');
       assert.equal((await admin.request('GET', '/v1/products')).status, 200);
       assert.equal(await routed(t.app, 'replica', 'caught_up'), served + 1, 'the standby serves again');
@@ -243,7 +296,11 @@ describe('read replica (a private primary and its streaming standby)', { skip },
   it('an unreachable replica at start: the app starts, reads go to the primary', async () => {
     const lines: LogLine[] = [];
     const log = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
-    const t = await startTestApp('replica', { replicated: pair, env: { DATABASE_READ_URL: 'postgres://postgres@127.0.0.1:1/nowhere' }, log });
+    const t = await startTestApp('replica', {
+      replicated: pair,
+      env: { DATABASE_READ_URL: 'postgres://postgres@127.0.0.1:1/nowhere' },
+      log,
+    });
     try {
       const admin = client(t.app, await t.token('admin', ALL_SCOPES));
       await createProduct(admin, { sku: 'NOREP-1', stock: 2 });
@@ -253,7 +310,9 @@ describe('read replica (a private primary and its streaming standby)', { skip },
       assert.equal(await routed(t.app, 'primary', 'down'), 2);
       assert.equal(await gauge(t.app, 'readReplicaUp'), 0);
       assert.equal((await client(t.app).request('GET', '/readyz')).status, 200);
-      await eventually('the log line', async () => (lines.some((l) => l.reason === 'down' && /unreachable/.test(l.msg)) ? true : undefined));
+      await eventually('the log line', async () =>
+        lines.some((l) => l.reason === 'down' && /unreachable/.test(l.msg)) ? true : undefined,
+      );
     } finally {
       await t.close();
     }
@@ -264,10 +323,16 @@ describe('read replica (a private primary and its streaming standby)', { skip },
     const log = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
     // Another cluster altogether: the machine's server, or a second private primary.
     const other = process.env.DATABASE_URL ? undefined : await startPrivatePrimary();
-    const t = await startTestApp('replica', { replicated: pair, env: { DATABASE_READ_URL: other?.url() ?? process.env.DATABASE_URL! }, log });
+    const t = await startTestApp('replica', {
+      replicated: pair,
+      env: { DATABASE_READ_URL: other?.url() ?? process.env.DATABASE_URL! },
+      log,
+    });
     try {
       const admin = client(t.app, await t.token('admin', ALL_SCOPES));
-      await eventually('the first check of the replica', async () => (lines.some((l) => l.reason === 'unrelated') ? true : undefined));
+      await eventually('the first check of the replica', async () =>
+        lines.some((l) => l.reason === 'unrelated') ? true : undefined,
+      );
       await createProduct(admin, { sku: 'OTHER-1', stock: 1 });
       assert.equal((await admin.request('GET', '/v1/products')).body.items[0].sku, 'OTHER-1');
       assert.equal(await routed(t.app, 'primary', 'unrelated'), 1);
@@ -290,7 +355,10 @@ describe('read replica (a private primary and its streaming standby)', { skip },
       assert.equal((await admin.request('GET', '/v1/products')).body.items[0].available, 3);
       assert.equal(await routed(t.app, 'primary', 'promoted'), 2);
       assert.equal(await gauge(t.app, 'readReplicaUp'), 0);
-      assert.ok(lines.some((l) => l.reason === 'promoted' && /no longer a standby/.test(l.msg)), JSON.stringify(lines));
+      assert.ok(
+        lines.some((l) => l.reason === 'promoted' && /no longer a standby/.test(l.msg)),
+        JSON.stringify(lines),
+      );
     } finally {
       await t.close();
     }

@@ -33,7 +33,12 @@ describe('restart on the embedded database', () => {
       for (const token of tokens) {
         const response = await placeOrder(shopper, [{ sku: 'KEEP-1', quantity: 1 }], token);
         assert.equal(response.status, 202);
-        accepted.push({ id: response.body.id, status: response.body.status, totalCents: response.body.totalCents, token });
+        accepted.push({
+          id: response.body.id,
+          status: response.body.status,
+          totalCents: response.body.totalCents,
+          token,
+        });
       }
       // The seventh order finds no stock left.
       assert.deepEqual(
@@ -56,11 +61,18 @@ describe('restart on the embedded database', () => {
       await quiesce(second.app);
       const listed = await admin.request('GET', '/v1/orders?limit=100');
       assert.equal(listed.status, 200);
-      assert.deepEqual(listed.body.items.map((o: { id: string }) => o.id).sort(), accepted.map((o) => o.id).sort(), 'orders lost across the restart');
-      const byId = new Map<string, { status: string; rejectReason: string | null; totalCents: number }>(listed.body.items.map((o: { id: string }) => [o.id, o]));
+      assert.deepEqual(
+        listed.body.items.map((o: { id: string }) => o.id).sort(),
+        accepted.map((o) => o.id).sort(),
+        'orders lost across the restart',
+      );
+      const byId = new Map<string, { status: string; rejectReason: string | null; totalCents: number }>(
+        listed.body.items.map((o: { id: string }) => [o.id, o]),
+      );
       for (const placed of accepted) {
         const order = byId.get(placed.id)!;
-        const expected = placed.status === 'rejected' ? 'rejected' : placed.token === 'tok_declined' ? 'rejected' : 'confirmed';
+        const expected =
+          placed.status === 'rejected' ? 'rejected' : placed.token === 'tok_declined' ? 'rejected' : 'confirmed';
         assert.equal(order.status, expected, `order paid with ${placed.token}`);
         const net = gateway.netCharged(placed.id);
         if (order.status === 'confirmed') assert.deepEqual(net, { charges: 1, netCents: order.totalCents });
@@ -77,7 +89,9 @@ describe('restart on the embedded database', () => {
     const third = await startTestApp('embedded', { dataDir, gateway });
     try {
       assert.deepEqual(await migrate(third.app.db), [], 'a reopen applied a migration again');
-      const recorded = await third.app.db.query<{ name: string; n: number }>('SELECT name, count(*)::int AS n FROM public.schema_migrations GROUP BY name ORDER BY name');
+      const recorded = await third.app.db.query<{ name: string; n: number }>(
+        'SELECT name, count(*)::int AS n FROM public.schema_migrations GROUP BY name ORDER BY name',
+      );
       assert.deepEqual(
         recorded.map((r) => [r.name, r.n]),
         migrations.map((name) => [name, 1]),

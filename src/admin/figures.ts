@@ -17,13 +17,25 @@ import type { Logger } from 'pino';
 import type { JobQueue } from '../messaging/queue.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { deleteProcessFigures, deleteStaleFigures, freshProcessFigures, writeProcessFigures, type ProcessFiguresRow, type ProcessIdentity } from './store.ts';
+import {
+  deleteProcessFigures,
+  deleteStaleFigures,
+  freshProcessFigures,
+  writeProcessFigures,
+  type ProcessFiguresRow,
+  type ProcessIdentity,
+} from './store.ts';
 
 export interface ProcessFigures {
   /** Seconds these figures cover. */
   intervalSeconds: number;
   /** Orders per second through this process: placed (accepted, including those rejected out_of_stock at once), and payment outcomes. */
-  orders: { acceptedPerSecond: number; confirmedPerSecond: number; rejectedPerSecond: number; cancelledPerSecond: number };
+  orders: {
+    acceptedPerSecond: number;
+    confirmedPerSecond: number;
+    rejectedPerSecond: number;
+    cancelledPerSecond: number;
+  };
   /** Latency of POST /v1/orders over the interval, in ms; null when no order was placed through this process. */
   acceptLatencyMs: { p50: number; p95: number; p99: number; max: number; count: number } | null;
   /** Jobs waiting or running per queue (database queue rows; broker mode: outbox, broker and in flight), as this process reads them; null when it could not. */
@@ -33,7 +45,10 @@ export interface ProcessFigures {
   /** Processes that call the gateway (the pay worker): calls per second, their mean latency in ms (null without calls), and the circuit breaker. */
   gateway: { callsPerSecond: number; meanLatencyMs: number | null; circuit: 'closed' | 'open' } | null;
   /** Group commit: transactions per second and their mean size in orders or jobs (null without any). */
-  batches: { accept: { perSecond: number; meanSize: number | null }; worker: { perSecond: number; meanSize: number | null } };
+  batches: {
+    accept: { perSecond: number; meanSize: number | null };
+    worker: { perSecond: number; meanSize: number | null };
+  };
 }
 
 /** Accept latencies kept per interval; above this a uniform sample (Algorithm R) stands for them. */
@@ -82,7 +97,13 @@ export class FiguresReporter {
   constructor(options: FiguresReporterOptions) {
     this.#options = options;
     this.#intervalMs = options.intervalMs ?? 1_000;
-    this.identity = { processId: `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`, role: options.role, host: hostname(), pid: process.pid, startedAt: new Date() };
+    this.identity = {
+      processId: `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`,
+      role: options.role,
+      host: hostname(),
+      pid: process.pid,
+      startedAt: new Date(),
+    };
   }
 
   /** Records one accept request's duration, in ms. */
@@ -100,7 +121,12 @@ export class FiguresReporter {
     this.#timer = setInterval(() => {
       this.#running = this.report().then(
         () => undefined,
-        (error: unknown) => this.#options.log.warn({ err: error }, 'could not write this process\'s live figures; the next interval tries again'));
+        (error: unknown) =>
+          this.#options.log.warn(
+            { err: error },
+            "could not write this process's live figures; the next interval tries again",
+          ),
+      );
     }, this.#intervalMs);
     this.#timer.unref();
   }
@@ -111,7 +137,7 @@ export class FiguresReporter {
     await this.#running;
     // Gone at once from the console rather than after STALE_FIGURES_MS.
     await deleteProcessFigures(this.#options.db, this.identity.processId).catch((error: unknown) =>
-      this.#options.log.warn({ err: error }, 'could not remove this process\'s live figures; they expire on their own'),
+      this.#options.log.warn({ err: error }, "could not remove this process's live figures; they expire on their own"),
     );
   }
 
@@ -131,24 +157,45 @@ export class FiguresReporter {
     this.#last = now;
     const seconds = Math.max((now.at - before.at) / 1000, 1e-3);
     const rate = (key: keyof Reading) => round((now[key] - before[key]) / seconds);
-    const mean = (sum: keyof Reading, count: keyof Reading) => (now[count] > before[count] ? round((now[sum] - before[sum]) / (now[count] - before[count])) : null);
+    const mean = (sum: keyof Reading, count: keyof Reading) =>
+      now[count] > before[count] ? round((now[sum] - before[sum]) / (now[count] - before[count])) : null;
 
     const samples = this.#samples.sort((a, b) => a - b);
     this.#samples = [];
     this.#seen = 0;
-    const percentile = (p: number) => round(samples[Math.min(samples.length - 1, Math.ceil((p / 100) * samples.length) - 1)]!);
+    const percentile = (p: number) =>
+      round(samples[Math.min(samples.length - 1, Math.ceil((p / 100) * samples.length) - 1)]!);
 
     await queue.refreshMetrics();
     const backlog = await gaugeByQueue(metrics.jobBacklog);
     const circuit = (await metrics.gatewayCircuitOpen.get()).values[0]?.value === 1 ? 'open' : 'closed';
     return {
       intervalSeconds: round(seconds),
-      orders: { acceptedPerSecond: rate('accepted'), confirmedPerSecond: rate('confirmed'), rejectedPerSecond: rate('rejected'), cancelledPerSecond: rate('cancelled') },
-      acceptLatencyMs: samples.length === 0 ? null : { p50: percentile(50), p95: percentile(95), p99: percentile(99), max: round(samples.at(-1)!), count: samples.length },
+      orders: {
+        acceptedPerSecond: rate('accepted'),
+        confirmedPerSecond: rate('confirmed'),
+        rejectedPerSecond: rate('rejected'),
+        cancelledPerSecond: rate('cancelled'),
+      },
+      acceptLatencyMs:
+        samples.length === 0
+          ? null
+          : {
+              p50: percentile(50),
+              p95: percentile(95),
+              p99: percentile(99),
+              max: round(samples.at(-1)!),
+              count: samples.length,
+            },
       backlog: (await metrics.backlogUp.get()).values.some((v) => v.value === 0) ? null : backlog,
       outbox: this.#options.hasOutbox ? await gaugeByQueue(metrics.outboxBacklog) : null,
       gateway: this.#options.callsGateway
-        ? { callsPerSecond: rate('gatewayCount'), meanLatencyMs: mean('gatewaySum', 'gatewayCount') === null ? null : round(mean('gatewaySum', 'gatewayCount')! * 1000), circuit }
+        ? {
+            callsPerSecond: rate('gatewayCount'),
+            meanLatencyMs:
+              mean('gatewaySum', 'gatewayCount') === null ? null : round(mean('gatewaySum', 'gatewayCount')! * 1000),
+            circuit,
+          }
         : null,
       batches: {
         accept: { perSecond: rate('acceptBatches'), meanSize: mean('acceptBatched', 'acceptBatches') },
@@ -162,7 +209,11 @@ export class FiguresReporter {
     const transitions = (await metrics.orderTransitions.get()).values;
     const count = (match: (labels: { status?: string | number; reason?: string | number }) => boolean) =>
       transitions.filter((v) => match(v.labels)).reduce((sum, v) => sum + v.value, 0);
-    const [gateway, accept, worker] = await Promise.all([histogram(metrics.gatewayDuration), histogram(metrics.acceptBatchSize), histogram(metrics.workerBatchSize)]);
+    const [gateway, accept, worker] = await Promise.all([
+      histogram(metrics.gatewayDuration),
+      histogram(metrics.acceptBatchSize),
+      histogram(metrics.workerBatchSize),
+    ]);
     return {
       at: performance.now(),
       accepted: count((l) => l.status === 'pending' || (l.status === 'rejected' && l.reason === 'out_of_stock')),
@@ -180,7 +231,9 @@ export class FiguresReporter {
 }
 
 /** The total count and sum of a histogram, over all its label sets. */
-async function histogram(metric: { get(): Promise<{ values: { metricName?: string; value: number }[] }> }): Promise<{ count: number; sum: number }> {
+async function histogram(metric: {
+  get(): Promise<{ values: { metricName?: string; value: number }[] }>;
+}): Promise<{ count: number; sum: number }> {
   const { values } = await metric.get();
   let count = 0;
   let sum = 0;
@@ -191,7 +244,9 @@ async function histogram(metric: { get(): Promise<{ values: { metricName?: strin
   return { count, sum };
 }
 
-async function gaugeByQueue(metric: { get(): Promise<{ values: { labels: Record<string, string | number>; value: number }[] }> }): Promise<Record<string, number>> {
+async function gaugeByQueue(metric: {
+  get(): Promise<{ values: { labels: Record<string, string | number>; value: number }[] }>;
+}): Promise<Record<string, number>> {
   const { values } = await metric.get();
   return Object.fromEntries(values.map((v) => [String(v.labels.queue), v.value]));
 }
@@ -221,7 +276,10 @@ export interface DeploymentFigures {
     backlog: Record<string, number>;
     outbox: Record<string, number>;
     gateway: { callsPerSecond: number; meanLatencyMs: number | null; circuit: 'closed' | 'open' | null };
-    batches: { accept: { perSecond: number; meanSize: number | null }; worker: { perSecond: number; meanSize: number | null } };
+    batches: {
+      accept: { perSecond: number; meanSize: number | null };
+      worker: { perSecond: number; meanSize: number | null };
+    };
   };
 }
 
@@ -231,7 +289,9 @@ export async function deploymentFigures(db: Queryable): Promise<DeploymentFigure
   const sum = (pick: (f: ProcessFigures) => number) => round(figures.reduce((total, f) => total + pick(f), 0));
   const weightedMean = (parts: { weight: number; mean: number | null }[]) => {
     const weight = parts.reduce((total, p) => total + (p.mean === null ? 0 : p.weight), 0);
-    return weight === 0 ? null : round(parts.reduce((total, p) => total + (p.mean === null ? 0 : p.mean * p.weight), 0) / weight);
+    return weight === 0
+      ? null
+      : round(parts.reduce((total, p) => total + (p.mean === null ? 0 : p.mean * p.weight), 0) / weight);
   };
   const latencies = figures.flatMap((f) => (f.acceptLatencyMs ? [f.acceptLatencyMs] : []));
   const gateways = figures.flatMap((f) => (f.gateway ? [f.gateway] : []));
@@ -249,7 +309,11 @@ export async function deploymentFigures(db: Queryable): Promise<DeploymentFigure
       acceptLatencyMs:
         latencies.length === 0
           ? null
-          : { p50: Math.max(...latencies.map((l) => l.p50)), p95: Math.max(...latencies.map((l) => l.p95)), p99: Math.max(...latencies.map((l) => l.p99)) },
+          : {
+              p50: Math.max(...latencies.map((l) => l.p50)),
+              p95: Math.max(...latencies.map((l) => l.p95)),
+              p99: Math.max(...latencies.map((l) => l.p99)),
+            },
       backlog: maxByQueue(figures.map((f) => f.backlog)),
       outbox: maxByQueue(figures.map((f) => f.outbox)),
       gateway: {
@@ -258,8 +322,18 @@ export async function deploymentFigures(db: Queryable): Promise<DeploymentFigure
         circuit: gateways.length === 0 ? null : gateways.some((g) => g.circuit === 'open') ? 'open' : 'closed',
       },
       batches: {
-        accept: { perSecond: sum((f) => f.batches.accept.perSecond), meanSize: weightedMean(figures.map((f) => ({ weight: f.batches.accept.perSecond, mean: f.batches.accept.meanSize }))) },
-        worker: { perSecond: sum((f) => f.batches.worker.perSecond), meanSize: weightedMean(figures.map((f) => ({ weight: f.batches.worker.perSecond, mean: f.batches.worker.meanSize }))) },
+        accept: {
+          perSecond: sum((f) => f.batches.accept.perSecond),
+          meanSize: weightedMean(
+            figures.map((f) => ({ weight: f.batches.accept.perSecond, mean: f.batches.accept.meanSize })),
+          ),
+        },
+        worker: {
+          perSecond: sum((f) => f.batches.worker.perSecond),
+          meanSize: weightedMean(
+            figures.map((f) => ({ weight: f.batches.worker.perSecond, mean: f.batches.worker.meanSize })),
+          ),
+        },
       },
     },
   };
@@ -267,7 +341,7 @@ export async function deploymentFigures(db: Queryable): Promise<DeploymentFigure
 
 function maxByQueue(readings: (Record<string, number> | null)[]): Record<string, number> {
   const result: Record<string, number> = {};
-  for (const reading of readings) for (const [queue, count] of Object.entries(reading ?? {})) result[queue] = Math.max(result[queue] ?? 0, count);
+  for (const reading of readings)
+    for (const [queue, count] of Object.entries(reading ?? {})) result[queue] = Math.max(result[queue] ?? 0, count);
   return result;
 }
-

@@ -13,11 +13,22 @@ export interface ProcessIdentity {
 }
 
 /** Replaces this process's row. */
-export async function writeProcessFigures(db: Queryable, identity: ProcessIdentity, figures: ProcessFigures): Promise<void> {
+export async function writeProcessFigures(
+  db: Queryable,
+  identity: ProcessIdentity,
+  figures: ProcessFigures,
+): Promise<void> {
   await db.query(
     `INSERT INTO admin.process_figures (process_id, role, host, pid, started_at, figures) VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
      ON CONFLICT (process_id) DO UPDATE SET updated_at = now(), figures = excluded.figures`,
-    [identity.processId, identity.role, identity.host, identity.pid, identity.startedAt.toISOString(), JSON.stringify(figures)],
+    [
+      identity.processId,
+      identity.role,
+      identity.host,
+      identity.pid,
+      identity.startedAt.toISOString(),
+      JSON.stringify(figures),
+    ],
   );
 }
 
@@ -27,7 +38,9 @@ export async function deleteProcessFigures(db: Queryable, processId: string): Pr
 
 /** Rows of processes silent for longer than olderThanMs: they stopped (or lost the database); their figures are history. */
 export async function deleteStaleFigures(db: Queryable, olderThanMs: number): Promise<void> {
-  await db.query('DELETE FROM admin.process_figures WHERE updated_at < now() - make_interval(secs => $1::float8)', [olderThanMs / 1000]);
+  await db.query('DELETE FROM admin.process_figures WHERE updated_at < now() - make_interval(secs => $1::float8)', [
+    olderThanMs / 1000,
+  ]);
 }
 
 export interface ProcessFiguresRow extends ProcessIdentity {
@@ -38,7 +51,15 @@ export interface ProcessFiguresRow extends ProcessIdentity {
 
 /** Every process that wrote its figures within the last withinMs, by role then process id. */
 export async function freshProcessFigures(db: Queryable, withinMs: number): Promise<ProcessFiguresRow[]> {
-  const rows = await db.query<{ process_id: string; role: string; host: string; pid: number; started_at: Date; updated_at: Date; figures: ProcessFigures }>(
+  const rows = await db.query<{
+    process_id: string;
+    role: string;
+    host: string;
+    pid: number;
+    started_at: Date;
+    updated_at: Date;
+    figures: ProcessFigures;
+  }>(
     `SELECT process_id, role, host, pid, started_at, updated_at, figures FROM admin.process_figures
       WHERE updated_at > now() - make_interval(secs => $1::float8) ORDER BY role, process_id`,
     [withinMs / 1000],

@@ -155,7 +155,9 @@ class MemcachedTier implements SharedTier {
   async #fill(entryKey: string, version: string, value: unknown): Promise<void> {
     if (!this.#available('set')) return;
     try {
-      await this.#client.set(entryKey, JSON.stringify({ v: version, value } satisfies StoredEntry), { lifetime: this.#entryTtlS });
+      await this.#client.set(entryKey, JSON.stringify({ v: version, value } satisfies StoredEntry), {
+        lifetime: this.#entryTtlS,
+      });
       this.#succeeded();
     } catch (error) {
       this.#failed(error, 'set');
@@ -165,7 +167,9 @@ class MemcachedTier implements SharedTier {
   /** Memcached keys are at most 250 bytes of printable ASCII; anything else is hashed. */
   #key(kind: 'v' | 'e', key: string): string {
     const plain = `${this.#prefix}${kind}:${key}`;
-    return /^[\x21-\x7e]{1,240}$/.test(plain) ? plain : `${this.#prefix}${kind}#${createHash('sha256').update(key).digest('base64url')}`;
+    return /^[\x21-\x7e]{1,240}$/.test(plain)
+      ? plain
+      : `${this.#prefix}${kind}#${createHash('sha256').update(key).digest('base64url')}`;
   }
 
   #available(operation: 'get' | 'set' | 'invalidate'): boolean {

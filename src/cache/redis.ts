@@ -19,7 +19,11 @@ export interface RedisConnectOptions {
   commandTimeoutMs?: number;
 }
 
-export function connectRedis(url: string, deps: { log: Logger; metrics: Metrics }, options: RedisConnectOptions = {}): RedisConnections {
+export function connectRedis(
+  url: string,
+  deps: { log: Logger; metrics: Metrics },
+  options: RedisConnectOptions = {},
+): RedisConnections {
   const base: RedisOptions = {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,

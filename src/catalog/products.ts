@@ -64,7 +64,9 @@ export async function createProduct(db: Database, input: NewProduct, cache?: Cac
 
 /** Inside a transaction, pass no cache: the transaction must see its own rows. */
 export async function getProduct(db: Queryable, sku: string, cache?: Cache): Promise<Product> {
-  const details = cache ? await cache.getOrLoad(productCacheKey(sku), () => findProductDetails(db, sku)) : await findProductDetails(db, sku);
+  const details = cache
+    ? await cache.getOrLoad(productCacheKey(sku), () => findProductDetails(db, sku))
+    : await findProductDetails(db, sku);
   const level = details && (await stockLevels(db, [sku])).get(sku);
   // Every product has its stock row from the transaction that created it, so
   // the fresh stock read also proves that a cached product still exists.
@@ -72,7 +74,11 @@ export async function getProduct(db: Queryable, sku: string, cache?: Cache): Pro
   return toProduct(details, level);
 }
 
-export async function listProducts(db: Queryable, limit: number, afterSku: string | undefined): Promise<{ items: Product[]; last: string | undefined; more: boolean }> {
+export async function listProducts(
+  db: Queryable,
+  limit: number,
+  afterSku: string | undefined,
+): Promise<{ items: Product[]; last: string | undefined; more: boolean }> {
   const rows = await listProductDetails(db, limit + 1, afterSku);
   const page = rows.slice(0, limit);
   const stock = await stockLevels(
@@ -89,7 +95,10 @@ export async function changeStock(db: Database, sku: string, delta: number): Pro
     if (!level) {
       // Refused under the row lock; the product read above says which bound it would have broken.
       if (product.stock + delta > MAX_STOCK) {
-        throw new AppError('stock_limit_exceeded', `a delta of ${delta} would take the stock of "${sku}" above ${MAX_STOCK} (stock: ${product.stock})`);
+        throw new AppError(
+          'stock_limit_exceeded',
+          `a delta of ${delta} would take the stock of "${sku}" above ${MAX_STOCK} (stock: ${product.stock})`,
+        );
       }
       throw new AppError(
         'insufficient_stock',

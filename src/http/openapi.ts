@@ -34,7 +34,7 @@ const RESPONSE_DESCRIPTIONS: Record<string, string> = {
   400: 'The request is not valid: malformed JSON, an unknown field, a wrong type or a value out of range',
   401: 'The bearer token is missing, malformed, expired, or has the wrong issuer or audience',
   403: 'The token lacks every scope this operation accepts',
-  404: 'Not found (another customer\'s order is not found either)',
+  404: "Not found (another customer's order is not found either)",
   409: 'The request conflicts with the current state',
   413: 'The request body is larger than 64 KiB',
   415: 'The request body is not application/json',
@@ -70,7 +70,12 @@ const transform: SwaggerTransform = ({ schema, url, route }) => {
   return { schema: { ...schema, security: security(scopes), response }, url };
 };
 
-type Operation = { responses?: Record<string, { description?: string; content?: Record<string, unknown>; headers?: Record<string, unknown> }> };
+type Operation = {
+  responses?: Record<
+    string,
+    { description?: string; content?: Record<string, unknown>; headers?: Record<string, unknown> }
+  >;
+};
 
 const transformObject: SwaggerTransformObject = (documentObject) => {
   if (!('openapiObject' in documentObject)) throw new Error('the OpenAPI document is built in OpenAPI mode');
@@ -91,7 +96,9 @@ const transformObject: SwaggerTransformObject = (documentObject) => {
   // A plain copy, without the metadata TypeBox keeps on its values, whose
   // `type` names every problem type of the catalogue: also those any request
   // can meet before a route runs (malformed URL or framing, 405, 414, 431).
-  const problem = JSON.parse(JSON.stringify(Problem)) as typeof Problem & { properties: { type: { description?: string } } };
+  const problem = JSON.parse(JSON.stringify(Problem)) as typeof Problem & {
+    properties: { type: { description?: string } };
+  };
   problem.properties.type.description = `The problem type, one of: ${(Object.keys(ERRORS) as ErrorCode[])
     .map((code) => `\`${problemType(code)}\` (${ERRORS[code].status}: ${ERRORS[code].title})`)
     .join('; ')}`;
@@ -122,7 +129,11 @@ const plugin: Routes = async (app) => {
         { name: 'operations', description: 'Liveness, readiness, metrics and this document; no auth' },
         { name: 'catalog', description: 'Products and stock' },
         { name: 'orders', description: 'Placing, reading and cancelling orders' },
-        { name: 'admin', description: "Operators: every order's history, search, dead letters, live figures, invariants (orders:admin; operations:write to re-drive or discard)" },
+        {
+          name: 'admin',
+          description:
+            "Operators: every order's history, search, dead letters, live figures, invariants (orders:admin; operations:write to re-drive or discard)",
+        },
       ],
       components: {
         securitySchemes: {
@@ -146,7 +157,9 @@ const plugin: Routes = async (app) => {
     schema: {
       tags: ['operations'],
       summary: 'This OpenAPI document',
-      response: { 200: Type.Object({}, { additionalProperties: true, description: 'The OpenAPI 3.1 document of this API' }) },
+      response: {
+        200: Type.Object({}, { additionalProperties: true, description: 'The OpenAPI 3.1 document of this API' }),
+      },
     },
     // The answer is byte for byte what `scripts/openapi.ts` writes.
     serializerCompiler: () => renderOpenApi,

@@ -19,7 +19,10 @@ const READINESS_BUDGET_MS = 1_000;
  * answers within READINESS_BUDGET_MS and its schema is at the version this
  * build needs. GET /readyz and the orderflow_ready gauge both ask this.
  */
-export async function notReady(db: Database, latestMigration: number): Promise<{ reason: string; error?: unknown } | undefined> {
+export async function notReady(
+  db: Database,
+  latestMigration: number,
+): Promise<{ reason: string; error?: unknown } | undefined> {
   try {
     const rows = await withDeadline(
       db.query<{ version: number }>('SELECT coalesce(max(version), 0)::int AS version FROM public.schema_migrations'),
@@ -27,13 +30,20 @@ export async function notReady(db: Database, latestMigration: number): Promise<{
       () => new DatabaseUnavailableError(`the database did not answer within ${READINESS_BUDGET_MS} ms`),
     );
     const version = rows[0]?.version ?? 0;
-    return version < latestMigration ? { reason: `database schema is at version ${version}, this build needs ${latestMigration}` } : undefined;
+    return version < latestMigration
+      ? { reason: `database schema is at version ${version}, this build needs ${latestMigration}` }
+      : undefined;
   } catch (error) {
     return { reason: 'the database is not reachable', error };
   }
 }
 
-export function operationsRoutes(deps: { db: Database; metrics: Metrics; queue: JobQueue; latestMigration: number }): Routes {
+export function operationsRoutes(deps: {
+  db: Database;
+  metrics: Metrics;
+  queue: JobQueue;
+  latestMigration: number;
+}): Routes {
   // Bounded: a dependency that is down leaves its figures out instead of holding the scrape up.
   const refresh = () => deps.queue.refreshMetrics();
   // A node:cluster copy answers for all the copies sharing its port (cluster-metrics.ts).
@@ -45,7 +55,11 @@ export function operationsRoutes(deps: { db: Database; metrics: Metrics; queue: 
       };
   return async (app) => {
     app.get('/healthz', {
-      schema: { tags: ['operations'], summary: 'Liveness: 200 while the process is alive', response: { 200: Type.Object({ status: Type.Literal('ok') }) } },
+      schema: {
+        tags: ['operations'],
+        summary: 'Liveness: 200 while the process is alive',
+        response: { 200: Type.Object({ status: Type.Literal('ok') }) },
+      },
       handler: async () => ({ status: 'ok' as const }),
     });
 
@@ -67,7 +81,12 @@ export function operationsRoutes(deps: { db: Database; metrics: Metrics; queue: 
       schema: {
         tags: ['operations'],
         summary: 'Prometheus metrics (production restricts this route at the network level)',
-        response: { 200: { description: 'Prometheus text exposition format', content: { [deps.metrics.registry.contentType]: { schema: Type.String() } } } },
+        response: {
+          200: {
+            description: 'Prometheus text exposition format',
+            content: { [deps.metrics.registry.contentType]: { schema: Type.String() } },
+          },
+        },
       },
       handler: async (_request, reply) => reply.type(deps.metrics.registry.contentType).send(await scrape()),
     });

@@ -9,7 +9,10 @@ export function encodeCursor(key: string | number): string {
 }
 
 /** The key in a cursor, checked by isKey; undefined without a cursor; AppError validation_failed for any other cursor. */
-export function decodeCursor<T extends string | number>(cursor: string | undefined, isKey: (key: unknown) => key is T): T | undefined {
+export function decodeCursor<T extends string | number>(
+  cursor: string | undefined,
+  isKey: (key: unknown) => key is T,
+): T | undefined {
   if (cursor === undefined) return undefined;
   try {
     const key: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
@@ -17,7 +20,9 @@ export function decodeCursor<T extends string | number>(cursor: string | undefin
   } catch {
     // fall through to the error below
   }
-  throw new AppError('validation_failed', 'cursor is not one this API returned', [{ path: '/querystring/cursor', message: 'invalid cursor' }]);
+  throw new AppError('validation_failed', 'cursor is not one this API returned', [
+    { path: '/querystring/cursor', message: 'invalid cursor' },
+  ]);
 }
 
 export function parseLimit(raw: string | undefined): number {

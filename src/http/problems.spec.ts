@@ -8,8 +8,15 @@ import { buildServer } from './server.ts';
 /** A server whose routes fail as asked, logging JSON lines into `lines` through the production logger. */
 async function failingServer(now: () => number) {
   const lines: Record<string, unknown>[] = [];
-  const log = createLogger('info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
-  const server = buildServer({ log, metrics: createMetrics(), verifyToken: () => Promise.reject(new Error('no tokens here')), errors: { unavailableLogIntervalMs: 10_000, now } });
+  const log = createLogger('info', {
+    write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>),
+  });
+  const server = buildServer({
+    log,
+    metrics: createMetrics(),
+    verifyToken: () => Promise.reject(new Error('no tokens here')),
+    errors: { unavailableLogIntervalMs: 10_000, now },
+  });
   server.get('/down', async () => {
     throw new DatabaseUnavailableError('the database did not answer within 5000 ms');
   });
@@ -30,7 +37,10 @@ describe('error logging', () => {
     const [first] = lines;
     assert.equal(first!.level, 40, 'warn');
     assert.equal(first!.msg, 'requests refused: unavailable (503)');
-    assert.deepEqual(first!.cause, { type: 'DatabaseUnavailableError', message: 'the database did not answer within 5000 ms' });
+    assert.deepEqual(first!.cause, {
+      type: 'DatabaseUnavailableError',
+      message: 'the database did not answer within 5000 ms',
+    });
     assert.equal(first!.refused, 1);
     assert.ok(!JSON.stringify(first).includes('"stack"'), 'no stack: the cause is known');
 

@@ -28,7 +28,10 @@ export async function registerRateLimits(server: Server, options: RateLimitOptio
     skipOnError: true,
     keyGenerator: (request: FastifyRequest) => request.principal?.customerId ?? `ip:${request.ip}`,
     errorResponseBuilder: (_request, context) =>
-      new AppError('rate_limited', `too many requests from this customer: at most ${context.max} per minute; retry in ${context.after}`),
+      new AppError(
+        'rate_limited',
+        `too many requests from this customer: at most ${context.max} per minute; retry in ${context.after}`,
+      ),
   });
 }
 

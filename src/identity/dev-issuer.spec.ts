@@ -11,12 +11,16 @@ function kidFromAnotherProcess(dataDir: string): Promise<string> {
   const script = `const { openDevIssuer } = await import(${JSON.stringify(path.join(import.meta.dirname, 'dev-issuer.ts'))});
 process.stdout.write(String((await openDevIssuer(process.argv[1])).publicJwk.kid));`;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script, dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script, dataDir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
-    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`openDevIssuer failed in another process: ${err}`))));
+    child.on('exit', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`openDevIssuer failed in another process: ${err}`)),
+    );
   });
 }
 

@@ -29,7 +29,10 @@ export interface Allocation {
 }
 
 /** Which orders fit in what lockStock found, in order, and the quantity to hold per SKU for them. Pure. */
-export function allocate(available: ReadonlyMap<string, number>, orders: readonly (readonly StockLine[])[]): Allocation {
+export function allocate(
+  available: ReadonlyMap<string, number>,
+  orders: readonly (readonly StockLine[])[],
+): Allocation {
   const taken = new Map<string, number>();
   const fits = orders.map((lines) => {
     const wanted = mergeLines(lines);

@@ -19,7 +19,22 @@ import { isUniqueViolation, type Database, type Queryable } from '../storage/dat
 import type { Broker, Delivery, Subscription } from './broker.ts';
 import type { Static, TSchema } from 'typebox';
 import { inboxHas, insertInbox, insertOutbox, outboxCounts, pruneInbox } from './store.ts';
-import { consumerOf, inMessageSpan, PermanentJobError, retryPolicy, traceColumn, type RetryOptions, type Consumer, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
+import {
+  consumerOf,
+  inMessageSpan,
+  PermanentJobError,
+  retryPolicy,
+  traceColumn,
+  type RetryOptions,
+  type Consumer,
+  type EnqueueOptions,
+  type Job,
+  type JobHandler,
+  type JobQueue,
+  type JsonObject,
+  type NewJob,
+  type WorkerOptions,
+} from './queue.ts';
 
 export interface BrokerQueueOptions extends RetryOptions {
   /** How long inbox rows are kept: longer than any message can still be redelivered. */
@@ -31,7 +46,10 @@ const MESSAGE_ID = /^[\x21-\x7e]{1,200}$/;
 
 /** The delivery's body as the consumer's payload type, or PermanentJobError saying why it is not. */
 function decode(consumer: Consumer, delivery: Delivery): JsonObject {
-  if (!MESSAGE_ID.test(delivery.id)) throw new PermanentJobError(`malformed message: its id ${JSON.stringify(delivery.id.slice(0, 100))} cannot be recorded`);
+  if (!MESSAGE_ID.test(delivery.id))
+    throw new PermanentJobError(
+      `malformed message: its id ${JSON.stringify(delivery.id.slice(0, 100))} cannot be recorded`,
+    );
   let payload: unknown;
   try {
     payload = JSON.parse(delivery.body);
@@ -76,7 +94,12 @@ export class BrokerQueue implements JobQueue {
     return this.enqueueMany(tx, queue, [{ payload, key: options.key }], options);
   }
 
-  async enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options: Omit<EnqueueOptions, 'key'> = {}): Promise<void> {
+  async enqueueMany(
+    tx: Queryable,
+    queue: string,
+    jobs: readonly NewJob[],
+    options: Omit<EnqueueOptions, 'key'> = {},
+  ): Promise<void> {
     if (jobs.length === 0) return;
     const traces = traceColumn(jobs);
     await insertOutbox(
@@ -108,7 +131,11 @@ export class BrokerQueue implements JobQueue {
     return () => this.#enqueueListeners.delete(listener);
   }
 
-  handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void {
+  handle<S extends TSchema>(
+    queue: string,
+    handler: JobHandler<Static<S> & JsonObject>,
+    options: WorkerOptions<S>,
+  ): void {
     this.#consumers.set(queue, consumerOf(queue, handler, options));
     declareQueue(this.#metrics, queue);
   }
@@ -116,7 +143,11 @@ export class BrokerQueue implements JobQueue {
   start(): void {
     if (this.#subscriptions.length > 0) return;
     for (const consumer of this.#consumers.values()) {
-      this.#subscriptions.push(this.#broker.consume(consumer.queue, (delivery) => this.#deliver(consumer, delivery), { concurrency: consumer.concurrency }));
+      this.#subscriptions.push(
+        this.#broker.consume(consumer.queue, (delivery) => this.#deliver(consumer, delivery), {
+          concurrency: consumer.concurrency,
+        }),
+      );
     }
     // The inbox is the consumers' record, so they keep it from growing.
     if (this.#subscriptions.length > 0 && !this.#pruneTimer) {
@@ -157,7 +188,9 @@ export class BrokerQueue implements JobQueue {
     this.#metrics.outboxBacklog.reset();
     for (const [queue, count] of Object.entries(outbox ?? {})) this.#metrics.outboxBacklog.set({ queue }, count);
     this.#metrics.jobBacklog.reset();
-    if (outbox && held) for (const [queue, count] of Object.entries(addCounts(outbox, held))) this.#metrics.jobBacklog.set({ queue }, count);
+    if (outbox && held)
+      for (const [queue, count] of Object.entries(addCounts(outbox, held)))
+        this.#metrics.jobBacklog.set({ queue }, count);
   }
 
   async #outboxBacklog(): Promise<Record<string, number>> {
@@ -166,7 +199,8 @@ export class BrokerQueue implements JobQueue {
 
   async #brokerBacklog(): Promise<Record<string, number>> {
     const result: Record<string, number> = {};
-    for (const queue of this.#consumers.keys()) result[queue] = (await this.#broker.pending(queue)) + (this.#inFlight.get(queue) ?? 0);
+    for (const queue of this.#consumers.keys())
+      result[queue] = (await this.#broker.pending(queue)) + (this.#inFlight.get(queue) ?? 0);
     return result;
   }
 
@@ -174,7 +208,13 @@ export class BrokerQueue implements JobQueue {
     const { queue } = consumer;
     this.#inFlight.set(queue, (this.#inFlight.get(queue) ?? 0) + 1);
     try {
-      const message = { queue, id: delivery.id, attempt: delivery.attempt, system: this.#broker.kind, trace: delivery.trace };
+      const message = {
+        queue,
+        id: delivery.id,
+        attempt: delivery.attempt,
+        system: this.#broker.kind,
+        trace: delivery.trace,
+      };
       await inMessageSpan(message, () => this.#process(consumer, delivery));
     } finally {
       this.#inFlight.set(queue, (this.#inFlight.get(queue) ?? 1) - 1);
@@ -232,7 +272,12 @@ export class BrokerQueue implements JobQueue {
       await delivery.deadLetter(message);
       this.#metrics.jobsProcessed.inc({ queue, outcome: 'dead' });
       this.#metrics.deadLettered.inc({ queue });
-      this.#log.error({ ...context, err: error }, permanent ? 'message can never succeed; dead-lettered in the broker at once' : 'message failed for the last time; dead-lettered in the broker');
+      this.#log.error(
+        { ...context, err: error },
+        permanent
+          ? 'message can never succeed; dead-lettered in the broker at once'
+          : 'message failed for the last time; dead-lettered in the broker',
+      );
       return;
     }
     const delayMs = this.#retry.delayMs(delivery.attempt);
@@ -247,4 +292,3 @@ function addCounts(a: Record<string, number>, b: Record<string, number>): Record
   for (const [queue, count] of Object.entries(b)) sum[queue] = (sum[queue] ?? 0) + count;
   return sum;
 }
-

@@ -85,7 +85,8 @@ const MAX_ATTEMPTS_LIMIT = 1_000;
  * MAX_ATTEMPTS_LIMIT, or the fallback.
  */
 export function attemptCount(header: unknown, fallback: number): number {
-  const value = typeof header === 'number' ? header : typeof header === 'string' && /^\d{1,4}$/.test(header) ? Number(header) : NaN;
+  const value =
+    typeof header === 'number' ? header : typeof header === 'string' && /^\d{1,4}$/.test(header) ? Number(header) : NaN;
   return Number.isSafeInteger(value) && value >= 1 && value <= MAX_ATTEMPTS_LIMIT ? value : fallback;
 }
 

@@ -15,7 +15,22 @@ import { failActiveSpan } from '../observability/tracing.ts';
 import { storableText } from '../text.ts';
 import type { Static, TSchema } from 'typebox';
 import { buryJob, claimJobs, deleteJobs, insertJobs, jobCounts, retryJobLater, type ClaimedJob } from './store.ts';
-import { consumerOf, inMessageSpan, PermanentJobError, retryPolicy, traceColumn, type RetryOptions, type Consumer as ConsumerSpec, type EnqueueOptions, type Job, type JobHandler, type JobQueue, type JsonObject, type NewJob, type WorkerOptions } from './queue.ts';
+import {
+  consumerOf,
+  inMessageSpan,
+  PermanentJobError,
+  retryPolicy,
+  traceColumn,
+  type RetryOptions,
+  type Consumer as ConsumerSpec,
+  type EnqueueOptions,
+  type Job,
+  type JobHandler,
+  type JobQueue,
+  type JsonObject,
+  type NewJob,
+  type WorkerOptions,
+} from './queue.ts';
 
 export interface DatabaseQueueOptions extends RetryOptions {
   /** Idle polling interval; a local enqueue wakes the workers sooner. */
@@ -57,7 +72,12 @@ export class DatabaseQueue implements JobQueue {
     return this.enqueueMany(tx, queue, [{ payload, key: options.key }], options);
   }
 
-  async enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options: Omit<EnqueueOptions, 'key'> = {}): Promise<void> {
+  async enqueueMany(
+    tx: Queryable,
+    queue: string,
+    jobs: readonly NewJob[],
+    options: Omit<EnqueueOptions, 'key'> = {},
+  ): Promise<void> {
     if (jobs.length === 0) return;
     const traces = traceColumn(jobs);
     await insertJobs(
@@ -80,7 +100,11 @@ export class DatabaseQueue implements JobQueue {
     return () => this.#enqueueListeners.delete(listener);
   }
 
-  handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void {
+  handle<S extends TSchema>(
+    queue: string,
+    handler: JobHandler<Static<S> & JsonObject>,
+    options: WorkerOptions<S>,
+  ): void {
     this.#consumers.set(queue, { ...consumerOf(queue, handler, options), running: 0 });
     declareQueue(this.#metrics, queue);
   }
@@ -126,9 +150,13 @@ export class DatabaseQueue implements JobQueue {
         failures = 0;
       } catch (error) {
         // Once per outage, not once per poll: while the database is away every poll fails.
-        if (failures++ === 0) this.#log.error({ err: error }, 'job queue: claiming jobs failed; retrying with backoff (up to 1 s)');
+        if (failures++ === 0)
+          this.#log.error({ err: error }, 'job queue: claiming jobs failed; retrying with backoff (up to 1 s)');
       }
-      if (failures > 0 && this.#running) await this.#idle(backoffMs(failures, { baseMs: this.#pollIntervalMs * 2, maxMs: DATABASE_QUEUE.claimRetryMaxMs }));
+      if (failures > 0 && this.#running)
+        await this.#idle(
+          backoffMs(failures, { baseMs: this.#pollIntervalMs * 2, maxMs: DATABASE_QUEUE.claimRetryMaxMs }),
+        );
       else if (claimed === 0 && this.#running) await this.#idle(this.#pollIntervalMs);
       else if (this.#inFlight.size > 0 && this.#allBusy()) await Promise.race(this.#inFlight);
     }
@@ -171,7 +199,9 @@ export class DatabaseQueue implements JobQueue {
   }
 
   #run(consumer: Consumer, row: ClaimedJob): Promise<void> {
-    return inMessageSpan({ queue: row.queue, id: row.id, attempt: row.attempts, trace: row.trace_context }, () => this.#runJob(consumer, row));
+    return inMessageSpan({ queue: row.queue, id: row.id, attempt: row.attempts, trace: row.trace_context }, () =>
+      this.#runJob(consumer, row),
+    );
   }
 
   async #runJob(consumer: Consumer, row: ClaimedJob): Promise<void> {
@@ -195,17 +225,35 @@ export class DatabaseQueue implements JobQueue {
     }
   }
 
-  async #fail(row: ClaimedJob, error: unknown, durationMs: number, started = performance.now() - durationMs, releaseAttempt = 1): Promise<void> {
+  async #fail(
+    row: ClaimedJob,
+    error: unknown,
+    durationMs: number,
+    started = performance.now() - durationMs,
+    releaseAttempt = 1,
+  ): Promise<void> {
     // Recorded with the job: whatever the error says, it must be storable.
     failActiveSpan(error);
     const message = storableText(error instanceof Error ? error.message : String(error));
-    const context = { jobId: row.id, queue: row.queue, attempt: row.attempts, maxAttempts: row.max_attempts, durationMs: Math.round(durationMs), err: error };
+    const context = {
+      jobId: row.id,
+      queue: row.queue,
+      attempt: row.attempts,
+      maxAttempts: row.max_attempts,
+      durationMs: Math.round(durationMs),
+      err: error,
+    };
     const permanent = error instanceof PermanentJobError;
     try {
       if (permanent || row.attempts >= row.max_attempts) {
         await buryJob(this.#db, row.id, message);
         this.#metrics.jobsProcessed.inc({ queue: row.queue, outcome: 'dead' });
-        this.#log.error(context, permanent ? 'job can never succeed; moved to messaging.dead_jobs at once' : 'job failed for the last time; moved to messaging.dead_jobs');
+        this.#log.error(
+          context,
+          permanent
+            ? 'job can never succeed; moved to messaging.dead_jobs at once'
+            : 'job failed for the last time; moved to messaging.dead_jobs',
+        );
         return;
       }
       const delayMs = this.#retry.delayMs(row.attempts);
@@ -217,13 +265,23 @@ export class DatabaseQueue implements JobQueue {
       // while it is away either. Left to its lease it would wait a minute
       // after the database is back; tried again every moment, it is released
       // (and retried after its backoff) within a second of the return.
-      const pause = backoffMs(releaseAttempt, { baseMs: DATABASE_QUEUE.releaseRetryMs, maxMs: DATABASE_QUEUE.claimRetryMaxMs });
-      if (releaseError instanceof DatabaseUnavailableError && this.#running && this.#leaseMs - (performance.now() - started) > pause) {
+      const pause = backoffMs(releaseAttempt, {
+        baseMs: DATABASE_QUEUE.releaseRetryMs,
+        maxMs: DATABASE_QUEUE.claimRetryMaxMs,
+      });
+      if (
+        releaseError instanceof DatabaseUnavailableError &&
+        this.#running &&
+        this.#leaseMs - (performance.now() - started) > pause
+      ) {
         await sleep(pause);
         return this.#fail(row, error, durationMs, started, releaseAttempt + 1);
       }
       // The lease will expire and another worker will take the job again.
-      this.#log.error({ ...context, releaseError }, 'job failed and could not be released; it is retried when its lease expires');
+      this.#log.error(
+        { ...context, releaseError },
+        'job failed and could not be released; it is retried when its lease expires',
+      );
     }
   }
 }

@@ -10,7 +10,14 @@
 // dead-lettered at once with the reason, never retried.
 import type { Static, TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
-import { activeCarrier, contextOf, inSpan, SpanKind, tracingEnabled, type TraceCarrier } from '../observability/tracing.ts';
+import {
+  activeCarrier,
+  contextOf,
+  inSpan,
+  SpanKind,
+  tracingEnabled,
+  type TraceCarrier,
+} from '../observability/tracing.ts';
 import { backoffMs, type Backoff } from '../backoff.ts';
 import type { Queryable } from '../storage/database.ts';
 import { JOBS } from '../tunables.ts';
@@ -79,8 +86,14 @@ export interface RetryOptions {
 
 /** RetryOptions with the defaults filled in, and the delay before a failed job's next attempt. */
 export function retryPolicy(options: RetryOptions): { defaultMaxAttempts: number; delayMs(attempt: number): number } {
-  const backoff: Backoff = { baseMs: options.retryBaseMs ?? JOBS.retry.baseMs, maxMs: options.retryMaxMs ?? JOBS.retry.maxMs };
-  return { defaultMaxAttempts: options.defaultMaxAttempts ?? JOBS.maxAttempts, delayMs: (attempt) => backoffMs(attempt, backoff) };
+  const backoff: Backoff = {
+    baseMs: options.retryBaseMs ?? JOBS.retry.baseMs,
+    maxMs: options.retryMaxMs ?? JOBS.retry.maxMs,
+  };
+  return {
+    defaultMaxAttempts: options.defaultMaxAttempts ?? JOBS.maxAttempts,
+    delayMs: (attempt) => backoffMs(attempt, backoff),
+  };
 }
 
 export interface NewJob {
@@ -145,18 +158,36 @@ export interface Consumer {
 }
 
 /** The Consumer record of a handle() call, for JobQueue implementations. */
-export function consumerOf<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): Consumer {
-  return { queue, handler: handler as JobHandler<JsonObject>, parse: payloadParser(options.payload), concurrency: options.concurrency };
+export function consumerOf<S extends TSchema>(
+  queue: string,
+  handler: JobHandler<Static<S> & JsonObject>,
+  options: WorkerOptions<S>,
+): Consumer {
+  return {
+    queue,
+    handler: handler as JobHandler<JsonObject>,
+    parse: payloadParser(options.payload),
+    concurrency: options.concurrency,
+  };
 }
 
 export interface JobQueue {
   enqueue(tx: Queryable, queue: string, payload: JsonObject, options?: EnqueueOptions): Promise<void>;
   /** Several jobs in one statement (a batch of accepted orders queues all its charges at once). */
-  enqueueMany(tx: Queryable, queue: string, jobs: readonly NewJob[], options?: Omit<EnqueueOptions, 'key'>): Promise<void>;
+  enqueueMany(
+    tx: Queryable,
+    queue: string,
+    jobs: readonly NewJob[],
+    options?: Omit<EnqueueOptions, 'key'>,
+  ): Promise<void>;
   /** job.markDone(tx) for several of this queue's jobs in one statement (handlers whose transactions are group-committed). */
   markDoneMany(tx: Queryable, jobs: readonly Job[]): Promise<void>;
   /** Registers the handler of a queue and the schema of its payloads; deliveries start with start(). */
-  handle<S extends TSchema>(queue: string, handler: JobHandler<Static<S> & JsonObject>, options: WorkerOptions<S>): void;
+  handle<S extends TSchema>(
+    queue: string,
+    handler: JobHandler<Static<S> & JsonObject>,
+    options: WorkerOptions<S>,
+  ): void;
   /** Called soon after each enqueue in this process (before the caller commits: a listener may find nothing yet); returns the unsubscribe. */
   onEnqueue(listener: () => void): () => void;
   start(): void;

@@ -18,8 +18,24 @@ import { BROKER, JOBS } from '../tunables.ts';
 import { consumeLoop, type ConsumeAttempt, type ConsumeSession } from './consume-loop.ts';
 import { createHash } from 'node:crypto';
 import type { GetMessage } from 'amqplib';
-import { invalidDeadLetterCursor, type BrokerDeadLetters, type DeadLetter, type DeadLetterPage } from './dead-letters.ts';
-import { attemptCount, DEFAULT_BROKER_PREFIX, traceHeaders, withTimeout, type Broker, type BrokerOptions, type Delivery, type DeliveryHandler, type OutgoingMessage, type Subscription } from './broker.ts';
+import {
+  invalidDeadLetterCursor,
+  type BrokerDeadLetters,
+  type DeadLetter,
+  type DeadLetterPage,
+} from './dead-letters.ts';
+import {
+  attemptCount,
+  DEFAULT_BROKER_PREFIX,
+  traceHeaders,
+  withTimeout,
+  type Broker,
+  type BrokerOptions,
+  type Delivery,
+  type DeliveryHandler,
+  type OutgoingMessage,
+  type Subscription,
+} from './broker.ts';
 
 export type RabbitMqBrokerOptions = BrokerOptions;
 
@@ -36,11 +52,19 @@ function retryStep(delayMs: number): number {
   return RETRY_STEPS_MS.find((step) => step >= delayMs) ?? RETRY_STEPS_MS.at(-1)!;
 }
 
-function publishConfirmed(channel: ConfirmChannel, exchange: string, routingKey: string, content: Buffer, options: Options.Publish): Promise<void> {
+function publishConfirmed(
+  channel: ConfirmChannel,
+  exchange: string,
+  routingKey: string,
+  content: Buffer,
+  options: Options.Publish,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     try {
       // A nack arrives as an error without detail.
-      channel.publish(exchange, routingKey, content, options, (error: unknown) => (error ? reject(error instanceof Error ? error : new Error('the broker refused the message')) : resolve()));
+      channel.publish(exchange, routingKey, content, options, (error: unknown) =>
+        error ? reject(error instanceof Error ? error : new Error('the broker refused the message')) : resolve(),
+      );
     } catch (error) {
       reject(error instanceof Error ? error : new Error(String(error)));
     }
@@ -90,7 +114,11 @@ export class RabbitMqBroker implements Broker, BrokerDeadLetters {
   #connect(): Promise<ChannelModel> {
     if (this.#closed) return Promise.reject(new Error('the RabbitMQ broker adapter is closed'));
     if (this.#connection) return this.#connection;
-    const attempt = withTimeout('RabbitMQ connect', this.#publishTimeoutMs, connect(this.#url, { timeout: BROKER.connectTimeoutMs })).then((model) => {
+    const attempt = withTimeout(
+      'RabbitMQ connect',
+      this.#publishTimeoutMs,
+      connect(this.#url, { timeout: BROKER.connectTimeoutMs }),
+    ).then((model) => {
       const forget = () => {
         if (this.#connection === attempt) {
           this.#connection = undefined;
@@ -173,7 +201,11 @@ export class RabbitMqBroker implements Broker, BrokerDeadLetters {
               persistent: true,
               contentType: 'application/json',
               messageId: message.id,
-              headers: { [ATTEMPT_HEADER]: 1, [MAX_ATTEMPTS_HEADER]: message.maxAttempts, ...traceHeaders(message.trace) },
+              headers: {
+                [ATTEMPT_HEADER]: 1,
+                [MAX_ATTEMPTS_HEADER]: message.maxAttempts,
+                ...traceHeaders(message.trace),
+              },
             }),
           ),
         );
@@ -183,8 +215,12 @@ export class RabbitMqBroker implements Broker, BrokerDeadLetters {
 
   consume(queue: string, handler: DeliveryHandler, options: { concurrency: number }): Subscription {
     const concurrency = Math.max(1, options.concurrency);
-    return consumeLoop({ name: 'RabbitMQ', log: this.#log, live: this.#subscriptions }, queue, handler, options, (session) =>
-      this.#subscribeOnce(queue, concurrency, session),
+    return consumeLoop(
+      { name: 'RabbitMQ', log: this.#log, live: this.#subscriptions },
+      queue,
+      handler,
+      options,
+      (session) => this.#subscribeOnce(queue, concurrency, session),
     );
   }
 
@@ -265,14 +301,20 @@ export class RabbitMqBroker implements Broker, BrokerDeadLetters {
         const delay = Math.max(1, Math.round(delayMs));
         await republish(this.retryQueueName(queue, retryStep(delay)), { [ATTEMPT_HEADER]: attempt + 1 }, delay);
       },
-      deadLetter: async (reason) => republish(this.deadQueueName(queue), { [DEAD_REASON_HEADER]: reason.slice(0, 1_000), [DEAD_AT_HEADER]: Date.now() }),
+      deadLetter: async (reason) =>
+        republish(this.deadQueueName(queue), {
+          [DEAD_REASON_HEADER]: reason.slice(0, 1_000),
+          [DEAD_AT_HEADER]: Date.now(),
+        }),
     };
   }
 
   async #count(names: string[]): Promise<number> {
     const channel = await this.#publisherChannel();
     let total = 0;
-    for (const name of names) total += (await withTimeout('RabbitMQ checkQueue', this.#publishTimeoutMs, channel.checkQueue(name))).messageCount;
+    for (const name of names)
+      total += (await withTimeout('RabbitMQ checkQueue', this.#publishTimeoutMs, channel.checkQueue(name)))
+        .messageCount;
     return total;
   }
 
@@ -311,7 +353,11 @@ export class RabbitMqBroker implements Broker, BrokerDeadLetters {
     return { items, next: letters.length > skip + options.limit ? String(skip + options.limit) : undefined };
   }
 
-  async settleDead(queues: readonly string[], ids: readonly string[], settle: (letter: DeadLetter) => Promise<void>): Promise<void> {
+  async settleDead(
+    queues: readonly string[],
+    ids: readonly string[],
+    settle: (letter: DeadLetter) => Promise<void>,
+  ): Promise<void> {
     const wanted = new Set(ids);
     const settled = new Set<string>();
     await this.#withDeadQueues(queues, async (channel, queue) => {
@@ -337,20 +383,33 @@ export class RabbitMqBroker implements Broker, BrokerDeadLetters {
   }
 
   /** Runs fn per queue on one channel of its own; closing it hands back every message taken and not acknowledged. */
-  async #withDeadQueues(queues: readonly string[], fn: (channel: ConfirmChannel, queue: string) => Promise<void>): Promise<void> {
+  async #withDeadQueues(
+    queues: readonly string[],
+    fn: (channel: ConfirmChannel, queue: string) => Promise<void>,
+  ): Promise<void> {
     const publisher = await this.#publisherChannel();
     for (const queue of queues) await this.#declare(publisher, queue);
     const channel = await this.#channel();
     try {
       for (const queue of queues) await fn(channel, queue);
     } finally {
-      await channel.close().catch((error: unknown) => this.#log.warn({ err: error }, 'RabbitMQ: closing the dead-letter channel failed; its messages return when the connection closes'));
+      await channel
+        .close()
+        .catch((error: unknown) =>
+          this.#log.warn(
+            { err: error },
+            'RabbitMQ: closing the dead-letter channel failed; its messages return when the connection closes',
+          ),
+        );
     }
   }
 
   #deadLetter(queue: string, msg: GetMessage): DeadLetter {
     const headers = msg.properties.headers ?? {};
-    const messageId = typeof msg.properties.messageId === 'string' && msg.properties.messageId !== '' ? msg.properties.messageId : `sha256-${createHash('sha256').update(msg.content).digest('hex').slice(0, 32)}`;
+    const messageId =
+      typeof msg.properties.messageId === 'string' && msg.properties.messageId !== ''
+        ? msg.properties.messageId
+        : `sha256-${createHash('sha256').update(msg.content).digest('hex').slice(0, 32)}`;
     const diedAt = Number(headers[DEAD_AT_HEADER]);
     return {
       id: `${queue}:${messageId}`,
@@ -368,7 +427,11 @@ export class RabbitMqBroker implements Broker, BrokerDeadLetters {
     const channel = await this.#channel();
     try {
       for (const queue of queues) {
-        for (const name of [this.queueName(queue), this.deadQueueName(queue), ...RETRY_STEPS_MS.map((step) => this.retryQueueName(queue, step))]) {
+        for (const name of [
+          this.queueName(queue),
+          this.deadQueueName(queue),
+          ...RETRY_STEPS_MS.map((step) => this.retryQueueName(queue, step)),
+        ]) {
           await channel.deleteQueue(name);
         }
       }

@@ -95,7 +95,12 @@ export class Relay {
   async #publishBatch(tx: Queryable): Promise<number> {
     const rows = await readyOutbox(tx, this.#batchSize);
     if (rows.length === 0) return 0;
-    const messages: OutgoingMessage[] = rows.map((row) => ({ id: row.message_id, queue: row.queue, payload: row.payload, maxAttempts: row.max_attempts }));
+    const messages: OutgoingMessage[] = rows.map((row) => ({
+      id: row.message_id,
+      queue: row.queue,
+      payload: row.payload,
+      maxAttempts: row.max_attempts,
+    }));
     await this.#publish(messages, rows);
     await deleteOutbox(
       tx,
@@ -148,7 +153,10 @@ export class Relay {
         failures++;
         this.#metrics.relayFailures.inc();
         const retryInMs = Math.round(backoffMs(failures, this.#retry));
-        this.#log.error({ err: error, failedPasses: failures, retryInMs }, 'relay pass failed; the outbox keeps the messages and the pass is retried');
+        this.#log.error(
+          { err: error, failedPasses: failures, retryInMs },
+          'relay pass failed; the outbox keeps the messages and the pass is retried',
+        );
         await this.#idle(retryInMs, false);
         continue;
       }

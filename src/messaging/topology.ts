@@ -8,9 +8,16 @@ import { pino } from 'pino';
 import { NatsBroker } from './nats-broker.ts';
 import { RabbitMqBroker } from './rabbitmq-broker.ts';
 
-export async function deleteBrokerTopology(brokerUrl: string, prefix: string, queues: readonly string[]): Promise<void> {
+export async function deleteBrokerTopology(
+  brokerUrl: string,
+  prefix: string,
+  queues: readonly string[],
+): Promise<void> {
   const log = pino({ level: 'silent' });
-  const broker = new URL(brokerUrl).protocol === 'nats:' ? new NatsBroker(brokerUrl, log, { prefix }) : new RabbitMqBroker(brokerUrl, log, { prefix });
+  const broker =
+    new URL(brokerUrl).protocol === 'nats:'
+      ? new NatsBroker(brokerUrl, log, { prefix })
+      : new RabbitMqBroker(brokerUrl, log, { prefix });
   try {
     await broker.deleteTopology(queues);
   } finally {

@@ -29,7 +29,11 @@ interface Message {
   error?: string;
 }
 
-const isMessage = (value: unknown): value is Message => typeof value === 'object' && value !== null && typeof (value as Message).type === 'string' && typeof (value as Message).id === 'number';
+const isMessage = (value: unknown): value is Message =>
+  typeof value === 'object' &&
+  value !== null &&
+  typeof (value as Message).type === 'string' &&
+  typeof (value as Message).id === 'number';
 
 /**
  * In the supervisor: answers the copies' scrapes with the sum of every
@@ -67,7 +71,8 @@ export function aggregateCopiesMetrics(): void {
       })
       .then(
         (text) => copy.isConnected() && copy.send({ type: SCRAPED, id: message.id, text }),
-        (error: unknown) => copy.isConnected() && copy.send({ type: SCRAPED, id: message.id, error: (error as Error).message }),
+        (error: unknown) =>
+          copy.isConnected() && copy.send({ type: SCRAPED, id: message.id, error: (error as Error).message }),
       );
   });
 }
@@ -105,7 +110,10 @@ export function copyMetrics(registry: Registry, refresh: () => Promise<void>): (
       const pending = waiting.get(message.id);
       waiting.delete(message.id);
       if (message.text !== undefined) pending?.resolve(message.text);
-      else pending?.reject(new Error(`the supervisor could not add up the copies' metrics: ${message.error ?? 'no answer'}`));
+      else
+        pending?.reject(
+          new Error(`the supervisor could not add up the copies' metrics: ${message.error ?? 'no answer'}`),
+        );
     }
   });
   return () =>

@@ -6,14 +6,24 @@ import { createMetrics, readAtScrape } from './metrics.ts';
 const silent = pino({ level: 'silent' });
 
 function sample(text: string, name: string): string | undefined {
-  return text.split('\n').find((line) => line.startsWith(`${name} `))?.slice(name.length + 1);
+  return text
+    .split('\n')
+    .find((line) => line.startsWith(`${name} `))
+    ?.slice(name.length + 1);
 }
 
 describe('readAtScrape', () => {
   it('reports readiness and the pending orders, reading them once per scrape', async () => {
     const metrics = createMetrics();
     let reads = 0;
-    readAtScrape(metrics, { ready: async () => true, pendingOrders: async () => (reads++, { count: 7, overdue: 2, oldestAgeSeconds: 93.5 }) }, silent);
+    readAtScrape(
+      metrics,
+      {
+        ready: async () => true,
+        pendingOrders: async () => (reads++, { count: 7, overdue: 2, oldestAgeSeconds: 93.5 }),
+      },
+      silent,
+    );
     const text = await metrics.registry.metrics();
     assert.equal(sample(text, 'orderflow_ready'), '1');
     assert.equal(sample(text, 'orderflow_pending_orders'), '7');
@@ -38,7 +48,11 @@ describe('readAtScrape', () => {
 
   it('reads not ready when the check fails', async () => {
     const metrics = createMetrics();
-    readAtScrape(metrics, { ready: () => Promise.reject(new Error('down')), pendingOrders: () => Promise.reject(new Error('down')) }, silent);
+    readAtScrape(
+      metrics,
+      { ready: () => Promise.reject(new Error('down')), pendingOrders: () => Promise.reject(new Error('down')) },
+      silent,
+    );
     const text = await metrics.registry.metrics();
     assert.equal(sample(text, 'orderflow_ready'), '0');
     assert.equal(sample(text, 'orderflow_pending_order_oldest_age_seconds'), undefined);

@@ -238,7 +238,12 @@ export interface ScrapeReadings {
  * readiness then reads 0, and the pending-order gauges are left out of that
  * scrape (absent, not stale) and the failure is logged.
  */
-export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Logger, timeoutMs = SCRAPE_BUDGET_MS): void {
+export function readAtScrape(
+  metrics: Metrics,
+  readings: ScrapeReadings,
+  log: Logger,
+  timeoutMs = SCRAPE_BUDGET_MS,
+): void {
   const registers = [metrics.registry];
   new Gauge({
     name: 'orderflow_ready',
@@ -260,7 +265,11 @@ export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Lo
         return undefined;
       })
       .finally(() => (reading = undefined)));
-  const gauge = (name: string, help: string, pick: (stats: { count: number; overdue: number; oldestAgeSeconds: number }) => number) =>
+  const gauge = (
+    name: string,
+    help: string,
+    pick: (stats: { count: number; overdue: number; oldestAgeSeconds: number }) => number,
+  ) =>
     new Gauge({
       name,
       help,
@@ -272,9 +281,21 @@ export function readAtScrape(metrics: Metrics, readings: ScrapeReadings, log: Lo
         else this.set(pick(stats));
       },
     });
-  gauge('orderflow_pending_orders', 'Orders waiting for their payment outcome (status pending), database-wide; read at scrape time', (s) => s.count);
-  gauge('orderflow_pending_orders_overdue', 'Pending orders untouched for longer than PENDING_DEADLINE_MS (the sweeper re-drives them), database-wide; read at scrape time', (s) => s.overdue);
-  gauge('orderflow_pending_order_oldest_age_seconds', 'Age of the oldest pending order in seconds (0 when none), database-wide; read at scrape time', (s) => s.oldestAgeSeconds);
+  gauge(
+    'orderflow_pending_orders',
+    'Orders waiting for their payment outcome (status pending), database-wide; read at scrape time',
+    (s) => s.count,
+  );
+  gauge(
+    'orderflow_pending_orders_overdue',
+    'Pending orders untouched for longer than PENDING_DEADLINE_MS (the sweeper re-drives them), database-wide; read at scrape time',
+    (s) => s.overdue,
+  );
+  gauge(
+    'orderflow_pending_order_oldest_age_seconds',
+    'Age of the oldest pending order in seconds (0 when none), database-wide; read at scrape time',
+    (s) => s.oldestAgeSeconds,
+  );
 }
 
 function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
@@ -286,7 +307,12 @@ function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
  * or undefined when it fails or is late (a dependency that is down must
  * never hold /metrics up). Sets orderflow_backlog_up for the source.
  */
-export async function readForScrape<T>(metrics: Metrics, log: Logger, source: 'database' | 'broker', read: () => Promise<T>): Promise<T | undefined> {
+export async function readForScrape<T>(
+  metrics: Metrics,
+  log: Logger,
+  source: 'database' | 'broker',
+  read: () => Promise<T>,
+): Promise<T | undefined> {
   try {
     const value = await bounded(read(), SCRAPE_BUDGET_MS);
     metrics.backlogUp.set({ source }, 1);
@@ -297,4 +323,3 @@ export async function readForScrape<T>(metrics: Metrics, log: Logger, source: 'd
     return undefined;
   }
 }
-

@@ -25,7 +25,8 @@ export function startTracing(env: Record<string, string | undefined>): void {
       // node:http calls only inside a trace. The gateway client (undici) makes
       // its own span (http-gateway.ts).
       new HttpInstrumentation({
-        ignoreIncomingRequestHook: (request: IncomingMessage) => UNTRACED_PATHS.has((request.url ?? '/').split('?')[0] ?? '/'),
+        ignoreIncomingRequestHook: (request: IncomingMessage) =>
+          UNTRACED_PATHS.has((request.url ?? '/').split('?')[0] ?? '/'),
         requireParentforOutgoingSpans: true,
       }),
       // The cache and the rate limits, inside a request's trace only.

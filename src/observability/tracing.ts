@@ -9,7 +9,18 @@
 // https://www.w3.org/TR/trace-context/) travels as a carrier of plain
 // strings: in the outbox and job rows (trace_context), in broker message
 // headers, in the gateway's request headers.
-import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Link, type Span } from '@opentelemetry/api';
+import {
+  context,
+  propagation,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Attributes,
+  type Context,
+  type Link,
+  type Span,
+} from '@opentelemetry/api';
 
 export { SpanKind };
 export type { Span };
@@ -33,7 +44,9 @@ export async function shutdownTracing(): Promise<void> {
   const shutdown = stop;
   stop = undefined;
   enabled = false;
-  await shutdown?.().catch((error: unknown) => process.stderr.write(`orderflow: flushing traces failed: ${(error as Error).message}\n`));
+  await shutdown?.().catch((error: unknown) =>
+    process.stderr.write(`orderflow: flushing traces failed: ${(error as Error).message}\n`),
+  );
 }
 
 /** A trace context as W3C Trace Context header values. */
@@ -51,7 +64,9 @@ export function activeCarrier(): TraceCarrier | undefined {
 function carrierOf(ctx: Context): TraceCarrier | undefined {
   const carrier: Record<string, string> = {};
   propagation.inject(ctx, carrier);
-  return carrier.traceparent ? { traceparent: carrier.traceparent, ...(carrier.tracestate ? { tracestate: carrier.tracestate } : {}) } : undefined;
+  return carrier.traceparent
+    ? { traceparent: carrier.traceparent, ...(carrier.tracestate ? { tracestate: carrier.tracestate } : {}) }
+    : undefined;
 }
 
 /**
@@ -92,7 +107,11 @@ export interface SpanOptions {
 export function inSpan<T>(name: string, options: SpanOptions, fn: (span: Span | undefined) => Promise<T>): Promise<T> {
   if (!enabled) return fn(undefined);
   const parent = options.root ? ROOT_CONTEXT : (options.parent ?? context.active());
-  const span = tracer.startSpan(name, { kind: options.kind ?? SpanKind.INTERNAL, attributes: options.attributes, links: options.links }, parent);
+  const span = tracer.startSpan(
+    name,
+    { kind: options.kind ?? SpanKind.INTERNAL, attributes: options.attributes, links: options.links },
+    parent,
+  );
   return context.with(trace.setSpan(parent, span), async () => {
     try {
       return await fn(span);
@@ -130,7 +149,11 @@ export function activeSpan(): Span | undefined {
  */
 export function startSpan(name: string, options: SpanOptions): Span | undefined {
   if (!enabled) return undefined;
-  return tracer.startSpan(name, { kind: options.kind ?? SpanKind.INTERNAL, attributes: options.attributes, links: options.links }, options.root ? ROOT_CONTEXT : (options.parent ?? context.active()));
+  return tracer.startSpan(
+    name,
+    { kind: options.kind ?? SpanKind.INTERNAL, attributes: options.attributes, links: options.links },
+    options.root ? ROOT_CONTEXT : (options.parent ?? context.active()),
+  );
 }
 
 /** The carrier that makes a span the parent of work elsewhere (a message's consumer). */

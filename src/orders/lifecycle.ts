@@ -7,7 +7,14 @@ import { AppError } from '../errors.ts';
 import { allocate, holdStock, lockStock, release } from '../inventory/stock.ts';
 import type { Database, Queryable } from '../storage/database.ts';
 import type { PaymentPort } from './payment-port.ts';
-import { owesRefund, retryPayment, transition, transitionsOf, type OrderStatus, type RejectReason } from './state-machine.ts';
+import {
+  owesRefund,
+  retryPayment,
+  transition,
+  transitionsOf,
+  type OrderStatus,
+  type RejectReason,
+} from './state-machine.ts';
 import { findOrder, getOrder, lockOrderStatuses, recordOrderEvents, setStatuses, type Order } from './store.ts';
 
 // The reads other modules make of orders; their SQL stays private to store.ts.
@@ -30,7 +37,11 @@ async function lockOrder(tx: Queryable, orderId: string, customerId?: string): P
  * caller read when it locked these orders itself in this transaction
  * (lockOrderStatuses), which saves a round trip.
  */
-export async function confirmOrders(tx: Queryable, orderIds: readonly string[], locked?: Map<string, OrderStatus>): Promise<Map<string, Outcome>> {
+export async function confirmOrders(
+  tx: Queryable,
+  orderIds: readonly string[],
+  locked?: Map<string, OrderStatus>,
+): Promise<Map<string, Outcome>> {
   const before = locked ?? (await lockOrderStatuses(tx, orderIds));
   const { from, to } = transitionsOf('confirm');
   const moving = orderIds.filter((id) => {
@@ -46,11 +57,21 @@ export async function confirmOrders(tx: Queryable, orderIds: readonly string[], 
     ),
   ]);
   const moved = new Set(moving);
-  return new Map(orderIds.map((id) => [id, moved.has(id) ? { changed: true, status: to } : { changed: false, status: before.get(id) }]));
+  return new Map(
+    orderIds.map((id) => [
+      id,
+      moved.has(id) ? { changed: true, status: to } : { changed: false, status: before.get(id) },
+    ]),
+  );
 }
 
 /** Payment failed for good: a pending order is rejected and its stock released; `error` (the gateway's words) goes into its history. */
-export async function rejectOrder(tx: Queryable, orderId: string, reason: RejectReason, error?: string): Promise<Outcome> {
+export async function rejectOrder(
+  tx: Queryable,
+  orderId: string,
+  reason: RejectReason,
+  error?: string,
+): Promise<Outcome> {
   const order = await lockOrder(tx, orderId);
   if (!order) return { changed: false, status: undefined };
   const next = transition(order.status, 'reject');
@@ -67,7 +88,12 @@ export async function rejectOrder(tx: Queryable, orderId: string, reason: Reject
  * other gets back whatever may have moved. Every path that may refund goes
  * through here, so "a confirmed order is never refunded" holds in one place.
  */
-export async function refundIfOwed(tx: Queryable, payments: PaymentPort, orderId: string, status: OrderStatus | undefined): Promise<void> {
+export async function refundIfOwed(
+  tx: Queryable,
+  payments: PaymentPort,
+  orderId: string,
+  status: OrderStatus | undefined,
+): Promise<void> {
   if (owesRefund(status)) await payments.settle(tx, orderId);
 }
 
@@ -87,7 +113,11 @@ export async function cancelOrder(
     const order = await lockOrder(tx, orderId, customerId);
     if (!order) throw new AppError('not_found', `no order with id "${orderId}"`);
     const next = transition(order.status, 'cancel');
-    if (!next.ok) throw new AppError('order_not_cancellable', `the order is ${order.status}: only pending or confirmed orders can be cancelled`);
+    if (!next.ok)
+      throw new AppError(
+        'order_not_cancellable',
+        `the order is ${order.status}: only pending or confirmed orders can be cancelled`,
+      );
     await setStatuses(tx, [orderId], next.to);
     await release(tx, order.items);
     await recordOrderEvents(tx, [{ orderId, type: 'cancel_requested', detail: { by, was: order.status } }]);
@@ -111,9 +141,12 @@ export async function reopenForPayment(tx: Queryable, orderId: string): Promise<
   if (!next.ok) throw new AppError('order_not_retryable', next.reason);
   const skus = [...new Set(order.items.map((i) => i.sku))];
   const { fits, toHold } = allocate(await lockStock(tx, skus), [order.items]);
-  if (!fits[0]) throw new AppError('insufficient_stock', `order ${orderId} cannot hold its stock again: not enough is available`);
+  if (!fits[0])
+    throw new AppError('insufficient_stock', `order ${orderId} cannot hold its stock again: not enough is available`);
   await holdStock(tx, toHold);
   await setStatuses(tx, [orderId], next.to);
-  await recordOrderEvents(tx, [{ orderId, type: 'stock_held', detail: { lines: order.items.map((i) => ({ sku: i.sku, quantity: i.quantity })) } }]);
+  await recordOrderEvents(tx, [
+    { orderId, type: 'stock_held', detail: { lines: order.items.map((i) => ({ sku: i.sku, quantity: i.quantity })) } },
+  ]);
   return { ...order, status: next.to, rejectReason: null };
 }

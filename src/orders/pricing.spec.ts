@@ -104,7 +104,9 @@ describe('priceOrder', () => {
       (error: unknown) => {
         assert.deepEqual(refusal(error), {
           code: 'amount_too_large',
-          errors: [{ path: '/items', message: 'the order totals 3000 EUR minor units, above the order maximum of 2500' }],
+          errors: [
+            { path: '/items', message: 'the order totals 3000 EUR minor units, above the order maximum of 2500' },
+          ],
         });
         return true;
       },
@@ -115,11 +117,17 @@ describe('priceOrder', () => {
     assert.equal(DEFAULT_MAX_TOTAL_CENTS, 99_999_999);
     const odd = new Map([['ODD', { sku: 'ODD', priceCents: 3, currency: 'EUR' }]]);
     assert.equal(priceOrder([{ sku: 'ODD', quantity: 33_333_333 }], odd).totalCents, 99_999_999);
-    assert.throws(() => priceOrder([{ sku: 'ODD', quantity: 33_333_334 }], odd), (error: unknown) => refusal(error).code === 'amount_too_large');
+    assert.throws(
+      () => priceOrder([{ sku: 'ODD', quantity: 33_333_334 }], odd),
+      (error: unknown) => refusal(error).code === 'amount_too_large',
+    );
   });
 
   it('refuses an order that totals 0: nothing could be charged', () => {
-    assert.throws(() => priceOrder([{ sku: 'FREE', quantity: 3 }], prices), (error: unknown) => refusal(error).code === 'amount_too_small');
+    assert.throws(
+      () => priceOrder([{ sku: 'FREE', quantity: 3 }], prices),
+      (error: unknown) => refusal(error).code === 'amount_too_small',
+    );
     assert.equal(
       priceOrder(
         [

@@ -43,7 +43,10 @@ export const DEFAULT_MAX_TOTAL_CENTS = 99_999_999;
 /** The most MAX_ORDER_TOTAL_CENTS may be set to: twelve digits, the largest per-charge limit gateways publish (for currencies such as IDR). */
 export const MAX_CONFIGURABLE_TOTAL_CENTS = 999_999_999_999;
 
-export const DEFAULT_MONEY_LIMITS: MoneyLimits = { maxLineTotalCents: DEFAULT_MAX_TOTAL_CENTS, maxOrderTotalCents: DEFAULT_MAX_TOTAL_CENTS };
+export const DEFAULT_MONEY_LIMITS: MoneyLimits = {
+  maxLineTotalCents: DEFAULT_MAX_TOTAL_CENTS,
+  maxOrderTotalCents: DEFAULT_MAX_TOTAL_CENTS,
+};
 
 /**
  * Prices the lines. Throws AppError: unknown_sku (paths of the lines),
@@ -51,7 +54,11 @@ export const DEFAULT_MONEY_LIMITS: MoneyLimits = { maxLineTotalCents: DEFAULT_MA
  * paths of the lines, or /items for the total) or amount_too_small (a total
  * of 0, which no gateway can charge).
  */
-export function priceOrder(lines: readonly RequestedLine[], prices: ReadonlyMap<string, Price>, limits: MoneyLimits = DEFAULT_MONEY_LIMITS): PricedOrder {
+export function priceOrder(
+  lines: readonly RequestedLine[],
+  prices: ReadonlyMap<string, Price>,
+  limits: MoneyLimits = DEFAULT_MONEY_LIMITS,
+): PricedOrder {
   const unknown: FieldError[] = [];
   lines.forEach((line, index) => {
     if (!prices.has(line.sku)) unknown.push({ path: `/items/${index}/sku`, message: `unknown SKU "${line.sku}"` });
@@ -61,7 +68,10 @@ export function priceOrder(lines: readonly RequestedLine[], prices: ReadonlyMap<
   const priced = lines.map((line) => ({ ...line, priceCents: prices.get(line.sku)!.priceCents }));
   const currencies = new Set(lines.map((line) => prices.get(line.sku)!.currency));
   if (currencies.size > 1) {
-    throw new AppError('mixed_currencies', `the items are priced in ${[...currencies].sort().join(' and ')}; place one order per currency`);
+    throw new AppError(
+      'mixed_currencies',
+      `the items are priced in ${[...currencies].sort().join(' and ')}; place one order per currency`,
+    );
   }
   const currency = [...currencies][0] ?? 'EUR';
 
@@ -78,11 +88,16 @@ export function priceOrder(lines: readonly RequestedLine[], prices: ReadonlyMap<
     total += lineTotal;
   });
   if (tooLarge.length === 0 && total > BigInt(limits.maxOrderTotalCents)) {
-    tooLarge.push({ path: '/items', message: `the order totals ${total} ${currency} minor units, above the order maximum of ${limits.maxOrderTotalCents}` });
+    tooLarge.push({
+      path: '/items',
+      message: `the order totals ${total} ${currency} minor units, above the order maximum of ${limits.maxOrderTotalCents}`,
+    });
   }
   if (tooLarge.length > 0) throw new AppError('amount_too_large', tooLarge.map((e) => e.message).join('; '), tooLarge);
   if (total === 0n) {
-    throw new AppError('amount_too_small', 'the order totals 0: a payment gateway cannot charge nothing', [{ path: '/items', message: 'the order totals 0' }]);
+    throw new AppError('amount_too_small', 'the order totals 0: a payment gateway cannot charge nothing', [
+      { path: '/items', message: 'the order totals 0' },
+    ]);
   }
   return { lines: priced, totalCents: Number(total), currency };
 }

@@ -1,6 +1,19 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { awaitsPayment, holdsStock, isTerminal, owesRefund, refusesRefund, ORDER_STATUSES, REJECT_REASONS, retryPayment, transition, transitionsOf, type OrderEvent, type OrderStatus } from './state-machine.ts';
+import {
+  awaitsPayment,
+  holdsStock,
+  isTerminal,
+  owesRefund,
+  refusesRefund,
+  ORDER_STATUSES,
+  REJECT_REASONS,
+  retryPayment,
+  transition,
+  transitionsOf,
+  type OrderEvent,
+  type OrderStatus,
+} from './state-machine.ts';
 
 describe('order state machine', () => {
   const allowed: [OrderStatus, OrderEvent, OrderStatus][] = [

@@ -26,7 +26,8 @@ const TRANSITIONS: Record<OrderStatus, Partial<Record<OrderEvent, OrderStatus>>>
   cancelled: {},
 };
 
-export type Transition = { ok: true; to: OrderStatus } | { ok: false; reason: `cannot ${OrderEvent} an order that is ${OrderStatus}` };
+export type Transition =
+  { ok: true; to: OrderStatus } | { ok: false; reason: `cannot ${OrderEvent} an order that is ${OrderStatus}` };
 
 export function transition(from: OrderStatus, event: OrderEvent): Transition {
   const to = TRANSITIONS[from][event];
@@ -51,9 +52,15 @@ export function transitionsOf(event: OrderEvent): { from: OrderStatus[]; to: Ord
  * qualifies: a decline is the card holder's answer, out_of_stock is final,
  * and the pipeline itself never re-opens an order.
  */
-export function retryPayment(from: OrderStatus, reason: RejectReason | null): { ok: true; to: OrderStatus } | { ok: false; reason: string } {
+export function retryPayment(
+  from: OrderStatus,
+  reason: RejectReason | null,
+): { ok: true; to: OrderStatus } | { ok: false; reason: string } {
   if (from === 'rejected' && reason === 'payment_failed') return { ok: true, to: 'pending' };
-  return { ok: false, reason: `only an order rejected with payment_failed can have its payment retried; this one is ${from}${reason ? ` (${reason})` : ''}` };
+  return {
+    ok: false,
+    reason: `only an order rejected with payment_failed can have its payment retried; this one is ${from}${reason ? ` (${reason})` : ''}`,
+  };
 }
 
 /** True once the pipeline will do nothing more with the order on its own. */

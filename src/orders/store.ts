@@ -82,7 +82,13 @@ export async function insertOrders(tx: Queryable, orders: readonly NewOrder[]): 
       orders.map((o) => o.currency),
       orders.map((o) => o.rejectReason),
     ]),
-    tx.query(INSERT_ORDER_LINES_SQL, [lines.map((l) => l.orderId), lines.map((l) => l.lineNo), lines.map((l) => l.sku), lines.map((l) => l.quantity), lines.map((l) => l.priceCents)]),
+    tx.query(INSERT_ORDER_LINES_SQL, [
+      lines.map((l) => l.orderId),
+      lines.map((l) => l.lineNo),
+      lines.map((l) => l.sku),
+      lines.map((l) => l.quantity),
+      lines.map((l) => l.priceCents),
+    ]),
   ]);
   const stampOf = new Map(stamps.map((row) => [row.id, row]));
   return orders.map((o) => {
@@ -104,19 +110,29 @@ export async function insertOrders(tx: Queryable, orders: readonly NewOrder[]): 
 /** Reads several orders at once, by id. */
 export async function findOrders(db: Queryable, ids: readonly string[]): Promise<Map<string, Order>> {
   if (ids.length === 0) return new Map();
-  const rows = await db.query<OrderRow>(`SELECT ${ORDER_COLUMNS} FROM orders.orders o WHERE o.id = ANY($1::text[])`, [ids]);
+  const rows = await db.query<OrderRow>(`SELECT ${ORDER_COLUMNS} FROM orders.orders o WHERE o.id = ANY($1::text[])`, [
+    ids,
+  ]);
   return new Map(rows.map((row) => [row.id, toOrder(row)]));
 }
 
 /** The statuses of several orders, without their lines (for decisions that need nothing else). */
 export async function statusesOf(db: Queryable, ids: readonly string[]): Promise<Map<string, OrderStatus>> {
   if (ids.length === 0) return new Map();
-  const rows = await db.query<{ id: string; status: OrderStatus }>('SELECT id, status FROM orders.orders WHERE id = ANY($1::text[])', [ids]);
+  const rows = await db.query<{ id: string; status: OrderStatus }>(
+    'SELECT id, status FROM orders.orders WHERE id = ANY($1::text[])',
+    [ids],
+  );
   return new Map(rows.map((row) => [row.id, row.status]));
 }
 
 /** Reads an order; with a customer id, another customer's order is "not found". */
-export async function findOrder(db: Queryable, id: string, customerId?: string, options: { lock?: boolean } = {}): Promise<Order | undefined> {
+export async function findOrder(
+  db: Queryable,
+  id: string,
+  customerId?: string,
+  options: { lock?: boolean } = {},
+): Promise<Order | undefined> {
   const rows = await db.query<OrderRow>(
     `SELECT ${ORDER_COLUMNS} FROM orders.orders o WHERE o.id = $1 AND ($2::text IS NULL OR o.customer_id = $2)${options.lock ? ' FOR UPDATE' : ''}`,
     [id, customerId ?? null],
@@ -131,7 +147,10 @@ export async function findOrder(db: Queryable, id: string, customerId?: string, 
  */
 export async function lockOrderStatuses(tx: Queryable, ids: readonly string[]): Promise<Map<string, OrderStatus>> {
   if (ids.length === 0) return new Map();
-  const rows = await tx.query<{ id: string; status: OrderStatus }>('SELECT id, status FROM orders.orders WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE', [ids]);
+  const rows = await tx.query<{ id: string; status: OrderStatus }>(
+    'SELECT id, status FROM orders.orders WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE',
+    [ids],
+  );
   return new Map(rows.map((row) => [row.id, row.status]));
 }
 
@@ -143,7 +162,12 @@ export async function getOrder(db: Queryable, id: string, customerId?: string): 
 
 export async function listOrders(
   db: Queryable,
-  filter: { customerId: string | undefined; status: OrderStatus | undefined; limit: number; beforeSeq: number | undefined },
+  filter: {
+    customerId: string | undefined;
+    status: OrderStatus | undefined;
+    limit: number;
+    beforeSeq: number | undefined;
+  },
 ): Promise<{ items: Order[]; lastSeq: number | undefined; more: boolean }> {
   const rows = await db.query<OrderRow>(
     `SELECT ${ORDER_COLUMNS} FROM orders.orders o
@@ -156,12 +180,20 @@ export async function listOrders(
 }
 
 /** Sets the status of orders the caller has locked and checked against the state machine. */
-export async function setStatuses(tx: Queryable, ids: readonly string[], status: OrderStatus, rejectReason: RejectReason | null = null): Promise<void> {
+export async function setStatuses(
+  tx: Queryable,
+  ids: readonly string[],
+  status: OrderStatus,
+  rejectReason: RejectReason | null = null,
+): Promise<void> {
   if (ids.length === 0) return;
   // By primary key only: a condition on status here would let the planner
   // pick the status indexes, whose entries for every order that was ever
   // pending stay until vacuum (a 14-row update took 24 ms that way).
-  await tx.query('UPDATE orders.orders SET status = $2, reject_reason = $3, updated_at = now() WHERE id = ANY($1::text[])', [ids, status, rejectReason]);
+  await tx.query(
+    'UPDATE orders.orders SET status = $2, reject_reason = $3, updated_at = now() WHERE id = ANY($1::text[])',
+    [ids, status, rejectReason],
+  );
 }
 
 /** Pending orders untouched for longer than olderThanMs: candidates for the sweeper. */
@@ -180,7 +212,10 @@ export async function stalePendingOrders(db: Queryable, olderThanMs: number, lim
  * deadline), and the age of the oldest in seconds (0 when none). One read of
  * the partial index orders_pending.
  */
-export async function pendingOrderStats(db: Queryable, olderThanMs: number): Promise<{ count: number; overdue: number; oldestAgeSeconds: number }> {
+export async function pendingOrderStats(
+  db: Queryable,
+  olderThanMs: number,
+): Promise<{ count: number; overdue: number; oldestAgeSeconds: number }> {
   const [row] = await db.query<{ count: number; overdue: number; oldest: number }>(
     `SELECT count(*)::int AS count,
             (count(*) FILTER (WHERE updated_at < now() - make_interval(secs => $1::float8)))::int AS overdue,
@@ -211,10 +246,18 @@ export const CLAIM_KEYS_SQL = `INSERT INTO orders.idempotency_keys (customer_id,
  * distinct; they are inserted in sorted order so two batches racing for the
  * same keys wait on each other instead of deadlocking.
  */
-export async function claimIdempotencyKeys(tx: Queryable, claims: readonly KeyClaim[]): Promise<({ orderId: string; requestHash: string } | null)[]> {
+export async function claimIdempotencyKeys(
+  tx: Queryable,
+  claims: readonly KeyClaim[],
+): Promise<({ orderId: string; requestHash: string } | null)[]> {
   if (claims.length === 0) return [];
   const sorted = [...claims].sort((a, b) => compare(a.customerId, b.customerId) || compare(a.key, b.key));
-  const inserted = await tx.query<{ order_id: string }>(CLAIM_KEYS_SQL, [sorted.map((c) => c.customerId), sorted.map((c) => c.key), sorted.map((c) => c.requestHash), sorted.map((c) => c.orderId)]);
+  const inserted = await tx.query<{ order_id: string }>(CLAIM_KEYS_SQL, [
+    sorted.map((c) => c.customerId),
+    sorted.map((c) => c.key),
+    sorted.map((c) => c.requestHash),
+    sorted.map((c) => c.orderId),
+  ]);
   const claimedNow = new Set(inserted.map((row) => row.order_id));
   const earlier = claims.filter((c) => !claimedNow.has(c.orderId));
   const existing = new Map<string, { orderId: string; requestHash: string }>();
@@ -225,7 +268,8 @@ export async function claimIdempotencyKeys(tx: Queryable, claims: readonly KeyCl
          JOIN unnest($1::text[], $2::text[]) AS c(customer_id, key) ON k.customer_id = c.customer_id AND k.key = c.key`,
       [earlier.map((c) => c.customerId), earlier.map((c) => c.key)],
     );
-    for (const row of rows) existing.set(customerKey(row.customer_id, row.key), { orderId: row.order_id, requestHash: row.request_hash });
+    for (const row of rows)
+      existing.set(customerKey(row.customer_id, row.key), { orderId: row.order_id, requestHash: row.request_hash });
   }
   return claims.map((c) => {
     if (claimedNow.has(c.orderId)) return null;
@@ -291,7 +335,11 @@ export const INSERT_ORDER_EVENTS_SQL = `INSERT INTO orders.order_events (order_i
  */
 export async function recordOrderEvents(tx: Queryable, events: readonly NewOrderEvent[]): Promise<void> {
   if (events.length === 0) return;
-  await tx.query(INSERT_ORDER_EVENTS_SQL, [events.map((e) => e.orderId), events.map((e) => e.type), events.map((e) => JSON.stringify(e.detail ?? {}))]);
+  await tx.query(INSERT_ORDER_EVENTS_SQL, [
+    events.map((e) => e.orderId),
+    events.map((e) => e.type),
+    events.map((e) => JSON.stringify(e.detail ?? {})),
+  ]);
 }
 
 /** An order's history, oldest first. */
@@ -318,7 +366,10 @@ export interface OrderSearch {
 }
 
 /** Orders of every customer matching all the given filters, newest first, a page at a time. */
-export async function searchOrders(db: Queryable, filter: OrderSearch): Promise<{ items: Order[]; lastSeq: number | undefined; more: boolean }> {
+export async function searchOrders(
+  db: Queryable,
+  filter: OrderSearch,
+): Promise<{ items: Order[]; lastSeq: number | undefined; more: boolean }> {
   const rows = await db.query<OrderRow>(
     `SELECT ${ORDER_COLUMNS} FROM orders.orders o
       WHERE ($1::text IS NULL OR o.status = $1) AND ($2::text IS NULL OR o.reject_reason = $2)

@@ -31,7 +31,9 @@ class BadRequest extends Error {
   }
 }
 
-export async function startGatewayServer(options: { port?: number; host?: string; gateway?: SimulatedGateway } = {}): Promise<GatewayServer> {
+export async function startGatewayServer(
+  options: { port?: number; host?: string; gateway?: SimulatedGateway } = {},
+): Promise<GatewayServer> {
   const gateway = options.gateway ?? new SimulatedGateway();
   const server = createServer((request, response) => {
     route(gateway, request, response).catch((error: unknown) => {
@@ -61,10 +63,12 @@ async function route(gateway: SimulatedGateway, request: IncomingMessage, respon
       voidCalls: gateway.voidCalls,
     });
   }
-  if (path !== '/v1/charges' && path !== '/v1/refunds' && path !== '/v1/voids') return reply(response, 404, { error: 'not found' });
+  if (path !== '/v1/charges' && path !== '/v1/refunds' && path !== '/v1/voids')
+    return reply(response, 404, { error: 'not found' });
   if (request.method !== 'POST') return reply(response, 405, { error: 'use POST' }, { allow: 'POST' });
   const idempotencyKey = request.headers['idempotency-key'];
-  if (typeof idempotencyKey !== 'string' || idempotencyKey === '') throw new BadRequest(400, 'Idempotency-Key header required');
+  if (typeof idempotencyKey !== 'string' || idempotencyKey === '')
+    throw new BadRequest(400, 'Idempotency-Key header required');
   const body = await readJson(request);
   if (path === '/v1/charges') {
     const result = await gateway.charge({
@@ -74,17 +78,30 @@ async function route(gateway: SimulatedGateway, request: IncomingMessage, respon
       token: field(body, 'token', 'string'),
       reference: field(body, 'reference', 'string'),
     });
-    return result.status === 'succeeded' ? reply(response, 201, { id: result.chargeId, status: 'succeeded' }) : reply(response, 402, { code: result.code });
+    return result.status === 'succeeded'
+      ? reply(response, 201, { id: result.chargeId, status: 'succeeded' })
+      : reply(response, 402, { code: result.code });
   }
   if (path === '/v1/voids') {
-    const voided = await gateway.voidCharge({ chargeKey: field(body, 'chargeKey', 'string'), reference: field(body, 'reference', 'string') });
+    const voided = await gateway.voidCharge({
+      chargeKey: field(body, 'chargeKey', 'string'),
+      reference: field(body, 'reference', 'string'),
+    });
     return reply(response, 200, voided.status === 'succeeded' ? { status: 'succeeded', id: voided.chargeId } : voided);
   }
-  const refund = await gateway.refund({ idempotencyKey, chargeId: field(body, 'chargeId', 'string'), amountCents: field(body, 'amountCents', 'number') });
+  const refund = await gateway.refund({
+    idempotencyKey,
+    chargeId: field(body, 'chargeId', 'string'),
+    amountCents: field(body, 'amountCents', 'number'),
+  });
   return reply(response, 201, { id: refund.refundId });
 }
 
-function field<K extends 'string' | 'number'>(body: Record<string, unknown>, name: string, type: K): K extends 'string' ? string : number {
+function field<K extends 'string' | 'number'>(
+  body: Record<string, unknown>,
+  name: string,
+  type: K,
+): K extends 'string' ? string : number {
   const value = body[name];
   if (typeof value !== type) throw new BadRequest(400, `"${name}" must be a ${type}`);
   return value as K extends 'string' ? string : number;
@@ -104,13 +121,18 @@ async function readJson(request: IncomingMessage): Promise<Record<string, unknow
   } catch {
     throw new BadRequest(400, 'body must be a JSON object');
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new BadRequest(400, 'body must be a JSON object');
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new BadRequest(400, 'body must be a JSON object');
   return value as Record<string, unknown>;
 }
 
 function reply(response: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
-  response.writeHead(status, { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  response.writeHead(status, {
+    ...headers,
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+  });
   response.end(text);
 }
 

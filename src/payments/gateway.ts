@@ -104,6 +104,7 @@ export class GatewayAnswerError extends Error {
  */
 export function amountProblem(amountCents: unknown): string | undefined {
   if (typeof amountCents === 'number' && Number.isSafeInteger(amountCents) && amountCents > 0) return undefined;
-  const shown = typeof amountCents === 'bigint' ? `${amountCents}n` : JSON.stringify(amountCents) ?? String(amountCents);
+  const shown =
+    typeof amountCents === 'bigint' ? `${amountCents}n` : (JSON.stringify(amountCents) ?? String(amountCents));
   return `amountCents must be a positive safe integer of minor units, got ${shown}`;
 }

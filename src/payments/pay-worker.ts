@@ -34,8 +34,27 @@ import { GroupCommit, type UnitOutcome } from '../storage/group-commit.ts';
 import { GROUP_COMMIT, PAYMENTS } from '../tunables.ts';
 import { storableText } from '../text.ts';
 import { GatewayRequestError, TransientGatewayError, type ChargeResult, type PaymentGateway } from './gateway.ts';
-import { CHARGE_QUEUE, chargeKey, chargeOutcomeUnknown, mayRefund, OrderJobPayload, paymentPort, REFUND_QUEUE, refundKey } from './payments.ts';
-import { findPayment, markDeclined, markFailed, markRefunded, markRefundFailed, markSucceeded, markVoided, startCharging, type Payment } from './store.ts';
+import {
+  CHARGE_QUEUE,
+  chargeKey,
+  chargeOutcomeUnknown,
+  mayRefund,
+  OrderJobPayload,
+  paymentPort,
+  REFUND_QUEUE,
+  refundKey,
+} from './payments.ts';
+import {
+  findPayment,
+  markDeclined,
+  markFailed,
+  markRefunded,
+  markRefundFailed,
+  markSucceeded,
+  markVoided,
+  startCharging,
+  type Payment,
+} from './store.ts';
 
 export interface PayWorkerDeps {
   db: Database;
@@ -62,7 +81,11 @@ interface WorkerContext extends PayWorkerDeps {
   recordCharges: GroupCommit<PaidJob, boolean>;
 }
 
-export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxBatch: number = GROUP_COMMIT.maxBatch): void {
+export function registerPayWorker(
+  deps: PayWorkerDeps,
+  concurrency: number,
+  maxBatch: number = GROUP_COMMIT.maxBatch,
+): void {
   const onBatch = (size: number) => deps.metrics.workerBatchSize.observe(size);
   const payments = paymentPort(deps.queue);
   const context: WorkerContext = {
@@ -83,7 +106,10 @@ export function registerPayWorker(deps: PayWorkerDeps, concurrency: number, maxB
     }),
   };
   deps.queue.handle(CHARGE_QUEUE, (job) => chargeOrder(context, job), { concurrency, payload: OrderJobPayload });
-  deps.queue.handle(REFUND_QUEUE, (job) => refundOrder(context, job), { concurrency: Math.max(1, Math.ceil(concurrency * PAYMENTS.refundConcurrencyShare)), payload: OrderJobPayload });
+  deps.queue.handle(REFUND_QUEUE, (job) => refundOrder(context, job), {
+    concurrency: Math.max(1, Math.ceil(concurrency * PAYMENTS.refundConcurrencyShare)),
+    payload: OrderJobPayload,
+  });
 }
 
 function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult> {
@@ -102,7 +128,12 @@ function charge(gateway: PaymentGateway, payment: Payment): Promise<ChargeResult
  * nothing to charge (cancelled before its turn, or settled by an earlier
  * delivery) settles any money the order owes back and is done.
  */
-async function startChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPort, jobs: readonly OrderJob[]): Promise<UnitOutcome<Payment | undefined>[]> {
+async function startChargeBatch(
+  tx: Queryable,
+  queue: JobQueue,
+  port: PaymentPort,
+  jobs: readonly OrderJob[],
+): Promise<UnitOutcome<Payment | undefined>[]> {
   const orderIds = jobs.map((job) => job.payload.orderId);
   const statuses = await lockOrderStatuses(tx, orderIds);
   const payments = await startCharging(
@@ -124,7 +155,12 @@ async function startChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPor
  * recorded it first: a duplicate delivery, or a refund that learned of the
  * charge from the gateway and refunded it already, wrote it before.
  */
-async function recordChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPort, paid: readonly PaidJob[]): Promise<UnitOutcome<boolean>[]> {
+async function recordChargeBatch(
+  tx: Queryable,
+  queue: JobQueue,
+  port: PaymentPort,
+  paid: readonly PaidJob[],
+): Promise<UnitOutcome<boolean>[]> {
   const orderIds = paid.map((p) => p.job.payload.orderId);
   // Pipelined, one round trip (see Queryable): the orders are locked before their payments are touched.
   const [locked, firsts] = await Promise.all([
@@ -141,8 +177,16 @@ async function recordChargeBatch(tx: Queryable, queue: JobQueue, port: PaymentPo
       paid
         .filter(({ job }) => firsts.has(job.payload.orderId))
         .flatMap(({ job, payment, chargeId }) => [
-          { orderId: job.payload.orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: 'succeeded' } },
-          { orderId: job.payload.orderId, type: 'charged', detail: { chargeId, amountCents: payment.amountCents, currency: payment.currency } },
+          {
+            orderId: job.payload.orderId,
+            type: 'charge_attempted',
+            detail: { attempt: job.attempt, outcome: 'succeeded' },
+          },
+          {
+            orderId: job.payload.orderId,
+            type: 'charged',
+            detail: { chargeId, amountCents: payment.amountCents, currency: payment.currency },
+          },
         ]),
     ),
     confirmOrders(tx, orderIds, locked),
@@ -168,12 +212,18 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     result = await charge(gateway, payment);
   } catch (error) {
     const transient = error instanceof TransientGatewayError;
-    const attempted = { orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: transient ? 'transient' : 'refused', error: errorText(error) } } as const;
+    const attempted = {
+      orderId,
+      type: 'charge_attempted',
+      detail: { attempt: job.attempt, outcome: transient ? 'transient' : 'refused', error: errorText(error) },
+    } as const;
     if (transient && job.attempt < job.maxAttempts) {
       // The attempt goes into the order's history; the queue retries later with backoff.
-      await db.transaction((tx) => recordOrderEvents(tx, [attempted])).catch((recordError: unknown) => {
-        log.error({ orderId, err: recordError }, 'could not record a failed charge attempt in the order history');
-      });
+      await db
+        .transaction((tx) => recordOrderEvents(tx, [attempted]))
+        .catch((recordError: unknown) => {
+          log.error({ orderId, err: recordError }, 'could not record a failed charge attempt in the order history');
+        });
       throw error;
     }
     // Giving up, on the last attempt of a transient failure or at once on
@@ -181,7 +231,12 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     // refused (or that was never sent) charged nothing; after anything else
     // a charge may have gone through unseen, so it is settled with a refund.
     const reason = `${transient ? 'payment gateway kept failing' : 'payment can never succeed'}: ${(error as Error).message ?? String(error)}`;
-    log.error({ order_id: orderId, attempt: job.attempt, err: error }, transient ? 'payment failed for good; rejecting the order' : 'payment can never succeed; rejecting the order at once');
+    log.error(
+      { order_id: orderId, attempt: job.attempt, err: error },
+      transient
+        ? 'payment failed for good; rejecting the order'
+        : 'payment can never succeed; rejecting the order at once',
+    );
     const rejected = await db.transaction(async (tx) => {
       await recordOrderEvents(tx, [attempted]);
       const outcome = await rejectOrder(tx, orderId, 'payment_failed', storableText(reason));
@@ -200,7 +255,9 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
 
   if (result.status === 'declined') {
     const rejected = await db.transaction(async (tx) => {
-      await recordOrderEvents(tx, [{ orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: 'declined' } }]);
+      await recordOrderEvents(tx, [
+        { orderId, type: 'charge_attempted', detail: { attempt: job.attempt, outcome: 'declined' } },
+      ]);
       const outcome = await rejectOrder(tx, orderId, 'payment_declined');
       await markDeclined(tx, orderId);
       await job.markDone(tx);
@@ -214,7 +271,12 @@ async function chargeOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
 }
 
 /** Counts a payment outcome, and times it from the order's accept (its id carries the accept time) for the settle SLO. */
-function countOutcome(metrics: Metrics, orderId: string, status: 'confirmed' | 'rejected', reason: '' | 'payment_declined' | 'payment_failed'): void {
+function countOutcome(
+  metrics: Metrics,
+  orderId: string,
+  status: 'confirmed' | 'rejected',
+  reason: '' | 'payment_declined' | 'payment_failed',
+): void {
   metrics.orderTransitions.inc({ status, reason });
   const acceptedAt = acceptTimeOf(orderId);
   if (acceptedAt !== undefined) metrics.orderSettleDuration.observe(Math.max(0, Date.now() - acceptedAt) / 1000);
@@ -225,7 +287,7 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
   const { orderId } = job.payload;
   tagOrder(orderId);
   const payment = await findPayment(db, orderId);
-    if (!payment || !mayRefund(payment.status)) return;
+  if (!payment || !mayRefund(payment.status)) return;
   // The last line of defence for "a confirmed order keeps exactly one
   // charge": whatever queued this refund, a confirmed order is not refunded
   // (cancelling it first makes it cancelled, and then it is).
@@ -242,10 +304,19 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
     // Transient: the queue retries, and once the job dies the sweeper re-drives it.
     if (error instanceof TransientGatewayError) throw error;
     const reason = `refund can never succeed: ${(error as Error).message ?? String(error)}`;
-    log.error({ order_id: orderId, attempt: job.attempt, err: error }, 'refund can never succeed; dead-lettering it for an operator');
+    log.error(
+      { order_id: orderId, attempt: job.attempt, err: error },
+      'refund can never succeed; dead-lettering it for an operator',
+    );
     await db.transaction(async (tx) => {
       await markRefundFailed(tx, orderId, reason);
-      await recordOrderEvents(tx, [{ orderId, type: 'refund_failed', detail: { amountCents: payment.amountCents, currency: payment.currency, error: storableText(reason) } }]);
+      await recordOrderEvents(tx, [
+        {
+          orderId,
+          type: 'refund_failed',
+          detail: { amountCents: payment.amountCents, currency: payment.currency, error: storableText(reason) },
+        },
+      ]);
     });
     throw new PermanentJobError(reason, { cause: error });
   }
@@ -257,12 +328,31 @@ async function refundOrder(deps: WorkerContext, job: OrderJob): Promise<void> {
       // the charge first, so every charge is in it, and before its refund.
       const events: NewOrderEvent[] = [];
       if (recorded && !recorded.chargeWasRecorded)
-        events.push({ orderId, type: 'charged', detail: { chargeId: settled.chargeId, amountCents: payment.amountCents, currency: payment.currency, learnedBy: settled.learnedBy } });
+        events.push({
+          orderId,
+          type: 'charged',
+          detail: {
+            chargeId: settled.chargeId,
+            amountCents: payment.amountCents,
+            currency: payment.currency,
+            learnedBy: settled.learnedBy,
+          },
+        });
       if (recorded)
-        events.push({ orderId, type: 'refunded', detail: { refundId: settled.refundId, chargeId: settled.chargeId, amountCents: payment.amountCents, currency: payment.currency } });
+        events.push({
+          orderId,
+          type: 'refunded',
+          detail: {
+            refundId: settled.refundId,
+            chargeId: settled.chargeId,
+            amountCents: payment.amountCents,
+            currency: payment.currency,
+          },
+        });
       await recordOrderEvents(tx, events);
     } else if (settled.kind === 'voided') {
-      if (await markVoided(tx, orderId)) await recordOrderEvents(tx, [{ orderId, type: 'charge_voided', detail: { sent: true } }]);
+      if (await markVoided(tx, orderId))
+        await recordOrderEvents(tx, [{ orderId, type: 'charge_voided', detail: { sent: true } }]);
     } else if (settled.kind === 'declined') await markDeclined(tx, orderId);
     else await markFailed(tx, orderId, settled.reason);
     await job.markDone(tx);
@@ -293,14 +383,21 @@ async function settleRefund(gateway: PaymentGateway, payment: Payment) {
         answer = await charge(gateway, payment);
       } catch (error) {
         if (!(error instanceof GatewayRequestError)) throw error;
-        return { kind: 'nothing_charged', reason: `the charge was refused, so there is nothing to refund: ${error.message}` } as const;
+        return {
+          kind: 'nothing_charged',
+          reason: `the charge was refused, so there is nothing to refund: ${error.message}`,
+        } as const;
       }
     }
     if (answer.status === 'declined') return { kind: 'declined' } as const;
     chargeId = answer.chargeId;
     learnedBy = voided.status === 'unsupported' ? 'replay' : 'void';
   }
-  const { refundId } = await gateway.refund({ idempotencyKey: refundKey(payment.orderId), chargeId, amountCents: payment.amountCents });
+  const { refundId } = await gateway.refund({
+    idempotencyKey: refundKey(payment.orderId),
+    chargeId,
+    amountCents: payment.amountCents,
+  });
   return { kind: 'refunded', chargeId, refundId, learnedBy } as const;
 }
 

@@ -20,7 +20,14 @@ import { ORDER_ID_PATTERN } from '../orders/ids.ts';
 import { recordOrderEvents } from '../orders/history.ts';
 import type { PaymentPort, PaymentRequest } from '../orders/payment-port.ts';
 import type { Queryable } from '../storage/database.ts';
-import { findPayment, insertPayments, markRefundRequested, reopenFailed, voidUnsent, type PaymentStatus } from './store.ts';
+import {
+  findPayment,
+  insertPayments,
+  markRefundRequested,
+  reopenFailed,
+  voidUnsent,
+  type PaymentStatus,
+} from './store.ts';
 
 export { paymentSummary, type PaymentSummary } from './store.ts';
 
@@ -66,17 +73,18 @@ export function paymentPort(queue: JobQueue): PaymentPort {
 async function openPayments(tx: Queryable, queue: JobQueue, payments: readonly PaymentRequest[]): Promise<void> {
   if (payments.length === 0) return;
   // Pipelined: one round trip (see Queryable).
-  await Promise.all([
-    insertPayments(tx, payments),
-    queueCharges(tx, queue, payments),
-  ]);
+  await Promise.all([insertPayments(tx, payments), queueCharges(tx, queue, payments)]);
 }
 
 /**
  * Queues the orders' charges in one statement: on accept, and again for the
  * sweeper's re-drive, a no-op for each charge job still queued.
  */
-export async function queueCharges(tx: Queryable, queue: JobQueue, charges: readonly { orderId: string; trace?: TraceCarrier }[]): Promise<void> {
+export async function queueCharges(
+  tx: Queryable,
+  queue: JobQueue,
+  charges: readonly { orderId: string; trace?: TraceCarrier }[],
+): Promise<void> {
   await queue.enqueueMany(
     tx,
     CHARGE_QUEUE,
@@ -95,11 +103,15 @@ export async function queueCharges(tx: Queryable, queue: JobQueue, charges: read
 async function refundIfCharged(tx: Queryable, queue: JobQueue, orderId: string): Promise<void> {
   const owed = await markRefundRequested(tx, orderId);
   if (!owed) {
-    if (await voidUnsent(tx, orderId)) await recordOrderEvents(tx, [{ orderId, type: 'charge_voided', detail: { sent: false } }]);
+    if (await voidUnsent(tx, orderId))
+      await recordOrderEvents(tx, [{ orderId, type: 'charge_voided', detail: { sent: false } }]);
     return;
   }
   await redriveRefunds(tx, queue, [orderId]);
-  if (owed.first) await recordOrderEvents(tx, [{ orderId, type: 'refund_requested', detail: { amountCents: owed.amountCents, currency: owed.currency } }]);
+  if (owed.first)
+    await recordOrderEvents(tx, [
+      { orderId, type: 'refund_requested', detail: { amountCents: owed.amountCents, currency: owed.currency } },
+    ]);
 }
 
 /** Queues the orders' refunds again (the sweeper's re-drive), in one statement; a no-op for each refund job still queued. */
@@ -121,5 +133,8 @@ export async function redriveRefunds(tx: Queryable, queue: JobQueue, orderIds: r
 export async function reopenFailedPayment(tx: Queryable, orderId: string): Promise<void> {
   if (await reopenFailed(tx, orderId)) return;
   const payment = await findPayment(tx, orderId);
-  throw new AppError('order_not_retryable', `the payment of order ${orderId} is ${payment?.status ?? 'missing'}, not failed: only a charge the gateway refused, with nothing charged, may be retried`);
+  throw new AppError(
+    'order_not_retryable',
+    `the payment of order ${orderId} is ${payment?.status ?? 'missing'}, not failed: only a charge the gateway refused, with nothing charged, may be retried`,
+  );
 }

@@ -24,7 +24,15 @@ import type { Attributes } from '@opentelemetry/api';
 import { GATEWAY } from '../tunables.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { inSpan } from '../observability/tracing.ts';
-import { TransientGatewayError, type ChargeRequest, type ChargeResult, type PaymentGateway, type RefundRequest, type VoidRequest, type VoidResult } from './gateway.ts';
+import {
+  TransientGatewayError,
+  type ChargeRequest,
+  type ChargeResult,
+  type PaymentGateway,
+  type RefundRequest,
+  type VoidRequest,
+  type VoidResult,
+} from './gateway.ts';
 
 export interface ResilienceOptions {
   attemptTimeoutMs?: number;
@@ -49,7 +57,10 @@ export class ResilientGateway implements PaymentGateway {
     // abortOnReturn off: an attempt returns only once it has read the whole
     // answer, so there is nothing left to cancel, and aborting the finished
     // attempt's signal built an AbortError (with its stack) on every call.
-    const attemptTimeout = timeout(options.attemptTimeoutMs ?? GATEWAY.attemptTimeoutMs, { strategy: TimeoutStrategy.Aggressive, abortOnReturn: false });
+    const attemptTimeout = timeout(options.attemptTimeoutMs ?? GATEWAY.attemptTimeoutMs, {
+      strategy: TimeoutStrategy.Aggressive,
+      abortOnReturn: false,
+    });
     const breaker = circuitBreaker(handleWhen(isTransient), {
       halfOpenAfter: options.halfOpenAfterMs ?? GATEWAY.halfOpenAfterMs,
       breaker: new ConsecutiveBreaker(options.breakAfter ?? GATEWAY.breakAfter),
@@ -59,24 +70,34 @@ export class ResilientGateway implements PaymentGateway {
       if (state === CircuitState.Open) metrics.gatewayCircuitOpened.inc();
     });
     // Every operation and outcome starts at 0, so rate() sees the first call of each (see metrics.ts).
-    for (const operation of ['charge', 'refund', 'void']) for (const outcome of ['ok', 'transient', 'error']) metrics.gatewayDuration.zero({ operation, outcome });
+    for (const operation of ['charge', 'refund', 'void'])
+      for (const outcome of ['ok', 'transient', 'error']) metrics.gatewayDuration.zero({ operation, outcome });
     const retries = retry(handleWhen(isTransient), {
       maxAttempts: options.maxAttempts ?? GATEWAY.maxAttempts,
-      backoff: new ExponentialBackoff({ initialDelay: options.initialBackoffMs ?? GATEWAY.backoff.initialMs, maxDelay: options.maxBackoffMs ?? GATEWAY.backoff.maxMs }),
+      backoff: new ExponentialBackoff({
+        initialDelay: options.initialBackoffMs ?? GATEWAY.backoff.initialMs,
+        maxDelay: options.maxBackoffMs ?? GATEWAY.backoff.maxMs,
+      }),
     });
     this.#policy = wrap(retries, breaker, attemptTimeout);
   }
 
   charge(request: ChargeRequest): Promise<ChargeResult> {
-    return this.#call('charge', { 'orderflow.order_id': request.reference }, (signal) => this.#inner.charge(request, signal));
+    return this.#call('charge', { 'orderflow.order_id': request.reference }, (signal) =>
+      this.#inner.charge(request, signal),
+    );
   }
 
   refund(request: RefundRequest): Promise<{ refundId: string }> {
-    return this.#call('refund', { 'orderflow.charge_id': request.chargeId }, (signal) => this.#inner.refund(request, signal));
+    return this.#call('refund', { 'orderflow.charge_id': request.chargeId }, (signal) =>
+      this.#inner.refund(request, signal),
+    );
   }
 
   voidCharge(request: VoidRequest): Promise<VoidResult> {
-    return this.#call('void', { 'orderflow.order_id': request.reference }, (signal) => this.#inner.voidCharge(request, signal));
+    return this.#call('void', { 'orderflow.order_id': request.reference }, (signal) =>
+      this.#inner.voidCharge(request, signal),
+    );
   }
 
   /** One call, with its retries, in one span (each HTTP attempt is a child span: http-gateway.ts). */

@@ -75,7 +75,12 @@ export class SimulatedGateway implements PaymentGateway {
       }
       if (request.token === 'tok_declined') return { status: 'declined', code: 'card_declined' } as const;
       const id = `ch_${randomUUID().replaceAll('-', '')}`;
-      this.charges.set(id, { id, reference: request.reference, amountCents: request.amountCents, currency: request.currency });
+      this.charges.set(id, {
+        id,
+        reference: request.reference,
+        amountCents: request.amountCents,
+        currency: request.currency,
+      });
       return { status: 'succeeded', chargeId: id } as const;
     });
   }
@@ -88,7 +93,10 @@ export class SimulatedGateway implements PaymentGateway {
       const invalid = amountProblem(request.amountCents);
       if (invalid !== undefined) throw new GatewayRequestError(400, `simulated gateway: ${invalid}`);
       if (request.amountCents > charge.amountCents) {
-        throw new GatewayRequestError(400, `simulated gateway: a refund of ${request.amountCents} is larger than its charge of ${charge.amountCents}`);
+        throw new GatewayRequestError(
+          400,
+          `simulated gateway: a refund of ${request.amountCents} is larger than its charge of ${charge.amountCents}`,
+        );
       }
       const id = `re_${randomUUID().replaceAll('-', '')}`;
       this.refunds.set(id, { id, chargeId: request.chargeId, amountCents: request.amountCents });

@@ -5,7 +5,8 @@ import type { Queryable } from '../storage/database.ts';
 import { storableText } from '../text.ts';
 import type { PaymentRequest } from '../orders/payment-port.ts';
 
-export type PaymentStatus = 'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded' | 'failed' | 'refund_failed' | 'voided';
+export type PaymentStatus =
+  'pending' | 'charging' | 'succeeded' | 'declined' | 'refunded' | 'failed' | 'refund_failed' | 'voided';
 
 export interface Payment {
   orderId: string;
@@ -37,7 +38,10 @@ export async function insertPayments(tx: Queryable, payments: readonly PaymentRe
  * may be owed, and whether this was the first request, or undefined when
  * no money may have moved.
  */
-export async function markRefundRequested(tx: Queryable, orderId: string): Promise<{ amountCents: number; currency: string; first: boolean } | undefined> {
+export async function markRefundRequested(
+  tx: Queryable,
+  orderId: string,
+): Promise<{ amountCents: number; currency: string; first: boolean } | undefined> {
   // `first`: the subquery reads the row as the statement found it (one
   // snapshot per statement), so it tells the first request from a repeat.
   const [owed] = await tx.query<{ amount_cents: number; currency: string; first: boolean }>(
@@ -111,7 +115,10 @@ export async function startCharging(tx: Queryable, orderIds: readonly string[]):
  * charge was recorded by a duplicate delivery or by their refund), so that
  * each charge enters the order's history once.
  */
-export async function markSucceeded(tx: Queryable, charges: readonly { orderId: string; chargeId: string }[]): Promise<Set<string>> {
+export async function markSucceeded(
+  tx: Queryable,
+  charges: readonly { orderId: string; chargeId: string }[],
+): Promise<Set<string>> {
   if (charges.length === 0) return new Set();
   const rows = await tx.query<{ order_id: string }>(
     `UPDATE payments.payments p SET status = 'succeeded', charge_id = c.charge_id, updated_at = now()
@@ -129,7 +136,10 @@ export async function markSucceeded(tx: Queryable, charges: readonly { orderId: 
  * starting it). True if the payment was pending and is now voided.
  */
 export async function voidUnsent(tx: Queryable, orderId: string): Promise<boolean> {
-  const rows = await tx.query(`UPDATE payments.payments SET status = 'voided', updated_at = now() WHERE order_id = $1 AND status = 'pending' RETURNING order_id`, [orderId]);
+  const rows = await tx.query(
+    `UPDATE payments.payments SET status = 'voided', updated_at = now() WHERE order_id = $1 AND status = 'pending' RETURNING order_id`,
+    [orderId],
+  );
   return rows.length > 0;
 }
 
@@ -180,7 +190,12 @@ export async function markRefundFailed(tx: Queryable, orderId: string, reason: s
  * recorded (false: the refund learned of the charge itself, from the
  * gateway, and the order's history has not seen it yet).
  */
-export async function markRefunded(tx: Queryable, orderId: string, chargeId: string, refundId: string): Promise<{ chargeWasRecorded: boolean } | undefined> {
+export async function markRefunded(
+  tx: Queryable,
+  orderId: string,
+  chargeId: string,
+  refundId: string,
+): Promise<{ chargeWasRecorded: boolean } | undefined> {
   // The subquery reads the row as the statement found it (one snapshot per statement): the charge id before this update.
   const [row] = await tx.query<{ recorded: boolean }>(
     `UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1 AND status <> 'refunded'

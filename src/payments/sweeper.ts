@@ -37,7 +37,9 @@ export function startSweeper(deps: { db: Database; queue: JobQueue; log: Logger 
   let running: Promise<unknown> = Promise.resolve();
   const timer = setInterval(
     () => {
-      running = sweep().catch((error: unknown) => deps.log.error({ err: error }, 'sweeper pass failed; the next pass retries'));
+      running = sweep().catch((error: unknown) =>
+        deps.log.error({ err: error }, 'sweeper pass failed; the next pass retries'),
+      );
     },
     Math.max(PAYMENTS.sweepMinIntervalMs, Math.floor(deadlineMs / 4)),
   );

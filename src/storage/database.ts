@@ -62,7 +62,9 @@ export class DatabaseUnavailableError extends Error {
 export class UnsafeIntegerError extends Error {
   readonly column: string;
   constructor(column: string, value: bigint) {
-    super(`column "${column}" holds ${value}, outside JavaScript's safe integers (±${Number.MAX_SAFE_INTEGER}); it cannot be read without rounding`);
+    super(
+      `column "${column}" holds ${value}, outside JavaScript's safe integers (±${Number.MAX_SAFE_INTEGER}); it cannot be read without rounding`,
+    );
     this.name = 'UnsafeIntegerError';
     this.column = column;
   }

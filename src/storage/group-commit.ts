@@ -56,7 +56,11 @@ export class GroupCommit<I, R> {
   #timer: NodeJS.Timeout | undefined;
   #immediate = false;
 
-  constructor(db: Database, commitBatch: (tx: Queryable, units: readonly I[]) => Promise<UnitOutcome<R>[]>, options: GroupCommitOptions<I> = {}) {
+  constructor(
+    db: Database,
+    commitBatch: (tx: Queryable, units: readonly I[]) => Promise<UnitOutcome<R>[]>,
+    options: GroupCommitOptions<I> = {},
+  ) {
     this.#db = db;
     this.#commitBatch = commitBatch;
     this.#windowMs = options.windowMs ?? GROUP_COMMIT.windowMs;
@@ -116,13 +120,29 @@ export class GroupCommit<I, R> {
   }
 
   #commit(batch: Waiting<I, R>[]): Promise<UnitOutcome<R>[]> {
-    const work = () => this.#db.transaction((tx) => this.#commitBatch(tx, batch.map((w) => w.unit)));
+    const work = () =>
+      this.#db.transaction((tx) =>
+        this.#commitBatch(
+          tx,
+          batch.map((w) => w.unit),
+        ),
+      );
     const units = batch.flatMap((w) => (w.span ? [w.span] : []));
     if (units.length === 0) return outsideTraces(work);
-    return inSpan(this.#spanName, { root: true, links: units.map((unit) => ({ context: unit.spanContext() })), attributes: { 'orderflow.batch.size': batch.length } }, (span) => {
-      if (span) for (const unit of units) unit.addLink({ context: span.spanContext(), attributes: { 'orderflow.link': 'batch' } });
-      return work();
-    });
+    return inSpan(
+      this.#spanName,
+      {
+        root: true,
+        links: units.map((unit) => ({ context: unit.spanContext() })),
+        attributes: { 'orderflow.batch.size': batch.length },
+      },
+      (span) => {
+        if (span)
+          for (const unit of units)
+            unit.addLink({ context: span.spanContext(), attributes: { 'orderflow.link': 'batch' } });
+        return work();
+      },
+    );
   }
 
   async #run(batch: Waiting<I, R>[]): Promise<void> {
@@ -130,7 +150,9 @@ export class GroupCommit<I, R> {
     this.#onBatch?.(batch.length);
     try {
       const outcomes = await this.#commit(batch);
-      outcomes.forEach((outcome, i) => (outcome.ok ? batch[i]!.resolve(outcome.value) : batch[i]!.reject(outcome.error)));
+      outcomes.forEach((outcome, i) =>
+        outcome.ok ? batch[i]!.resolve(outcome.value) : batch[i]!.reject(outcome.error),
+      );
     } catch (error) {
       if (batch.length === 1 || error instanceof DatabaseUnavailableError) {
         for (const waiting of batch) waiting.reject(error);

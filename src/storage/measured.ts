@@ -22,7 +22,8 @@ export function measureDatabase(db: Database, metrics: Metrics, poolSize: number
     concurrentTransactions: db.concurrentTransactions,
     // Statements inside a transaction run on its connection, which the transaction's own time already counts.
     query: (text, params) => timed(() => db.query(text, params)),
-    transaction: <T>(fn: (tx: Queryable) => Promise<T>, options?: TransactionOptions) => timed(() => db.transaction(fn, options)),
+    transaction: <T>(fn: (tx: Queryable) => Promise<T>, options?: TransactionOptions) =>
+      timed(() => db.transaction(fn, options)),
     exec: (script) => timed(() => db.exec(script)),
     close: () => db.close(),
   };

@@ -24,7 +24,8 @@ export async function loadMigrations(): Promise<Migration[]> {
   // branch that numbered its migration while another landed the same one.
   const versions = files.map((f) => f.slice(0, f.indexOf('_')));
   const repeated = files.filter((_, i) => versions.indexOf(versions[i]!) !== i);
-  if (repeated.length > 0) throw new Error(`two migrations share a number: ${repeated.join(', ')} and another; renumber one`);
+  if (repeated.length > 0)
+    throw new Error(`two migrations share a number: ${repeated.join(', ')} and another; renumber one`);
   return Promise.all(
     files.map(async (file) => ({
       version: Number(file.slice(0, file.indexOf('_'))),
@@ -51,7 +52,10 @@ export async function migrate(db: Database): Promise<string[]> {
       const rows = await tx.query('SELECT 1 FROM public.schema_migrations WHERE version = $1', [migration.version]);
       if (rows.length > 0) return false;
       for (const statement of splitStatements(migration.sql)) await tx.query(statement);
-      await tx.query('INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)', [migration.version, migration.name]);
+      await tx.query('INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)', [
+        migration.version,
+        migration.name,
+      ]);
       return true;
     }, UNBOUNDED);
     if (done) applied.push(migration.name);

@@ -27,7 +27,11 @@ describe('embedded database sizing', () => {
       await initEmbeddedDataDir(dataDir);
       const reopened = await openPGlite(dataDir);
       try {
-        assert.deepEqual(await reopened.query('SELECT count(*)::int AS n FROM kept'), [{ n: 0 }], 'the existing database was kept');
+        assert.deepEqual(
+          await reopened.query('SELECT count(*)::int AS n FROM kept'),
+          [{ n: 0 }],
+          'the existing database was kept',
+        );
       } finally {
         await reopened.close();
       }
@@ -41,7 +45,9 @@ describe('embedded database sizing', () => {
     try {
       const file = path.join(parent, 'not-a-directory');
       await writeFile(file, 'x');
-      await assert.rejects(initEmbeddedDataDir(path.join(file, 'data')), (error: Error) => error.message.includes(file));
+      await assert.rejects(initEmbeddedDataDir(path.join(file, 'data')), (error: Error) =>
+        error.message.includes(file),
+      );
     } finally {
       await rm(parent, { recursive: true, force: true });
     }

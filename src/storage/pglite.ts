@@ -27,7 +27,10 @@ export const EMBEDDED_SETTINGS: Readonly<Record<string, string>> = {
   wal_buffers: '1MB',
 };
 
-const START_PARAMS = [...PGlite.defaultStartParams, ...Object.entries(EMBEDDED_SETTINGS).flatMap(([name, value]) => ['-c', `${name}=${value}`])];
+const START_PARAMS = [
+  ...PGlite.defaultStartParams,
+  ...Object.entries(EMBEDDED_SETTINGS).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
+];
 
 const INITDB_SCRIPT = fileURLToPath(new URL('./pglite-initdb.ts', import.meta.url));
 
@@ -50,14 +53,19 @@ export async function initEmbeddedDataDir(dataDir: string): Promise<void> {
     await promisify(execFile)(process.execPath, [INITDB_SCRIPT, dataDir], { timeout: 120_000 });
   } catch (error) {
     const { stderr, message } = error as { stderr?: string; message: string };
-    throw new Error(`creating the embedded database in ${dataDir} failed: ${stderr?.trim() || message}`, { cause: error });
+    throw new Error(`creating the embedded database in ${dataDir} failed: ${stderr?.trim() || message}`, {
+      cause: error,
+    });
   }
 }
 
 export async function openPGlite(dataDir: string | undefined): Promise<Database> {
   if (dataDir !== undefined) await mkdir(dataDir, { recursive: true });
   // int8 is read as on PostgreSQL (parseInt8): a number, or refused if a number cannot hold it exactly.
-  const db = await PGlite.create(dataDir === undefined ? undefined : `file://${dataDir}`, { parsers: { [INT8]: parseInt8 }, startParams: START_PARAMS });
+  const db = await PGlite.create(dataDir === undefined ? undefined : `file://${dataDir}`, {
+    parsers: { [INT8]: parseInt8 },
+    startParams: START_PARAMS,
+  });
   const run = async <T extends Row>(target: Pick<PGlite, 'query'>, text: string, params?: readonly unknown[]) =>
     assertSafeIntegers((await target.query<T>(text, params as unknown[] | undefined)).rows);
   return {

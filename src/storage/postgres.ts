@@ -20,7 +20,14 @@
 import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleWhen } from 'cockatiel';
 import postgres from 'postgres';
 import { withDeadline } from '../deadline.ts';
-import { assertSafeIntegers, DatabaseUnavailableError, parseInt8, type Database, type Queryable, type Row } from './database.ts';
+import {
+  assertSafeIntegers,
+  DatabaseUnavailableError,
+  parseInt8,
+  type Database,
+  type Queryable,
+  type Row,
+} from './database.ts';
 
 /** Default of DATABASE_TIMEOUT_MS. */
 const DEFAULT_DATABASE_TIMEOUT_MS = 10_000;
@@ -57,7 +64,17 @@ const CONNECTION_ERRORS = new Set([
 // takes none right now, and every other call would wait to learn the same.
 // A connection that breaks (57P01, CONNECTION_CLOSED) does not open the
 // circuit: one backend killed is no outage.
-const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'CONNECT_TIMEOUT', '57P03', '53300']);
+const CONNECT_FAILURES = new Set([
+  'ECONNREFUSED',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'CONNECT_TIMEOUT',
+  '57P03',
+  '53300',
+]);
 
 /** 57014 query_canceled: statement_timeout ran out. */
 const STATEMENT_TIMEOUT = '57014';
@@ -76,12 +93,15 @@ function translate(error: unknown): unknown {
     return new DatabaseUnavailableError(`PostgreSQL is unavailable (${String(code)})`, { cause: error });
   }
   if (code === STATEMENT_TIMEOUT) {
-    return new DatabaseUnavailableError('PostgreSQL did not finish a statement within its statement_timeout', { cause: error });
+    return new DatabaseUnavailableError('PostgreSQL did not finish a statement within its statement_timeout', {
+      cause: error,
+    });
   }
   return error;
 }
 
-const isConnectFailure = (error: unknown) => error instanceof DatabaseUnavailableError && CONNECT_FAILURES.has(codeOf(error.cause) as string);
+const isConnectFailure = (error: unknown) =>
+  error instanceof DatabaseUnavailableError && CONNECT_FAILURES.has(codeOf(error.cause) as string);
 
 export interface PostgresOptions {
   /** Longest wait, in ms, for one call: a pool connection and then its query, or a whole transaction; also PostgreSQL's statement_timeout. 0: no limit. */
@@ -115,7 +135,10 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
     types: { int8: { to: 20, from: [20], serialize: (v: number | bigint) => String(v), parse: parseInt8 } },
   });
 
-  const breaker = circuitBreaker(handleWhen(isConnectFailure), { halfOpenAfter: CIRCUIT_HALF_OPEN_MS, breaker: new ConsecutiveBreaker(1) });
+  const breaker = circuitBreaker(handleWhen(isConnectFailure), {
+    halfOpenAfter: CIRCUIT_HALF_OPEN_MS,
+    breaker: new ConsecutiveBreaker(1),
+  });
   if (options.onCircuitChange) {
     const notify = options.onCircuitChange;
     breaker.onStateChange((state) => notify(state !== CircuitState.Closed));
@@ -130,32 +153,52 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
     try {
       return await breaker.execute(() => {
         let expired = false;
-        return withDeadline(work(() => expired), limitMs, () => {
-          expired = true;
-          return new DatabaseUnavailableError(`PostgreSQL did not answer within ${limitMs} ms`);
-        });
+        return withDeadline(
+          work(() => expired),
+          limitMs,
+          () => {
+            expired = true;
+            return new DatabaseUnavailableError(`PostgreSQL did not answer within ${limitMs} ms`);
+          },
+        );
       });
     } catch (error) {
       if (error instanceof BrokenCircuitError) {
-        throw new DatabaseUnavailableError(`PostgreSQL is unavailable: a connection attempt failed, the next is tried within ${CIRCUIT_HALF_OPEN_MS} ms`, {
-          cause: breaker.lastFailure && 'error' in breaker.lastFailure ? breaker.lastFailure.error : error,
-        });
+        throw new DatabaseUnavailableError(
+          `PostgreSQL is unavailable: a connection attempt failed, the next is tried within ${CIRCUIT_HALF_OPEN_MS} ms`,
+          {
+            cause: breaker.lastFailure && 'error' in breaker.lastFailure ? breaker.lastFailure.error : error,
+          },
+        );
       }
       throw error;
     }
   };
 
-  const run = async <T extends Row>(target: postgres.Sql | postgres.ReservedSql, text: string, params?: readonly unknown[]): Promise<T[]> => {
+  const run = async <T extends Row>(
+    target: postgres.Sql | postgres.ReservedSql,
+    text: string,
+    params?: readonly unknown[],
+  ): Promise<T[]> => {
     try {
-      return assertSafeIntegers((await target.unsafe(text, (params ?? []) as postgres.ParameterOrJSON<never>[], { prepare: true })) as unknown as T[]);
+      return assertSafeIntegers(
+        (await target.unsafe(text, (params ?? []) as postgres.ParameterOrJSON<never>[], {
+          prepare: true,
+        })) as unknown as T[],
+      );
     } catch (error) {
       throw translate(error);
     }
   };
 
-  const abandonedError = () => new DatabaseUnavailableError('the transaction ran past its deadline and was rolled back');
+  const abandonedError = () =>
+    new DatabaseUnavailableError('the transaction ran past its deadline and was rolled back');
 
-  const transaction = async <T>(fn: (tx: Queryable) => Promise<T>, limitMs: number, abandoned: () => boolean): Promise<T> => {
+  const transaction = async <T>(
+    fn: (tx: Queryable) => Promise<T>,
+    limitMs: number,
+    abandoned: () => boolean,
+  ): Promise<T> => {
     let connection: postgres.ReservedSql;
     try {
       connection = await sql.reserve();

@@ -226,9 +226,12 @@ class ReplayWatch {
 
 const FALLBACK_MESSAGES: Record<FallbackReason, string> = {
   down: 'the read replica is unreachable; its reads go to the primary until it answers again',
-  lagging: 'the read replica has not replayed the primary within DATABASE_READ_MAX_WAIT_MS; its reads go to the primary until it catches up',
-  promoted: 'the server at DATABASE_READ_URL is no longer a standby (promoted?); its reads go to the primary until it is one again',
-  unrelated: 'the server at DATABASE_READ_URL is not a copy of the primary (its system identifier differs); reads go to the primary',
+  lagging:
+    'the read replica has not replayed the primary within DATABASE_READ_MAX_WAIT_MS; its reads go to the primary until it catches up',
+  promoted:
+    'the server at DATABASE_READ_URL is no longer a standby (promoted?); its reads go to the primary until it is one again',
+  unrelated:
+    'the server at DATABASE_READ_URL is not a copy of the primary (its system identifier differs); reads go to the primary',
   error: 'a read on the replica failed; it and the next reads go to the primary until the replica has caught up again',
 };
 
@@ -316,7 +319,9 @@ export class ReplicaReads implements ReadRouter {
   #startRecheck(firstDelayMs: number): void {
     if (this.#recheck || this.#closed.signal.aborted) return;
     const loop: Promise<void> = this.#recheckLoop(firstDelayMs)
-      .catch((error: unknown) => this.#log.error({ err: error }, 'checking the read replica failed; its reads stay on the primary'))
+      .catch((error: unknown) =>
+        this.#log.error({ err: error }, 'checking the read replica failed; its reads stay on the primary'),
+      )
       .finally(() => {
         if (this.#recheck === loop) this.#recheck = undefined;
       });
@@ -339,13 +344,20 @@ export class ReplicaReads implements ReadRouter {
           this.#recheck = undefined;
           this.#fallback = undefined;
           this.#metrics.readReplicaUp.set(1);
-          if (this.#checkedOnce) this.#log.info({ previous }, 'the read replica has caught up with the primary; reads that may use it go to it again');
+          if (this.#checkedOnce)
+            this.#log.info(
+              { previous },
+              'the read replica has caught up with the primary; reads that may use it go to it again',
+            );
           this.#checkedOnce = true;
           return;
         }
         // Said once per reason: at the first check, and when the reason changes.
         if (!this.#checkedOnce || outcome !== this.#fallback) {
-          this.#log.warn({ reason: outcome, ...(outcome === 'down' ? { err: this.#watch.lastError } : {}) }, FALLBACK_MESSAGES[outcome]);
+          this.#log.warn(
+            { reason: outcome, ...(outcome === 'down' ? { err: this.#watch.lastError } : {}) },
+            FALLBACK_MESSAGES[outcome],
+          );
         }
         this.#checkedOnce = true;
         this.#fallback = outcome;

@@ -19,7 +19,10 @@ export interface DeadLetter {
 export async function deadLetters(app: App, queue: string): Promise<DeadLetter[]> {
   const { broker } = app;
   if (!broker) {
-    const rows = await app.db.query<{ body: string; reason: string }>('SELECT payload::text AS body, last_error AS reason FROM messaging.dead_jobs WHERE queue = $1 ORDER BY id', [queue]);
+    const rows = await app.db.query<{ body: string; reason: string }>(
+      'SELECT payload::text AS body, last_error AS reason FROM messaging.dead_jobs WHERE queue = $1 ORDER BY id',
+      [queue],
+    );
     return rows.map((r) => ({ body: r.body, reason: r.reason }));
   }
   const url = new URL(app.config.brokerUrl!);
@@ -31,7 +34,12 @@ export async function deadLetters(app: App, queue: string): Promise<DeadLetter[]
       const jsm = await jetstreamManager(nc);
       // A consumer of its own on the dead subject; unacknowledged, the messages stay when it is deleted.
       const name = `inspect_${randomBytes(4).toString('hex')}`;
-      await jsm.consumers.add(broker.stream, { durable_name: name, filter_subject: broker.deadSubject(queue), ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All });
+      await jsm.consumers.add(broker.stream, {
+        durable_name: name,
+        filter_subject: broker.deadSubject(queue),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+      });
       try {
         const consumer = await jetstream(nc).consumers.get(broker.stream, name);
         const letters: DeadLetter[] = [];
@@ -53,8 +61,15 @@ export async function deadLetters(app: App, queue: string): Promise<DeadLetter[]
       const channel = await connection.createChannel();
       const letters: DeadLetter[] = [];
       // Taken unacknowledged: closing the channel puts them back.
-      for (let msg = await channel.get(broker.deadQueueName(queue)); msg !== false; msg = await channel.get(broker.deadQueueName(queue))) {
-        letters.push({ body: msg.content.toString('utf8'), reason: String(msg.properties.headers?.['x-orderflow-dead-reason'] ?? '') });
+      for (
+        let msg = await channel.get(broker.deadQueueName(queue));
+        msg !== false;
+        msg = await channel.get(broker.deadQueueName(queue))
+      ) {
+        letters.push({
+          body: msg.content.toString('utf8'),
+          reason: String(msg.properties.headers?.['x-orderflow-dead-reason'] ?? ''),
+        });
       }
       await channel.close();
       return letters;

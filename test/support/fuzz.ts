@@ -19,11 +19,17 @@ export interface FuzzParameters {
 /** The seed and number of runs for a generated test whose CI budget is defaultRuns. */
 export function fuzzParameters(defaultRuns: number): FuzzParameters {
   const rawSeed = process.env.FUZZ_SEED;
-  const seed = rawSeed === undefined || rawSeed === '' ? CI_SEED : rawSeed === 'random' ? Math.floor(Math.random() * 2 ** 31) : Number(rawSeed);
+  const seed =
+    rawSeed === undefined || rawSeed === ''
+      ? CI_SEED
+      : rawSeed === 'random'
+        ? Math.floor(Math.random() * 2 ** 31)
+        : Number(rawSeed);
   if (!Number.isSafeInteger(seed)) throw new Error(`FUZZ_SEED must be an integer or "random", got "${rawSeed}"`);
   const rawRuns = process.env.FUZZ_RUNS;
   const numRuns = rawRuns === undefined || rawRuns === '' ? defaultRuns : Number(rawRuns);
-  if (!Number.isSafeInteger(numRuns) || numRuns < 1) throw new Error(`FUZZ_RUNS must be a positive integer, got "${rawRuns}"`);
+  if (!Number.isSafeInteger(numRuns) || numRuns < 1)
+    throw new Error(`FUZZ_RUNS must be a positive integer, got "${rawRuns}"`);
   if (rawSeed === 'random') console.log(`fuzz: FUZZ_SEED=${seed}`);
   return { seed, numRuns };
 }

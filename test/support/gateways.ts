@@ -100,7 +100,8 @@ export class LostReplyGateway extends SimulatedGateway {
 
   override async charge(request: ChargeRequest): Promise<ChargeResult> {
     const result = await super.charge(request);
-    if (await this.loseAnswer(request)) throw new TransientGatewayError('simulated gateway: the answer was lost on the way back');
+    if (await this.loseAnswer(request))
+      throw new TransientGatewayError('simulated gateway: the answer was lost on the way back');
     return result;
   }
 }
@@ -156,8 +157,10 @@ export class PoisonGateway extends SimulatedGateway {
   override async charge(request: ChargeRequest): Promise<ChargeResult> {
     this.calls.set(request.reference, (this.calls.get(request.reference) ?? 0) + 1);
     if (this.cured) return super.charge(request);
-    if (request.token === 'tok_refused') throw new GatewayRequestError(400, 'simulated gateway: no such token: tok_refused');
-    if (request.token === 'tok_local_fault') throw new TypeError("Cannot read properties of undefined (reading 'amount')");
+    if (request.token === 'tok_refused')
+      throw new GatewayRequestError(400, 'simulated gateway: no such token: tok_refused');
+    if (request.token === 'tok_local_fault')
+      throw new TypeError("Cannot read properties of undefined (reading 'amount')");
     const result = await super.charge(request);
     if (request.token === 'tok_unreadable') {
       this.#unreadable.add(request.reference);
@@ -168,7 +171,8 @@ export class PoisonGateway extends SimulatedGateway {
 
   override async voidCharge(request: VoidRequest): Promise<VoidResult> {
     const result = await super.voidCharge(request);
-    if (!this.cured && this.#unreadable.has(request.reference)) throw new GatewayAnswerError('simulated gateway answered the void with 200 but no status');
+    if (!this.cured && this.#unreadable.has(request.reference))
+      throw new GatewayAnswerError('simulated gateway answered the void with 200 but no status');
     return result;
   }
 

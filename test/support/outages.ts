@@ -162,7 +162,10 @@ export class OrderLoad {
       if (slot > now) await sleep(slot - now);
       if (!this.#running) break;
       const n = this.#next++;
-      const items = Array.from({ length: 1 + (n % 3) }, (_, j) => ({ sku: `SKU-${(n * 7 + j * 13) % SKUS}`, quantity: 1 + ((n + j) % 2) }));
+      const items = Array.from({ length: 1 + (n % 3) }, (_, j) => ({
+        sku: `SKU-${(n * 7 + j * 13) % SKUS}`,
+        quantity: 1 + ((n + j) % 2),
+      }));
       const payment = { token: n % 17 === 0 ? 'tok_declined' : 'tok_visa' };
       const key = `load-${index}-${n}`;
       for (;;) {
@@ -286,7 +289,13 @@ export class OutageRig {
             path: '/v1/products',
             method: 'POST',
             headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' },
-            body: JSON.stringify({ sku: `SKU-${i}`, name: `Item ${i}`, priceCents: 100 + i, currency: 'EUR', stock: stockOf(i) }),
+            body: JSON.stringify({
+              sku: `SKU-${i}`,
+              name: `Item ${i}`,
+              priceCents: 100 + i,
+              currency: 'EUR',
+              stock: stockOf(i),
+            }),
           });
           const text = await response.body.text();
           if (response.statusCode !== 201) throw new Error(`creating SKU-${i}: ${response.statusCode} ${text}`);
@@ -294,9 +303,22 @@ export class OutageRig {
       } finally {
         await products.close();
       }
-      const tokens = await Promise.all(Array.from({ length: 16 }, (_, i) => issuer.issue({ sub: `customer-${i}`, scope: 'orders:write orders:read' })));
+      const tokens = await Promise.all(
+        Array.from({ length: 16 }, (_, i) => issuer.issue({ sub: `customer-${i}`, scope: 'orders:write orders:read' })),
+      );
       const load = new OrderLoad(cluster.url, tokens, options.ordersPerSecond ?? 300);
-      const rig = new OutageRig({ mode, cluster, postgresql, redis, broker, gateway, gatewayServer, load, dataDir, outageMs: options.outageMs ?? 1_500 });
+      const rig = new OutageRig({
+        mode,
+        cluster,
+        postgresql,
+        redis,
+        broker,
+        gateway,
+        gatewayServer,
+        load,
+        dataDir,
+        outageMs: options.outageMs ?? 1_500,
+      });
       load.start(options.clients ?? 200);
       return rig;
     } catch (error) {
@@ -338,11 +360,14 @@ export class OutageRig {
       const [row] = await this.#admin<{ seq: number }[]>`SELECT coalesce(max(seq), 0)::int AS seq FROM orders.orders`;
       return row!.seq;
     });
-    const acceptingAt = await until('an order to be accepted after the dependency came back', async () =>
-      this.load.answeredSince(backAt).find((a) => a.status >= 200 && a.status < 300)?.at,
+    const acceptingAt = await until(
+      'an order to be accepted after the dependency came back',
+      async () => this.load.answeredSince(backAt).find((a) => a.status >= 200 && a.status < 300)?.at,
     );
     await until('every order accepted before it came back to be terminal', async () => {
-      const [row] = await this.#admin<{ n: number }[]>`SELECT count(*)::int AS n FROM orders.orders WHERE status = 'pending' AND seq <= ${seq}`;
+      const [row] = await this.#admin<
+        { n: number }[]
+      >`SELECT count(*)::int AS n FROM orders.orders WHERE status = 'pending' AND seq <= ${seq}`;
       return row!.n === 0 ? true : undefined;
     });
     const caughtUpAt = performance.now();
@@ -393,7 +418,8 @@ export class OutageRig {
       case 'postgresql':
         if (step.how === 'drop') {
           // Every connection but this one, mid-transaction or idle; the server stays up.
-          await this.#admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`;
+          await this
+            .#admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`;
           return;
         }
         return this.postgresql.stop(step.how as PostgresStopMode);
@@ -416,7 +442,10 @@ export class OutageRig {
       case 'redis':
         return this.redis.start();
       case 'gateway':
-        this.#gatewayServer.current = await startGatewayServer({ gateway: this.gateway, port: this.#gatewayServer.port });
+        this.#gatewayServer.current = await startGatewayServer({
+          gateway: this.gateway,
+          port: this.#gatewayServer.port,
+        });
         return;
       default:
         return this.broker!.start();

@@ -20,7 +20,9 @@ import { freePort } from './programs.ts';
 export function findPostgresProgram(name: string): string {
   const found = postgresProgramCandidates(name).find((candidate) => existsSync(candidate));
   if (!found) {
-    throw new Error(`${name} not found (looked in PATH, \`pg_config --bindir\` and /usr/lib/postgresql/*/bin); install the PostgreSQL server package or put ${name} on PATH`);
+    throw new Error(
+      `${name} not found (looked in PATH, \`pg_config --bindir\` and /usr/lib/postgresql/*/bin); install the PostgreSQL server package or put ${name} on PATH`,
+    );
   }
   return found;
 }
@@ -29,12 +31,20 @@ function postgresProgramCandidates(name: string): string[] {
   const candidates: string[] = [];
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) if (dir) candidates.push(path.join(dir, name));
   try {
-    candidates.push(path.join(execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(), name));
+    candidates.push(
+      path.join(
+        execFileSync('pg_config', ['--bindir'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(),
+        name,
+      ),
+    );
   } catch {
     // no pg_config on PATH
   }
   try {
-    const versions = execFileSync('ls', ['/usr/lib/postgresql'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    const versions = execFileSync('ls', ['/usr/lib/postgresql'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
       .split('\n')
       .filter((v) => /^\d+$/.test(v))
       .sort((x, y) => Number(y) - Number(x));
@@ -54,7 +64,8 @@ export function privatePostgresUnavailable(): string | undefined {
       return (error as Error).message;
     }
   }
-  if (process.getuid?.() === 0 && serverUser() === undefined) return 'running as root, and there is no "postgres" user to run a private PostgreSQL server as';
+  if (process.getuid?.() === 0 && serverUser() === undefined)
+    return 'running as root, and there is no "postgres" user to run a private PostgreSQL server as';
   return undefined;
 }
 
@@ -103,11 +114,28 @@ export async function startPrivatePrimary(settings: Record<string, string> = {})
 }
 
 /** A hot standby of the primary, streaming from it (pg_basebackup -R), on a free loopback port. */
-export async function startPrivateStandby(primary: PrivatePostgres, settings: Record<string, string> = {}): Promise<PrivatePostgres> {
+export async function startPrivateStandby(
+  primary: PrivatePostgres,
+  settings: Record<string, string> = {},
+): Promise<PrivatePostgres> {
   const dataDir = await serverDirectory('orderflow-pg-standby-');
   const server = new Server(dataDir, await freePort());
   try {
-    await run('pg_basebackup', ['-h', '127.0.0.1', '-p', String(primary.port), '-U', 'postgres', '-D', dataDir, '-R', '-X', 'stream', '--checkpoint=fast', '--no-sync']);
+    await run('pg_basebackup', [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(primary.port),
+      '-U',
+      'postgres',
+      '-D',
+      dataDir,
+      '-R',
+      '-X',
+      'stream',
+      '--checkpoint=fast',
+      '--no-sync',
+    ]);
     server.appendSettings({ hot_standby: 'on', ...settings });
     await server.start();
     return server;
@@ -118,7 +146,12 @@ export async function startPrivateStandby(primary: PrivatePostgres, settings: Re
 }
 
 /** Waits until the standby has replayed everything the primary had flushed when this was called. */
-export async function waitForReplay(primary: PrivatePostgres, standby: PrivatePostgres, database = 'postgres', timeoutMs = 30_000): Promise<void> {
+export async function waitForReplay(
+  primary: PrivatePostgres,
+  standby: PrivatePostgres,
+  database = 'postgres',
+  timeoutMs = 30_000,
+): Promise<void> {
   const p = postgres(primary.url(database), { max: 1, onnotice: () => {} });
   const s = postgres(standby.url(database), { max: 1, onnotice: () => {} });
   try {
@@ -133,7 +166,8 @@ export async function waitForReplay(primary: PrivatePostgres, standby: PrivatePo
         // The database itself may not have been replayed yet.
         if (Date.now() > deadline) throw error;
       }
-      if (Date.now() > deadline) throw new Error(`the standby on port ${standby.port} did not replay ${lsn} within ${timeoutMs} ms`);
+      if (Date.now() > deadline)
+        throw new Error(`the standby on port ${standby.port} did not replay ${lsn} within ${timeoutMs} ms`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   } finally {
@@ -196,7 +230,12 @@ class Server implements PrivatePostgres {
   }
 
   async configure(settings: Record<string, string>): Promise<void> {
-    appendFileSync(path.join(this.dataDir, 'postgresql.conf'), `\n${Object.entries(settings).map(([name, value]) => `${name} = ${value}`).join('\n')}\n`);
+    appendFileSync(
+      path.join(this.dataDir, 'postgresql.conf'),
+      `\n${Object.entries(settings)
+        .map(([name, value]) => `${name} = ${value}`)
+        .join('\n')}\n`,
+    );
     await run('pg_ctl', ['reload', '-D', this.dataDir]);
   }
 
@@ -210,7 +249,10 @@ class Server implements PrivatePostgres {
     live.delete(this);
     if (this.#running) {
       try {
-        execFileSync(findPostgresProgram('pg_ctl'), ['stop', '-D', this.dataDir, '-w', '-m', 'immediate'], { stdio: 'ignore', ...asServerUser() });
+        execFileSync(findPostgresProgram('pg_ctl'), ['stop', '-D', this.dataDir, '-w', '-m', 'immediate'], {
+          stdio: 'ignore',
+          ...asServerUser(),
+        });
       } catch {
         // already gone
       }
@@ -239,8 +281,12 @@ class Server implements PrivatePostgres {
 /** PostgreSQL refuses to run as root: then its programs run as the "postgres" user. */
 function serverUser(): { uid: number; gid: number } | undefined {
   try {
-    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
-    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
+    const uid = Number(
+      execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(),
+    );
+    const gid = Number(
+      execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(),
+    );
     return Number.isInteger(uid) && Number.isInteger(gid) ? { uid, gid } : undefined;
   } catch {
     return undefined;
@@ -263,12 +309,17 @@ async function serverDirectory(prefix: string): Promise<string> {
 
 function run(program: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(findPostgresProgram(program), args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: tmpdir(), ...asServerUser() });
+    const child = spawn(findPostgresProgram(program), args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: tmpdir(),
+      ...asServerUser(),
+    });
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.once('error', reject);
-    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${program} ${args.join(' ')} exited with ${code}:\n${output.trim()}`))));
+    child.once('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`${program} ${args.join(' ')} exited with ${code}:\n${output.trim()}`)),
+    );
   });
 }
-

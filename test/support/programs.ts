@@ -24,7 +24,10 @@ export function skipUnlessInstalled(what: string, programs: Record<string, reado
     .filter(([binary, args]) => !installed(binary, args))
     .map(([binary]) => binary);
   if (missing.length === 0) return undefined;
-  if (process.env.REQUIRE_SERVICES === '1') throw new Error(`${what} needs ${missing.join(', ')} (REQUIRE_SERVICES=1): install ${missing.length === 1 ? 'it' : 'them'}`);
+  if (process.env.REQUIRE_SERVICES === '1')
+    throw new Error(
+      `${what} needs ${missing.join(', ')} (REQUIRE_SERVICES=1): install ${missing.length === 1 ? 'it' : 'them'}`,
+    );
   return `${missing.join(', ')} not installed`;
 }
 

@@ -25,7 +25,9 @@ export async function loadRules(): Promise<Rule[]> {
   const dir = path.join(PROMETHEUS_DIR, 'rules');
   const rules: Rule[] = [];
   for (const file of (await readdir(dir)).filter((f) => f.endsWith('.yml')).sort()) {
-    const doc = parseYaml(await readFile(path.join(dir, file), 'utf8')) as { groups: { name: string; rules: Omit<Rule, 'file' | 'group'>[] }[] };
+    const doc = parseYaml(await readFile(path.join(dir, file), 'utf8')) as {
+      groups: { name: string; rules: Omit<Rule, 'file' | 'group'>[] }[];
+    };
     for (const group of doc.groups) for (const rule of group.rules) rules.push({ ...rule, file, group: group.name });
   }
   return rules;
@@ -42,7 +44,8 @@ export function selectedMetricNames(expr: string): Set<string> {
   tree.iterate({
     enter(node) {
       if (node.type.isError) error ??= node.from;
-      if (node.name === 'Identifier' && node.node.parent?.name === 'VectorSelector') names.add(expr.slice(node.from, node.to));
+      if (node.name === 'Identifier' && node.node.parent?.name === 'VectorSelector')
+        names.add(expr.slice(node.from, node.to));
       if (node.name === 'UnquotedLabelMatcher') {
         const text = expr.slice(node.from, node.to);
         const match = /^__name__\s*=\s*"([^"]+)"$/.exec(text);
@@ -50,7 +53,10 @@ export function selectedMetricNames(expr: string): Set<string> {
       }
     },
   });
-  if (error !== undefined) throw new PromqlSyntaxError(`PromQL syntax error at character ${error}: ${expr.slice(0, error)}⚠${expr.slice(error)}`);
+  if (error !== undefined)
+    throw new PromqlSyntaxError(
+      `PromQL syntax error at character ${error}: ${expr.slice(0, error)}⚠${expr.slice(error)}`,
+    );
   return names;
 }
 

@@ -37,7 +37,13 @@ export type ProcessStopMode = 'terminate' | 'kill';
 
 /** The program's path, or undefined when this machine lacks it; preferredDirs are searched before PATH. */
 function findProgram(name: string, preferredDirs: readonly string[] = []): string | undefined {
-  const dirs = [...preferredDirs, ...(process.env.PATH ?? '').split(path.delimiter), '/usr/local/sbin', '/usr/sbin', '/sbin'];
+  const dirs = [
+    ...preferredDirs,
+    ...(process.env.PATH ?? '').split(path.delimiter),
+    '/usr/local/sbin',
+    '/usr/sbin',
+    '/sbin',
+  ];
   for (const dir of dirs) {
     if (!dir) continue;
     const candidate = path.join(dir, name);
@@ -67,7 +73,13 @@ export type PrivateServerKind = 'postgresql' | keyof typeof PROGRAMS;
  * failure under REQUIRE_SERVICES=1), or undefined when they can.
  */
 export function privateServersUnavailable(...kinds: PrivateServerKind[]): string | undefined {
-  const reasons = kinds.map((kind) => (kind === 'postgresql' ? privatePostgresUnavailable() : PROGRAMS[kind].path ? undefined : `${PROGRAMS[kind].name} is not installed`));
+  const reasons = kinds.map((kind) =>
+    kind === 'postgresql'
+      ? privatePostgresUnavailable()
+      : PROGRAMS[kind].path
+        ? undefined
+        : `${PROGRAMS[kind].name} is not installed`,
+  );
   const missing = reasons.filter((r) => r !== undefined);
   return missing.length === 0 ? undefined : missing.join('; ');
 }
@@ -101,11 +113,20 @@ function accepts(port: number): Promise<boolean> {
 }
 
 /** Resolves once the port accepts (listening: true) or refuses (false) TCP connections. */
-async function waitForPort(port: number, listening: boolean, what: string, exited?: () => boolean, timeoutMs = 60_000): Promise<void> {
+async function waitForPort(
+  port: number,
+  listening: boolean,
+  what: string,
+  exited?: () => boolean,
+  timeoutMs = 60_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while ((await accepts(port)) !== listening) {
     if (exited?.()) throw new Error(`${what} exited while starting`);
-    if (Date.now() > deadline) throw new Error(`${what} ${listening ? 'did not listen' : 'still listens'} on port ${port} after ${timeoutMs} ms`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `${what} ${listening ? 'did not listen' : 'still listens'} on port ${port} after ${timeoutMs} ms`,
+      );
     await sleep(50);
   }
 }
@@ -179,12 +200,22 @@ export async function startNats(): Promise<PrivateServer<ProcessStopMode>> {
   const program = programOf('nats');
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-nats-'));
   const port = await freePort();
-  const server = processServer(
-    'nats',
-    `nats://127.0.0.1:${port}`,
-    port,
-    dir,
-    () => spawn(program, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', path.join(dir, 'store'), '-l', path.join(dir, 'server.log')], DETACHED),
+  const server = processServer('nats', `nats://127.0.0.1:${port}`, port, dir, () =>
+    spawn(
+      program,
+      [
+        '-js',
+        '-a',
+        '127.0.0.1',
+        '-p',
+        String(port),
+        '-sd',
+        path.join(dir, 'store'),
+        '-l',
+        path.join(dir, 'server.log'),
+      ],
+      DETACHED,
+    ),
   );
   await server.start();
   return server;
@@ -195,12 +226,25 @@ export async function startRedis(): Promise<PrivateServer<ProcessStopMode>> {
   const program = programOf('redis');
   const dir = await mkdtemp(path.join(tmpdir(), 'orderflow-redis-'));
   const port = await freePort();
-  const server = processServer(
-    'redis',
-    `redis://127.0.0.1:${port}`,
-    port,
-    dir,
-    () => spawn(program, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', path.join(dir, 'server.log')], DETACHED),
+  const server = processServer('redis', `redis://127.0.0.1:${port}`, port, dir, () =>
+    spawn(
+      program,
+      [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--dir',
+        dir,
+        '--logfile',
+        path.join(dir, 'server.log'),
+      ],
+      DETACHED,
+    ),
   );
   await server.start();
   return server;
@@ -236,12 +280,8 @@ export async function startRabbitMq(): Promise<PrivateServer<ProcessStopMode>> {
     RABBITMQ_MNESIA_BASE: path.join(dir, 'mnesia'),
     RABBITMQ_LOG_BASE: path.join(dir, 'log'),
   };
-  const server = processServer(
-    'rabbitmq',
-    `amqp://guest:guest@127.0.0.1:${port}`,
-    port,
-    dir,
-    () => spawn(program, [], { ...DETACHED, env }),
+  const server = processServer('rabbitmq', `amqp://guest:guest@127.0.0.1:${port}`, port, dir, () =>
+    spawn(program, [], { ...DETACHED, env }),
   );
   await server.start();
   return server;
@@ -305,4 +345,3 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
   };
   return proxy;
 }
-

@@ -23,13 +23,63 @@ export interface TestCertificates {
 export async function makeTestCertificates(dir: string): Promise<TestCertificates> {
   const file = (name: string) => path.join(dir, name);
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  await run('openssl', ['req', '-x509', ...ec, '-keyout', file('ca.key'), '-out', file('ca.crt'), '-days', '1', '-subj', '/CN=Orderflow test CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  await run('openssl', ['req', ...ec, '-keyout', file('server.key'), '-out', file('server.csr'), '-subj', '/CN=localhost']);
-  await writeFile(file('server.ext'), 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n');
-  await run('openssl', ['x509', '-req', '-in', file('server.csr'), '-CA', file('ca.crt'), '-CAkey', file('ca.key'), '-CAcreateserial',
-    '-out', file('server.crt'), '-days', '1', '-extfile', file('server.ext')]);
-  const [certificate, key] = await Promise.all([readFile(file('server.crt'), 'utf8'), readFile(file('server.key'), 'utf8')]);
+  await run('openssl', [
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    file('ca.key'),
+    '-out',
+    file('ca.crt'),
+    '-days',
+    '1',
+    '-subj',
+    '/CN=Orderflow test CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  await run('openssl', [
+    'req',
+    ...ec,
+    '-keyout',
+    file('server.key'),
+    '-out',
+    file('server.csr'),
+    '-subj',
+    '/CN=localhost',
+  ]);
+  await writeFile(
+    file('server.ext'),
+    'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n',
+  );
+  await run('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    file('server.csr'),
+    '-CA',
+    file('ca.crt'),
+    '-CAkey',
+    file('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    file('server.crt'),
+    '-days',
+    '1',
+    '-extfile',
+    file('server.ext'),
+  ]);
+  const [certificate, key] = await Promise.all([
+    readFile(file('server.crt'), 'utf8'),
+    readFile(file('server.key'), 'utf8'),
+  ]);
   await writeFile(file('server.pem'), certificate + key, { mode: 0o600 });
-  return { ca: await readFile(file('ca.crt'), 'utf8'), certFile: file('server.crt'), keyFile: file('server.key'), pemFile: file('server.pem') };
+  return {
+    ca: await readFile(file('ca.crt'), 'utf8'),
+    certFile: file('server.crt'),
+    keyFile: file('server.key'),
+    pemFile: file('server.pem'),
+  };
 }

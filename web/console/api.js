@@ -29,7 +29,8 @@ export async function api(method, path, body) {
   const text = await response.text();
   const parsed = text ? JSON.parse(text) : undefined;
   if (!response.ok) {
-    if (response.status === 401) window.dispatchEvent(new CustomEvent('orderflow:signed-out', { detail: parsed?.detail }));
+    if (response.status === 401)
+      window.dispatchEvent(new CustomEvent('orderflow:signed-out', { detail: parsed?.detail }));
     throw new ApiError(response.status, parsed);
   }
   return parsed;

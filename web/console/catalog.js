@@ -11,8 +11,13 @@ function Adjust({ product, onAdjusted }) {
   const apply = async (e) => {
     e.preventDefault();
     try {
-      const updated = await api('POST', `/v1/products/${encodeURIComponent(product.sku)}/stock`, { delta: Number(delta) });
-      setMessage({ ok: true, text: `Stock now ${count(updated.stock, 'unit')}, ${count(updated.available, 'unit')} available.` });
+      const updated = await api('POST', `/v1/products/${encodeURIComponent(product.sku)}/stock`, {
+        delta: Number(delta),
+      });
+      setMessage({
+        ok: true,
+        text: `Stock now ${count(updated.stock, 'unit')}, ${count(updated.available, 'unit')} available.`,
+      });
       setDelta('');
       onAdjusted();
     } catch (error) {
@@ -47,18 +52,29 @@ export function Catalog() {
     ${error && html`<p class="error" role="alert">${error}</p>`}
     <div class="table-wrap">
       <table data-table="products">
-        <thead><tr><th scope="col">SKU</th><th scope="col">Name</th><th scope="col">Price</th><th scope="col">On hand</th><th scope="col">Held</th><th scope="col">Available</th><th scope="col">Adjust</th></tr></thead>
+        <thead>
+          <tr>
+            <th scope="col">SKU</th>
+            <th scope="col">Name</th>
+            <th scope="col">Price</th>
+            <th scope="col">On hand</th>
+            <th scope="col">Held</th>
+            <th scope="col">Available</th>
+            <th scope="col">Adjust</th>
+          </tr>
+        </thead>
         <tbody>
           ${page.items.map(
-            (p) => html`<tr data-sku=${p.sku}>
-              <td><code>${p.sku}</code></td>
-              <td>${p.name}</td>
-              <td class="num">${money(p.priceCents, p.currency)}</td>
-              <td class="num" data-field="stock">${count(p.stock, 'unit')}</td>
-              <td class="num" data-field="held">${count(p.held, 'unit')}</td>
-              <td class="num" data-field="available">${count(p.available, 'unit')}</td>
-              <td><${Adjust} product=${p} onAdjusted=${() => load()} /></td>
-            </tr>`,
+            (p) =>
+              html`<tr data-sku=${p.sku}>
+                <td><code>${p.sku}</code></td>
+                <td>${p.name}</td>
+                <td class="num">${money(p.priceCents, p.currency)}</td>
+                <td class="num" data-field="stock">${count(p.stock, 'unit')}</td>
+                <td class="num" data-field="held">${count(p.held, 'unit')}</td>
+                <td class="num" data-field="available">${count(p.available, 'unit')}</td>
+                <td><${Adjust} product=${p} onAdjusted=${() => load()} /></td>
+              </tr>`,
           )}
         </tbody>
       </table>

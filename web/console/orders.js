@@ -29,21 +29,42 @@ export function Orders() {
   const search = async (cursor) => {
     try {
       const page = await api('GET', query(cursor));
-      setResult((r) => ({ items: cursor ? [...r.items, ...page.items] : page.items, nextCursor: page.nextCursor, searched: true }));
+      setResult((r) => ({
+        items: cursor ? [...r.items, ...page.items] : page.items,
+        nextCursor: page.nextCursor,
+        searched: true,
+      }));
       setError(undefined);
     } catch (e) {
-      setError(e.problem?.errors?.map((f) => `${f.path.replace('/querystring/', '')}: ${f.message}`).join('; ') || e.message);
+      setError(
+        e.problem?.errors?.map((f) => `${f.path.replace('/querystring/', '')}: ${f.message}`).join('; ') || e.message,
+      );
     }
   };
   useEffect(() => void search(), []);
-  const field = (name) => ({ id: `f-${name}`, name, value: filters[name], onInput: (e) => setFilters((f) => ({ ...f, [name]: e.target.value })) });
+  const field = (name) => ({
+    id: `f-${name}`,
+    name,
+    value: filters[name],
+    onInput: (e) => setFilters((f) => ({ ...f, [name]: e.target.value })),
+  });
   return html`
     <h1>Orders</h1>
     <form class="filters" role="search" onSubmit=${(e) => (e.preventDefault(), search())}>
-      <div><label for="f-status">Status</label>
-        <select ...${field('status')} onChange=${field('status').onInput}><option value="">any</option>${STATUSES.map((s) => html`<option>${s}</option>`)}</select></div>
-      <div><label for="f-rejectReason">Reject reason</label>
-        <select ...${field('rejectReason')} onChange=${field('rejectReason').onInput}><option value="">any</option>${REASONS.map((s) => html`<option>${s}</option>`)}</select></div>
+      <div>
+        <label for="f-status">Status</label>
+        <select ...${field('status')} onChange=${field('status').onInput}>
+          <option value="">any</option>
+          ${STATUSES.map((s) => html`<option>${s}</option>`)}
+        </select>
+      </div>
+      <div>
+        <label for="f-rejectReason">Reject reason</label>
+        <select ...${field('rejectReason')} onChange=${field('rejectReason').onInput}>
+          <option value="">any</option>
+          ${REASONS.map((s) => html`<option>${s}</option>`)}
+        </select>
+      </div>
       <div><label for="f-customerId">Customer</label><input ...${field('customerId')} maxlength="255" /></div>
       <div><label for="f-sku">SKU</label><input ...${field('sku')} maxlength="64" /></div>
       <div><label for="f-from">Created from</label><input type="datetime-local" step="1" ...${field('from')} /></div>
@@ -53,17 +74,29 @@ export function Orders() {
     ${error && html`<p class="error" role="alert">${error}</p>`}
     <div class="table-wrap">
       <table data-table="orders">
-        <thead><tr><th scope="col">Order</th><th scope="col">Customer</th><th scope="col">Status</th><th scope="col">Items</th><th scope="col">Total</th><th scope="col">Created</th></tr></thead>
+        <thead>
+          <tr>
+            <th scope="col">Order</th>
+            <th scope="col">Customer</th>
+            <th scope="col">Status</th>
+            <th scope="col">Items</th>
+            <th scope="col">Total</th>
+            <th scope="col">Created</th>
+          </tr>
+        </thead>
         <tbody>
           ${result.items.map(
-            (o) => html`<tr data-order=${o.id}>
-              <td><a href=${`#/orders/${o.id}`}><code>${o.id}</code></a></td>
-              <td>${o.customerId}</td>
-              <td><${Status} status=${o.status} reason=${o.rejectReason} /></td>
-              <td>${o.items.map((i) => `${count(i.quantity, 'unit')} ${i.sku}`).join(', ')}</td>
-              <td class="num">${money(o.totalCents, o.currency)}</td>
-              <td>${time(o.createdAt)}</td>
-            </tr>`,
+            (o) =>
+              html`<tr data-order=${o.id}>
+                <td>
+                  <a href=${`#/orders/${o.id}`}><code>${o.id}</code></a>
+                </td>
+                <td>${o.customerId}</td>
+                <td><${Status} status=${o.status} reason=${o.rejectReason} /></td>
+                <td>${o.items.map((i) => `${count(i.quantity, 'unit')} ${i.sku}`).join(', ')}</td>
+                <td class="num">${money(o.totalCents, o.currency)}</td>
+                <td>${time(o.createdAt)}</td>
+              </tr>`,
           )}
         </tbody>
       </table>
@@ -100,7 +133,9 @@ function describe(event, currency) {
     case 'redriven':
       return `re-driven by ${d.by} from the ${d.queue} dead letters${d.reopened ? '; the order is pending again' : ''}`;
     case 'charge_voided':
-      return d.sent ? 'charge voided at the gateway: nothing was charged, and nothing can be' : 'charge voided: it was never sent';
+      return d.sent
+        ? 'charge voided at the gateway: nothing was charged, and nothing can be'
+        : 'charge voided: it was never sent';
     case 'dead_letter_discarded':
       return `dead letter of ${d.queue} discarded by ${d.by}`;
     default:
@@ -137,7 +172,9 @@ export function OrderDetail({ id }) {
       setMessage(`Not cancelled: ${e.message}`);
     }
   };
-  if (error && !body) return html`<p><a href="#/orders">← Orders</a></p><p class="error" role="alert">${error}</p>`;
+  if (error && !body)
+    return html`<p><a href="#/orders">← Orders</a></p>
+      <p class="error" role="alert">${error}</p>`;
   if (!body) return html`<p>Loading ${id}…</p>`;
   const { order, payment, events, moneyMovements } = body;
   const cancellable = order.status === 'pending' || order.status === 'confirmed';
@@ -145,38 +182,91 @@ export function OrderDetail({ id }) {
     <p><a href="#/orders">← Orders</a></p>
     <h1>Order <code>${order.id}</code></h1>
     <dl class="facts">
-      <dt>Status</dt><dd><${Status} status=${order.status} reason=${order.rejectReason} /></dd>
-      <dt>Customer</dt><dd>${order.customerId}</dd>
-      <dt>Total</dt><dd>${money(order.totalCents, order.currency)}</dd>
-      <dt>Created</dt><dd>${time(order.createdAt)}</dd>
-      <dt>Payment</dt><dd data-payment=${payment?.status ?? 'none'}>${payment ? `${payment.status}${payment.lastError ? ` — ${payment.lastError}` : ''}` : 'none (never charged)'}</dd>
+      <dt>Status</dt>
+      <dd><${Status} status=${order.status} reason=${order.rejectReason} /></dd>
+      <dt>Customer</dt>
+      <dd>${order.customerId}</dd>
+      <dt>Total</dt>
+      <dd>${money(order.totalCents, order.currency)}</dd>
+      <dt>Created</dt>
+      <dd>${time(order.createdAt)}</dd>
+      <dt>Payment</dt>
+      <dd data-payment=${payment?.status ?? 'none'}>
+        ${payment ? `${payment.status}${payment.lastError ? ` — ${payment.lastError}` : ''}` : 'none (never charged)'}
+      </dd>
     </dl>
     <h2>Items</h2>
-    <div class="table-wrap"><table>
-      <thead><tr><th scope="col">SKU</th><th scope="col">Quantity</th><th scope="col">Unit price</th><th scope="col">Line total</th></tr></thead>
-      <tbody>${order.items.map((i) => html`<tr><td>${i.sku}</td><td class="num">${count(i.quantity, 'unit')}</td><td class="num">${money(i.priceCents, order.currency)}</td><td class="num">${money(i.priceCents * i.quantity, order.currency)}</td></tr>`)}</tbody>
-    </table></div>
-    ${cancellable &&
-    html`<div class="danger-zone">
-      ${confirming
-        ? html`<p>Cancel this ${order.status} order? Its stock returns and any payment is refunded.</p>
-            <button type="button" class="danger" onClick=${cancel}>Yes, cancel the order</button>
-            <button type="button" class="secondary" onClick=${() => setConfirming(false)}>Keep it</button>`
-        : html`<button type="button" class="danger" onClick=${() => setConfirming(true)}>Cancel order…</button>`}
-    </div>`}
+    <div class="table-wrap">
+      <table>
+        <thead>
+          <tr>
+            <th scope="col">SKU</th>
+            <th scope="col">Quantity</th>
+            <th scope="col">Unit price</th>
+            <th scope="col">Line total</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${order.items.map(
+            (i) =>
+              html`<tr>
+                <td>${i.sku}</td>
+                <td class="num">${count(i.quantity, 'unit')}</td>
+                <td class="num">${money(i.priceCents, order.currency)}</td>
+                <td class="num">${money(i.priceCents * i.quantity, order.currency)}</td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>
+    </div>
+    ${
+      cancellable &&
+      html`<div class="danger-zone">
+        ${
+          confirming
+            ? html`<p>Cancel this ${order.status} order? Its stock returns and any payment is refunded.</p>
+                <button type="button" class="danger" onClick=${cancel}>Yes, cancel the order</button>
+                <button type="button" class="secondary" onClick=${() => setConfirming(false)}>Keep it</button>`
+            : html`<button type="button" class="danger" onClick=${() => setConfirming(true)}>Cancel order…</button>`
+        }
+      </div>`
+    }
     ${message && html`<p class="notice" role="status">${message}</p>`}
     <h2>Timeline</h2>
     <ol class="timeline" data-timeline>
       ${events.map((e) => html`<li data-event=${e.type}><time datetime=${e.at}>${time(e.at)}</time> <span>${describe(e, order.currency)}</span></li>`)}
     </ol>
     <h2>Money movements</h2>
-    ${moneyMovements.length === 0
-      ? html`<p>No money moved.</p>`
-      : html`<div class="table-wrap"><table data-table="money">
-          <thead><tr><th scope="col">When</th><th scope="col">Movement</th><th scope="col">Amount</th><th scope="col">Gateway id</th></tr></thead>
-          <tbody>${moneyMovements.map(
-            (e) => html`<tr data-movement=${e.type}><td>${time(e.at)}</td><td>${e.type.replace('_', ' ')}</td><td class="num">${money(e.detail.amountCents, e.detail.currency ?? order.currency)}</td><td><code>${e.detail.chargeId && e.type === 'charged' ? e.detail.chargeId : (e.detail.refundId ?? '—')}</code></td></tr>`,
-          )}</tbody>
-        </table></div>`}
+    ${
+      moneyMovements.length === 0
+        ? html`<p>No money moved.</p>`
+        : html`<div class="table-wrap">
+            <table data-table="money">
+              <thead>
+                <tr>
+                  <th scope="col">When</th>
+                  <th scope="col">Movement</th>
+                  <th scope="col">Amount</th>
+                  <th scope="col">Gateway id</th>
+                </tr>
+              </thead>
+              <tbody>
+                ${moneyMovements.map(
+                  (e) =>
+                    html`<tr data-movement=${e.type}>
+                      <td>${time(e.at)}</td>
+                      <td>${e.type.replace('_', ' ')}</td>
+                      <td class="num">${money(e.detail.amountCents, e.detail.currency ?? order.currency)}</td>
+                      <td>
+                        <code
+                          >${e.detail.chargeId && e.type === 'charged' ? e.detail.chargeId : (e.detail.refundId ?? '—')}</code
+                        >
+                      </td>
+                    </tr>`,
+                )}
+              </tbody>
+            </table>
+          </div>`
+    }
   `;
 }

@@ -72,7 +72,10 @@ function useFigures(onReading) {
     const run = async () => {
       while (!controller.signal.aborted) {
         try {
-          const response = await fetch('/v1/admin/figures/stream', { headers: { authorization: `Bearer ${session.token}`, accept: 'text/event-stream' }, signal: controller.signal });
+          const response = await fetch('/v1/admin/figures/stream', {
+            headers: { authorization: `Bearer ${session.token}`, accept: 'text/event-stream' },
+            signal: controller.signal,
+          });
           if (response.status === 401) return window.dispatchEvent(new CustomEvent('orderflow:signed-out'));
           if (!response.ok) throw new Error(`HTTP ${response.status}`);
           setState('live');
@@ -106,7 +109,15 @@ function Chart({ spec, data, readings }) {
       {
         width: width(),
         height: 180,
-        series: [{}, ...spec.series.map((s) => ({ label: `${s.label} (${spec.unit})`, stroke: s.stroke, width: 2, spanGaps: true }))],
+        series: [
+          {},
+          ...spec.series.map((s) => ({
+            label: `${s.label} (${spec.unit})`,
+            stroke: s.stroke,
+            width: 2,
+            spanGaps: true,
+          })),
+        ],
         axes: [{}, { label: spec.unit, size: 60 }],
         scales: { x: { time: true } },
         legend: { live: false },
@@ -134,7 +145,12 @@ function Chart({ spec, data, readings }) {
 
 function Tile({ id, title, ok, children }) {
   return html`
-    <section class=${`tile ${ok === undefined ? '' : ok ? 'ok' : 'bad'}`} data-tile=${id} data-state=${ok === undefined ? 'unknown' : ok ? 'ok' : 'bad'} aria-live="polite">
+    <section
+      class=${`tile ${ok === undefined ? '' : ok ? 'ok' : 'bad'}`}
+      data-tile=${id}
+      data-state=${ok === undefined ? 'unknown' : ok ? 'ok' : 'bad'}
+      aria-live="polite"
+    >
       <h2>${title}</h2>
       ${children}
     </section>
@@ -167,7 +183,10 @@ function useInvariants() {
 export function Overview() {
   const [history, setHistory] = useState({ times: [], readings: [] });
   const state = useFigures((reading) =>
-    setHistory((h) => ({ times: [...h.times, Date.parse(reading.at) / 1000].slice(-WINDOW), readings: [...h.readings, reading].slice(-WINDOW) })),
+    setHistory((h) => ({
+      times: [...h.times, Date.parse(reading.at) / 1000].slice(-WINDOW),
+      readings: [...h.readings, reading].slice(-WINDOW),
+    })),
   );
   const { invariants, error } = useInvariants();
   const latest = history.readings.at(-1);
@@ -177,53 +196,96 @@ export function Overview() {
   const pending = invariants?.pendingOrders;
   return html`
     <h1>Overview</h1>
-    <p class="status" data-stream=${state}>Live figures: ${state}${totals ? html` · ${count(totals.processes, 'process', 'processes')} reporting` : ''}</p>
+    <p class="status" data-stream=${state}>
+      Live figures: ${state}${totals ? html` · ${count(totals.processes, 'process', 'processes')} reporting` : ''}
+    </p>
     ${error && html`<p class="error" role="alert">${error}</p>`}
     <div class="tiles">
       <${Tile} id="oversold" title="Oversold SKUs" ok=${oversold && oversold.length === 0}>
-        ${oversold === undefined
-          ? html`<p>—</p>`
-          : oversold.length === 0
-            ? html`<p class="big">${count(0, 'SKU')}</p><p>Confirmed orders never exceed stock.</p>`
-            : html`<p class="big">${count(oversold.length, 'SKU')}</p>
-                <ul>${oversold.map((o) => html`<li><code>${o.sku}</code>: ${count(o.confirmedQuantity, 'unit')} confirmed, ${count(o.stock, 'unit')} in stock</li>`)}</ul>`}
+        ${
+          oversold === undefined
+            ? html`<p>—</p>`
+            : oversold.length === 0
+              ? html`<p class="big">${count(0, 'SKU')}</p>
+                  <p>Confirmed orders never exceed stock.</p>`
+              : html`<p class="big">${count(oversold.length, 'SKU')}</p>
+                  <ul>
+                    ${oversold.map((o) => html`<li><code>${o.sku}</code>: ${count(o.confirmedQuantity, 'unit')} confirmed, ${count(o.stock, 'unit')} in stock</li>`)}
+                  </ul>`
+        }
       <//>
       <${Tile} id="overdue" title="Orders pending past the deadline" ok=${pending && pending.overdue === 0}>
-        ${pending === undefined
-          ? html`<p>—</p>`
-          : html`<p class="big">${count(pending.overdue, 'order')}</p>
-              <p>${count(pending.count, 'order')} pending; oldest ${seconds(pending.oldestAgeSeconds)}; deadline ${seconds(pending.deadlineSeconds)}.</p>`}
+        ${
+          pending === undefined
+            ? html`<p>—</p>`
+            : html`<p class="big">${count(pending.overdue, 'order')}</p>
+                <p>
+                  ${count(pending.count, 'order')} pending; oldest ${seconds(pending.oldestAgeSeconds)}; deadline
+                  ${seconds(pending.deadlineSeconds)}.
+                </p>`
+        }
       <//>
       <${Tile} id="gateway" title="Payment gateway" ok=${totals ? totals.gateway.circuit !== 'open' : undefined}>
-        ${totals
-          ? html`<p class="big">circuit ${totals.gateway.circuit ?? 'n/a'}</p>
-              <p>${figure(totals.gateway.callsPerSecond, 'calls/s')}, mean ${figure(totals.gateway.meanLatencyMs, 'ms')}</p>`
-          : html`<p>—</p>`}
+        ${
+          totals
+            ? html`<p class="big">circuit ${totals.gateway.circuit ?? 'n/a'}</p>
+                <p>
+                  ${figure(totals.gateway.callsPerSecond, 'calls/s')}, mean
+                  ${figure(totals.gateway.meanLatencyMs, 'ms')}
+                </p>`
+            : html`<p>—</p>`
+        }
       <//>
       <${Tile} id="throughput" title="Right now">
-        ${totals
-          ? html`<p class="big" data-figure="accepted">${figure(totals.orders.acceptedPerSecond, 'orders/s')} accepted</p>
-              <p>${figure(totals.orders.confirmedPerSecond, 'orders/s')} confirmed, ${figure(totals.orders.rejectedPerSecond, 'orders/s')} rejected</p>`
-          : html`<p>—</p>`}
+        ${
+          totals
+            ? html`<p class="big" data-figure="accepted">
+                  ${figure(totals.orders.acceptedPerSecond, 'orders/s')} accepted
+                </p>
+                <p>
+                  ${figure(totals.orders.confirmedPerSecond, 'orders/s')} confirmed,
+                  ${figure(totals.orders.rejectedPerSecond, 'orders/s')} rejected
+                </p>`
+            : html`<p>—</p>`
+        }
       <//>
     </div>
-    <div class="charts">${CHARTS.map((spec) => html`<${Chart} key=${spec.id} spec=${spec} data=${dataOf(spec)} readings=${history.readings.length} />`)}</div>
+    <div class="charts">
+      ${CHARTS.map((spec) => html`<${Chart} key=${spec.id} spec=${spec} data=${dataOf(spec)} readings=${history.readings.length} />`)}
+    </div>
     <h2>Processes</h2>
     <div class="table-wrap">
       <table data-table="processes">
-        <thead><tr><th scope="col">Process</th><th scope="col">Role</th><th scope="col">Accepted</th><th scope="col">Confirmed</th><th scope="col">Accept p95</th><th scope="col">Gateway</th><th scope="col">Backlog</th><th scope="col">Batch (accept / pay)</th></tr></thead>
+        <thead>
+          <tr>
+            <th scope="col">Process</th>
+            <th scope="col">Role</th>
+            <th scope="col">Accepted</th>
+            <th scope="col">Confirmed</th>
+            <th scope="col">Accept p95</th>
+            <th scope="col">Gateway</th>
+            <th scope="col">Backlog</th>
+            <th scope="col">Batch (accept / pay)</th>
+          </tr>
+        </thead>
         <tbody>
           ${(latest?.processes ?? []).map(
-            (p) => html`<tr data-process=${p.processId}>
-              <td><code>${p.processId}</code></td>
-              <td>${p.role}</td>
-              <td>${figure(p.figures.orders.acceptedPerSecond, 'orders/s')}</td>
-              <td>${figure(p.figures.orders.confirmedPerSecond, 'orders/s')}</td>
-              <td>${figure(p.figures.acceptLatencyMs?.p95, 'ms')}</td>
-              <td>${p.figures.gateway ? `${p.figures.gateway.circuit}, ${figure(p.figures.gateway.meanLatencyMs, 'ms')}` : 'n/a'}</td>
-              <td>${p.figures.backlog ? count(sum(p.figures.backlog), 'message') : 'unread'}</td>
-              <td>${figure(p.figures.batches.accept.meanSize, 'orders/batch')} / ${figure(p.figures.batches.worker.meanSize, 'jobs/batch')}</td>
-            </tr>`,
+            (p) =>
+              html`<tr data-process=${p.processId}>
+                <td><code>${p.processId}</code></td>
+                <td>${p.role}</td>
+                <td>${figure(p.figures.orders.acceptedPerSecond, 'orders/s')}</td>
+                <td>${figure(p.figures.orders.confirmedPerSecond, 'orders/s')}</td>
+                <td>${figure(p.figures.acceptLatencyMs?.p95, 'ms')}</td>
+                <td>
+                  ${p.figures.gateway ? `${p.figures.gateway.circuit}, ${figure(p.figures.gateway.meanLatencyMs, 'ms')}` : 'n/a'}
+                </td>
+                <td>${p.figures.backlog ? count(sum(p.figures.backlog), 'message') : 'unread'}</td>
+                <td>
+                  ${figure(p.figures.batches.accept.meanSize, 'orders/batch')} /
+                  ${figure(p.figures.batches.worker.meanSize, 'jobs/batch')}
+                </td>
+              </tr>`,
           )}
         </tbody>
       </table>
