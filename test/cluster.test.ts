@@ -15,6 +15,7 @@ import { childPids, startCluster, type Cluster, type ClusterShape } from '../scr
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 import { skipUnlessInstalled } from './support/programs.ts';
+import { callApi as call } from './support/http.ts';
 
 const ORDERS = 3_000;
 const CLIENTS = 32;
@@ -240,32 +241,4 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
     await database.drop();
     await rm(dataDir, { recursive: true, force: true });
   }
-}
-
-async function call(
-  base: string,
-  token: string,
-  method: string,
-  url: string,
-  body?: unknown,
-  headers: Record<string, string> = {},
-) {
-  const response = await fetch(base + url, {
-    method,
-    headers: {
-      authorization: `Bearer ${token}`,
-      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-      ...headers,
-    },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(30_000),
-  });
-  const text = await response.text();
-  let parsed: any = text;
-  try {
-    parsed = text ? JSON.parse(text) : undefined;
-  } catch {
-    // keep text
-  }
-  return { status: response.status, body: parsed };
 }

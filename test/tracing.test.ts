@@ -37,6 +37,7 @@ import {
   type OtlpReceiver,
   type ReceivedSpan,
 } from './support/otlp.ts';
+import { callApi as call } from './support/http.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -186,26 +187,6 @@ async function startSplit(
       await database.drop();
     },
   };
-}
-
-async function call(
-  base: string,
-  token: string,
-  method: string,
-  url: string,
-  body?: unknown,
-  headers: Record<string, string> = {},
-) {
-  const response = await fetch(base + url, {
-    method,
-    headers: {
-      authorization: `Bearer ${token}`,
-      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-      ...headers,
-    },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  return { status: response.status, body: (await response.json()) as Record<string, unknown> };
 }
 
 /** The one span matching, with a message naming what was looked for. */
