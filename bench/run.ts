@@ -610,10 +610,22 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
  * else is set: protocol (http/protobuf), sampler (parentbased_always_on: every
  * trace), batching (5 s, 2,048 queued, 512 per export) and service name stay
  * the SDK's and Orderflow's defaults, as a deployment that only names its
- * collector runs them.
+ * collector runs them, unless the bench's own environment sets them
+ * (tracingSetup says which were used).
  */
 function tracingEnv(receiver: OtlpReceiver | undefined): Record<string, string> {
   return receiver ? { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint } : { OTEL_SDK_DISABLED: 'true' };
+}
+
+/** How the traced processes export and sample: the OTEL_* variables they inherit from the bench, else the defaults. */
+function tracingSetup(): string {
+  const env = process.env;
+  const protocol =
+    env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? 'http/protobuf (the default)';
+  const sampler = env.OTEL_TRACES_SAMPLER
+    ? `${env.OTEL_TRACES_SAMPLER}${env.OTEL_TRACES_SAMPLER_ARG ? ` ${env.OTEL_TRACES_SAMPLER_ARG}` : ''}`
+    : 'parentbased_always_on (the default: every trace)';
+  return `OTLP/HTTP ${protocol} to a counting receiver in the bench process, sampler ${sampler}`;
 }
 
 function spanTotal(receiver: OtlpReceiver | undefined): Map<string, number> {
@@ -660,8 +672,7 @@ function tracingFigures(tracing: Tracing, rounds: TracingRound[]): BenchResult['
     return [
       {
         label: 'tracing',
-        value:
-          'on: OTLP/HTTP (protobuf) to a counting receiver in the bench process, sampler parentbased_always_on (the default: every trace)',
+        value: `on: ${tracingSetup()}`,
       },
       {
         label: 'spans received',
@@ -672,8 +683,7 @@ function tracingFigures(tracing: Tracing, rounds: TracingRound[]): BenchResult['
   const figures: BenchResult['figures'] = [
     {
       label: 'tracing',
-      value:
-        'both: rounds off, on, on, off; on = OTLP/HTTP (protobuf) to a counting receiver in the bench process, sampler parentbased_always_on (the default)',
+      value: `both: rounds off, on, on, off; on = ${tracingSetup()}`,
     },
   ];
   for (const [i, r] of rounds.entries()) {
