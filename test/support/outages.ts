@@ -99,7 +99,7 @@ export interface OutageRigOptions {
    * the outage's, not a standing backlog's.
    */
   ordersPerSecond?: number;
-  /** How long each dependency stays away, ms. */
+  /** How long each dependency stays away at least, ms (longer until REQUESTS_DURING_OUTAGE were answered). */
   outageMs?: number;
   onOutput?: (process: string, line: string) => void;
 }
@@ -108,6 +108,10 @@ const SKUS = 200;
 /** Scarce stock on some SKUs, so that out_of_stock answers are part of the load too. */
 const stockOf = (i: number) => (i % 10 === 0 ? 20 : 1_000_000);
 const RETRY_PAUSE_MS = 100;
+/** Order requests sent while a dependency is away and answered before it returns, at least. */
+const REQUESTS_DURING_OUTAGE = 20;
+/** The longest a dependency stays away waiting for them, ms. */
+const OUTAGE_DEADLINE_MS = 60_000;
 
 /**
  * Clients placing orders back to back; each retries an order with the same
@@ -333,7 +337,7 @@ export class OutageRig {
     return (await childPids(this.cluster.process('all').child.pid!)).sort((a, b) => a - b);
   }
 
-  /** Takes the dependency away for outageMs under load, brings it back, and reports what was seen. */
+  /** Takes the dependency away under load (see REQUESTS_DURING_OUTAGE), brings it back, and reports what was seen. */
   async run(step: OutageStep): Promise<StepReport> {
     const pidsBefore = await this.servingPids();
     // Enough load to mean something before the dependency goes.
@@ -343,7 +347,15 @@ export class OutageRig {
     const stoppedAt = performance.now();
     await this.#takeAway(step);
     const probes: Probe[] = [];
-    while (performance.now() - stoppedAt < this.#outageMs) {
+    // Away for outageMs and until enough orders sent after it went have been
+    // answered: on a busy machine every client can still be waiting on a
+    // request sent before, and a clock alone would then test nothing.
+    const deadline = stoppedAt + OUTAGE_DEADLINE_MS;
+    while (
+      (performance.now() - stoppedAt < this.#outageMs ||
+        this.load.answeredSince(stoppedAt).length < REQUESTS_DURING_OUTAGE) &&
+      performance.now() < deadline
+    ) {
       for (const route of ['/healthz', '/readyz', '/metrics'] as const) probes.push(await this.probe(route));
       await sleep(100);
     }
