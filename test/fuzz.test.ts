@@ -1319,6 +1319,19 @@ function rawCases(token: string): { name: string; payload: string; answers: numb
       answers: 1,
     },
     { name: 'no Host in HTTP/1.1', payload: 'GET /healthz HTTP/1.1\r\n\r\n', answers: 1 },
+    // RFC 9112, section 3.2: one Host, naming a host; Node alone keeps the first of several.
+    { name: 'two Host lines', payload: get('/healthz', 'Host: x\r\nHost: y\r\n'), answers: 1 },
+    { name: 'two Host lines in HTTP/1.0', payload: 'GET /healthz HTTP/1.0\r\nHost: x\r\nhost: x\r\n\r\n', answers: 1 },
+    {
+      name: 'an order with two Host lines',
+      payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\nAuthorization: Bearer ${token}\r\nIdempotency-Key: fz-two-hosts\r\nContent-Type: application/json\r\nContent-Length: 70\r\n\r\n${JSON.stringify({ items: [{ sku: 'FZ-1', quantity: 1 }], payment: { token: 'tok_visa' } }).padEnd(70)}`,
+      answers: 1,
+    },
+    ...['a b', 'user@x', 'x/y', 'x:80:81'].map((host) => ({
+      name: `Host: ${host}`,
+      payload: get('/v1/products', `Host: ${host}\r\nAuthorization: Bearer ${token}\r\n`),
+      answers: 1,
+    })),
     {
       name: 'Content-Length and Transfer-Encoding together',
       payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,

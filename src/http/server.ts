@@ -15,6 +15,7 @@ import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { activeSpan, tracingEnabled } from '../observability/tracing.ts';
 import { parseJsonBody } from './json-body.ts';
+import { hostProblem } from './host.ts';
 import { openApi } from './openapi.ts';
 import {
   clientErrorHandler,
@@ -95,9 +96,8 @@ export function buildServer(options: ServerOptions): Server {
   app.server.on('connect', connectHandler);
 
   app.addHook('onRequest', async (request) => {
-    if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
-      throw new AppError('malformed_request', 'an HTTP/1.1 request must carry a Host header (RFC 9112, section 3.2)');
-    }
+    const host = hostProblem(request.raw.rawHeaders, request.raw.httpVersion);
+    if (host !== undefined) throw new AppError('malformed_request', host);
     if (request.url.length > MAX_URL_LENGTH)
       throw new AppError('uri_too_long', `the request target is longer than ${MAX_URL_LENGTH} characters`);
   });
