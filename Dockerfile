@@ -83,9 +83,10 @@ LABEL org.opencontainers.image.title="Orderflow" \
       org.opencontainers.image.source="${SOURCE}"
 
 # Configuration comes from the environment (see the README); these are the
-# image's defaults. The V8 flags are `npm start`'s (docs/operations.md):
+# image's defaults. The V8 heap flags are `npm start`'s (docs/operations.md):
 # raise --max-old-space-size with the memory limit if you change what a
-# process holds. DATA_DIR is the only place Orderflow writes, so the root
+# process holds; npm start's --liftoff-only is not allowed in NODE_OPTIONS.
+# DATA_DIR is the only place Orderflow writes, so the root
 # filesystem can be read-only: mount a volume (embedded database, the
 # development issuer's key) or a tmpfs there.
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

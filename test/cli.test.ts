@@ -5,6 +5,7 @@
 // /healthz and shuts down cleanly on SIGTERM.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -50,8 +51,12 @@ async function run(
  * Starts `serve` and resolves once it prints where it listens. The process is
  * killed after the test if it is still running.
  */
-async function serve(env: Record<string, string>, t: { after(fn: () => Promise<void> | void): void }) {
-  const child = start(['serve'], env);
+async function serve(
+  env: Record<string, string>,
+  t: { after(fn: () => Promise<void> | void): void },
+  launch: (env: Record<string, string>) => ChildProcess = (env) => start(['serve'], env),
+) {
+  const child = launch(env);
   const exited = new Promise<[number | null, string | null]>((resolve) =>
     child.once('exit', (code, signal) => resolve([code, signal])),
   );
@@ -73,6 +78,29 @@ async function serve(env: Record<string, string>, t: { after(fn: () => Promise<v
     );
   });
   return { child, exited, url, stderr: () => stderrText };
+}
+
+/**
+ * `npm start`'s command as package.json spells it (its variables, then
+ * `node` with its flags), run with the Node running this test: npm itself
+ * only adds a parent process that forwards signals.
+ */
+function npmStart(env: Record<string, string>): ChildProcess {
+  const { scripts } = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as {
+    scripts: { start: string };
+  };
+  const words = scripts.start.split(/\s+/);
+  const variables: Record<string, string> = {};
+  for (let word = words[0]; word !== undefined && /^[A-Z_]+=/.test(word); word = words[0]) {
+    const [name, ...value] = words.shift()!.split('=');
+    variables[name!] = value.join('=');
+  }
+  assert.equal(words.shift(), 'node', `npm start runs node: ${scripts.start}`);
+  return spawn(process.execPath, words, {
+    cwd: REPO,
+    env: { ...env, ...variables },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
 }
 
 function lines(text: string): string[] {
@@ -195,6 +223,26 @@ describe('command line', () => {
       exited,
       new Promise<never>((_, reject) =>
         setTimeout(() => reject(new Error('serve did not exit within 10 s of SIGTERM')), 10_000).unref(),
+      ),
+    ]);
+    assert.equal(signal, null);
+    assert.equal(code, 0, stderr());
+  });
+
+  // Its V8 flags are not checked anywhere else: one Node does not know would stop it before it listens.
+  it("npm start's command, with its memory flags, prints where it listens, answers /healthz and exits 0 on SIGTERM", async (t) => {
+    const { child, exited, url, stderr } = await serve(
+      cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' }),
+      t,
+      npmStart,
+    );
+    const health = await fetch(new URL('/healthz', url));
+    assert.equal(health.status, 200);
+    child.kill('SIGTERM');
+    const [code, signal] = await Promise.race([
+      exited,
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error('npm start did not exit within 10 s of SIGTERM')), 10_000).unref(),
       ),
     ]);
     assert.equal(signal, null);
