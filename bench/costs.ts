@@ -34,6 +34,8 @@ export interface Costs {
   postgresMsPerOrder: number;
   /** WAL bytes per order (the whole server's WAL: other databases' writes count too), if PostgreSQL. */
   walBytesPerOrder: number | undefined;
+  /** Transactions (commits and rollbacks) of the target's database per order, if PostgreSQL: every round of BEGIN … COMMIT, or statement outside one, that a process ran. */
+  transactionsPerOrder: number | undefined;
 }
 
 export interface CostWindow {
@@ -88,11 +90,13 @@ export async function startCostWindow(target: Target, options: { otlpReceiver?: 
   const started = performance.now();
   const before: CpuSnapshot = await cpuSnapshot(await parts());
   const walBefore = embedded ? undefined : await walLsn(target);
+  const transactionsBefore = embedded ? undefined : await transactionCount(target);
   return {
     async stop(orders, apart = {}) {
       const finalParts = await parts();
       const after = await cpuSnapshot(finalParts);
       const walAfter = embedded ? undefined : await walLsn(target);
+      const transactionsAfter = embedded ? undefined : await transactionCount(target);
       const used = cpuBetween(before, after);
       const perOrder = (seconds: number) => (orders > 0 ? round((seconds * 1000) / orders, 3) : 0);
       const costParts: CostPart[] = finalParts.map((p) => ({
@@ -120,6 +124,10 @@ export async function startCostWindow(target: Target, options: { otlpReceiver?: 
         orderflowMsPerOrder: sum('orderflow'),
         postgresMsPerOrder: sum('postgres'),
         walBytesPerOrder,
+        transactionsPerOrder:
+          transactionsBefore !== undefined && transactionsAfter !== undefined && orders > 0
+            ? round((transactionsAfter - transactionsBefore) / orders, 3)
+            : undefined,
       };
     },
   };
@@ -143,6 +151,19 @@ async function walLsn(target: Target): Promise<string | undefined> {
   return row?.lsn;
 }
 
+/**
+ * Commits and rollbacks of the target's database so far (pg_stat_database).
+ * Each backend reports its counts when it goes idle, at most a second late;
+ * the window ends after the drain, when the processes are idle.
+ */
+async function transactionCount(target: Target): Promise<number | undefined> {
+  await target.db.query('SELECT pg_stat_clear_snapshot()');
+  const [row] = await target.db.query<{ count: string }>(
+    'SELECT (xact_commit + xact_rollback)::text AS count FROM pg_stat_database WHERE datname = current_database()',
+  );
+  return row ? Number(row.count) : undefined;
+}
+
 /** The figures of a cost window, as table rows. */
 export function costFigures(costs: Costs, what: string): { label: string; value: number | string | null }[] {
   const rows: { label: string; value: number | string | null }[] = [
@@ -158,5 +179,7 @@ export function costFigures(costs: Costs, what: string): { label: string; value:
     });
   if (costs.walBytesPerOrder !== undefined)
     rows.push({ label: `WAL bytes per ${what} (whole server)`, value: costs.walBytesPerOrder });
+  if (costs.transactionsPerOrder !== undefined)
+    rows.push({ label: `PostgreSQL transactions per ${what} (this database)`, value: costs.transactionsPerOrder });
   return rows;
 }
