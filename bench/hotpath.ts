@@ -6,7 +6,13 @@
 //     counted with the client's; `callers` concurrent callers, and the TCP
 //     connections each round opened, counted at the server;
 //   - order ids (newOrderId);
-//   - the idempotency hash of a request (hashRequest) on 1–3-line orders.
+//   - the idempotency hash of a request (hashRequest) on 1–3-line orders;
+//   - a message's delivery on the consumer side: the broker adapters' shared
+//     consume loop (consumeLoop) handing deliveries to a BrokerQueue, which
+//     decodes each, runs a handler that records it done (markDone) and
+//     acknowledges it, with up to 64 in flight. No broker and no database:
+//     the deliveries are made in this process and the statements go to a
+//     Queryable that answers nothing, so the figure is this code's own work.
 // An older commit's modules are taken from `git archive` into a temporary
 // directory and imported next to this checkout's, on this checkout's
 // node_modules. Rounds alternate between the implementations (the order
@@ -19,10 +25,14 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { HotpathGatewayMessage, HotpathGatewayRequest } from './hotpath-gateway.ts';
+import { pino, type Logger } from 'pino';
+import { Type } from 'typebox';
 import { say } from './progress.ts';
 import { round } from './stats.ts';
 import type { ChargeRequest, ChargeResult } from '../src/payments/gateway.ts';
 import type { PlaceOrder } from '../src/orders/accept.ts';
+import type { Delivery } from '../src/messaging/broker.ts';
+import type { ConsumeSession } from '../src/messaging/consume-loop.ts';
 
 export interface HotpathOptions {
   /** Git revisions whose implementations are measured beside this checkout's. */
@@ -37,13 +47,15 @@ export interface HotpathOptions {
   ids: number;
   /** Request hashes per round. */
   hashes: number;
+  /** Message deliveries per round. */
+  deliveries: number;
 }
 
 /** One piece's measurement for one implementation. */
 export interface HotpathFigure {
   /** 'this checkout' or the revision as given, with its short commit. */
   implementation: string;
-  piece: 'gateway charge' | 'order id' | 'request hash';
+  piece: 'gateway charge' | 'order id' | 'request hash' | 'message delivery';
   /** CPU µs (user + system) per call in each measured round, in run order. */
   cpuUsPerCallRounds: number[];
   /** Median of the rounds. */
@@ -69,6 +81,8 @@ interface Implementation {
   };
   newOrderId: () => string;
   hashRequest: (request: PlaceOrder) => string;
+  /** Hands `count` deliveries to this implementation's consumer; resolves once every one is acknowledged. */
+  deliver: (count: number) => Promise<void>;
 }
 
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -109,6 +123,11 @@ export async function measureHotpath(options: HotpathOptions): Promise<HotpathRe
         hashRound(impl, bodies, options.hashes),
       )),
     );
+    figures.push(
+      ...(await rounds(implementations, options.rounds, 'message delivery', (impl) =>
+        deliveryRound(impl, options.deliveries),
+      )),
+    );
     return { figures, otherDependencies };
   } finally {
     await child.stop();
@@ -116,15 +135,118 @@ export async function measureHotpath(options: HotpathOptions): Promise<HotpathRe
   }
 }
 
-/** Imports one implementation's three modules from a source tree. */
+/** Imports one implementation's modules from a source tree. */
 async function load(label: string, root: string): Promise<Implementation> {
   const from = (file: string) => import(pathToFileURL(path.join(root, file)).href);
-  const [gateway, ids, accept] = await Promise.all([
+  const [gateway, ids, accept, brokerQueue, consumeLoop, metrics] = await Promise.all([
     from('src/payments/http-gateway.ts'),
     from('src/orders/ids.ts'),
     from('src/orders/accept.ts'),
+    from('src/messaging/broker-queue.ts'),
+    from('src/messaging/consume-loop.ts'),
+    from('src/observability/metrics.ts'),
   ]);
-  return { label, HttpGateway: gateway.HttpGateway, newOrderId: ids.newOrderId, hashRequest: accept.hashRequest };
+  return {
+    label,
+    HttpGateway: gateway.HttpGateway,
+    newOrderId: ids.newOrderId,
+    hashRequest: accept.hashRequest,
+    deliver: consumer(brokerQueue.BrokerQueue, consumeLoop.consumeLoop, metrics.createMetrics()),
+  };
+}
+
+/**
+ * A BrokerQueue of one implementation consuming the payment queue's messages
+ * from a broker that exists only in this process: its consume() is the
+ * implementation's own consumeLoop, fed by a source that hands out as many
+ * deliveries as the loop has free slots. The handler yields once (a
+ * handler awaits its database) and records the job done on a Queryable that
+ * answers nothing, as the pay worker does in its transaction.
+ */
+function consumer(
+  BrokerQueue: new (
+    db: unknown,
+    broker: unknown,
+    log: Logger,
+    metrics: unknown,
+  ) => {
+    handle(
+      queue: string,
+      handler: (job: { markDone(tx: unknown): Promise<void> }) => Promise<void>,
+      options: unknown,
+    ): void;
+    start(): void;
+  },
+  consumeLoop: (...args: unknown[]) => unknown,
+  metrics: unknown,
+): (count: number) => Promise<void> {
+  const log = pino({ level: 'silent' });
+  const nothing = { query: async () => [] };
+  const db = {
+    kind: 'postgres',
+    concurrentTransactions: true,
+    ...nothing,
+    transaction: (fn: (tx: unknown) => unknown) => fn(nothing),
+  };
+  let waiting = 0;
+  let acknowledged = 0;
+  let wanted = 0;
+  let finished = () => {};
+  let seq = 0;
+  const turn = () => new Promise((resolve) => setImmediate(resolve));
+  const broker = {
+    kind: 'nats',
+    pending: async () => 0,
+    consume: (queue: string, handler: unknown, options: unknown) =>
+      consumeLoop({ name: 'NATS', log, live: new Set() }, queue, handler, options, async (session: ConsumeSession) => {
+        let stopped = false;
+        const done = (async () => {
+          while (!stopped) {
+            const free = session.free();
+            if (waiting > 0 && free <= 0) await session.slotFreed();
+            else {
+              for (let i = Math.min(free, waiting); i > 0; i--, waiting--) session.deliver(delivery(queue, seq++));
+              await turn();
+            }
+          }
+        })();
+        return { done, stop: async () => void (stopped = true) };
+      }),
+  };
+  const delivery = (queue: string, n: number): Delivery => ({
+    id: `hotpath-${n}`,
+    queue,
+    body: `{"orderId":"ord_${String(n).padStart(26, '0')}"}`,
+    attempt: 1,
+    maxAttempts: 10,
+    trace: { traceparent: undefined, tracestate: undefined },
+    ack: async () => {
+      if (++acknowledged === wanted) finished();
+    },
+    retry: async () => {
+      throw new Error('a delivery failed in the hotpath bench');
+    },
+    deadLetter: async (reason: string) => {
+      throw new Error(`a delivery was dead-lettered in the hotpath bench: ${reason}`);
+    },
+  });
+  const queue = new BrokerQueue(db, broker, log, metrics);
+  queue.handle(
+    'payments.charge',
+    async (job) => {
+      await turn();
+      await job.markDone(nothing);
+    },
+    { concurrency: 64, payload: Type.Object({ orderId: Type.String() }) },
+  );
+  queue.start();
+  return (count) =>
+    new Promise<void>((resolve) => {
+      acknowledged = 0;
+      wanted = count;
+      finished = resolve;
+      waiting = count;
+    });
 }
 
 interface Round {
@@ -191,6 +313,13 @@ async function chargeRound(impl: Implementation, child: GatewayChild, options: H
   const connections = (await child.connections()) - before;
   await client.close();
   return { cpuUsPerCall: (used.user + used.system) / options.charges, connections };
+}
+
+async function deliveryRound(impl: Implementation, count: number): Promise<Round> {
+  const started = process.cpuUsage();
+  await impl.deliver(count);
+  const used = process.cpuUsage(started);
+  return { cpuUsPerCall: (used.user + used.system) / count };
 }
 
 function idRound(impl: Implementation, count: number): Round {

@@ -965,11 +965,11 @@ async function publishScenario(options: Options, machine: Machine): Promise<Benc
   };
 }
 
-/** CPU per call of the gateway client, order ids and the request hash, against older revisions (bench/hotpath.ts). */
+/** CPU per call of the gateway client, order ids, the request hash and a message's delivery, against older revisions (bench/hotpath.ts). */
 async function hotpathScenario(options: Options, machine: Machine): Promise<BenchResult> {
-  const counts = { charges: 10_000, ids: 200_000, hashes: 100_000 };
+  const counts = { charges: 10_000, ids: 200_000, hashes: 100_000, deliveries: 50_000 };
   say(
-    `hotpath: ${options.rounds} rounds alternating between this checkout${options.compare.map((r) => `, ${r}`).join('')}; ${counts.charges} charges from ${options.connections} callers, ${counts.ids} ids, ${counts.hashes} hashes a round`,
+    `hotpath: ${options.rounds} rounds alternating between this checkout${options.compare.map((r) => `, ${r}`).join('')}; ${counts.charges} charges from ${options.connections} callers, ${counts.ids} ids, ${counts.hashes} hashes, ${counts.deliveries} message deliveries a round`,
   );
   const measured = await measureHotpath({
     compare: options.compare,
@@ -979,7 +979,7 @@ async function hotpathScenario(options: Options, machine: Machine): Promise<Benc
   });
   // Implementations in the order given, oldest first, this checkout last: each step's ratio is to the one before.
   const figures: BenchResult['figures'] = [];
-  for (const piece of ['gateway charge', 'order id', 'request hash'] as const) {
+  for (const piece of ['gateway charge', 'order id', 'request hash', 'message delivery'] as const) {
     const list = measured.figures.filter((f) => f.piece === piece);
     const ordered = [...list.slice(1), list[0]!];
     for (const f of ordered) {

@@ -13,7 +13,7 @@
 import type { Logger } from 'pino';
 import { BROKER } from '../tunables.ts';
 import { declareQueue, readForScrape, type Metrics } from '../observability/metrics.ts';
-import { failActiveSpan } from '../observability/tracing.ts';
+import { failActiveSpan, tracingEnabled } from '../observability/tracing.ts';
 import { storableText } from '../text.ts';
 import { isUniqueViolation, type Database, type Queryable } from '../storage/database.ts';
 import type { Broker, Delivery, Subscription } from './broker.ts';
@@ -59,6 +59,36 @@ function decode(consumer: Consumer, delivery: Delivery): JsonObject {
   return consumer.parse(payload);
 }
 
+/**
+ * A delivery as its handler sees it: one object per message, its markDone a
+ * method rather than a closure, and whether it was recorded done a field
+ * rather than an entry in a WeakSet (which the garbage collector has to
+ * visit for every message).
+ */
+class BrokerJob implements Job {
+  readonly id: string;
+  readonly queue: string;
+  readonly payload: JsonObject;
+  readonly attempt: number;
+  readonly maxAttempts: number;
+  /** True once a handler's transaction recorded the job applied (markDone, markDoneMany). */
+  done = false;
+  readonly #owner: BrokerQueue;
+
+  constructor(owner: BrokerQueue, queue: string, delivery: Delivery, payload: JsonObject) {
+    this.#owner = owner;
+    this.id = delivery.id;
+    this.queue = queue;
+    this.payload = payload;
+    this.attempt = delivery.attempt;
+    this.maxAttempts = delivery.maxAttempts;
+  }
+
+  markDone(tx: Queryable): Promise<void> {
+    return this.#owner.markDoneMany(tx, [this]);
+  }
+}
+
 export class BrokerQueue implements JobQueue {
   readonly #db: Database;
   readonly #broker: Broker;
@@ -74,8 +104,6 @@ export class BrokerQueue implements JobQueue {
   readonly #enqueueListeners = new Set<() => void>();
   /** Deliveries being handled in this process, per queue (the broker cannot always count them). */
   readonly #inFlight = new Map<string, number>();
-  /** Jobs whose handler recorded them done in its own transaction (markDone). */
-  readonly #done = new WeakSet<Job>();
 
   constructor(db: Database, broker: Broker, log: Logger, metrics: Metrics, options: BrokerQueueOptions = {}) {
     this.#db = db;
@@ -123,7 +151,7 @@ export class BrokerQueue implements JobQueue {
   async #recordApplied(tx: Queryable, jobs: readonly Job[], onDuplicate: 'fail' | 'ignore'): Promise<void> {
     if (jobs.length === 0) return;
     await insertInbox(tx, jobs, onDuplicate);
-    for (const job of jobs) this.#done.add(job);
+    for (const job of jobs) if (job instanceof BrokerJob) job.done = true;
   }
 
   onEnqueue(listener: () => void): () => void {
@@ -208,14 +236,13 @@ export class BrokerQueue implements JobQueue {
     const { queue } = consumer;
     this.#inFlight.set(queue, (this.#inFlight.get(queue) ?? 0) + 1);
     try {
-      const message = {
-        queue,
-        id: delivery.id,
-        attempt: delivery.attempt,
-        system: this.#broker.kind,
-        trace: delivery.trace,
-      };
-      await inMessageSpan(message, () => this.#process(consumer, delivery));
+      // The span's description of the message is built only while tracing.
+      if (!tracingEnabled()) await this.#process(consumer, delivery);
+      else
+        await inMessageSpan(
+          { queue, id: delivery.id, attempt: delivery.attempt, system: this.#broker.kind, trace: delivery.trace },
+          () => this.#process(consumer, delivery),
+        );
     } finally {
       this.#inFlight.set(queue, (this.#inFlight.get(queue) ?? 1) - 1);
     }
@@ -223,7 +250,6 @@ export class BrokerQueue implements JobQueue {
 
   async #process(consumer: Consumer, delivery: Delivery): Promise<void> {
     const { queue } = consumer;
-    const context = { messageId: delivery.id, queue, attempt: delivery.attempt, maxAttempts: delivery.maxAttempts };
     if (delivery.attempt > 1) this.#metrics.consumerRedeliveries.inc({ queue });
     let started = performance.now();
     try {
@@ -237,19 +263,12 @@ export class BrokerQueue implements JobQueue {
         this.#metrics.jobsProcessed.inc({ queue, outcome: 'duplicate' });
         return;
       }
-      const job: Job = {
-        id: delivery.id,
-        queue,
-        payload: decode(consumer, delivery),
-        attempt: delivery.attempt,
-        maxAttempts: delivery.maxAttempts,
-        markDone: (tx) => this.markDoneMany(tx, [job]),
-      };
+      const job = new BrokerJob(this, queue, delivery, decode(consumer, delivery));
       started = performance.now();
       await consumer.handler(job);
       // A handler that did not record the job itself (nothing to apply) is
       // recorded now, so a redelivery skips it.
-      if (!this.#done.has(job)) await this.#recordApplied(this.#db, [job], 'ignore');
+      if (!job.done) await this.#recordApplied(this.#db, [job], 'ignore');
       await delivery.ack();
       this.#metrics.jobsProcessed.inc({ queue, outcome: 'done' });
     } catch (error) {
@@ -258,7 +277,13 @@ export class BrokerQueue implements JobQueue {
         this.#metrics.jobsProcessed.inc({ queue, outcome: 'duplicate' });
         return;
       }
-      await this.#fail(delivery, error, { ...context, durationMs: Math.round(performance.now() - started) });
+      await this.#fail(delivery, error, {
+        messageId: delivery.id,
+        queue,
+        attempt: delivery.attempt,
+        maxAttempts: delivery.maxAttempts,
+        durationMs: Math.round(performance.now() - started),
+      });
     }
   }
 

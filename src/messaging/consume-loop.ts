@@ -48,25 +48,44 @@ export function consumeLoop(
 ): Subscription {
   const { name: broker, log } = adapter;
   const concurrency = Math.max(1, options.concurrency);
-  const inFlight = new Set<Promise<void>>();
+  // Deliveries in flight are counted, not kept: a slot freed wakes whoever
+  // waits for one. (A set of their promises raced on every free slot attached
+  // a reaction to each delivery in flight, and three promises were chained
+  // per delivery to keep the set.)
+  let inFlight = 0;
+  let waiting: (() => void)[] = [];
+  const finished = () => {
+    inFlight--;
+    const wake = waiting;
+    waiting = [];
+    for (const resolve of wake) resolve();
+  };
+  const nextFinish = () => new Promise<void>((resolve) => waiting.push(resolve));
   let stopping = false;
   let attempt: ConsumeAttempt | undefined;
   const wakeup = new AbortController();
+  const run = async (delivery: Delivery) => {
+    try {
+      await handler(delivery);
+    } catch (error) {
+      log.error(
+        { err: error, queue, messageId: delivery.id },
+        `${broker} delivery failed unacknowledged; the broker delivers it again`,
+      );
+    } finally {
+      finished();
+    }
+  };
   const session: ConsumeSession = {
     stopping: () => stopping,
-    free: () => concurrency - inFlight.size,
-    slotFreed: () => Promise.race(inFlight),
-    settled: () => Promise.allSettled([...inFlight]),
+    free: () => concurrency - inFlight,
+    slotFreed: () => (inFlight === 0 ? Promise.resolve() : nextFinish()),
+    settled: async () => {
+      while (inFlight > 0) await nextFinish();
+    },
     deliver: (delivery) => {
-      const task = handler(delivery)
-        .catch((error: unknown) =>
-          log.error(
-            { err: error, queue, messageId: delivery.id },
-            `${broker} delivery failed unacknowledged; the broker delivers it again`,
-          ),
-        )
-        .finally(() => inFlight.delete(task));
-      inFlight.add(task);
+      inFlight++;
+      void run(delivery);
     },
   };
 
