@@ -124,6 +124,35 @@ describe('read replica (a private primary and its streaming standby)', { skip },
     }
   });
 
+  it("a list the request itself gets wrong (another customer's cursor) is refused by the standby, which stays in use", async () => {
+    const { t, admin, lines } = await replicaApp(pair, { DATABASE_READ_MAX_WAIT_MS: '10000' });
+    try {
+      const alice = client(t.app, await t.token('alice', 'orders:write orders:read'));
+      const bob = client(t.app, await t.token('bob', 'orders:write orders:read'));
+      await createProduct(admin, { sku: 'CUR-1', stock: 10 });
+      for (let i = 0; i < 3; i++) await placeOrder(alice, [{ sku: 'CUR-1', quantity: 1 }]);
+      const page = await alice.request('GET', '/v1/orders?limit=1');
+      const cursor = page.body.nextCursor as string;
+      assert.ok(cursor);
+      const servedBefore = await routed(t.app, 'replica', 'caught_up');
+      const refused = await bob.request('GET', `/v1/orders?cursor=${cursor}`);
+      assert.equal(refused.status, 400);
+      assert.equal(refused.body.type, '/problems/validation-failed');
+      assert.equal((await alice.request('GET', `/v1/orders?limit=1&cursor=${cursor}`)).status, 200);
+      assert.equal(await routed(t.app, 'replica', 'caught_up'), servedBefore + 2, 'both answered by the standby');
+      for (const reason of ['error', 'down'])
+        assert.equal(await routed(t.app, 'primary', reason), 0, `no read went to the primary (${reason})`);
+      assert.equal(await gauge(t.app, 'readReplicaUp'), 1);
+      assert.deepEqual(
+        lines.filter((l) => l.reason !== undefined).map((l) => l.msg),
+        [],
+        'no fallback was logged',
+      );
+    } finally {
+      await t.close();
+    }
+  });
+
   it('a standby that lags past the bound: reads go to the primary, a metric and a log line say so, and it is used again once it catches up', async () => {
     const { t, lines, admin } = await replicaApp(pair, { DATABASE_READ_MAX_WAIT_MS: '50' });
     const standby = standbySql(pair, t.app);

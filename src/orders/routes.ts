@@ -64,7 +64,11 @@ const IdempotencyHeaders = Type.Object({
 // Response headers as @fastify/swagger reads them, for the OpenAPI document.
 const OrderLocation = { location: { type: 'string', description: 'The order: /v1/orders/{id}' } };
 
-/** An orders cursor holds the insertion sequence of a page's last order: a positive safe integer (here and in the admin search). */
+/** An order list's cursor holds the id of the page's last order (listOrders says why not its sequence). */
+const ORDER_ID = new RegExp(ORDER_ID_PATTERN);
+const isOrderId = (key: unknown): key is string => typeof key === 'string' && ORDER_ID.test(key);
+
+/** The admin search's cursor holds the insertion sequence of a page's last order: a positive safe integer. */
 export const isSequence = (key: unknown): key is number =>
   typeof key === 'number' && Number.isSafeInteger(key) && key >= 1;
 const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem };
@@ -154,12 +158,12 @@ export function orderRoutes(deps: {
           customerId: ownerFilter(principalOf(request)),
           status: request.query.status,
           limit: parseLimit(request.query.limit),
-          beforeSeq: decodeCursor(request.query.cursor, isSequence),
+          afterId: decodeCursor(request.query.cursor, isOrderId),
         };
         const page = await reads.read((source) => listOrders(source, filter));
         return {
           items: page.items,
-          nextCursor: page.more && page.lastSeq !== undefined ? encodeCursor(page.lastSeq) : null,
+          nextCursor: page.more && page.lastId !== undefined ? encodeCursor(page.lastId) : null,
         };
       },
     });

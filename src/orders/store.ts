@@ -160,23 +160,45 @@ export async function getOrder(db: Queryable, id: string, customerId?: string): 
   return order;
 }
 
+/**
+ * One page of orders, newest first: a customer's own (customerId set) or
+ * everyone's. The page after another starts below `afterId`, the last order
+ * of the page before, found among the orders the same filter can see; the
+ * cursor is an order id, which its customer already knows, so a page of
+ * one's own orders reveals nothing about anyone else's (an insertion
+ * sequence would reveal how many orders everyone placed in between).
+ *
+ * @throws AppError validation_failed when `afterId` names no order this filter can see.
+ */
 export async function listOrders(
   db: Queryable,
   filter: {
     customerId: string | undefined;
     status: OrderStatus | undefined;
     limit: number;
-    beforeSeq: number | undefined;
+    afterId: string | undefined;
   },
-): Promise<{ items: Order[]; lastSeq: number | undefined; more: boolean }> {
+): Promise<{ items: Order[]; lastId: string | undefined; more: boolean }> {
+  let beforeSeq: number | null = null;
+  if (filter.afterId !== undefined) {
+    const [cursor] = await db.query<{ seq: number }>(
+      'SELECT seq FROM orders.orders WHERE id = $1 AND ($2::text IS NULL OR customer_id = $2)',
+      [filter.afterId, filter.customerId ?? null],
+    );
+    if (!cursor)
+      throw new AppError('validation_failed', 'cursor is not one this API returned', [
+        { path: '/querystring/cursor', message: 'no order of yours is at this cursor' },
+      ]);
+    beforeSeq = cursor.seq;
+  }
   const rows = await db.query<OrderRow>(
     `SELECT ${ORDER_COLUMNS} FROM orders.orders o
       WHERE ($1::text IS NULL OR o.customer_id = $1) AND ($2::text IS NULL OR o.status = $2) AND ($3::bigint IS NULL OR o.seq < $3)
       ORDER BY o.seq DESC LIMIT $4`,
-    [filter.customerId ?? null, filter.status ?? null, filter.beforeSeq ?? null, filter.limit + 1],
+    [filter.customerId ?? null, filter.status ?? null, beforeSeq, filter.limit + 1],
   );
   const page = rows.slice(0, filter.limit);
-  return { items: page.map(toOrder), lastSeq: page.at(-1)?.seq, more: rows.length > filter.limit };
+  return { items: page.map(toOrder), lastId: page.at(-1)?.id, more: rows.length > filter.limit };
 }
 
 /** Sets the status of orders the caller has locked and checked against the state machine. */

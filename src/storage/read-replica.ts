@@ -42,6 +42,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Gauge } from 'prom-client';
+import { AppError } from '../errors.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { DatabaseUnavailableError, type Database, type Queryable } from './database.ts';
 
@@ -287,6 +288,14 @@ export class ReplicaReads implements ReadRouter {
     try {
       result = await read(this.#replica);
     } catch (error) {
+      // A refusal of the request (a cursor naming no order of the caller's)
+      // is the read's answer, the same on either database: failing over
+      // would take the replica out of use for every request until the next
+      // check, on one client's bad input.
+      if (error instanceof AppError) {
+        this.#metrics.routedReads.inc({ database: 'replica', reason: 'caught_up' });
+        throw error;
+      }
       const reason: FallbackReason = error instanceof DatabaseUnavailableError ? 'down' : 'error';
       this.#fail(reason, error);
       return this.#onPrimary(read, reason);
