@@ -167,13 +167,13 @@ const jobKey = (o: OrderValues) => [`charge:${o.orderId}`];
 function acceptStatements(broker: boolean): Statement[] {
   return [
     { name: 'price lines', sql: PRICES_SQL, pgbench: [PG_SKUS], values: (o) => [[o.lo, o.hi]] },
-    { name: 'lock stock', sql: LOCK_STOCK_SQL, pgbench: [PG_SKUS], values: (o) => [[o.lo, o.hi]] },
     {
       name: 'claim idempotency key',
       sql: CLAIM_KEYS_SQL,
       pgbench: [`ARRAY[${PG.customer}]`, `ARRAY['key-' || :r::text]`, 'ARRAY[md5(:r::text)]', `ARRAY[${PG.orderId}]`],
       values: (o) => [[o.customer], [o.key], [o.hash], [o.orderId]],
     },
+    { name: 'lock stock', sql: LOCK_STOCK_SQL, pgbench: [PG_SKUS], values: (o) => [[o.lo, o.hi]] },
     {
       name: 'order row',
       sql: INSERT_ORDERS_SQL,
