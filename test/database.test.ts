@@ -90,6 +90,58 @@ for (const engine of engines) {
       assert.deepEqual(await notes(), ['4:next']);
     });
 
+    it('commitNow: COMMIT goes with the statements issued before it, and they are committed', async () => {
+      await db.exec('DELETE FROM notes');
+      const answers = await db.transaction((tx) => {
+        const written = Promise.all([
+          tx.query('INSERT INTO notes VALUES (1, $1) RETURNING id', ['first']),
+          tx.query('INSERT INTO notes VALUES (2, $1) RETURNING id', ['second']),
+        ]);
+        tx.commitNow?.();
+        return written;
+      });
+      assert.deepEqual(
+        answers.map((rows) => rows[0]?.id),
+        [1, 2],
+      );
+      assert.deepEqual(await notes(), ['1:first', '2:second']);
+    });
+
+    it('commitNow: a statement before it that fails leaves nothing, even when the body catches its error', async () => {
+      await db.exec('DELETE FROM notes');
+      await assert.rejects(
+        db.transaction(async (tx) => {
+          const kept = tx.query('INSERT INTO notes VALUES (1, $1)', ['kept?']);
+          const failing = tx.query('INSERT INTO notes VALUES (1, $1)', ['duplicate key']);
+          tx.commitNow?.();
+          await kept;
+          await failing.catch(() => undefined);
+          return 'the body says all is well';
+        }),
+        // PostgreSQL answers the COMMIT with ROLLBACK; PGlite refuses to commit too.
+        /rolled back/i,
+      );
+      assert.deepEqual(await notes(), []);
+      await db.transaction((tx) => tx.query('INSERT INTO notes VALUES (3, $1)', ['next']));
+      assert.deepEqual(await notes(), ['3:next']);
+    });
+
+    it('commitNow: a statement issued after it is refused, never run outside the transaction', async (t) => {
+      await db.exec('DELETE FROM notes');
+      let late: Promise<unknown> | undefined;
+      await db.transaction(async (tx) => {
+        if (!tx.commitNow) return;
+        const first = tx.query('INSERT INTO notes VALUES (1, $1)', ['in time']);
+        tx.commitNow();
+        late = tx.query('INSERT INTO notes VALUES (2, $1)', ['too late']);
+        late.catch(() => undefined);
+        await first;
+      });
+      if (!late) return t.skip(`${engine.name} has no commitNow`);
+      await assert.rejects(late, /after commitNow/);
+      assert.deepEqual(await notes(), ['1:in time']);
+    });
+
     it('reads int8 as exact numbers, numeric as text, in and out of a transaction', async () => {
       const query = `SELECT 9007199254740991::int8 AS max, (-9007199254740991)::int8 AS min, 99999999::int8 AS cents, 0::int8 AS zero,
         12345678901234567890::numeric AS big, sum(x)::numeric AS summed FROM (VALUES (9007199254740991::int8), (1::int8)) AS v(x)`;

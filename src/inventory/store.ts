@@ -43,20 +43,29 @@ export async function lockStock(tx: Queryable, skus: readonly string[]): Promise
   return new Map(rows.map((r) => [r.sku, Number(r.available)]));
 }
 
-/** $1 SKUs, $2 quantities: holds each quantity if it is still available; returns the SKUs held. */
+/**
+ * $1 SKUs, $2 quantities: holds each quantity; returns the SKUs held. Holding
+ * more than is available fails the statement (the table's CHECK (held <=
+ * on_hand)) instead of skipping the row, so the database itself refuses an
+ * oversell, even when the caller commits before it has read the answer
+ * (Queryable.commitNow).
+ */
 export const HOLD_STOCK_SQL = `UPDATE inventory.stock s SET held = s.held + v.quantity
        FROM unnest($1::text[], $2::bigint[]) AS v(sku, quantity)
-      WHERE s.sku = v.sku AND s.on_hand - s.held >= v.quantity
+      WHERE s.sku = v.sku
       RETURNING s.sku`;
 
-/** Holds the summed quantity per SKU, under lockStock's locks. */
+/**
+ * Holds the summed quantity per SKU, under lockStock's locks, of SKUs whose
+ * rows lockStock found. A quantity no longer available can only mean the
+ * rows were not locked as they should be: the statement fails (a CHECK
+ * violation) and the whole batch rolls back rather than oversell.
+ */
 export async function holdStock(tx: Queryable, holds: readonly StockLine[]): Promise<void> {
   if (holds.length === 0) return;
-  // The guard can only fail if the rows were not locked as they should be;
-  // then the whole batch rolls back rather than oversell.
   const updated = await tx.query(HOLD_STOCK_SQL, [holds.map((h) => h.sku), holds.map((h) => h.quantity)]);
   if (updated.length !== holds.length)
-    throw new Error(`stock changed under a row lock: held ${updated.length} of ${holds.length} SKUs`);
+    throw new Error(`stock rows vanished under a row lock: held ${updated.length} of ${holds.length} SKUs`);
 }
 
 /** Gives back held quantities: one statement per SKU, in the order given (callers sort them). */

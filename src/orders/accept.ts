@@ -256,8 +256,14 @@ export async function acceptBatch(
     lockStock(tx, skus(priced.priced.map((p) => p.request))),
   ]);
   const reserved = reserve(available, claimed.fresh);
-  const stored = await store(tx, payments, reserved.orders, reserved.toHold);
-  const replayed = await loadReplays(tx, claimed.replays);
+  // The writes, the replays' reads and the COMMIT in one round trip: the
+  // stock rows are unlocked one round trip after they were locked. Every
+  // check of the writes is the database's own (holdStock), so nothing read
+  // from their answers can still call the batch off once COMMIT is sent.
+  const storing = store(tx, payments, reserved.orders, reserved.toHold);
+  const replaying = loadReplays(tx, claimed.replays);
+  tx.commitNow?.();
+  const [stored, replayed] = await Promise.all([storing, replaying]);
 
   const outcomes = new Map<AcceptRequest, UnitOutcome<AcceptResult>>();
   for (const { request, error } of [...priced.refused, ...claimed.refused]) outcomes.set(request, { ok: false, error });

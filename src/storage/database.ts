@@ -13,6 +13,19 @@ export type Row = Record<string, unknown>;
  */
 export interface Queryable {
   query<T extends Row = Row>(text: string, params?: readonly unknown[]): Promise<T[]>;
+  /**
+   * In a PostgreSQL transaction: sends COMMIT right behind the statements
+   * issued so far, in their round trip, instead of after the transaction's
+   * function resolves; undefined elsewhere (call it as `tx.commitNow?.()`).
+   * Call it only once every statement of the transaction has been issued
+   * (synchronously, before awaiting any of them): a statement issued after it
+   * is refused, but too late to undo what was committed. The COMMIT commits
+   * only if every statement before it succeeded (a failed one makes it a
+   * rollback and the transaction rejects), so whatever the caller checks of
+   * those statements' answers must be checked by the database itself, as an
+   * error, not by the caller once the answers are in.
+   */
+  commitNow?(): void;
 }
 
 export interface TransactionOptions {

@@ -191,6 +191,23 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
     }
   };
 
+  // An early COMMIT (commitNow) goes out before fn has seen its statements'
+  // answers; if one of them failed, the server answers the COMMIT with
+  // ROLLBACK (no error), and the transaction must not pass for committed,
+  // even if fn caught that statement's error.
+  const commit = async (connection: postgres.ReservedSql): Promise<void> => {
+    let result: { command?: string };
+    try {
+      result = await connection.unsafe('COMMIT');
+    } catch (error) {
+      throw translate(error);
+    }
+    if (result.command !== 'COMMIT')
+      throw new Error(
+        `the transaction was rolled back at COMMIT (${result.command ?? 'no answer'}): a statement in it failed`,
+      );
+  };
+
   const abandonedError = () =>
     new DatabaseUnavailableError('the transaction ran past its deadline and was rolled back');
 
@@ -207,8 +224,19 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
     }
     try {
       if (abandoned()) throw abandonedError();
+      let committing: Promise<void> | undefined;
       const tx: Queryable = {
-        query: (text, params) => (abandoned() ? Promise.reject(abandonedError()) : run(connection, text, params)),
+        query: (text, params) =>
+          committing
+            ? Promise.reject(new Error('a statement issued after commitNow(): the transaction is already committing'))
+            : abandoned()
+              ? Promise.reject(abandonedError())
+              : run(connection, text, params),
+        commitNow: () => {
+          if (committing || abandoned()) return;
+          committing = commit(connection);
+          committing.catch(() => undefined); // awaited below, once fn resolves
+        },
       };
       // BEGIN is not awaited on its own: it goes out with the first statement
       // (pipelined), which saves a round trip per transaction. If it fails,
@@ -220,7 +248,7 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
       begun.catch(() => undefined); // awaited below; this only keeps an early failure from counting as unhandled
       const result = await fn(tx);
       await begun;
-      await tx.query('COMMIT');
+      await (committing ?? tx.query('COMMIT'));
       return result;
     } catch (error) {
       // The original error is what the caller must see. A ROLLBACK on a

@@ -46,7 +46,10 @@ export function traceDatabase(db: Database): Database {
       if (!activeSpan()) return db.transaction(fn, options);
       return inSpan('transaction', { kind: SpanKind.CLIENT, attributes }, () =>
         db.transaction(
-          bindActive((tx: Queryable) => fn({ query: tracedQuery(tx, db.kind) })),
+          // commitNow passes through: a traced statement is still issued at once (inSpan calls it synchronously).
+          bindActive((tx: Queryable) =>
+            fn({ query: tracedQuery(tx, db.kind), ...(tx.commitNow ? { commitNow: () => tx.commitNow?.() } : {}) }),
+          ),
           options,
         ),
       );
