@@ -13,8 +13,9 @@
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //   BROKER_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379 npm run cluster
 //
-// DATABASE_READ_URL (a streaming replica) and CACHE_URL (Memcached) are
-// passed on to every process too.
+// DATABASE_READ_URL (a streaming replica), CACHE_URL (Memcached),
+// BROKER_PREFIX and the AUTH_* variables are passed on to every process too
+// (clusterSettings).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -371,6 +372,36 @@ function inheritedEnv(): Record<string, string> {
   return env;
 }
 
+/** Variables `npm run cluster` hands to every process as they are. */
+const PASSED_ON = ['DATABASE_READ_URL', 'CACHE_URL', 'BROKER_PREFIX', 'AUTH_JWKS_URL', 'AUTH_ISSUER', 'AUTH_AUDIENCE'];
+/** Variables the cluster decides itself, with what to use instead: refused rather than silently replaced. */
+const DECIDED_BY_THE_CLUSTER: Record<string, string> = {
+  PAYMENT_GATEWAY_URL:
+    'it runs its own simulated gateway; to use another one, run the roles yourself (README, "Run each role yourself")',
+  ROLE: 'it gives each process its role; choose the layout with --shape',
+  PORT: 'choose the first port with --port',
+  HOST: 'every process listens on 127.0.0.1',
+};
+
+/**
+ * What `npm run cluster` takes from its environment: the servers, the
+ * variables passed on to every process, or the problem to report (exit 2)
+ * when a variable is missing or one the cluster sets itself is given, so
+ * that nothing a user sets is silently ignored.
+ */
+export function clusterSettings(
+  env: NodeJS.ProcessEnv,
+): Pick<ClusterOptions, 'databaseUrl' | 'brokerUrl' | 'redisUrl' | 'env'> | { problem: string } {
+  const databaseUrl = env.DATABASE_URL;
+  if (!databaseUrl) return { problem: 'set DATABASE_URL (and optionally BROKER_URL, REDIS_URL); see the README' };
+  for (const [name, instead] of Object.entries(DECIDED_BY_THE_CLUSTER))
+    if (env[name] !== undefined && env[name] !== '')
+      return { problem: `${name} is not used by npm run cluster: ${instead}` };
+  const passed: Record<string, string> = { LOG_LEVEL: env.LOG_LEVEL ?? 'info' };
+  for (const name of PASSED_ON) if (env[name] !== undefined) passed[name] = env[name];
+  return { databaseUrl, brokerUrl: env.BROKER_URL, redisUrl: env.REDIS_URL, env: passed };
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const { values } = parseArgs({
     options: {
@@ -384,25 +415,17 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     process.stderr.write('cluster: --shape is split or combined\n');
     process.exit(2);
   }
-  const databaseUrl = process.env.DATABASE_URL;
-  if (!databaseUrl) {
-    process.stderr.write('cluster: set DATABASE_URL (and optionally BROKER_URL, REDIS_URL); see the README\n');
+  const settings = clusterSettings(process.env);
+  if ('problem' in settings) {
+    process.stderr.write(`cluster: ${settings.problem}\n`);
     process.exit(2);
   }
   const cluster = await startCluster({
-    databaseUrl,
-    brokerUrl: process.env.BROKER_URL,
-    redisUrl: process.env.REDIS_URL,
+    ...settings,
     shape: values.shape,
     apis: Number(values.apis),
     workers: Number(values.workers),
     basePort: Number(values.port),
-    env: {
-      LOG_LEVEL: process.env.LOG_LEVEL ?? 'info',
-      // A read replica and Memcached are named the way `serve` reads them.
-      ...(process.env.DATABASE_READ_URL ? { DATABASE_READ_URL: process.env.DATABASE_READ_URL } : {}),
-      ...(process.env.CACHE_URL ? { CACHE_URL: process.env.CACHE_URL } : {}),
-    },
   });
   process.stdout.write(
     `\nOrderflow cluster ready on ${cluster.url}${values.shape === 'split' ? ' (HAProxy)' : ' (node:cluster)'}\n` +

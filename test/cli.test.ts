@@ -13,6 +13,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
+import { clusterSettings } from '../scripts/cluster.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -322,3 +323,47 @@ function copiesOf(pid: number): number[] {
     .map((line) => Number(line.trim()))
     .filter((n) => n > 0);
 }
+
+describe('npm run cluster', () => {
+  const clusterCommand = (env: Record<string, string>) =>
+    spawnSync(process.execPath, ['scripts/cluster.ts'], {
+      cwd: REPO,
+      env: { PATH: process.env.PATH ?? '', ...env },
+      encoding: 'utf8',
+    });
+
+  it('passes BROKER_PREFIX, the read replica, Memcached and an outside identity provider on to every process', () => {
+    const settings = clusterSettings({
+      DATABASE_URL: 'postgres://db/orders',
+      BROKER_URL: 'nats://broker:4222',
+      BROKER_PREFIX: 'shop2',
+      DATABASE_READ_URL: 'postgres://replica/orders',
+      CACHE_URL: 'memcached://cache:11211',
+      AUTH_JWKS_URL: 'https://idp.example/jwks',
+      AUTH_ISSUER: 'https://idp.example/',
+      AUTH_AUDIENCE: 'orderflow',
+    });
+    assert.ok(!('problem' in settings), JSON.stringify(settings));
+    assert.equal(settings.brokerUrl, 'nats://broker:4222');
+    assert.deepEqual(settings.env, {
+      LOG_LEVEL: 'info',
+      BROKER_PREFIX: 'shop2',
+      DATABASE_READ_URL: 'postgres://replica/orders',
+      CACHE_URL: 'memcached://cache:11211',
+      AUTH_JWKS_URL: 'https://idp.example/jwks',
+      AUTH_ISSUER: 'https://idp.example/',
+      AUTH_AUDIENCE: 'orderflow',
+    });
+  });
+
+  it('refuses, naming it, a variable it sets itself, instead of ignoring it; and a missing DATABASE_URL', () => {
+    for (const name of ['PAYMENT_GATEWAY_URL', 'ROLE', 'PORT', 'HOST']) {
+      const result = clusterCommand({ DATABASE_URL: 'postgres://127.0.0.1:1/none', [name]: 'x' });
+      assert.equal(result.status, 2, result.stderr);
+      assert.match(result.stderr, new RegExp(`^cluster: ${name} is not used by npm run cluster: .+\\n$`));
+    }
+    const missing = clusterCommand({});
+    assert.equal(missing.status, 2);
+    assert.match(missing.stderr, /^cluster: set DATABASE_URL/);
+  });
+});
