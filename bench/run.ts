@@ -333,7 +333,7 @@ async function throughput(options: Options, machine: Machine): Promise<BenchResu
   const distributed = options.mode === 'distributed';
   const fresh = distributed ? await freshDatabase(postgresBaseUrl()) : undefined;
   const gateway = distributed
-    ? await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS }) })
+    ? await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS, retain: 'all' }) })
     : undefined;
   // Tracing on: the processes export to a receiver in this process that counts the spans, so a run whose tracing did nothing shows it.
   const receiver = distributed && options.tracing !== 'off' ? await startOtlpReceiver({ countOnly: true }) : undefined;

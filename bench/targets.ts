@@ -149,7 +149,7 @@ function tuningFromEnvironment(): Record<string, string> {
 
 async function startEmbedded(): Promise<Target> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-bench-'));
-  const gateway = new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS });
+  const gateway = new SimulatedGateway({ latencyMs: GATEWAY_LATENCY_MS, retain: 'all' });
   const config = loadConfig({
     ...tuningFromEnvironment(),
     PORT: '0',
@@ -205,6 +205,8 @@ async function startDistributed(shape: ClusterShape, options: DistributedOptions
       shape,
       basePort: await freePortRange(8),
       gatewayLatencyMs: GATEWAY_LATENCY_MS,
+      // The final checks count every order of the run against the ledger.
+      gatewayRetain: 'all',
       isolatedBroker: true,
       ...(options.gateway ? { gateway: options.gateway } : {}),
       ...(options.combinedRole ? { combinedRole: options.combinedRole } : {}),

@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util';
 import { deleteBrokerTopology } from '../src/messaging/topology.ts';
 import { PAYMENT_QUEUES } from '../src/payments/payments.ts';
 import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
-import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
+import { SimulatedGateway, type Retention } from '../src/payments/simulated-gateway.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = path.join(ROOT, 'src', 'main.ts');
@@ -66,6 +66,8 @@ export interface ClusterOptions {
   /** More Node flags for every Orderflow process (e.g. --cpu-prof; node:cluster copies inherit them). */
   nodeFlags?: string[];
   gatewayLatencyMs?: number;
+  /** What the gateway the cluster starts remembers; 'all' for a caller that checks every order against its ledger. Default: bounded, as in SimulatedGateway. */
+  gatewayRetain?: Retention;
   /** A payment gateway server the caller owns (and may stop and start again) instead of one the cluster starts. */
   gateway?: GatewayServer;
   /**
@@ -107,7 +109,12 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const brokerPrefix = options.isolatedBroker && options.brokerUrl ? `c${randomBytes(5).toString('hex')}` : undefined;
   const gateway =
     options.gateway ??
-    (await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: options.gatewayLatencyMs ?? 20 }) }));
+    (await startGatewayServer({
+      gateway: new SimulatedGateway({
+        latencyMs: options.gatewayLatencyMs ?? 20,
+        ...(options.gatewayRetain ? { retain: options.gatewayRetain } : {}),
+      }),
+    }));
   const closeGateway = () => (options.gateway ? Promise.resolve() : gateway.close());
   const env: Record<string, string> = {
     ...inheritedEnv(),

@@ -39,7 +39,7 @@ import { HttpGateway } from './payments/http-gateway.ts';
 import { registerPayWorker } from './payments/pay-worker.ts';
 import { PAYMENT_QUEUES, paymentPort } from './payments/payments.ts';
 import { ResilientGateway, type ResilienceOptions } from './payments/resilient-gateway.ts';
-import { SimulatedGateway } from './payments/simulated-gateway.ts';
+import { retentionFor, SimulatedGateway } from './payments/simulated-gateway.ts';
 import { startSweeper, type Sweeper } from './payments/sweeper.ts';
 import type { Database } from './storage/database.ts';
 import { measureDatabase } from './storage/measured.ts';
@@ -235,7 +235,13 @@ function wireWorker(core: Core, queue: JobQueue): { startSweeper(): Sweeper } {
   const httpGateway =
     options.gateway || !config.paymentGatewayUrl ? undefined : new HttpGateway(config.paymentGatewayUrl);
   if (httpGateway) stops.add(() => httpGateway.close());
-  const inner = options.gateway ?? httpGateway ?? new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs });
+  const inner =
+    options.gateway ??
+    httpGateway ??
+    new SimulatedGateway({
+      latencyMs: config.simulatedGatewayLatencyMs,
+      retain: retentionFor(config.pendingDeadlineMs, config.simulatedGatewayMaxEntries),
+    });
   const gateway = new ResilientGateway(inner, metrics, options.resilience);
   registerPayWorker(
     { db, queue, gateway, metrics, log: log.child({ component: 'pay-worker' }) },

@@ -3,6 +3,7 @@
 // CLI can exit with one line the operator can act on.
 import path from 'node:path';
 import { DEFAULT_MAX_TOTAL_CENTS, MAX_CONFIGURABLE_TOTAL_CENTS, type MoneyLimits } from './orders/pricing.ts';
+import { SIMULATED_GATEWAY } from './tunables.ts';
 
 const ROLES = ['all', 'api', 'worker', 'relay'] as const;
 export type Role = (typeof ROLES)[number];
@@ -43,6 +44,8 @@ export interface Config {
   pendingDeadlineMs: number;
   /** Artificial latency of the simulated gateway, to make the embedded shape behave like a real one. */
   simulatedGatewayLatencyMs: number;
+  /** Settled answers (and the charges or refunds they made) the simulated gateway keeps at most, per kind; oldest forgotten first. */
+  simulatedGatewayMaxEntries: number;
   /** Most transactions committed together by group commit; 1 turns it off (one commit per order). */
   groupCommitMaxBatch: number;
   /** Processes `serve` runs on one port (node:cluster); more than 1 needs DATABASE_URL. */
@@ -208,6 +211,13 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     pendingDeadlineMs: integer(env, 'PENDING_DEADLINE_MS', 60_000, 1_000, 86_400_000),
     simulatedGatewayLatencyMs: integer(env, 'SIMULATED_GATEWAY_LATENCY_MS', 20, 0, 60_000),
+    simulatedGatewayMaxEntries: integer(
+      env,
+      'SIMULATED_GATEWAY_MAX_ENTRIES',
+      SIMULATED_GATEWAY.maxEntries,
+      1,
+      100_000_000,
+    ),
     groupCommitMaxBatch: integer(env, 'GROUP_COMMIT_MAX_BATCH', 64, 1, 1_000),
     webConcurrency,
     workerConcurrency: integer(env, 'WORKER_CONCURRENCY', 64, 1, 1_000),

@@ -165,11 +165,15 @@ async function gateway(config: Config, args: string[]): Promise<void> {
   const port = values.port === undefined ? 9090 : Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError('--port must be a port number');
   const { startGatewayServer } = await import('./payments/gateway-server.ts');
-  const { SimulatedGateway } = await import('./payments/simulated-gateway.ts');
+  const { retentionFor, SimulatedGateway } = await import('./payments/simulated-gateway.ts');
   const server = await startGatewayServer({
     port,
     host: values.host,
-    gateway: new SimulatedGateway({ latencyMs: config.simulatedGatewayLatencyMs }),
+    // Its workers' PENDING_DEADLINE_MS sets how long they may replay a key: the same environment is expected.
+    gateway: new SimulatedGateway({
+      latencyMs: config.simulatedGatewayLatencyMs,
+      retain: retentionFor(config.pendingDeadlineMs, config.simulatedGatewayMaxEntries),
+    }),
   });
   process.stdout.write(`simulated payment gateway listening on ${server.url} (ledger: GET ${server.url}/v1/ledger)\n`);
   const stop = () => void server.close().then(() => process.exit(0));

@@ -81,6 +81,24 @@ export const PAYMENTS = {
   sweepMinIntervalMs: 1_000,
 } as const;
 
+/**
+ * The built-in simulated gateway when it runs inside a serving process
+ * (`serve` without PAYMENT_GATEWAY_URL, and the `gateway` command): what it
+ * remembers of settled charges, refunds and voids. See retentionFor in
+ * src/payments/simulated-gateway.ts for the window, which follows
+ * PENDING_DEADLINE_MS.
+ */
+export const SIMULATED_GATEWAY = {
+  /** The window is never shorter than this, whatever the replay horizon. */
+  minRetentionMs: 3_600_000,
+  /**
+   * The backstop: settled answers kept at most, charge keys and refund keys
+   * each (~0.3 KB a charge, so ~30 MB of heap at most; `npm start` runs with
+   * a 160 MB old space). Oldest go first.
+   */
+  maxEntries: 100_000,
+} as const;
+
 /** Group commit: the most requests one transaction carries (GROUP_COMMIT_MAX_BATCH sets it per deployment). */
 export const GROUP_COMMIT = {
   maxBatch: 64,

@@ -83,6 +83,7 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
       apis: 3,
       env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn', PENDING_DEADLINE_MS: '5000' },
       gatewayLatencyMs: 5,
+      gatewayRetain: 'all',
       onOutput: (name, line) => {
         if (name === 'haproxy' && !line.includes('ALERT') && !line.includes('WARNING')) return;
         logTail.push(`[${name}] ${line}`);

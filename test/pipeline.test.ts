@@ -394,7 +394,7 @@ for (const mode of modes()) {
       });
 
       it('cancels racing flaky charges (tok_flaky) many times: each order nets zero, and every charge made is in its history before its refund', async () => {
-        const gateway = new SimulatedGateway({ flakyFailureRate: 0.5 });
+        const gateway = new SimulatedGateway({ retain: 'all', flakyFailureRate: 0.5 });
         await withApp(mode, { gateway }, async ({ t: g, admin: a, shopper }) => {
           await createProduct(a, { sku: 'RACE-1', stock: 100, priceCents: 275 });
           // Cancels at every point of the charge: at once, after the first
@@ -504,7 +504,7 @@ for (const mode of modes()) {
 
     describe('a gateway that keeps failing', () => {
       it('a charge failing transiently past maxAttempts ends rejected as payment_failed, nets zero, releases the stock', async () => {
-        const gateway = new SimulatedGateway({ flakyFailureRate: 1 });
+        const gateway = new SimulatedGateway({ retain: 'all', flakyFailureRate: 1 });
         await withApp(mode, { gateway, maxAttempts: 3 }, async ({ t: g, admin: a, shopper }) => {
           await createProduct(a, { sku: 'DOWN-1', stock: 2, priceCents: 800 });
           const placed = await placeOrder(shopper, [{ sku: 'DOWN-1', quantity: 2 }], 'tok_flaky');
@@ -625,7 +625,7 @@ for (const mode of modes()) {
       });
 
       it('re-drives an order whose worker died mid-charge, charging it once', async () => {
-        const gateway = new SimulatedGateway();
+        const gateway = new SimulatedGateway({ retain: 'all' });
         await withApp(mode, { gateway, startWorkers: false }, async ({ t: g, admin: a, shopper }) => {
           await createProduct(a, { sku: 'STUCK-2', stock: 5, priceCents: 720 });
           const placed = await placeOrder(shopper, [{ sku: 'STUCK-2', quantity: 2 }]);

@@ -19,7 +19,7 @@ describe('restart on the embedded database', () => {
   after(() => rm(dataDir, { recursive: true, force: true }));
 
   it('orders accepted before a restart are all finished after it, charged once each; a second reopen migrates nothing', async () => {
-    const gateway = new SimulatedGateway();
+    const gateway = new SimulatedGateway({ retain: 'all' });
     const migrations = (await loadMigrations()).map((m) => m.name);
 
     // First life: accept orders, pay none of them.

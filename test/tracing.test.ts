@@ -46,7 +46,7 @@ async function recordingGateway(): Promise<{
   server: GatewayServer;
   calls: { path: string; headers: IncomingHttpHeaders }[];
 }> {
-  const inner = await startGatewayServer({ gateway: new SimulatedGateway({ latencyMs: 0 }) });
+  const inner = await startGatewayServer({ gateway: new SimulatedGateway({ retain: 'all', latencyMs: 0 }) });
   const calls: { path: string; headers: IncomingHttpHeaders }[] = [];
   const proxy = createServer((request, response) => {
     const chunks: Buffer[] = [];

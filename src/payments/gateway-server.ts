@@ -2,7 +2,9 @@
 // calls. A distributed deployment's workers share one gateway, so a cluster
 // on one machine (and its tests) can count every charge outside Orderflow
 // through GET /v1/ledger. Development and testing only: it keeps its ledger
-// in memory.
+// in memory, all of it only when its SimulatedGateway was made with
+// `retain: 'all'` (tests, benchmarks); otherwise the ledger lists what the
+// gateway still remembers, and `remembered` says how much it forgot.
 //
 // Like a real gateway it answers bad input with a 4xx, never a 500: a body
 // that is not a JSON object with the right field types is 400, and so is an
@@ -61,6 +63,7 @@ async function route(gateway: SimulatedGateway, request: IncomingMessage, respon
       voided: [...gateway.voided],
       chargeCalls: gateway.chargeCalls,
       voidCalls: gateway.voidCalls,
+      remembered: gateway.remembered,
     });
   }
   if (path !== '/v1/charges' && path !== '/v1/refunds' && path !== '/v1/voids')

@@ -14,11 +14,18 @@ import {
 } from '../../src/payments/gateway.ts';
 import { SimulatedGateway, type SimulatedGatewayOptions } from '../../src/payments/simulated-gateway.ts';
 
+/** The simulated gateway keeping its whole ledger: the tests check every order against it. */
+class LedgerGateway extends SimulatedGateway {
+  constructor(options: SimulatedGatewayOptions = {}) {
+    super({ retain: 'all', ...options });
+  }
+}
+
 /**
  * Holds every charge call until release() is called, so a test can act while
  * a charge is provably in flight. started resolves when the first call arrives.
  */
-export class GatedGateway extends SimulatedGateway {
+export class GatedGateway extends LedgerGateway {
   readonly started: Promise<void>;
   #markStarted!: () => void;
   #open!: () => void;
@@ -50,7 +57,7 @@ export class GatedGateway extends SimulatedGateway {
  * charge that exists at the gateway while the pay worker still waits to hear
  * of it. booked resolves when it is made.
  */
-export class HeldAnswerGateway extends SimulatedGateway {
+export class HeldAnswerGateway extends LedgerGateway {
   readonly booked: Promise<void>;
   #markBooked!: () => void;
   #open!: () => void;
@@ -78,7 +85,7 @@ export class HeldAnswerGateway extends SimulatedGateway {
  * Every charge fails with a 503 and books nothing while chargesDown is true
  * (tok_flaky at its worst); voids and refunds are served.
  */
-export class FailingChargesGateway extends SimulatedGateway {
+export class FailingChargesGateway extends LedgerGateway {
   chargesDown = true;
 
   override async charge(request: ChargeRequest): Promise<ChargeResult> {
@@ -95,7 +102,7 @@ export class FailingChargesGateway extends SimulatedGateway {
  * (a timeout after the gateway committed) while loseAnswer(request) says so.
  * Other calls, replays of the same key included, get the true first answer.
  */
-export class LostReplyGateway extends SimulatedGateway {
+export class LostReplyGateway extends LedgerGateway {
   loseAnswer: (request: ChargeRequest) => boolean | Promise<boolean> = () => false;
 
   override async charge(request: ChargeRequest): Promise<ChargeResult> {
@@ -107,7 +114,7 @@ export class LostReplyGateway extends SimulatedGateway {
 }
 
 /** Fails every call with a transient error while `down` is true: an outage the test switches off. */
-export class OutageGateway extends SimulatedGateway {
+export class OutageGateway extends LedgerGateway {
   down = true;
 
   override async charge(request: ChargeRequest): Promise<ChargeResult> {
@@ -149,7 +156,7 @@ export class NoVoidGateway extends OutageGateway {
  * Every other token behaves as with the simulated gateway. calls counts the
  * charge calls per order reference, replays included.
  */
-export class PoisonGateway extends SimulatedGateway {
+export class PoisonGateway extends LedgerGateway {
   readonly calls = new Map<string, number>();
   /** Set once the cause is fixed: every token then behaves as with the simulated gateway. */
   cured = false;

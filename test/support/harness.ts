@@ -206,7 +206,7 @@ export async function startTestApp(mode: Mode, options: TestAppOptions = {}): Pr
     ...(options.dataDir ? { DATA_DIR: options.dataDir } : {}),
     ...options.env,
   });
-  const gateway = options.gateway ?? new SimulatedGateway({ latencyMs: 0 });
+  const gateway = options.gateway ?? new SimulatedGateway({ latencyMs: 0, retain: 'all' });
   const app = await createApp({
     config,
     log: options.log ?? pino({ level: 'silent' }),

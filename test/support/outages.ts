@@ -266,7 +266,7 @@ export class OutageRig {
         mode === 'nats' ? startNats() : mode === 'rabbitmq' ? startRabbitMq() : undefined,
       ]);
       started.push(postgresql, redis, ...(broker ? [broker] : []));
-      const gateway = new SimulatedGateway({ latencyMs: 20 });
+      const gateway = new SimulatedGateway({ latencyMs: 20, retain: 'all' });
       const gatewayServer = await startGatewayServer({ gateway });
       started.push({ destroy: () => gatewayServer.close() });
       const cluster = await startCluster({
