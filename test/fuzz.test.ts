@@ -1327,7 +1327,20 @@ function rawCases(token: string): { name: string; payload: string; answers: numb
       payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\nAuthorization: Bearer ${token}\r\nIdempotency-Key: fz-two-hosts\r\nContent-Type: application/json\r\nContent-Length: 70\r\n\r\n${JSON.stringify({ items: [{ sku: 'FZ-1', quantity: 1 }], payment: { token: 'tok_visa' } }).padEnd(70)}`,
       answers: 1,
     },
-    ...['a b', 'user@x', 'x/y', 'x:80:81'].map((host) => ({
+    // RFC 9110, section 5.3: fields that are not lists come once; Node would join two
+    // Idempotency-Key lines into one key nobody sent, and keep the first Authorization.
+    ...(
+      [
+        ['Idempotency-Key', 'Idempotency-Key: fz-a\r\nIdempotency-Key: fz-b\r\n'],
+        ['Authorization', `Idempotency-Key: fz-auth\r\nAuthorization: Bearer ${token}\r\n`],
+        ['Content-Type', 'Idempotency-Key: fz-type\r\nContent-Type: text/plain\r\n'],
+      ] as const
+    ).map(([field, extra]) => ({
+      name: `an order with two ${field} lines`,
+      payload: `POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\n${extra}Content-Length: 70\r\n\r\n${JSON.stringify({ items: [{ sku: 'FZ-1', quantity: 1 }], payment: { token: 'tok_visa' } }).padEnd(70)}`,
+      answers: 1,
+    })),
+    ...['a b', 'user@x', 'x/y', 'x:80:81', '[zz]', '%zz'].map((host) => ({
       name: `Host: ${host}`,
       payload: get('/v1/products', `Host: ${host}\r\nAuthorization: Bearer ${token}\r\n`),
       answers: 1,

@@ -15,7 +15,7 @@ import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { activeSpan, tracingEnabled } from '../observability/tracing.ts';
 import { parseJsonBody } from './json-body.ts';
-import { hostProblem } from './host.ts';
+import { fieldLinesProblem } from './field-lines.ts';
 import { openApi } from './openapi.ts';
 import {
   clientErrorHandler,
@@ -96,8 +96,8 @@ export function buildServer(options: ServerOptions): Server {
   app.server.on('connect', connectHandler);
 
   app.addHook('onRequest', async (request) => {
-    const host = hostProblem(request.raw.rawHeaders, request.raw.httpVersion);
-    if (host !== undefined) throw new AppError('malformed_request', host);
+    const fieldLines = fieldLinesProblem(request.raw.rawHeaders, request.raw.httpVersion);
+    if (fieldLines !== undefined) throw new AppError('malformed_request', fieldLines);
     if (request.url.length > MAX_URL_LENGTH)
       throw new AppError('uri_too_long', `the request target is longer than ${MAX_URL_LENGTH} characters`);
   });

@@ -1,0 +1,72 @@
+// Header field lines checked for every request before routing: the ones this
+// API reads must come once, and Host must name a host. Node's own handling
+// cannot be relied on for either: of several lines it keeps the first for
+// some fields (Host, Authorization, Content-Type) and joins the others with
+// ", " (Idempotency-Key), so a request naming two values would be served as
+// one of them, or as a key nobody sent.
+import { isIPv6 } from 'node:net';
+
+/**
+ * Fields that are not lists (RFC 9110, section 5.3: a sender MUST NOT send
+ * several lines of such a field), and which this API reads.
+ */
+const ONE_LINE_ONLY = new Set([
+  'host',
+  'authorization',
+  'idempotency-key',
+  'content-type',
+  'origin',
+  'x-orderflow-console',
+]);
+
+/** reg-name of RFC 3986, section 3.2.2: unreserved, sub-delims and %HH, possibly empty. */
+const REG_NAME = /^(?:[0-9A-Za-z\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*$/;
+/** IPvFuture of RFC 3986, section 3.2.2. */
+const IP_FUTURE = /^v[0-9A-Fa-f]+\.[0-9A-Za-z\-._~!$&'()*+,;=:]+$/;
+
+/** uri-host [ ":" port ] (RFC 9110, section 7.2; uri-host from RFC 3986, section 3.2.2). */
+export function isHostValue(value: string): boolean {
+  let host = value;
+  const portAt = value.lastIndexOf(':');
+  if (portAt !== -1 && portAt > value.lastIndexOf(']')) {
+    if (!/^[0-9]*$/.test(value.slice(portAt + 1))) return false;
+    host = value.slice(0, portAt);
+  }
+  if (host.startsWith('[')) {
+    if (!host.endsWith(']')) return false;
+    const literal = host.slice(1, -1);
+    return isIPv6(literal) || IP_FUTURE.test(literal);
+  }
+  return REG_NAME.test(host);
+}
+
+/**
+ * Why a request's header field lines are refused (a 400's detail), or
+ * undefined when they are fine:
+ * - more than one line of a field in ONE_LINE_ONLY (RFC 9110, section 5.3;
+ *   for Host, RFC 9112, section 3.2 says a server MUST answer 400);
+ * - no Host in an HTTP/1.1 request, or a Host that is not a host with an
+ *   optional port (RFC 9112, section 3.2).
+ *
+ * @param rawHeaders Node's `IncomingMessage.rawHeaders`: names and values alternating, as received.
+ * @param httpVersion "1.0", "1.1", …
+ */
+export function fieldLinesProblem(rawHeaders: readonly string[], httpVersion: string): string | undefined {
+  let host: string | undefined;
+  let seen: Set<string> | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!.toLowerCase();
+    if (!ONE_LINE_ONLY.has(name)) continue;
+    seen ??= new Set();
+    if (seen.has(name))
+      return name === 'host'
+        ? 'a request must carry one Host header, not several (RFC 9112, section 3.2)'
+        : `the ${name} header must be sent once, not on several lines (RFC 9110, section 5.3)`;
+    seen.add(name);
+    if (name === 'host') host = rawHeaders[i + 1]!;
+  }
+  if (host === undefined)
+    return httpVersion === '1.1' ? 'an HTTP/1.1 request must carry a Host header (RFC 9112, section 3.2)' : undefined;
+  if (!isHostValue(host)) return 'the Host header is not a host with an optional port (RFC 9110, section 7.2)';
+  return undefined;
+}
