@@ -45,6 +45,7 @@ import type { Database } from './storage/database.ts';
 import { measureDatabase } from './storage/measured.ts';
 import { traceDatabase } from './storage/traced.ts';
 import { loadMigrations, migrate } from './storage/migrate.ts';
+import { DataDirInUseError } from './storage/data-dir-lock.ts';
 import { openPGlite } from './storage/pglite.ts';
 import { openPostgres } from './storage/postgres.ts';
 import { primaryReads, ReplicaReads, type ReadRouter } from './storage/read-replica.ts';
@@ -97,7 +98,15 @@ export async function openDatabase(
   config: Config,
   options: { inMemory?: boolean; metrics?: Metrics } = {},
 ): Promise<Database> {
-  if (config.databaseUrl === undefined) return openPGlite(options.inMemory ? undefined : config.dataDir);
+  if (config.databaseUrl === undefined) {
+    try {
+      return await openPGlite(options.inMemory ? undefined : config.dataDir);
+    } catch (error) {
+      // The operator's fix is a setting (or stopping the other process): reported as one line, like bad configuration.
+      if (error instanceof DataDirInUseError) throw new ConfigError('DATA_DIR', error.message);
+      throw error;
+    }
+  }
   const circuit = options.metrics?.databaseCircuitOpen;
   const db = openPostgres(config.databaseUrl, config.databasePoolSize, {
     timeoutMs: config.databaseTimeoutMs,

@@ -76,8 +76,8 @@ async function serve(config: Config): Promise<void> {
         `Starting Orderflow on the embedded database in ${config.dataDir} (the first start creates it and takes about 20 s)…\n`,
       );
     }
-    const { initEmbeddedDataDir } = await import('./storage/pglite.ts');
-    await initEmbeddedDataDir(config.dataDir);
+    // createApp opens it (openPGlite), creating it first if it is new, and
+    // refuses a DATA_DIR that another process has open (ConfigError).
   }
   const { shutdownTracing } = await import('./observability/tracing.ts');
   const app = await createApp({ config });

@@ -36,8 +36,14 @@ function start(args: string[], env: Record<string, string>): ChildProcess {
 async function run(
   args: string[],
   env: Record<string, string>,
+  options: { killAfterMs?: number } = {},
 ): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
   const child = start(args, env);
+  // A command that should have exited at once (a refused serve) would
+  // otherwise hang the test instead of failing it.
+  const deadline =
+    options.killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), options.killAfterMs);
+  child.once('exit', () => clearTimeout(deadline));
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -248,6 +254,71 @@ describe('command line', () => {
     ]);
     assert.equal(signal, null);
     assert.equal(code, 0, stderr());
+  });
+});
+
+describe('one process per embedded DATA_DIR', () => {
+  it('a second serve and a migrate on a DATA_DIR that serve has open exit non-zero naming it and its pid; the first keeps its orders, and after SIGKILL a new serve starts at once and has them', async (t) => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-lock-'));
+    t.after(() => rm(dataDir, { recursive: true, force: true }));
+    const minted = await run(
+      ['token', '--sub', 'bob', '--scope', 'orders:write orders:read catalog:write'],
+      cleanEnv(dataDir),
+    );
+    assert.equal(minted.code, 0, minted.stderr);
+    const headers = { authorization: `Bearer ${minted.stdout.trim()}`, 'content-type': 'application/json' };
+    const post = (url: string, route: string, body: unknown, extra: Record<string, string> = {}) =>
+      fetch(new URL(route, url), { method: 'POST', headers: { ...headers, ...extra }, body: JSON.stringify(body) });
+    const order = async (url: string, key: string) => {
+      const response = await post(
+        url,
+        '/v1/orders',
+        { items: [{ sku: 'LOCK-1', quantity: 1 }], payment: { token: 'tok_visa' } },
+        { 'idempotency-key': key },
+      );
+      assert.equal(response.status, 202, await response.clone().text());
+      return ((await response.json()) as { id: string }).id;
+    };
+    const orderIds = async (url: string) => {
+      const response = await fetch(new URL('/v1/orders?limit=100', url), { headers });
+      assert.equal(response.status, 200);
+      return ((await response.json()) as { items: { id: string }[] }).items.map((o) => o.id).sort();
+    };
+
+    const env = cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' });
+    const first = await serve(env, t);
+    const created = await post(first.url, '/v1/products', {
+      name: 'Lock',
+      priceCents: 500,
+      currency: 'EUR',
+      sku: 'LOCK-1',
+      stock: 10,
+    });
+    assert.equal(created.status, 201, await created.clone().text());
+    const accepted = [await order(first.url, 'lock-1')];
+
+    for (const command of ['serve', 'migrate']) {
+      const refused = await run([command], env, { killAfterMs: 60_000 });
+      assert.equal(refused.code, 1, `${command}: ${refused.stderr}`);
+      assert.equal(refused.signal, null);
+      const errorLines = lines(refused.stderr);
+      assert.equal(errorLines.length, 1, `${command}: stderr was:\n${refused.stderr}`);
+      assert.ok(errorLines[0]!.includes(`DATA_DIR: ${dataDir} is in use`), errorLines[0]);
+      assert.ok(errorLines[0]!.includes(`(pid ${first.child.pid})`), errorLines[0]);
+      assert.ok(!refused.stderr.includes('    at '), 'no stack trace');
+    }
+
+    // The first process was not disturbed: it still serves, with what it had.
+    accepted.push(await order(first.url, 'lock-2'));
+    assert.deepEqual(await orderIds(first.url), accepted.sort());
+
+    first.child.kill('SIGKILL');
+    await first.exited;
+    const second = await serve(env, t);
+    assert.deepEqual(await orderIds(second.url), accepted.sort(), 'orders lost across the SIGKILL');
+    second.child.kill('SIGTERM');
+    const [code] = await second.exited;
+    assert.equal(code, 0, second.stderr());
   });
 });
 

@@ -6,6 +6,7 @@ import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { DataDirInUseError } from './data-dir-lock.ts';
 import { EMBEDDED_SETTINGS, initEmbeddedDataDir, openPGlite } from './pglite.ts';
 
 describe('embedded database sizing', () => {
@@ -16,6 +17,13 @@ describe('embedded database sizing', () => {
       await access(path.join(dataDir, 'PG_VERSION'));
       const db = await openPGlite(dataDir);
       try {
+        // The directory is this open's until it closes, even within this process.
+        const inUse = (error: Error) =>
+          error instanceof DataDirInUseError &&
+          error.message.includes(`${dataDir} is in use`) &&
+          error.message.includes(`(pid ${process.pid})`);
+        await assert.rejects(openPGlite(dataDir), inUse);
+        await assert.rejects(initEmbeddedDataDir(dataDir), inUse);
         await db.query('CREATE TABLE kept (n int)');
         for (const [name, value] of Object.entries(EMBEDDED_SETTINGS)) {
           const [row] = await db.query<{ setting: string }>(`SELECT current_setting($1) AS setting`, [name]);

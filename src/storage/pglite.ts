@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { PGlite } from '@electric-sql/pglite';
+import { lockDataDir, type DataDirLock } from './data-dir-lock.ts';
 import { assertSafeIntegers, parseInt8, type Database, type Queryable, type Row } from './database.ts';
 
 /** PostgreSQL's type oid of int8 (bigint). */
@@ -40,16 +41,28 @@ const INITDB_SCRIPT = fileURLToPath(new URL('./pglite-initdb.ts', import.meta.ur
  * in a child process, when the directory holds none yet. initdb needs far
  * more memory than running the database does, and WebAssembly memory is
  * never handed back: done in the serving process, it would stay in its
- * resident memory for good (about 70 MB). Rejects with the child's output
- * when it fails.
+ * resident memory for good (about 70 MB). Holds the directory's lock
+ * (lockDataDir) while it works. Rejects with the child's output when it
+ * fails, and with DataDirInUseError when another process has the
+ * directory.
  */
 export async function initEmbeddedDataDir(dataDir: string): Promise<void> {
+  await mkdir(dataDir, { recursive: true });
+  const lock = lockDataDir(dataDir);
+  try {
+    await createFilesIfMissing(dataDir);
+  } finally {
+    lock.release();
+  }
+}
+
+/** initEmbeddedDataDir's work, for a caller that holds the directory's lock: the child is let in under it. */
+async function createFilesIfMissing(dataDir: string): Promise<void> {
   const created = await access(path.join(dataDir, 'PG_VERSION')).then(
     () => true,
     () => false,
   );
   if (created) return;
-  await mkdir(dataDir, { recursive: true });
   try {
     await promisify(execFile)(process.execPath, [INITDB_SCRIPT, dataDir], { timeout: 120_000 });
   } catch (error) {
@@ -60,13 +73,36 @@ export async function initEmbeddedDataDir(dataDir: string): Promise<void> {
   }
 }
 
-export async function openPGlite(dataDir: string | undefined): Promise<Database> {
-  if (dataDir !== undefined) await mkdir(dataDir, { recursive: true });
-  // int8 is read as on PostgreSQL (parseInt8): a number, or refused if a number cannot hold it exactly.
-  const db = await PGlite.create(dataDir === undefined ? undefined : `file://${dataDir}`, {
-    parsers: { [INT8]: parseInt8 },
-    startParams: START_PARAMS,
-  });
+/**
+ * Opens the embedded database: in memory when `dataDir` is undefined (no
+ * lock, nothing kept), else in `dataDir`, created first if it is new
+ * (initEmbeddedDataDir). A directory is open in one process at a time: this
+ * one holds its lock until close(), and rejects with DataDirInUseError
+ * naming the directory and its holder's pid when another process has it.
+ * `options.parentHoldsLock` is for the initdb child only: its parent's lock
+ * covers it.
+ */
+export async function openPGlite(
+  dataDir: string | undefined,
+  options: { parentHoldsLock?: boolean } = {},
+): Promise<Database> {
+  let lock: DataDirLock | undefined;
+  if (dataDir !== undefined) {
+    await mkdir(dataDir, { recursive: true });
+    lock = lockDataDir(dataDir, options.parentHoldsLock ? { allowHolder: process.ppid } : {});
+  }
+  let db: PGlite;
+  try {
+    if (dataDir !== undefined && !options.parentHoldsLock) await createFilesIfMissing(dataDir);
+    // int8 is read as on PostgreSQL (parseInt8): a number, or refused if a number cannot hold it exactly.
+    db = await PGlite.create(dataDir === undefined ? undefined : `file://${dataDir}`, {
+      parsers: { [INT8]: parseInt8 },
+      startParams: START_PARAMS,
+    });
+  } catch (error) {
+    lock?.release();
+    throw error;
+  }
   const run = async <T extends Row>(target: Pick<PGlite, 'query'>, text: string, params?: readonly unknown[]) =>
     assertSafeIntegers((await target.query<T>(text, params as unknown[] | undefined)).rows);
   return {
@@ -81,6 +117,12 @@ export async function openPGlite(dataDir: string | undefined): Promise<Database>
     exec: async (script) => {
       await db.exec(script);
     },
-    close: () => db.close(),
+    close: async () => {
+      try {
+        await db.close();
+      } finally {
+        lock?.release();
+      }
+    },
   };
 }
