@@ -5,7 +5,6 @@
 // /healthz and shuts down cleanly on SIGTERM.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -13,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
-import { clusterSettings } from '../scripts/cluster.ts';
+import { childPids, clusterSettings } from '../scripts/cluster.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -88,26 +87,28 @@ async function serve(
 }
 
 /**
- * `npm start`'s command as package.json spells it (its variables, then
- * `node` with its flags), run with the Node running this test: npm itself
- * only adds a parent process that forwards signals.
+ * `npm start` itself, as a newcomer or a process manager runs it: npm runs
+ * package.json's command through a shell, and only that command's `exec`
+ * makes Node npm's child, so that the signal npm forwards reaches
+ * Orderflow rather than the shell.
  */
 function npmStart(env: Record<string, string>): ChildProcess {
-  const { scripts } = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as {
-    scripts: { start: string };
-  };
-  const words = scripts.start.split(/\s+/);
-  const variables: Record<string, string> = {};
-  for (let word = words[0]; word !== undefined && /^[A-Z_]+=/.test(word); word = words[0]) {
-    const [name, ...value] = words.shift()!.split('=');
-    variables[name!] = value.join('=');
+  return spawn('npm', ['start', '--silent'], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Every process below pid, children first. */
+async function descendants(pid: number): Promise<number[]> {
+  const children = await childPids(pid);
+  return [...children, ...(await Promise.all(children.map(descendants))).flat()];
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
   }
-  assert.equal(words.shift(), 'node', `npm start runs node: ${scripts.start}`);
-  return spawn(process.execPath, words, {
-    cwd: REPO,
-    env: { ...env, ...variables },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
 }
 
 function lines(text: string): string[] {
@@ -245,6 +246,10 @@ describe('command line', () => {
     );
     const health = await fetch(new URL('/healthz', url));
     assert.equal(health.status, 200);
+    const below = await descendants(child.pid!);
+    assert.ok(below.length > 0);
+    // A server the signal missed would outlive the test and hold its pipes open.
+    t.after(() => below.filter(alive).forEach((pid) => process.kill(pid, 'SIGKILL')));
     child.kill('SIGTERM');
     const [code, signal] = await Promise.race([
       exited,
@@ -254,6 +259,10 @@ describe('command line', () => {
     ]);
     assert.equal(signal, null);
     assert.equal(code, 0, stderr());
+    // The server got the signal too: nothing npm started is left running.
+    await eventually('every process npm started to exit', async () =>
+      below.every((pid) => !alive(pid)) ? true : undefined,
+    );
   });
 });
 
