@@ -181,7 +181,7 @@ function consumer(
   metrics: unknown,
 ): (count: number) => Promise<void> {
   const log = pino({ level: 'silent' });
-  const nothing = { query: async () => [] };
+  const nothing = { query: async () => [], commit: (last: unknown[]) => Promise.all(last) };
   const db = {
     kind: 'postgres',
     concurrentTransactions: true,

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { DatabaseUnavailableError, UnsafeIntegerError, type Database } from '../src/storage/database.ts';
+import { GroupCommit, type UnitOutcome } from '../src/storage/group-commit.ts';
 import { openPGlite } from '../src/storage/pglite.ts';
 import { openPostgres } from '../src/storage/postgres.ts';
 import { freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
@@ -90,56 +91,117 @@ for (const engine of engines) {
       assert.deepEqual(await notes(), ['4:next']);
     });
 
-    it('commitNow: COMMIT goes with the statements issued before it, and they are committed', async () => {
-      await db.exec('DELETE FROM notes');
-      const answers = await db.transaction((tx) => {
-        const written = Promise.all([
-          tx.query('INSERT INTO notes VALUES (1, $1) RETURNING id', ['first']),
-          tx.query('INSERT INTO notes VALUES (2, $1) RETURNING id', ['second']),
-        ]);
-        tx.commitNow?.();
-        return written;
-      });
-      assert.deepEqual(
-        answers.map((rows) => rows[0]?.id),
-        [1, 2],
-      );
-      assert.deepEqual(await notes(), ['1:first', '2:second']);
-    });
-
-    it('commitNow: a statement before it that fails leaves nothing, even when the body catches its error', async () => {
+    it('commit(): a statement before the last batch that failed leaves nothing, even when the body catches its error', async () => {
       await db.exec('DELETE FROM notes');
       await assert.rejects(
         db.transaction(async (tx) => {
           const kept = tx.query('INSERT INTO notes VALUES (1, $1)', ['kept?']);
           const failing = tx.query('INSERT INTO notes VALUES (1, $1)', ['duplicate key']);
-          tx.commitNow?.();
-          await kept;
-          await failing.catch(() => undefined);
+          failing.catch(() => undefined);
+          await tx
+            .commit([kept, tx.query('INSERT INTO notes VALUES (2, $1)', ['after the failure'])])
+            .catch(() => undefined);
           return 'the body says all is well';
         }),
-        // PostgreSQL answers the COMMIT with ROLLBACK; PGlite refuses to commit too.
-        /rolled back/i,
+        // The failed statement's own error, not the one of a statement it aborted.
+        /duplicate key|unique/i,
       );
       assert.deepEqual(await notes(), []);
       await db.transaction((tx) => tx.query('INSERT INTO notes VALUES (3, $1)', ['next']));
       assert.deepEqual(await notes(), ['3:next']);
     });
 
-    it('commitNow: a statement issued after it is refused, never run outside the transaction', async (t) => {
+    it('commit() sends the last statements with COMMIT and answers with their results', async () => {
       await db.exec('DELETE FROM notes');
-      let late: Promise<unknown> | undefined;
-      await db.transaction(async (tx) => {
-        if (!tx.commitNow) return;
-        const first = tx.query('INSERT INTO notes VALUES (1, $1)', ['in time']);
-        tx.commitNow();
-        late = tx.query('INSERT INTO notes VALUES (2, $1)', ['too late']);
-        late.catch(() => undefined);
-        await first;
+      const result = await db.transaction(async (tx) => {
+        await tx.query('INSERT INTO notes VALUES (1, $1)', ['first']);
+        const [inserted, count] = await tx.commit([
+          tx.query<{ id: number }>('INSERT INTO notes VALUES (2, $1) RETURNING id', ['last']),
+          tx.query<{ n: number }>('SELECT count(*)::int AS n FROM notes').then((rows) => rows[0]!.n),
+        ]);
+        return { ids: inserted.map((r) => r.id), count };
       });
-      if (!late) return t.skip(`${engine.name} has no commitNow`);
-      await assert.rejects(late, /after commitNow/);
-      assert.deepEqual(await notes(), ['1:in time']);
+      assert.deepEqual(result, { ids: [2], count: 2 });
+      assert.deepEqual(await notes(), ['1:first', '2:last']);
+    });
+
+    it('commit() writes nothing when a statement of the last batch fails, and rejects with its error', async () => {
+      await db.exec('DELETE FROM notes');
+      let refused: unknown;
+      await assert.rejects(
+        db.transaction(async (tx) => {
+          await tx.query('INSERT INTO notes VALUES (1, $1)', ['kept?']);
+          try {
+            await tx.commit([
+              tx.query('INSERT INTO notes VALUES (2, $1)', ['fine']),
+              tx.query('INSERT INTO notes VALUES (1, $1)', ['duplicate key']),
+              tx.query('INSERT INTO notes VALUES (3, $1)', ['after the failure']),
+            ]);
+          } catch (error) {
+            // Swallowed on purpose: the transaction must still fail with it.
+            refused = error;
+          }
+          return 'committed?';
+        }),
+        (error: unknown) => {
+          assert.match(String(error), /duplicate key|unique/i);
+          assert.equal(error, refused);
+          return true;
+        },
+      );
+      assert.deepEqual(await notes(), []);
+      await db.transaction((tx) => tx.commit([tx.query('INSERT INTO notes VALUES (5, $1)', ['next'])]));
+      assert.deepEqual(await notes(), ['5:next']);
+    });
+
+    it('fails when the body caught a statement error and returned', async () => {
+      await db.exec('DELETE FROM notes');
+      await assert.rejects(
+        db.transaction(async (tx) => {
+          await tx.query('INSERT INTO notes VALUES (1, $1)', ['kept?']);
+          await tx.query('INSERT INTO notes VALUES (1, $1)', ['duplicate key']).catch(() => undefined);
+          return 'committed?';
+        }),
+      );
+      assert.deepEqual(await notes(), []);
+    });
+
+    it('commit() refuses later statements, and a throw after it undoes nothing', async () => {
+      await db.exec('DELETE FROM notes');
+      let late: unknown;
+      await assert.rejects(
+        db.transaction(async (tx) => {
+          await tx.commit([tx.query('INSERT INTO notes VALUES (1, $1)', ['committed'])]);
+          late = await tx.query('INSERT INTO notes VALUES (2, $1)', ['too late']).catch((error: unknown) => error);
+          throw new Error('thrown after commit');
+        }),
+        /thrown after commit/,
+      );
+      assert.match(String(late), /committing/);
+      assert.deepEqual(await notes(), ['1:committed']);
+    });
+
+    it('group commit: a unit whose statement fails in the batch sent with COMMIT fails alone, the others commit', async () => {
+      await db.exec("DELETE FROM notes; INSERT INTO notes VALUES (12, 'taken')");
+      const batches: number[] = [];
+      const group = new GroupCommit<number, number>(
+        db,
+        async (tx, ids) => {
+          const inserted = await tx.commit(
+            ids.map((id) => tx.query<{ id: number }>('INSERT INTO notes VALUES ($1, $2) RETURNING id', [id, 'unit'])),
+          );
+          return inserted.map((rows): UnitOutcome<number> => ({ ok: true, value: rows[0]!.id }));
+        },
+        { onBatch: (size) => batches.push(size) },
+      );
+      const results = await Promise.allSettled([11, 12, 13].map((id) => group.submit(id)));
+      assert.deepEqual(
+        results.map((r) => (r.status === 'fulfilled' ? r.value : 'rejected')),
+        [11, 'rejected', 13],
+      );
+      assert.match(String((results[1] as PromiseRejectedResult).reason), /duplicate key|unique/i);
+      assert.deepEqual(batches, [3, 1, 1, 1], 'the batch, then each unit alone');
+      assert.deepEqual(await notes(), ['11:unit', '12:taken', '13:unit']);
     });
 
     it('reads int8 as exact numbers, numeric as text, in and out of a transaction', async () => {

@@ -48,7 +48,7 @@ export async function lockStock(tx: Queryable, skus: readonly string[]): Promise
  * more than is available fails the statement (the table's CHECK (held <=
  * on_hand)) instead of skipping the row, so the database itself refuses an
  * oversell, even when the caller commits before it has read the answer
- * (Queryable.commitNow).
+ * (Transaction.commit).
  */
 export const HOLD_STOCK_SQL = `UPDATE inventory.stock s SET held = s.held + v.quantity
        FROM unnest($1::text[], $2::bigint[]) AS v(sku, quantity)

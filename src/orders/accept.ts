@@ -24,7 +24,7 @@ import { AppError } from '../errors.ts';
 import { allocate, holdStock, lockStock, type StockLine } from '../inventory/stock.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { activeCarrier, type TraceCarrier } from '../observability/tracing.ts';
-import type { Database, Queryable } from '../storage/database.ts';
+import type { Database, Queryable, Transaction } from '../storage/database.ts';
 import { GroupCommit, type GroupCommitOptions, type UnitOutcome } from '../storage/group-commit.ts';
 import { newOrderId } from './ids.ts';
 import type { PaymentPort } from './payment-port.ts';
@@ -239,7 +239,7 @@ async function loadReplays(
  * the whole batch failed. Outcomes come in the order of the requests.
  */
 export async function acceptBatch(
-  tx: Queryable,
+  tx: Transaction,
   payments: PaymentPort,
   requests: readonly AcceptRequest[],
   limits: MoneyLimits = DEFAULT_MONEY_LIMITS,
@@ -259,11 +259,12 @@ export async function acceptBatch(
   // The writes, the replays' reads and the COMMIT in one round trip: the
   // stock rows are unlocked one round trip after they were locked. Every
   // check of the writes is the database's own (holdStock), so nothing read
-  // from their answers can still call the batch off once COMMIT is sent.
-  const storing = store(tx, payments, reserved.orders, reserved.toHold);
-  const replaying = loadReplays(tx, claimed.replays);
-  tx.commitNow?.();
-  const [stored, replayed] = await Promise.all([storing, replaying]);
+  // from their answers can still call the batch off once COMMIT is sent
+  // (see Transaction.commit).
+  const [stored, replayed] = await tx.commit([
+    store(tx, payments, reserved.orders, reserved.toHold),
+    loadReplays(tx, claimed.replays),
+  ]);
 
   const outcomes = new Map<AcceptRequest, UnitOutcome<AcceptResult>>();
   for (const { request, error } of [...priced.refused, ...claimed.refused]) outcomes.set(request, { ok: false, error });

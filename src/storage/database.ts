@@ -13,19 +13,42 @@ export type Row = Record<string, unknown>;
  */
 export interface Queryable {
   query<T extends Row = Row>(text: string, params?: readonly unknown[]): Promise<T[]>;
+}
+
+/**
+ * An open transaction. commit() lets a transaction's last statements and its
+ * COMMIT travel together: on PostgreSQL in the same write, so committing
+ * costs no round trip of its own.
+ */
+export interface Transaction extends Queryable {
   /**
-   * In a PostgreSQL transaction: sends COMMIT right behind the statements
-   * issued so far, in their round trip, instead of after the transaction's
-   * function resolves; undefined elsewhere (call it as `tx.commitNow?.()`).
-   * Call it only once every statement of the transaction has been issued
-   * (synchronously, before awaiting any of them): a statement issued after it
-   * is refused, but too late to undo what was committed. The COMMIT commits
-   * only if every statement before it succeeded (a failed one makes it a
-   * rollback and the transaction rejects), so whatever the caller checks of
-   * those statements' answers must be checked by the database itself, as an
-   * error, not by the caller once the answers are in.
+   * Commits now, without waiting for the answers of the statements already
+   * issued: COMMIT is sent right behind them. `last` are those statements'
+   * promises (or promises built on them, e.g. a store function's); commit
+   * resolves with their values, in order, once COMMIT has succeeded.
+   *
+   * Use it only when nothing in those answers could make fn want to roll
+   * back: COMMIT is on its way before they arrive. If any statement of the
+   * transaction failed, PostgreSQL rolls back instead of committing, and
+   * commit rejects with the first of `last` to reject (else with a
+   * TransactionRolledBackError), whatever fn does with that rejection: the
+   * transaction rejects too. An error that is not the database's (a mapping
+   * of rows that throws) arrives too late to roll back; commit rejects with
+   * it though the transaction committed.
+   *
+   * After commit the transaction takes no more statements (they reject), and
+   * fn's result is the transaction's; a throw after commit resolved no longer
+   * undoes anything. Called at most once.
    */
-  commitNow?(): void;
+  commit<const P extends readonly unknown[]>(last: P): Promise<{ -readonly [K in keyof P]: Awaited<P[K]> }>;
+}
+
+/** COMMIT came back as ROLLBACK: a statement in the transaction had failed (and fn went on). */
+export class TransactionRolledBackError extends Error {
+  constructor(options?: { cause?: unknown }) {
+    super('the transaction was rolled back: one of its statements failed', options);
+    this.name = 'TransactionRolledBackError';
+  }
 }
 
 export interface TransactionOptions {
@@ -48,12 +71,15 @@ export interface Database extends Queryable {
    */
   readonly concurrentTransactions: boolean;
   /**
-   * Runs fn in one transaction: committed when fn resolves, rolled back when
-   * it throws. Rejects with DatabaseUnavailableError when the database cannot
-   * be reached or does not answer in time; a COMMIT whose answer was lost
-   * that way may still have committed.
+   * Runs fn in one transaction: committed when fn resolves (or when it
+   * calls tx.commit), rolled back when it throws before that. A statement
+   * that failed rolls the transaction back even if fn caught its error: the
+   * transaction then rejects with that error. Rejects with
+   * DatabaseUnavailableError when the database cannot be reached or does not
+   * answer in time; a COMMIT whose answer was lost that way may still have
+   * committed.
    */
-  transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TransactionOptions): Promise<T>;
+  transaction<T>(fn: (tx: Transaction) => Promise<T>, options?: TransactionOptions): Promise<T>;
   /** Runs a script of several statements without parameters (migrations). */
   exec(script: string): Promise<void>;
   close(): Promise<void>;

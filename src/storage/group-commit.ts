@@ -15,7 +15,7 @@
 // every unit it carries, and each unit's span links back to its batch: one
 // batch serves many traces, and either end leads to the other.
 import { activeSpan, inSpan, outsideTraces, type Span } from '../observability/tracing.ts';
-import { DatabaseUnavailableError, type Database, type Queryable } from './database.ts';
+import { DatabaseUnavailableError, type Database, type Transaction } from './database.ts';
 import { GROUP_COMMIT } from '../tunables.ts';
 
 export type UnitOutcome<R> = { ok: true; value: R } | { ok: false; error: unknown };
@@ -44,7 +44,7 @@ interface Waiting<I, R> {
 
 export class GroupCommit<I, R> {
   readonly #db: Database;
-  readonly #commitBatch: (tx: Queryable, units: readonly I[]) => Promise<UnitOutcome<R>[]>;
+  readonly #commitBatch: (tx: Transaction, units: readonly I[]) => Promise<UnitOutcome<R>[]>;
   readonly #windowMs: number;
   readonly #maxBatch: number;
   readonly #maxInFlight: number;
@@ -58,7 +58,7 @@ export class GroupCommit<I, R> {
 
   constructor(
     db: Database,
-    commitBatch: (tx: Queryable, units: readonly I[]) => Promise<UnitOutcome<R>[]>,
+    commitBatch: (tx: Transaction, units: readonly I[]) => Promise<UnitOutcome<R>[]>,
     options: GroupCommitOptions<I> = {},
   ) {
     this.#db = db;

@@ -4,7 +4,7 @@
 // its rate is the average number of connections wanted, which divided by the
 // pool size is the pool's use (above 1: calls queue for a connection).
 import type { Metrics } from '../observability/metrics.ts';
-import type { Database, Queryable, TransactionOptions } from './database.ts';
+import type { Database, Transaction, TransactionOptions } from './database.ts';
 
 /** db with every statement and transaction timed into orderflow_db_pool_busy_seconds_total; poolSize is reported as orderflow_db_pool_size. */
 export function measureDatabase(db: Database, metrics: Metrics, poolSize: number): Database {
@@ -22,7 +22,7 @@ export function measureDatabase(db: Database, metrics: Metrics, poolSize: number
     concurrentTransactions: db.concurrentTransactions,
     // Statements inside a transaction run on its connection, which the transaction's own time already counts.
     query: (text, params) => timed(() => db.query(text, params)),
-    transaction: <T>(fn: (tx: Queryable) => Promise<T>, options?: TransactionOptions) =>
+    transaction: <T>(fn: (tx: Transaction) => Promise<T>, options?: TransactionOptions) =>
       timed(() => db.transaction(fn, options)),
     exec: (script) => timed(() => db.exec(script)),
     close: () => db.close(),

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { PGlite } from '@electric-sql/pglite';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.ts';
-import { assertSafeIntegers, parseInt8, type Database, type Queryable, type Row } from './database.ts';
+import { assertSafeIntegers, parseInt8, type Database, type Row, type Transaction } from './database.ts';
 
 /** PostgreSQL's type oid of int8 (bigint). */
 const INT8 = 20;
@@ -109,11 +109,57 @@ export async function openPGlite(
     kind: 'pglite',
     concurrentTransactions: false,
     query: (text, params) => run(db, text, params),
-    transaction: (fn) =>
-      db.transaction((tx) => {
-        const scoped: Queryable = { query: (text, params) => run(tx, text, params) };
-        return fn(scoped);
-      }),
+    transaction: async <T>(fn: (tx: Transaction) => Promise<T>) => {
+      // Nothing to save here (no round trips), but commit() keeps its
+      // meaning: once it resolved, the transaction has committed whatever fn
+      // does next, as on PostgreSQL.
+      let committed = false;
+      let lateError: { error: unknown } | undefined;
+      // The first statement error, and whether fn's own error is what ended the transaction.
+      let failed: { error: unknown } | undefined;
+      let fnThrew = false;
+      try {
+        const result = await db.transaction(async (tx) => {
+          let committing = false;
+          const scoped: Transaction = {
+            query: <R extends Row>(text: string, params?: readonly unknown[]) =>
+              committing
+                ? Promise.reject(new Error('the transaction is committing: it takes no more statements'))
+                : run<R>(tx, text, params).catch((error: unknown) => {
+                    failed ??= { error };
+                    throw error;
+                  }),
+            commit: async <const P extends readonly unknown[]>(last: P) => {
+              if (committing) throw new Error('commit() was called twice');
+              committing = true;
+              const settled = await Promise.allSettled(last);
+              const rejected = settled.find((s) => s.status === 'rejected');
+              // The first statement that failed, not one it aborted (25P02) or a promise built on it.
+              if (failed || rejected) throw failed ? failed.error : rejected!.reason;
+              committed = true;
+              return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as {
+                -readonly [K in keyof P]: Awaited<P[K]>;
+              };
+            },
+          };
+          try {
+            return await fn(scoped);
+          } catch (error) {
+            if (!committed) {
+              fnThrew = true;
+              throw error;
+            }
+            lateError = { error };
+            return undefined as T;
+          }
+        });
+        if (lateError) throw lateError.error;
+        return result;
+      } catch (error) {
+        // PGlite's COMMIT of a failed transaction says only that it rolled back: the statement's error says why.
+        throw !fnThrew && !lateError && failed ? failed.error : error;
+      }
+    },
     exec: async (script) => {
       await db.exec(script);
     },

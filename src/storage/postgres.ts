@@ -25,8 +25,9 @@ import {
   DatabaseUnavailableError,
   parseInt8,
   type Database,
-  type Queryable,
+  TransactionRolledBackError,
   type Row,
+  type Transaction,
 } from './database.ts';
 
 /** Default of DATABASE_TIMEOUT_MS. */
@@ -191,28 +192,11 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
     }
   };
 
-  // An early COMMIT (commitNow) goes out before fn has seen its statements'
-  // answers; if one of them failed, the server answers the COMMIT with
-  // ROLLBACK (no error), and the transaction must not pass for committed,
-  // even if fn caught that statement's error.
-  const commit = async (connection: postgres.ReservedSql): Promise<void> => {
-    let result: { command?: string };
-    try {
-      result = await connection.unsafe('COMMIT');
-    } catch (error) {
-      throw translate(error);
-    }
-    if (result.command !== 'COMMIT')
-      throw new Error(
-        `the transaction was rolled back at COMMIT (${result.command ?? 'no answer'}): a statement in it failed`,
-      );
-  };
-
   const abandonedError = () =>
     new DatabaseUnavailableError('the transaction ran past its deadline and was rolled back');
 
   const transaction = async <T>(
-    fn: (tx: Queryable) => Promise<T>,
+    fn: (tx: Transaction) => Promise<T>,
     limitMs: number,
     abandoned: () => boolean,
   ): Promise<T> => {
@@ -222,38 +206,90 @@ export function openPostgres(url: string, poolSize: number, options: PostgresOpt
     } catch (error) {
       throw translate(error);
     }
+    // The first statement error: what the caller hears when COMMIT comes back as ROLLBACK.
+    let failed: { error: unknown } | undefined;
+    // Set once COMMIT is on its way (tx.commit): nothing may follow it on this connection but ROLLBACK.
+    let committing: Promise<unknown> | undefined;
+    // Every statement's answer, settled or not: a ROLLBACK in COMMIT's place waits for them to learn which failed first.
+    const issued: Promise<unknown>[] = [];
+    const statement = <R extends Row>(text: string, params?: readonly unknown[]): Promise<R[]> => {
+      if (committing) return Promise.reject(new Error('the transaction is committing: it takes no more statements'));
+      if (abandoned()) return Promise.reject(abandonedError());
+      const answer = run<R>(connection, text, params).catch((error: unknown) => {
+        failed ??= { error };
+        throw error;
+      });
+      issued.push(answer.catch(() => undefined));
+      return answer;
+    };
+    // COMMIT may go out before fn has seen its statements' answers (tx.commit);
+    // if one of them failed, the server answers the COMMIT with ROLLBACK (no
+    // error), and the transaction must not pass for committed, even if fn
+    // caught that statement's error.
+    const sendCommit = async () => {
+      if (abandoned()) throw abandonedError();
+      let answer: { command: string };
+      try {
+        answer = await connection.unsafe('COMMIT');
+      } catch (error) {
+        throw translate(error);
+      }
+      if (answer.command !== 'COMMIT') {
+        await Promise.all(issued);
+        throw (failed?.error as Error | undefined) ?? new TransactionRolledBackError();
+      }
+    };
+    const tx: Transaction = {
+      query: statement,
+      commit: async <const P extends readonly unknown[]>(last: P) => {
+        if (committing) throw new Error('commit() was called twice');
+        // Not awaited before the statements are: COMMIT goes out in the same write as them.
+        const committed = sendCommit();
+        committing = committed;
+        committed.catch(() => undefined); // awaited below, after the statements' own answers
+        const settled = await Promise.allSettled(last);
+        await committed.catch((error: unknown) => {
+          // A statement's own error tells more than the ROLLBACK it caused.
+          if (!settled.some((s) => s.status === 'rejected')) throw error;
+        });
+        const rejected = settled.find((s) => s.status === 'rejected');
+        if (rejected) {
+          // The first statement that failed, not one it aborted (25P02) or a promise built on it.
+          await Promise.all(issued);
+          throw failed?.error ?? rejected.reason;
+        }
+        return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as {
+          -readonly [K in keyof P]: Awaited<P[K]>;
+        };
+      },
+    };
     try {
       if (abandoned()) throw abandonedError();
-      let committing: Promise<void> | undefined;
-      const tx: Queryable = {
-        query: (text, params) =>
-          committing
-            ? Promise.reject(new Error('a statement issued after commitNow(): the transaction is already committing'))
-            : abandoned()
-              ? Promise.reject(abandonedError())
-              : run(connection, text, params),
-        commitNow: () => {
-          if (committing || abandoned()) return;
-          committing = commit(connection);
-          committing.catch(() => undefined); // awaited below, once fn resolves
-        },
-      };
       // BEGIN is not awaited on its own: it goes out with the first statement
       // (pipelined), which saves a round trip per transaction. If it fails,
       // so does every statement after it.
       const begun = Promise.all([
-        tx.query('BEGIN'),
-        ...(limitMs === timeoutMs ? [] : [tx.query(`SET LOCAL statement_timeout = ${Math.floor(limitMs)}`)]),
+        run(connection, 'BEGIN'),
+        ...(limitMs === timeoutMs ? [] : [run(connection, `SET LOCAL statement_timeout = ${Math.floor(limitMs)}`)]),
       ]);
       begun.catch(() => undefined); // awaited below; this only keeps an early failure from counting as unhandled
-      const result = await fn(tx);
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (error) {
+        // Thrown after commit() was called: the transaction's fate is COMMIT's.
+        if (committing) await committing.catch(() => undefined);
+        throw error;
+      }
       await begun;
-      await (committing ?? tx.query('COMMIT'));
+      // fn may have caught commit's rejection: the transaction still failed.
+      await (committing ?? sendCommit());
       return result;
     } catch (error) {
       // The original error is what the caller must see. A ROLLBACK on a
       // connection that has closed fails at once (the server has rolled back
       // by itself), and releasing it is then a no-op: the pool has it back.
+      // After a COMMIT (or the ROLLBACK it turned into) it only draws a warning.
       await run(connection, 'ROLLBACK').catch(() => undefined);
       throw error;
     } finally {

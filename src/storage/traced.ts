@@ -7,7 +7,7 @@
 // polls, and the metrics scrapes, would otherwise each start a trace of one
 // statement, many times a second.
 import { activeSpan, bindActive, inSpan, SpanKind } from '../observability/tracing.ts';
-import type { Database, Queryable, Row, TransactionOptions } from './database.ts';
+import type { Database, Queryable, Row, Transaction, TransactionOptions } from './database.ts';
 
 /** db.query.text holds the statement with its $n placeholders, never the values bound to them (a card token, an amount). */
 function statementAttributes(text: string, kind: Database['kind']) {
@@ -42,13 +42,16 @@ export function traceDatabase(db: Database): Database {
     kind: db.kind,
     concurrentTransactions: db.concurrentTransactions,
     query: tracedQuery(db, db.kind),
-    transaction: <T>(fn: (tx: Queryable) => Promise<T>, options?: TransactionOptions) => {
+    transaction: <T>(fn: (tx: Transaction) => Promise<T>, options?: TransactionOptions) => {
       if (!activeSpan()) return db.transaction(fn, options);
       return inSpan('transaction', { kind: SpanKind.CLIENT, attributes }, () =>
         db.transaction(
-          // commitNow passes through: a traced statement is still issued at once (inSpan calls it synchronously).
-          bindActive((tx: Queryable) =>
-            fn({ query: tracedQuery(tx, db.kind), ...(tx.commitNow ? { commitNow: () => tx.commitNow?.() } : {}) }),
+          // A traced statement, and COMMIT, are still issued at once (inSpan calls them synchronously): pipelining holds.
+          bindActive((tx: Transaction) =>
+            fn({
+              query: tracedQuery(tx, db.kind),
+              commit: (last) => inSpan('COMMIT', { kind: SpanKind.CLIENT, attributes }, () => tx.commit(last)),
+            }),
           ),
           options,
         ),
