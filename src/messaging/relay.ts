@@ -14,9 +14,9 @@ import { backoffMs, type Backoff } from '../backoff.ts';
 import { RELAY } from '../tunables.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { carrierOfSpan, contextOf, failSpan, SpanKind, startSpan } from '../observability/tracing.ts';
-import type { Database, Queryable } from '../storage/database.ts';
+import type { Database } from '../storage/database.ts';
 import type { Broker, OutgoingMessage } from './broker.ts';
-import { deleteOutbox, outboxHasReady, readyOutbox, tryRelayLock, type OutboxRow } from './store.ts';
+import { deleteOutbox, lockedReadyOutbox, outboxHasReady, readyOutbox, type OutboxRow } from './store.ts';
 
 export interface RelayOptions {
   batchSize?: number;
@@ -85,15 +85,20 @@ export class Relay {
       // The embedded database belongs to this one process, and an open
       // transaction there would hold the whole database while the broker
       // answers: no lock, no transaction.
-      return this.#publishBatch(this.#db);
+      const db = this.#db;
+      return this.#publishBatch(await readyOutbox(db, this.#batchSize), (ids) => deleteOutbox(db, ids));
     }
-    return this.#db.transaction(async (tx) => {
-      return (await tryRelayLock(tx)) ? this.#publishBatch(tx) : 0;
-    });
+    // Two round trips: the lock and the read (with BEGIN), then the delete
+    // with the COMMIT (see Transaction.commit): a failed delete rolls the
+    // pass back, and its rows are published again, as after a crash.
+    return this.#db.transaction(async (tx) =>
+      this.#publishBatch(await lockedReadyOutbox(tx, this.#batchSize), async (ids) => {
+        await tx.commit([deleteOutbox(tx, ids)]);
+      }),
+    );
   }
 
-  async #publishBatch(tx: Queryable): Promise<number> {
-    const rows = await readyOutbox(tx, this.#batchSize);
+  async #publishBatch(rows: readonly OutboxRow[], remove: (ids: string[]) => Promise<void>): Promise<number> {
     if (rows.length === 0) return 0;
     const messages: OutgoingMessage[] = rows.map((row) => ({
       id: row.message_id,
@@ -102,10 +107,7 @@ export class Relay {
       maxAttempts: row.max_attempts,
     }));
     await this.#publish(messages, rows);
-    await deleteOutbox(
-      tx,
-      rows.map((r) => r.id),
-    );
+    await remove(rows.map((r) => r.id));
     for (const row of rows) this.#metrics.relayPublished.inc({ queue: row.queue });
     return rows.length;
   }

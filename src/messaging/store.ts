@@ -181,10 +181,20 @@ export async function outboxCounts(db: Queryable): Promise<Record<string, number
 // (the migrator uses 727_001).
 const RELAY_LOCK = 727_002;
 
-/** Takes the relays' transaction-scoped advisory lock if no other relay holds it: only one publishes at a time. */
-export async function tryRelayLock(tx: Queryable): Promise<boolean> {
-  const [lock] = await tx.query<{ locked: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS locked', [RELAY_LOCK]);
-  return lock?.locked ?? false;
+/**
+ * Up to limit ready rows, oldest first, if this transaction takes the relays'
+ * transaction-scoped advisory lock (no other relay holds it: only one
+ * publishes at a time); none if it does not. One statement: the lock is
+ * tried once, as an InitPlan whose result is a one-time filter, before the
+ * outbox is read, so a pass that finds the lock held reads no row. An empty
+ * answer does not say which: either way there is nothing to publish.
+ */
+export function lockedReadyOutbox(tx: Queryable, limit: number): Promise<OutboxRow[]> {
+  return tx.query<OutboxRow>(
+    `SELECT o.id::text AS id, o.message_id, o.queue, o.payload, o.max_attempts, o.trace_context FROM messaging.outbox o
+      WHERE (SELECT pg_try_advisory_xact_lock($2)) AND o.available_at <= now() ORDER BY o.id LIMIT $1`,
+    [limit, RELAY_LOCK],
+  );
 }
 
 /** The first key of the lock one dead letter is settled under (the second is a hash of its id). */
