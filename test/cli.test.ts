@@ -83,7 +83,19 @@ async function serve(
       reject(new Error(`serve exited (${code}) before listening:\n${stdout}\n${stderrText}`)),
     );
   });
-  return { child, exited, url, stderr: () => stderrText };
+  /** SIGTERM, then a clean exit (code 0, no signal) within 10 s: generous for a graceful stop of an idle process. */
+  const stopGracefully = async () => {
+    child.kill('SIGTERM');
+    const [code, signal] = await Promise.race([
+      exited,
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error('the process did not exit within 10 s of SIGTERM')), 10_000).unref(),
+      ),
+    ]);
+    assert.equal(signal, null);
+    assert.equal(code, 0, stderrText);
+  };
+  return { child, exited, url, stderr: () => stderrText, stopGracefully };
 }
 
 /**
@@ -212,7 +224,7 @@ describe('command line', () => {
   it('serve with PORT=0 prints where it listens, answers /healthz, takes `token` tokens, and exits 0 on SIGTERM', async (t) => {
     const minted = await run(['token', '--sub', 'alice', '--scope', 'orders:read'], cleanEnv(dataDir));
     assert.equal(minted.code, 0, minted.stderr);
-    const { child, exited, url, stderr } = await serve(cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' }), t);
+    const { url, stopGracefully } = await serve(cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' }), t);
     const port = Number(new URL(url).port);
     assert.ok(port > 0, `a real port, not 0: ${url}`);
     const health = await fetch(new URL('/healthz', url));
@@ -224,22 +236,12 @@ describe('command line', () => {
     });
     assert.equal(orders.status, 200, await orders.clone().text());
     assert.deepEqual(await orders.json(), { items: [], nextCursor: null });
-    child.kill('SIGTERM');
-    // The test runner's own timeout would catch a hang; 10 s is generous for
-    // a graceful stop of an idle process.
-    const [code, signal] = await Promise.race([
-      exited,
-      new Promise<never>((_, reject) =>
-        setTimeout(() => reject(new Error('serve did not exit within 10 s of SIGTERM')), 10_000).unref(),
-      ),
-    ]);
-    assert.equal(signal, null);
-    assert.equal(code, 0, stderr());
+    await stopGracefully();
   });
 
   // Its V8 flags are not checked anywhere else: one Node does not know would stop it before it listens.
   it("npm start's command, with its memory flags, prints where it listens, answers /healthz and exits 0 on SIGTERM", async (t) => {
-    const { child, exited, url, stderr } = await serve(
+    const { child, url, stopGracefully } = await serve(
       cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' }),
       t,
       npmStart,
@@ -250,15 +252,7 @@ describe('command line', () => {
     assert.ok(below.length > 0);
     // A server the signal missed would outlive the test and hold its pipes open.
     t.after(() => below.filter(alive).forEach((pid) => process.kill(pid, 'SIGKILL')));
-    child.kill('SIGTERM');
-    const [code, signal] = await Promise.race([
-      exited,
-      new Promise<never>((_, reject) =>
-        setTimeout(() => reject(new Error('npm start did not exit within 10 s of SIGTERM')), 10_000).unref(),
-      ),
-    ]);
-    assert.equal(signal, null);
-    assert.equal(code, 0, stderr());
+    await stopGracefully();
     // The server got the signal too: nothing npm started is left running.
     await eventually('every process npm started to exit', async () =>
       below.every((pid) => !alive(pid)) ? true : undefined,
@@ -325,9 +319,7 @@ describe('one process per embedded DATA_DIR', () => {
     await first.exited;
     const second = await serve(env, t);
     assert.deepEqual(await orderIds(second.url), accepted.sort(), 'orders lost across the SIGKILL');
-    second.child.kill('SIGTERM');
-    const [code] = await second.exited;
-    assert.equal(code, 0, second.stderr());
+    await second.stopGracefully();
   });
 });
 
@@ -413,27 +405,22 @@ describe('npm run cluster', () => {
     });
 
   it('passes BROKER_PREFIX, the read replica, Memcached and an outside identity provider on to every process', () => {
+    const passedOn = {
+      BROKER_PREFIX: 'shop2',
+      DATABASE_READ_URL: 'postgres://replica/orders',
+      CACHE_URL: 'memcached://cache:11211',
+      AUTH_JWKS_URL: 'https://idp.example/jwks',
+      AUTH_ISSUER: 'https://idp.example/',
+      AUTH_AUDIENCE: 'orderflow',
+    };
     const settings = clusterSettings({
       DATABASE_URL: 'postgres://db/orders',
       BROKER_URL: 'nats://broker:4222',
-      BROKER_PREFIX: 'shop2',
-      DATABASE_READ_URL: 'postgres://replica/orders',
-      CACHE_URL: 'memcached://cache:11211',
-      AUTH_JWKS_URL: 'https://idp.example/jwks',
-      AUTH_ISSUER: 'https://idp.example/',
-      AUTH_AUDIENCE: 'orderflow',
+      ...passedOn,
     });
     assert.ok(!('problem' in settings), JSON.stringify(settings));
     assert.equal(settings.brokerUrl, 'nats://broker:4222');
-    assert.deepEqual(settings.env, {
-      LOG_LEVEL: 'info',
-      BROKER_PREFIX: 'shop2',
-      DATABASE_READ_URL: 'postgres://replica/orders',
-      CACHE_URL: 'memcached://cache:11211',
-      AUTH_JWKS_URL: 'https://idp.example/jwks',
-      AUTH_ISSUER: 'https://idp.example/',
-      AUTH_AUDIENCE: 'orderflow',
-    });
+    assert.deepEqual(settings.env, { LOG_LEVEL: 'info', ...passedOn });
   });
 
   it('refuses, naming it, a variable it sets itself, instead of ignoring it; and a missing DATABASE_URL', () => {

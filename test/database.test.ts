@@ -47,6 +47,12 @@ for (const engine of engines) {
       (await db.query<{ id: number; body: string }>('SELECT id, body FROM notes ORDER BY id')).map(
         (r) => `${r.id}:${r.body}`,
       );
+    /** Nothing of the failed transaction is in the table, and the next transaction (writing `id`) commits. */
+    const assertLeftNothing = async (id: number) => {
+      assert.deepEqual(await notes(), []);
+      await db.transaction((tx) => tx.query('INSERT INTO notes VALUES ($1, $2)', [id, 'next']));
+      assert.deepEqual(await notes(), [`${id}:next`]);
+    };
 
     it('runs statements issued together in the order issued, and commits them', async () => {
       await db.exec('DELETE FROM notes');
@@ -72,9 +78,7 @@ for (const engine of engines) {
         ),
         /duplicate key|unique/i,
       );
-      assert.deepEqual(await notes(), []);
-      await db.transaction((tx) => tx.query('INSERT INTO notes VALUES (3, $1)', ['next']));
-      assert.deepEqual(await notes(), ['3:next']);
+      await assertLeftNothing(3);
     });
 
     it('writes nothing when the body throws after its statements succeeded', async () => {
@@ -86,9 +90,7 @@ for (const engine of engines) {
         }),
         /changed its mind/,
       );
-      assert.deepEqual(await notes(), []);
-      await db.transaction((tx) => tx.query('INSERT INTO notes VALUES (4, $1)', ['next']));
-      assert.deepEqual(await notes(), ['4:next']);
+      await assertLeftNothing(4);
     });
 
     it('commit(): a statement before the last batch that failed leaves nothing, even when the body catches its error', async () => {
@@ -106,9 +108,7 @@ for (const engine of engines) {
         // The failed statement's own error, not the one of a statement it aborted.
         /duplicate key|unique/i,
       );
-      assert.deepEqual(await notes(), []);
-      await db.transaction((tx) => tx.query('INSERT INTO notes VALUES (3, $1)', ['next']));
-      assert.deepEqual(await notes(), ['3:next']);
+      await assertLeftNothing(3);
     });
 
     it('commit() sends the last statements with COMMIT and answers with their results', async () => {
