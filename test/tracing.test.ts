@@ -90,6 +90,8 @@ async function npmStart(): Promise<{ env: Record<string, string>; args: string[]
     const [name, ...value] = words.shift()!.split('=');
     env[name!] = value.join('=');
   }
+  // The script execs Node, so that npm's signals reach Orderflow rather than a shell.
+  if (words[0] === 'exec') words.shift();
   assert.equal(words.shift(), 'node');
   assert.ok(words.includes('--import'), 'npm start loads the tracing module first (--import)');
   return { env, args: words };
