@@ -5,6 +5,7 @@
 // /healthz and shuts down cleanly on SIGTERM.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -395,6 +396,20 @@ function copiesOf(pid: number): number[] {
     .map((line) => Number(line.trim()))
     .filter((n) => n > 0);
 }
+
+describe('npm scripts', () => {
+  it('every script that starts Node execs it, so that the signal npm forwards reaches Node, not a shell', () => {
+    const { scripts } = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as {
+      scripts: Record<string, string>;
+    };
+    const startingNode = Object.entries(scripts).filter(([, command]) =>
+      /^(?:[A-Z_]+=\S*\s+)*(?:exec\s+)?node\s/.test(command),
+    );
+    assert.ok(startingNode.length >= 5, JSON.stringify(startingNode));
+    for (const [name, command] of startingNode)
+      assert.match(command, /^(?:[A-Z_]+=\S*\s+)*exec node\s/, `npm run ${name}: ${command}`);
+  });
+});
 
 describe('npm run cluster', () => {
   const clusterCommand = (env: Record<string, string>) =>
