@@ -312,6 +312,12 @@ describe('one process per embedded DATA_DIR', () => {
       assert.ok(!refused.stderr.includes('    at '), 'no stack trace');
     }
 
+    // Even with the lock file deleted under it, the first process's pid file still guards the directory.
+    await rm(path.join(dataDir, 'orderflow.lock'));
+    const afterDelete = await run(['serve'], env, { killAfterMs: 60_000 });
+    assert.equal(afterDelete.code, 1, afterDelete.stderr);
+    assert.ok(afterDelete.stderr.includes(`(pid ${first.child.pid})`), afterDelete.stderr);
+
     // The first process was not disturbed: it still serves, with what it had.
     accepted.push(await order(first.url, 'lock-2'));
     assert.deepEqual(await orderIds(first.url), accepted.sort());

@@ -64,6 +64,16 @@ export function lockDataDir(dataDir: string, options: { allowHolder?: number } =
     if (holder !== undefined && holder === options.allowHolder) return { release: () => {} };
     throw new DataDirInUseError(dataDir, holder);
   }
+  // The lock file can be deleted under a running holder (a cleanup job, a
+  // hand tidying up), and then a new one locks a new file. The holder's pid
+  // file is the second guard: a live Orderflow process named there still
+  // has the directory. (A pid left by a killed holder and reused by an
+  // unrelated process is not one: its command line is checked.)
+  const previous = holderOf(dataDir);
+  if (previous !== undefined && previous !== process.pid && previous !== options.allowHolder && isOrderflow(previous)) {
+    db.close();
+    throw new DataDirInUseError(dataDir, previous);
+  }
   const pidFile = path.join(dataDir, PID_FILE);
   writeFileSync(pidFile, `${process.pid}\n`);
   let held = true;
@@ -90,5 +100,19 @@ function holderOf(dataDir: string): number | undefined {
     return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/** Whether pid is a live process running Orderflow's entry point (Linux: its command line; elsewhere: alive at all). */
+function isOrderflow(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('main.ts');
+  } catch {
+    return true;
   }
 }
