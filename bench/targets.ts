@@ -3,12 +3,12 @@
 // checks, the gateway's ledger, and the server processes' memory.
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer, Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import postgres from 'postgres';
 import { pino } from 'pino';
-import { childPids, startCluster, type ClusterShape } from '../scripts/cluster.ts';
+import { childPids, freePortRange, startCluster, type ClusterShape } from '../scripts/cluster.ts';
 import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/config.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
@@ -308,20 +308,3 @@ function pushLine(lines: string[], name: string, line: string): void {
  * The cluster takes consecutive ports from its base; other runs (tests, other
  * benchmarks) may hold the usual ones, so find a free block.
  */
-async function freePortRange(size: number): Promise<number> {
-  for (let tries = 0; tries < 50; tries++) {
-    const base = 20_000 + Math.floor(Math.random() * 20_000);
-    let free = true;
-    for (let port = base; port < base + size && free; port++) free = await portFree(port);
-    if (free) return base;
-  }
-  throw new Error('found no block of free ports for the cluster');
-}
-
-function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}

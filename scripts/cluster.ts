@@ -17,6 +17,7 @@
 // BROKER_PREFIX and the AUTH_* variables are passed on to every process too
 // (clusterSettings).
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -442,4 +443,34 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const stop = () => void cluster.stop().then(() => process.exit(0));
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+}
+
+/** The first port of the block tests and benches give a cluster: below the kernel's ephemeral ports (32768 and up on Linux). */
+const BLOCK_PORTS = { from: 20_000, to: 32_000 };
+
+/**
+ * The first of `size` consecutive TCP ports on 127.0.0.1 that nothing
+ * listens on, for a cluster's `basePort`. The block is taken below the
+ * ephemeral range, where the kernel picks the local ports of outgoing
+ * connections and of listen(0): a port there can be taken by another
+ * process's connection between this check and the cluster's listen.
+ *
+ * @throws Error when 50 random blocks were all partly taken.
+ */
+export async function freePortRange(size: number): Promise<number> {
+  for (let tries = 0; tries < 50; tries++) {
+    const base = BLOCK_PORTS.from + Math.floor(Math.random() * (BLOCK_PORTS.to - BLOCK_PORTS.from - size));
+    let free = true;
+    for (let port = base; port < base + size && free; port++) free = await portFree(port);
+    if (free) return base;
+  }
+  throw new Error('found no block of free ports for the cluster');
+}
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
 }

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { openDevIssuer, type DevIssuer } from '../src/identity/dev-issuer.ts';
 import { freePort } from '../test/support/programs.ts';
-import { startCluster, type Cluster } from './cluster.ts';
+import { freePortRange, startCluster, type Cluster } from './cluster.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PROMETHEUS_DIR = path.join(ROOT, 'deploy', 'prometheus');
@@ -342,7 +342,7 @@ export async function startMonitoredCluster(options: {
       redisUrl: options.redisUrl,
       apis: 2,
       workers: 1,
-      basePort: 20_000 + Math.floor(Math.random() * 20_000),
+      basePort: await freePortRange(12),
       isolatedBroker: true,
       env: {
         DATA_DIR: options.dataDir,

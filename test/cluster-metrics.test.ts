@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { describe, it } from 'node:test';
-import { childPids, startCluster } from '../scripts/cluster.ts';
+import { childPids, freePortRange, startCluster } from '../scripts/cluster.ts';
 import { freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 
 const databaseUrl = requiredServiceUrl('DATABASE_URL');
@@ -40,7 +40,7 @@ describe('metrics of node:cluster copies', { skip: databaseUrl === undefined && 
         databaseUrl: database.url,
         shape: 'combined',
         copies: 2,
-        basePort: 20_000 + Math.floor(Math.random() * 20_000),
+        basePort: await freePortRange(8),
         env: { DATABASE_POOL_SIZE: '3' },
         readyTimeoutMs: 120_000,
         onOutput: () => {},

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import postgres from 'postgres';
-import { childPids, startCluster, type Cluster, type ClusterShape } from '../scripts/cluster.ts';
+import { childPids, freePortRange, startCluster, type Cluster, type ClusterShape } from '../scripts/cluster.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 import { skipUnlessInstalled } from './support/programs.ts';
@@ -75,7 +75,7 @@ async function keepsEveryPromise(shape: ClusterShape, chaos: (cluster: Cluster) 
     cluster = await startCluster({
       databaseUrl: database.url,
       brokerUrl,
-      basePort: 20_000 + Math.floor(Math.random() * 20_000),
+      basePort: await freePortRange(12),
       // Its own stream and consumers: nothing another run left on the broker reaches this cluster.
       isolatedBroker: true,
       shape,

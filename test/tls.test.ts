@@ -12,7 +12,7 @@ import path from 'node:path';
 import { connect } from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { Agent, fetch } from 'undici';
-import { startCluster, type Cluster } from '../scripts/cluster.ts';
+import { freePortRange, startCluster, type Cluster } from '../scripts/cluster.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 import { startHaproxy, startNginx, type LoadBalancer } from './support/load-balancers.ts';
@@ -43,7 +43,7 @@ describe('TLS at the load balancers', { skip }, () => {
       databaseUrl: database.url,
       apis: 2,
       workers: 1,
-      basePort: 20_000 + Math.floor(Math.random() * 20_000),
+      basePort: await freePortRange(8),
       env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn' },
       gatewayLatencyMs: 0,
       onOutput: () => {},

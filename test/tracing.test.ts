@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { startCluster, type Cluster } from '../scripts/cluster.ts';
+import { freePortRange, startCluster, type Cluster } from '../scripts/cluster.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
 import { SimulatedGateway } from '../src/payments/simulated-gateway.ts';
@@ -170,7 +170,7 @@ async function startSplit(
       workers: 1,
       relays: 1,
       isolatedBroker: true,
-      basePort: 20_000 + Math.floor(Math.random() * 20_000),
+      basePort: await freePortRange(8),
       gateway,
       env,
       // Each process loads the OpenTelemetry SDK first: slow to start on a busy machine.

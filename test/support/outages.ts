@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import postgres from 'postgres';
 import { Pool } from 'undici';
 import { checkInvariants, drain, type Check } from '../../bench/checks.ts';
-import { childPids, startCluster, type Cluster } from '../../scripts/cluster.ts';
+import { childPids, freePortRange, startCluster, type Cluster } from '../../scripts/cluster.ts';
 import { openDevIssuer } from '../../src/identity/dev-issuer.ts';
 import { startGatewayServer, type GatewayServer } from '../../src/payments/gateway-server.ts';
 import { SimulatedGateway } from '../../src/payments/simulated-gateway.ts';
@@ -276,7 +276,7 @@ export class OutageRig {
         shape: 'combined',
         copies: 2,
         gateway: gatewayServer,
-        basePort: 20_000 + Math.floor(Math.random() * 20_000),
+        basePort: await freePortRange(8),
         // The sweeper keeps its default deadline (60 s): nothing here is lost, and
         // re-driving every order a backlog holds would only add to the backlog.
         env: { DATA_DIR: dataDir, LOG_LEVEL: 'warn' },
