@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { freePortRange } from '../scripts/cluster.ts';
 import { openDevIssuer } from '../src/identity/dev-issuer.ts';
 import { runLoad } from './load.ts';
 
@@ -31,7 +32,7 @@ const connections = Number(values.connections);
 const extraEnv = Object.fromEntries(values.env.map((pair) => pair.split('=', 2) as [string, string]));
 
 const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-serve-memory-'));
-const port = 20_000 + Math.floor(Math.random() * 20_000);
+const port = await freePortRange(1);
 const url = `http://127.0.0.1:${port}`;
 const server = spawn('npm', ['start', '--silent'], {
   env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dataDir, LOG_LEVEL: 'warn', ...extraEnv },
