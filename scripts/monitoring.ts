@@ -22,6 +22,7 @@ import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { openDevIssuer, type DevIssuer } from '../src/identity/dev-issuer.ts';
 import { freePort } from '../test/support/programs.ts';
 import { freePortRange, startCluster, type Cluster } from './cluster.ts';
+import { callApi } from '../test/support/http.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PROMETHEUS_DIR = path.join(ROOT, 'deploy', 'prometheus');
@@ -401,24 +402,8 @@ export async function driveCheckout(
 ): Promise<string[]> {
   const prefix = options.skuPrefix ?? 'SKU';
   const admin = await issuer.issue({ sub: 'admin', scope: 'catalog:write' });
-  const call = async (
-    token: string,
-    method: string,
-    url: string,
-    body?: unknown,
-    headers: Record<string, string> = {},
-  ) => {
-    const response = await fetch(baseUrl + url, {
-      method,
-      headers: {
-        authorization: `Bearer ${token}`,
-        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-        ...headers,
-      },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
-  };
+  const call = (token: string, method: string, url: string, body?: unknown, headers?: Record<string, string>) =>
+    callApi(baseUrl, token, method, url, body, headers);
   for (let i = 0; i < 10; i++) {
     const created = await call(admin, 'POST', '/v1/products', {
       sku: `${prefix}-${i}`,

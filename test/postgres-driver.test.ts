@@ -48,6 +48,20 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     pools.push(sql);
     return sql;
   };
+  /** One connection, with a short backoff, to the server through a proxy on `port`. */
+  const throughProxy = (port: number) => {
+    const sql = postgres({
+      host: '127.0.0.1',
+      port,
+      user: 'postgres',
+      database: 'postgres',
+      max: 1,
+      backoff: () => 0.05,
+      onnotice: () => {},
+    });
+    pools.push(sql);
+    return sql;
+  };
   const terminate = async (pid: number) => {
     await admin`SELECT pg_terminate_backend(${pid})`;
   };
@@ -162,16 +176,7 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     const proxy = await startTcpProxy(server.port);
     proxy.mode = () => (++attempts <= 2 ? 'reset' : 'forward');
     try {
-      const sql = postgres({
-        host: '127.0.0.1',
-        port: proxy.port,
-        user: 'postgres',
-        database: 'postgres',
-        max: 1,
-        backoff: () => 0.05,
-        onnotice: () => {},
-      });
-      pools.push(sql);
+      const sql = throughProxy(proxy.port);
       // The first connects for itself; the second waits in the pool's queue,
       // and upstream was taken out of it to reconnect with, then never answered.
       const first = settles('the first reservation', sql.reserve());
@@ -224,16 +229,7 @@ describe('postgres driver: a connection that goes away', { skip: missing }, () =
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
     process.on('unhandledRejection', onUnhandled);
     try {
-      const sql = postgres({
-        host: '127.0.0.1',
-        port: proxy.port,
-        user: 'postgres',
-        database: 'postgres',
-        max: 1,
-        backoff: () => 0.05,
-        onnotice: () => {},
-      });
-      pools.push(sql);
+      const sql = throughProxy(proxy.port);
       assert.equal(
         codeOf(await settles('a query on a connection cut while it starts', sql`SELECT 1`)),
         'CONNECTION_CLOSED',
