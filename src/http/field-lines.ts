@@ -19,6 +19,8 @@ const ONE_LINE_ONLY = new Set([
   'x-orderflow-console',
 ]);
 
+const ONE_LINE_LENGTHS = new Set([...ONE_LINE_ONLY].map((name) => name.length));
+
 /** reg-name of RFC 3986, section 3.2.2: unreserved, sub-delims and %HH, possibly empty. */
 const REG_NAME = /^(?:[0-9A-Za-z\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*$/;
 /** IPvFuture of RFC 3986, section 3.2.2. */
@@ -53,16 +55,18 @@ export function isHostValue(value: string): boolean {
  */
 export function fieldLinesProblem(rawHeaders: readonly string[], httpVersion: string): string | undefined {
   let host: string | undefined;
-  let seen: Set<string> | undefined;
+  // Every request passes here: names of other lengths are not lowercased,
+  // and the few fields seen go in an array, not a new Set per request.
+  const seen: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (!ONE_LINE_LENGTHS.has(rawHeaders[i]!.length)) continue;
     const name = rawHeaders[i]!.toLowerCase();
     if (!ONE_LINE_ONLY.has(name)) continue;
-    seen ??= new Set();
-    if (seen.has(name))
+    if (seen.includes(name))
       return name === 'host'
         ? 'a request must carry one Host header, not several (RFC 9112, section 3.2)'
         : `the ${name} header must be sent once, not on several lines (RFC 9110, section 5.3)`;
-    seen.add(name);
+    seen.push(name);
     if (name === 'host') host = rawHeaders[i + 1]!;
   }
   if (host === undefined)
