@@ -42,15 +42,38 @@ export async function markRefundRequested(
   tx: Queryable,
   orderId: string,
 ): Promise<{ amountCents: number; currency: string; first: boolean } | undefined> {
-  // `first`: the subquery reads the row as the statement found it (one
-  // snapshot per statement), so it tells the first request from a repeat.
-  const [owed] = await tx.query<{ amount_cents: number; currency: string; first: boolean }>(
-    `UPDATE payments.payments SET refund_requested_at = coalesce(refund_requested_at, now())
-      WHERE order_id = $1 AND status IN ('charging', 'succeeded')
-      RETURNING amount_cents, currency, (SELECT refund_requested_at IS NULL FROM payments.payments WHERE order_id = $1) AS first`,
-    [orderId],
-  );
-  return owed ? { amountCents: owed.amount_cents, currency: owed.currency, first: owed.first } : undefined;
+  const [[before], [owed]] = await Promise.all([
+    lockedRow<{ refund_requested_at: Date | null }>(tx, orderId, 'refund_requested_at'),
+    tx.query<{ amount_cents: number; currency: string }>(
+      `UPDATE payments.payments SET refund_requested_at = coalesce(refund_requested_at, now())
+        WHERE order_id = $1 AND status IN ('charging', 'succeeded')
+        RETURNING amount_cents, currency`,
+      [orderId],
+    ),
+  ]);
+  return owed
+    ? { amountCents: owed.amount_cents, currency: owed.currency, first: before?.refund_requested_at == null }
+    : undefined;
+}
+
+/**
+ * The payment's row as it stands, locked for the rest of the transaction:
+ * what an update issued next in the same transaction changes from. Sent
+ * pipelined with that update, it costs no extra round trip.
+ *
+ * Why not a subquery in the update's RETURNING: under READ COMMITTED an
+ * UPDATE that waited for another transaction's row lock updates the row as
+ * that transaction left it, but its subqueries read the snapshot taken when
+ * the statement began, before that commit (PostgreSQL manual, "Transaction
+ * Isolation", Read Committed). A locking SELECT returns the newest version,
+ * and the update that follows starts with a snapshot taken after it.
+ */
+function lockedRow<Row extends Record<string, unknown>>(
+  tx: Queryable,
+  orderId: string,
+  columns: string,
+): Promise<Row[]> {
+  return tx.query<Row>(`SELECT ${columns} FROM payments.payments WHERE order_id = $1 FOR UPDATE`, [orderId]);
 }
 
 interface PaymentRow {
@@ -196,13 +219,15 @@ export async function markRefunded(
   chargeId: string,
   refundId: string,
 ): Promise<{ chargeWasRecorded: boolean } | undefined> {
-  // The subquery reads the row as the statement found it (one snapshot per statement): the charge id before this update.
-  const [row] = await tx.query<{ recorded: boolean }>(
-    `UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1 AND status <> 'refunded'
-     RETURNING (SELECT charge_id IS NOT NULL FROM payments.payments WHERE order_id = $1) AS recorded`,
-    [orderId, chargeId, refundId],
-  );
-  return row ? { chargeWasRecorded: row.recorded } : undefined;
+  const [[before], updated] = await Promise.all([
+    lockedRow<{ charge_id: string | null }>(tx, orderId, 'charge_id'),
+    tx.query(
+      `UPDATE payments.payments SET status = 'refunded', charge_id = $2, refund_id = $3, updated_at = now() WHERE order_id = $1 AND status <> 'refunded'
+       RETURNING order_id`,
+      [orderId, chargeId, refundId],
+    ),
+  ]);
+  return updated.length > 0 ? { chargeWasRecorded: before?.charge_id != null } : undefined;
 }
 
 /** A payment the gateway refused (failed) goes back to pending, for an operator's re-drive; false for any other payment. */
