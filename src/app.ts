@@ -16,7 +16,7 @@ import { catalogRoutes } from './catalog/routes.ts';
 import { ConfigError, redactUrl, type Config } from './config.ts';
 import { notReady, operationsRoutes } from './http/operations.ts';
 import { registerRateLimits } from './http/rate-limit.ts';
-import { buildServer, type Server } from './http/server.ts';
+import { buildServer, closeConnections, type Server } from './http/server.ts';
 import { DEV_AUDIENCE, DEV_ISSUER, openDevIssuer, type DevIssuer } from './identity/dev-issuer.ts';
 import { localVerifier, remoteVerifier } from './identity/verifier.ts';
 import type { Broker } from './messaging/broker.ts';
@@ -90,7 +90,11 @@ export interface App {
   startWorkers(): void;
   /** Starts the workers and listens on config.port; returns the URL. */
   start(): Promise<string>;
-  /** Graceful shutdown: stop accepting, finish in-flight requests and jobs, close the database. */
+  /**
+   * Graceful shutdown: stop listening and refuse new requests (503), finish
+   * in-flight requests and jobs, close the database, and last close the HTTP
+   * connections still open.
+   */
   close(): Promise<void>;
 }
 
@@ -397,7 +401,9 @@ export async function createApp(options: AppOptions): Promise<App> {
       config.role === 'all' || config.role === 'api'
         ? await wireApi(core, server, queue, { broker, devIssuer })
         : undefined;
-    // Stopped first: new requests get 503, those in flight finish.
+    // Stopped first: it stops listening, new requests get 503 and those in
+    // flight finish. Its connections stay open, still answering 503, until
+    // everything else has stopped (close() below).
     stops.add(() => server.close());
 
     metrics.info.set(
@@ -440,7 +446,10 @@ export async function createApp(options: AppOptions): Promise<App> {
         startWorkers();
         return server.listen({ port: config.port, host: config.host });
       },
-      close: () => stops.run(log),
+      async close() {
+        await stops.run(log);
+        await closeConnections(server);
+      },
     };
   } catch (error) {
     await stops.run(early);

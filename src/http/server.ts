@@ -11,6 +11,7 @@ import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Logger } from 'pino';
 import { AppError } from '../errors.ts';
+import { bodyReceived, Drain } from './drain.ts';
 import type { Principal, Scope, VerifyToken } from '../identity/verifier.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { activeSpan, tracingEnabled } from '../observability/tracing.ts';
@@ -62,6 +63,8 @@ export function buildServer(options: ServerOptions): Server {
     bodyLimit: BODY_LIMIT_BYTES,
     // Fastify's own closing answer is not problem+json; the hook below is.
     return503OnClosing: false,
+    // Connections are closed by the drain below, not destroyed while a request may be on its way.
+    forceCloseConnections: false,
     ajv: {
       customOptions: {
         removeAdditional: false,
@@ -95,6 +98,17 @@ export function buildServer(options: ServerOptions): Server {
   app.server.on('checkExpectation', expectationHandler);
   app.server.on('connect', connectHandler);
 
+  // Graceful shutdown (drain.ts): from Fastify's close() on, every request is
+  // refused below and the server stops listening; the connections stay open
+  // until closeConnections(), so that no request on its way meets a reset.
+  const drain = new Drain(app.server);
+  drains.set(app, drain);
+  // First: the drain waits for every request it has seen to be answered.
+  app.addHook('onRequest', (request, reply, done) => {
+    drain.track(request.raw, reply.raw);
+    done();
+  });
+
   app.addHook('onRequest', async (request) => {
     const fieldLines = fieldLinesProblem(request.raw.rawHeaders, request.raw.httpVersion);
     if (fieldLines !== undefined) throw new AppError('malformed_request', fieldLines);
@@ -117,15 +131,22 @@ export function buildServer(options: ServerOptions): Server {
   });
 
   // During graceful shutdown in-flight requests finish, while new ones are
-  // told to go elsewhere: the load balancer retries them on another process.
-  let closing = false;
-  app.addHook('preClose', async () => {
-    closing = true;
-  });
-  app.addHook('onRequest', async (_request, reply) => {
-    if (!closing) return;
+  // told to go elsewhere before any work: the load balancer retries them on
+  // another process. The body is read first: closing the connection while the
+  // client still sends it could reset it and lose the answer.
+  app.addHook('preClose', async () => drain.begin());
+  app.addHook('onRequest', async (request, reply) => {
+    if (!drain.closing) return;
+    await bodyReceived(request.raw, BODY_LIMIT_BYTES);
     reply.header('connection', 'close');
     return sendProblem(reply, 'unavailable', 'this process is shutting down; retry on another one');
+  });
+  // An answer in flight when the shutdown began closes its connection, so
+  // that the client sends its next request elsewhere, unless a pipelined
+  // request waits behind it: then that one's answer closes it.
+  app.addHook('onSend', (request, reply, payload, done) => {
+    if (drain.shouldClose(request.raw)) reply.header('connection', 'close');
+    done(null, payload);
   });
 
   app.decorateRequest('principal', null);
@@ -198,6 +219,18 @@ export function buildServer(options: ServerOptions): Server {
     return sendProblem(reply, 'method_not_allowed', `${path} takes ${allowed.join(', ')}, not ${request.method}`);
   });
   return app;
+}
+
+const drains = new WeakMap<Server, Drain>();
+
+/**
+ * The last step of a graceful shutdown, after server.close() (which stops
+ * listening and waits for the requests in progress) and after everything
+ * else has stopped: closes the connections left open, where any request that
+ * came was refused with a 503, and resolves once none is left.
+ */
+export function closeConnections(server: Server): Promise<void> {
+  return drains.get(server)!.closeConnections();
 }
 
 /** The authenticated principal of a route declared with `config.scopes`. */
