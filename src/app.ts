@@ -45,7 +45,7 @@ import type { Database } from './storage/database.ts';
 import { measureDatabase } from './storage/measured.ts';
 import { traceDatabase } from './storage/traced.ts';
 import { loadMigrations, migrate } from './storage/migrate.ts';
-import { DataDirInUseError } from './storage/data-dir-lock.ts';
+import { inDataDir } from './storage/data-dir.ts';
 import { openPGlite } from './storage/pglite.ts';
 import { openPostgres } from './storage/postgres.ts';
 import { primaryReads, ReplicaReads, type ReadRouter } from './storage/read-replica.ts';
@@ -58,6 +58,8 @@ export interface AppOptions {
   gateway?: PaymentGateway;
   /** Keep the embedded database in memory instead of DATA_DIR (tests). */
   inMemory?: boolean;
+  /** Called when the embedded database in DATA_DIR is about to be created (its first start, tens of seconds), once its lock is held. */
+  onCreatingDatabase?: (dataDir: string) => void;
   /** Retry and polling settings of the job queue (broker mode uses the retry settings; pollIntervalMs becomes the relay's idle poll). */
   queue?: DatabaseQueueOptions;
   /** Broker mode: the prefix of every stream, subject, exchange and queue name (tests give each app its own). */
@@ -100,16 +102,13 @@ export interface App {
 
 export async function openDatabase(
   config: Config,
-  options: { inMemory?: boolean; metrics?: Metrics } = {},
+  options: { inMemory?: boolean; metrics?: Metrics; onCreatingDatabase?: (dataDir: string) => void } = {},
 ): Promise<Database> {
   if (config.databaseUrl === undefined) {
-    try {
-      return await openPGlite(options.inMemory ? undefined : config.dataDir);
-    } catch (error) {
-      // The operator's fix is a setting (or stopping the other process): reported as one line, like bad configuration.
-      if (error instanceof DataDirInUseError) throw new ConfigError('DATA_DIR', error.message);
-      throw error;
-    }
+    // A DATA_DIR that is in use or unusable rejects with a DataDirError: the
+    // operator's fix is a setting, a permission or stopping the other
+    // process, reported as one line like bad configuration.
+    return openPGlite(options.inMemory ? undefined : config.dataDir, { onCreate: options.onCreatingDatabase });
   }
   const circuit = options.metrics?.databaseCircuitOpen;
   const db = openPostgres(config.databaseUrl, config.databasePoolSize, {
@@ -367,7 +366,11 @@ export async function createApp(options: AppOptions): Promise<App> {
     const core = await openCore({ ...options, log: early }, stops);
     const { log, metrics, db, latestMigration } = core;
     const devIssuer =
-      config.auth === undefined ? await openDevIssuer(options.inMemory ? undefined : config.dataDir) : undefined;
+      config.auth === undefined
+        ? options.inMemory
+          ? await openDevIssuer(undefined)
+          : await inDataDir(config.dataDir, () => openDevIssuer(config.dataDir))
+        : undefined;
     const verifyToken = config.auth
       ? remoteVerifier(config.auth)
       : localVerifier(devIssuer!.publicJwk, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE });

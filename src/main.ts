@@ -3,6 +3,7 @@
 import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
+import { DataDirError, inDataDir } from './storage/data-dir.ts';
 import { PROCESS } from './tunables.ts';
 // Each command loads only what it runs (await import below): the process
 // that supervises WEB_CONCURRENCY copies never loads the application and
@@ -68,19 +69,11 @@ async function serve(config: Config): Promise<void> {
     return superviseCopies(config);
   }
   const { createApp } = await import('./app.ts');
-  if (config.databaseUrl === undefined) {
-    // The embedded database takes seconds to start (tens on its first start,
-    // when it is created): say so, or `npm start` looks hung.
-    if (cluster.isPrimary || cluster.worker?.id === 1) {
-      process.stdout.write(
-        `Starting Orderflow on the embedded database in ${config.dataDir} (the first start creates it and takes about 20 s)…\n`,
-      );
-    }
-    // createApp opens it (openPGlite), creating it first if it is new, and
-    // refuses a DATA_DIR that another process has open (ConfigError).
-  }
   const { shutdownTracing } = await import('./observability/tracing.ts');
-  const app = await createApp({ config });
+  // createApp opens the embedded database (openPGlite), creating it first if
+  // it is new, and refuses a DATA_DIR that another process has open or that
+  // cannot be used (DataDirError).
+  const app = await createApp({ config, onCreatingDatabase: announceCreation });
   const url = await app.start();
   const local = url.replace('://0.0.0.0', '://localhost').replace('://[::]', '://localhost');
   app.log.info({ url: local, role: config.role, database: app.db.kind }, 'orderflow listening');
@@ -117,10 +110,20 @@ async function serve(config: Config): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
 }
 
+/**
+ * Creating the embedded database takes tens of seconds, the only slow part of
+ * a start: said when it begins (the directory's lock held, no database there
+ * yet), or `npm start` looks hung. A start on an existing database, or one
+ * that is refused, says nothing of it.
+ */
+function announceCreation(dataDir: string): void {
+  process.stdout.write(`Creating the embedded database in ${dataDir} (its first start; this takes about 20 s)…\n`);
+}
+
 async function runMigrate(config: Config): Promise<void> {
   const { openDatabase } = await import('./app.ts');
   const { migrate } = await import('./storage/migrate.ts');
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, { onCreatingDatabase: announceCreation });
   try {
     const applied = await migrate(db);
     process.stdout.write(applied.length === 0 ? 'database is up to date\n' : `applied ${applied.join(', ')}\n`);
@@ -147,7 +150,7 @@ async function token(config: Config, args: string[]): Promise<void> {
     throw new UsageError('--ttl must be a positive number of seconds');
   if (config.auth) throw new UsageError('tokens come from your identity provider when AUTH_JWKS_URL is set');
   const { openDevIssuer } = await import('./identity/dev-issuer.ts');
-  const issuer = await openDevIssuer(config.dataDir);
+  const issuer = await inDataDir(config.dataDir, () => openDevIssuer(config.dataDir));
   // A token is accepted only by a server that uses the same key, that is the
   // same DATA_DIR: say which key signed it (stderr, so that stdout stays the token).
   const keyFile = issuer.keyFile!;
@@ -202,6 +205,8 @@ async function main(argv: string[]): Promise<void> {
 
 main(process.argv.slice(2)).catch((error: unknown) => {
   if (error instanceof ConfigError) process.stderr.write(`orderflow: configuration error: ${error.message}\n`);
+  else if (error instanceof DataDirError)
+    process.stderr.write(`orderflow: configuration error: DATA_DIR: ${error.message}\n`);
   else if (error instanceof UsageError) process.stderr.write(`orderflow: ${error.message}\n\n${USAGE}\n`);
   else process.stderr.write(`orderflow: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   process.exit(error instanceof UsageError ? 2 : 1);

@@ -5,8 +5,8 @@
 // /healthz and shuts down cleanly on SIGTERM.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -36,9 +36,9 @@ function start(args: string[], env: Record<string, string>): ChildProcess {
 async function run(
   args: string[],
   env: Record<string, string>,
-  options: { killAfterMs?: number } = {},
+  options: { killAfterMs?: number; launch?: (args: string[], env: Record<string, string>) => ChildProcess } = {},
 ): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
-  const child = start(args, env);
+  const child = (options.launch ?? start)(args, env);
   // A command that should have exited at once (a refused serve) would
   // otherwise hang the test instead of failing it.
   const deadline =
@@ -73,8 +73,8 @@ async function serve(
   });
   let stderrText = '';
   child.stderr!.on('data', (chunk: Buffer) => (stderrText += chunk.toString()));
+  let stdout = '';
   const url = await new Promise<string>((resolve, reject) => {
-    let stdout = '';
     child.stdout!.on('data', (chunk: Buffer) => {
       stdout += chunk.toString();
       const match = /listening on (https?:\/\/\S+?)[\s,]/.exec(stdout);
@@ -96,7 +96,7 @@ async function serve(
     assert.equal(signal, null);
     assert.equal(code, 0, stderrText);
   };
-  return { child, exited, url, stderr: () => stderrText, stopGracefully };
+  return { child, exited, url, stdout: () => stdout, stderr: () => stderrText, stopGracefully };
 }
 
 /**
@@ -216,10 +216,12 @@ describe('command line', () => {
     const first = await run(['migrate'], cleanEnv(dataDir));
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stdout, /applied .*001_initial\.sql/);
+    assert.match(first.stdout, /Creating the embedded database/, 'the first open creates it, and says so');
     const second = await run(['migrate'], cleanEnv(dataDir));
     assert.equal(second.code, 0, second.stderr);
     assert.match(second.stdout, /up to date/);
     assert.doesNotMatch(second.stdout, /applied/);
+    assert.doesNotMatch(second.stdout, /Creating the embedded database/, 'the database exists');
   });
 
   it('serve with PORT=0 prints where it listens, answers /healthz, takes `token` tokens, and exits 0 on SIGTERM', async (t) => {
@@ -262,9 +264,11 @@ describe('command line', () => {
 });
 
 describe('one process per embedded DATA_DIR', () => {
-  it('a second serve and a migrate on a DATA_DIR that serve has open exit non-zero naming it and its pid; the first keeps its orders, and after SIGKILL a new serve starts at once and has them', async (t) => {
+  it('a second serve and a migrate on a DATA_DIR that serve has open exit non-zero naming it and its pid, also with its lock and pid files deleted; the first keeps its orders; a SIGKILLed or stopped holder is followed at once', async (t) => {
     const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-lock-'));
     t.after(() => rm(dataDir, { recursive: true, force: true }));
+    const lockFile = path.join(dataDir, 'orderflow.lock');
+    const pidFile = path.join(dataDir, 'orderflow.pid');
     const minted = await run(
       ['token', '--sub', 'bob', '--scope', 'orders:write orders:read catalog:write'],
       cleanEnv(dataDir),
@@ -288,9 +292,23 @@ describe('one process per embedded DATA_DIR', () => {
       assert.equal(response.status, 200);
       return ((await response.json()) as { items: { id: string }[] }).items.map((o) => o.id).sort();
     };
+    /** A start that must be refused: exit 1 at once, one stderr line, no stack trace, and nothing said of creating a database. */
+    const refused = async (command: string) => {
+      const result = await run([command], env, { killAfterMs: 60_000 });
+      assert.equal(result.code, 1, `${command}: ${result.stderr}`);
+      assert.equal(result.signal, null);
+      const errorLines = lines(result.stderr);
+      assert.equal(errorLines.length, 1, `${command}: stderr was:\n${result.stderr}`);
+      assert.ok(!result.stderr.includes('    at '), 'no stack trace');
+      assert.doesNotMatch(result.stdout, /Creating the embedded database/);
+      return errorLines[0]!;
+    };
+    const creating = /Creating the embedded database in .* \(its first start; this takes about 20 s\)/;
 
     const env = cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' });
     const first = await serve(env, t);
+    // The key `token` made was there, the database was not: this start created it, and said so.
+    assert.match(first.stdout(), creating);
     const created = await post(first.url, '/v1/products', {
       name: 'Lock',
       priceCents: 500,
@@ -302,31 +320,159 @@ describe('one process per embedded DATA_DIR', () => {
     const accepted = [await order(first.url, 'lock-1')];
 
     for (const command of ['serve', 'migrate']) {
-      const refused = await run([command], env, { killAfterMs: 60_000 });
-      assert.equal(refused.code, 1, `${command}: ${refused.stderr}`);
-      assert.equal(refused.signal, null);
-      const errorLines = lines(refused.stderr);
-      assert.equal(errorLines.length, 1, `${command}: stderr was:\n${refused.stderr}`);
-      assert.ok(errorLines[0]!.includes(`DATA_DIR: ${dataDir} is in use`), errorLines[0]);
-      assert.ok(errorLines[0]!.includes(`(pid ${first.child.pid})`), errorLines[0]);
-      assert.ok(!refused.stderr.includes('    at '), 'no stack trace');
+      const line = await refused(command);
+      assert.ok(line.includes(`DATA_DIR: ${dataDir} is in use`), line);
+      assert.ok(line.includes(`(pid ${first.child.pid})`), line);
     }
 
-    // Even with the lock file deleted under it, the first process's pid file still guards the directory.
-    await rm(path.join(dataDir, 'orderflow.lock'));
-    const afterDelete = await run(['serve'], env, { killAfterMs: 60_000 });
-    assert.equal(afterDelete.code, 1, afterDelete.stderr);
-    assert.ok(afterDelete.stderr.includes(`(pid ${first.child.pid})`), afterDelete.stderr);
+    // With the lock file deleted under it, the first process's pid file still names it.
+    await rm(lockFile);
+    const afterDelete = await refused('serve');
+    assert.ok(afterDelete.includes(`(pid ${first.child.pid})`), afterDelete);
+    // With both deleted (a cleanup of *.lock and *.pid), the database's own
+    // control file says it is open: refused, and no new lock file is made.
+    await rm(pidFile);
+    for (const command of ['serve', 'migrate']) {
+      const line = await refused(command);
+      assert.ok(line.includes(`${lockFile} was deleted`), line);
+      assert.ok(line.includes(`touch ${lockFile}`), line);
+      assert.ok(!existsSync(lockFile), `${command} made a new lock file`);
+    }
 
     // The first process was not disturbed: it still serves, with what it had.
     accepted.push(await order(first.url, 'lock-2'));
     assert.deepEqual(await orderIds(first.url), accepted.sort());
 
-    first.child.kill('SIGKILL');
-    await first.exited;
+    // Stopped cleanly, its database is closed: the next start makes the lock file again by itself.
+    await first.stopGracefully();
     const second = await serve(env, t);
-    assert.deepEqual(await orderIds(second.url), accepted.sort(), 'orders lost across the SIGKILL');
-    await second.stopGracefully();
+    assert.ok(existsSync(lockFile));
+    assert.doesNotMatch(second.stdout(), creating, 'the database existed');
+    assert.deepEqual(await orderIds(second.url), accepted.sort(), 'orders lost across the restart');
+    accepted.push(await order(second.url, 'lock-3'));
+
+    // The kernel drops the lock of a killed process: a new serve starts at once.
+    second.child.kill('SIGKILL');
+    await second.exited;
+    const third = await serve(env, t);
+    assert.deepEqual(await orderIds(third.url), accepted.sort(), 'orders lost across the SIGKILL');
+
+    // Killed with its lock file deleted, a holder leaves a database that is
+    // not closed: only the operator can tell that no process has it, and
+    // recreating the lock file says so.
+    await rm(lockFile);
+    third.child.kill('SIGKILL');
+    await third.exited;
+    assert.ok((await refused('serve')).includes(`touch ${lockFile}`));
+    await writeFile(lockFile, '');
+    const fourth = await serve(env, t);
+    assert.deepEqual(await orderIds(fourth.url), accepted.sort(), 'orders lost');
+    await fourth.stopGracefully();
+  });
+});
+
+describe('a DATA_DIR that cannot be used', () => {
+  // Root may write wherever a mode forbids it: as root, the commands run as
+  // nobody, for whom the modes hold. Paths under /proc are refused to root too.
+  const asRoot = process.getuid?.() === 0;
+  const NOBODY = 65534;
+  const launchAs =
+    (uid: number) =>
+    (args: string[], env: Record<string, string>): ChildProcess =>
+      spawn(process.execPath, ['src/main.ts', ...args], {
+        cwd: REPO,
+        env,
+        uid,
+        gid: uid,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+  let parent: string;
+  before(async () => {
+    parent = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-baddir-'));
+    // nobody must reach what is inside (mkdtemp makes it 0700).
+    await chmod(parent, 0o755);
+  });
+  after(() => rm(parent, { recursive: true, force: true }));
+
+  /**
+   * Runs serve, migrate and token on DATA_DIR=dataDir: each exits 1 at once
+   * with one stderr line that holds every piece of `expected`, no stack
+   * trace, and nothing on stdout.
+   */
+  async function refusedEverywhere(dataDir: string, expected: string[], launch?: typeof start) {
+    for (const args of [['serve'], ['migrate'], ['token', '--sub', 'alice']]) {
+      const result = await run(args, cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' }), {
+        killAfterMs: 60_000,
+        ...(launch ? { launch } : {}),
+      });
+      assert.equal(result.signal, null, `${args[0]} did not exit by itself: ${result.stderr}`);
+      assert.equal(result.code, 1, `${args[0]}: ${result.stderr}`);
+      const errorLines = lines(result.stderr);
+      assert.equal(errorLines.length, 1, `${args[0]}: stderr was:\n${result.stderr}`);
+      assert.ok(errorLines[0]!.startsWith('orderflow: configuration error: DATA_DIR: '), errorLines[0]);
+      for (const piece of expected)
+        assert.ok(errorLines[0]!.includes(piece), `${args[0]}: ${errorLines[0]} lacks ${piece}`);
+      assert.ok(!result.stderr.includes('    at '), 'no stack trace');
+      assert.equal(result.stdout, '', `${args[0]} said nothing on stdout`);
+    }
+  }
+
+  it('a file at DATA_DIR, or above it: the line names the file; the file is untouched', async () => {
+    const file = path.join(parent, 'a-file');
+    await writeFile(file, 'kept');
+    await refusedEverywhere(file, [`${file} is a file, not a directory`]);
+    const below = path.join(file, 'data', 'deeper');
+    await refusedEverywhere(below, [`${below} cannot be created: ${file} is a file, not a directory`]);
+    assert.equal(readFileSync(file, 'utf8'), 'kept');
+  });
+
+  it('a directory this user may not write in, existing or to be created in one: permission denied, nothing created', async () => {
+    const user = asRoot ? NOBODY : process.getuid!();
+    const launch = asRoot ? launchAs(NOBODY) : undefined;
+    const readOnly = path.join(parent, 'read-only');
+    await mkdir(readOnly, { mode: 0o555 });
+    await chmod(readOnly, 0o555);
+    await refusedEverywhere(readOnly, [`cannot write in ${readOnly}: permission denied for uid ${user}`], launch);
+    const inside = path.join(readOnly, 'data', 'deeper');
+    await refusedEverywhere(
+      inside,
+      [
+        `cannot create ${path.join(readOnly, 'data')}: permission denied for uid ${user}`,
+        `write access to ${readOnly}`,
+      ],
+      launch,
+    );
+    assert.deepEqual(await readdir(readOnly), [], 'nothing was created');
+  });
+
+  it('a path under /proc (nothing can be created there, not even by root): refused, not a start that never ends', async () => {
+    // Node's recursive mkdir never returns on such a path.
+    const dataDir = `/proc/orderflow-test-${process.pid}/data`;
+    await refusedEverywhere(dataDir, [`cannot create /proc/orderflow-test-${process.pid}`]);
+  });
+
+  it('a read-only file system (a read-only bind mount in a mount namespace of its own)', async (t) => {
+    const volume = path.join(parent, 'volume');
+    await mkdir(volume);
+    // unshare -m needs root; -r maps this user to root in a user namespace of its own.
+    const unshare = ['unshare', ...(asRoot ? [] : ['-r']), '-m', 'sh', '-c'];
+    const script = `mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"`;
+    const probe = spawnSync(unshare[0]!, [...unshare.slice(1), `${script}`, volume, 'true'], { encoding: 'utf8' });
+    if (probe.status !== 0) {
+      // Said, not passed: this machine cannot make a read-only mount for a test.
+      t.skip(`no read-only mount can be made here: ${probe.stderr.trim() || probe.error?.message}`);
+      return;
+    }
+    const launch = (args: string[], env: Record<string, string>) =>
+      spawn(unshare[0]!, [...unshare.slice(1), script, volume, process.execPath, 'src/main.ts', ...args], {
+        cwd: REPO,
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+    await refusedEverywhere(volume, [`cannot write in ${volume}: ${volume} is on a read-only file system`], launch);
+    const inside = path.join(volume, 'data');
+    await refusedEverywhere(inside, [`cannot create ${inside}: ${volume} is on a read-only file system`], launch);
+    assert.deepEqual(await readdir(volume), []);
   });
 });
 

@@ -2,7 +2,7 @@
 // configured. Its Ed25519 key lives in DATA_DIR so tokens survive restarts
 // and `orderflow token` can mint them for the running server.
 import { randomUUID } from 'node:crypto';
-import { link, mkdir, readFile, unlink, writeFile } from 'node:fs/promises';
+import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
 
@@ -62,14 +62,15 @@ async function loadOrCreateKey(dataDir: string): Promise<{ jwk: JWK; created: bo
   // then linked into place, which fails if another process got there first:
   // nobody ever reads a half-written key, and all use the first one.
   const own = `${file}.${randomUUID()}`;
-  await writeFile(own, JSON.stringify(jwk), { mode: 0o600 });
   try {
+    await writeFile(own, JSON.stringify(jwk), { mode: 0o600 });
     await link(own, file);
     return { jwk, created: true };
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
     return { jwk: JSON.parse(await readFile(file, 'utf8')) as JWK, created: false };
   } finally {
-    await unlink(own);
+    // Also a file that a full disk cut short: nothing half-written stays.
+    await rm(own, { force: true });
   }
 }

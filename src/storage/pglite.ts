@@ -2,11 +2,12 @@
 // persisted in DATA_DIR. PGlite serialises transactions itself, so a
 // transaction here holds the whole database until it ends: keep them short.
 import { execFile } from 'node:child_process';
-import { access, mkdir } from 'node:fs/promises';
+import { access } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { PGlite } from '@electric-sql/pglite';
+import { DataDirError } from './data-dir.ts';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.ts';
 import { assertSafeIntegers, parseInt8, type Database, type Row, type Transaction } from './database.ts';
 
@@ -36,6 +37,17 @@ const START_PARAMS = [
 
 const INITDB_SCRIPT = fileURLToPath(new URL('./pglite-initdb.ts', import.meta.url));
 
+/** What openPGlite and initEmbeddedDataDir tell their caller. */
+export interface EmbeddedOpenEvents {
+  /**
+   * Called when the directory's lock is held and its database is about to be
+   * created (its first start, tens of seconds): a command line says so, or it
+   * looks hung. Not called for a database that exists, nor for a start that
+   * is refused.
+   */
+  onCreate?: (dataDir: string) => void;
+}
+
 /**
  * Creates the embedded database's files in `dataDir` (PostgreSQL's initdb)
  * in a child process, when the directory holds none yet. initdb needs far
@@ -43,26 +55,26 @@ const INITDB_SCRIPT = fileURLToPath(new URL('./pglite-initdb.ts', import.meta.ur
  * never handed back: done in the serving process, it would stay in its
  * resident memory for good (about 70 MB). Holds the directory's lock
  * (lockDataDir) while it works. Rejects with the child's output when it
- * fails, and with DataDirInUseError when another process has the
- * directory.
+ * fails, with DataDirInUseError when another process has the directory, and
+ * with DataDirError when it cannot be used (see lockDataDir).
  */
-export async function initEmbeddedDataDir(dataDir: string): Promise<void> {
-  await mkdir(dataDir, { recursive: true });
+export async function initEmbeddedDataDir(dataDir: string, events: EmbeddedOpenEvents = {}): Promise<void> {
   const lock = lockDataDir(dataDir);
   try {
-    await createFilesIfMissing(dataDir);
+    await createFilesIfMissing(dataDir, events);
   } finally {
     lock.release();
   }
 }
 
 /** initEmbeddedDataDir's work, for a caller that holds the directory's lock: the child is let in under it. */
-async function createFilesIfMissing(dataDir: string): Promise<void> {
+async function createFilesIfMissing(dataDir: string, events: EmbeddedOpenEvents): Promise<void> {
   const created = await access(path.join(dataDir, 'PG_VERSION')).then(
     () => true,
     () => false,
   );
   if (created) return;
+  events.onCreate?.(dataDir);
   try {
     await promisify(execFile)(process.execPath, [INITDB_SCRIPT, dataDir], { timeout: 120_000 });
   } catch (error) {
@@ -78,26 +90,36 @@ async function createFilesIfMissing(dataDir: string): Promise<void> {
  * lock, nothing kept), else in `dataDir`, created first if it is new
  * (initEmbeddedDataDir). A directory is open in one process at a time: this
  * one holds its lock until close(), and rejects with DataDirInUseError
- * naming the directory and its holder's pid when another process has it.
- * `options.parentHoldsLock` is for the initdb child only: its parent's lock
- * covers it.
+ * naming the directory and its holder's pid when another process has it,
+ * and with DataDirError when the directory cannot be used or its database
+ * does not start (see lockDataDir). `options.parentHoldsLock` is for the
+ * initdb child only: its parent's lock covers it.
  */
 export async function openPGlite(
   dataDir: string | undefined,
-  options: { parentHoldsLock?: boolean } = {},
+  options: { parentHoldsLock?: boolean } & EmbeddedOpenEvents = {},
 ): Promise<Database> {
   let lock: DataDirLock | undefined;
   if (dataDir !== undefined) {
-    await mkdir(dataDir, { recursive: true });
     lock = lockDataDir(dataDir, options.parentHoldsLock ? { allowHolder: process.ppid } : {});
   }
   let db: PGlite;
   try {
-    if (dataDir !== undefined && !options.parentHoldsLock) await createFilesIfMissing(dataDir);
+    if (dataDir !== undefined && !options.parentHoldsLock) await createFilesIfMissing(dataDir, options);
     // int8 is read as on PostgreSQL (parseInt8): a number, or refused if a number cannot hold it exactly.
     db = await PGlite.create(dataDir === undefined ? undefined : `file://${dataDir}`, {
       parsers: { [INT8]: parseInt8 },
       startParams: START_PARAMS,
+    }).catch((error: unknown) => {
+      if (dataDir === undefined || options.parentHoldsLock) throw error;
+      // PostgreSQL stopping while it opens the files (a PANIC) reaches here as
+      // WebAssembly's abort(), with no more to say than its stack.
+      throw new DataDirError(
+        dataDir,
+        `the embedded database in ${dataDir} does not start (${String(error)}): its files may be damaged ` +
+          '(two processes wrote to them, or the disk filled up); restore DATA_DIR from a backup',
+        error,
+      );
     });
   } catch (error) {
     lock?.release();
