@@ -58,8 +58,14 @@ export function ensureDataDir(dataDir: string, files: readonly string[] = []): v
   const created: string[] = [];
   try {
     for (const dir of missing) {
-      mkdirSync(dir);
-      created.push(dir);
+      try {
+        mkdirSync(dir);
+        created.push(dir);
+      } catch (error) {
+        // Several processes may start on one new DATA_DIR at once (npm run
+        // cluster): one made it, and it serves the others as well.
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || !statSync(dir).isDirectory()) throw error;
+      }
     }
     // A directory that exists may still refuse new files (its mode, its
     // owner, a read-only mount): found here, before the database is touched.
