@@ -3,10 +3,11 @@
 // database runs with the small memory settings, reopened as often as needed.
 import assert from 'node:assert/strict';
 import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { DataDirInUseError } from './data-dir-lock.ts';
+import { DataDirInUseError, LOCK_FILE, LockFileMissingError, PID_FILE } from './data-dir-lock.ts';
 import { EMBEDDED_SETTINGS, initEmbeddedDataDir, openPGlite } from './pglite.ts';
 
 describe('embedded database sizing', () => {
@@ -40,6 +41,36 @@ describe('embedded database sizing', () => {
           [{ n: 0 }],
           'the existing database was kept',
         );
+      } finally {
+        await reopened.close();
+      }
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('with its lock and pid files deleted, an open database still keeps a second open out; closed cleanly, it is opened again without them', async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-pglite-'));
+    const lockFile = path.join(dataDir, LOCK_FILE);
+    try {
+      const db = await openPGlite(dataDir);
+      try {
+        await rm(lockFile);
+        await rm(path.join(dataDir, PID_FILE));
+        await assert.rejects(
+          openPGlite(dataDir),
+          (error: Error) => error instanceof LockFileMissingError && error.message.includes(`touch ${lockFile}`),
+        );
+        assert.ok(!existsSync(lockFile), 'the refused open made no lock file of its own');
+        await db.query('CREATE TABLE kept (n int)');
+      } finally {
+        await db.close();
+      }
+      // PostgreSQL recorded the close in its control file: no process can have it.
+      const reopened = await openPGlite(dataDir);
+      try {
+        assert.ok(existsSync(lockFile));
+        assert.deepEqual(await reopened.query('SELECT count(*)::int AS n FROM kept'), [{ n: 0 }]);
       } finally {
         await reopened.close();
       }
