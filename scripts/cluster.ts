@@ -13,9 +13,9 @@
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //   BROKER_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379 npm run cluster
 //
-// DATABASE_READ_URL (a streaming replica), CACHE_URL (Memcached),
-// BROKER_PREFIX and the AUTH_* variables are passed on to every process too
-// (clusterSettings).
+// What the command honours and refuses, shape by shape, is decided in one
+// place (clusterSettings) and listed in the README: every variable is either
+// used or refused with exit 2, never silently replaced.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -25,10 +25,11 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from '../src/config.ts';
 import { deleteBrokerTopology } from '../src/messaging/topology.ts';
 import { PAYMENT_QUEUES } from '../src/payments/payments.ts';
 import { startGatewayServer, type GatewayServer } from '../src/payments/gateway-server.ts';
-import { SimulatedGateway, type Retention } from '../src/payments/simulated-gateway.ts';
+import { retentionFor, SimulatedGateway, type Retention } from '../src/payments/simulated-gateway.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = path.join(ROOT, 'src', 'main.ts');
@@ -56,7 +57,7 @@ export interface ClusterOptions {
   relays?: number;
   /** split (default) or combined; see the top of this file. */
   shape?: ClusterShape;
-  /** combined: how many processes (WEB_CONCURRENCY); default 2. */
+  /** combined: how many processes (WEB_CONCURRENCY, 1–64); default 2. The caller's own WEB_CONCURRENCY is never inherited. */
   copies?: number;
   /** combined: the role every copy runs; default all. `api` alone accepts orders and pays none (the bench's accept-only run). */
   combinedRole?: 'all' | 'api';
@@ -372,6 +373,11 @@ function inheritedEnv(): Record<string, string> {
         'AUTH_JWKS_URL',
         'AUTH_ISSUER',
         'AUTH_AUDIENCE',
+        // The shape decides it: each split process is one copy, and the
+        // combined shape sets its own count (ClusterOptions.copies).
+        'WEB_CONCURRENCY',
+        // HAProxy's addresses and TLS are the cluster's (--port; plain HTTP).
+        ...LOAD_BALANCER_VARIABLES,
       ].includes(key)
     )
       continue;
@@ -382,61 +388,153 @@ function inheritedEnv(): Record<string, string> {
 
 /** Variables `npm run cluster` hands to every process as they are. */
 const PASSED_ON = ['DATABASE_READ_URL', 'CACHE_URL', 'BROKER_PREFIX', 'AUTH_JWKS_URL', 'AUTH_ISSUER', 'AUTH_AUDIENCE'];
+/** deploy/haproxy/haproxy.cfg's variables: the cluster sets the addresses from --port and serves plain HTTP. */
+const LOAD_BALANCER_VARIABLES = [
+  'ORDERFLOW_LB_BIND',
+  'ORDERFLOW_LB_STATS',
+  'ORDERFLOW_TLS_CERT',
+  'ORDERFLOW_LB_TLS_BIND',
+  'ORDERFLOW_LB_HTTPS_PORT',
+];
 /** Variables the cluster decides itself, with what to use instead: refused rather than silently replaced. */
 const DECIDED_BY_THE_CLUSTER: Record<string, string> = {
   PAYMENT_GATEWAY_URL:
-    'it runs its own simulated gateway; to use another one, run the roles yourself (README, "Run each role yourself")',
+    'it runs its own simulated gateway; to use another one, run the roles yourself (README, "Each role in its own terminal")',
   ROLE: 'it gives each process its role; choose the layout with --shape',
   PORT: 'choose the first port with --port',
   HOST: 'every process listens on 127.0.0.1',
+  ...Object.fromEntries(
+    LOAD_BALANCER_VARIABLES.map((name) => [
+      name,
+      'it sets HAProxy\'s addresses from --port and serves plain HTTP; for TLS, run HAProxy yourself (docs/deploy.md, "TLS at the load balancers")',
+    ]),
+  ),
 };
+/** Variables one shape has no use for, with what to use instead. */
+const NOT_FOR_THE_SHAPE: Record<ClusterShape, Record<string, string>> = {
+  split: {
+    WEB_CONCURRENCY:
+      'the split shape runs one process per api and worker: choose how many with --apis and --workers, or run --shape combined, whose copies WEB_CONCURRENCY counts',
+  },
+  combined: {},
+};
+/** Options one shape has no use for, with what to use instead. */
+const OPTIONS_NOT_FOR_THE_SHAPE: Record<ClusterShape, Record<string, string>> = {
+  split: {},
+  combined: {
+    apis: 'every copy of the combined shape runs every role: choose how many copies with WEB_CONCURRENCY',
+    workers: 'every copy of the combined shape runs every role: choose how many copies with WEB_CONCURRENCY',
+  },
+};
+/** Copies of the combined shape when WEB_CONCURRENCY is not set. */
+const DEFAULT_COPIES = 2;
+
+/** What `npm run cluster` runs: the options for startCluster. */
+export type ClusterSettings = Pick<
+  ClusterOptions,
+  | 'databaseUrl'
+  | 'brokerUrl'
+  | 'redisUrl'
+  | 'env'
+  | 'shape'
+  | 'apis'
+  | 'workers'
+  | 'copies'
+  | 'basePort'
+  | 'gatewayLatencyMs'
+  | 'gatewayRetain'
+>;
 
 /**
- * What `npm run cluster` takes from its environment: the servers, the
- * variables passed on to every process, or the problem to report (exit 2)
- * when a variable is missing or one the cluster sets itself is given, so
- * that nothing a user sets is silently ignored.
+ * What `npm run cluster` takes from its environment and command line
+ * (`--shape split|combined`, `--apis N`, `--workers N`, `--port N`): the
+ * options for startCluster, or the problem to report (exit 2) when a
+ * variable or option is missing, malformed, or one the cluster or the
+ * chosen shape has no use for, so that nothing a user sets is silently
+ * ignored. Both shapes: DATABASE_URL (required), BROKER_URL, REDIS_URL; the
+ * PASSED_ON variables and LOG_LEVEL go to every process; the cluster's own
+ * gateway follows SIMULATED_GATEWAY_LATENCY_MS, SIMULATED_GATEWAY_MAX_ENTRIES
+ * and PENDING_DEADLINE_MS as `orderflow gateway` does; any other Orderflow
+ * variable is inherited by every process. Split: --apis and --workers;
+ * WEB_CONCURRENCY is refused. Combined: WEB_CONCURRENCY (default 2) copies;
+ * --apis and --workers are refused.
  */
-export function clusterSettings(
-  env: NodeJS.ProcessEnv,
-): Pick<ClusterOptions, 'databaseUrl' | 'brokerUrl' | 'redisUrl' | 'env'> | { problem: string } {
+export function clusterSettings(env: NodeJS.ProcessEnv, args: string[] = []): ClusterSettings | { problem: string } {
+  let values: { shape?: string; apis?: string; workers?: string; port?: string };
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        shape: { type: 'string' },
+        apis: { type: 'string' },
+        workers: { type: 'string' },
+        port: { type: 'string' },
+      },
+    }));
+  } catch (error) {
+    return { problem: (error as Error).message };
+  }
+  const shape = values.shape ?? 'split';
+  if (shape !== 'split' && shape !== 'combined') return { problem: '--shape is split or combined' };
   const databaseUrl = env.DATABASE_URL;
   if (!databaseUrl) return { problem: 'set DATABASE_URL (and optionally BROKER_URL, REDIS_URL); see the README' };
+  const given = (name: string) => env[name] !== undefined && env[name] !== '';
   for (const [name, instead] of Object.entries(DECIDED_BY_THE_CLUSTER))
-    if (env[name] !== undefined && env[name] !== '')
-      return { problem: `${name} is not used by npm run cluster: ${instead}` };
+    if (given(name)) return { problem: `${name} is not used by npm run cluster: ${instead}` };
+  for (const [name, instead] of Object.entries(NOT_FOR_THE_SHAPE[shape]))
+    if (given(name)) return { problem: `${name} is not used by npm run cluster --shape ${shape}: ${instead}` };
+  for (const [name, instead] of Object.entries(OPTIONS_NOT_FOR_THE_SHAPE[shape]))
+    if (values[name as keyof typeof values] !== undefined)
+      return { problem: `--${name} is not used by npm run cluster --shape ${shape}: ${instead}` };
+  // The processes would refuse a bad value only after the migration, each
+  // with exit 1; checked here with the same rules, it is one line and exit 2.
+  let config;
+  try {
+    config = loadConfig(env);
+  } catch (error) {
+    if (error instanceof ConfigError) return { problem: error.message };
+    throw error;
+  }
+  const counts: Record<string, number> = {};
+  for (const [name, fallback, min, max] of [
+    ['apis', 2, 1, 64],
+    ['workers', 2, 1, 64],
+    ['port', 8080, 1, 65535],
+  ] as const) {
+    const raw = values[name];
+    const value = raw === undefined ? fallback : /^\d+$/.test(raw) ? Number(raw) : NaN;
+    if (!(value >= min && value <= max))
+      return { problem: `--${name} must be an integer from ${min} to ${max}, got "${raw}"` };
+    counts[name] = value;
+  }
   const passed: Record<string, string> = { LOG_LEVEL: env.LOG_LEVEL ?? 'info' };
   for (const name of PASSED_ON) if (env[name] !== undefined) passed[name] = env[name];
-  return { databaseUrl, brokerUrl: env.BROKER_URL, redisUrl: env.REDIS_URL, env: passed };
+  return {
+    databaseUrl,
+    brokerUrl: env.BROKER_URL,
+    redisUrl: env.REDIS_URL,
+    env: passed,
+    shape,
+    basePort: counts.port,
+    ...(shape === 'split'
+      ? { apis: counts.apis, workers: counts.workers }
+      : { copies: given('WEB_CONCURRENCY') ? config.webConcurrency : DEFAULT_COPIES }),
+    // The gateway's workers replay keys for as long as their PENDING_DEADLINE_MS allows: the same rule as `orderflow gateway`.
+    gatewayLatencyMs: config.simulatedGatewayLatencyMs,
+    gatewayRetain: retentionFor(config.pendingDeadlineMs, config.simulatedGatewayMaxEntries),
+  };
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const { values } = parseArgs({
-    options: {
-      shape: { type: 'string', default: 'split' },
-      apis: { type: 'string', default: '2' },
-      workers: { type: 'string', default: '2' },
-      port: { type: 'string', default: '8080' },
-    },
-  });
-  if (values.shape !== 'split' && values.shape !== 'combined') {
-    process.stderr.write('cluster: --shape is split or combined\n');
-    process.exit(2);
-  }
-  const settings = clusterSettings(process.env);
+  const settings = clusterSettings(process.env, process.argv.slice(2));
   if ('problem' in settings) {
     process.stderr.write(`cluster: ${settings.problem}\n`);
     process.exit(2);
   }
-  const cluster = await startCluster({
-    ...settings,
-    shape: values.shape,
-    apis: Number(values.apis),
-    workers: Number(values.workers),
-    basePort: Number(values.port),
-  });
+  const cluster = await startCluster(settings);
+  const shape = settings.shape === 'combined' ? ` (node:cluster, ${settings.copies} copies)` : ' (HAProxy)';
   process.stdout.write(
-    `\nOrderflow cluster ready on ${cluster.url}${values.shape === 'split' ? ' (HAProxy)' : ' (node:cluster)'}\n` +
+    `\nOrderflow cluster ready on ${cluster.url}${shape}\n` +
       cluster.processes.map((p) => `  ${p.name.padEnd(8)} http://127.0.0.1:${p.port}`).join('\n') +
       `\n  gateway  ${cluster.gateway.url} (ledger: ${cluster.gateway.url}/v1/ledger)\nCtrl-C stops every process.\n`,
   );

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
-import { childPids, clusterSettings } from '../scripts/cluster.ts';
+import { childPids, clusterSettings, freePortRange } from '../scripts/cluster.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -564,8 +564,8 @@ describe('npm scripts', () => {
 });
 
 describe('npm run cluster', () => {
-  const clusterCommand = (env: Record<string, string>) =>
-    spawnSync(process.execPath, ['scripts/cluster.ts'], {
+  const clusterCommand = (env: Record<string, string>, args: string[] = []) =>
+    spawnSync(process.execPath, ['scripts/cluster.ts', ...args], {
       cwd: REPO,
       env: { PATH: process.env.PATH ?? '', ...env },
       encoding: 'utf8',
@@ -591,13 +591,146 @@ describe('npm run cluster', () => {
   });
 
   it('refuses, naming it, a variable it sets itself, instead of ignoring it; and a missing DATABASE_URL', () => {
-    for (const name of ['PAYMENT_GATEWAY_URL', 'ROLE', 'PORT', 'HOST']) {
-      const result = clusterCommand({ DATABASE_URL: 'postgres://127.0.0.1:1/none', [name]: 'x' });
-      assert.equal(result.status, 2, result.stderr);
-      assert.match(result.stderr, new RegExp(`^cluster: ${name} is not used by npm run cluster: .+\\n$`));
+    for (const name of [
+      'PAYMENT_GATEWAY_URL',
+      'ROLE',
+      'PORT',
+      'HOST',
+      'ORDERFLOW_LB_BIND',
+      'ORDERFLOW_LB_STATS',
+      'ORDERFLOW_TLS_CERT',
+      'ORDERFLOW_LB_TLS_BIND',
+      'ORDERFLOW_LB_HTTPS_PORT',
+    ]) {
+      for (const shape of ['split', 'combined']) {
+        const settings = clusterSettings({ DATABASE_URL: 'postgres://127.0.0.1:1/none', [name]: 'x' }, [
+          '--shape',
+          shape,
+        ]);
+        assert.ok('problem' in settings, `${name} with --shape ${shape} was accepted`);
+        assert.match(settings.problem, new RegExp(`^${name} is not used by npm run cluster: .+$`));
+      }
     }
+    // The command itself: one line on stderr, exit 2.
+    const refused = clusterCommand({ DATABASE_URL: 'postgres://127.0.0.1:1/none', PORT: '8080' });
+    assert.equal(refused.status, 2, refused.stderr);
+    assert.match(refused.stderr, /^cluster: PORT is not used by npm run cluster: .+\n$/);
     const missing = clusterCommand({});
     assert.equal(missing.status, 2);
     assert.match(missing.stderr, /^cluster: set DATABASE_URL/);
   });
+
+  it('refuses what the chosen shape has no use for, and a malformed value, naming what to use instead', () => {
+    const database = { DATABASE_URL: 'postgres://127.0.0.1:1/none' };
+    const refusals: [Record<string, string>, string[], RegExp][] = [
+      // The split shape's processes are counted with --apis and --workers.
+      [{ WEB_CONCURRENCY: '3' }, [], /^WEB_CONCURRENCY is not used by npm run cluster --shape split: .*--apis/],
+      // Every copy of the combined shape runs every role.
+      [{}, ['--shape', 'combined', '--apis', '3'], /^--apis is not used .*--shape combined: .*WEB_CONCURRENCY/],
+      [{}, ['--shape', 'combined', '--workers', '1'], /^--workers is not used .*--shape combined/],
+      [{ WEB_CONCURRENCY: '0' }, ['--shape', 'combined'], /^WEB_CONCURRENCY: must be between 1 and 64/],
+      [{ SIMULATED_GATEWAY_LATENCY_MS: 'slow' }, [], /^SIMULATED_GATEWAY_LATENCY_MS: expected an integer/],
+      [{}, ['--apis', 'two'], /^--apis must be an integer from 1 to 64, got "two"/],
+      [{}, ['--port', '0'], /^--port must be an integer/],
+      [{}, ['--shape', 'both'], /^--shape is split or combined/],
+      [{}, ['--copies', '3'], /^Unknown option '--copies'/],
+    ];
+    for (const [env, args, message] of refusals) {
+      const settings = clusterSettings({ ...database, ...env }, args);
+      assert.ok('problem' in settings, `${JSON.stringify(env)} ${args.join(' ')} was accepted`);
+      assert.match(settings.problem, message);
+    }
+    const refused = clusterCommand({ ...database, WEB_CONCURRENCY: '3' });
+    assert.equal(refused.status, 2, refused.stderr);
+    assert.match(refused.stderr, /^cluster: WEB_CONCURRENCY is not used by npm run cluster --shape split: .+\n$/);
+  });
+
+  it('honours, shape by shape, the counts and the gateway settings it accepts', () => {
+    const database = { DATABASE_URL: 'postgres://db/orders' };
+    const combined = clusterSettings({ ...database, WEB_CONCURRENCY: '3' }, ['--shape', 'combined', '--port', '9000']);
+    assert.ok(!('problem' in combined), JSON.stringify(combined));
+    assert.equal(combined.shape, 'combined');
+    assert.equal(combined.copies, 3);
+    assert.equal(combined.basePort, 9000);
+    const byDefault = clusterSettings(database, ['--shape', 'combined']);
+    assert.ok(!('problem' in byDefault), JSON.stringify(byDefault));
+    assert.equal(byDefault.copies, 2);
+
+    const split = clusterSettings(
+      {
+        ...database,
+        SIMULATED_GATEWAY_LATENCY_MS: '150',
+        SIMULATED_GATEWAY_MAX_ENTRIES: '500',
+        PENDING_DEADLINE_MS: '3600000',
+      },
+      ['--apis', '3', '--workers', '1'],
+    );
+    assert.ok(!('problem' in split), JSON.stringify(split));
+    assert.deepEqual([split.shape, split.apis, split.workers, split.copies], ['split', 3, 1, undefined]);
+    // The cluster's own gateway, as `orderflow gateway` with the same environment.
+    assert.equal(split.gatewayLatencyMs, 150);
+    assert.ok(split.gatewayRetain !== 'all' && split.gatewayRetain?.maxEntries === 500, JSON.stringify(split));
+    assert.ok(split.gatewayRetain.windowMs > 2 * 3_600_000, JSON.stringify(split));
+  });
+
+  const baseUrl = requiredServiceUrl('DATABASE_URL');
+
+  it(
+    '--shape combined runs WEB_CONCURRENCY serving copies',
+    { skip: baseUrl === undefined ? 'DATABASE_URL is not set' : undefined },
+    async (t) => {
+      const database = await freshPostgresDatabase(baseUrl!);
+      const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cluster-cli-'));
+      t.after(async () => {
+        await database.drop();
+        await rm(dataDir, { recursive: true, force: true });
+      });
+      const child = spawn(
+        process.execPath,
+        ['scripts/cluster.ts', '--shape', 'combined', '--port', String(await freePortRange(2))],
+        {
+          cwd: REPO,
+          // Not cleanEnv: HOST is the cluster's to set, and it would refuse it.
+          env: {
+            PATH: process.env.PATH ?? '',
+            HOME: dataDir,
+            DATA_DIR: dataDir,
+            DATABASE_URL: database.url,
+            WEB_CONCURRENCY: '3',
+            LOG_LEVEL: 'warn',
+          },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      let output = '';
+      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      t.after(async () => {
+        if (child.exitCode !== null) return;
+        for (const pid of await descendants(child.pid!)) process.kill(pid, 'SIGKILL');
+        child.kill('SIGKILL');
+        await exited;
+      });
+      await eventually(
+        'the cluster to be ready',
+        async () => {
+          if (child.exitCode !== null) throw new Error(`the cluster exited (${child.exitCode}):\n${output}`);
+          return /cluster ready on/.test(output) ? true : undefined;
+        },
+        90_000,
+      );
+      // The script's one child is the combined `serve`; its children are the copies.
+      const [supervisor, ...others] = await childPids(child.pid!);
+      assert.deepEqual(others, [], output);
+      const copies = await eventually('the copies to be counted', async () => {
+        const now = await childPids(supervisor!);
+        return now.length > 0 ? now : undefined;
+      });
+      assert.equal(copies.length, 3, output);
+      assert.match(output, /node:cluster, 3 copies/);
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, output);
+    },
+  );
 });
