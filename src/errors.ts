@@ -10,7 +10,9 @@ export const ERRORS = {
   malformed_json: { status: 400, title: 'The request body is not valid JSON' },
   duplicate_json_member: { status: 400, title: 'An object in the request body names a member twice' },
   malformed_url: { status: 400, title: 'The request URL is not validly percent-encoded' },
-  malformed_request: { status: 400, title: 'The request is not valid HTTP/1.1' },
+  // No version in the title: it is one per type (RFC 9457, section 3.1.3), and
+  // HTTP/1.0 requests (and, at the load balancers, HTTP/2) are refused under it too.
+  malformed_request: { status: 400, title: 'The request is not valid HTTP' },
   unauthorized: { status: 401, title: 'A valid bearer token is required' },
   forbidden: { status: 403, title: 'The token lacks the scope this operation needs' },
   dev_token_refused: {

@@ -94,7 +94,10 @@ export function devTokenRefusal(request: DevTokenRequest, options: { button?: bo
   const host = request.headers.host ?? '';
   const port = loopbackPort(host, request.scheme);
   if (port === undefined || port !== request.localPort) {
-    return `a development token is minted only for a request to this server by a loopback address (localhost, 127.0.0.1 or [::1], port ${request.localPort}); the Host header says "${host}"`;
+    // An HTTP/1.0 request may leave Host out (RFC 1945): say so rather than quote an empty one.
+    const said =
+      request.headers.host === undefined ? 'the request has no Host header' : `the Host header says "${host}"`;
+    return `a development token is minted only for a request to this server by a loopback address (localhost, 127.0.0.1 or [::1], port ${request.localPort}); ${said}`;
   }
   const origin = request.headers.origin;
   if (origin !== undefined && origin.toLowerCase() !== `${request.scheme}://${host.toLowerCase()}`) {

@@ -29,6 +29,12 @@ describe('fieldLinesProblem', () => {
     assert.equal(fieldLinesProblem(lines(), '1.0'), undefined);
   });
 
+  it('refuses Transfer-Encoding in HTTP/1.0 only, whatever its case, naming the version', () => {
+    for (const name of ['Transfer-Encoding', 'transfer-encoding', 'TRANSFER-ENCODING'])
+      assert.match(fieldLinesProblem([...lines('x'), name, 'chunked'], '1.0')!, /an HTTP\/1\.0 request cannot carry/);
+    assert.equal(fieldLinesProblem([...lines('x'), 'Transfer-Encoding', 'chunked'], '1.1'), undefined);
+  });
+
   it('refuses more than one Host field line, the same or different, in any version', () => {
     for (const version of ['1.0', '1.1']) {
       assert.match(fieldLinesProblem(lines('a.example', 'b.example'), version)!, /one Host header, not several/);

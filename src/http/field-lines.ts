@@ -21,6 +21,8 @@ const ONE_LINE_ONLY = new Set([
 
 const ONE_LINE_LENGTHS = new Set([...ONE_LINE_ONLY].map((name) => name.length));
 
+const TRANSFER_ENCODING = 'transfer-encoding';
+
 /** reg-name of RFC 3986, section 3.2.2: unreserved, sub-delims and %HH, possibly empty. */
 const REG_NAME = /^(?:[0-9A-Za-z\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*$/;
 /** IPvFuture of RFC 3986, section 3.2.2. */
@@ -48,7 +50,13 @@ export function isHostValue(value: string): boolean {
  * - more than one line of a field in ONE_LINE_ONLY (RFC 9110, section 5.3;
  *   for Host, RFC 9112, section 3.2 says a server MUST answer 400);
  * - no Host in an HTTP/1.1 request, or a Host that is not a host with an
- *   optional port (RFC 9112, section 3.2).
+ *   optional port (RFC 9112, section 3.2); HTTP/1.0 has no Host requirement
+ *   (RFC 1945), so such a request without one is served;
+ * - Transfer-Encoding in an HTTP/1.0 request, whose framing RFC 9112
+ *   (section 6.1) says to treat as faulty: HTTP/1.0 has no chunked coding,
+ *   and Node's parser would read the body as chunked anyway, as an HTTP/1.0
+ *   intermediary in front might not.
+ * The details name the version only where the rule is the version's.
  *
  * @param rawHeaders Node's `IncomingMessage.rawHeaders`: names and values alternating, as received.
  * @param httpVersion "1.0", "1.1", …
@@ -58,8 +66,14 @@ export function fieldLinesProblem(rawHeaders: readonly string[], httpVersion: st
   // Every request passes here: names of other lengths are not lowercased,
   // and the few fields seen go in an array, not a new Set per request.
   const seen: string[] = [];
+  const http10 = httpVersion === '1.0';
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    if (!ONE_LINE_LENGTHS.has(rawHeaders[i]!.length)) continue;
+    const length = rawHeaders[i]!.length;
+    if (!ONE_LINE_LENGTHS.has(length)) {
+      if (http10 && length === TRANSFER_ENCODING.length && rawHeaders[i]!.toLowerCase() === TRANSFER_ENCODING)
+        return 'an HTTP/1.0 request cannot carry Transfer-Encoding: its body framing is faulty (RFC 9112, section 6.1)';
+      continue;
+    }
     const name = rawHeaders[i]!.toLowerCase();
     if (!ONE_LINE_ONLY.has(name)) continue;
     if (seen.includes(name))

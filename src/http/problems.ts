@@ -199,7 +199,7 @@ export function clientErrorHandler(error: NodeJS.ErrnoException & { reason?: str
         ? rawProblem('request_timeout', 'the request was not received in time')
         : rawProblem(
             'malformed_request',
-            `the request could not be parsed as HTTP/1.1 (${error.code ?? 'unknown'}${error.reason ? `: ${error.reason}` : ''})`,
+            `the request could not be parsed as HTTP/1.0 or HTTP/1.1 (${error.code ?? 'unknown'}${error.reason ? `: ${error.reason}` : ''})`,
           );
   socket.end(answer);
 }

@@ -109,9 +109,15 @@ export function buildServer(options: ServerOptions): Server {
     done();
   });
 
-  app.addHook('onRequest', async (request) => {
+  app.addHook('onRequest', async (request, reply) => {
     const fieldLines = fieldLinesProblem(request.raw.rawHeaders, request.raw.httpVersion);
-    if (fieldLines !== undefined) throw new AppError('malformed_request', fieldLines);
+    if (fieldLines !== undefined) {
+      // What the request means, or where its body ends, is in doubt: the
+      // connection is not reused (RFC 9112, section 6.1 requires it for
+      // HTTP/1.0 with Transfer-Encoding), so no bytes of it are read as a next request.
+      reply.header('connection', 'close');
+      throw new AppError('malformed_request', fieldLines);
+    }
     if (request.url.length > MAX_URL_LENGTH)
       throw new AppError('uri_too_long', `the request target is longer than ${MAX_URL_LENGTH} characters`);
   });

@@ -1,0 +1,145 @@
+// HTTP/1.0 requests on a raw socket. They are legal (RFC 9110, section 2.5;
+// RFC 9112, section 2.3) and differ from HTTP/1.1 in what matters here: Host
+// may be left out (RFC 1945 has none), and there is no chunked coding, so
+// Transfer-Encoding makes the framing faulty (RFC 9112, section 6.1). A
+// refusal names the rule of the request's own version, never "HTTP/1.1" for
+// an HTTP/1.0 request.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { ERRORS } from '../src/errors.ts';
+import { ALL_SCOPES, client, createProduct, startTestApp, type TestApp } from './support/harness.ts';
+
+interface Answer {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+  /** Whether the server closed the connection after its answer (the request half-closes only after reading it). */
+  closedByServer: boolean;
+}
+
+/**
+ * Writes a request and reads one answer (framed by Content-Length). The
+ * request side never closes, so a close is the server's: an answer that says
+ * `Connection: keep-alive` resolves at once (closedByServer false), any other
+ * when the server closes.
+ */
+function exchange(port: number, request: string): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let received = Buffer.alloc(0);
+    let answer: Omit<Answer, 'closedByServer'> | undefined;
+    const parse = () => {
+      const end = received.indexOf('\r\n\r\n');
+      if (end < 0) return undefined;
+      const [statusLine, ...lines] = received.subarray(0, end).toString('latin1').split('\r\n');
+      const headers: Record<string, string> = {};
+      for (const line of lines)
+        headers[line.slice(0, line.indexOf(':')).toLowerCase()] = line.slice(line.indexOf(':') + 1).trim();
+      const length = Number(headers['content-length']);
+      const body = received.subarray(end + 4);
+      if (!Number.isInteger(length) || body.length < length) return undefined;
+      return { status: Number(statusLine!.split(' ')[1]), headers, body: body.subarray(0, length).toString('utf8') };
+    };
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      answer ??= parse();
+      // An answer that keeps the connection: nothing more to wait for.
+      if (answer && answer.headers.connection?.toLowerCase() === 'keep-alive') {
+        socket.destroy();
+        resolve({ ...answer, closedByServer: false });
+      }
+    });
+    socket.on('error', reject);
+    socket.on('end', () => {
+      socket.destroy();
+      if (answer) resolve({ ...answer, closedByServer: true });
+      else reject(new Error(`the connection closed without a complete answer: ${received.toString('latin1')}`));
+    });
+    socket.write(request);
+  });
+}
+
+describe('HTTP/1.0 requests', () => {
+  let t: TestApp;
+  let port: number;
+  let token: string;
+
+  before(async () => {
+    t = await startTestApp('embedded');
+    port = Number(new URL(await t.app.server.listen({ port: 0, host: '127.0.0.1' })).port);
+    token = await t.token('http10', ALL_SCOPES);
+    await createProduct(client(t.app, token), { sku: 'H10-1', stock: 10 });
+  });
+
+  after(async () => {
+    await t?.close();
+  });
+
+  const assertMalformed = (answer: Answer, detail: RegExp) => {
+    assert.equal(answer.status, 400, answer.body);
+    const problem = JSON.parse(answer.body) as { type: string; title: string; detail: string };
+    assert.equal(problem.type, '/problems/malformed-request');
+    assert.equal(problem.title, ERRORS.malformed_request.title);
+    assert.match(problem.detail, detail);
+    return problem;
+  };
+
+  it('are served without Host, which HTTP/1.0 does not require', async () => {
+    const health = await exchange(port, 'GET /healthz HTTP/1.0\r\n\r\n');
+    assert.equal(health.status, 200, health.body);
+    const products = await exchange(port, `GET /v1/products HTTP/1.0\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    assert.equal(products.status, 200, products.body);
+    assert.match(products.body, /H10-1/);
+  });
+
+  it('refused by the field-line check: the problem does not call the request HTTP/1.1, and the connection is closed', async () => {
+    const answer = await exchange(
+      port,
+      'GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\nHost: a.example\r\nHost: b.example\r\n\r\n',
+    );
+    const problem = assertMalformed(answer, /one Host header, not several/);
+    assert.doesNotMatch(`${problem.title} ${problem.detail}`, /HTTP\/1\.1/);
+    assert.equal(answer.closedByServer, true, 'a refused request does not keep its connection');
+  });
+
+  it('refused by the parser: the problem names both versions it reads, not HTTP/1.1 alone', async () => {
+    const answer = await exchange(port, 'GET /healthz HTTP/1.0\r\nNo-Colon\r\n\r\n');
+    const problem = assertMalformed(answer, /could not be parsed as HTTP\/1\.0 or HTTP\/1\.1 \(HPE_/);
+    assert.doesNotMatch(problem.title, /HTTP\/1\.1/);
+  });
+
+  it('with Transfer-Encoding: refused as faulty framing, nothing done, the connection closed', async () => {
+    const order = JSON.stringify({ items: [{ sku: 'H10-1', quantity: 1 }], payment: { token: 'tok_visa' } });
+    const body = `${order.length.toString(16)}\r\n${order}\r\n0\r\n\r\n`;
+    const answer = await exchange(
+      port,
+      `POST /v1/orders HTTP/1.0\r\nConnection: keep-alive\r\nAuthorization: Bearer ${token}\r\n` +
+        `Idempotency-Key: h10-chunked\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${body}`,
+    );
+    assertMalformed(answer, /an HTTP\/1\.0 request cannot carry Transfer-Encoding/);
+    assert.equal(answer.closedByServer, true, 'RFC 9112, section 6.1: the connection is closed');
+    const orders = await client(t.app, token).request('GET', '/v1/orders');
+    assert.equal(orders.status, 200);
+    assert.deepEqual(orders.body.items, [], 'no order was placed');
+  });
+
+  it('the same order with Content-Length is placed, and an HTTP/1.1 request without Host is refused as HTTP/1.1', async () => {
+    const order = JSON.stringify({ items: [{ sku: 'H10-1', quantity: 1 }], payment: { token: 'tok_visa' } });
+    const placed = await exchange(
+      port,
+      `POST /v1/orders HTTP/1.0\r\nAuthorization: Bearer ${token}\r\nIdempotency-Key: h10-length\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${order.length}\r\n\r\n${order}`,
+    );
+    assert.ok(placed.status === 201 || placed.status === 202, `${placed.status} ${placed.body}`);
+    assertMalformed(await exchange(port, 'GET /healthz HTTP/1.1\r\n\r\n'), /an HTTP\/1\.1 request must carry a Host/);
+  });
+
+  it('asking for a development token without Host: the refusal says there is no Host, not that it is empty', async () => {
+    const answer = await exchange(port, 'POST /console/dev-token HTTP/1.0\r\nX-Orderflow-Console: dev-token\r\n\r\n');
+    assert.equal(answer.status, 403, answer.body);
+    const problem = JSON.parse(answer.body) as { type: string; detail: string };
+    assert.equal(problem.type, '/problems/dev-token-refused');
+    assert.match(problem.detail, /the request has no Host header$/);
+  });
+});
