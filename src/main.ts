@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 // The command line: `orderflow serve | migrate | token`.
+// First: on a Node.js older than the code needs, say which one it needs.
+import './node-version.js';
 import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';

@@ -14,6 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 import { childPids, clusterSettings, freePortRange } from '../scripts/cluster.ts';
+import { NODE_ENGINES, nodeVersionProblem } from '../src/node-version.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -548,6 +549,69 @@ function copiesOf(pid: number): number[] {
     .map((line) => Number(line.trim()))
     .filter((n) => n > 0);
 }
+
+describe('the Node.js version', () => {
+  /** Makes the process it is loaded into report this Node.js version, as an older Node.js would. */
+  const posingAs = (version: string) =>
+    `--import=data:text/javascript,Object.defineProperty(process.versions,'node',{value:'${version}'})`;
+
+  it('package.json engines is the range the check enforces, and the check names what is needed', () => {
+    const { engines } = JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as {
+      engines: { node: string };
+    };
+    assert.equal(engines.node, NODE_ENGINES);
+    // 22.18 strips types but predates undici 8's 22.19; 23 never had node:sqlite's timeout option.
+    for (const old of ['20.19.0', '22.0.0', '22.16.0', '22.18.0', '23.11.0'])
+      assert.match(nodeVersionProblem(old) ?? 'accepted', new RegExp(`this is Node\\.js ${old}, .*needs 22\\.19`), old);
+    for (const good of ['22.19.0', '22.22.1', '24.0.0', '24.21.0', '26.1.0'])
+      assert.equal(nodeVersionProblem(good), undefined, good);
+  });
+
+  it('main.ts on a Node.js that is too old: exit 1 with the version it needs, before anything runs', async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-'));
+    try {
+      const child = spawn(process.execPath, [posingAs('22.18.0'), 'src/main.ts', 'migrate'], {
+        cwd: REPO,
+        env: cleanEnv(dataDir),
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const [code] = await new Promise<[number | null]>((resolve) => child.once('close', (c) => resolve([c])));
+      assert.equal(code, 1, stderr);
+      assert.match(stderr, /^orderflow: this is Node\.js 22\.18\.0, and Orderflow needs 22\.19 or later/);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('npm start on a Node.js that cannot run TypeScript: exit 1 with the version it needs, not "Unknown file extension"', async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-'));
+    try {
+      // NODE_OPTIONS reaches the node that `npm start` execs: it poses as 20, and like 20 strips no types.
+      const child = npmStart(
+        cleanEnv(dataDir, { PORT: '0', NODE_OPTIONS: `--no-experimental-strip-types ${posingAs('20.19.0')}` }),
+      );
+      // Without the check it would start serving: stop it and what npm started, so that the test fails rather than hangs.
+      const deadline = setTimeout(
+        () =>
+          void descendants(child.pid!).then((pids) => {
+            for (const pid of pids) process.kill(pid, 'SIGKILL');
+            child.kill('SIGKILL');
+          }),
+        60_000,
+      );
+      let stderr = '';
+      child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const [code] = await new Promise<[number | null]>((resolve) => child.once('close', (c) => resolve([c])));
+      clearTimeout(deadline);
+      assert.equal(code, 1, stderr);
+      assert.match(stderr, /orderflow: this is Node\.js 20\.19\.0, and Orderflow needs 22\.19 or later/);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('npm scripts', () => {
   it('every script that starts Node execs it, so that the signal npm forwards reaches Node, not a shell', () => {
