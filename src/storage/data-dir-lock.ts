@@ -19,9 +19,12 @@
 // database may be open: the lock file is made only with a new database, or
 // for one that PostgreSQL's own control file (global/pg_control, which cannot
 // be deleted without deleting the database) records as shut down cleanly.
+// A database being created (or whose creation was killed) is not new: its
+// creating process may still be at work in the directories it leaves
+// (CREATING_PREFIX, CREATED_DIR).
 // Otherwise the start is refused, and the operator, who can tell whether a
 // process still has the directory, recreates the file.
-import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pathToFileURL } from 'node:url';
@@ -31,6 +34,17 @@ import { DataDirError, dataDirError, ensureDataDir } from './data-dir.ts';
 export const LOCK_FILE = 'orderflow.lock';
 /** Holds the process id of the lock's holder, for the error the next process prints. */
 export const PID_FILE = 'orderflow.pid';
+/**
+ * A creation of the database in progress, or killed: initdb writes into a
+ * directory of this name (plus a unique suffix) inside DATA_DIR, never into
+ * DATA_DIR itself (pglite.ts, createFilesIfMissing).
+ */
+export const CREATING_PREFIX = '.orderflow-creating-';
+/**
+ * A database created completely and durably, whose entries are being moved
+ * into DATA_DIR (PG_VERSION last, which makes it a database there).
+ */
+export const CREATED_DIR = '.orderflow-created';
 /** PostgreSQL's control file, relative to its data directory (DATA_DIR itself). */
 const CONTROL_FILE = path.join('global', 'pg_control');
 
@@ -168,8 +182,10 @@ function openLockFile(dataDir: string): DatabaseSync {
 const SHUT_DOWN = new Set([1, 2]);
 
 /**
- * Whether a database in dataDir may be open in some process: it exists
- * (PG_VERSION) and its control file does not say it was shut down cleanly.
+ * Whether a database in dataDir may be open in some process: it is being
+ * created (a creation's directory is there: its process, or an orphaned
+ * initdb child of it, may still write), or it exists (PG_VERSION) and its
+ * control file does not say it was shut down cleanly.
  * PostgreSQL sets the state to "in production" when it opens the database and
  * to "shut down" when it closes it; a process that crashed leaves "in
  * production". The state is the 32-bit field after the system identifier and
@@ -178,6 +194,7 @@ const SHUT_DOWN = new Set([1, 2]);
  * open: refusing is the safe answer.
  */
 function mayBeOpen(dataDir: string): boolean {
+  if (readdirSync(dataDir).some((name) => name.startsWith(CREATING_PREFIX) || name === CREATED_DIR)) return true;
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) return false;
   try {
     const control = readFileSync(path.join(dataDir, CONTROL_FILE));
