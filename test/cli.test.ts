@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -369,6 +369,140 @@ describe('one process per embedded DATA_DIR', () => {
     const fourth = await serve(env, t);
     assert.deepEqual(await orderIds(fourth.url), accepted.sort(), 'orders lost');
     await fourth.stopGracefully();
+  });
+});
+
+describe('a first start killed while it creates the embedded database', () => {
+  it('the next start creates it again (or puts a complete one in place) and serves orders: killed during initdb, when the creation begins, after initdb before anything is put in place; and one cut short while it is put in place is finished', async (t) => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-initdb-'));
+    t.after(() => rm(dataDir, { recursive: true, force: true }));
+    const lockFile = path.join(dataDir, 'orderflow.lock');
+    const env = cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' });
+    const creatingDirs = async () => (await readdir(dataDir)).filter((name) => name.startsWith('.orderflow-creating-'));
+    const createdDir = path.join(dataDir, '.orderflow-created');
+    /** /proc's state of pid: 'Z' for a zombie, undefined once it is gone. */
+    const procState = (pid: number) => {
+      try {
+        return /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1];
+      } catch {
+        return undefined;
+      }
+    };
+
+    /**
+     * Starts `serve` on the new DATA_DIR as the leader of its own process
+     * group, polls until `reached` (given the process and the creating
+     * directories the previous start left) says the creation got to the
+     * point under test, then SIGKILLs the group: the server and its initdb
+     * child together, as a power loss or a Ctrl-C does. Fails if the server
+     * exits or listens first: the creation never passed that point.
+     */
+    const killWhen = async (point: string, reached: (child: ChildProcess, left: string[]) => Promise<boolean>) => {
+      const left = await creatingDirs();
+      const child = spawn(process.execPath, ['src/main.ts', 'serve'], {
+        cwd: REPO,
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
+      let output = '';
+      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      let exited = false;
+      const exit = new Promise<void>((resolve) =>
+        child.once('exit', () => {
+          exited = true;
+          resolve();
+        }),
+      );
+      t.after(async () => {
+        if (!exited) process.kill(-child.pid!, 'SIGKILL');
+        await exit;
+      });
+      while (!(await reached(child, left))) {
+        assert.ok(!exited && !/listening on/.test(output), `serve did not get ${point}:\n${output}`);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      process.kill(-child.pid!, 'SIGKILL');
+      await exit;
+    };
+
+    // initdb has begun writing: PG_VERSION is among its first files. Where
+    // it lands in DATA_DIR itself, the next start took the half-made
+    // database for a damaged one ("restore DATA_DIR from a backup").
+    await killWhen(
+      'into initdb',
+      async (_, left) =>
+        existsSync(path.join(dataDir, 'PG_VERSION')) ||
+        (await creatingDirs()).some(
+          (name) => !left.includes(name) && existsSync(path.join(dataDir, name, 'PG_VERSION')),
+        ),
+    );
+    // A new creating directory, before initdb wrote anything there.
+    await killWhen('to begin the creation', async (_, left) =>
+      (await creatingDirs()).some((name) => !left.includes(name)),
+    );
+    // A killed creation counts as a database that may be open: with its lock
+    // file deleted, the start is refused and no new lock file is made.
+    await rm(lockFile);
+    const refused = await run(['serve'], env, { killAfterMs: 60_000 });
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.ok(refused.stderr.includes(`touch ${lockFile}`), refused.stderr);
+    assert.ok(!existsSync(lockFile), 'the refused start made a lock file');
+    await writeFile(lockFile, '');
+    // initdb finished (its child exited) while the server was stopped before
+    // it learnt so: a complete database, not yet known to be on disk, is in
+    // the creating directory and nothing has been put in place.
+    let initdbPid: number | undefined;
+    await killWhen('past initdb', async (child) => {
+      if (initdbPid === undefined) {
+        const [pid] = await childPids(child.pid!);
+        // Its only child while it creates the database; any other (none is expected) is not it.
+        if (pid === undefined || !readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('pglite-initdb')) return false;
+        initdbPid = pid;
+        process.kill(child.pid!, 'SIGSTOP');
+      }
+      const state = procState(initdbPid);
+      return state === undefined || state === 'Z';
+    });
+    const minted = await run(['token', '--sub', 'carol', '--scope', 'orders:write orders:read catalog:write'], env);
+    assert.equal(minted.code, 0, minted.stderr);
+    const headers = { authorization: `Bearer ${minted.stdout.trim()}`, 'content-type': 'application/json' };
+    const orderIds = async (url: string) => {
+      const response = await fetch(new URL('/v1/orders?limit=100', url), { headers });
+      assert.equal(response.status, 200);
+      return ((await response.json()) as { items: { id: string }[] }).items.map((o) => o.id);
+    };
+    const first = await serve(env, t);
+    assert.deepEqual(await creatingDirs(), [], 'the killed creations were removed');
+    assert.ok(!existsSync(createdDir));
+    const product = await fetch(new URL('/v1/products', first.url), {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ name: 'Initdb', priceCents: 700, currency: 'EUR', sku: 'INITDB-1', stock: 5 }),
+    });
+    assert.equal(product.status, 201, await product.clone().text());
+    const order = await fetch(new URL('/v1/orders', first.url), {
+      method: 'POST',
+      headers: { ...headers, 'idempotency-key': 'initdb-1' },
+      body: JSON.stringify({ items: [{ sku: 'INITDB-1', quantity: 1 }], payment: { token: 'tok_visa' } }),
+    });
+    assert.equal(order.status, 202, await order.clone().text());
+    const { id } = (await order.json()) as { id: string };
+    await first.stopGracefully();
+
+    // A kill in the middle of the move into DATA_DIR (renames take
+    // microseconds: no poll catches a real process there), made by hand:
+    // PG_VERSION and some entries still in the complete database's
+    // directory. The next start finishes the move, and keeps what was stored.
+    await mkdir(createdDir);
+    for (const name of ['PG_VERSION', 'base', 'pg_xact'])
+      await rename(path.join(dataDir, name), path.join(createdDir, name));
+    const second = await serve(env, t);
+    assert.doesNotMatch(second.stdout(), /Creating the embedded database/);
+    assert.ok(!existsSync(createdDir));
+    assert.deepEqual(await orderIds(second.url), [id]);
+    await second.stopGracefully();
   });
 });
 
