@@ -87,7 +87,7 @@ export async function initEmbeddedDataDir(dataDir: string, events: EmbeddedOpenE
  * (CREATING_PREFIX, same file system, under the same lock, and needing no
  * write access above DATA_DIR), which becomes CREATED_DIR by one rename
  * once initdb has closed the database cleanly and every file and directory
- * in it is on disk (fsync: PGlite's own fsyncs do not reach the disk). Its
+ * in it is on disk (fsync here: PGlite runs PostgreSQL with fsync off, -F). Its
  * entries are then renamed into DATA_DIR with PG_VERSION last: PG_VERSION
  * is what makes a directory a database, to PGlite and to this function.
  * A kill at any point leaves a creating directory (removed by the next
