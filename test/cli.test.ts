@@ -634,14 +634,23 @@ describe('serve with WEB_CONCURRENCY', () => {
       const copies = await eventually('two serving processes', async () =>
         copiesOf(child.pid!).length === 2 ? copiesOf(child.pid!) : undefined,
       );
+      // What the last readiness check saw, and the supervisor's output, for a failure to say.
+      let seen: number | string = 'nothing yet';
+      const explain = (error: Error): never => {
+        error.message += `; the last /readyz check saw: ${seen}; the processes wrote:\n${stderr()}`;
+        throw error;
+      };
       // node:cluster hands new connections to the copies in turn, so six ready
       // answers on fresh connections in a row mean both copies are serving.
       let readyInARow = 0;
       await eventually(
         'both copies to serve',
-        async () => ((readyInARow = (await readyOnFreshConnection(url)) ? readyInARow + 1 : 0) >= 6 ? true : undefined),
+        async () =>
+          (readyInARow = (seen = await readyOnFreshConnection(url)) === 200 ? readyInARow + 1 : 0) >= 6
+            ? true
+            : undefined,
         60_000,
-      );
+      ).catch(explain);
 
       process.kill(copies[0]!, 'SIGKILL');
       const replaced = await eventually('the killed copy to be replaced', async () => {
@@ -651,9 +660,9 @@ describe('serve with WEB_CONCURRENCY', () => {
       assert.ok(replaced.includes(copies[1]!), 'the other copy kept running');
       await eventually(
         'the port to answer again',
-        async () => ((await readyOnFreshConnection(url)) ? true : undefined),
+        async () => ((seen = await readyOnFreshConnection(url)) === 200 ? true : undefined),
         60_000,
-      );
+      ).catch(explain);
 
       child.kill('SIGTERM');
       const [code] = await exited;
@@ -663,15 +672,15 @@ describe('serve with WEB_CONCURRENCY', () => {
   );
 });
 
-/** GET /readyz on a new connection (no keep-alive), with a deadline: true when it answers 200. */
-function readyOnFreshConnection(url: string): Promise<boolean> {
+/** GET /readyz on a new connection (no keep-alive), with a deadline: its status code, or why there was none. */
+function readyOnFreshConnection(url: string): Promise<number | string> {
   return new Promise((resolve) => {
     const request = http.get(new URL('/readyz', url), { agent: false, timeout: 2_000 }, (response) => {
       response.resume();
-      resolve(response.statusCode === 200);
+      resolve(response.statusCode!);
     });
-    request.on('timeout', () => request.destroy());
-    request.on('error', () => resolve(false));
+    request.on('timeout', () => request.destroy(new Error('no answer within 2 s')));
+    request.on('error', (error) => resolve(error.message));
   });
 }
 
