@@ -22,9 +22,32 @@
 // A database being created (or whose creation was killed) is not new: its
 // creating process may still be at work in the directories it leaves
 // (CREATING_PREFIX, CREATED_DIR).
-// Otherwise the start is refused, and the operator, who can tell whether a
-// process still has the directory, recreates the file.
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+// Otherwise the start is refused, and the operator recreates the file.
+//
+// Neither the lock file nor the pid file is proof that the directory is free:
+// both can be deleted, and a lock file recreated by hand is a new, free lock
+// beside the one a running holder still has. What a running holder cannot
+// shed is its open files: SQLite keeps the lock file it locked open (deleted,
+// /proc shows it as `<DATA_DIR>/orderflow.lock (deleted)`), and PGlite its
+// database files. So every lock, and every refusal for a missing lock file,
+// first looks in /proc for another process with a file in DATA_DIR open
+// (openersOf), and such a process keeps the directory, whatever the files
+// say. /proc shows the processes of this pid namespace only, and their open
+// files only to their own user and root: beyond those (another user, another
+// container on a shared volume) the lock file and the control file remain
+// the only guard, and a system without /proc has only them.
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pathToFileURL } from 'node:url';
@@ -51,32 +74,59 @@ const CONTROL_FILE = path.join('global', 'pg_control');
 /** SQLite's SQLITE_BUSY: another connection holds the lock. */
 const SQLITE_BUSY = 5;
 
-/** Another process (or another open in this one) has the directory; the message names it and, when known, the holder's pid. */
+/**
+ * Another process (or another open in this one) has the directory; the
+ * message names it and, when known, the holder's pid. `opener`: a process
+ * that has a file in the directory open (found in /proc) and does not run
+ * Orderflow; the message then names it by its command and that file.
+ */
 export class DataDirInUseError extends DataDirError {
   readonly holderPid: number | undefined;
-  constructor(dataDir: string, holderPid: number | undefined) {
+  constructor(dataDir: string, holderPid: number | undefined, opener?: { command: string; file: string }) {
     super(
       dataDir,
-      `${dataDir} is in use by another Orderflow process${holderPid === undefined ? '' : ` (pid ${holderPid})`}; ` +
-        'the embedded database belongs to one process: stop that one first, or use another DATA_DIR',
+      opener === undefined
+        ? `${dataDir} is in use by another Orderflow process${holderPid === undefined ? '' : ` (pid ${holderPid})`}; ` +
+            'the embedded database belongs to one process: stop that one first, or use another DATA_DIR'
+        : `${dataDir} is in use by another process (pid ${holderPid}, ${opener.command}), which has ${opener.file} ` +
+            'open; the embedded database belongs to one process: stop that one first (or let it finish), ' +
+            'or use another DATA_DIR',
     );
     this.name = 'DataDirInUseError';
     this.holderPid = holderPid;
   }
 }
 
-/** The lock file is gone while the database may be open: only the operator can tell whether a process still has it. */
+/**
+ * The lock file is gone while the database may be open, and no process this
+ * one can see has it open: only the operator can tell whether one it cannot
+ * see (another user's, another container's) does. `scan`: what openersOf
+ * found out; undefined where there is no /proc to look in.
+ */
 export class LockFileMissingError extends DataDirError {
-  constructor(dataDir: string) {
+  constructor(dataDir: string, scan?: OpenersScan) {
     const lockFile = path.join(dataDir, LOCK_FILE);
+    const unseen =
+      scan === undefined
+        ? 'an Orderflow process may still have it open'
+        : scan.unreadable === 0
+          ? 'no process here has a file in it open (checked in /proc), but one in another container sharing the ' +
+            'directory could'
+          : `no process of ${userName()} has a file in it open (checked in /proc; ${scan.unreadable} processes of ` +
+            'other users could not be), but one of those, or one in another container sharing the directory, could';
     super(
       dataDir,
-      `${lockFile} was deleted, and the database in ${dataDir} was not shut down cleanly: an Orderflow process may ` +
-        `still have it open (two would lose orders). Make sure none does (stop it), then recreate the lock file ` +
-        `(touch ${lockFile}) and start again`,
+      `${lockFile} was deleted, and the database in ${dataDir} was not shut down cleanly: ${unseen} ` +
+        `(two would lose orders). Make sure none does (stop it), then recreate the lock file ` +
+        `(touch ${lockFile}) and start again` +
+        (scan === undefined ? '' : '; the start checks again for processes with the directory open'),
     );
     this.name = 'LockFileMissingError';
   }
+}
+
+function userName(): string {
+  return process.getuid === undefined ? 'this user' : `uid ${process.getuid()}`;
 }
 
 export interface DataDirLock {
@@ -107,13 +157,26 @@ export function lockDataDir(dataDir: string, options: { allowHolder?: number } =
     if ((error as { errcode?: number }).errcode !== SQLITE_BUSY) throw dataDirError(dataDir, error);
     const holder = holderOf(dataDir);
     if (holder !== undefined && holder === options.allowHolder) return { release: () => {} };
-    throw new DataDirInUseError(dataDir, holder);
+    // A holder whose pid file was deleted is named by the files it has open.
+    throw holder === undefined
+      ? inUseError(dataDir, openersOf(dataDir, options))
+      : new DataDirInUseError(dataDir, holder);
   }
   // A lock file replaced under a running holder (deleted, then recreated by
   // hand or by another tool) is free to us. The holder's pid file is the
   // second guard: a live Orderflow process named there still has the
   // directory. (A pid left by a killed holder and reused by an unrelated
   // process is not one: its command line is checked.)
+  // Both can be gone (the operator deleted them, then made a new lock file):
+  // a process that has a file in DATA_DIR open has the directory. Files this
+  // process has open too are not counted (see openersOf): this lock file,
+  // which processes racing for it have open as well, and inherited ones (an
+  // output log in DATA_DIR that its parent writes to).
+  const scan = openersOf(dataDir, options);
+  if (scan.opener !== undefined) {
+    db.close();
+    throw inUseError(dataDir, scan);
+  }
   const previous = holderOf(dataDir);
   if (previous !== undefined && previous !== process.pid && previous !== options.allowHolder && isOrderflow(previous)) {
     db.close();
@@ -155,10 +218,12 @@ function openLockFile(dataDir: string): DatabaseSync {
   const lockFile = path.join(dataDir, LOCK_FILE);
   if (!existsSync(lockFile)) {
     if (mayBeOpen(dataDir)) {
+      const scan = openersOf(dataDir);
+      if (scan.opener !== undefined) throw inUseError(dataDir, scan);
       const holder = holderOf(dataDir);
       throw holder !== undefined && holder !== process.pid && isOrderflow(holder)
         ? new DataDirInUseError(dataDir, holder)
-        : new LockFileMissingError(dataDir);
+        : new LockFileMissingError(dataDir, scan.ran ? scan : undefined);
     }
     try {
       // 'wx': of two processes that get here at once, one creates it; both then lock that one file.
@@ -225,4 +290,116 @@ function isOrderflow(pid: number): boolean {
   } catch {
     return true;
   }
+}
+
+/** What openersOf found: `opener`, the first other process with a file in DATA_DIR open. */
+interface OpenersScan {
+  /** Whether /proc could be read at all (false: no /proc, as on macOS). */
+  ran: boolean;
+  opener?: { pid: number; file: string };
+  /** Processes whose open files this user may not see (another user's, without root). */
+  unreadable: number;
+}
+
+/**
+ * Looks in /proc for another process that has a file inside `dataDir` open
+ * (its descriptors' targets, compared below DATA_DIR's real path; a file
+ * deleted since shows as `<path> (deleted)`). Left out: this process, its
+ * ancestors (npm, a shell, a process manager: what started this process
+ * does not hold the database, yet may write its own log there, as npm does
+ * with HOME in DATA_DIR), `allowHolder`, and files this process has open
+ * itself, compared by device and inode. A process's working directory is
+ * not an open file and does not count (a shell in DATA_DIR writes nothing).
+ * Of several openers, an Orderflow process is the one named. Takes a few
+ * milliseconds for a few hundred processes; only what this user may read is
+ * seen.
+ */
+function openersOf(dataDir: string, options: { allowHolder?: number } = {}): OpenersScan {
+  let pids: string[];
+  let inside: string;
+  try {
+    pids = readdirSync('/proc').filter((name) => /^[0-9]+$/.test(name));
+    inside = realpathSync(dataDir) + path.sep;
+  } catch {
+    return { ran: false, unreadable: 0 };
+  }
+  const skipped = new Set([process.pid, ...ancestors()]);
+  if (options.allowHolder !== undefined) skipped.add(options.allowHolder);
+  let own: Set<string> | undefined;
+  let unreadable = 0;
+  let opener: OpenersScan['opener'];
+  for (const name of pids) {
+    const pid = Number(name);
+    if (skipped.has(pid)) continue;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch (error) {
+      // ENOENT: it ended meanwhile. EACCES: another user's (or not dumpable).
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') unreadable++;
+      continue;
+    }
+    for (const fd of fds) {
+      let file: string;
+      let identity: string;
+      try {
+        file = readlinkSync(`/proc/${pid}/fd/${fd}`).replace(/ \(deleted\)$/, '');
+        if (!file.startsWith(inside)) continue;
+        const { dev, ino } = statSync(`/proc/${pid}/fd/${fd}`);
+        identity = `${dev}:${ino}`;
+      } catch {
+        continue; // closed meanwhile
+      }
+      own ??= ownFiles();
+      if (own.has(identity)) continue;
+      if (isOrderflow(pid)) return { ran: true, opener: { pid, file }, unreadable };
+      opener ??= { pid, file };
+      break;
+    }
+  }
+  return { ran: true, opener, unreadable };
+}
+
+/** The process ids above this one, its parent first (Linux: /proc/<pid>/stat's fourth field). */
+function ancestors(): number[] {
+  const found: number[] = [];
+  for (let pid = process.ppid; pid > 1 && found.length < 64;) {
+    found.push(pid);
+    try {
+      // The command (second field) may hold spaces and parentheses: the fields after its last ')' are plain.
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      pid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    } catch {
+      break;
+    }
+  }
+  return found;
+}
+
+/** Device and inode of every file this process has open. */
+function ownFiles(): Set<string> {
+  const files = new Set<string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const { dev, ino } = statSync(`/proc/self/fd/${fd}`);
+      files.add(`${dev}:${ino}`);
+    } catch {
+      // the descriptor readdir itself used, closed by now
+    }
+  }
+  return files;
+}
+
+/** The DataDirInUseError for what openersOf found (an Orderflow process by its pid; any other by its command and file too). */
+function inUseError(dataDir: string, scan: OpenersScan): DataDirInUseError {
+  const { opener } = scan;
+  if (opener === undefined) return new DataDirInUseError(dataDir, undefined);
+  if (isOrderflow(opener.pid)) return new DataDirInUseError(dataDir, opener.pid);
+  let command: string;
+  try {
+    command = readFileSync(`/proc/${opener.pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim().slice(0, 80);
+  } catch {
+    command = 'ended since';
+  }
+  return new DataDirInUseError(dataDir, opener.pid, { command, file: opener.file });
 }
