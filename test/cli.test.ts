@@ -265,7 +265,7 @@ describe('command line', () => {
 });
 
 describe('one process per embedded DATA_DIR', () => {
-  it('a second serve and a migrate on a DATA_DIR that serve has open exit non-zero naming it and its pid, also with its lock and pid files deleted; the first keeps its orders; a SIGKILLed or stopped holder is followed at once', async (t) => {
+  it('a second serve and a migrate on a DATA_DIR that serve has open exit non-zero naming it and its pid, also with its lock and pid files deleted; the first keeps its orders; a SIGKILLed or stopped holder is followed at once, a SIGKILLed one without its lock file once the operator recreates it', async (t) => {
     const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-lock-'));
     t.after(() => rm(dataDir, { recursive: true, force: true }));
     const lockFile = path.join(dataDir, 'orderflow.lock');
@@ -330,13 +330,12 @@ describe('one process per embedded DATA_DIR', () => {
     await rm(lockFile);
     const afterDelete = await refused('serve');
     assert.ok(afterDelete.includes(`(pid ${first.child.pid})`), afterDelete);
-    // With both deleted (a cleanup of *.lock and *.pid), the database's own
-    // control file says it is open: refused, and no new lock file is made.
+    // With both deleted (a cleanup of *.lock and *.pid), the files it has
+    // open in DATA_DIR still name it: refused, and no new lock file is made.
     await rm(pidFile);
     for (const command of ['serve', 'migrate']) {
       const line = await refused(command);
-      assert.ok(line.includes(`${lockFile} was deleted`), line);
-      assert.ok(line.includes(`touch ${lockFile}`), line);
+      assert.ok(line.includes(`(pid ${first.child.pid})`), line);
       assert.ok(!existsSync(lockFile), `${command} made a new lock file`);
     }
 
@@ -359,16 +358,89 @@ describe('one process per embedded DATA_DIR', () => {
     assert.deepEqual(await orderIds(third.url), accepted.sort(), 'orders lost across the SIGKILL');
 
     // Killed with its lock file deleted, a holder leaves a database that is
-    // not closed: only the operator can tell that no process has it, and
-    // recreating the lock file says so.
+    // not closed: no process here has it open, yet one in another container
+    // could, and only the operator can tell; recreating the lock file says so.
     await rm(lockFile);
     third.child.kill('SIGKILL');
     await third.exited;
-    assert.ok((await refused('serve')).includes(`touch ${lockFile}`));
+    const afterKill = await refused('serve');
+    assert.ok(afterKill.includes(`${lockFile} was deleted`), afterKill);
+    assert.ok(afterKill.includes('has a file in it open (checked in /proc'), afterKill);
+    assert.ok(afterKill.includes(`touch ${lockFile}`), afterKill);
     await writeFile(lockFile, '');
     const fourth = await serve(env, t);
     assert.deepEqual(await orderIds(fourth.url), accepted.sort(), 'orders lost');
     await fourth.stopGracefully();
+  });
+
+  it('npm start with its lock and pid files deleted and the lock file made again by hand: a second npm start is refused naming the running server, which loses no order', async (t) => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-holder-'));
+    t.after(() => rm(dataDir, { recursive: true, force: true }));
+    const lockFile = path.join(dataDir, 'orderflow.lock');
+    const env = cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn' });
+    const minted = await run(['token', '--sub', 'dave', '--scope', 'orders:write orders:read catalog:write'], env);
+    assert.equal(minted.code, 0, minted.stderr);
+    const headers = { authorization: `Bearer ${minted.stdout.trim()}`, 'content-type': 'application/json' };
+    const order = async (url: string, key: string) => {
+      const response = await fetch(new URL('/v1/orders', url), {
+        method: 'POST',
+        headers: { ...headers, 'idempotency-key': key },
+        body: JSON.stringify({ items: [{ sku: 'HOLD-1', quantity: 1 }], payment: { token: 'tok_visa' } }),
+      });
+      assert.equal(response.status, 202, await response.clone().text());
+      return ((await response.json()) as { id: string }).id;
+    };
+    const orderIds = async (url: string) => {
+      const response = await fetch(new URL('/v1/orders?limit=100', url), { headers });
+      assert.equal(response.status, 200);
+      return ((await response.json()) as { items: { id: string }[] }).items.map((o) => o.id).sort();
+    };
+
+    const first = await serve(env, t, npmStart);
+    // npm's shell execs Node: the server is npm's only child, and the process that has DATA_DIR open.
+    const [server, ...others] = await descendants(first.child.pid!);
+    assert.deepEqual(others, []);
+    t.after(() => (alive(server!) ? process.kill(server!, 'SIGKILL') : undefined));
+    const product = await fetch(new URL('/v1/products', first.url), {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ name: 'Hold', priceCents: 300, currency: 'EUR', sku: 'HOLD-1', stock: 50 }),
+    });
+    assert.equal(product.status, 201, await product.clone().text());
+    const accepted: string[] = [];
+    for (let i = 0; i < 5; i++) accepted.push(await order(first.url, `hold-${i}`));
+
+    // The operator cleans up and follows the advice to recreate the lock file, while the server still runs.
+    await rm(lockFile);
+    await rm(path.join(dataDir, 'orderflow.pid'));
+    await writeFile(lockFile, '');
+    const second = npmStart(env);
+    let output = '';
+    second.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    second.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const secondExit = new Promise<number | null>((resolve) => second.once('exit', (code) => resolve(code)));
+    // A second server that listens is the fault itself: stopped at once, so that it writes no more.
+    const listened = new Promise<void>((resolve) =>
+      second.stdout!.on('data', () => /listening on/.test(output) && resolve()),
+    );
+    const outcome = await Promise.race([secondExit, listened.then(() => 'listened' as const)]);
+    if (outcome === 'listened') {
+      for (const pid of await descendants(second.pid!)) process.kill(pid, 'SIGKILL');
+      await secondExit;
+      assert.fail(`a second server started beside the running one:\n${output}`);
+    }
+    assert.equal(outcome, 1, output);
+    const errorLines = lines(output);
+    assert.equal(errorLines.length, 1, output);
+    assert.ok(errorLines[0]!.includes(`DATA_DIR: ${dataDir} is in use`), errorLines[0]);
+    assert.ok(errorLines[0]!.includes(`(pid ${server})`), errorLines[0]);
+
+    // The first server kept serving, and everything it accepted survives its restart.
+    for (let i = 5; i < 8; i++) accepted.push(await order(first.url, `hold-${i}`));
+    await first.stopGracefully();
+    const restarted = await serve(env, t);
+    assert.deepEqual(await orderIds(restarted.url), accepted.sort(), 'orders lost');
+    await restarted.stopGracefully();
   });
 });
 
