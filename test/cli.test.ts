@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -656,6 +656,27 @@ describe('a DATA_DIR that cannot be used', () => {
     // Node's recursive mkdir never returns on such a path.
     const dataDir = `/proc/orderflow-test-${process.pid}/data`;
     await refusedEverywhere(dataDir, [`cannot create /proc/orderflow-test-${process.pid}`]);
+  });
+
+  it('a symbolic link to a directory that does not exist, at DATA_DIR or above it: the line names the link and its target; nothing is created', async () => {
+    const target = path.join(parent, 'moved-away');
+    const link = path.join(parent, 'dangling');
+    await symlink(target, link);
+    await refusedEverywhere(link, [`${link} is a symbolic link to ${target}, which does not exist`]);
+    const below = path.join(link, 'data');
+    await refusedEverywhere(below, [`${below} cannot be created: ${link} is a symbolic link to ${target}`]);
+    assert.ok(!existsSync(target), 'the target was not created');
+  });
+
+  it("a path under /sys (refused to root too): the line says it is the kernel's sysfs", async (t) => {
+    if (!existsSync('/sys/kernel')) {
+      t.skip('no /sys here');
+      return;
+    }
+    await refusedEverywhere('/sys/kernel/orderflow-test', [
+      'cannot create /sys/kernel/orderflow-test',
+      '/sys/kernel is on sysfs',
+    ]);
   });
 
   it('a read-only file system (a read-only bind mount in a mount namespace of its own)', async (t) => {

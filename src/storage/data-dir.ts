@@ -4,7 +4,7 @@
 // line naming the path, what is wrong and what to do (a DataDirError, which
 // the CLI prints like bad configuration: no stack trace, exit 1); a directory
 // this process created on the way is removed again.
-import { accessSync, constants, mkdirSync, rmdirSync, statSync } from 'node:fs';
+import { accessSync, constants, lstatSync, mkdirSync, readlinkSync, rmdirSync, statfsSync, statSync } from 'node:fs';
 import path from 'node:path';
 
 /**
@@ -38,6 +38,17 @@ export function ensureDataDir(dataDir: string, files: readonly string[] = []): v
       isDirectory = statSync(at).isDirectory();
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
+      // A symbolic link whose target does not exist: mkdir cannot make it
+      // (the link's name is taken), and only the operator knows which was meant.
+      const target = code === 'ENOENT' ? danglingLinkTarget(at) : undefined;
+      if (target !== undefined) {
+        throw new DataDirError(
+          dataDir,
+          `${at === dataDir ? dataDir : `${dataDir} cannot be created: ${at}`} is a symbolic link to ${target}, ` +
+            'which does not exist; create that directory, or point DATA_DIR at a directory that exists',
+          error,
+        );
+      }
       // ENOTDIR: a component above is a file; the walk up finds which.
       if ((code === 'ENOENT' || code === 'ENOTDIR') && path.dirname(at) !== at) {
         missing.unshift(at);
@@ -99,12 +110,30 @@ export function dataDirError(dataDir: string, error: unknown): DataDirError {
   const line = (problem: string) =>
     new DataDirError(dataDir, `${at === dataDir ? '' : `${dataDir}: `}${action}: ${problem}`, error);
   const user = process.getuid === undefined ? 'this user' : `uid ${process.getuid()}`;
+  // /proc, /sys and their kind are the kernel's views, not storage: no mode
+  // or owner makes them take a database, whatever the error code says.
+  const virtual = code === 'EACCES' || code === 'EPERM' || code === 'ENOENT' ? virtualFileSystem(where) : undefined;
+  if (virtual !== undefined) {
+    return line(
+      `${where} is on ${virtual}, a view of the kernel that holds no files of its own (${(error as Error).message}); ` +
+        'point DATA_DIR at a directory on a disk',
+    );
+  }
   switch (code) {
     case 'EACCES':
     case 'EPERM':
-      return line(
-        `permission denied for ${user}; give it write access to ${where} (chown or chmod), or point DATA_DIR at a directory it can write`,
-      );
+      // Root passes every mode check: what refuses root is the file system
+      // itself (an immutable file or directory, a share that maps root to
+      // nobody), which chown or chmod does not change.
+      return process.getuid?.() === 0
+        ? line(
+            `permission denied even for root: the file system of ${where} refuses the write (an immutable ` +
+              'attribute, chattr +i, or a network share that maps root to nobody); lift that, or point DATA_DIR at ' +
+              'a directory on a writable disk',
+          )
+        : line(
+            `permission denied for ${user}; give it write access to ${where} (chown or chmod), or point DATA_DIR at a directory it can write`,
+          );
     case 'EROFS':
       return line(
         `${where} is on a read-only file system; point DATA_DIR at a writable directory (a writable volume in a container)`,
@@ -115,10 +144,46 @@ export function dataDirError(dataDir: string, error: unknown): DataDirError {
         `no space left on the file system of ${where} (or quota exceeded); free some, or point DATA_DIR at another volume`,
       );
     case 'ENOENT':
-      // Its parent exists (the walk up stopped there), yet nothing can be created in it: /proc, /sys and their kind.
-      return line(`${where} takes no new files (${(error as Error).message}); point DATA_DIR at a directory on a disk`);
+      // Not a virtual file system (above), yet gone: removed while in use, or a file system that refuses to say why.
+      return line(
+        `${(error as Error).message}; check that ${where} exists and nothing removes it, or point DATA_DIR at a directory on a disk`,
+      );
     default:
       return line(`${(error as Error).message}; point DATA_DIR at a directory this process can write`);
+  }
+}
+
+/** Linux's magic numbers (statfs f_type) of the kernel's virtual file systems, by name. */
+const VIRTUAL_FILE_SYSTEMS = new Map<number, string>([
+  [0x9fa0, 'proc'],
+  [0x62656572, 'sysfs'],
+  [0x27e0eb, 'cgroup'],
+  [0x63677270, 'cgroup2'],
+  [0x64626720, 'debugfs'],
+  [0x74726163, 'tracefs'],
+  [0x73636673, 'securityfs'],
+  [0x1cd1, 'devpts'],
+  [0x62656570, 'configfs'],
+  [0xcafe4a11, 'bpf'],
+  [0x6165676c, 'pstore'],
+  [0xde5e81e4, 'efivarfs'],
+]);
+
+/** The name of the kernel's virtual file system that `at` is on ("sysfs"), or undefined: a real one, or unknown. */
+function virtualFileSystem(at: string): string | undefined {
+  try {
+    return VIRTUAL_FILE_SYSTEMS.get(Number(statfsSync(at).type));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Where the symbolic link `at` points, when it is one and that does not exist; else undefined. */
+function danglingLinkTarget(at: string): string | undefined {
+  try {
+    return lstatSync(at).isSymbolicLink() ? path.resolve(path.dirname(at), readlinkSync(at)) : undefined;
+  } catch {
+    return undefined;
   }
 }
 
