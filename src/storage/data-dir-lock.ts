@@ -141,7 +141,7 @@ export interface DataDirLock {
  * child passes its parent's); the lock then returned holds nothing.
  *
  * Throws DataDirInUseError when another process (or another open in this
- * one) holds it, LockFileMissingError when the lock file was deleted and the
+ * one) holds it, or has a file in it open (openersOf: Linux's /proc), LockFileMissingError when the lock file was deleted and the
  * database there is not known to be closed, and DataDirError when the
  * directory cannot be used (a file, read-only, no permission).
  */
