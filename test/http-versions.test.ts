@@ -143,3 +143,92 @@ describe('HTTP/1.0 requests', () => {
     assert.match(problem.detail, /the request has no Host header$/);
   });
 });
+
+// Other versions on the request line: Node's parser passes HTTP/0.9 and
+// HTTP/2.0 on as if they were HTTP/1.x, and refuses the rest. Every one is
+// refused, whatever else the request carries; so is a transfer coding other
+// than chunked alone, which the parser would drop without a word (reading
+// "gzip, chunked" as chunked). RFC 9110 and 9112 allow 505 and suggest 501;
+// both are 400 /problems/malformed-request here, since the contract promises
+// that no input yields a 5xx. Nothing is done, and the connection is closed.
+describe('HTTP versions other than 1.0 and 1.1, and transfer codings other than chunked', () => {
+  let t: TestApp;
+  let port: number;
+  let token: string;
+
+  before(async () => {
+    t = await startTestApp('embedded');
+    port = Number(new URL(await t.app.server.listen({ port: 0, host: '127.0.0.1' })).port);
+    token = await t.token('http-other', ALL_SCOPES);
+    await createProduct(client(t.app, token), { sku: 'HV-1', stock: 10 });
+  });
+
+  after(async () => {
+    await t?.close();
+  });
+
+  const order = JSON.stringify({ items: [{ sku: 'HV-1', quantity: 1 }], payment: { token: 'tok_visa' } });
+  const chunked = `${order.length.toString(16)}\r\n${order}\r\n0\r\n\r\n`;
+
+  const assertRefused = (answer: Answer, detail: RegExp) => {
+    const code = 'malformed_request';
+    assert.equal(answer.status, ERRORS[code].status, answer.body);
+    assert.match(answer.headers['content-type'] ?? '', /^application\/problem\+json(;|$)/);
+    const problem = JSON.parse(answer.body) as { type: string; title: string; status: number; detail: string };
+    assert.equal(problem.type, `/problems/${code.replaceAll('_', '-')}`);
+    assert.equal(problem.title, ERRORS[code].title);
+    assert.equal(problem.status, ERRORS[code].status);
+    assert.match(problem.detail, detail);
+    assert.equal(answer.closedByServer, true, 'the connection is closed');
+  };
+
+  const assertNoOrders = async () => {
+    const orders = await client(t.app, token).request('GET', '/v1/orders');
+    assert.equal(orders.status, 200);
+    assert.deepEqual(orders.body.items, [], 'no order was placed');
+  };
+
+  it('an order as HTTP/2.0, without Host and with Transfer-Encoding: chunked, is refused and places nothing', async () => {
+    const answer = await exchange(
+      port,
+      `POST /v1/orders HTTP/2.0\r\nConnection: keep-alive\r\nAuthorization: Bearer ${token}\r\n` +
+        `Idempotency-Key: hv-2.0\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${chunked}`,
+    );
+    assertRefused(answer, /HTTP\/2\.0 is not served here/);
+    await assertNoOrders();
+  });
+
+  for (const version of ['2.0', '0.9', '1.2', '3.0']) {
+    it(`GET /healthz as HTTP/${version}, with or without Host, is refused`, async () => {
+      for (const host of ['', 'Host: localhost\r\n'])
+        assertRefused(
+          await exchange(port, `GET /healthz HTTP/${version}\r\nConnection: keep-alive\r\n${host}\r\n`),
+          /HTTP\/[\d.]+ is not served here|could not be parsed as HTTP\/1\.0 or HTTP\/1\.1 \(HPE_INVALID_VERSION/,
+        );
+    });
+  }
+
+  for (const [what, codings] of [
+    ['gzip, chunked', 'Transfer-Encoding: gzip, chunked\r\n'],
+    ['gzip and chunked on two lines', 'Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n'],
+  ]) {
+    it(`an HTTP/1.1 order with Transfer-Encoding ${what} is refused and places nothing`, async () => {
+      const answer = await exchange(
+        port,
+        `POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\n` +
+          `Idempotency-Key: hv-${what}\r\nContent-Type: application/json\r\n${codings}\r\n${chunked}`,
+      );
+      assertRefused(answer, /the only transfer coding this server takes is chunked, alone/);
+      await assertNoOrders();
+    });
+  }
+
+  it('the same order with Transfer-Encoding: chunked alone is placed', async () => {
+    const answer = await exchange(
+      port,
+      `POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer ${token}\r\n` +
+        `Idempotency-Key: hv-chunked\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${chunked}`,
+    );
+    assert.equal(answer.status, 202, answer.body);
+  });
+});

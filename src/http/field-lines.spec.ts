@@ -24,6 +24,15 @@ describe('fieldLinesProblem', () => {
     assert.equal(fieldLinesProblem(['hOsT', 'example.com'], '1.1'), undefined, 'field names are case-insensitive');
   });
 
+  it('refuses every version but HTTP/1.0 and HTTP/1.1, before any other rule', () => {
+    for (const version of ['0.9', '2.0', '1.2', '3.0']) {
+      for (const fields of [lines(), lines('a', 'b'), [...lines(), 'Transfer-Encoding', 'chunked']]) {
+        const problem = fieldLinesProblem(fields, version);
+        assert.match(problem ?? '', new RegExp(`HTTP/${version.replace('.', '\\.')} is not served here`));
+      }
+    }
+  });
+
   it('refuses a missing Host in HTTP/1.1 only', () => {
     assert.match(fieldLinesProblem(lines(), '1.1')!, /must carry a Host/);
     assert.equal(fieldLinesProblem(lines(), '1.0'), undefined);
@@ -33,6 +42,29 @@ describe('fieldLinesProblem', () => {
     for (const name of ['Transfer-Encoding', 'transfer-encoding', 'TRANSFER-ENCODING'])
       assert.match(fieldLinesProblem([...lines('x'), name, 'chunked'], '1.0')!, /an HTTP\/1\.0 request cannot carry/);
     assert.equal(fieldLinesProblem([...lines('x'), 'Transfer-Encoding', 'chunked'], '1.1'), undefined);
+  });
+
+  it('refuses any Transfer-Encoding in HTTP/1.1 but chunked alone, across lines, after the other rules', () => {
+    for (const value of ['chunked', 'Chunked', ' CHUNKED '])
+      assert.equal(fieldLinesProblem([...lines('x'), 'Transfer-Encoding', value], '1.1'), undefined, value);
+    for (const codings of [
+      ['gzip, chunked'],
+      ['gzip', 'chunked'],
+      ['chunked, chunked'],
+      ['identity, chunked'],
+      ['chunked;x=1'],
+    ]) {
+      const problem = fieldLinesProblem([...lines('x'), ...codings.flatMap((c) => ['Transfer-Encoding', c])], '1.1');
+      assert.match(problem ?? '', /the only transfer coding this server takes is chunked, alone/, codings.join(' | '));
+    }
+    assert.match(
+      fieldLinesProblem([...lines('a', 'b'), 'Transfer-Encoding', 'gzip, chunked'], '1.1')!,
+      /one Host header, not several/,
+    );
+    assert.match(
+      fieldLinesProblem(['Transfer-Encoding', 'gzip, chunked'], '1.0')!,
+      /an HTTP\/1\.0 request cannot carry/,
+    );
   });
 
   it('refuses more than one Host field line, the same or different, in any version', () => {

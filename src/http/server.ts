@@ -112,7 +112,8 @@ export function buildServer(options: ServerOptions): Server {
   app.addHook('onRequest', async (request, reply) => {
     const fieldLines = fieldLinesProblem(request.raw.rawHeaders, request.raw.httpVersion);
     if (fieldLines !== undefined) {
-      // What the request means, or where its body ends, is in doubt: the
+      // What the request means, or where its body ends, is in doubt (or its
+      // version or transfer coding is one this server does not speak): the
       // connection is not reused (RFC 9112, section 6.1 requires it for
       // HTTP/1.0 with Transfer-Encoding), so no bytes of it are read as a next request.
       reply.header('connection', 'close');
