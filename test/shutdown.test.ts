@@ -5,7 +5,8 @@
 // meets a connection torn down with no answer. The cases: a keep-alive
 // connection's next request, the first request on a connection the process
 // had accepted before it stopped listening, a request whose body is still
-// arriving, a request pipelined behind one in flight, and requests in flight.
+// arriving, one waiting for 100 Continue (which it does not get), a request
+// pipelined behind one in flight, and requests in flight.
 //
 // Nothing here waits for time to pass: requests are held in flight by their
 // bodies (Expect: 100-continue tells when the process has read their
@@ -234,6 +235,9 @@ async function shutDownWhileRequestsArrive(served: Served, routes: Routes): Prom
   const bodyLater = await RawConnection.open(port);
   bodyLater.write(probe());
   assert.equal((await bodyLater.response()).status, routes.probe.status);
+  const expecting = await RawConnection.open(port);
+  expecting.write(probe());
+  assert.equal((await expecting.response()).status, routes.probe.status);
   // In flight: the process has read their headers (100 Continue) and waits for their bodies.
   const held = await RawConnection.open(port);
   const heldRequest = withBody('held', { expect: '100-continue' });
@@ -263,9 +267,17 @@ async function shutDownWhileRequestsArrive(served: Served, routes: Routes): Prom
   bodyLater.write(later.head + later.body.slice(0, half));
   bodyLater.write(later.body.slice(half));
   await assertShutdownRefusal(bodyLater, 'a request whose body was still arriving');
-  // A request in flight gets its full answer; one pipelined behind it is refused.
+  // A request that waits for 100 Continue before sending its body: the 503
+  // comes at once, with no 100 inviting a body only to refuse it, and the
+  // client that sends none does not hold the shutdown open.
+  expecting.write(withBody('expect-continue', { expect: '100-continue' }).head);
+  await assertShutdownRefusal(expecting, 'a request waiting for 100 Continue');
+  // A request in flight gets its full answer; one pipelined behind it is
+  // refused; one behind that gets no answer, and the connection closes
+  // cleanly (no bytes after the 503), having written nothing of it.
   const pipelined = withBody('pipelined');
-  held.write(heldRequest.body + pipelined.head + pipelined.body);
+  const behind = withBody('pipelined-behind');
+  held.write(heldRequest.body + pipelined.head + pipelined.body + behind.head + behind.body);
   const heldAnswer = await held.response();
   assert.equal(heldAnswer.status, routes.withBody.status, heldAnswer.body);
   await assertShutdownRefusal(held, 'a request pipelined behind one in flight');

@@ -103,6 +103,17 @@ export function buildServer(options: ServerOptions): Server {
   // until closeConnections(), so that no request on its way meets a reset.
   const drain = new Drain(app.server);
   drains.set(app, drain);
+  // A request that sends "Expect: 100-continue" waits for 100 Continue
+  // before its body. Node sends it at once unless 'checkContinue' is
+  // listened to; during shutdown it is not sent: the 503 below is the
+  // answer, and a 100 would invite a body only to refuse it (and a client
+  // that then sent none would hold the drain open while its body was awaited).
+  const withoutContinue = new WeakSet<IncomingMessage>();
+  app.server.on('checkContinue', (request: IncomingMessage, response: ServerResponse) => {
+    if (drain.closing) withoutContinue.add(request);
+    else response.writeContinue();
+    app.server.emit('request', request, response);
+  });
   // First: the drain waits for every request it has seen to be answered.
   app.addHook('onRequest', (request, reply, done) => {
     drain.track(request.raw, reply.raw);
@@ -144,7 +155,8 @@ export function buildServer(options: ServerOptions): Server {
   app.addHook('preClose', async () => drain.begin());
   app.addHook('onRequest', async (request, reply) => {
     if (!drain.closing) return;
-    await bodyReceived(request.raw, BODY_LIMIT_BYTES);
+    // No body comes before a 100 Continue, so none is awaited.
+    if (!withoutContinue.has(request.raw)) await bodyReceived(request.raw, BODY_LIMIT_BYTES);
     reply.header('connection', 'close');
     return sendProblem(reply, 'unavailable', 'this process is shutting down; retry on another one');
   });
