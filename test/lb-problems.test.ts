@@ -273,6 +273,8 @@ describe('load balancer problems: HAProxy and nginx for real', { skip }, () => {
       'POST /v1/products HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n',
   };
   const longUri = `GET /v1/products?q=${'a'.repeat(20_000)} HTTP/1.1\r\nHost: localhost\r\n\r\n`;
+  const otherCoding =
+    'POST /v1/products HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n';
   const longHeader = `GET /v1/products HTTP/1.1\r\nHost: localhost\r\nX-Long: ${'a'.repeat(20_000)}\r\n\r\n`;
 
   for (const [name, start] of [
@@ -343,6 +345,9 @@ describe('load balancer problems: HAProxy and nginx for real', { skip }, () => {
             await t.test('a 20 KB header is 431', async () =>
               assertRawProblem(await raw(lb, longHeader), 431, 'header_fields_too_large'),
             );
+            await t.test('a transfer coding other than chunked alone is 501', async () =>
+              assertRawProblem(await raw(lb, otherCoding), 501, 'not_implemented'),
+            );
             return;
           }
           // HAProxy 2.6's HTTP/1 parser answers what it refuses (these and a
@@ -367,6 +372,14 @@ describe('load balancer problems: HAProxy and nginx for real', { skip }, () => {
               }
             });
           }
+          // Its built-in 422 for a transfer coding other than chunked alone,
+          // which no http-error reaches either (docs/deploy.md).
+          await t.test('a transfer coding other than chunked alone', async () => {
+            const answer = await raw(lb, otherCoding);
+            assert.equal(answer.status, 422, answer.body);
+            assert.equal(answer.headers.get('content-type'), 'text/html', "HAProxy's built-in page");
+            assert.match(answer.body, /422 Unprocessable Content/);
+          });
         } finally {
           await lb.stop();
           await stop(upstream.server);
