@@ -730,8 +730,9 @@ describe('serve with WEB_CONCURRENCY', () => {
       // What the last readiness check saw, and the supervisor's output, for a failure to say.
       let seen: number | string = 'nothing yet';
       const explain = (error: Error): never => {
-        error.message += `; the last /readyz check saw: ${seen}; the processes wrote:\n${stderr()}`;
-        throw error;
+        throw new Error(`${error.message}; the last /readyz check saw: ${seen}; the processes wrote:\n${stderr()}`, {
+          cause: error,
+        });
       };
       // node:cluster hands new connections to the copies in turn, so six ready
       // answers on fresh connections in a row mean both copies are serving.
