@@ -102,11 +102,73 @@ export interface Cluster {
   readonly gateway: GatewayServer;
   readonly processes: ClusterProcess[];
   process(name: string): ClusterProcess;
+  /**
+   * Resolves, with a line saying why, once the last process of a role has
+   * exited on its own (any exit, code 0 included, that neither kill(),
+   * restart() nor stop() asked for): the cluster can no longer serve, and
+   * nothing here restarts it. Never rejects; pending while the cluster serves.
+   */
+  readonly lost: Promise<string>;
   stop(): Promise<void>;
 }
 
+/** The highest TCP port. */
+const LAST_PORT = 65_535;
+
+/** One port a cluster listens on: a process's, or (split) HAProxy's statistics page. */
+export interface ClusterPort {
+  readonly name: string;
+  readonly role: ClusterProcess['role'] | 'stats';
+  readonly port: number;
+}
+
+/**
+ * Every port startCluster will listen on for these options, in start order:
+ * combined, the one `serve` on basePort (its node:cluster copies share it);
+ * split, the api, worker and relay processes on basePort+1, +2, ..., then
+ * HAProxy on basePort and its statistics page on the port after the last
+ * process. The gateway it starts takes a port the kernel picks. Ports may
+ * run past 65535: callers check (clusterSettings, startCluster).
+ */
+export function clusterPorts(
+  options: Pick<ClusterOptions, 'shape' | 'basePort' | 'apis' | 'workers' | 'relays' | 'brokerUrl' | 'combinedRole'>,
+): ClusterPort[] {
+  const basePort = options.basePort ?? 8080;
+  if (options.shape === 'combined') {
+    const role = options.combinedRole ?? 'all';
+    return [{ name: role, role, port: basePort }];
+  }
+  const ports: ClusterPort[] = [];
+  let port = basePort + 1;
+  const plan: { role: 'api' | 'worker' | 'relay'; count: number }[] = [
+    { role: 'api', count: options.apis ?? 2 },
+    { role: 'worker', count: options.workers ?? 2 },
+    { role: 'relay', count: options.brokerUrl ? (options.relays ?? 1) : 0 },
+  ];
+  for (const { role, count } of plan)
+    for (let i = 1; i <= count; i++) ports.push({ name: `${role}${i}`, role, port: port++ });
+  ports.push({ name: 'haproxy', role: 'lb', port: basePort }, { name: 'haproxy stats', role: 'stats', port });
+  return ports;
+}
+
+/** The highest basePort whose ports (clusterPorts) all fit below 65536. */
+function highestBasePort(ports: readonly ClusterPort[], basePort: number): number {
+  return LAST_PORT - (Math.max(...ports.map((p) => p.port)) - basePort);
+}
+
+/**
+ * Starts the cluster the options describe and resolves once every process
+ * answers /readyz; on any failure it stops what it started and rejects.
+ *
+ * @throws Error before starting anything when a port it needs (clusterPorts) is past 65535.
+ */
 export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const basePort = options.basePort ?? 8080;
+  const ports = clusterPorts(options);
+  if (highestBasePort(ports, basePort) < basePort)
+    throw new Error(
+      `ports from ${basePort} run past ${LAST_PORT}; the highest base port that fits is ${highestBasePort(ports, basePort)}`,
+    );
   const output = options.onOutput ?? ((name, line) => process.stderr.write(`[${name}] ${line}\n`));
   const brokerPrefix = options.isolatedBroker && options.brokerUrl ? `c${randomBytes(5).toString('hex')}` : undefined;
   const gateway =
@@ -133,36 +195,41 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const processes: ClusterProcess[] = [];
   /** The HAProxy servers file of the split shape. */
   let lbDir: string | undefined;
+  /** Set once stop() begins: the exits it causes (or Ctrl-C's, sent to every process) are not news. */
+  let stopping = false;
+  let markLost: (why: string) => void = () => {};
+  const lost = new Promise<string>((resolve) => (markLost = resolve));
+  // A role with no process left is a part of the order path gone for good
+  // (nothing restarts it): the cluster can no longer serve. While others of
+  // its role run, HAProxy routes around the gap and the exit is only reported.
+  const exited = (gone: ClusterProcess, how: string) => {
+    const alive = processes.filter(
+      (p) => p.role === gone.role && p.child.exitCode === null && p.child.signalCode === null,
+    );
+    if (alive.length === 0) markLost(`${gone.name} exited (${how}), the last process with role ${gone.role}`);
+  };
+  const managed = (name: string, role: ClusterProcess['role'], port: number, launch: () => ChildProcess) =>
+    managedProcess(name, role, port, launch, output, { stopping: () => stopping, exited });
   const serving = (name: string, role: ClusterProcess['role'], port: number, roleEnv: Record<string, string>) =>
-    managedProcess(
-      name,
-      role,
-      port,
-      () =>
-        spawn(process.execPath, [...SERVE_FLAGS, ...(options.nodeFlags ?? []), MAIN, 'serve'], {
-          env: { ...env, ...roleEnv, PORT: String(port) },
-          stdio: ['ignore', 'pipe', 'pipe'],
-        }),
-      output,
+    managed(name, role, port, () =>
+      spawn(process.execPath, [...SERVE_FLAGS, ...(options.nodeFlags ?? []), MAIN, 'serve'], {
+        env: { ...env, ...roleEnv, PORT: String(port) },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
     );
   try {
     // Migrate once up front so the roles do not race for the advisory lock at start.
     await run(process.execPath, [MAIN, 'migrate'], env, 'migrate', output);
 
     if (options.shape === 'combined') {
-      const role = options.combinedRole ?? 'all';
-      processes.push(serving(role, role, basePort, { ROLE: role, WEB_CONCURRENCY: String(options.copies ?? 2) }));
+      const { name, role, port } = ports[0]!;
+      if (role === 'lb' || role === 'stats') throw new Error(`the combined shape has no ${role} process`);
+      processes.push(serving(name, role, port, { ROLE: role, WEB_CONCURRENCY: String(options.copies ?? 2) }));
       await waitReady(processes[0]!, options.readyTimeoutMs);
     } else {
-      let port = basePort + 1;
-      const plan: { role: 'api' | 'worker' | 'relay'; count: number }[] = [
-        { role: 'api', count: options.apis ?? 2 },
-        { role: 'worker', count: options.workers ?? 2 },
-        { role: 'relay', count: options.brokerUrl ? (options.relays ?? 1) : 0 },
-      ];
-      for (const { role, count } of plan) {
-        for (let i = 1; i <= count; i++) processes.push(serving(`${role}${i}`, role, port++, { ROLE: role }));
-      }
+      for (const { name, role, port } of ports)
+        if (role === 'api' || role === 'worker' || role === 'relay')
+          processes.push(serving(name, role, port, { ROLE: role }));
       await Promise.all(processes.map((p) => waitReady(p, options.readyTimeoutMs)));
 
       lbDir = await mkdtemp(path.join(tmpdir(), 'orderflow-haproxy-'));
@@ -174,23 +241,19 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       const lbEnv = {
         ...inheritedEnv(),
         ORDERFLOW_LB_BIND: `127.0.0.1:${basePort}`,
-        ORDERFLOW_LB_STATS: `127.0.0.1:${port}`,
+        ORDERFLOW_LB_STATS: `127.0.0.1:${ports.find((p) => p.role === 'stats')!.port}`,
       };
-      const lb = managedProcess(
-        'haproxy',
-        'lb',
-        basePort,
-        () =>
-          spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG, '-f', servers], {
-            env: lbEnv,
-            stdio: ['ignore', 'pipe', 'pipe'],
-          }),
-        output,
+      const lb = managed('haproxy', 'lb', basePort, () =>
+        spawn('haproxy', ['-db', '-f', HAPROXY_CONFIG, '-f', servers], {
+          env: lbEnv,
+          stdio: ['ignore', 'pipe', 'pipe'],
+        }),
       );
       processes.push(lb);
       await waitReady(lb);
     }
   } catch (error) {
+    stopping = true;
     await Promise.all(processes.map((p) => p.kill()));
     await closeGateway();
     if (lbDir) await rm(lbDir, { recursive: true, force: true });
@@ -207,7 +270,9 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       if (!found) throw new Error(`no cluster process named ${name}`);
       return found;
     },
+    lost,
     async stop() {
+      stopping = true;
       // Graceful: the load balancer first, then the api processes, then the
       // workers and relays, so nothing accepted is left without a consumer.
       for (const role of ['lb', 'api', 'relay', 'worker', 'all'] as const) {
@@ -255,6 +320,7 @@ function managedProcess(
   port: number,
   launch: () => ChildProcess,
   output: (process: string, line: string) => void,
+  cluster: { stopping: () => boolean; exited: (process: ClusterProcess, how: string) => void },
 ): ClusterProcess {
   let child = launch();
   /** Set while this runner stops the process itself: an expected exit is not reported. */
@@ -263,12 +329,15 @@ function managedProcess(
     // A program that cannot start (haproxy not installed) is reported here;
     // waitReady then fails, and startCluster stops the processes it started.
     c.on('error', (error) => output(name, `could not start: ${error.message}`));
-    // A process that dies (killed, crashed) says so: nothing restarts it here,
-    // and a silent gap in the cluster is what an operator must not miss. A
-    // drained stop exits 0 and is not news.
+    // A process that exits says so, whatever its code: nothing restarts it
+    // here, and a silent gap in the cluster is what an operator must not
+    // miss. Code 0 is news too (a serve someone sent SIGTERM drains and
+    // exits 0); only the exits this runner asks for are not.
     c.once('exit', (code, signal) => {
-      if (!stopping && (code !== 0 || signal !== null))
-        output(name, `exited (${signal ?? `code ${code}`}); it is not restarted`);
+      if (stopping || cluster.stopping()) return;
+      const how = signal ?? `code ${code}`;
+      output(name, `exited (${how}); it is not restarted`);
+      cluster.exited(handle, how);
     });
     for (const stream of [c.stdout, c.stderr]) {
       let partial = '';
@@ -311,7 +380,8 @@ async function waitReady(p: ClusterProcess, timeoutMs = 30_000): Promise<void> {
   // Through the load balancer, /readyz proves it reaches a ready api process.
   const url = `http://127.0.0.1:${p.port}/readyz`;
   for (;;) {
-    if (p.child.exitCode !== null) throw new Error(`${p.name} exited with code ${p.child.exitCode} while starting`);
+    if (p.child.exitCode !== null || p.child.signalCode !== null)
+      throw new Error(`${p.name} exited (${p.child.signalCode ?? `code ${p.child.exitCode}`}) while starting`);
     try {
       const response = await fetch(url);
       if (response.status === 200) return;
@@ -507,6 +577,21 @@ export function clusterSettings(env: NodeJS.ProcessEnv, args: string[] = []): Cl
       return { problem: `--${name} must be an integer from ${min} to ${max}, got "${raw}"` };
     counts[name] = value;
   }
+  const copies = given('WEB_CONCURRENCY') ? config.webConcurrency : DEFAULT_COPIES;
+  // The ports past --port (processes, HAProxy's statistics page) must exist
+  // too: otherwise the migration runs and then a process fails on PORT 65537.
+  const ports = clusterPorts({
+    shape,
+    basePort: counts.port,
+    apis: counts.apis,
+    workers: counts.workers,
+    brokerUrl: env.BROKER_URL,
+  });
+  const fits = highestBasePort(ports, counts.port!);
+  if (counts.port! > fits)
+    return {
+      problem: `--port ${counts.port} leaves no room for the ports after it (up to ${Math.max(...ports.map((p) => p.port))}; ports end at ${LAST_PORT}): with ${shape === 'split' ? `--apis ${counts.apis}, --workers ${counts.workers}${env.BROKER_URL ? ' and a relay' : ''}` : '--shape combined'} the highest --port that fits is ${fits}`,
+    };
   const passed: Record<string, string> = { LOG_LEVEL: env.LOG_LEVEL ?? 'info' };
   for (const name of PASSED_ON) if (env[name] !== undefined) passed[name] = env[name];
   return {
@@ -516,9 +601,7 @@ export function clusterSettings(env: NodeJS.ProcessEnv, args: string[] = []): Cl
     env: passed,
     shape,
     basePort: counts.port,
-    ...(shape === 'split'
-      ? { apis: counts.apis, workers: counts.workers }
-      : { copies: given('WEB_CONCURRENCY') ? config.webConcurrency : DEFAULT_COPIES }),
+    ...(shape === 'split' ? { apis: counts.apis, workers: counts.workers } : { copies }),
     // The gateway's workers replay keys for as long as their PENDING_DEADLINE_MS allows: the same rule as `orderflow gateway`.
     gatewayLatencyMs: config.simulatedGatewayLatencyMs,
     gatewayRetain: retentionFor(config.pendingDeadlineMs, config.simulatedGatewayMaxEntries),
@@ -531,16 +614,34 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     process.stderr.write(`cluster: ${settings.problem}\n`);
     process.exit(2);
   }
-  const cluster = await startCluster(settings);
+  let cluster: Cluster;
+  try {
+    cluster = await startCluster(settings);
+  } catch (error) {
+    // startCluster has stopped what it started; the processes' own lines say more.
+    process.stderr.write(`cluster: could not start: ${(error as Error).message}\n`);
+    process.exit(1);
+  }
   const shape = settings.shape === 'combined' ? ` (node:cluster, ${settings.copies} copies)` : ' (HAProxy)';
   process.stdout.write(
     `\nOrderflow cluster ready on ${cluster.url}${shape}\n` +
       cluster.processes.map((p) => `  ${p.name.padEnd(8)} http://127.0.0.1:${p.port}`).join('\n') +
       `\n  gateway  ${cluster.gateway.url} (ledger: ${cluster.gateway.url}/v1/ledger)\nCtrl-C stops every process.\n`,
   );
-  const stop = () => void cluster.stop().then(() => process.exit(0));
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  let stopping = false;
+  const stop = (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    void cluster.stop().then(() => process.exit(code));
+  };
+  process.once('SIGINT', () => stop(0));
+  process.once('SIGTERM', () => stop(0));
+  // A runner with nothing behind its URL must not look alive: stop the rest and fail.
+  void cluster.lost.then((why) => {
+    if (stopping) return;
+    process.stderr.write(`cluster: ${why}; the cluster can no longer serve, stopping the rest\n`);
+    stop(1);
+  });
 }
 
 /** The first port of the block tests and benches give a cluster: below the kernel's ephemeral ports (32768 and up on Linux). */

@@ -14,6 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { eventually, freshPostgresDatabase, requiredServiceUrl } from './support/harness.ts';
 import { childPids, clusterSettings, freePortRange } from '../scripts/cluster.ts';
+import { skipUnlessInstalled } from './support/programs.ts';
 import { NODE_ENGINES, nodeVersionProblem } from '../src/node-version.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -946,6 +947,38 @@ describe('npm run cluster', () => {
     assert.match(refused.stderr, /^cluster: WEB_CONCURRENCY is not used by npm run cluster --shape split: .+\n$/);
   });
 
+  it('refuses, before anything starts, a --port whose following ports run past 65535, naming the highest that fits', () => {
+    // A database that does not answer: had the check been skipped, the
+    // migration would fail with exit 1 instead of the refusal's exit 2.
+    const database = { DATABASE_URL: 'postgres://127.0.0.1:1/none' };
+    const broker = { BROKER_URL: 'nats://127.0.0.1:1' };
+    // Split: HAProxy on --port, then apis, workers, a relay with a broker, then the statistics page.
+    const refusals: [Record<string, string>, string[], number][] = [
+      [broker, ['--port', '65533'], 65529],
+      [{}, ['--port', '65533'], 65530],
+      [broker, ['--apis', '3', '--workers', '1', '--port', '65535'], 65529],
+      [{}, ['--apis', '64', '--workers', '64', '--port', '65500'], 65406],
+    ];
+    for (const [env, args, fits] of refusals) {
+      const settings = clusterSettings({ ...database, ...env }, args);
+      assert.ok('problem' in settings, `${JSON.stringify(env)} ${args.join(' ')} was accepted`);
+      assert.match(settings.problem, new RegExp(`^--port \\d+ leaves no room .*highest --port that fits is ${fits}$`));
+      const fitting = clusterSettings({ ...database, ...env }, [...args.slice(0, -1), String(fits)]);
+      assert.ok(!('problem' in fitting), `${args.join(' ')} at ${fits}: ${JSON.stringify(fitting)}`);
+    }
+    // The combined shape's copies share the one port: any --port fits.
+    const combined = clusterSettings({ ...database, WEB_CONCURRENCY: '64' }, [
+      '--shape',
+      'combined',
+      '--port',
+      '65535',
+    ]);
+    assert.ok(!('problem' in combined), JSON.stringify(combined));
+    const refused = clusterCommand({ ...database, ...broker }, ['--port', '65533']);
+    assert.equal(refused.status, 2, refused.stderr);
+    assert.match(refused.stderr, /^cluster: --port 65533 leaves no room .*is 65529\n$/);
+  });
+
   it('honours, shape by shape, the counts and the gateway settings it accepts', () => {
     const database = { DATABASE_URL: 'postgres://db/orders' };
     const combined = clusterSettings({ ...database, WEB_CONCURRENCY: '3' }, ['--shape', 'combined', '--port', '9000']);
@@ -1032,6 +1065,120 @@ describe('npm run cluster', () => {
       assert.match(output, /node:cluster, 3 copies/);
       child.kill('SIGTERM');
       assert.equal(await exited, 0, output);
+    },
+  );
+
+  /** `npm run cluster` with these arguments on a fresh database; resolves once it is ready. */
+  async function runningCluster(t: { after: (fn: () => Promise<void>) => void }, args: string[]) {
+    const database = await freshPostgresDatabase(baseUrl!);
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cluster-cli-'));
+    t.after(async () => {
+      await database.drop();
+      await rm(dataDir, { recursive: true, force: true });
+    });
+    const child = spawn(process.execPath, ['scripts/cluster.ts', ...args], {
+      cwd: REPO,
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: dataDir,
+        DATA_DIR: dataDir,
+        DATABASE_URL: database.url,
+        LOG_LEVEL: 'warn',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const run = { child, exited, output: '' };
+    child.stdout.on('data', (chunk: Buffer) => (run.output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (run.output += chunk.toString()));
+    t.after(async () => {
+      if (child.exitCode !== null) return;
+      for (const pid of await descendants(child.pid!)) process.kill(pid, 'SIGKILL');
+      child.kill('SIGKILL');
+      await exited;
+    });
+    await eventually(
+      'the cluster to be ready',
+      async () => {
+        if (child.exitCode !== null) throw new Error(`the cluster exited (${child.exitCode}):\n${run.output}`);
+        return /cluster ready on/.test(run.output) ? true : undefined;
+      },
+      90_000,
+    );
+    return run;
+  }
+
+  /** The runner's child listening on `port` (its PORT), or undefined. */
+  const childOnPort = async (runner: number, port: number) => {
+    for (const pid of await childPids(runner)) {
+      const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      if (environ.includes(`PORT=${port}`)) return pid;
+    }
+    return undefined;
+  };
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it(
+    '--shape combined: its serve exiting with code 0 is reported, and the runner exits non-zero',
+    // A runner that carries on after its serve is gone never exits: the timeout fails the test.
+    { skip: baseUrl === undefined ? 'DATABASE_URL is not set' : undefined, timeout: 180_000 },
+    async (t) => {
+      const cluster = await runningCluster(t, ['--shape', 'combined', '--port', String(await freePortRange(1))]);
+      const [serve] = await childPids(cluster.child.pid!);
+      // SIGTERM drains the supervisor and its copies: exit 0, and nothing serves.
+      process.kill(serve!, 'SIGTERM');
+      assert.equal(await cluster.exited, 1, cluster.output);
+      assert.match(cluster.output, /^\[all\] exited \(code 0\); it is not restarted$/m);
+      assert.match(
+        cluster.output,
+        /^cluster: all exited \(code 0\), the last process with role all; .*stopping the rest$/m,
+      );
+    },
+  );
+
+  it(
+    'split: a clean exit is reported; the last api process gone stops the rest and exits non-zero',
+    {
+      skip:
+        baseUrl === undefined
+          ? 'DATABASE_URL is not set'
+          : skipUnlessInstalled('the split cluster', { haproxy: ['-v'] }),
+      timeout: 180_000,
+    },
+    async (t) => {
+      // HAProxy on base, api1 on base+1, worker1 and worker2 on base+2 and +3, statistics on base+4.
+      const base = await freePortRange(5);
+      const cluster = await runningCluster(t, ['--apis', '1', '--workers', '2', '--port', String(base)]);
+      const runner = cluster.child.pid!;
+      const [api1, worker1, worker2, haproxy] = await Promise.all(
+        [base + 1, base + 2, base + 3, base].map((port) => childOnPort(runner, port)),
+      );
+      assert.ok(api1 && worker1 && worker2, cluster.output);
+      // One worker of two: worker2 still pays, so the runner reports it and carries on.
+      process.kill(worker1, 'SIGTERM');
+      await eventually('worker1 to be reported', async () =>
+        /^\[worker1\] exited \(code 0\); it is not restarted$/m.test(cluster.output) ? true : undefined,
+      );
+      assert.equal(cluster.child.exitCode, null, cluster.output);
+      // The only api: nothing accepts orders any more.
+      process.kill(api1, 'SIGTERM');
+      assert.equal(await cluster.exited, 1, cluster.output);
+      assert.match(cluster.output, /^\[api1\] exited \(code 0\); it is not restarted$/m);
+      assert.match(cluster.output, /^cluster: api1 exited \(code 0\), the last process with role api; /m);
+      assert.doesNotMatch(cluster.output, /cluster: worker1/);
+      // The rest was stopped, not left behind.
+      assert.deepEqual(
+        [worker2, haproxy].filter((pid) => pid !== undefined && alive(pid)),
+        [],
+        cluster.output,
+      );
     },
   );
 });
