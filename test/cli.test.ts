@@ -712,12 +712,7 @@ describe('serve with WEB_CONCURRENCY', () => {
     'runs that many serving processes on one port, replaces one that dies, and stops them all on SIGTERM',
     { skip: baseUrl === undefined ? 'DATABASE_URL is not set' : undefined },
     async (t) => {
-      const database = await freshPostgresDatabase(baseUrl!);
-      const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cli-'));
-      t.after(async () => {
-        await database.drop();
-        await rm(dataDir, { recursive: true, force: true });
-      });
+      const { database, dataDir } = await databaseAndDataDir(t, baseUrl!, 'orderflow-cli-');
       const { child, exited, url, stderr } = await serve(
         cleanEnv(dataDir, { PORT: '0', LOG_LEVEL: 'warn', WEB_CONCURRENCY: '2', DATABASE_URL: database.url }),
         t,
@@ -766,6 +761,21 @@ describe('serve with WEB_CONCURRENCY', () => {
     },
   );
 });
+
+/** A fresh PostgreSQL database and an empty DATA_DIR (named after prefix), both removed after the test. */
+async function databaseAndDataDir(
+  t: { after(fn: () => Promise<void>): void },
+  baseUrl: string,
+  prefix: string,
+): Promise<{ database: { url: string }; dataDir: string }> {
+  const database = await freshPostgresDatabase(baseUrl);
+  const dataDir = await mkdtemp(path.join(tmpdir(), prefix));
+  t.after(async () => {
+    await database.drop();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+  return { database, dataDir };
+}
 
 /** GET /readyz on a new connection (no keep-alive), with a deadline: its status code, or why there was none. */
 function readyOnFreshConnection(url: string): Promise<number | string> {
@@ -1013,12 +1023,7 @@ describe('npm run cluster', () => {
     '--shape combined runs WEB_CONCURRENCY serving copies',
     { skip: baseUrl === undefined ? 'DATABASE_URL is not set' : undefined },
     async (t) => {
-      const database = await freshPostgresDatabase(baseUrl!);
-      const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cluster-cli-'));
-      t.after(async () => {
-        await database.drop();
-        await rm(dataDir, { recursive: true, force: true });
-      });
+      const { database, dataDir } = await databaseAndDataDir(t, baseUrl!, 'orderflow-cluster-cli-');
       const child = spawn(
         process.execPath,
         ['scripts/cluster.ts', '--shape', 'combined', '--port', String(await freePortRange(2))],
@@ -1070,12 +1075,7 @@ describe('npm run cluster', () => {
 
   /** `npm run cluster` with these arguments on a fresh database; resolves once it is ready. */
   async function runningCluster(t: { after: (fn: () => Promise<void>) => void }, args: string[]) {
-    const database = await freshPostgresDatabase(baseUrl!);
-    const dataDir = await mkdtemp(path.join(tmpdir(), 'orderflow-cluster-cli-'));
-    t.after(async () => {
-      await database.drop();
-      await rm(dataDir, { recursive: true, force: true });
-    });
+    const { database, dataDir } = await databaseAndDataDir(t, baseUrl!, 'orderflow-cluster-cli-');
     const child = spawn(process.execPath, ['scripts/cluster.ts', ...args], {
       cwd: REPO,
       env: {

@@ -60,21 +60,30 @@ function exchange(port: number, request: string): Promise<Answer> {
   });
 }
 
-describe('HTTP/1.0 requests', () => {
-  let t: TestApp;
-  let port: number;
-  let token: string;
-
+/**
+ * In the calling describe: an embedded app listening on a port of its own,
+ * with a product `sku` (stock 10) and a token for `subject` with every scope;
+ * closed after the describe. Read its fields inside tests (they are set in before).
+ */
+function servedApp(
+  subject: string,
+  sku: string,
+): { readonly t: TestApp; readonly port: number; readonly token: string } {
+  const served = {} as { t: TestApp; port: number; token: string };
   before(async () => {
-    t = await startTestApp('embedded');
-    port = Number(new URL(await t.app.server.listen({ port: 0, host: '127.0.0.1' })).port);
-    token = await t.token('http10', ALL_SCOPES);
-    await createProduct(client(t.app, token), { sku: 'H10-1', stock: 10 });
+    served.t = await startTestApp('embedded');
+    served.port = Number(new URL(await served.t.app.server.listen({ port: 0, host: '127.0.0.1' })).port);
+    served.token = await served.t.token(subject, ALL_SCOPES);
+    await createProduct(client(served.t.app, served.token), { sku, stock: 10 });
   });
-
   after(async () => {
-    await t?.close();
+    await served.t?.close();
   });
+  return served;
+}
+
+describe('HTTP/1.0 requests', () => {
+  const served = servedApp('http10', 'H10-1');
 
   const assertMalformed = (answer: Answer, detail: RegExp) => {
     assert.equal(answer.status, 400, answer.body);
@@ -86,16 +95,19 @@ describe('HTTP/1.0 requests', () => {
   };
 
   it('are served without Host, which HTTP/1.0 does not require', async () => {
-    const health = await exchange(port, 'GET /healthz HTTP/1.0\r\n\r\n');
+    const health = await exchange(served.port, 'GET /healthz HTTP/1.0\r\n\r\n');
     assert.equal(health.status, 200, health.body);
-    const products = await exchange(port, `GET /v1/products HTTP/1.0\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    const products = await exchange(
+      served.port,
+      `GET /v1/products HTTP/1.0\r\nAuthorization: Bearer ${served.token}\r\n\r\n`,
+    );
     assert.equal(products.status, 200, products.body);
     assert.match(products.body, /H10-1/);
   });
 
   it('refused by the field-line check: the problem does not call the request HTTP/1.1, and the connection is closed', async () => {
     const answer = await exchange(
-      port,
+      served.port,
       'GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\nHost: a.example\r\nHost: b.example\r\n\r\n',
     );
     const problem = assertMalformed(answer, /one Host header, not several/);
@@ -104,7 +116,7 @@ describe('HTTP/1.0 requests', () => {
   });
 
   it('refused by the parser: the problem names both versions it reads, not HTTP/1.1 alone', async () => {
-    const answer = await exchange(port, 'GET /healthz HTTP/1.0\r\nNo-Colon\r\n\r\n');
+    const answer = await exchange(served.port, 'GET /healthz HTTP/1.0\r\nNo-Colon\r\n\r\n');
     const problem = assertMalformed(answer, /could not be parsed as HTTP\/1\.0 or HTTP\/1\.1 \(HPE_/);
     assert.doesNotMatch(problem.title, /HTTP\/1\.1/);
   });
@@ -113,13 +125,13 @@ describe('HTTP/1.0 requests', () => {
     const order = JSON.stringify({ items: [{ sku: 'H10-1', quantity: 1 }], payment: { token: 'tok_visa' } });
     const body = `${order.length.toString(16)}\r\n${order}\r\n0\r\n\r\n`;
     const answer = await exchange(
-      port,
-      `POST /v1/orders HTTP/1.0\r\nConnection: keep-alive\r\nAuthorization: Bearer ${token}\r\n` +
+      served.port,
+      `POST /v1/orders HTTP/1.0\r\nConnection: keep-alive\r\nAuthorization: Bearer ${served.token}\r\n` +
         `Idempotency-Key: h10-chunked\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${body}`,
     );
     assertMalformed(answer, /an HTTP\/1\.0 request cannot carry Transfer-Encoding/);
     assert.equal(answer.closedByServer, true, 'RFC 9112, section 6.1: the connection is closed');
-    const orders = await client(t.app, token).request('GET', '/v1/orders');
+    const orders = await client(served.t.app, served.token).request('GET', '/v1/orders');
     assert.equal(orders.status, 200);
     assert.deepEqual(orders.body.items, [], 'no order was placed');
   });
@@ -127,16 +139,22 @@ describe('HTTP/1.0 requests', () => {
   it('the same order with Content-Length is placed, and an HTTP/1.1 request without Host is refused as HTTP/1.1', async () => {
     const order = JSON.stringify({ items: [{ sku: 'H10-1', quantity: 1 }], payment: { token: 'tok_visa' } });
     const placed = await exchange(
-      port,
-      `POST /v1/orders HTTP/1.0\r\nAuthorization: Bearer ${token}\r\nIdempotency-Key: h10-length\r\n` +
+      served.port,
+      `POST /v1/orders HTTP/1.0\r\nAuthorization: Bearer ${served.token}\r\nIdempotency-Key: h10-length\r\n` +
         `Content-Type: application/json\r\nContent-Length: ${order.length}\r\n\r\n${order}`,
     );
     assert.ok(placed.status === 201 || placed.status === 202, `${placed.status} ${placed.body}`);
-    assertMalformed(await exchange(port, 'GET /healthz HTTP/1.1\r\n\r\n'), /an HTTP\/1\.1 request must carry a Host/);
+    assertMalformed(
+      await exchange(served.port, 'GET /healthz HTTP/1.1\r\n\r\n'),
+      /an HTTP\/1\.1 request must carry a Host/,
+    );
   });
 
   it('asking for a development token without Host: the refusal says there is no Host, not that it is empty', async () => {
-    const answer = await exchange(port, 'POST /console/dev-token HTTP/1.0\r\nX-Orderflow-Console: dev-token\r\n\r\n');
+    const answer = await exchange(
+      served.port,
+      'POST /console/dev-token HTTP/1.0\r\nX-Orderflow-Console: dev-token\r\n\r\n',
+    );
     assert.equal(answer.status, 403, answer.body);
     const problem = JSON.parse(answer.body) as { type: string; detail: string };
     assert.equal(problem.type, '/problems/dev-token-refused');
@@ -152,20 +170,7 @@ describe('HTTP/1.0 requests', () => {
 // both are 400 /problems/malformed-request here, since the contract promises
 // that no input yields a 5xx. Nothing is done, and the connection is closed.
 describe('HTTP versions other than 1.0 and 1.1, and transfer codings other than chunked', () => {
-  let t: TestApp;
-  let port: number;
-  let token: string;
-
-  before(async () => {
-    t = await startTestApp('embedded');
-    port = Number(new URL(await t.app.server.listen({ port: 0, host: '127.0.0.1' })).port);
-    token = await t.token('http-other', ALL_SCOPES);
-    await createProduct(client(t.app, token), { sku: 'HV-1', stock: 10 });
-  });
-
-  after(async () => {
-    await t?.close();
-  });
+  const served = servedApp('http-other', 'HV-1');
 
   const order = JSON.stringify({ items: [{ sku: 'HV-1', quantity: 1 }], payment: { token: 'tok_visa' } });
   const chunked = `${order.length.toString(16)}\r\n${order}\r\n0\r\n\r\n`;
@@ -183,15 +188,15 @@ describe('HTTP versions other than 1.0 and 1.1, and transfer codings other than 
   };
 
   const assertNoOrders = async () => {
-    const orders = await client(t.app, token).request('GET', '/v1/orders');
+    const orders = await client(served.t.app, served.token).request('GET', '/v1/orders');
     assert.equal(orders.status, 200);
     assert.deepEqual(orders.body.items, [], 'no order was placed');
   };
 
   it('an order as HTTP/2.0, without Host and with Transfer-Encoding: chunked, is refused and places nothing', async () => {
     const answer = await exchange(
-      port,
-      `POST /v1/orders HTTP/2.0\r\nConnection: keep-alive\r\nAuthorization: Bearer ${token}\r\n` +
+      served.port,
+      `POST /v1/orders HTTP/2.0\r\nConnection: keep-alive\r\nAuthorization: Bearer ${served.token}\r\n` +
         `Idempotency-Key: hv-2.0\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${chunked}`,
     );
     assertRefused(answer, /HTTP\/2\.0 is not served here/);
@@ -202,7 +207,7 @@ describe('HTTP versions other than 1.0 and 1.1, and transfer codings other than 
     it(`GET /healthz as HTTP/${version}, with or without Host, is refused`, async () => {
       for (const host of ['', 'Host: localhost\r\n'])
         assertRefused(
-          await exchange(port, `GET /healthz HTTP/${version}\r\nConnection: keep-alive\r\n${host}\r\n`),
+          await exchange(served.port, `GET /healthz HTTP/${version}\r\nConnection: keep-alive\r\n${host}\r\n`),
           /HTTP\/[\d.]+ is not served here|could not be parsed as HTTP\/1\.0 or HTTP\/1\.1 \(HPE_INVALID_VERSION/,
         );
     });
@@ -214,8 +219,8 @@ describe('HTTP versions other than 1.0 and 1.1, and transfer codings other than 
   ]) {
     it(`an HTTP/1.1 order with Transfer-Encoding ${what} is refused and places nothing`, async () => {
       const answer = await exchange(
-        port,
-        `POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\n` +
+        served.port,
+        `POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${served.token}\r\n` +
           `Idempotency-Key: hv-${what}\r\nContent-Type: application/json\r\n${codings}\r\n${chunked}`,
       );
       assertRefused(answer, /the only transfer coding this server takes is chunked, alone/);
@@ -225,8 +230,8 @@ describe('HTTP versions other than 1.0 and 1.1, and transfer codings other than 
 
   it('the same order with Transfer-Encoding: chunked alone is placed', async () => {
     const answer = await exchange(
-      port,
-      `POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer ${token}\r\n` +
+      served.port,
+      `POST /v1/orders HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer ${served.token}\r\n` +
         `Idempotency-Key: hv-chunked\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${chunked}`,
     );
     assert.equal(answer.status, 202, answer.body);
