@@ -1023,58 +1023,30 @@ describe('npm run cluster', () => {
     '--shape combined runs WEB_CONCURRENCY serving copies',
     { skip: baseUrl === undefined ? 'DATABASE_URL is not set' : undefined },
     async (t) => {
-      const { database, dataDir } = await databaseAndDataDir(t, baseUrl!, 'orderflow-cluster-cli-');
-      const child = spawn(
-        process.execPath,
-        ['scripts/cluster.ts', '--shape', 'combined', '--port', String(await freePortRange(2))],
-        {
-          cwd: REPO,
-          // Not cleanEnv: HOST is the cluster's to set, and it would refuse it.
-          env: {
-            PATH: process.env.PATH ?? '',
-            HOME: dataDir,
-            DATA_DIR: dataDir,
-            DATABASE_URL: database.url,
-            WEB_CONCURRENCY: '3',
-            LOG_LEVEL: 'warn',
-          },
-          stdio: ['ignore', 'pipe', 'pipe'],
-        },
-      );
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      let output = '';
-      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      t.after(async () => {
-        if (child.exitCode !== null) return;
-        for (const pid of await descendants(child.pid!)) process.kill(pid, 'SIGKILL');
-        child.kill('SIGKILL');
-        await exited;
+      const run = await runningCluster(t, ['--shape', 'combined', '--port', String(await freePortRange(2))], {
+        WEB_CONCURRENCY: '3',
       });
-      await eventually(
-        'the cluster to be ready',
-        async () => {
-          if (child.exitCode !== null) throw new Error(`the cluster exited (${child.exitCode}):\n${output}`);
-          return /cluster ready on/.test(output) ? true : undefined;
-        },
-        90_000,
-      );
+      const { child, exited } = run;
       // The script's one child is the combined `serve`; its children are the copies.
       const [supervisor, ...others] = await childPids(child.pid!);
-      assert.deepEqual(others, [], output);
+      assert.deepEqual(others, [], run.output);
       const copies = await eventually('the copies to be counted', async () => {
         const now = await childPids(supervisor!);
         return now.length > 0 ? now : undefined;
       });
-      assert.equal(copies.length, 3, output);
-      assert.match(output, /node:cluster, 3 copies/);
+      assert.equal(copies.length, 3, run.output);
+      assert.match(run.output, /node:cluster, 3 copies/);
       child.kill('SIGTERM');
-      assert.equal(await exited, 0, output);
+      assert.equal(await exited, 0, run.output);
     },
   );
 
-  /** `npm run cluster` with these arguments on a fresh database; resolves once it is ready. */
-  async function runningCluster(t: { after: (fn: () => Promise<void>) => void }, args: string[]) {
+  /** `npm run cluster` with these arguments (and variables) on a fresh database; resolves once it is ready. */
+  async function runningCluster(
+    t: { after: (fn: () => Promise<void>) => void },
+    args: string[],
+    variables: Record<string, string> = {},
+  ) {
     const { database, dataDir } = await databaseAndDataDir(t, baseUrl!, 'orderflow-cluster-cli-');
     const child = spawn(process.execPath, ['scripts/cluster.ts', ...args], {
       cwd: REPO,
@@ -1084,6 +1056,7 @@ describe('npm run cluster', () => {
         DATA_DIR: dataDir,
         DATABASE_URL: database.url,
         LOG_LEVEL: 'warn',
+        ...variables,
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
