@@ -279,21 +279,7 @@ describe('one process per embedded DATA_DIR', () => {
     const headers = { authorization: `Bearer ${minted.stdout.trim()}`, 'content-type': 'application/json' };
     const post = (url: string, route: string, body: unknown, extra: Record<string, string> = {}) =>
       fetch(new URL(route, url), { method: 'POST', headers: { ...headers, ...extra }, body: JSON.stringify(body) });
-    const order = async (url: string, key: string) => {
-      const response = await post(
-        url,
-        '/v1/orders',
-        { items: [{ sku: 'LOCK-1', quantity: 1 }], payment: { token: 'tok_visa' } },
-        { 'idempotency-key': key },
-      );
-      assert.equal(response.status, 202, await response.clone().text());
-      return ((await response.json()) as { id: string }).id;
-    };
-    const orderIds = async (url: string) => {
-      const response = await fetch(new URL('/v1/orders?limit=100', url), { headers });
-      assert.equal(response.status, 200);
-      return ((await response.json()) as { items: { id: string }[] }).items.map((o) => o.id).sort();
-    };
+    const { order, orderIds } = ordersOver(headers, 'LOCK-1');
     /** A start that must be refused: exit 1 at once, one stderr line, no stack trace, and nothing said of creating a database. */
     const refused = async (command: string) => {
       const result = await run([command], env, { killAfterMs: 60_000 });
@@ -382,20 +368,7 @@ describe('one process per embedded DATA_DIR', () => {
     const minted = await run(['token', '--sub', 'dave', '--scope', 'orders:write orders:read catalog:write'], env);
     assert.equal(minted.code, 0, minted.stderr);
     const headers = { authorization: `Bearer ${minted.stdout.trim()}`, 'content-type': 'application/json' };
-    const order = async (url: string, key: string) => {
-      const response = await fetch(new URL('/v1/orders', url), {
-        method: 'POST',
-        headers: { ...headers, 'idempotency-key': key },
-        body: JSON.stringify({ items: [{ sku: 'HOLD-1', quantity: 1 }], payment: { token: 'tok_visa' } }),
-      });
-      assert.equal(response.status, 202, await response.clone().text());
-      return ((await response.json()) as { id: string }).id;
-    };
-    const orderIds = async (url: string) => {
-      const response = await fetch(new URL('/v1/orders?limit=100', url), { headers });
-      assert.equal(response.status, 200);
-      return ((await response.json()) as { items: { id: string }[] }).items.map((o) => o.id).sort();
-    };
+    const { order, orderIds } = ordersOver(headers, 'HOLD-1');
 
     const first = await serve(env, t, npmStart);
     // npm's shell execs Node: the server is npm's only child, and the process that has DATA_DIR open.
@@ -761,6 +734,30 @@ describe('serve with WEB_CONCURRENCY', () => {
     },
   );
 });
+
+/**
+ * Orders over HTTP with these headers (a bearer token and JSON): order()
+ * places one unit of sku under an idempotency key and expects 202, returning
+ * the order's id; orderIds() lists the ids of the first 100 orders, sorted.
+ */
+function ordersOver(headers: Record<string, string>, sku: string) {
+  return {
+    order: async (url: string, key: string): Promise<string> => {
+      const response = await fetch(new URL('/v1/orders', url), {
+        method: 'POST',
+        headers: { ...headers, 'idempotency-key': key },
+        body: JSON.stringify({ items: [{ sku, quantity: 1 }], payment: { token: 'tok_visa' } }),
+      });
+      assert.equal(response.status, 202, await response.clone().text());
+      return ((await response.json()) as { id: string }).id;
+    },
+    orderIds: async (url: string): Promise<string[]> => {
+      const response = await fetch(new URL('/v1/orders?limit=100', url), { headers });
+      assert.equal(response.status, 200);
+      return ((await response.json()) as { items: { id: string }[] }).items.map((o) => o.id).sort();
+    },
+  };
+}
 
 /** A fresh PostgreSQL database and an empty DATA_DIR (named after prefix), both removed after the test. */
 async function databaseAndDataDir(
